@@ -1,0 +1,6 @@
+"""Recall channels. Importing this package registers every built-in channel kind."""
+
+from llmrecall.channels.base import Candidates, Channel
+from llmrecall.channels.registry import channel_class, known_kinds, register
+
+__all__ = ["Candidates", "Channel", "channel_class", "known_kinds", "register"]

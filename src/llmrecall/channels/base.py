@@ -1,0 +1,228 @@
+"""The channel contract: ``fit(dataset) -> self``; ``recall(users, k, history) -> Candidates``.
+
+A channel is a candidate source. It is configured in its constructor (hyperparameters only,
+scikit-learn style), learns from a :class:`~llmrecall.data.Dataset` in :meth:`Channel.fit`
+(learned state ends in ``_``), and recalls for a batch of dense user ids. The history it
+recalls from is passed in explicitly, so the same fitted channel can answer with the
+training history (validation), a fresher history (test, serving), or an ad-hoc one.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import NotFittedError
+from llmrecall.topk import topk
+
+#: users scored per dense block; bounds memory at block * n_items * 4 bytes
+DEFAULT_BLOCK = 512
+
+
+@dataclass
+class Candidates:
+    """A channel's answer for a batch of users.
+
+    Attributes:
+        ids: int32[n, k] dense item ids, best first, padded with -1.
+        scores: float32[n, k] channel scores, padded with -inf.
+        evidence: int32[n, k] or None. With ``evidence_kind == "item"`` a dense item id
+            (e.g. the history item that led to the candidate); with ``"text"`` an index into
+            ``evidence_text``; -1 where there is none.
+        evidence_kind: "item", "text" or "none".
+        evidence_text: the texts that ``evidence`` points into when kind is "text".
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    evidence: np.ndarray | None = None
+    evidence_kind: str = "none"
+    evidence_text: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        assert self.ids.shape == self.scores.shape, "ids and scores differ in shape"
+        if self.evidence is not None:
+            assert self.evidence.shape == self.ids.shape, "evidence differs in shape"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.ids.shape
+
+    def row(self, i: int) -> "Candidates":
+        """The answer for the i-th user as a batch of one."""
+        s = slice(i, i + 1)
+        return Candidates(self.ids[s], self.scores[s],
+                          None if self.evidence is None else self.evidence[s],
+                          self.evidence_kind, self.evidence_text)
+
+
+class Channel(ABC):
+    """Base class of every recall channel.
+
+    Subclasses set ``kind`` (the registry name), store hyperparameters in ``__init__``, and
+    implement :meth:`fit` plus either :meth:`score` (dense scoring; the base class does the
+    masking and top-k) or :meth:`recall` itself. Artifacts are saved with :meth:`save` as
+    ``params.json`` + ``state.npz`` — never pickles.
+    """
+
+    kind: ClassVar[str] = "channel"
+    #: what :meth:`explain` says about a candidate, given its evidence, e.g. "similar to {item}"
+    evidence_template: ClassVar[str] = ""
+
+    def __init__(self, name: str | None = None):
+        self.name = name or self.kind
+
+    # ---- hyperparameters -------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments, so the channel can be cloned or re-parameterised."""
+        import inspect
+
+        sig = inspect.signature(type(self).__init__)
+        return {p: getattr(self, p) for p in sig.parameters if p != "self"}
+
+    def clone(self, **overrides: Any) -> "Channel":
+        """An unfitted copy with the same (or overridden) hyperparameters."""
+        return type(self)(**{**self.get_params(), **overrides})
+
+    # ---- learning and recall ---------------------------------------------------------
+    @abstractmethod
+    def fit(self, dataset: Dataset) -> "Channel":
+        """Learn from ``dataset`` (its interactions are the training data). Returns self."""
+
+    def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
+        """Dense scores float32[len(users), n_items]; higher is better. -inf = never."""
+        raise TypeError(f"{type(self).__name__} must implement score() or override recall()")
+
+    def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray | None:
+        """int32[n, k] evidence for candidates ``ids`` (see :class:`Candidates`), or None."""
+        return None
+
+    def recall(self, users: np.ndarray, k: int, history: Histories, *,
+               allowed: np.ndarray | None = None, exclude_seen: bool = True,
+               explain: bool = False, block: int = DEFAULT_BLOCK) -> Candidates:
+        """Top-``k`` items for each user.
+
+        Args:
+            users: int32[n] dense user ids; ids outside the fitted range (new users) are
+                valid and get whatever the channel can do from ``history`` alone.
+            k: candidates per user.
+            history: histories to recall from, with at least ``max(users)+1`` rows.
+            allowed: optional bool[n_items]; False items are never returned.
+            exclude_seen: never return items in the user's history.
+            explain: also compute ``evidence``.
+        Returns:
+            :class:`Candidates` with ``ids``/``scores`` of shape [n, k].
+        """
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int32)
+        ids_out, scores_out, ev_out = [], [], []
+        for start in range(0, len(users), block):
+            batch = users[start:start + block]
+            scores = np.array(self.score(batch, history), dtype=np.float32, copy=True)
+            if allowed is not None:
+                scores[:, ~allowed] = -np.inf
+            if exclude_seen:
+                seen = history.matrix(batch).tocoo()
+                scores[seen.row, seen.col] = -np.inf
+            ids, vals = topk(scores, k)
+            ids_out.append(ids)
+            scores_out.append(vals)
+            if explain:
+                ev_out.append(self.evidence(batch, ids, history))
+        ids = np.concatenate(ids_out) if ids_out else np.zeros((0, k), np.int32)
+        vals = np.concatenate(scores_out) if scores_out else np.zeros((0, k), np.float32)
+        evidence = None
+        if explain and ev_out and ev_out[0] is not None:
+            evidence = np.concatenate(ev_out).astype(np.int32)
+        kind = "item" if evidence is not None else "none"
+        return Candidates(ids, vals, evidence, kind)
+
+    def explain(self, evidence_label: str | None) -> str:
+        """Human text for one candidate given its evidence label (e.g. an item title)."""
+        if evidence_label and self.evidence_template:
+            return self.evidence_template.format(evidence=evidence_label)
+        return f"recalled by {self.name}"
+
+    # ---- persistence -----------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """Learned arrays to save; subclasses return every attribute ending in ``_``."""
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and isinstance(v, np.ndarray)}
+
+    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        for key, value in arrays.items():
+            setattr(self, key, value)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``params.json`` and ``state.npz`` under ``directory`` (created)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        params = {"kind": self.kind, "params": self.get_params()}
+        (directory / "params.json").write_text(json.dumps(params, indent=2, default=_jsonable))
+        _save_npz(directory / "state.npz", self.state())
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Channel":
+        """Inverse of :meth:`save`; the class is looked up by its ``kind``."""
+        from llmrecall.channels.registry import channel_class
+
+        directory = Path(directory)
+        meta = json.loads((directory / "params.json").read_text())
+        channel = channel_class(meta["kind"])(**meta["params"])
+        channel.set_state(_load_npz(directory / "state.npz"))
+        return channel
+
+    def _check_fitted(self) -> None:
+        if not any(k.endswith("_") and not k.startswith("_") for k in vars(self)):
+            raise NotFittedError(f"channel {self.name!r} is not fitted: call fit(dataset) first")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot save parameter of type {type(value).__name__}")
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """npz without pickles; sparse matrices are stored as their CSR parts."""
+    import scipy.sparse as sp
+
+    flat: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        if sp.issparse(value):
+            csr = value.tocsr()
+            flat[f"{key}__csr_data"] = csr.data
+            flat[f"{key}__csr_indices"] = csr.indices
+            flat[f"{key}__csr_indptr"] = csr.indptr
+            flat[f"{key}__csr_shape"] = np.asarray(csr.shape, np.int64)
+        else:
+            flat[key] = np.asarray(value)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **flat)
+    tmp.replace(path)
+
+
+def _load_npz(path: Path) -> dict[str, Any]:
+    import scipy.sparse as sp
+
+    out: dict[str, Any] = {}
+    with np.load(path, allow_pickle=False) as npz:
+        files = set(npz.files)
+        for key in files:
+            if "__csr_" in key:
+                base = key.split("__csr_")[0]
+                if base not in out:
+                    out[base] = sp.csr_matrix(
+                        (npz[f"{base}__csr_data"], npz[f"{base}__csr_indices"],
+                         npz[f"{base}__csr_indptr"]), shape=tuple(npz[f"{base}__csr_shape"]))
+            else:
+                out[key] = npz[key]
+    return out
