@@ -126,10 +126,11 @@ class Channel(ABC):
             batch = users[start:start + block]
             scores = np.array(self.score(batch, history), dtype=np.float32, copy=True)
             if allowed is not None:
-                scores[:, ~allowed] = -np.inf
+                scores[:, ~_fit_mask(allowed, scores.shape[1])] = -np.inf
             if exclude_seen:
                 seen = history.matrix(batch).tocoo()
-                scores[seen.row, seen.col] = -np.inf
+                inside = seen.col < scores.shape[1]
+                scores[seen.row[inside], seen.col[inside]] = -np.inf
             ids, vals = topk(scores, k)
             ids_out.append(ids)
             scores_out.append(vals)
@@ -181,6 +182,13 @@ class Channel(ABC):
     def _check_fitted(self) -> None:
         if not any(k.endswith("_") and not k.startswith("_") for k in vars(self)):
             raise NotFittedError(f"channel {self.name!r} is not fitted: call fit(dataset) first")
+
+
+def _fit_mask(mask: np.ndarray, width: int) -> np.ndarray:
+    """``mask`` cut or padded (True: not filtered) to ``width`` columns."""
+    if len(mask) >= width:
+        return mask[:width]
+    return np.pad(mask, (0, width - len(mask)), constant_values=True)
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,173 @@
+"""The ``llmrecall`` command line. Commands call the same library code the service uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+# two cores: more BLAS/torch threads than that only add contention
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
+
+import numpy as np  # noqa: E402
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from llmrecall.errors import LLMRecallError  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="llmrecall: recall (candidate generation) with language models.")
+console = Console()
+err = Console(stderr=True)
+
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", help="built-in dataset name")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="TOML data spec for your own files")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="pipeline TOML (default: built-in)")]
+
+
+def _load_dataset(dataset: str | None, data: Path | None):
+    if (dataset is None) == (data is None):
+        raise typer.BadParameter("give exactly one of --dataset NAME or --data SPEC.toml")
+    if dataset is not None:
+        from llmrecall.data.builtin import load_builtin
+
+        return load_builtin(dataset)
+    from llmrecall.data.loaders import load_data_spec
+
+    return load_data_spec(data)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def evaluate(
+    dataset: DatasetOpt = None, data: DataOpt = None, config: ConfigOpt = None,
+    protocol: Annotated[str, typer.Option(help="loo | recbole-general | cold-items")] = "loo",
+    seed: int = 0,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write the JSON report here")] = None,
+    split: Annotated[str, typer.Option(help="test (report) or valid (tuning)")] = "test",
+) -> None:
+    """Split, fit every channel, recall, fuse and print Recall/NDCG per channel and fused."""
+    from llmrecall.config import load_config
+    from llmrecall.evaluate.run import evaluate as run_evaluate
+    from llmrecall.report import rich_table
+
+    try:
+        ds = _load_dataset(dataset, data)
+        cfg = load_config(config)
+        report = run_evaluate(ds, protocol, cfg, seed=seed, on=split,
+                              progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    except LLMRecallError as exc:
+        _fail(exc)
+    console.print(rich_table(report))
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2))
+        err.print(f"wrote {output}")
+
+
+@app.command()
+def recall(
+    user: Annotated[str, typer.Option("--user", "-u", help="raw user id")],
+    dataset: DatasetOpt = None, data: DataOpt = None, config: ConfigOpt = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=5000)] = 20,
+    explain: Annotated[bool, typer.Option("--explain/--no-explain")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Fit on all data and print one user's candidates, each with why it was recalled."""
+    from llmrecall.config import load_config
+    from llmrecall.explain import explain_row
+    from llmrecall.pipeline import RecallPipeline
+
+    try:
+        ds = _load_dataset(dataset, data)
+        cfg = load_config(config)
+        pipeline = RecallPipeline(cfg).fit(ds)
+    except LLMRecallError as exc:
+        _fail(exc)
+    _print_user(pipeline, ds, user, k, explain, as_json)
+
+
+def _print_user(pipeline, ds, user: str, k: int, explain: bool, as_json: bool = False) -> None:
+    from rich.table import Table
+
+    from llmrecall.explain import explain_row
+
+    history = ds.histories()
+    index = int(ds.users.lookup([user])[0])
+    if index < 0:
+        err.print(f"[yellow]user {user!r} is unknown: answering from an empty history[/yellow]")
+        index = ds.n_users  # one past the known users: an empty history row
+        history = _with_empty_user(history)
+    result = pipeline.recall(np.array([index], np.int32), history, k, explain=explain)
+    rows = explain_row(result.fused, 0, ds, pipeline)
+    if as_json:
+        console.print_json(json.dumps([r.as_dict() for r in rows]))
+        return
+    recent = history.of(index)[-5:]
+    titles = ds.catalog.titles
+    console.print(f"[bold]user {user}[/bold]: {len(history.of(index))} interactions; latest: "
+                  + "; ".join(titles[i] for i in recent[::-1]))
+    table = Table(title=f"top {k} candidates for user {user}")
+    for col in ("#", "item", "title", "score", "why"):
+        table.add_column(col)
+    for r in rows:
+        why = "\n".join(f"{x.channel} #{x.rank}: {x.text}" for x in r.reasons)
+        table.add_row(str(r.rank), r.item_id, r.title, f"{r.score:.4f}", why)
+    console.print(table)
+
+
+def _with_empty_user(history):
+    from dataclasses import replace
+
+    return replace(history, indptr=np.append(history.indptr, history.indptr[-1]))
+
+
+@app.command()
+def demo(
+    dataset: Annotated[str, typer.Option("--dataset", "-d")] = "ml-100k",
+    user: Annotated[Optional[str], typer.Option("--user", "-u")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("results/demo.json"),
+) -> None:
+    """The main job on the embedded defaults: evaluate the full pipeline, explain one user."""
+    from llmrecall.config import load_config
+    from llmrecall.data.builtin import load_builtin
+    from llmrecall.evaluate.run import evaluate as run_evaluate
+    from llmrecall.pipeline import RecallPipeline
+    from llmrecall.report import rich_table
+
+    cfg = load_config(None)
+    ds = load_builtin(dataset)
+    report = run_evaluate(ds, "loo", cfg, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    console.print(rich_table(report))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    err.print(f"wrote {output}")
+    pipeline = RecallPipeline(cfg).fit(ds)
+    _print_user(pipeline, ds, user or ds.users.ids[0], 10, True)
+
+
+@app.command()
+def datasets() -> None:
+    """List the built-in datasets and their sizes."""
+    from llmrecall.data.builtin import BUILTIN, load_builtin
+
+    for name in BUILTIN:
+        try:
+            console.print(load_builtin(name).describe())
+        except LLMRecallError as exc:
+            console.print(f"{name}: unavailable ({exc})")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except LLMRecallError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)

@@ -1,0 +1,48 @@
+"""Result tables for the terminal (rich) and for docs (markdown)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+TABLE_KS = (10, 20, 50, 100, 200)
+
+
+def _rows(report: dict):
+    timings = report.get("timings", {})
+    fit, rec = timings.get("fit_seconds", {}), timings.get("recall_seconds", {})
+    for name, metrics in report["results"].items():
+        if name == "fused":
+            f, r = sum(fit.values()), sum(rec.values()) + timings.get("fusion_seconds", 0.0)
+        else:
+            f, r = fit.get(name, float("nan")), rec.get(name, float("nan"))
+        cells = [f"{metrics.get(f'recall@{k}', float('nan')):.4f}" for k in TABLE_KS]
+        cells += [f"{metrics.get(f'ndcg@{k}', float('nan')):.4f}" for k in TABLE_KS]
+        cells += [f"{metrics.get('coverage@50', float('nan')):.3f}", f"{f:.1f}", f"{r:.1f}"]
+        yield name, cells
+
+
+def _header() -> list[str]:
+    return ([f"R@{k}" for k in TABLE_KS] + [f"N@{k}" for k in TABLE_KS]
+            + ["cov@50", "fit s", "recall s"])
+
+
+def rich_table(report: dict) -> Table:
+    title = (f"{report['dataset']} · {report['protocol']} · seed {report['seed']} · "
+             f"{report.get('split', 'test')} · config {report['config_hash']} · "
+             f"{report.get('users_evaluated', '?')} users")
+    table = Table(title=title)
+    table.add_column("channel")
+    for h in _header():
+        table.add_column(h, justify="right")
+    for name, cells in _rows(report):
+        table.add_row(name, *cells, style="bold" if name == "fused" else None)
+    return table
+
+
+def markdown_table(report: dict) -> str:
+    head = ["channel"] + _header()
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, cells in _rows(report):
+        name = f"**{name}**" if name == "fused" else name
+        lines.append("| " + " | ".join([name] + cells) + " |")
+    return "\n".join(lines)
