@@ -138,6 +138,12 @@ def fuse(lists: Mapping[str, Candidates], k: int, *,
     slot_evid = np.full((len(uniq), C), -1, np.int32)
     slot_evid[slot, chan_all] = evid_all
     u_row, u_item = uniq // n_items, uniq % n_items
+    if len(uniq) == 0:  # nothing proposed (or everything filtered) for every user
+        return FusedCandidates(np.full((n, k), -1, np.int32), np.full((n, k), -np.inf, np.float32),
+                               names, np.full((n, k, C), -1, np.int32),
+                               np.full((n, k, C), -1, np.int32),
+                               [lists[nm].evidence_kind for nm in names],
+                               [lists[nm].evidence_text for nm in names])
 
     # lay slots out as a ragged [n, width] block, then top-k per row
     counts = np.bincount(u_row, minlength=n)
