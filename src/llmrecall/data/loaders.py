@@ -78,12 +78,16 @@ class _Table:
             start = reader.line_num + 1
         return None
 
+    def where(self, row: int) -> str:
+        """``"line N"`` for text files, ``"row N"`` for Parquet (both 1-based)."""
+        return f"row {row + 1}" if self.text is None else f"line {self.line(row)}"
+
     def error(self, message: str, column: str | None = None, row: int | None = None) -> DataError:
         """A DataError naming this file, the line (or Parquet row) of ``row`` and ``column``."""
         if row is None:
             return DataError(message, path=str(self.path), column=column)
         if self.text is None:
-            return DataError(f"{message} (row {row + 1})", path=str(self.path), column=column)
+            return DataError(f"{message} ({self.where(row)})", path=str(self.path), column=column)
         return DataError(message, path=str(self.path), line=self.line(row), column=column)
 
     def first_row(self, mask: pl.Series) -> int:
@@ -453,8 +457,8 @@ def _dedupe_items(table: _Table, frame: pl.DataFrame, spec: ItemsSpec) -> tuple[
         source = {"title": spec.title, "category": spec.category}.get(differing, differing)
         raise table.error(
             f"item {item!r} is listed twice with different text: {_shown(first[differing])} "
-            f"(line {table.line(first[_ROW]) or first[_ROW] + 1}) and {_shown(second[differing])}",
-            source, second[_ROW])
+            f"({table.where(first[_ROW])}) and {_shown(second[differing])} "
+            f"({table.where(second[_ROW])})", source, second[_ROW])
     return distinct[_ID], distinct.drop(_ID, _ROW)
 
 
@@ -483,7 +487,7 @@ def _codes(ids: pl.Series, vocabulary_ids: list[str]) -> np.ndarray:
 def _append_new(known: list[str], candidates: pl.Series) -> list[str]:
     """``known`` followed by the ids of ``candidates`` not in it, in first-seen order."""
     fresh = candidates.unique(maintain_order=True)
-    fresh = fresh.filter(~fresh.is_in(pl.Series(known, dtype=pl.String)))
+    fresh = fresh.filter(~fresh.is_in(pl.Series(known, dtype=pl.String).implode()))
     return known + fresh.to_list()
 
 
