@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+
 from llmrecall.data.spec import DataSpec
 
 

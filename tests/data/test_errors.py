@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import polars as pl
 import pytest
 
 from llmrecall.data.loaders import load_dataset
@@ -218,3 +217,11 @@ def test_numbers_where_a_date_format_was_declared(tmp_path):
     error = _load_error(_events_spec(path, time="t", time_format="iso8601"))
     _assert_located(error, path, None, "t")
     assert "unix" in str(error)
+
+
+def test_jsonl_key_null_everywhere(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"u": null, "i": "b"}\n{"u": null, "i": "c"}\n')
+    error = _load_error(_events_spec(path, "jsonl"))
+    _assert_located(error, path, 1, "u")
+    assert "missing user id" in str(error)

@@ -12,7 +12,7 @@ from llmrecall.data.builtin import _package_dir, load_builtin
 from llmrecall.data.loaders import load_dataset, load_dataset_toml
 from llmrecall.data.spec import DataSpec
 
-from .samples import make_sample, sample_spec, write_table
+from .samples import sample_spec, write_table
 
 FORMATS = ["csv", "tsv", "parquet", "jsonl", "recbole"]
 

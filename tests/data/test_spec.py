@@ -106,3 +106,12 @@ def test_file_problems(tmp_path):
     (tmp_path / "other.toml").write_text("[model]\nx = 1\n")
     with pytest.raises(ConfigError, match=r"no \[data\] table"):
         DataSpec.from_toml(Path(tmp_path / "other.toml"))
+
+
+def test_the_documented_example_is_a_valid_spec():
+    docs = Path(__file__).resolve().parents[2] / "docs" / "data.md"
+    block = docs.read_text(encoding="utf-8").split("```toml\n", 1)[1].split("```", 1)[0]
+    spec = DataSpec.from_toml_text(block, source=str(docs))
+    assert spec.interactions.event_weights["purchase"] == 5.0
+    assert spec.items.category_separator == " > " and spec.searches.time_format == "iso8601"
+    assert DataSpec.from_toml_text(spec.to_toml()) == spec

@@ -120,7 +120,13 @@ def _read_table(path: Path, fmt: str, needed: list[str]) -> _Table:
         if not text.strip():
             raise DataError("file is empty", path=str(path), line=1)
         body = raw[len(_BOM):] if raw.startswith(_BOM) else raw
-        frame = _parse_jsonl(body, text, path) if fmt == "jsonl" else _parse_delimited(body, text, path, fmt)
+        if fmt == "jsonl":
+            frame = _parse_jsonl(body, text, path)
+        else:
+            frame = _parse_delimited(body, text, path, fmt)
+    # a JSON key that is null everywhere reads as dtype Null, a Parquet id may be categorical:
+    # both are text as far as the loader is concerned
+    frame = frame.with_columns(pl.col(pl.Null, pl.Categorical, pl.Enum).cast(pl.String))
     table = _Table(path, fmt, frame.with_row_index(_ROW), text)
     if fmt in _SEPARATORS:
         # a blank line reads as a row of nulls; it carries no data, so it is dropped
@@ -130,7 +136,7 @@ def _read_table(path: Path, fmt: str, needed: list[str]) -> _Table:
             raise DataError("file has a header but no data rows", path=str(path), line=2)
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        found = [c for c in frame.columns]
+        found = list(frame.columns)
         what = "key" if fmt == "jsonl" else "column"
         raise DataError(f"missing {what} {missing[0]!r}; {what}s found: {found}",
                         path=str(path), line=None if fmt == "parquet" else 1, column=missing[0])
