@@ -35,9 +35,9 @@ def _load_dataset(dataset: str | None, data: Path | None):
         from llmrecall.data.builtin import load_builtin
 
         return load_builtin(dataset)
-    from llmrecall.data.loaders import load_data_spec
+    from llmrecall.data.loaders import load_dataset_toml
 
-    return load_data_spec(data)
+    return load_dataset_toml(data)
 
 
 def _fail(exc: Exception) -> None:
