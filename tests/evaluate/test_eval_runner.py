@@ -166,3 +166,18 @@ def test_random_ranking_is_uniform_and_batch_independent():
         assert m[f"recall@{k}"] == pytest.approx(k / n_candidates, abs=0.03)
     # every candidate turns up in someone's top 10
     assert m["coverage@10"] == pytest.approx(n_candidates / split.dataset.n_items)
+
+
+def test_rank_task_with_repeat_consumption_equals_reference():
+    # items drawn with replacement: many users re-consume, some targets sit in the history
+    rng = np.random.default_rng(2)
+    users = np.repeat(np.arange(30), 12)
+    items = rng.integers(0, 15, len(users))
+    split = make_split(synthetic(users, items, rng.integers(0, 6, len(users))), "loo")
+    channel = Popularity().fit(split.train)
+    repeats = split.test.history.matrix(split.test.users).multiply(split.test.targets).nnz
+    assert repeats > 0
+    for task in (split.valid, split.test):
+        expected = reference_lists(channel.counts_, task, 6)
+        assert (rank_task(channel, task, 6) == expected).all()
+        assert (rank_task(channel, task, 6, batch=7) == expected).all()
