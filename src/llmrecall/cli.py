@@ -55,7 +55,7 @@ def evaluate(
 ) -> None:
     """Split, fit every channel, recall, fuse and print Recall/NDCG per channel and fused."""
     from llmrecall.config import load_config
-    from llmrecall.evaluate.run import evaluate as run_evaluate
+    from llmrecall.evaluate.experiment import evaluate as run_evaluate
     from llmrecall.report import rich_table
 
     try:
@@ -138,7 +138,7 @@ def demo(
     """The main job on the embedded defaults: evaluate the full pipeline, explain one user."""
     from llmrecall.config import load_config
     from llmrecall.data.builtin import load_builtin
-    from llmrecall.evaluate.run import evaluate as run_evaluate
+    from llmrecall.evaluate.experiment import evaluate as run_evaluate
     from llmrecall.pipeline import RecallPipeline
     from llmrecall.report import rich_table
 
