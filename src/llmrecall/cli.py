@@ -20,7 +20,8 @@ from llmrecall.errors import LLMRecallError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="llmrecall: recall (candidate generation) with language models.")
-console = Console()
+# tables are wide (15 columns): never squeeze them to a pipe's default 80 columns
+console = Console(width=None if Console().is_terminal else 200)
 err = Console(stderr=True)
 
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", help="built-in dataset name")]

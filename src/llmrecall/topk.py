@@ -56,3 +56,11 @@ def _lowest_ids_at_boundary(scores: np.ndarray, part: np.ndarray, kk: int) -> np
     part = part.copy()
     part[rows] = np.nonzero(chosen)[1].reshape(len(rows), kk)
     return part
+
+
+def fit_mask(mask: np.ndarray, width: int) -> np.ndarray:
+    """bool ``mask`` cut or padded to ``width`` columns; padding is True (not filtered),
+    because items beyond a mask's length were added after the mask was built."""
+    if len(mask) >= width:
+        return mask[:width]
+    return np.pad(mask, (0, width - len(mask)), constant_values=True)

@@ -19,8 +19,6 @@ from llmrecall.evaluate.metrics import DEFAULT_KS, ranking_metrics
 from llmrecall.evaluate.protocols import EvalTask, Split, make_split
 from llmrecall.evaluate.runner import rank_task
 from llmrecall.pipeline import RecallPipeline
-#: users fused per block; bounds fusion's temporary arrays on 50k-user datasets
-FUSION_BLOCK = 4096
 
 
 @dataclass
@@ -52,19 +50,8 @@ def recall_task(pipeline: RecallPipeline, task: EvalTask,
 
 
 def fuse_task(pipeline: RecallPipeline, lists: ChannelLists, k: int) -> np.ndarray:
-    """Fused ids int32[u, k] for the task's users, fused in blocks of users."""
-    out = []
-    n = len(lists.task.users)
-    for start in range(0, n, FUSION_BLOCK):
-        block = {name: _rows(c, slice(start, start + FUSION_BLOCK)) for name, c in lists.lists.items()}
-        out.append(pipeline.fuse(block, k, allowed=lists.task.candidate_mask).ids)
-    return np.concatenate(out) if out else np.zeros((0, k), np.int32)
-
-
-def _rows(c: Candidates, rows: slice) -> Candidates:
-    return Candidates(c.ids[rows], c.scores[rows],
-                      None if c.evidence is None else c.evidence[rows],
-                      c.evidence_kind, c.evidence_text)
+    """Fused ids int32[u, k] for the task's users."""
+    return pipeline.fuse(lists.lists, k, allowed=lists.task.candidate_mask).ids
 
 
 def score_lists(pipeline: RecallPipeline, lists: ChannelLists, n_items: int,
