@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "channels"))
-
-from loo import leave_one_out, recall_at  # noqa: E402
 
 from llmrecall.channels import channel_class  # noqa: E402
 from llmrecall.data.builtin import load_builtin  # noqa: E402
+from llmrecall.evaluate import make_split, rank_task, ranking_metrics  # noqa: E402
 
 DEFAULT_CHANNELS = ["popularity", "itemcf", "swing", "ease", "als", "bpr",
                     # RecBole ItemKNN configuration (cosine, k=100, no IUF, no decay)
@@ -55,7 +50,7 @@ def main() -> None:
     print(header)
     print("|" + " --- |" * (4 + len(KS)))
     for name in args.datasets:
-        split = leave_one_out(load_builtin(name))
+        split = make_split(load_builtin(name), "loo")
         total = 0.0
         for spec in specs:
             channel = parse(spec)
@@ -63,12 +58,12 @@ def main() -> None:
             channel.fit(split.train)
             fit_s = time.perf_counter() - start
             start = time.perf_counter()
-            got = channel.recall(split.users, max(KS), split.test_history)
+            ranked = rank_task(channel, split.test, max(KS))
             recall_s = time.perf_counter() - start
             total += fit_s + recall_s
-            recall = recall_at(got.ids, split.test_target, KS)
+            metrics = ranking_metrics(ranked, split.test.targets, KS, split.dataset.n_items)
             print(f"| {name} | {channel.name} | {fit_s:.1f} | {recall_s:.1f} | "
-                  + " | ".join(f"{recall[k]:.4f}" for k in KS) + " |", flush=True)
+                  + " | ".join(f"{metrics[f'recall@{k}']:.4f}" for k in KS) + " |", flush=True)
         print(f"| {name} | total | {total:.1f} s | | " + " | " * (len(KS) - 1) + " |",
               flush=True)
 
