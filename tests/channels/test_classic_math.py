@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from mixin import synthetic_dataset
+from .mixin import synthetic_dataset
 
 from llmrecall.channels import ALS, EASE, ItemCF, Popularity, Swing
 from llmrecall.channels.history import best_history_item, weighted_history
