@@ -37,7 +37,7 @@ class EASE(Channel):
     """
 
     kind = "ease"
-    evidence_template = "because you liked {evidence}"
+    evidence_template = "predicted from {evidence} in your history (EASE)"
 
     def __init__(self, regularization: float = 500.0, max_items: int | None = 10000,
                  name: str | None = None):

@@ -83,6 +83,7 @@ class Swing(ItemNeighborChannel):
     """
 
     kind = "swing"
+    evidence_template = "chosen by the same small circles of users as {evidence}"
 
     def __init__(self, alpha: float = 1.0, user_power: float = 0.5,
                  max_users_per_item: int = 100, neighbors: int = 200,
