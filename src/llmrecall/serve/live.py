@@ -1,0 +1,328 @@
+"""Live serving state: the artifact plus everything that happened since it was built.
+
+:class:`LiveState` owns the growing item vocabulary, the raw-user -> dense-row map, the
+per-user histories (artifact rows + replayed and newly acknowledged events), the deny mask
+(deleted items), item texts and categories, live popularity counts and live co-visitation.
+
+Concurrency contract: all mutation happens on one thread (the service's event loop);
+recall threads only read. Arrays a reader may hold are never changed in place except the
+popularity counts (a torn read there only nudges a popularity score); everything else is
+replaced copy-on-write, so a reader sees the old or the new array, never a mix.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from llmrecall.data.dataset import Histories, Interactions
+from llmrecall.serve.artifacts import Artifact
+from llmrecall.serve.store import StoredState
+
+#: previous history items each new event is paired with for live co-visitation
+COVISIT_WINDOW = 10
+#: the co-visitation matrix is rebuilt at most this often (seconds) while events stream in
+COVISIT_REBUILD_INTERVAL = 0.5
+
+
+def item_text(title: str, text: str, categories: list[str]) -> str:
+    """The lexical/embedding text of an item, in the format of ``Catalog.texts``."""
+    parts = [p for p in (title.strip(), text.strip()) if p]
+    if categories:
+        parts.append("Categories: " + ", ".join(categories))
+    return ". ".join(parts)
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    """One user's history snapshot: items int32[m], times float64[m], weights float32[m],
+    sorted by time (oldest first). Arrays are never mutated after creation."""
+
+    items: np.ndarray
+    times: np.ndarray
+    weights: np.ndarray
+
+    @staticmethod
+    def empty() -> "UserHistory":
+        return UserHistory(np.zeros(0, np.int32), np.zeros(0, np.float64), np.zeros(0, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class LiveCovisit:
+    """Item co-visitation counted from events acknowledged since the artifact was built.
+
+    Pairs are stored as COO triples tagged with the user who produced them (so erasing a
+    user removes their pairs); ``matrix()`` returns a symmetric float32 CSR
+    [n_items, n_items], rebuilt lazily (at most every ``COVISIT_REBUILD_INTERVAL`` s).
+    """
+
+    def __init__(self, n_items: int):
+        self._lock = threading.Lock()
+        self._rows: list[np.ndarray] = []
+        self._cols: list[np.ndarray] = []
+        self._owner: list[np.ndarray] = []
+        self.n_items = n_items
+        self._matrix = sp.csr_matrix((n_items, n_items), dtype=np.float32)
+        self._dirty = False
+        self._built_at = 0.0
+        self.pairs = 0
+
+    def add(self, owner: int, before: np.ndarray, new: np.ndarray) -> None:
+        """Pair each item of ``new`` (int32, time order) with up to ``COVISIT_WINDOW`` items
+        preceding it in ``before`` followed by ``new``."""
+        seq = np.concatenate([before[-COVISIT_WINDOW:], new]).astype(np.int64)
+        start = len(seq) - len(new)
+        pos = np.arange(start, len(seq))
+        back = np.arange(1, COVISIT_WINDOW + 1)
+        prev = pos[:, None] - back[None, :]
+        valid = prev >= 0
+        a = np.broadcast_to(seq[pos][:, None], prev.shape)[valid]
+        b = seq[np.maximum(prev, 0)][valid]
+        keep = a != b
+        a, b = a[keep], b[keep]
+        with self._lock:
+            self._rows += [a, b]
+            self._cols += [b, a]
+            self._owner += [np.full(len(a), owner, np.int64)] * 2
+            self.pairs += 2 * len(a)
+            self._dirty = True
+
+    def remove_owner(self, owner: int) -> None:
+        with self._lock:
+            if not self._rows:
+                return
+            rows, cols, own = (np.concatenate(x) for x in (self._rows, self._cols, self._owner))
+            keep = own != owner
+            self._rows, self._cols, self._owner = [rows[keep]], [cols[keep]], [own[keep]]
+            self.pairs = int(keep.sum())
+            self._dirty = True
+            self._built_at = 0.0  # an erasure must show at once
+
+    def grow(self, n_items: int) -> None:
+        with self._lock:
+            self.n_items = n_items
+            self._dirty = True
+            self._built_at = 0.0
+
+    def matrix(self) -> sp.csr_matrix:
+        with self._lock:
+            stale = self._dirty and (time.monotonic() - self._built_at >= COVISIT_REBUILD_INTERVAL
+                                     or self._matrix.shape[0] != self.n_items)
+            if not stale:
+                return self._matrix
+            if self._rows:
+                rows, cols = np.concatenate(self._rows), np.concatenate(self._cols)
+                self._rows, self._cols = [rows], [cols]
+                self._owner = [np.concatenate(self._owner)]
+            else:
+                rows = cols = np.zeros(0, np.int64)
+            m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
+                              shape=(self.n_items, self.n_items))
+            m.sum_duplicates()
+            self._matrix, self._dirty, self._built_at = m, False, time.monotonic()
+            return m
+
+
+class LiveState:
+    """Artifact + stored state, replayed; see the module docstring for the threading rules."""
+
+    def __init__(self, artifact: Artifact, stored: StoredState):
+        self.artifact = artifact
+        self.items = artifact.items.copy()
+        self.titles: list[str] = list(artifact.catalog.titles)
+        self.categories: list[list[str]] = [list(c) for c in artifact.catalog.categories]
+        self.texts: list[str] = artifact.catalog.texts()
+        deleted = np.zeros(len(self.items), bool)
+        for item_id, title, text, cats, is_deleted in stored.items:
+            index = self.items.add(item_id)
+            if index == len(self.titles):
+                self.titles.append(title)
+                self.categories.append(cats)
+                self.texts.append(item_text(title, text, cats))
+                deleted = np.append(deleted, False)
+            elif not is_deleted:  # an update of an artifact item's metadata
+                self.titles[index], self.categories[index] = title, cats
+                self.texts[index] = item_text(title, text, cats)
+            deleted[index] = is_deleted
+        self.deleted = deleted
+        self.n_fitted_users = len(artifact.users)
+        self.user_rows: dict[str, int] = {
+            raw: row for row, raw in enumerate(artifact.users.ids) if raw not in stored.erased}
+        self.next_row = self.n_fitted_users
+        self.dropped_events = 0
+        self.base = self._replay(stored)
+        self.overlay: dict[int, UserHistory] = {}
+        self.last_seq = int(stored.event_seq[-1]) if len(stored.event_seq) else 0
+        n = len(self.items)
+        self.popularity = np.bincount(self.base.items, weights=self.base.weights,
+                                      minlength=n).astype(np.float64)
+        self.covisit = LiveCovisit(n)
+        self._category_index: dict[str, np.ndarray] | None = None
+        self._lexical = None
+        self.allowed = self._allowed()
+
+    # ---- construction ----------------------------------------------------------------
+    def _replay(self, stored: StoredState) -> Histories:
+        """Artifact histories (erased users dropped) merged with the stored events."""
+        base = self.artifact.histories
+        lengths = base.lengths()
+        user = np.repeat(np.arange(base.n_users, dtype=np.int32), lengths)
+        keep = np.ones(len(user), bool)
+        if stored.erased:
+            gone = self.artifact.users.lookup(sorted(stored.erased))
+            gone = gone[gone >= 0]
+            keep = ~np.isin(user, gone)
+        rows = [self.row_for(u, create=True) for u in stored.event_user]
+        items = self.items.lookup(stored.event_item)
+        known = items >= 0
+        self.dropped_events = int((~known).sum())  # items this artifact and store do not know
+        log = Interactions.build(
+            user=np.concatenate([user[keep], np.asarray(rows, np.int32)[known]]),
+            item=np.concatenate([base.items[keep], items[known]]),
+            time=np.concatenate([base.times[keep], stored.event_ts[known]]),
+            weight=np.concatenate([base.weights[keep], stored.event_weight[known]]))
+        return Histories.from_interactions(log, self.next_row, len(self.items))
+
+    def _allowed(self) -> np.ndarray:
+        """bool[n_items]: not deleted and allowed by the artifact config's filters."""
+        allowed = ~self.deleted
+        cfg = self.artifact.pipeline.allowed_
+        if cfg is not None:
+            allowed[:len(cfg)] &= cfg
+        return allowed
+
+    # ---- reads -----------------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        return len(self.titles)
+
+    def row_for(self, raw_user: str, create: bool = False) -> int | None:
+        """Dense row of a raw user id (assigned on first event when ``create``)."""
+        row = self.user_rows.get(raw_user)
+        if row is None and create:
+            row = self.user_rows[raw_user] = self.next_row
+            self.next_row += 1
+        return row
+
+    def history(self, row: int | None) -> UserHistory:
+        if row is None:
+            return UserHistory.empty()
+        hit = self.overlay.get(row)
+        if hit is not None:
+            return hit
+        if row >= self.base.n_users:
+            return UserHistory.empty()
+        s, e = self.base.indptr[row], self.base.indptr[row + 1]
+        return UserHistory(self.base.items[s:e], self.base.times[s:e], self.base.weights[s:e])
+
+    def lexical(self):
+        """The BM25 index over current item texts (built on first use, after item changes)."""
+        from llmrecall.serve.sources import LexicalIndex
+
+        index = self._lexical
+        if index is None or index.n_items != self.n_items:
+            index = self._lexical = LexicalIndex(self.texts)
+        return index
+
+    def category_mask(self, categories: list[str]) -> np.ndarray:
+        """bool[n_items]: items in any of ``categories``."""
+        if self._category_index is None:
+            index: dict[str, list[int]] = {}
+            for item, cats in enumerate(self.categories):
+                for c in cats:
+                    index.setdefault(c, []).append(item)
+            self._category_index = {c: np.asarray(v, np.int64) for c, v in index.items()}
+        mask = np.zeros(self.n_items, bool)
+        for c in categories:
+            hit = self._category_index.get(c)
+            if hit is not None:
+                mask[hit] = True
+        return mask
+
+    # ---- mutations (service thread only) ---------------------------------------------
+    def apply_events(self, first_seq: int, users: list[str], items: np.ndarray,
+                     times: np.ndarray, weights: np.ndarray) -> list[str]:
+        """Append acknowledged events (seq ``first_seq``...) to live histories.
+
+        Events already applied (seq <= ``last_seq``, e.g. replayed during a reload) are
+        skipped. Returns the raw ids of users whose history changed.
+        """
+        seqs = first_seq + np.arange(len(users))
+        fresh = seqs > self.last_seq
+        if not fresh.any():
+            return []
+        users = [u for u, f in zip(users, fresh) if f]
+        items, times, weights = items[fresh], times[fresh], weights[fresh]
+        self.last_seq = int(seqs[-1])
+        rows = np.fromiter((self.row_for(u, create=True) for u in users), np.int64, len(users))
+        order = np.argsort(rows, kind="stable")
+        uniq, starts = np.unique(rows[order], return_index=True)
+        bounds = np.append(starts, len(order))
+        np.add.at(self.popularity, items, weights)
+        changed = []
+        for j, row in enumerate(uniq.tolist()):  # one step per distinct user in the batch
+            take = order[bounds[j]:bounds[j + 1]]
+            old = self.history(row)
+            new_items = items[take].astype(np.int32)
+            merged_t = np.concatenate([old.times, times[take]])
+            sort = np.argsort(merged_t, kind="stable")
+            self.overlay[row] = UserHistory(
+                np.concatenate([old.items, new_items])[sort], merged_t[sort],
+                np.concatenate([old.weights, weights[take].astype(np.float32)])[sort])
+            self.covisit.add(row, old.items, new_items)
+            changed.append(users[take[0]])
+        return changed
+
+    def add_items(self, rows: list[tuple[str, str, str, list[str]]]) -> tuple[np.ndarray, np.ndarray]:
+        """Insert or update items (id, title, text, categories); un-deletes re-added items.
+
+        Returns ``(new_ids int32, updated_ids int32)`` dense ids.
+        """
+        new, updated = [], []
+        deleted = self.deleted.copy()
+        titles, cats, texts = list(self.titles), list(self.categories), list(self.texts)
+        for item_id, title, text, categories in rows:
+            index = self.items.add(item_id)
+            if index == len(titles):
+                titles.append(title)
+                cats.append(categories)
+                texts.append(item_text(title, text, categories))
+                deleted = np.append(deleted, False)
+                new.append(index)
+            else:
+                titles[index], cats[index] = title, categories
+                texts[index] = item_text(title, text, categories)
+                deleted[index] = False
+                updated.append(index)
+        n = len(titles)
+        if n > len(self.popularity):
+            self.popularity = np.pad(self.popularity, (0, n - len(self.popularity)))
+        self.titles, self.categories, self.texts = titles, cats, texts
+        self.deleted = deleted
+        self._category_index = None
+        self._lexical = None
+        self.covisit.grow(n)
+        self.allowed = self._allowed()
+        return np.asarray(new, np.int32), np.asarray(updated, np.int32)
+
+    def delete_item(self, index: int) -> None:
+        deleted = self.deleted.copy()
+        deleted[index] = True
+        self.deleted = deleted
+        self.allowed = self._allowed()
+
+    def erase_user(self, raw_user: str) -> None:
+        """Forget the user's history everywhere; their next event starts a fresh row."""
+        row = self.user_rows.pop(raw_user, None)
+        if row is None:
+            return
+        hist = self.history(row)
+        np.subtract.at(self.popularity, hist.items, hist.weights)
+        self.overlay.pop(row, None)
+        self.covisit.remove_owner(row)
