@@ -52,6 +52,13 @@ def _field(loc) -> str:
     return out or "body"
 
 
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+Svc = Annotated[Service, Depends(_service)]
+
+
 def create_app(settings: ServeSettings) -> FastAPI:
     """The FastAPI app; the service starts in its lifespan (artifact load, replay)."""
 
@@ -74,11 +81,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   description="Online recall (candidate generation) over versioned artifacts, "
                               "with real-time events and item updates.")
     app.add_middleware(_Guard, settings=settings)
-
-    def service() -> Service:
-        return app.state.service
-
-    Svc = Annotated[Service, Depends(service)]
 
     def require_key(request: Request) -> None:
         expected = app.state.service.api_key
@@ -157,7 +159,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 deny = state.items.lookup(req.filters.deny_items)
                 allowed[deny[deny >= 0]] = False
         query = RecallQuery(state, row, history, req.k, req.query, only, allowed, req.explain,
-                            adhoc=bool(req.history) and row is not None)
+                            adhoc=bool(req.history) and row is not None,
+                            query_only=row is None and len(history) == 0 and bool(req.query))
         answer = await svc.recall(query)
         return _json({"user_id": req.user_id, "known_user": row is not None,
                       "history_length": len(history), "candidates": answer.candidates,

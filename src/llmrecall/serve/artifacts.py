@@ -144,8 +144,13 @@ def load_artifact(path: str | Path) -> Artifact:
                         path=str(folder / "config.toml"))
     pipeline = RecallPipeline(config)
     for name in list(pipeline.channels):
-        pipeline.channels[name] = Channel.load(folder / "channels" / name)
-        pipeline.channels[name].name = name
+        channel = pipeline.channels[name] = Channel.load(folder / "channels" / name)
+        channel.name = name
+        for key, value in vars(channel).items():
+            # a Fortran-ordered state array (e.g. from a LAPACK solve) is copied by every
+            # sparse @ dense product; serving wants C order once, at load
+            if key.endswith("_") and isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+                setattr(channel, key, np.ascontiguousarray(value))
     users = Vocabulary(json.loads((folder / "users.json").read_text()))
     items = Vocabulary(json.loads((folder / "items.json").read_text()))
     catalog = Catalog(pl.read_parquet(folder / "catalog.parquet"),

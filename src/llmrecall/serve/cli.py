@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "2")
+# serving multiplies small matrices: one BLAS thread per channel call avoids oversubscription
+# (recall batches and channels already run on their own threads)
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -67,6 +69,8 @@ def serve_command(
 ) -> None:
     """Run the HTTP recall service over an artifact (SIGHUP or POST /v1/admin/reload reloads)."""
     import uvicorn
+
+    os.environ.setdefault("LLMRECALL_THREADS", "1")
 
     from llmrecall.serve.app import create_app
     from llmrecall.serve.settings import load_settings

@@ -13,6 +13,7 @@ every request.
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from llmrecall.serve import sources
 from llmrecall.serve.live import COVISIT_WINDOW, LiveState, UserHistory
 from llmrecall.serve.metrics import Metrics
 from llmrecall.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,10 +46,11 @@ class RecallQuery:
     allowed: np.ndarray | None = None  # per-request mask (already includes deletions)
     explain: bool = False
     adhoc: bool = False  # a known user's history extended by the request: answered alone
+    query_only: bool = False  # no user, no history: text matches lead, popularity fills
 
     def group_key(self) -> tuple:
         solo = id(self) if self.adhoc else None
-        return (id(self.state), self.only, id(self.allowed), self.explain, solo)
+        return (id(self.state), self.only, id(self.allowed), self.explain, self.query_only, solo)
 
 
 @dataclass
@@ -135,6 +139,9 @@ class RecallEngine:
         history = _batch_histories(rows, [q.history for q in queries], n_items)
         allowed = first.allowed if first.allowed is not None else state.allowed
         names = [n for n in pipeline.channels if first.only is None or n in first.only]
+        text_channels = [n for n in names if hasattr(pipeline.channels[n], "recall_query")]
+        if first.query_only:  # history channels would only repeat popularity
+            names = []
         degraded: list[str] = []
         seconds: dict[str, float] = {}
         start = time.perf_counter()
@@ -153,29 +160,34 @@ class RecallEngine:
             futures[name] = guard.executor.submit(
                 _timed, channel.recall, users, kc, history, allowed=allowed, explain=first.explain)
         texts = [q.query_text for q in queries]
-        text_channels = [n for n in names if hasattr(pipeline.channels[n], "recall_query")]
 
-        # live sources run here meanwhile
+        # live sources run here meanwhile; like channels, a failing one is left out
         lists: dict[str, Candidates] = {}
         seen = history.matrix(rows)
         only = first.only
+
+        def live(name: str, make) -> None:
+            t = time.perf_counter()
+            try:
+                lists[name] = make()
+            except Exception:
+                log.exception("live source %r failed", name)
+                degraded.append(name)
+                self.metrics.channel_errors.labels(name, "error").inc()
+                return
+            seconds[name] = time.perf_counter() - t
+
         if only is None or sources.LIVE_POPULARITY in only:
-            t = time.perf_counter()
-            lists[sources.LIVE_POPULARITY] = sources.popularity(
-                state.popularity[:n_items], seen, self.settings.live_k, allowed)
-            seconds[sources.LIVE_POPULARITY] = time.perf_counter() - t
-        if only is None or sources.LIVE_COVISIT in only:
-            t = time.perf_counter()
+            live(sources.LIVE_POPULARITY, lambda: sources.popularity(
+                state.popularity[:n_items], seen, self.settings.live_k, allowed))
+        if (only is None or sources.LIVE_COVISIT in only) and not first.query_only:
             recent_items, _ = history.recent(rows, COVISIT_WINDOW * 2)
-            lists[sources.LIVE_COVISIT] = sources.covisit(
-                state.covisit.matrix(), _rows_matrix(recent_items, n_items), seen,
-                self.settings.live_k, allowed, first.explain)
-            seconds[sources.LIVE_COVISIT] = time.perf_counter() - t
+            live(sources.LIVE_COVISIT, lambda: sources.covisit(
+                state.covisit.matrices(), _rows_matrix(recent_items, n_items), seen,
+                self.settings.live_k, allowed, first.explain))
         if any(texts) and not text_channels and (only is None or sources.QUERY_LEXICAL in only):
-            t = time.perf_counter()
-            lists[sources.QUERY_LEXICAL] = state.lexical().recall(
-                texts, seen, max(self.settings.live_k, k_max), allowed)
-            seconds[sources.QUERY_LEXICAL] = time.perf_counter() - t
+            live(sources.QUERY_LEXICAL, lambda: state.lexical().recall(
+                texts, seen, max(self.settings.live_k, k_max), allowed))
 
         deadline = start + self.settings.channel_budget_ms / 1000.0
         wait(list(futures.values()), timeout=max(0.0, deadline - time.perf_counter()))

@@ -13,7 +13,6 @@ replaced copy-on-write, so a reader sees the old or the new array, never a mix.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +24,6 @@ from llmrecall.serve.store import StoredState
 
 #: previous history items each new event is paired with for live co-visitation
 COVISIT_WINDOW = 10
-#: the co-visitation matrix is rebuilt at most this often (seconds) while events stream in
-COVISIT_REBUILD_INTERVAL = 0.5
 
 
 def item_text(title: str, text: str, categories: list[str]) -> str:
@@ -57,76 +54,83 @@ class UserHistory:
 class LiveCovisit:
     """Item co-visitation counted from events acknowledged since the artifact was built.
 
-    Pairs are stored as COO triples tagged with the user who produced them (so erasing a
-    user removes their pairs); ``matrix()`` returns a symmetric float32 CSR
-    [n_items, n_items], rebuilt lazily (at most every ``COVISIT_REBUILD_INTERVAL`` s).
+    Pairs are kept as COO triples tagged with the user who produced them (so erasing a user
+    removes their pairs). Reads get ``(base, delta)``: two float32 CSR [n_items, n_items]
+    whose sum is the symmetric co-visit count matrix. New pairs go to the small ``delta``
+    (rebuilt in O(new pairs) when read), so they count at once; ``delta`` is merged into
+    ``base`` once it holds ``MERGE_AT`` pairs.
     """
+
+    MERGE_AT = 50_000
 
     def __init__(self, n_items: int):
         self._lock = threading.Lock()
-        self._rows: list[np.ndarray] = []
-        self._cols: list[np.ndarray] = []
-        self._owner: list[np.ndarray] = []
+        self._all: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # rows, cols, owner
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_size = 0
         self.n_items = n_items
-        self._matrix = sp.csr_matrix((n_items, n_items), dtype=np.float32)
-        self._dirty = False
-        self._built_at = 0.0
+        self._base = sp.csr_matrix((n_items, n_items), dtype=np.float32)
+        self._delta: sp.csr_matrix | None = None
         self.pairs = 0
 
     def add(self, owner: int, before: np.ndarray, new: np.ndarray) -> None:
         """Pair each item of ``new`` (int32, time order) with up to ``COVISIT_WINDOW`` items
         preceding it in ``before`` followed by ``new``."""
         seq = np.concatenate([before[-COVISIT_WINDOW:], new]).astype(np.int64)
-        start = len(seq) - len(new)
-        pos = np.arange(start, len(seq))
-        back = np.arange(1, COVISIT_WINDOW + 1)
-        prev = pos[:, None] - back[None, :]
+        pos = np.arange(len(seq) - len(new), len(seq))
+        prev = pos[:, None] - np.arange(1, COVISIT_WINDOW + 1)[None, :]
         valid = prev >= 0
         a = np.broadcast_to(seq[pos][:, None], prev.shape)[valid]
         b = seq[np.maximum(prev, 0)][valid]
         keep = a != b
-        a, b = a[keep], b[keep]
+        rows, cols = np.concatenate([a[keep], b[keep]]), np.concatenate([b[keep], a[keep]])
         with self._lock:
-            self._rows += [a, b]
-            self._cols += [b, a]
-            self._owner += [np.full(len(a), owner, np.int64)] * 2
-            self.pairs += 2 * len(a)
-            self._dirty = True
+            self._all.append((rows, cols, np.full(len(rows), owner, np.int64)))
+            self._pending.append((rows, cols))
+            self._pending_size += len(rows)
+            self._delta = None
+            self.pairs += len(rows)
+
+    def _csr(self, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
+        m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
+                          shape=(self.n_items, self.n_items))
+        m.sum_duplicates()
+        return m
+
+    def _rebuild(self) -> None:
+        """Base from every triple (after an erasure or a vocabulary growth)."""
+        if self._all:
+            rows, cols, owner = (np.concatenate(x) for x in zip(*self._all))
+            self._all = [(rows, cols, owner)]
+        else:
+            rows = cols = np.zeros(0, np.int64)
+        self._base = self._csr(rows, cols)
+        self._pending, self._pending_size, self._delta = [], 0, None
+        self.pairs = len(rows)
 
     def remove_owner(self, owner: int) -> None:
         with self._lock:
-            if not self._rows:
-                return
-            rows, cols, own = (np.concatenate(x) for x in (self._rows, self._cols, self._owner))
-            keep = own != owner
-            self._rows, self._cols, self._owner = [rows[keep]], [cols[keep]], [own[keep]]
-            self.pairs = int(keep.sum())
-            self._dirty = True
-            self._built_at = 0.0  # an erasure must show at once
+            self._all = [(r[o != owner], c[o != owner], o[o != owner]) for r, c, o in self._all]
+            self._rebuild()
 
     def grow(self, n_items: int) -> None:
         with self._lock:
             self.n_items = n_items
-            self._dirty = True
-            self._built_at = 0.0
+            self._rebuild()
 
-    def matrix(self) -> sp.csr_matrix:
+    def matrices(self) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
         with self._lock:
-            stale = self._dirty and (time.monotonic() - self._built_at >= COVISIT_REBUILD_INTERVAL
-                                     or self._matrix.shape[0] != self.n_items)
-            if not stale:
-                return self._matrix
-            if self._rows:
-                rows, cols = np.concatenate(self._rows), np.concatenate(self._cols)
-                self._rows, self._cols = [rows], [cols]
-                self._owner = [np.concatenate(self._owner)]
-            else:
-                rows = cols = np.zeros(0, np.int64)
-            m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
-                              shape=(self.n_items, self.n_items))
-            m.sum_duplicates()
-            self._matrix, self._dirty, self._built_at = m, False, time.monotonic()
-            return m
+            if not self._pending:
+                return self._base, None
+            if self._delta is None:
+                rows = np.concatenate([r for r, _ in self._pending])
+                cols = np.concatenate([c for _, c in self._pending])
+                self._delta = self._csr(rows, cols)
+            if self._pending_size >= self.MERGE_AT:
+                self._base = (self._base + self._delta).tocsr()
+                self._pending, self._pending_size, self._delta = [], 0, None
+                return self._base, None
+            return self._base, self._delta
 
 
 class LiveState:

@@ -34,6 +34,8 @@ class ServeSettings(BaseModel):
     live_k: int = Field(200, ge=1, le=5000, description="candidates from each live source")
     live_popularity_weight: float = Field(0.3, ge=0)
     live_covisit_weight: float = Field(0.8, ge=0)
+    live_covisit_min_slots: int = Field(
+        10, ge=0, description="places guaranteed to live co-visits (new items depend on them)")
     query_weight: float = Field(2.0, ge=0, description="fusion weight of query-text matches")
     query_min_slots: int = Field(10, ge=0, description="places guaranteed to query-text matches")
     similar_channels: list[str] = Field(
@@ -52,7 +54,8 @@ class ServeSettings(BaseModel):
 
     def live_weights(self) -> dict[str, ChannelWeight]:
         return {"live_popularity": ChannelWeight(self.live_popularity_weight),
-                "live_covisit": ChannelWeight(self.live_covisit_weight)}
+                "live_covisit": ChannelWeight(self.live_covisit_weight, None,
+                                              self.live_covisit_min_slots)}
 
 
 def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:

@@ -54,18 +54,24 @@ def popularity(counts: np.ndarray, seen: sp.csr_matrix, k: int,
     return Candidates(ids, vals)
 
 
-def covisit(matrix: sp.csr_matrix, recent: sp.csr_matrix, seen: sp.csr_matrix, k: int,
-            allowed: np.ndarray | None, explain: bool) -> Candidates:
+def covisit(parts: tuple[sp.csr_matrix, sp.csr_matrix | None], recent: sp.csr_matrix,
+            seen: sp.csr_matrix, k: int, allowed: np.ndarray | None, explain: bool) -> Candidates:
     """Items co-visited with each row's recent history.
 
-    ``matrix`` float32 CSR [n_items, n_items] co-visit counts; ``recent`` float32 CSR
-    [n, n_items] weighted recent history. Evidence: the history item contributing most.
+    ``parts`` float32 CSR [n_items, n_items] co-visit counts as (base, delta or None) whose
+    sum is the matrix; ``recent`` float32 CSR [n, n_items] recent history. Evidence: the
+    history item contributing most.
     """
     n = recent.shape[0]
-    if matrix.nnz == 0:
+    base, delta = parts
+    if base.nnz == 0 and delta is None:
         return Candidates(np.full((n, k), -1, np.int32), np.full((n, k), -np.inf, np.float32))
-    product = (recent @ matrix).tocsr()
-    scores = np.full((n, matrix.shape[1]), -np.inf, np.float32)
+    product = recent @ base
+    if delta is not None:
+        product = product + recent @ delta
+    matrix = base if delta is None else None
+    product = product.tocsr()
+    scores = np.full((n, base.shape[1]), -np.inf, np.float32)
     coo = product.tocoo()
     scores[coo.row, coo.col] = coo.data
     scores[scores <= 0] = -np.inf
@@ -77,6 +83,8 @@ def covisit(matrix: sp.csr_matrix, recent: sp.csr_matrix, seen: sp.csr_matrix, k
             hist = recent.indices[recent.indptr[r]:recent.indptr[r + 1]]
             valid = ids[r] >= 0
             if len(hist) and valid.any():
+                if matrix is None:
+                    matrix = (base + delta).tocsr()
                 block = matrix[hist][:, ids[r][valid]].toarray()
                 block *= recent.data[recent.indptr[r]:recent.indptr[r + 1]][:, None]
                 evidence[r, np.flatnonzero(valid)] = hist[block.argmax(axis=0)]
