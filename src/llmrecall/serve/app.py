@@ -52,7 +52,7 @@ def _field(loc) -> str:
     return out or "body"
 
 
-def _service(request: Request) -> Service:
+async def _service(request: Request) -> Service:
     return request.app.state.service
 
 
@@ -82,7 +82,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                               "with real-time events and item updates.")
     app.add_middleware(_Guard, settings=settings)
 
-    def require_key(request: Request) -> None:
+    async def require_key(request: Request) -> None:
         expected = app.state.service.api_key
         if expected is None:
             raise ApiError(403, "writes_disabled",

@@ -257,21 +257,22 @@ class RecallEngine:
                 counts: dict[str, np.ndarray], seconds: dict[str, float]) -> RecallAnswer:
         ids = fused.ids[r, :q.k]
         n_valid = int((ids >= 0).sum())
-        raw = state.items.raw(ids[:n_valid])
+        ids = ids[:n_valid]
+        present = fused.ranks[r, :n_valid] >= 0  # bool[n_valid, C]
+        # which channels proposed each candidate, as one bit-set code per candidate
+        codes = (present.astype(np.int64) << np.arange(present.shape[1])).sum(axis=1).tolist()
+        names: dict[int, list[str]] = {}
+        for code in set(codes):
+            names[code] = [c for b, c in enumerate(fused.channels) if code >> b & 1]
         titles = state.titles
-        ranks = fused.ranks[r, :n_valid]
-        present = ranks >= 0
-        out = []
-        pipeline = state.artifact.pipeline
-        for col in range(n_valid):
-            item = int(ids[col])
-            chans = [fused.channels[c] for c in np.flatnonzero(present[col])]
-            cand = {"item_id": raw[col], "title": titles[item],
-                    "score": float(fused.scores[r, col]), "channels": chans}
-            if q.explain:
+        out = [{"item_id": raw, "title": titles[item], "score": score, "channels": names[code]}
+               for raw, item, score, code in zip(state.items.raw(ids), ids.tolist(),
+                                                 fused.scores[r, :n_valid].tolist(), codes)]
+        if q.explain:
+            pipeline = state.artifact.pipeline
+            for col, cand in enumerate(out):
                 cand["reasons"] = [self._reason(fused, r, col, c, state, pipeline)
                                    for c in np.flatnonzero(present[col])]
-            out.append(cand)
         return RecallAnswer(out, sorted(set(degraded)),
                             {n: int(c[r]) for n, c in counts.items()}, seconds)
 

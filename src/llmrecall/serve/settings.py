@@ -39,7 +39,7 @@ class ServeSettings(BaseModel):
     query_weight: float = Field(2.0, ge=0, description="fusion weight of query-text matches")
     query_min_slots: int = Field(10, ge=0, description="places guaranteed to query-text matches")
     similar_channels: list[str] = Field(
-        default_factory=lambda: ["itemcf", "swing", "semantic", "live_covisit"],
+        default_factory=lambda: ["itemcf", "swing", "semantic_i2i", "live_covisit"],
         description="channel names (or kinds) answering /v1/items/{id}/similar")
     refresh_min_events: int = Field(5, ge=1, description="new events before a user's interest text is refreshed")
     refresher: str | None = Field(None, description="'module:callable' interest refresher factory")
