@@ -86,7 +86,7 @@ class Swing(ItemNeighborChannel):
 
     def __init__(self, alpha: float = 1.0, user_power: float = 0.5,
                  max_users_per_item: int = 100, neighbors: int = 200,
-                 history_length: int | None = 50, position_half_life: float | None = 20.0,
+                 history_length: int | None = 20, position_half_life: float | None = 10.0,
                  time_half_life: float | None = None, name: str | None = None):
         super().__init__(neighbors, history_length, position_half_life, time_half_life, name)
         self.alpha = alpha
