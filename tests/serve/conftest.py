@@ -51,6 +51,15 @@ params = {seconds = 1.5}
 """
 
 
+TEXT_CONFIG = """
+seed = 0
+[[channels]]
+kind = "test_popularity"
+[[channels]]
+kind = "test_text"
+"""
+
+
 def _build(tmp_path_factory, name: str, config_text: str) -> Path:
     from llmrecall.config import parse_config
     from llmrecall.data.builtin import load_builtin
@@ -78,6 +87,11 @@ def artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def degraded_artifact(tmp_path_factory) -> Path:
     return _build(tmp_path_factory, "degraded", DEGRADED_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def text_artifact(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "text", TEXT_CONFIG)
 
 
 def free_port() -> int:

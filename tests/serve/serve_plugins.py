@@ -99,7 +99,46 @@ class TestSlow(Channel):
         return np.zeros((len(users), history.n_items), np.float32)
 
 
-for _cls in (TestPopularity, TestCooccurrence, TestFailing, TestSlow):
+class TestText(Channel):
+    """Stands in for a text-embedding channel: implements the two serving hooks.
+
+    ``add_items(ids, texts)`` remembers items added after fit (as a semantic channel adds
+    their vectors to its index); ``recall_query(texts, k, allowed)`` returns remembered items
+    sharing a word with the query.
+    """
+
+    kind = "test_text"
+
+    def __init__(self, name: str | None = None):
+        super().__init__(name)
+        self._added: list[tuple[int, set[str]]] = []
+
+    def fit(self, dataset: Dataset) -> "TestText":
+        self.n_items_ = np.array([dataset.n_items])
+        return self
+
+    def recall(self, users, k, history, **kwargs):
+        from llmrecall.channels.base import Candidates
+
+        n = len(users)
+        return Candidates(np.full((n, k), -1, np.int32), np.full((n, k), -np.inf, np.float32))
+
+    def add_items(self, ids: np.ndarray, texts: list[str]) -> None:
+        self._added += [(int(i), set(t.lower().split())) for i, t in zip(ids, texts)]
+
+    def recall_query(self, texts, k, allowed):
+        from llmrecall.channels.base import Candidates
+
+        ids = np.full((len(texts), k), -1, np.int32)
+        for r, text in enumerate(texts):
+            words = set((text or "").lower().split())
+            hits = [i for i, w in self._added if words & w and (allowed is None or allowed[i])][:k]
+            ids[r, :len(hits)] = hits
+        scores = np.where(ids >= 0, 1.0, -np.inf).astype(np.float32)
+        return Candidates(ids, scores)
+
+
+for _cls in (TestPopularity, TestCooccurrence, TestFailing, TestSlow, TestText):
     _register(_cls)
 
 

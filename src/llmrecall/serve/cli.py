@@ -61,7 +61,7 @@ def serve_command(
     port: Annotated[Optional[int], typer.Option(help="port")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help="env var holding the write API key")] = None,
     state: Annotated[Optional[Path], typer.Option(help="SQLite state file (default: DIR/state.sqlite)")] = None,
-    settings: Annotated[Optional[Path], typer.Option(help="TOML file with a [serve] table")] = None,
+    settings: Annotated[Optional[Path], typer.Option(help="TOML file with a \\[serve] table")] = None,
     channel_budget_ms: Annotated[Optional[float], typer.Option(help="per-request channel deadline")] = None,
     refresher: Annotated[Optional[str], typer.Option(help="'module:factory' interest refresher")] = None,
     plugin: PluginOpt = None,

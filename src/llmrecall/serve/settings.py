@@ -30,7 +30,7 @@ class ServeSettings(BaseModel):
     channel_budget_ms: float = Field(100.0, gt=0, description="deadline for every channel of a request")
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a channel's breaker")
     breaker_cooldown_s: float = Field(10.0, gt=0, description="how long an open breaker skips the channel")
-    max_batch: int = Field(64, ge=1, description="queries answered together as one batch")
+    max_batch: int = Field(32, ge=1, description="queries answered together as one batch")
     live_k: int = Field(200, ge=1, le=5000, description="candidates from each live source")
     live_popularity_weight: float = Field(0.3, ge=0)
     live_covisit_weight: float = Field(0.8, ge=0)
