@@ -64,3 +64,24 @@ def test_acknowledged_events_survive_sigkill(make_server, artifact, tmp_path):
     own = {e["item_id"] for b in acked for e in b if e["user_id"] == user}
     assert answer["known_user"] and answer["history_length"] >= len(stamps[user]) > 0
     assert not own & {c["item_id"] for c in answer["candidates"]}
+
+
+@pytest.mark.slow
+def test_erasure_and_catalog_changes_survive_restart(make_server, artifact, tmp_path):
+    state = tmp_path / "erase.sqlite"
+    server = make_server(artifact, state=state)
+    assert server.client.delete("/v1/users/196", headers=WRITE).status_code == 200
+    server.client.post("/v1/events", headers=WRITE,
+                       json={"events": [{"user_id": "196", "item_id": "1", "timestamp": 5.0}]})
+    server.client.put("/v1/items", headers=WRITE,
+                      json={"items": [{"item_id": "kept-new", "title": "Plonkwise"}]})
+    assert server.client.delete("/v1/items/50", headers=WRITE).status_code == 200
+    server.kill()
+    again = make_server(artifact, state=state)
+    hist = again.client.get("/v1/users/196/history").json()
+    assert hist["known_user"] and [h["item_id"] for h in hist["history"]] == ["1"]
+    answer = again.client.post("/v1/recall", json={"query": "plonkwise", "k": 3}).json()
+    assert answer["candidates"][0]["item_id"] == "kept-new"
+    for body in ({"user_id": "13", "k": 300}, {"query": "star wars", "k": 50}):
+        got = again.client.post("/v1/recall", json=body).json()["candidates"]
+        assert "50" not in [c["item_id"] for c in got]

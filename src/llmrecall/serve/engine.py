@@ -127,7 +127,10 @@ class RecallEngine:
     def _recall_group(self, queries: list[RecallQuery]) -> list[RecallAnswer]:
         first = queries[0]
         state, pipeline = first.state, first.state.artifact.pipeline
-        n_items = state.n_items
+        # the mask fixes the item width of this batch: items added while it runs (the
+        # service thread grows the arrays, mask last) are left for the next batch
+        allowed = first.allowed if first.allowed is not None else state.allowed
+        n_items = len(allowed)
         k_max = max(q.k for q in queries)
         rows = np.empty(len(queries), np.int64)
         anon = state.next_row
@@ -137,7 +140,6 @@ class RecallEngine:
             else:
                 rows[i] = q.row
         history = _batch_histories(rows, [q.history for q in queries], n_items)
-        allowed = first.allowed if first.allowed is not None else state.allowed
         names = [n for n in pipeline.channels if first.only is None or n in first.only]
         text_channels = [n for n in names if hasattr(pipeline.channels[n], "recall_query")]
         if first.query_only:  # history channels would only repeat popularity
@@ -182,9 +184,14 @@ class RecallEngine:
                 state.popularity[:n_items], seen, self.settings.live_k, allowed))
         if (only is None or sources.LIVE_COVISIT in only) and not first.query_only:
             recent_items, _ = history.recent(rows, COVISIT_WINDOW * 2)
-            live(sources.LIVE_COVISIT, lambda: sources.covisit(
-                state.covisit.matrices(), _rows_matrix(recent_items, n_items), seen,
-                self.settings.live_k, allowed, first.explain))
+
+            def covisit() -> Candidates:
+                parts = state.covisit.matrices()
+                recent = _rows_matrix(recent_items, parts[0].shape[0])
+                return sources.covisit(parts, recent, seen, self.settings.live_k, allowed,
+                                       first.explain)
+
+            live(sources.LIVE_COVISIT, covisit)
         if any(texts) and not text_channels and (only is None or sources.QUERY_LEXICAL in only):
             live(sources.QUERY_LEXICAL, lambda: state.lexical().recall(
                 texts, seen, max(self.settings.live_k, k_max), allowed))
