@@ -226,9 +226,10 @@ class RecallEngine:
         t = time.perf_counter()
         weights = dict(pipeline.weights)
         weights.update(self.settings.live_weights())
-        if sources.QUERY_LEXICAL in lists:
-            weights[sources.QUERY_LEXICAL] = ChannelWeight(
-                self.settings.query_weight, None, min(self.settings.query_min_slots, k_max))
+        for name in lists:  # text matches (BM25 or an embedding channel's query hook)
+            if name == sources.QUERY_LEXICAL or name.endswith(":query"):
+                weights[name] = ChannelWeight(self.settings.query_weight, None,
+                                              min(self.settings.query_min_slots, k_max))
         if not lists and only is None:
             lists[sources.LIVE_POPULARITY] = sources.popularity(
                 state.popularity[:n_items], seen, k_max, allowed)
