@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--channel", action="append", help="kind:key=value,... (repeatable)")
     args = parser.parse_args()
     specs = args.channel or DEFAULT_CHANNELS
-    header = f"| dataset | channel | fit s | recall s | " + " | ".join(f"R@{k}" for k in KS) + " |"
+    header = "| dataset | channel | fit s | recall s | " + " | ".join(f"R@{k}" for k in KS) + " |"
     print(header)
     print("|" + " --- |" * (4 + len(KS)))
     for name in args.datasets:

@@ -150,3 +150,28 @@ def test_checkerboard_is_a_real_known_answer():
     data = synthetic_dataset()
     log = data.interactions
     assert ((log.user >= 60) == (log.item >= 10)).all()
+
+
+def test_als_recomputes_known_users_from_a_fresher_history():
+    data = synthetic_dataset()
+    channel = ALS(factors=2, iterations=10).fit(data)
+    before = channel.score(np.array([0]), data.histories())
+    fresher = Histories.from_interactions(
+        data.interactions.concat(Interactions.build([0, 0], [15, 16], time=[1e3, 1e3 + 1])),
+        data.n_users, data.n_items)
+    after = channel.score(np.array([0]), fresher)
+    assert after[0, 15:20].mean() > before[0, 15:20].mean()
+
+
+def test_bpr_keeps_fitted_vectors_and_folds_in_new_users():
+    from llmrecall.channels import BPR
+
+    data = synthetic_dataset()
+    channel = BPR(factors=4, iterations=20).fit(data)
+    hist = sp.csr_matrix(([1.0, 1.0], ([1, 1], [2, 5])), shape=(2, data.n_items),
+                         dtype=np.float32)
+    vectors, placed = channel.user_vectors(np.array([3, data.n_users]), hist)
+    np.testing.assert_array_equal(vectors[0], channel.user_factors_[3])
+    expected = channel.item_factors_[[2, 5]].mean(axis=0)
+    np.testing.assert_allclose(vectors[1, :-1], expected[:-1], rtol=1e-6)
+    assert vectors[1, -1] == 1.0 and placed.all()

@@ -23,7 +23,7 @@ class ALS(FactorChannel):
 
     kind = "als"
 
-    def __init__(self, factors: int = 32, regularization: float = 0.05, alpha: float = 5.0,
+    def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 2.0,
                  iterations: int = 15, seed: int = 0, name: str | None = None):
         super().__init__(factors, regularization, iterations, seed, name)
         self.alpha = alpha
