@@ -117,6 +117,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return _json({"error": "http_error", "message": str(exc.detail), "field": None},
                      exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _internal(_req: Request, exc: Exception):
+        log.error("unhandled error", exc_info=exc)
+        return _json({"error": "internal", "message": f"internal error: {type(exc).__name__}",
+                      "field": None}, 500)
+
     # ---- recall -------------------------------------------------------------------------
     @app.post("/v1/recall", response_model=s.RecallResponse, responses=errors, tags=["recall"])
     async def recall(req: s.RecallRequest, svc: Svc):
