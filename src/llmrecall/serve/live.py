@@ -73,19 +73,14 @@ class LiveCovisit:
         self._delta: sp.csr_matrix | None = None
         self.pairs = 0
 
-    def add(self, owner: int, before: np.ndarray, new: np.ndarray) -> None:
-        """Pair each item of ``new`` (int32, time order) with up to ``COVISIT_WINDOW`` items
-        preceding it in ``before`` followed by ``new``."""
-        seq = np.concatenate([before[-COVISIT_WINDOW:], new]).astype(np.int64)
-        pos = np.arange(len(seq) - len(new), len(seq))
-        prev = pos[:, None] - np.arange(1, COVISIT_WINDOW + 1)[None, :]
-        valid = prev >= 0
-        a = np.broadcast_to(seq[pos][:, None], prev.shape)[valid]
-        b = seq[np.maximum(prev, 0)][valid]
+    def add(self, a: np.ndarray, b: np.ndarray, owner: np.ndarray) -> None:
+        """Count the pairs (a[i], b[i]) in both directions; ``owner`` int64[m] is the dense
+        row of the user whose events made each pair."""
         keep = a != b
-        rows, cols = np.concatenate([a[keep], b[keep]]), np.concatenate([b[keep], a[keep]])
+        a, b, owner = a[keep].astype(np.int64), b[keep].astype(np.int64), owner[keep]
+        rows, cols = np.concatenate([a, b]), np.concatenate([b, a])
         with self._lock:
-            self._all.append((rows, cols, np.full(len(rows), owner, np.int64)))
+            self._all.append((rows, cols, np.concatenate([owner, owner])))
             self._pending.append((rows, cols))
             self._pending_size += len(rows)
             self._delta = None
@@ -265,23 +260,35 @@ class LiveState:
         items, times, weights = items[fresh], times[fresh], weights[fresh]
         self.last_seq = int(seqs[-1])
         rows = np.fromiter((self.row_for(u, create=True) for u in users), np.int64, len(users))
-        order = np.argsort(rows, kind="stable")
-        uniq, starts = np.unique(rows[order], return_index=True)
-        bounds = np.append(starts, len(order))
         np.add.at(self.popularity, items, weights)
-        changed = []
-        for j, row in enumerate(uniq.tolist()):  # one step per distinct user in the batch
-            take = order[bounds[j]:bounds[j + 1]]
-            old = self.history(row)
-            new_items = items[take].astype(np.int32)
-            merged_t = np.concatenate([old.times, times[take]])
-            sort = np.argsort(merged_t, kind="stable")
-            self.overlay[row] = UserHistory(
-                np.concatenate([old.items, new_items])[sort], merged_t[sort],
-                np.concatenate([old.weights, weights[take].astype(np.float32)])[sort])
-            self.covisit.add(row, old.items, new_items)
-            changed.append(users[take[0]])
-        return changed
+        uniq, slot_new = np.unique(rows, return_inverse=True)
+        olds = [self.history(r) for r in uniq.tolist()]
+        old_len = np.fromiter((len(h) for h in olds), np.int64, len(olds))
+        # one merged log for every user in the batch: old entries, then the new ones
+        slot = np.concatenate([np.repeat(np.arange(len(uniq)), old_len), slot_new])
+        is_new = np.concatenate([np.zeros(int(old_len.sum()), bool), np.ones(len(rows), bool)])
+        log_items = np.concatenate([h.items for h in olds] + [items.astype(np.int32)])
+        log_times = np.concatenate([h.times for h in olds] + [np.asarray(times, np.float64)])
+        log_weights = np.concatenate([h.weights for h in olds] + [weights.astype(np.float32)])
+        order = np.lexsort((np.arange(len(slot)), log_times, slot))  # user, time, arrival
+        slot, is_new = slot[order], is_new[order]
+        log_items, log_times, log_weights = log_items[order], log_times[order], log_weights[order]
+        bounds = np.zeros(len(uniq) + 1, np.int64)
+        np.cumsum(np.bincount(slot, minlength=len(uniq)), out=bounds[1:])
+        # each user's history is its own (copied) arrays, so no batch array is kept alive
+        self.overlay.update(
+            (row, UserHistory(log_items[s:e].copy(), log_times[s:e].copy(), log_weights[s:e].copy()))
+            for row, s, e in zip(uniq.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()))
+        # live co-visits: every new event with the events just before it in its user's history
+        pos = np.flatnonzero(is_new)
+        prev = pos[:, None] - np.arange(1, COVISIT_WINDOW + 1)[None, :]
+        valid = prev >= bounds[slot[pos]][:, None]
+        a = np.broadcast_to(log_items[pos][:, None], prev.shape)[valid]
+        b = log_items[np.maximum(prev, 0)][valid]
+        owner = np.broadcast_to(uniq[slot[pos]][:, None], prev.shape)[valid]
+        self.covisit.add(a, b, owner)
+        first_of_user = np.unique(slot_new, return_index=True)[1]
+        return [users[i] for i in first_of_user.tolist()]
 
     def add_items(self, rows: list[tuple[str, str, str, list[str]]]) -> tuple[np.ndarray, np.ndarray]:
         """Insert or update items (id, title, text, categories); un-deletes re-added items.
