@@ -149,6 +149,7 @@ class RecallEngine:
         start = time.perf_counter()
 
         # pipeline channels, each on its own pool, all under one deadline
+        channel_mask = None if first.allowed is None and state.allows_all else allowed
         futures: dict[str, Future] = {}
         users = rows.astype(np.int32)
         for name in names:
@@ -160,7 +161,8 @@ class RecallEngine:
             channel = pipeline.channels[name]
             kc = max(pipeline.channel_k(name), k_max)
             futures[name] = guard.executor.submit(
-                _timed, channel.recall, users, kc, history, allowed=allowed, explain=first.explain)
+                _timed, channel.recall, users, kc, history, allowed=channel_mask,
+                explain=first.explain)
         texts = [q.query_text for q in queries]
 
         # live sources run here meanwhile; like channels, a failing one is left out

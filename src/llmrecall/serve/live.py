@@ -194,6 +194,8 @@ class LiveState:
         cfg = self.artifact.pipeline.allowed_
         if cfg is not None:
             allowed[:len(cfg)] &= cfg
+        # nothing filtered: channels are then called without a mask (saves a pass per call)
+        self.allows_all = bool(allowed.all())
         return allowed
 
     # ---- reads -----------------------------------------------------------------------
