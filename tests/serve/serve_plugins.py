@@ -126,6 +126,14 @@ class TestText(Channel):
     def add_items(self, ids: np.ndarray, texts: list[str]) -> None:
         self._added += [(int(i), set(t.lower().split())) for i, t in zip(ids, texts)]
 
+    def refresh_interest(self, user_id: str, history_items: list[str]) -> None:
+        """Stands in for an LLM interest-text refresh: logs to $SERVE_TEST_REFRESH_LOG."""
+        path = os.environ.get("SERVE_TEST_REFRESH_LOG")
+        if path:
+            with open(path, "a") as fh:
+                fh.write(json.dumps({"user": user_id, "n": len(history_items),
+                                     "by": "channel"}) + "\n")
+
     def recall_query(self, texts, k, allowed):
         from llmrecall.channels.base import Candidates
 

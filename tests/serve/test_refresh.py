@@ -69,3 +69,16 @@ def test_server_refreshes_off_the_request_path(make_server, artifact, tmp_path):
         time.sleep(0.05)
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert lines == [{"user": "refresh-me", "n": 5}]
+
+
+def test_channel_refresh_hook_is_used_without_configuration(make_server, text_artifact, tmp_path):
+    log = tmp_path / "refresh.jsonl"
+    server = make_server(text_artifact, env={"SERVE_TEST_REFRESH_LOG": str(log)})
+    events = [{"user_id": "196", "item_id": it} for it in ["50", "181", "172", "1", "127"]]
+    assert server.client.post("/v1/events", json={"events": events}, headers=WRITE).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (log.exists() and log.read_text()):
+        time.sleep(0.05)
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["user"] == "196" and lines[0]["by"] == "channel"
+    assert lines[0]["n"] >= 5  # the artifact history plus the five new events

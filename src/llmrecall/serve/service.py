@@ -47,10 +47,7 @@ class Service:
         self._writes_idle: asyncio.Event | None = None
         self._inflight_writes = 0
         self._reload_lock: asyncio.Lock | None = None
-        refresher = load_refresher(settings.refresher) if settings.refresher else None
-        self.refresh = InterestRefreshWorker(
-            refresher, self._raw_history, settings.refresh_min_events,
-            on_outcome=lambda outcome: self.metrics.refreshes.labels(outcome).inc())
+        self.refresh = InterestRefreshWorker(None, self._raw_history)  # replaced in start()
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -65,6 +62,9 @@ class Service:
         await asyncio.to_thread(self._attach_new_items, state)
         self.state = state
         self.metrics.items.set(state.n_items)
+        self.refresh = InterestRefreshWorker(
+            self._refresher(), self._raw_history, self.settings.refresh_min_events,
+            on_outcome=lambda outcome: self.metrics.refreshes.labels(outcome).inc())
         self._batcher = asyncio.create_task(self._run_batches())
 
     async def stop(self) -> None:
@@ -182,6 +182,25 @@ class Service:
             return n
 
     # ---- helpers ---------------------------------------------------------------------
+    def _refresher(self):
+        """The configured refresher, else one calling ``refresh_interest(user_id, items)`` on
+        the first channel that has it (an LLM interest channel), else None (no refreshes).
+        The channel is looked up at each call, so a reload switches to the new artifact's."""
+        if self.settings.refresher:
+            return load_refresher(self.settings.refresher)
+        if not any(hasattr(ch, "refresh_interest")
+                   for ch in self.state.artifact.pipeline.channels.values()):
+            return None
+
+        def refresh(user_id: str, history_items: list[str]) -> None:
+            for channel in self.state.artifact.pipeline.channels.values():
+                hook = getattr(channel, "refresh_interest", None)
+                if hook is not None:
+                    hook(user_id, history_items)
+                    return
+
+        return refresh
+
     def _attach_new_items(self, state: LiveState) -> None:
         """Items added after the artifact was built reach channels that index item text."""
         fitted = len(state.artifact.items)
