@@ -166,6 +166,13 @@ def datasets() -> None:
             console.print(f"{name}: unavailable ({exc})")
 
 
+# the service: `llmrecall build` writes an artifact, `llmrecall serve DIR` runs the HTTP API
+from llmrecall.serve.cli import build_command, serve_command  # noqa: E402
+
+app.command("build")(build_command)
+app.command("serve")(serve_command)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     try:
         app()
