@@ -67,7 +67,8 @@ class EASE(Channel):
         weights = -inverse / np.diag(inverse)[None, :]
         weights[np.diag_indices_from(weights)] = 0.0
         self.items_ = modelled.astype(np.int32)
-        self.weights_ = weights.astype(np.float32)
+        # C order: the solver returns Fortran order, which makes every `hist @ weights_` copy
+        self.weights_ = np.ascontiguousarray(weights, dtype=np.float32)
         self.popularity_ = popularity
         return self
 
