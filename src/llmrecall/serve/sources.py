@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from llmrecall.channels.base import Candidates, _fit_mask
+from llmrecall.channels.base import Candidates
+from llmrecall.topk import fit_mask
 from llmrecall.topk import topk
 
 LIVE_POPULARITY = "live_popularity"
@@ -33,7 +34,7 @@ EXPLANATIONS = {
 def _mask_scores(scores: np.ndarray, allowed: np.ndarray | None, seen: sp.csr_matrix) -> np.ndarray:
     """-inf on disallowed and seen items (in place); ``scores`` float32[n, n_items]."""
     if allowed is not None:  # widths may differ by items added a moment ago: pad/cut
-        scores[:, ~_fit_mask(allowed, scores.shape[1])] = -np.inf
+        scores[:, ~fit_mask(allowed, scores.shape[1])] = -np.inf
     coo = seen.tocoo()
     inside = coo.col < scores.shape[1]
     scores[coo.row[inside], coo.col[inside]] = -np.inf
