@@ -26,6 +26,16 @@ def test_common_shapes_are_repaired(text):
         "space operas", "heist thrillers", "animated musicals"]
 
 
+def test_output_cut_by_the_token_limit_keeps_finished_elements():
+    # a real SmolLM2 answer that ran out of tokens inside a nested object
+    truncated = ('```json\n{\n  "items": [\n    {\n      "title": "Space Exploration Films",\n'
+                 '      "tags": [\n        "1977",\n        "Alien",\n        "Blade Runner"\n'
+                 '      ]\n    },\n    {\n      "tags": [\n        "2018",\n        "201')
+    assert parse_interests(truncated) == ["Space Exploration Films", "Alien", "Blade Runner"]
+    assert parse_interests('["space operas", "heist thr') == ["space operas"]
+    assert parse_interests('["a \\"quoted\\" b", "x') == ['a "quoted" b']
+
+
 def test_chinese_lists():
     assert parse_interests("1、太空歌剧\n2、抢劫惊悚片\n3、动画音乐剧") == ["太空歌剧", "抢劫惊悚片", "动画音乐剧"]
     assert parse_interests("太空歌剧、抢劫惊悚片、动画音乐剧") == ["太空歌剧", "抢劫惊悚片", "动画音乐剧"]
