@@ -20,6 +20,13 @@ def test_defaults_are_local():
     assert cfg.embedder.scrub and cfg.generator.scrub
 
 
+def test_default_config_builds_local_backends():
+    from llmrecall.lm.embedders import DEFAULT_EMBEDDER
+    emb = EmbedderConfig().build()
+    assert emb.name == DEFAULT_EMBEDDER and not isinstance(emb, OpenAIEmbedder)
+    assert emb.embed(["一部科幻电影", "a science fiction film"]).shape == (2, emb.dim)
+
+
 def test_remote_needs_url_and_model():
     with pytest.raises(ValidationError, match="needs base_url"):
         EmbedderConfig(backend="openai", model="m")

