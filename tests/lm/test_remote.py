@@ -49,6 +49,8 @@ def fault_app(faults: Faults, real_embedder) -> FastAPI:
         n = faults.calls[mode] = faults.calls.get(mode, 0) + 1
         if mode == "flaky" and n <= 2:
             return PlainTextResponse("upstream overloaded", status_code=503)
+        if mode == "rate_limited" and n == 1:
+            return PlainTextResponse("slow down", status_code=429, headers={"Retry-After": "0"})
         if mode == "always500":
             return PlainTextResponse("boom", status_code=500)
         if mode == "bad_request":
@@ -142,6 +144,12 @@ def test_retries_5xx_then_succeeds(faulty, use):
     out = client.embed(["retry me"])
     assert faults.calls["flaky"] == 3 and client.client.requests_sent == 3
     assert np.allclose(out, use.embed(["retry me"]), atol=1e-6)
+
+
+def test_429_is_the_one_4xx_that_is_retried(faulty):
+    faults, root = faulty
+    assert _client(root, "rate_limited").embed(["x"]).shape[0] == 1
+    assert faults.calls["rate_limited"] == 2
 
 
 def test_gives_up_after_retries_on_5xx(faulty):
