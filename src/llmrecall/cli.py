@@ -169,6 +169,22 @@ def datasets() -> None:
 # the service: `llmrecall build` writes an artifact, `llmrecall serve DIR` runs the HTTP API
 from llmrecall.serve.cli import build_command, serve_command  # noqa: E402
 
+@app.command("lm-serve")
+def lm_serve(
+    host: Annotated[str, typer.Option(help="bind address; keep loopback unless a proxy fronts it")] = "127.0.0.1",
+    port: int = 8080,
+    embedder: Annotated[str, typer.Option(help="local embedder name, or 'none'")] = "default",
+    generator: Annotated[str, typer.Option(help="local generator name, or 'none'")] = "default",
+    threads: int = 1,
+) -> None:
+    """Serve the packaged local models over the OpenAI-compatible API (/v1/embeddings,
+    /v1/chat/completions, /v1/models)."""
+    from llmrecall.lm.server import main as serve_models
+
+    serve_models(host=host, port=port, embedder=None if embedder == "none" else embedder,
+                 generator=None if generator == "none" else generator, threads=threads)
+
+
 app.command("build")(build_command)
 app.command("serve")(serve_command)
 
