@@ -50,11 +50,20 @@ def _lowest_ids_at_boundary(scores: np.ndarray, part: np.ndarray, kk: int) -> np
     if len(rows) == 0:
         return part
     block, kth = scores[rows], kth[rows]
-    tied = block == kth
-    need = kk - (block > kth).sum(axis=1, keepdims=True)
-    chosen = (block > kth) | (tied & (np.cumsum(tied, axis=1) <= need))
+    above = block > kth
+    need = kk - above.sum(axis=1)
+    # the tied entries in (row, id) order; keep the first `need` of each row. Working on the
+    # tied entries alone avoids a cumsum over the whole block (most of the cost when a
+    # channel's scores are coarse, e.g. popularity counts).
+    tie_row, tie_col = np.nonzero(block == kth)
+    first = np.searchsorted(tie_row, np.arange(len(rows)))
+    keep = (np.arange(len(tie_row)) - first[tie_row]) < need[tie_row]
+    above_row, above_col = np.nonzero(above)
+    row_of = np.concatenate([above_row, tie_row[keep]])
+    col_of = np.concatenate([above_col, tie_col[keep]])
+    order = np.argsort(row_of, kind="stable")
     part = part.copy()
-    part[rows] = np.nonzero(chosen)[1].reshape(len(rows), kk)
+    part[rows] = col_of[order].reshape(len(rows), kk)
     return part
 
 
