@@ -4,3 +4,4 @@ from llmrecall.channels.base import Candidates, Channel
 from llmrecall.channels.registry import channel_class, known_kinds, register
 
 __all__ = ["Candidates", "Channel", "channel_class", "known_kinds", "register"]
+from llmrecall.channels import semantic  # noqa: E402,F401  (registers semantic_i2i, semantic_user)
