@@ -149,7 +149,7 @@ class SemanticUserInterest(_TextIndexChannel):
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 50,
                  recency_decay: float = 0.95, n_interests: int = 3,
-                 diversity_threshold: float = 0.35, share_power: float = 0.5,
+                 diversity_threshold: float = 0.3, share_power: float = 0.5,
                  kmeans_iters: int = 10, index_kind: str = "auto", name: str | None = None):
         super().__init__(name)
         if recent < 1 or n_interests < 1:

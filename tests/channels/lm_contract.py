@@ -1,0 +1,157 @@
+"""Contract checks every recall channel must pass, for the language-model channel tests.
+
+A subclass provides ``make_channel()`` (unfitted, small settings) and may override
+``dataset()``. The checks: batch == single, unknown and empty users, k > catalog, seen items
+excluded, allowed mask honoured, save/load round trip without pickles, clone, not-fitted error.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llmrecall.channels import Channel, channel_class
+from llmrecall.data.dataset import Dataset, Histories, Interactions
+from llmrecall.errors import NotFittedError
+from lm_data import make_dataset
+
+
+@pytest.fixture(scope="session")
+def lm_cache(tmp_path_factory):
+    """A private text-vector cache for the test session."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("lm-cache")
+    mp.setenv("LLMRECALL_CACHE", str(path))
+    yield path
+    mp.undo()
+
+
+def with_extra_users(dataset: Dataset, extra: int) -> Histories:
+    """The dataset's histories plus ``extra`` trailing users with empty histories."""
+    h = dataset.histories()
+    indptr = np.concatenate([h.indptr, np.full(extra, h.indptr[-1], np.int64)])
+    return Histories(indptr, h.items, h.times, h.weights, h.n_items)
+
+
+class LMChannelContract:
+    """Mixin: contract tests, parameterised by :meth:`make_channel`."""
+
+    def make_channel(self) -> Channel:
+        raise TypeError("subclasses define make_channel()")
+
+    def dataset(self) -> Dataset:
+        return make_dataset()
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def fitted(cls, lm_cache):
+        """(fitted channel, dataset), fitted once per test class."""
+        contract = cls()
+        data = contract.dataset()
+        return contract.make_channel().fit(data), data
+
+    def test_batch_equals_single(self, fitted):
+        channel, data = fitted
+        h = data.histories()
+        users = np.arange(data.n_users, dtype=np.int32)
+        batch = channel.recall(users, 7, h, explain=True)
+        assert batch.ids.shape == (data.n_users, 7) and batch.ids.dtype == np.int32
+        assert batch.scores.dtype == np.float32
+        for u in [0, 5, 21, data.n_users - 1]:
+            one = channel.recall(np.array([u], np.int32), 7, h, explain=True)
+            np.testing.assert_array_equal(one.ids[0], batch.ids[u])
+            np.testing.assert_allclose(one.scores[0], batch.scores[u], rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(one.evidence[0], batch.evidence[u])
+
+    def test_scores_sorted_and_padded_consistently(self, fitted):
+        channel, data = fitted
+        c = channel.recall(np.arange(data.n_users, dtype=np.int32), 10, data.histories())
+        finite = np.isfinite(c.scores)
+        assert ((c.ids >= 0) == finite).all()
+        assert (np.diff(np.where(finite, c.scores, -1e30), axis=1) <= 1e-6).all()
+        for row in c.ids:
+            real = row[row >= 0]
+            assert len(np.unique(real)) == len(real)
+
+    def test_unknown_and_empty_users(self, fitted):
+        channel, data = fitted
+        h = with_extra_users(data, 3)
+        new = np.arange(data.n_users, data.n_users + 3, dtype=np.int32)
+        c = channel.recall(new, 5, h, explain=True)
+        assert c.ids.shape == (3, 5)
+        # an empty history gives nothing to go on: padding, never an error
+        assert (c.ids == -1).all() and np.isneginf(c.scores).all()
+        c0 = channel.recall(np.zeros(0, np.int32), 5, h)
+        assert c0.ids.shape == (0, 5)
+
+    def test_fresh_history_counts(self, fitted):
+        """A new user with an ad-hoc history gets candidates that depend on it."""
+        channel, data = fitted
+        h = data.histories()
+        log = Interactions.build(user=[0, 0, 0, 1, 1, 1], item=[0, 1, 2, 20, 21, 22],
+                                 time=[1, 2, 3, 1, 2, 3])
+        fresh = Histories.from_interactions(log, 2, data.n_items)
+        c = channel.recall(np.array([0, 1], np.int32), 5, fresh)
+        assert (c.ids >= 0).all()
+        assert not np.array_equal(c.ids[0], c.ids[1])
+        assert not np.isin(c.ids[0], [0, 1, 2]).any()
+        del h
+
+    def test_k_larger_than_catalog(self, fitted):
+        channel, data = fitted
+        h = data.histories()
+        k = data.n_items + 10
+        c = channel.recall(np.array([0, 1], np.int32), k, h)
+        assert c.ids.shape == (2, k)
+        assert (c.ids[:, -10:] == -1).all() and np.isneginf(c.scores[:, -10:]).all()
+        n_seen = len(np.unique(h.of(0)))
+        assert (c.ids[0] >= 0).sum() <= data.n_items - n_seen
+
+    def test_seen_excluded_unless_asked(self, fitted):
+        channel, data = fitted
+        h = data.histories()
+        users = np.arange(data.n_users, dtype=np.int32)
+        c = channel.recall(users, data.n_items, h)
+        seen = h.matrix(users).toarray().astype(bool)
+        rows = np.repeat(np.arange(len(users)), c.ids.shape[1])
+        got = c.ids.ravel()
+        assert not seen[rows[got >= 0], got[got >= 0]].any()
+        c_all = channel.recall(users[:3], 5, h, exclude_seen=False)
+        assert (c_all.ids >= 0).all()
+
+    def test_allowed_mask(self, fitted):
+        channel, data = fitted
+        h = data.histories()
+        allowed = np.zeros(data.n_items, bool)
+        allowed[::3] = True
+        c = channel.recall(np.arange(data.n_users, dtype=np.int32), 8, h, allowed=allowed)
+        got = c.ids[c.ids >= 0]
+        assert len(got) > 0 and allowed[got].all()
+
+    def test_save_load_round_trip(self, fitted, tmp_path):
+        channel, data = fitted
+        h = data.histories()
+        channel.save(tmp_path / "ch")
+        files = {p.name for p in (tmp_path / "ch").rglob("*") if p.is_file()}
+        assert not any(f.endswith((".pkl", ".pickle", ".pt")) for f in files)
+        for npz in (tmp_path / "ch").rglob("*.npz"):
+            with np.load(npz, allow_pickle=False) as arrays:
+                [arrays[k] for k in arrays.files]
+        meta = json.loads((tmp_path / "ch" / "params.json").read_text())
+        assert meta["kind"] == channel.kind
+        loaded = Channel.load(tmp_path / "ch")
+        assert type(loaded) is type(channel)
+        users = np.arange(data.n_users, dtype=np.int32)
+        a, b = channel.recall(users, 10, h, explain=True), loaded.recall(users, 10, h, explain=True)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+
+    def test_clone_is_unfitted_with_same_params(self, fitted):
+        channel, data = fitted
+        copy = channel.clone()
+        assert type(copy) is type(channel) and copy.get_params() == channel.get_params()
+        with pytest.raises(NotFittedError):
+            copy.recall(np.array([0], np.int32), 3, data.histories())
+        assert channel_class(channel.kind) is type(channel)
