@@ -75,16 +75,32 @@ class LMChannelContract:
             real = row[row >= 0]
             assert len(np.unique(real)) == len(real)
 
-    def test_unknown_and_empty_users(self, fitted):
+    def test_unknown_and_empty_users_get_popularity(self, fitted):
         channel, data = fitted
         h = with_extra_users(data, 3)
         new = np.arange(data.n_users, data.n_users + 3, dtype=np.int32)
         c = channel.recall(new, 5, h, explain=True)
         assert c.ids.shape == (3, 5)
-        # an empty history gives nothing to go on: padding, never an error
-        assert (c.ids == -1).all() and np.isneginf(c.scores).all()
+        # an empty history gives nothing to go on: the popularity ranking, no evidence
+        counts = np.bincount(data.interactions.item, minlength=data.n_items)
+        order = np.lexsort((np.arange(data.n_items), -counts))[:5]
+        assert (c.ids == order).all()
+        assert (c.evidence == -1).all()
         c0 = channel.recall(np.zeros(0, np.int32), 5, h)
         assert c0.ids.shape == (0, 5)
+
+    def test_items_added_after_fit_are_never_recalled(self, fitted):
+        channel, data = fitted
+        h = data.histories()
+        grown = Histories(h.indptr, h.items, h.times, h.weights, data.n_items + 3)
+        # user 0 also has an item the channel never saw, as its latest event
+        extra = Interactions.build(user=[0], item=[data.n_items + 1], time=[1e9])
+        full = Histories.from_interactions(data.interactions.concat(extra), data.n_users,
+                                           data.n_items + 3)
+        for hist in (grown, full):
+            c = channel.recall(np.arange(data.n_users, dtype=np.int32), data.n_items + 3, hist,
+                               explain=True)
+            assert (c.ids < data.n_items).all() and (c.ids[:, :5] >= 0).all()
 
     def test_fresh_history_counts(self, fitted):
         """A new user with an ad-hoc history gets candidates that depend on it."""

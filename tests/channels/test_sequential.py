@@ -11,7 +11,7 @@ from llmrecall.channels.sequential import SASRec, training_windows
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.errors import ConfigError
 
-SMALL = dict(dim=32, max_len=10, epochs=60, batch_size=32, lr=3e-3, dropout=0.1)
+SMALL = dict(dim=32, max_len=10, epochs=150, batch_size=32, lr=3e-3, dropout=0.1)
 
 
 class TestSASRecFuse(LMChannelContract):

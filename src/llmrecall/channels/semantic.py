@@ -21,7 +21,8 @@ import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import DEFAULT_EMBEDDER, item_text_vectors
+from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, item_text_vectors, popular_rows,
+                                              popularity)
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 from llmrecall.index import VectorIndex, choose_kind, merge_hits
@@ -33,6 +34,8 @@ class _TextIndexChannel(Channel):
     def _fit_index(self, dataset: Dataset) -> None:
         vectors = item_text_vectors(dataset, self.embedder)
         self.item_vectors_ = vectors
+        # fallback ranking for users with no history to go on
+        self.popularity_ = popularity(dataset)
         self._build_index()
 
     def _build_index(self) -> None:
@@ -59,6 +62,9 @@ class _TextIndexChannel(Channel):
         ids, sims = self._index.search(queries, k, exclude=exclude, allowed=allowed)
         scored = np.where(ids >= 0, sims * weights[:, None], -np.inf).astype(np.float32)
         top, vals, ev = merge_hits(owner, ids, scored, evidence, len(batch), k)
+        empty = np.bincount(owner, minlength=len(batch)) == 0
+        if empty.any():  # no usable history: the popularity ranking, without evidence
+            top[empty], vals[empty] = popular_rows(self.popularity_, int(empty.sum()), k, allowed)
         return Candidates(top, vals, ev, "item")
 
     def recall(self, users: np.ndarray, k: int, history: Histories, *,
@@ -86,6 +92,7 @@ class _TextIndexChannel(Channel):
         """Last ``recent`` items (int32[n, L], -1 = none) and their recency weights
         float32[n, L]: ``recency_decay ** (events since)``, 0 where there is no item."""
         items, _ = history.recent(batch, self.recent)
+        items = np.where(items < len(self.item_vectors_), items, -1)  # added after fit: unknown
         age = np.cumsum(items[:, ::-1] >= 0, axis=1)[:, ::-1] - 1  # 0 = newest
         weights = np.where(items >= 0, self.recency_decay ** age, 0.0).astype(np.float32)
         return items, weights

@@ -24,7 +24,8 @@ import numpy as np
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import DEFAULT_EMBEDDER, item_text_vectors
+from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, check_width, item_text_vectors,
+                                              popularity)
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 
@@ -176,6 +177,7 @@ class SASRec(Channel):
         model.eval()
         self.model_ = model
         self.n_items_ = n_items
+        self.popularity_ = popularity(dataset)
         return self
 
     def _loss(self, model, batch, n_items: int, sampled: bool, rng: np.random.Generator):
@@ -200,20 +202,27 @@ class SASRec(Channel):
 
     # ---- recall ----------------------------------------------------------------------
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
-        """float32[n, n_items]: next-item logits for each user's last ``max_len`` items;
-        -inf for a user with an empty history (nothing to continue)."""
+        """float32[n, history.n_items]: next-item logits for each user's last ``max_len``
+        items (items added after fit are skipped and never scored); a user with no usable
+        history gets the training popularity counts instead."""
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
+        width = check_width(history, self.n_items_, self.name)
         items, _ = history.recent(users, self.max_len)
+        items = np.where(items < self.n_items_, items, -1)
         seq = torch.from_numpy(np.where(items >= 0, items.astype(np.int64) + 1, 0))
         with torch.no_grad():
             hidden = self.model_(seq)[:, -1]
-            scores = (hidden @ self.model_.items()[1:].T).numpy().astype(np.float32)
-        scores[(items < 0).all(axis=1)] = -np.inf
+            logits = (hidden @ self.model_.items()[1:].T).numpy()
+        scores = np.full((len(users), width), -np.inf, np.float32)
+        scores[:, :self.n_items_] = logits
+        empty = (items < 0).all(axis=1)
+        scores[empty, :self.n_items_] = self.popularity_
         return scores
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
-        """int32[n, k]: the user's most recent item (the sequence the candidates continue)."""
+        """int32[n, k]: the user's most recent item (the sequence the candidates continue);
+        -1 for a user without history."""
         last, _ = history.recent(users, 1)
         return np.where(ids >= 0, last[:, :1], -1).astype(np.int32)
 
@@ -224,6 +233,7 @@ class SASRec(Channel):
         tensors = {k: v.detach().contiguous() for k, v in self.model_.state_dict().items()}
         save_file(tensors, str(directory / "model.safetensors"),
                   metadata={"n_items": str(self.n_items_)})
+        np.save(directory / "popularity.npy", self.popularity_)
 
     def load_state(self, directory: Path) -> None:
         from safetensors import safe_open
@@ -240,6 +250,7 @@ class SASRec(Channel):
         model.load_state_dict(tensors)
         model.eval()
         self.model_, self.n_items_ = model, n_items
+        self.popularity_ = np.load(directory / "popularity.npy", allow_pickle=False)
 
 
 def _pca_init(text: np.ndarray, dim: int) -> np.ndarray:

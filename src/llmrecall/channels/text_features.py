@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llmrecall.data.dataset import Dataset
-from llmrecall.errors import ConfigError
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import ConfigError, DataError
+from llmrecall.topk import topk
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 #: model name -> installed package that ships its files (loaded offline, never downloaded)
@@ -92,3 +93,30 @@ def _model_folder(package_dir: Path) -> Path:
     for config in sorted(package_dir.rglob("config.json")):
         return config.parent
     raise ConfigError(f"no model files found under {package_dir}")
+
+
+# ---- what every text channel does for users and items it cannot place -------------------
+def popularity(dataset: Dataset) -> np.ndarray:
+    """float32[n_items] training interaction counts: the ranking a text channel falls back
+    to for a user with no history."""
+    return np.bincount(dataset.interactions.item, minlength=dataset.n_items).astype(np.float32)
+
+
+def popular_rows(popularity: np.ndarray, n: int, k: int,
+                 allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` identical rows of the top-``k`` allowed items by popularity: ids int32[n, k],
+    scores float32[n, k] (padded -1 / -inf)."""
+    row = popularity.astype(np.float32).copy()
+    if allowed is not None:
+        row[~np.asarray(allowed, bool)[:len(row)]] = -np.inf
+    ids, vals = topk(row[None, :], k)
+    return np.repeat(ids, n, axis=0), np.repeat(vals, n, axis=0)
+
+
+def check_width(history: Histories, n_fitted_items: int, channel: str) -> int:
+    """Score columns for ``history``: its item vocabulary, which may have grown since fit
+    (items added later are unknown to the channel and get -inf) but may not have shrunk."""
+    if history.n_items < n_fitted_items:
+        raise DataError(f"channel {channel!r} was fitted on {n_fitted_items} items but the "
+                        f"history knows only {history.n_items}: use the same item vocabulary")
+    return history.n_items

@@ -21,7 +21,8 @@ import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import DEFAULT_EMBEDDER, item_text_vectors
+from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, check_width, item_text_vectors,
+                                              popularity)
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 
@@ -158,6 +159,7 @@ class TextCF(Channel):
         self.item_layers_ = np.stack(layer_list).astype(np.float32)  # [layers + 1, n_items, dim]
         self.item_vectors_ = _unit(item_final)
         self.item_degree_ = np.asarray(user_items.sum(axis=0)).ravel().astype(np.float32)
+        self.popularity_ = popularity(dataset)
         self.mlp_ = mlp
         return self
 
@@ -170,7 +172,7 @@ class TextCF(Channel):
         """
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
-        rows = history.matrix(users)
+        rows = history.matrix(users)[:, :len(self.item_degree_)]  # later items: unknown
         deg_u = np.asarray(rows.sum(axis=1)).ravel()
         di = np.where(self.item_degree_ > 0, self.item_degree_, 1.0) ** -0.5
         norm = sp.diags((np.where(deg_u > 0, deg_u, 1.0) ** -0.5).astype(np.float32)) @ rows \
@@ -184,15 +186,21 @@ class TextCF(Channel):
         return _unit(out)
 
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
-        """float32[n, n_items] cosine between user and item vectors; -inf for empty users."""
+        """float32[n, history.n_items] cosine between user and item vectors (-inf for items
+        added after fit); a user with no usable history gets the popularity counts."""
+        n_items = len(self.item_vectors_)
+        width = check_width(history, n_items, self.name)
         vectors = self.user_vectors(users, history)
-        scores = vectors @ self.item_vectors_.T
-        scores[~vectors.any(axis=1)] = -np.inf
-        return scores.astype(np.float32)
+        scores = np.full((len(users), width), -np.inf, np.float32)
+        scores[:, :n_items] = vectors @ self.item_vectors_.T
+        scores[~vectors.any(axis=1), :n_items] = self.popularity_
+        return scores
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
         """int32[n, k]: the history item (of the last 50) most similar to each candidate."""
         recent, _ = history.recent(users, 50)
+        recent = np.where(recent < len(self.item_vectors_), recent, -1)
+        ids = np.where(ids < len(self.item_vectors_), ids, -1)
         vec = self.item_vectors_[np.maximum(recent, 0)]  # [n, L, d]
         cand = self.item_vectors_[np.maximum(ids, 0)]  # [n, k, d]
         sims = np.einsum("nkd,nld->nkl", cand, vec)
@@ -203,7 +211,8 @@ class TextCF(Channel):
     # ---- persistence: safetensors for the MLP, npz for the arrays --------------------
     def state(self) -> dict[str, np.ndarray]:
         return {"text_vectors_": self.text_vectors_, "item_layers_": self.item_layers_,
-                "item_vectors_": self.item_vectors_, "item_degree_": self.item_degree_}
+                "item_vectors_": self.item_vectors_, "item_degree_": self.item_degree_,
+                "popularity_": self.popularity_}
 
     def save_state(self, directory: Path) -> None:
         from safetensors.torch import save_file
