@@ -20,6 +20,17 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     kk = min(k, m)
     if kk < m:
         part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        # argpartition picks arbitrarily among values tied with the k-th best; redo those
+        # rows so the lowest column ids win the tie, as promised
+        kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+        tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > kk)
+        if len(tied):
+            rows = scores[tied]
+            above = rows > kth[tied, None]
+            level = rows == kth[tied, None]
+            room = kk - above.sum(axis=1)
+            take = above | (level & (np.cumsum(level, axis=1) <= room[:, None]))
+            part[tied] = np.nonzero(take)[1].reshape(len(tied), kk)
     else:
         part = np.broadcast_to(np.arange(m), (n, m)).copy()
     vals = np.take_along_axis(scores, part, axis=1)
