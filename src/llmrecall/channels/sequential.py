@@ -226,18 +226,22 @@ class SASRec(Channel):
         last, _ = history.recent(users, 1)
         return np.where(ids >= 0, last[:, :1], -1).astype(np.int32)
 
-    # ---- persistence -----------------------------------------------------------------
+    # ---- persistence: state.npz for arrays, model.safetensors for the network ---------
+    def state(self) -> dict[str, np.ndarray]:
+        return {"popularity_": self.popularity_}
+
     def save_state(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
+        super().save_state(directory)  # state.npz: the numpy arrays (popularity_)
         tensors = {k: v.detach().contiguous() for k, v in self.model_.state_dict().items()}
         save_file(tensors, str(directory / "model.safetensors"),
                   metadata={"n_items": str(self.n_items_)})
-        np.save(directory / "popularity.npy", self.popularity_)
 
     def load_state(self, directory: Path) -> None:
         from safetensors import safe_open
 
+        super().load_state(directory)
         path = directory / "model.safetensors"
         if not path.is_file():
             raise DataError("sasrec model file missing", path=str(path))
@@ -250,7 +254,6 @@ class SASRec(Channel):
         model.load_state_dict(tensors)
         model.eval()
         self.model_, self.n_items_ = model, n_items
-        self.popularity_ = np.load(directory / "popularity.npy", allow_pickle=False)
 
 
 def _pca_init(text: np.ndarray, dim: int) -> np.ndarray:
