@@ -14,6 +14,7 @@ hits per query (after exclusions) loses nothing.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
@@ -85,8 +86,10 @@ class _TextIndexChannel(Channel):
             return Candidates(ids, scores)
         return Candidates(ids, scores, np.concatenate([p.evidence for p in parts]), "item")
 
-    def _recall_block(self, batch, k, history, allowed, exclude_seen) -> Candidates:
-        raise TypeError  # each subclass defines how a block of users becomes queries
+    @abstractmethod
+    def _recall_block(self, batch: np.ndarray, k: int, history: Histories,
+                      allowed: np.ndarray | None, exclude_seen: bool) -> Candidates:
+        """Candidates for one block of users: each subclass turns them into queries."""
 
     def _recent(self, batch: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray]:
         """Last ``recent`` items (int32[n, L], -1 = none) and their recency weights

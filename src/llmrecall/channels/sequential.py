@@ -11,7 +11,8 @@ Item representations come from ids, from text, or both (``text_init``):
 
 Trained with full softmax cross-entropy over all items (sampled softmax with shared uniform
 negatives above ``full_softmax_limit`` items). Seeded; torch threads capped at ``threads``.
-Saved as ``params.json`` + ``model.safetensors`` (no pickle).
+Saved as ``params.json`` + ``state.npz`` (popularity fallback) + ``model.safetensors``
+(the network); no pickle.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class SASRec(Channel):
 
     def __init__(self, text_init: str = "fuse", embedder: str = DEFAULT_EMBEDDER, dim: int = 64,
                  blocks: int = 2, heads: int = 1, max_len: int = 50, dropout: float = 0.2,
-                 epochs: int = 40, batch_size: int = 128, lr: float = 1e-3,
+                 epochs: int = 30, batch_size: int = 128, lr: float = 2e-3,
                  weight_decay: float = 0.0, full_softmax_limit: int = 50_000,
                  negatives: int = 1024, seed: int = 0, threads: int = 1,
                  name: str | None = None):

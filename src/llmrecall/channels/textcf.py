@@ -101,7 +101,7 @@ class TextCF(Channel):
     evidence_template: ClassVar[str] = "liked by people who liked {evidence}"
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, dim: int = 64, hidden: int = 256,
-                 layers: int = 2, tau: float = 0.15, epochs: int = 30, batch_size: int = 2048,
+                 layers: int = 2, tau: float = 0.15, epochs: int = 10, batch_size: int = 2048,
                  lr: float = 1e-3, seed: int = 0, threads: int = 1, name: str | None = None):
         super().__init__(name)
         if min(dim, hidden, epochs, batch_size) < 1 or layers < 0 or tau <= 0:
