@@ -4,7 +4,8 @@ The contract's two-community data gets item texts: community A's items are about
 community B's about cooking, so text-only channels can find the communities too.
 
 ``min_recall_at_50``: test Recall@50 on ml-100k (chronological leave-one-out, default
-hyperparameters, see bench/lm_channels.py); thresholds sit about 10% below the measurement.
+hyperparameters, bench/lm_channels.py) measured at 0.1145 semantic_i2i, 0.0997
+semantic_user, 0.2545 textcf, 0.5027 sasrec (fuse); thresholds sit 10-20% below.
 """
 
 from __future__ import annotations
@@ -54,14 +55,14 @@ class TestSemanticUserInterestContract(TextContract):
 
 
 class TestTextCFContract(TextContract):
-    min_recall_at_50 = 0.24
+    min_recall_at_50 = 0.21
 
     def make_channel(self):
         return TextCF(dim=32, hidden=64, epochs=20, batch_size=128, lr=3e-3)
 
 
 class TestSASRecContract(TextContract):
-    min_recall_at_50 = 0.30
+    min_recall_at_50 = 0.42
 
     def make_channel(self):
         return SASRec(text_init="fuse", dim=32, max_len=10, epochs=40, batch_size=32, lr=3e-3)

@@ -160,6 +160,11 @@ class SASRec(Channel):
                 model.id_embedding.weight[1:] = torch.from_numpy(_pca_init(text, self.dim))
             elif self.text_init == "fuse":
                 model.id_embedding.weight.zero_()
+            else:
+                # the same scale as the text initialisation, so the ablation differs only in
+                # where the starting vectors come from (torch's N(0, 1) default is 8x larger
+                # and trains markedly worse)
+                model.id_embedding.weight[1:].normal_(0.0, self.dim ** -0.5)
         windows = training_windows(dataset.histories(), self.max_len)
         if len(windows) == 0:
             raise DataError("sasrec: no user has two or more interactions to learn from")
