@@ -9,7 +9,7 @@ import pytest
 from llmrecall.errors import ConfigError
 from llmrecall.lm.errors import GenerationParseError, LMError
 from llmrecall.lm.generators import OpenAIChatGenerator, get_generator, smollm2_path
-from llmrecall.lm.parse import parse_interests
+from llmrecall.lm.parse import list_schema, parse_interests
 from llmrecall.lm.prompts import load_template, render_history
 from llmrecall.lm.server import create_app, start_in_thread
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # CPU generation: seconds per call
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return get_generator("smollm2", threads=2)
+    return get_generator("smollm2", threads=1)
 
 
 def test_packaged_model_and_determinism(smollm2):
@@ -51,6 +51,17 @@ def test_interest_prompt_end_to_end(smollm2):
         assert "no usable interests" in str(exc)
     else:
         assert 1 <= len(interests) <= 8 and all(len(s) <= 80 for s in interests)
+
+
+@pytest.mark.parametrize("lang,titles", [
+    ("en", ["Star Wars (1977)", "Alien (1979)", "Blade Runner (1982)", "Contact (1997)"]),
+    ("zh", ["星球大战 (1977)", "异形 (1979)", "银翼杀手 (1982)", "超时空接触 (1997)"]),
+])
+def test_list_schema_gives_parseable_lists(smollm2, lang, titles):
+    prompt = render_history(load_template("interest_profile", lang), titles, count=4)
+    [text] = smollm2.generate([prompt], max_tokens=64, json_schema=list_schema())
+    interests = parse_interests(text)  # raises if the constrained output were unusable
+    assert 1 <= len(interests) <= 8
 
 
 def test_served_over_http_matches_local(smollm2):

