@@ -18,7 +18,7 @@ import pytest
 
 from llmrecall.channels import Channel
 from llmrecall.data.dataset import Dataset, Histories, Interactions
-from lm_data import make_dataset
+from .lm_data import make_dataset
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ from dataclasses import replace
 
 import polars as pl
 import pytest
-from lm_contract import lm_cache  # noqa: F401
-from lm_data import CATEGORIES, TOPICS
-from mixin import N_ITEMS, PER_COMMUNITY, ChannelContract, synthetic_dataset
+from .lm_contract import lm_cache  # noqa: F401
+from .lm_data import CATEGORIES, TOPICS
+from .mixin import N_ITEMS, PER_COMMUNITY, ChannelContract, synthetic_dataset
 
 from llmrecall.channels.semantic import SemanticItemToItem, SemanticUserInterest
 from llmrecall.channels.sequential import SASRec
