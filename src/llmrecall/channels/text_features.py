@@ -18,8 +18,10 @@ from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import DataError
 from llmrecall.topk import topk
 
-#: the embedder the text channels use unless configured otherwise (English catalogs)
-DEFAULT_EMBEDDER = "minilm"
+#: the embedder the text channels use unless configured otherwise: the language-model
+#: layer's default (multilingual-e5-small), chosen by measurement in docs/lm.md and able to
+#: read Chinese as well as English catalogs
+DEFAULT_EMBEDDER = "default"
 
 
 def lm_cache_path() -> Path:
