@@ -20,6 +20,7 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     kk = min(k, m)
     if kk < m:
         part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        part = _lowest_ids_at_boundary(scores, part, kk)
     else:
         part = np.broadcast_to(np.arange(m), (n, m)).copy()
     vals = np.take_along_axis(scores, part, axis=1)
@@ -33,3 +34,25 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
         vals = np.pad(vals, ((0, 0), (0, k - kk)), constant_values=-np.inf)
     return ids, vals
+
+
+def _lowest_ids_at_boundary(scores: np.ndarray, part: np.ndarray, kk: int) -> np.ndarray:
+    """Make the selection deterministic: ``argpartition`` keeps an arbitrary subset of the
+    items tied at the k-th score, so the result would depend on k and on the block. In rows
+    where such a tie crosses the boundary, keep every item above the k-th score and the
+    lowest ids among those equal to it.
+    """
+    picked = np.take_along_axis(scores, part, axis=1)
+    kth = picked.min(axis=1, keepdims=True)
+    tied_outside = (scores == kth).sum(axis=1) > (picked == kth).sum(axis=1)
+    # a tie at -inf only involves items that are dropped anyway
+    rows = np.flatnonzero(tied_outside & np.isfinite(kth[:, 0]))
+    if len(rows) == 0:
+        return part
+    block, kth = scores[rows], kth[rows]
+    tied = block == kth
+    need = kk - (block > kth).sum(axis=1, keepdims=True)
+    chosen = (block > kth) | (tied & (np.cumsum(tied, axis=1) <= need))
+    part = part.copy()
+    part[rows] = np.nonzero(chosen)[1].reshape(len(rows), kk)
+    return part
