@@ -121,9 +121,12 @@ class HybridMatcher:
         self.n_items = len(item_texts)
         self.dense_weight, self.lexical_weight = dense_weight, lexical_weight
         self.per_text_k, self.rrf_k = per_text_k, rrf_k
+        # no embedder (None) means lexical matching only
         self.embedder = resolve_embedder(embedder) if dense_weight > 0 else None
-        if dense_weight > 0 and self.embedder is None:
-            raise ConfigError("dense matching needs an embedder (or set dense_weight = 0)")
+        if self.embedder is None:
+            self.dense_weight = 0.0
+            if lexical_weight <= 0:
+                raise ConfigError("without an embedder, lexical_weight must be > 0")
         self.item_vectors = (None if self.embedder is None else
                              np.asarray(self.embedder.embed(list(item_texts), kind="passage"),
                                         np.float32))

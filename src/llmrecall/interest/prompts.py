@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 
 from llmrecall.errors import ConfigError
 
 LANGUAGES = ("en", "zh")
+#: the language-model layer's template folder (package data of llmrecall)
+PROMPT_DIR = Path(__file__).resolve().parent.parent / "lm" / "prompts"
 
 #: trailing articles MovieLens-style catalogs move to the end ("Godfather, The")
 _TRAILING_ARTICLE = re.compile(
@@ -51,7 +53,7 @@ def template(name: str, language: str = "en") -> str:
     """Text of template ``name`` in ``language``."""
     if language not in LANGUAGES:
         raise ConfigError(f"prompt language must be one of {LANGUAGES}, got {language!r}")
-    path = resources.files("llmrecall.lm").joinpath("prompts", language, f"{name}.txt")
+    path = PROMPT_DIR / language / f"{name}.txt"
     if not path.is_file():
         raise ConfigError(f"no prompt template {name!r} for language {language!r} ({path})")
     return path.read_text(encoding="utf-8")
@@ -96,7 +98,7 @@ def fewshot_prompt(titles: list[str], examples: list[tuple[list[str], str]], nou
 def knowledge_messages(title: str, categories: list[str], noun_one: str,
                        language: str = "en") -> list[dict[str, str]]:
     """Chat prompt asking for keywords, themes and audience of one item."""
-    text = template("item_knowledge", language).format(
+    text = template("interest_item_keywords", language).format(
         title=display_title(title), categories=", ".join(categories) or "unknown",
         noun_one=noun_one)
     return [{"role": "user", "content": text.strip()}]
