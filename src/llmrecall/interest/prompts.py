@@ -71,13 +71,13 @@ def history_inline(titles: list[str]) -> str:
 
 def naive_messages(titles: list[str], noun: str, language: str = "en") -> list[dict[str, str]]:
     """Chat prompt asking plainly for five items (the baseline)."""
-    text = template("interest_naive", language).format(noun=noun, history=history_lines(titles))
+    text = template("next_naive", language).format(noun=noun, history=history_lines(titles))
     return [{"role": "user", "content": text.strip()}]
 
 
 def profile_messages(titles: list[str], noun: str, language: str = "en") -> list[dict[str, str]]:
     """Chat prompt asking for a one-sentence interest profile."""
-    text = template("interest_profile", language).format(noun=noun, history=history_lines(titles))
+    text = template("next_profile", language).format(noun=noun, history=history_lines(titles))
     return [{"role": "user", "content": text.strip()}]
 
 
@@ -90,7 +90,7 @@ def fewshot_prompt(titles: list[str], examples: list[tuple[list[str], str]], nou
     chosen, nxt = ("已选：", "下一个：") if language == "zh" else ("Chosen: ", "Next: ")
     blocks = "".join(f"{chosen}{history_inline(h)}\n{nxt}{display_title(t)}\n\n"
                      for h, t in examples)
-    text = template("interest_fewshot", language).format(
+    text = template("next_fewshot", language).format(
         noun=noun, examples=blocks, history=history_inline(titles))
     return text.rstrip("\n")
 
@@ -98,7 +98,7 @@ def fewshot_prompt(titles: list[str], examples: list[tuple[list[str], str]], nou
 def knowledge_messages(title: str, categories: list[str], noun_one: str,
                        language: str = "en") -> list[dict[str, str]]:
     """Chat prompt asking for keywords, themes and audience of one item."""
-    text = template("interest_item_keywords", language).format(
+    text = template("item_keywords", language).format(
         title=display_title(title), categories=", ".join(categories) or "unknown",
         noun_one=noun_one)
     return [{"role": "user", "content": text.strip()}]
