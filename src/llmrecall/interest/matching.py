@@ -34,6 +34,17 @@ def resolve_embedder(spec: Any):
     return get_embedder(str(spec))
 
 
+def cached_embedder(spec: Any, cache_path: str | None):
+    """:func:`resolve_embedder`, wrapped in :class:`llmrecall.lm.CachedEmbedder` when a cache
+    file is given (item vectors are then computed once per catalog text)."""
+    embedder = resolve_embedder(spec)
+    if embedder is None or cache_path is None:
+        return embedder
+    from llmrecall.lm import CachedEmbedder, LMCache
+
+    return CachedEmbedder(embedder, LMCache(cache_path), progress=False)
+
+
 def rrf_lists(lists: Sequence[tuple[np.ndarray, float]], k: int, rrf_k: float
               ) -> tuple[np.ndarray, np.ndarray]:
     """Fuse row-aligned ranked lists by weighted reciprocal rank.

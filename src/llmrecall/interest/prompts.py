@@ -43,8 +43,8 @@ def display_title(title: str) -> str:
 
 def normalise_title(text: str) -> str:
     """Lower-case, articles moved, punctuation and numbering stripped: for equality tests."""
-    text = display_title(text).lower()
     text = re.sub(r"^\s*(\d+[.)]|[-*•])\s*", "", text)
+    text = display_title(text).lower()
     return re.sub(r"[^\w]+", " ", text).strip()
 
 

@@ -1,0 +1,172 @@
+"""Measure the LLM interest, item-knowledge and search channels; print markdown tables.
+
+    PYTHONPATH=src python bench/interest.py steps  --users 50 --out results/interest_steps.json
+    PYTHONPATH=src python bench/interest.py knowledge --out results/interest_knowledge.json
+    PYTHONPATH=src python bench/interest.py search --out results/interest_search.json
+    PYTHONPATH=src python bench/interest.py cold --out results/interest_cold.json
+
+``steps``: validation Recall@K of ``llm_interest`` on a fixed sample of ml-100k users
+(protocol loo, seed 0) for each step that makes the local generator useful.
+Generated text is cached in ``--store`` so a rerun only regenerates what changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+
+from llmrecall.channels.interest import InterestChannel  # noqa: E402
+from llmrecall.data.builtin import load_builtin  # noqa: E402
+from llmrecall.evaluate.protocols import EvalTask, make_split  # noqa: E402
+from llmrecall.evaluate.runner import evaluate_channel  # noqa: E402
+from llmrecall.interest.backends import LocalLlamaGenerator  # noqa: E402
+from llmrecall.interest.jobs import InterestJob, InterestSettings  # noqa: E402
+from llmrecall.interest.store import GenerationStore  # noqa: E402
+
+KS = (10, 20, 50, 100, 200)
+DEV = Path(os.environ.get("LLMRECALL_BENCH_DIR", "/tmp/llmrecall_interest_bench"))
+
+BASE = dict(noun="movies", history_length=8, n_examples=2, example_length=5, n_texts=5)
+STEPS: list[tuple[str, dict]] = [
+    ("1 naive chat prompt", dict(prompt="naive", constrain="none", dedupe=False,
+                                 forbid_history=False, max_tokens=24)),
+    ("2 few-shot prompt (sampled, T=0.8)", dict(prompt="fewshot", constrain="none",
+                                                temperature=0.8, dedupe=False,
+                                                forbid_history=False)),
+    ("3 + repetition control", dict(prompt="fewshot", constrain="none", temperature=0.8,
+                                     repeat_penalty=1.3, dedupe=True, forbid_history=True)),
+    ("4 + title trie, greedy", dict(prompt="fewshot", constrain="trie", temperature=0.0)),
+    ("5 + title trie, sampled T=0.8", dict(prompt="fewshot", constrain="trie", temperature=0.8)),
+    ("6 step 4 + interest profile", dict(prompt="fewshot", constrain="trie", temperature=0.0,
+                                         profile=True)),
+]
+
+
+def sample_task(task: EvalTask, n: int, seed: int = 0) -> EvalTask:
+    """A fixed random subset of ``n`` users of ``task`` (same history and masks)."""
+    if n >= len(task.users):
+        return task
+    idx = np.sort(np.random.default_rng(seed).choice(len(task.users), n, replace=False))
+    exclude = None if task.exclude is None else task.exclude[idx]
+    return EvalTask(task.users[idx], task.targets[idx], task.history, task.candidate_mask,
+                    exclude)
+
+
+def fmt_row(name: str, metrics: dict, extra: str = "") -> str:
+    cells = " | ".join(f"{metrics[f'recall@{k}']:.3f}" for k in KS)
+    return f"| {name} | {cells} | {extra} |"
+
+
+def random_metrics(task: EvalTask, n_items: int, seed: int = 0) -> dict:
+    from llmrecall.evaluate.metrics import ranking_metrics
+
+    rng = np.random.default_rng(seed)
+    ranked = np.stack([rng.permutation(n_items)[:max(KS)] for _ in task.users]).astype(np.int32)
+    if task.candidate_mask is not None:
+        allowed = np.flatnonzero(task.candidate_mask)
+        ranked = np.stack([rng.permutation(allowed)[:max(KS)] for _ in task.users])
+        ranked = np.pad(ranked, ((0, 0), (0, max(KS) - ranked.shape[1])), constant_values=-1)
+        ranked = ranked.astype(np.int32)
+    excl = task.excluded()
+    keep = np.asarray(excl[np.arange(len(task.users))[:, None], np.maximum(ranked, 0)].todense()) == 0
+    ranked = np.where(keep, ranked, -1)
+    return ranking_metrics(ranked, task.targets, KS, n_items)
+
+
+def cmd_steps(args) -> dict:
+    ds = load_builtin("ml-100k")
+    split = make_split(ds, "loo", 0)
+    task = sample_task(split.valid, args.users)
+    raw_users = ds.users.raw(task.users)
+    generator = LocalLlamaGenerator(threads=2)
+    store_path = str(DEV / "interest_store.sqlite")
+    emb_cache = str(DEV / "lm_cache.sqlite")
+    results: dict = {"dataset": "ml-100k", "protocol": "loo", "split": "valid", "seed": 0,
+                     "users": len(task.users), "steps": {}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"| step | " + " | ".join(f"R@{k}" for k in KS) + " | s/user, texts/user |")
+    print("|---" * (len(KS) + 2) + "|")
+    results["steps"]["0 random"] = random_metrics(task, ds.n_items)
+    print(fmt_row("0 random", results["steps"]["0 random"]))
+    # reference without a language model: the user's own recent titles as the texts
+    histories = split.train.histories()
+    recent = {int(u): [ds.catalog.titles[i] for i in histories.of(int(u))[-5:]]
+              for u in task.users}
+    ref = InterestChannel(embedder="default", embedding_cache=emb_cache).use()
+    ref.set_texts(split.train, recent)
+    results["steps"]["0 recent history titles as texts (no LM)"] = evaluate_channel(ref, task, 200, KS)
+    print(fmt_row("0 recent history titles as texts (no LM)",
+                  results["steps"]["0 recent history titles as texts (no LM)"]))
+    for name, step in STEPS:
+        if args.only and not any(name.startswith(o) for o in args.only):
+            continue
+        settings = {**BASE, **step}
+        start = time.perf_counter()
+        channel = InterestChannel(settings=settings, embedder="default", store_path=store_path,
+                                  users=raw_users, embedding_cache=emb_cache).use(generator=generator)
+        channel.fit(split.train)
+        stats = channel.job_stats
+        metrics = evaluate_channel(channel, task, 200, KS)
+        texts = [channel.texts_of(int(u)) for u in task.users]
+        gen_s = (sum(stats.per_user_seconds) / len(stats.per_user_seconds)
+                 if stats.per_user_seconds else float("nan"))
+        results["steps"][name] = {**metrics, "settings": settings,
+                                  "seconds_per_generated_user": gen_s,
+                                  "generated": stats.generated, "reused": stats.reused,
+                                  "texts_per_user": float(np.mean([len(t) for t in texts])),
+                                  "distinct_text_share": float(len({x for t in texts for x in t})
+                                                               / max(1, sum(len(t) for t in texts))),
+                                  "example_texts": texts[:3],
+                                  "fit_seconds": time.perf_counter() - start}
+        print(fmt_row(name, metrics, f"{gen_s:.1f}, {results['steps'][name]['texts_per_user']:.1f}"),
+              flush=True)
+        out.write_text(json.dumps(results, indent=2))
+    if args.grammar_users:
+        results["grammar"] = grammar_timing(split.train, task, generator, args.grammar_users)
+        print("grammar timing:", results["grammar"])
+    out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def grammar_timing(train, task, generator, n_users: int) -> dict:
+    """Seconds per user for GBNF- vs trie-constrained decoding on the same users."""
+    users = task.users[:n_users]
+    out = {}
+    for mode in ("grammar", "trie"):
+        settings = InterestSettings(**{**BASE, "prompt": "fewshot", "constrain": mode,
+                                       "temperature": 0.8 if mode == "grammar" else 0.0,
+                                       "dedupe": True, "forbid_history": True})
+        t0 = time.perf_counter()
+        job = InterestJob(train, generator, settings, GenerationStore())
+        build = time.perf_counter() - t0
+        texts, stats = job.run(users)
+        out[mode] = {"build_seconds": build,
+                     "seconds_per_user": float(np.mean(stats.per_user_seconds)),
+                     "texts_per_user": float(np.mean([len(t) for t in texts.values()]))}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    steps = sub.add_parser("steps")
+    steps.add_argument("--users", type=int, default=50)
+    steps.add_argument("--only", nargs="*", default=None, help="step-number prefixes to run")
+    steps.add_argument("--grammar-users", type=int, default=0)
+    steps.add_argument("--out", default="results/interest_steps.json")
+    args = parser.parse_args()
+    DEV.mkdir(parents=True, exist_ok=True)
+    {"steps": cmd_steps}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
