@@ -36,15 +36,14 @@ DEV = Path(os.environ.get("LLMRECALL_BENCH_DIR", "/tmp/llmrecall_interest_bench"
 BASE = dict(noun="movies", history_length=8, n_examples=2, example_length=5, n_texts=5)
 STEPS: list[tuple[str, dict]] = [
     ("1 naive chat prompt", dict(prompt="naive", constrain="none", dedupe=False,
-                                 forbid_history=False, max_tokens=24)),
+                                 forbid_history=False, max_tokens=16)),
     ("2 few-shot prompt (sampled, T=0.8)", dict(prompt="fewshot", constrain="none",
                                                 temperature=0.8, dedupe=False,
                                                 forbid_history=False)),
     ("3 + repetition control", dict(prompt="fewshot", constrain="none", temperature=0.8,
                                      repeat_penalty=1.3, dedupe=True, forbid_history=True)),
     ("4 + title trie, greedy", dict(prompt="fewshot", constrain="trie", temperature=0.0)),
-    ("5 + title trie, sampled T=0.8", dict(prompt="fewshot", constrain="trie", temperature=0.8)),
-    ("6 step 4 + interest profile", dict(prompt="fewshot", constrain="trie", temperature=0.0,
+    ("5 step 4 + interest profile", dict(prompt="fewshot", constrain="trie", temperature=0.0,
                                          profile=True)),
 ]
 
@@ -154,18 +153,155 @@ def grammar_timing(train, task, generator, n_users: int) -> dict:
     return out
 
 
+def cmd_knowledge(args) -> dict:
+    """Cold-items (seed 0, test): text channels with and without LLM item knowledge.
+
+    Knowledge is generated for the new (held-out) items only — the items this protocol
+    ranks — so the enrichment is on the candidate side; history items keep plain text.
+    """
+    from llmrecall.channels.knowledge import KnowledgeChannel
+    from llmrecall.channels.semantic import SemanticUserInterest
+    from llmrecall.interest.knowledge import (
+        KnowledgeSettings, enrich_dataset, generate_knowledge)
+
+    ds = load_builtin("ml-100k")
+    split = make_split(ds, "cold-items", 0)
+    task = split.test
+    new_items = np.flatnonzero(task.candidate_mask)
+    generator = LocalLlamaGenerator(threads=2)
+    store = GenerationStore(DEV / "knowledge_store.sqlite")
+    knowledge, stats = generate_knowledge(split.train, generator, new_items,
+                                          KnowledgeSettings(noun_one="movie"), store)
+    results: dict = {"dataset": "ml-100k", "protocol": "cold-items", "split": "test", "seed": 0,
+                     "users": int(len(task.users)), "new_items": int(len(new_items)),
+                     "knowledge": {"generated": stats.generated, "cache_hits": stats.cache_hits,
+                                   "empty": stats.empty,
+                                   "seconds_per_item": (float(np.mean(stats.per_item_seconds))
+                                                        if stats.per_item_seconds else None),
+                                   "store_bytes": store.size_bytes(),
+                                   "examples": {ds.catalog.titles[i]: knowledge[i]
+                                                for i in new_items[:5]}},
+                     "channels": {}}
+    store.close()
+    emb_cache = str(DEV / "lm_cache.sqlite")
+    results["channels"]["random"] = random_metrics(task, ds.n_items)
+    print(f"| channel | knowledge | " + " | ".join(f"R@{k}" for k in KS) + " |")
+    print("|---" * (len(KS) + 2) + "|")
+    print(f"| random | - | " + " | ".join(f"{results['channels']['random'][f'recall@{k}']:.3f}"
+                                          for k in KS) + " |")
+    variants = [("llm_knowledge hybrid", dict(dense_weight=1.0, lexical_weight=1.0)),
+                ("llm_knowledge BM25 only", dict(dense_weight=0.0, lexical_weight=1.0)),
+                ("llm_knowledge dense only", dict(dense_weight=1.0, lexical_weight=0.0))]
+    for name, params in variants:
+        for use in (False, True):
+            channel = KnowledgeChannel(knowledge=use, embedding_cache=emb_cache,
+                                       neighbours=ds.n_items, **params)
+            channel.use(knowledge_texts=knowledge).fit(split.train)
+            metrics = evaluate_channel(channel, task, 200, KS)
+            results["channels"][f"{name} / knowledge={use}"] = metrics
+            print(f"| {name} | {'with' if use else 'without'} | "
+                  + " | ".join(f"{metrics[f'recall@{k}']:.3f}" for k in KS) + " |", flush=True)
+    for use in (False, True):
+        train = enrich_dataset(split.train, knowledge) if use else split.train
+        channel = SemanticUserInterest().fit(train)
+        metrics = evaluate_channel(channel, task, 200, KS)
+        results["channels"][f"semantic_user / knowledge={use}"] = metrics
+        print(f"| semantic_user (lmchan) | {'with' if use else 'without'} | "
+              + " | ".join(f"{metrics[f'recall@{k}']:.3f}" for k in KS) + " |", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
+def cmd_cold(args) -> dict:
+    """Cold-items (seed 0, test): llm_interest with the best generation settings."""
+    ds = load_builtin("ml-100k")
+    split = make_split(ds, "cold-items", 0)
+    task = sample_task(split.test, args.users)
+    generator = LocalLlamaGenerator(threads=2)
+    settings = {**BASE, **dict(STEPS)[args.step]}
+    results = {"dataset": "ml-100k", "protocol": "cold-items", "split": "test", "seed": 0,
+               "users": int(len(task.users)), "settings": settings,
+               "random": random_metrics(task, ds.n_items)}
+    channel = InterestChannel(settings=settings, store_path=str(DEV / "interest_store.sqlite"),
+                              users=ds.users.raw(task.users), per_text_k=ds.n_items,
+                              embedding_cache=str(DEV / "lm_cache.sqlite")).use(generator=generator)
+    channel.fit(split.train)
+    results["llm_interest"] = evaluate_channel(channel, task, 200, KS)
+    texts = [t for u in task.users for t in channel.texts_of(int(u))]
+    new_titles = {ds.catalog.titles[i] for i in np.flatnonzero(task.candidate_mask)}
+    from llmrecall.interest.prompts import display_title
+    new_display = {display_title(t) for t in new_titles}
+    results["generated_titles_that_are_new_items"] = float(
+        np.mean([t in new_display for t in texts])) if texts else 0.0
+    for name in ("random", "llm_interest"):
+        print(fmt_row(name, results[name]))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def cmd_search(args) -> dict:
+    """Synthetic search log on ml-100k (loo, valid): before each validation target the user
+    typed a query made from that target's title (a mechanism test, not a real-world number).
+
+    Query kinds: the full title; its two longest words; its genres only.
+    """
+    from dataclasses import replace as dc_replace
+
+    from llmrecall.channels.search import SearchQueryChannel
+    from llmrecall.data.dataset import SearchLog
+
+    ds = load_builtin("ml-100k")
+    split = make_split(ds, "loo", 0)
+    task = split.valid
+    titles, cats = ds.catalog.titles, ds.catalog.categories
+    targets = task.targets.tocsr()
+    first_target = targets.indices[targets.indptr[:-1]]
+    kinds = {
+        "full title": lambda i: titles[i],
+        "two longest title words": lambda i: " ".join(sorted(titles[i].split(), key=len)[-2:]),
+        "genres only": lambda i: " ".join(cats[i]),
+    }
+    results = {"dataset": "ml-100k", "protocol": "loo", "split": "valid",
+               "users": int(len(task.users)), "queries": {}}
+    print(f"| query | " + " | ".join(f"R@{k}" for k in KS) + " |")
+    print("|---" * (len(KS) + 1) + "|")
+    for name, make in kinds.items():
+        log = SearchLog(task.users.astype(np.int32), [make(int(i)) for i in first_target],
+                        np.zeros(len(task.users)))
+        train = dc_replace(split.train, searches=log)
+        channel = SearchQueryChannel(embedding_cache=str(DEV / "lm_cache.sqlite")).fit(train)
+        metrics = evaluate_channel(channel, task, 200, KS)
+        results["queries"][name] = metrics
+        print(f"| {name} | " + " | ".join(f"{metrics[f'recall@{k}']:.3f}" for k in KS) + " |",
+              flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     steps = sub.add_parser("steps")
-    steps.add_argument("--users", type=int, default=50)
+    steps.add_argument("--users", type=int, default=30)
     steps.add_argument("--only", nargs="*", default=None, help="step-number prefixes to run")
     steps.add_argument("--grammar-users", type=int, default=0)
     steps.add_argument("--out", default="results/interest_steps.json")
+    knowledge = sub.add_parser("knowledge")
+    knowledge.add_argument("--out", default="results/interest_knowledge.json")
+    cold = sub.add_parser("cold")
+    cold.add_argument("--users", type=int, default=30)
+    cold.add_argument("--step", default=STEPS[3][0], help="settings of this step name")
+    cold.add_argument("--out", default="results/interest_cold.json")
+    search = sub.add_parser("search")
+    search.add_argument("--out", default="results/interest_search.json")
     args = parser.parse_args()
     DEV.mkdir(parents=True, exist_ok=True)
-    {"steps": cmd_steps}[args.command](args)
+    {"steps": cmd_steps, "knowledge": cmd_knowledge, "cold": cmd_cold,
+     "search": cmd_search}[args.command](args)
 
 
 if __name__ == "__main__":

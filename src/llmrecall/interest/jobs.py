@@ -31,7 +31,7 @@ from llmrecall.interest.prompts import (
 from llmrecall.interest.store import GenerationStore, content_key
 
 #: users written to the store per transaction
-WRITE_BATCH = 25
+WRITE_BATCH = 5
 
 
 class InterestSettings(BaseModel):

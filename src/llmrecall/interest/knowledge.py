@@ -23,7 +23,7 @@ from llmrecall.interest.store import GenerationStore, content_key
 
 #: catalog column holding the generated knowledge
 KNOWLEDGE_FIELD = "keywords"
-WRITE_BATCH = 50
+WRITE_BATCH = 10
 
 
 class KnowledgeSettings(BaseModel):
