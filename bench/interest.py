@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
@@ -31,6 +31,8 @@ from llmrecall.interest.jobs import InterestJob, InterestSettings  # noqa: E402
 from llmrecall.interest.store import GenerationStore  # noqa: E402
 
 KS = (10, 20, 50, 100, 200)
+#: llama.cpp threads: 1, because on a busy 2-core machine two threads wait on each other
+THREADS = int(os.environ.get("LLMRECALL_BENCH_THREADS", "1"))
 DEV = Path(os.environ.get("LLMRECALL_BENCH_DIR", "/tmp/llmrecall_interest_bench"))
 
 BASE = dict(noun="movies", history_length=8, n_examples=2, example_length=5, n_texts=5)
@@ -84,7 +86,7 @@ def cmd_steps(args) -> dict:
     split = make_split(ds, "loo", 0)
     task = sample_task(split.valid, args.users)
     raw_users = ds.users.raw(task.users)
-    generator = LocalLlamaGenerator(threads=2)
+    generator = LocalLlamaGenerator(threads=THREADS)
     store_path = str(DEV / "interest_store.sqlite")
     emb_cache = str(DEV / "lm_cache.sqlite")
     results: dict = {"dataset": "ml-100k", "protocol": "loo", "split": "valid", "seed": 0,
@@ -168,7 +170,7 @@ def cmd_knowledge(args) -> dict:
     split = make_split(ds, "cold-items", 0)
     task = split.test
     new_items = np.flatnonzero(task.candidate_mask)
-    generator = LocalLlamaGenerator(threads=2)
+    generator = LocalLlamaGenerator(threads=THREADS)
     store = GenerationStore(DEV / "knowledge_store.sqlite")
     knowledge, stats = generate_knowledge(split.train, generator, new_items,
                                           KnowledgeSettings(noun_one="movie"), store)
@@ -218,7 +220,7 @@ def cmd_cold(args) -> dict:
     ds = load_builtin("ml-100k")
     split = make_split(ds, "cold-items", 0)
     task = sample_task(split.test, args.users)
-    generator = LocalLlamaGenerator(threads=2)
+    generator = LocalLlamaGenerator(threads=THREADS)
     settings = {**BASE, **dict(STEPS)[args.step]}
     results = {"dataset": "ml-100k", "protocol": "cold-items", "split": "test", "seed": 0,
                "users": int(len(task.users)), "settings": settings,
@@ -281,6 +283,25 @@ def cmd_search(args) -> dict:
     return results
 
 
+def cmd_finetune(args) -> dict:
+    """LoRA on SmolLM2 (de-quantized to float32) over ml-100k training pairs: cost per step."""
+    from dataclasses import asdict
+
+    from llmrecall.interest.finetune import lora_finetune, training_pairs
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+    pairs = training_pairs(split.train, args.pairs, history_length=BASE["history_length"],
+                           noun=BASE["noun"])
+    report = lora_finetune(pairs, steps=args.steps, batch_size=args.batch_size,
+                           out_dir=DEV / "lora_adapter")
+    result = {"pairs": len(pairs), "all_training_pairs": int(
+        (np.maximum(split.train.histories().lengths() - 1, 0)).sum()), **asdict(report)}
+    print(json.dumps(result, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -298,10 +319,15 @@ def main() -> None:
     cold.add_argument("--out", default="results/interest_cold.json")
     search = sub.add_parser("search")
     search.add_argument("--out", default="results/interest_search.json")
+    finetune = sub.add_parser("finetune")
+    finetune.add_argument("--pairs", type=int, default=2000)
+    finetune.add_argument("--steps", type=int, default=6)
+    finetune.add_argument("--batch-size", type=int, default=4)
+    finetune.add_argument("--out", default="results/interest_finetune.json")
     args = parser.parse_args()
     DEV.mkdir(parents=True, exist_ok=True)
     {"steps": cmd_steps, "knowledge": cmd_knowledge, "cold": cmd_cold,
-     "search": cmd_search}[args.command](args)
+     "search": cmd_search, "finetune": cmd_finetune}[args.command](args)
 
 
 if __name__ == "__main__":

