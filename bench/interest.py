@@ -45,6 +45,8 @@ STEPS: list[tuple[str, dict]] = [
     ("3 + repetition control", dict(prompt="fewshot", constrain="none", temperature=0.8,
                                      repeat_penalty=1.3, dedupe=True, forbid_history=True)),
     ("4 + title trie, greedy", dict(prompt="fewshot", constrain="trie", temperature=0.0)),
+    ("4b + prefix diversity", dict(prompt="fewshot", constrain="trie", temperature=0.0,
+                                   diverse_prefix=1)),
     ("5 step 4 + interest profile", dict(prompt="fewshot", constrain="trie", temperature=0.0,
                                          profile=True)),
 ]

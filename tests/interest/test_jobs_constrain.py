@@ -97,3 +97,18 @@ def test_settings_validate():
     with pytest.raises(Exception):
         InterestSettings(unknown=1)
     assert InterestSettings().scope("a") != InterestSettings(n_texts=3).scope("a")
+
+
+def test_avoided_prefixes_steer_away_unless_nothing_else_is_left():
+    trie = TitleTrie(["Big Fish", "Big Sleep", "Heat"], char_tokenize, END)
+    assert trie.title_tokens(trie.title_id("Heat")) == char_tokenize(" Heat")
+    scores = np.zeros(200, np.float32)
+    proc = trie.processor(avoid_prefixes=[char_tokenize(" B")])
+    proc(np.array([1]), scores)
+    at_start = proc(np.concatenate([[1], char_tokenize(" ")]), scores)
+    assert set(np.flatnonzero(np.isfinite(at_start))) == {ord("H")}
+    # with Heat banned, the avoided prefix is the only way forward and stays open
+    proc = trie.processor({trie.title_id("Heat")}, avoid_prefixes=[char_tokenize(" B")])
+    proc(np.array([1]), scores)
+    at_start = proc(np.concatenate([[1], char_tokenize(" ")]), scores)
+    assert set(np.flatnonzero(np.isfinite(at_start))) == {ord("B")}

@@ -103,6 +103,8 @@ def test_search_channel_without_a_log_is_empty(toy):
 def test_clean_keywords():
     answer = "Keywords: 1. space, Star Wars, epic battle; space, a very long phrase that goes on and on"
     assert clean_keywords(answer, "Star Wars", 5) == "space, epic battle"
+    prose = "Toy Story is a light-hearted,  comedic tale of friendship and adventure"
+    assert clean_keywords(prose, "Toy Story", 5) == " ".join(prose.split())
 
 
 def test_enrich_dataset_adds_a_text_field(toy):

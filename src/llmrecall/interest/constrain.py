@@ -131,9 +131,23 @@ class TitleTrie:
         tid = self._terminal[node]
         return self.titles[tid] if tid >= 0 else None
 
-    def processor(self, banned_titles: Iterable[int] = ()) -> "TrieLogitsProcessor":
-        """A llama-cpp-python logits processor that only lets the model spell an allowed title."""
-        return TrieLogitsProcessor(self, set(banned_titles))
+    def title_tokens(self, title_id: int) -> list[int]:
+        """Token ids spelling title ``title_id`` (without the end token)."""
+        path, node, out = self._title_path[title_id], 0, []
+        for child in path:
+            out.append(next(t for t, c in self._children[node].items() if c == child))
+            node = child
+        return out
+
+    def processor(self, banned_titles: Iterable[int] = (),
+                  avoid_prefixes: Iterable[Sequence[int]] = ()) -> "TrieLogitsProcessor":
+        """A llama-cpp-python logits processor that only lets the model spell an allowed title.
+
+        ``avoid_prefixes``: token sequences the title must not start with (used to push
+        successive samples away from the prefix of the previous ones, e.g. " The Big").
+        A prefix is only avoided while some allowed title remains outside it.
+        """
+        return TrieLogitsProcessor(self, set(banned_titles), avoid_prefixes)
 
 
 class TrieLogitsProcessor:
@@ -143,12 +157,19 @@ class TrieLogitsProcessor:
     Every token that would leave the set of allowed titles gets -inf.
     """
 
-    def __init__(self, trie: TitleTrie, banned_ids: set[int]):
+    def __init__(self, trie: TitleTrie, banned_ids: set[int],
+                 avoid_prefixes: Iterable[Sequence[int]] = ()):
         if len(banned_ids) >= len(trie):
             raise ConfigError("every catalog title is banned: nothing left to generate")
         self.trie = trie
         self.banned_ids = banned_ids
         self._banned = trie.banned_counts(banned_ids)
+        # (tokens so far) -> next tokens to avoid there
+        self._avoid: dict[tuple[int, ...], set[int]] = {}
+        for prefix in avoid_prefixes:
+            prefix = [int(t) for t in prefix]
+            if prefix:
+                self._avoid.setdefault(tuple(prefix[:-1]), set()).add(prefix[-1])
         self._prompt_len: int | None = None
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -156,6 +177,10 @@ class TrieLogitsProcessor:
             self._prompt_len = len(input_ids)
         generated = input_ids[self._prompt_len:]
         allowed = self.trie.allowed_after(generated, self._banned, self.banned_ids)
+        avoid = self._avoid.get(tuple(int(t) for t in generated)) if self._avoid else None
+        if avoid:
+            kept = [t for t in allowed if t not in avoid]
+            allowed = kept or allowed  # never leave the model without a way forward
         masked = np.full_like(scores, -np.inf)
         if allowed:
             idx = np.asarray(allowed, np.int64)

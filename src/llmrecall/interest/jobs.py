@@ -51,6 +51,9 @@ class InterestSettings(BaseModel):
     repeat_penalty: float = Field(1.0, ge=1.0, le=3.0)
     dedupe: bool = Field(True, description="drop repeated texts")
     forbid_history: bool = Field(True, description="never propose a title the user has")
+    diverse_prefix: int = Field(0, ge=0, le=8, description=(
+        "with the trie: each new title may not start with the first N tokens of an earlier "
+        "one (after a leading article), so greedy decoding leaves 'The Big ...'; 0 = off"))
     profile: bool = Field(False, description="also write a one-sentence interest profile")
     max_tokens: int = Field(32, ge=4, le=512, description="tokens per generated title")
     profile_tokens: int = Field(60, ge=8, le=512)
@@ -111,6 +114,7 @@ def fewshot_examples(histories: Histories, titles: list[str], n: int, length: in
     return out
 
 
+_ARTICLES = {"The", "A", "An", "Il", "La", "Le", "Les", "Das", "Der", "Die", "El", "Los"}
 _NUMBERING = re.compile(r"^\s*(\d+[.)]|[-*•])\s*")
 
 
@@ -231,18 +235,23 @@ class InterestJob:
         banned = {trie.title_id(self.titles[i]) for i in items} if s.forbid_history else set()
         banned.discard(-1)
         out: list[str] = []
+        avoid: list[list[int]] = []
         for attempt in range(s.n_texts):
             if len(banned) >= len(trie):
                 break
             text = self.generator.complete(
                 prompt, max_tokens=s.max_tokens, temperature=s.temperature, stop=["\n"],
                 repeat_penalty=s.repeat_penalty, seed=s.seed + attempt,
-                processor=trie.processor(banned))
+                processor=trie.processor(banned, avoid))
             title_id = trie.title_id(text.strip())
             if title_id < 0:  # ran out of tokens inside a long title
                 continue
             banned.add(title_id)
             out.append(trie.titles[title_id])
+            if s.diverse_prefix:
+                tokens = trie.title_tokens(title_id)
+                article = 1 if trie.titles[title_id].split(" ", 1)[0] in _ARTICLES else 0
+                avoid.append(tokens[:article + s.diverse_prefix])
         return out
 
     def _clean(self, texts: list[str], seen: set[str]) -> list[str]:

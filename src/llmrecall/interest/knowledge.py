@@ -38,11 +38,17 @@ class KnowledgeSettings(BaseModel):
     language: str = "en"
 
 
+#: words kept when a model answers in prose instead of a keyword list
+PROSE_WORDS = 40
+
+
 def clean_keywords(text: str, title: str, max_keywords: int) -> str:
-    """Comma-separated distinct keywords from a model's answer (one line).
+    """Distinct keywords from a model's answer, as one line.
 
     Drops a leading "Keywords:" label, numbering, the item's own title and repeats; keeps
-    at most ``max_keywords`` terms of at most six words each.
+    at most ``max_keywords`` terms of at most six words each. Small models often answer in
+    prose instead ("Toy Story is a light-hearted tale of friendship..."): when fewer than
+    two terms survive, the answer's first ``PROSE_WORDS`` words are kept as they are.
     """
     text = re.sub(r"^\s*(keywords|关键词)\s*[:：]\s*", "", text.strip(), flags=re.I)
     parts = re.split(r"[,\n;，、]+", text)
@@ -56,6 +62,8 @@ def clean_keywords(text: str, title: str, max_keywords: int) -> str:
         out.append(term)
         if len(out) >= max_keywords:
             break
+    if len(out) < 2:
+        return " ".join(text.split()[:PROSE_WORDS])
     return ", ".join(out)
 
 
@@ -87,14 +95,16 @@ def generate_knowledge(dataset: Dataset, generator: TextGenerator, items: np.nda
     out = [""] * dataset.n_items
     stats = KnowledgeStats(items=len(items))
     start = time.perf_counter()
-    keys = {int(i): content_key("knowledge", generator.fingerprint, version,
+    # raw answers are stored; cleaning happens on read, so it can change without regenerating
+    keys = {int(i): content_key("knowledge-raw", generator.fingerprint, version,
                                 settings.model_dump(), titles[i], cats[i]) for i in items}
     cached = store.get_many(list(keys.values()))
     pending = []
     for item in items.tolist():
         key = keys[item]
         if key in cached:
-            out[item] = cached[key][0] if cached[key] else ""
+            raw = cached[key][0] if cached[key] else ""
+            out[item] = clean_keywords(raw, titles[item], settings.max_keywords)
             stats.cache_hits += 1
         elif titles[item].strip():
             t0 = time.perf_counter()
@@ -105,7 +115,7 @@ def generate_knowledge(dataset: Dataset, generator: TextGenerator, items: np.nda
             stats.per_item_seconds.append(time.perf_counter() - t0)
             out[item] = clean_keywords(answer, titles[item], settings.max_keywords)
             stats.generated += 1
-            pending.append((key, [out[item]]))
+            pending.append((key, [answer]))
             if len(pending) >= WRITE_BATCH:
                 store.put_many(pending)
                 pending = []
