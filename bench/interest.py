@@ -47,6 +47,8 @@ STEPS: list[tuple[str, dict]] = [
     ("4 + title trie, greedy", dict(prompt="fewshot", constrain="trie", temperature=0.0)),
     ("4b + prefix diversity", dict(prompt="fewshot", constrain="trie", temperature=0.0,
                                    diverse_prefix=1)),
+    ("4c + sampled T=1.0", dict(prompt="fewshot", constrain="trie", temperature=1.0,
+                                diverse_prefix=1)),
     ("5 step 4 + interest profile", dict(prompt="fewshot", constrain="trie", temperature=0.0,
                                          profile=True)),
 ]
