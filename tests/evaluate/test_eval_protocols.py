@@ -238,3 +238,10 @@ def test_splits_partition_the_log_and_never_leak(seed, protocol, split_seed):
     for task in (split.valid, split.test):
         assert task.history.matrix(task.users).multiply(task.targets).nnz == 0
         assert task.excluded().multiply(task.targets).nnz == 0
+
+
+def test_cold_items_needs_three_items():
+    with pytest.raises(DataError, match="needs at least 3 items; dataset 'synthetic' has 2"):
+        make_split(synthetic([0, 0], [0, 1]), "cold-items")
+    split = make_split(synthetic([0, 0, 0], [0, 1, 2]), "cold-items")
+    assert split.test.candidate_mask.sum() == 1 and split.valid.candidate_mask.sum() == 1

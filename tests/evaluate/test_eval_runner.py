@@ -8,7 +8,8 @@ import pytest
 from llmrecall.channels.base import Channel
 from llmrecall.data.builtin import load_builtin
 from llmrecall.data.dataset import Histories
-from llmrecall.evaluate import evaluate_channel, make_split, rank_task, ranking_metrics
+from llmrecall.evaluate import (RandomRanking, evaluate_channel, make_split, rank_task,
+                                ranking_metrics)
 
 from test_eval_protocols import random_log, synthetic
 
@@ -148,3 +149,35 @@ def test_recbole_general_ml_1m_ease_near_recbole():
     m = evaluate_channel(EASE().fit(split.train), split.test, k=10, ks=(10,))
     assert 0.200 < m["recall@10"] < 0.225
     assert 0.272 < m["ndcg@10"] < 0.300
+
+
+def test_random_ranking_is_uniform_and_batch_independent():
+    split = make_split(load_builtin("ml-100k"), "cold-items", seed=0)
+    channel = RandomRanking(seed=4).fit(split.train)
+    task = split.test
+    n_candidates = int(task.candidate_mask.sum())
+    assert n_candidates == 168
+    ranked = rank_task(channel, task, k=20)
+    assert (rank_task(channel, task, k=20, batch=37) == ranked).all()
+    assert (rank_task(RandomRanking(seed=5).fit(split.train), task, k=20) != ranked).any()
+    m = evaluate_channel(channel, task, k=100, ks=(10, 50, 100))
+    # no candidate is ever masked here, so E[recall@K] = K / |candidates| exactly
+    for k in (10, 50, 100):
+        assert m[f"recall@{k}"] == pytest.approx(k / n_candidates, abs=0.03)
+    # every candidate turns up in someone's top 10
+    assert m["coverage@10"] == pytest.approx(n_candidates / split.dataset.n_items)
+
+
+def test_rank_task_with_repeat_consumption_equals_reference():
+    # items drawn with replacement: many users re-consume, some targets sit in the history
+    rng = np.random.default_rng(2)
+    users = np.repeat(np.arange(30), 12)
+    items = rng.integers(0, 15, len(users))
+    split = make_split(synthetic(users, items, rng.integers(0, 6, len(users))), "loo")
+    channel = Popularity().fit(split.train)
+    repeats = split.test.history.matrix(split.test.users).multiply(split.test.targets).nnz
+    assert repeats > 0
+    for task in (split.valid, split.test):
+        expected = reference_lists(channel.counts_, task, 6)
+        assert (rank_task(channel, task, 6) == expected).all()
+        assert (rank_task(channel, task, 6, batch=7) == expected).all()

