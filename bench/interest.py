@@ -306,6 +306,44 @@ def cmd_finetune(args) -> dict:
     return result
 
 
+def cmd_fused(args) -> dict:
+    """EASE alone vs EASE + llm_interest (RRF fusion) on the steps' user sample (loo, valid).
+
+    Generated texts come from the steps' store (run ``steps`` first with the same --users).
+    """
+    from llmrecall.config import parse_config
+    from llmrecall.evaluate.run import recall_task, score_lists
+    from llmrecall.pipeline import RecallPipeline
+
+    ds = load_builtin("ml-100k")
+    split = make_split(ds, "loo", 0)
+    task = sample_task(split.valid, args.users)
+    raw_users = ds.users.raw(task.users)
+    steps = dict(STEPS)
+    results: dict = {"dataset": "ml-100k", "protocol": "loo", "split": "valid",
+                     "users": len(task.users), "runs": {}}
+    print("| pipeline | " + " | ".join(f"R@{k}" for k in KS) + " |")
+    print("|---" * (len(KS) + 1) + "|")
+    runs = [("ease", None, 0.0)] + [(f"ease + llm_interest[{name}] w={w}", name, w)
+                                    for name in args.steps for w in args.weights]
+    for label, step, weight in runs:
+        channels = [{"kind": "ease", "weight": 1.0}]
+        if step is not None:
+            channels.append({"kind": "llm_interest", "weight": weight, "params": {
+                "settings": {**BASE, **steps[step]}, "users": raw_users,
+                "store_path": str(DEV / "interest_store.sqlite"),
+                "embedding_cache": str(DEV / "lm_cache.sqlite")}})
+        config = parse_config({"channels": channels, "fusion": {"k": 200, "channel_k": 200}})
+        pipeline = RecallPipeline(config).fit(split.train)
+        metrics, _ = score_lists(pipeline, recall_task(pipeline, task), ds.n_items, KS)
+        results["runs"][label] = metrics["fused"]
+        print(f"| {label} | " + " | ".join(f"{metrics['fused'][f'recall@{k}']:.3f}" for k in KS)
+              + " |", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,10 +366,15 @@ def main() -> None:
     finetune.add_argument("--steps", type=int, default=6)
     finetune.add_argument("--batch-size", type=int, default=4)
     finetune.add_argument("--out", default="results/interest_finetune.json")
+    fused = sub.add_parser("fused")
+    fused.add_argument("--users", type=int, default=100)
+    fused.add_argument("--steps", nargs="*", default=["1 naive chat prompt", "4c + sampled T=1.0"])
+    fused.add_argument("--weights", nargs="*", type=float, default=[0.3, 1.0])
+    fused.add_argument("--out", default="results/interest_fused.json")
     args = parser.parse_args()
     DEV.mkdir(parents=True, exist_ok=True)
     {"steps": cmd_steps, "knowledge": cmd_knowledge, "cold": cmd_cold,
-     "search": cmd_search, "finetune": cmd_finetune}[args.command](args)
+     "search": cmd_search, "finetune": cmd_finetune, "fused": cmd_fused}[args.command](args)
 
 
 if __name__ == "__main__":
