@@ -112,3 +112,20 @@ def test_avoided_prefixes_steer_away_unless_nothing_else_is_left():
     proc(np.array([1]), scores)
     at_start = proc(np.concatenate([[1], char_tokenize(" ")]), scores)
     assert set(np.flatnonzero(np.isfinite(at_start))) == {ord("B")}
+
+
+def test_training_pairs_come_from_training_sequences():
+    from llmrecall.interest.finetune import training_pairs
+
+    ds = make_dataset([[0, 1, 2], [4, 5], [8]])
+    pairs = training_pairs(ds, 10, history_length=2, noun="movies", seed=0)
+    # user 0 gives positions 1, 2; user 1 gives position 1; user 2 (one item) none
+    assert len(pairs) == 3
+    targets = sorted(t for _, t in pairs)
+    assert targets == sorted([" Return of the Jedi\n", " The Empire Strikes Back\n",
+                              " The Godfather: Part II\n"])
+    for prompt, target in pairs:
+        assert prompt.endswith("Next:") and "Chosen: " in prompt
+        assert target.strip() not in prompt  # the answer is never shown
+    with pytest.raises(ConfigError):
+        training_pairs(make_dataset([[0], [1]]), 5)
