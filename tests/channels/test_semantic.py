@@ -53,7 +53,7 @@ class TestSemanticItemToItem(LMChannelContract):
 
 class TestSemanticUserInterest(LMChannelContract):
     def make_channel(self):
-        return SemanticUserInterest(n_interests=2, diversity_threshold=0.2)
+        return SemanticUserInterest(n_interests=2, diversity_threshold=0.7)
 
     def test_single_topic_users_get_their_topic(self, fitted):
         channel, data = fitted
