@@ -26,7 +26,8 @@ err = Console(stderr=True)
 
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", help="built-in dataset name")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="TOML data spec for your own files")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="pipeline TOML (default: built-in)")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", "-c", help="pipeline TOML file, or a packaged config name: default, full")]
 
 
 def _load_dataset(dataset: str | None, data: Path | None):
@@ -133,24 +134,30 @@ def _with_empty_user(history):
 @app.command()
 def demo(
     dataset: Annotated[str, typer.Option("--dataset", "-d")] = "ml-100k",
+    config: Annotated[str, typer.Option("--config", "-c", help="config file or packaged name")] = "full",
     user: Annotated[Optional[str], typer.Option("--user", "-u")] = None,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("results/demo.json"),
 ) -> None:
-    """The main job on the embedded defaults: evaluate the full pipeline, explain one user."""
+    """The main job on the embedded defaults: evaluate the full pipeline (classic and
+    language-model channels) under `loo`, then explain one user's candidates."""
     from llmrecall.config import load_config
     from llmrecall.data.builtin import load_builtin
-    from llmrecall.evaluate.experiment import evaluate as run_evaluate
-    from llmrecall.pipeline import RecallPipeline
+    from llmrecall.evaluate.experiment import run_experiment
     from llmrecall.report import rich_table
 
-    cfg = load_config(None)
-    ds = load_builtin(dataset)
-    report = run_evaluate(ds, "loo", cfg, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    try:
+        cfg = load_config(config)
+        ds = load_builtin(dataset)
+        report, pipeline, _split = run_experiment(
+            ds, "loo", cfg, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    except LLMRecallError as exc:
+        _fail(exc)
     console.print(rich_table(report))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2))
     err.print(f"wrote {output}")
-    pipeline = RecallPipeline(cfg).fit(ds)
+    # the pipeline was fitted on the train split; it recalls from the user's full, fresh
+    # history — the same thing the service does between two model builds
     _print_user(pipeline, ds, user or ds.users.ids[0], 10, True)
 
 

@@ -102,9 +102,22 @@ class PipelineConfig(_Strict):
         Path(path).write_text(self.to_toml())
 
 
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with the package (``default``, ``full``, ...)."""
+    return sorted(p.stem for p in DEFAULT_CONFIG.parent.glob("*.toml"))
+
+
 def load_config(path: str | Path | None = None) -> PipelineConfig:
-    """Read and validate a pipeline TOML file (the packaged default when ``path`` is None)."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    """Read and validate a pipeline TOML file.
+
+    ``path`` may also be the name of a packaged config (``"default"``, ``"full"``); None
+    means ``"default"``.
+    """
+    if path is None:
+        path = DEFAULT_CONFIG
+    elif not Path(path).exists() and str(path) in packaged_configs():
+        path = DEFAULT_CONFIG.parent / f"{path}.toml"
+    path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

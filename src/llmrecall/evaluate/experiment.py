@@ -73,6 +73,16 @@ def evaluate(dataset: Dataset, protocol: str, config: PipelineConfig, *, seed: i
 
     ``on`` is "test" (the reported numbers) or "valid" (what tuning may look at).
     """
+    return run_experiment(dataset, protocol, config, seed=seed, ks=ks, on=on,
+                          progress=progress)[0]
+
+
+def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, seed: int = 0,
+                   ks=DEFAULT_KS, on: str = "test",
+                   progress: Callable[[str], None] | None = None
+                   ) -> tuple[dict, RecallPipeline, Split]:
+    """As :func:`evaluate`, also returning the fitted pipeline and the split (the pipeline
+    is fitted on ``split.train`` and can recall from any fresher history)."""
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
     split: Split = make_split(dataset, protocol, seed)
@@ -86,7 +96,7 @@ def evaluate(dataset: Dataset, protocol: str, config: PipelineConfig, *, seed: i
     for name, s in lists.recall_seconds.items():
         say(f"recalled {name} in {s:.1f}s")
     results, fusion_seconds = score_lists(pipeline, lists, split.dataset.n_items, ks)
-    return {
+    report = {
         "dataset": dataset.name,
         "protocol": protocol,
         "seed": seed,
@@ -102,3 +112,4 @@ def evaluate(dataset: Dataset, protocol: str, config: PipelineConfig, *, seed: i
             "total_seconds": time.perf_counter() - start,
         },
     }
+    return report, pipeline, split
