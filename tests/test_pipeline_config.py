@@ -47,3 +47,15 @@ def test_bad_toml_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_packaged_configs_load_by_name():
+    from llmrecall.config import packaged_configs
+
+    assert {"default", "full"} <= set(packaged_configs())
+    full = load_config("full")
+    kinds = {c.kind for c in full.enabled_channels}
+    assert {"sasrec", "textcf", "semantic_i2i", "itemcf"} <= kinds
+    assert full.config_hash() != load_config("default").config_hash()
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no-such-config")
