@@ -1,0 +1,105 @@
+"""Fitted channels and their validation lists, shared by every trial of a tuning run.
+
+A channel's output depends only on its kind, its parameters, the seed and how many candidates
+are asked, so that tuple is the cache key. A trial that changes only fusion parameters finds
+every list here and costs one fusion plus the metrics.
+
+Lists are kept per chunk of validation users (the chunks of the pruning stages, see
+:mod:`llmrecall.tune.objective`): a trial pruned after the first stage never recalls the rest.
+Only candidate ids are kept: reciprocal-rank fusion reads ranks, never scores.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmrecall.channels.base import Candidates, Channel
+from llmrecall.config import ChannelConfig
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.pipeline import build_channel
+
+#: default bound on cached candidate ids (bytes); least recently used lists go first
+DEFAULT_LIST_BYTES = 1 << 30
+#: default number of fitted channels kept (EASE on ML-1M alone holds a 55 MB matrix)
+DEFAULT_MODELS = 8
+
+
+def channel_key(config: ChannelConfig, seed: int, k: int) -> str:
+    """Canonical identity of a channel's output: kind, parameters, seed and list length."""
+    return json.dumps({"kind": config.kind, "params": config.params, "seed": seed, "k": k},
+                      sort_keys=True, default=str)
+
+
+@dataclass
+class StoreStats:
+    fits: int = 0
+    fit_seconds: float = 0.0
+    recalls: int = 0
+    list_hits: int = 0
+
+
+class ChannelStore:
+    """Cache of fitted channels and their candidate ids for chunks of validation users.
+
+    Args:
+        train: the dataset channels are fitted on.
+        history: the histories channels recall from (the validation task's).
+        chunks: int32 arrays of dense users; chunk ``c`` is recalled on its own.
+        allowed: bool[n_items] or None; items channels may return.
+        max_list_bytes / max_models: LRU bounds.
+    """
+
+    def __init__(self, train: Dataset, history: Histories, chunks: list[np.ndarray],
+                 allowed: np.ndarray | None = None, *, max_list_bytes: int = DEFAULT_LIST_BYTES,
+                 max_models: int = DEFAULT_MODELS):
+        self.train = train
+        self.history = history
+        self.chunks = chunks
+        self.allowed = allowed
+        self.max_list_bytes = max_list_bytes
+        self.max_models = max_models
+        self._models: OrderedDict[str, Channel] = OrderedDict()
+        self._lists: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._list_bytes = 0
+        self.stats = StoreStats()
+
+    def candidates(self, config: ChannelConfig, seed: int, k: int, chunk: int) -> Candidates:
+        """The channel's top-``k`` ids for chunk ``chunk`` (scores are zeros: unused)."""
+        key = channel_key(config, seed, k)
+        ids = self._lists.get((key, chunk))
+        if ids is not None:
+            self._lists.move_to_end((key, chunk))
+            self.stats.list_hits += 1
+        else:
+            channel = self._model(key, config, seed)
+            ids = channel.recall(self.chunks[chunk], k, self.history, allowed=self.allowed).ids
+            self.stats.recalls += 1
+            self._remember(key, chunk, ids)
+        return Candidates(ids, np.broadcast_to(np.float32(0), ids.shape))
+
+    def _model(self, key: str, config: ChannelConfig, seed: int) -> Channel:
+        import time
+
+        channel = self._models.get(key)
+        if channel is not None:
+            self._models.move_to_end(key)
+            return channel
+        start = time.perf_counter()
+        channel = build_channel(config, seed).fit(self.train)
+        self.stats.fits += 1
+        self.stats.fit_seconds += time.perf_counter() - start
+        self._models[key] = channel
+        while len(self._models) > self.max_models:
+            self._models.popitem(last=False)
+        return channel
+
+    def _remember(self, key: str, chunk: int, ids: np.ndarray) -> None:
+        self._lists[(key, chunk)] = ids
+        self._list_bytes += ids.nbytes
+        while self._list_bytes > self.max_list_bytes and len(self._lists) > 1:
+            _, old = self._lists.popitem(last=False)
+            self._list_bytes -= old.nbytes
