@@ -3,4 +3,13 @@
 from llmrecall.channels.base import Candidates, Channel
 from llmrecall.channels.registry import channel_class, known_kinds, register
 
-__all__ = ["Candidates", "Channel", "channel_class", "known_kinds", "register"]
+# built-in channels: importing a module registers its kind
+from llmrecall.channels.popularity import Popularity  # noqa: E402
+from llmrecall.channels.itemcf import ItemCF  # noqa: E402
+from llmrecall.channels.swing import Swing  # noqa: E402
+from llmrecall.channels.ease import EASE  # noqa: E402
+from llmrecall.channels.als import ALS  # noqa: E402
+from llmrecall.channels.bpr import BPR  # noqa: E402
+
+__all__ = ["ALS", "BPR", "Candidates", "Channel", "EASE", "ItemCF", "Popularity", "Swing",
+           "channel_class", "known_kinds", "register"]

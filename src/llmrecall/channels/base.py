@@ -152,8 +152,12 @@ class Channel(ABC):
 
     # ---- persistence -----------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray]:
-        """Learned arrays to save; subclasses return every attribute ending in ``_``."""
-        return {k: v for k, v in vars(self).items() if k.endswith("_") and isinstance(v, np.ndarray)}
+        """Learned arrays to save: every attribute ending in ``_`` that is a numpy array or a
+        scipy sparse matrix."""
+        import scipy.sparse as sp
+
+        return {k: v for k, v in vars(self).items()
+                if k.endswith("_") and (isinstance(v, np.ndarray) or sp.issparse(v))}
 
     def set_state(self, arrays: dict[str, np.ndarray]) -> None:
         for key, value in arrays.items():

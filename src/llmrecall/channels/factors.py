@@ -1,0 +1,100 @@
+"""Matrix-factorisation channels (ALS, BPR) trained with the ``implicit`` library on CPU.
+
+Scores are ``user_vector @ item_factors_.T``. How a user's vector is found from the history
+passed to :meth:`~llmrecall.channels.base.Channel.recall` is the one thing ALS and BPR do
+differently (:meth:`FactorChannel.user_vectors`).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+import scipy.sparse as sp
+
+from llmrecall.channels.base import Channel
+from llmrecall.channels.history import (best_history_item, check_width, finish_scores,
+                                        limited_blas, weighted_history)
+from llmrecall.channels.neighbors import item_popularity, training_matrix
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import ConfigError
+
+#: (pair, factor) products computed at once when looking for evidence
+_EVIDENCE_CHUNK = 200_000
+
+
+class FactorChannel(Channel):
+    """Base of the factor channels.
+
+    Learned state: ``user_factors_`` float32[n_users, f'], ``item_factors_`` float32[n_items,
+    f'] (implicit's layout: BPR appends an item-bias column and a constant-1 user column),
+    ``popularity_`` float32[n_items] for users the channel cannot place. Items added after
+    fit are never recalled (-inf). Evidence: the history item whose factor vector has the
+    largest dot product with the candidate's.
+    """
+
+    evidence_template = "because you liked {evidence}"
+
+    def __init__(self, factors: int, regularization: float, iterations: int, seed: int,
+                 name: str | None):
+        super().__init__(name)
+        self.factors = factors
+        self.regularization = regularization
+        self.iterations = iterations
+        self.seed = seed
+
+    @abstractmethod
+    def train(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """Fit implicit on the binary float32 CSR [n_users, n_items]; return the user and
+        item factors as float32 arrays."""
+
+    @abstractmethod
+    def user_vectors(self, users: np.ndarray, hist: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """``vectors float32[n, f']`` for ``users`` given their binary history ``hist``
+        (CSR [n, n_fitted_items]) and ``placed bool[n]``: False where nothing is known (the
+        row then gets popularity)."""
+
+    def evidence_factors(self) -> np.ndarray:
+        """float32[n_items, f] item vectors compared for evidence."""
+        return self.item_factors_
+
+    def fit(self, dataset: Dataset) -> "FactorChannel":
+        for field in ("factors", "iterations"):
+            if int(getattr(self, field)) < 1:
+                raise ConfigError(f"{self.kind} {field} must be >= 1, got {getattr(self, field)}")
+        if self.regularization < 0:
+            raise ConfigError(f"{self.kind} regularization must be >= 0, got "
+                              f"{self.regularization}")
+        matrix = training_matrix(dataset)
+        # implicit parallelises itself; BLAS threads on top of it only oversubscribe
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            users, items = self.train(matrix)
+        self.user_factors_ = np.ascontiguousarray(users, dtype=np.float32)
+        self.item_factors_ = np.ascontiguousarray(items, dtype=np.float32)
+        self.popularity_ = item_popularity(matrix)
+        return self
+
+    def _history(self, users: np.ndarray, history: Histories) -> sp.csr_matrix:
+        return weighted_history(history, users, self.item_factors_.shape[0])
+
+    def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
+        width = check_width(history, self.item_factors_.shape[0], self.name)
+        users = np.asarray(users, dtype=np.int64)
+        vectors, placed = self.user_vectors(users, self._history(users, history))
+        with limited_blas():
+            known = vectors @ self.item_factors_.T
+        return finish_scores(known, ~placed, self.popularity_, width)
+
+    def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
+        factors = self.evidence_factors()
+
+        def dot(h: np.ndarray, j: np.ndarray) -> np.ndarray:
+            out = np.empty(len(h), np.float64)
+            for s in range(0, len(h), _EVIDENCE_CHUNK):
+                t = slice(s, s + _EVIDENCE_CHUNK)
+                out[t] = np.einsum("pf,pf->p", factors[h[t]], factors[j[t]])
+            return out
+
+        return best_history_item(self._history(users, history), ids, dot)

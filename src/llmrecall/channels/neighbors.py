@@ -1,0 +1,133 @@
+"""Item-to-item neighbour channels (ItemCF, Swing): a sparse similarity, scored from the
+user's recent history.
+
+A subclass only says how to compute the item-item similarity; fitting, pruning to the top-N
+neighbours of each candidate, scoring and evidence live here.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from llmrecall.channels.base import Channel
+from llmrecall.channels.history import (best_history_item, check_width, empty_rows,
+                                        finish_scores, limited_blas, sparse_lookup,
+                                        weighted_history)
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import ConfigError
+
+#: dense entries per similarity column block while pruning (bounds memory to ~32 MB)
+BLOCK_ENTRIES = 8_000_000
+
+
+def training_matrix(dataset: Dataset) -> sp.csr_matrix:
+    """Binary float32 CSR [n_users, n_items] of the dataset's interactions."""
+    log = dataset.interactions
+    matrix = sp.csr_matrix((np.ones(len(log), np.float32), (log.user, log.item)),
+                           shape=(dataset.n_users, dataset.n_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def item_popularity(matrix: sp.csr_matrix) -> np.ndarray:
+    """float32[n_items] interaction counts scaled to [0, 1]: the empty-history fallback."""
+    counts = np.asarray(matrix.sum(axis=0), np.float64).ravel()
+    return (counts / max(counts.max(initial=0.0), 1.0)).astype(np.float32)
+
+
+def pruned_similarity(n_items: int, neighbors: int,
+                      column_block: Callable[[np.ndarray], np.ndarray]) -> sp.csr_matrix:
+    """Assemble an item-item similarity keeping each candidate's top ``neighbors``.
+
+    Args:
+        n_items: size of the square matrix.
+        neighbors: entries kept per column (the candidate's most similar history items).
+        column_block: ``f(cols int64[b]) -> float[n_items, b]`` dense similarity of every
+            item (rows, the history item) to the candidates ``cols``.
+    Returns:
+        float32 CSR [n_items, n_items]: row = history item, column = candidate; at most
+        ``neighbors`` positive entries per column, none on the diagonal.
+    """
+    if neighbors < 1:
+        raise ConfigError(f"neighbors must be >= 1, got {neighbors}")
+    width = max(1, BLOCK_ENTRIES // max(n_items, 1))
+    rows_out, cols_out, vals_out = [], [], []
+    keep = min(neighbors, n_items)
+    for start in range(0, n_items, width):
+        cols = np.arange(start, min(start + width, n_items))
+        block = np.asarray(column_block(cols), dtype=np.float32)
+        block[cols, np.arange(len(cols))] = 0.0  # an item is not its own neighbour
+        if keep < n_items:
+            top = np.argpartition(-block, keep - 1, axis=0)[:keep]
+        else:
+            top = np.broadcast_to(np.arange(n_items)[:, None], block.shape)
+        vals = np.take_along_axis(block, top, axis=0)
+        positive = vals > 0
+        rows_out.append(top[positive])
+        cols_out.append(np.broadcast_to(cols[None, :], top.shape)[positive])
+        vals_out.append(vals[positive])
+    rows = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
+    cols = np.concatenate(cols_out) if cols_out else np.zeros(0, np.int64)
+    vals = np.concatenate(vals_out) if vals_out else np.zeros(0, np.float32)
+    similarity = sp.csr_matrix((vals, (rows, cols)), shape=(n_items, n_items), dtype=np.float32)
+    similarity.sort_indices()
+    return similarity
+
+
+class ItemNeighborChannel(Channel):
+    """Scores ``s[u, j] = sum_h w(u, h) * similarity_[h, j]`` over the user's recent history.
+
+    ``w(u, h)`` is 1, or decays with the position / time of ``h`` in the history (see
+    :func:`~llmrecall.channels.history.weighted_history`). Users whose usable history is empty
+    get item popularity instead. Items added after fit are never recalled (-inf).
+
+    Learned state: ``similarity_`` float32 CSR [n_items, n_items] (row = history item,
+    column = candidate, top ``neighbors`` per column) and ``popularity_`` float32[n_items].
+    Evidence: the history item with the largest ``w(u, h) * similarity_[h, j]``.
+    """
+
+    evidence_template = "because you liked {evidence}"
+
+    def __init__(self, neighbors: int = 100, history_length: int | None = None,
+                 position_half_life: float | None = None,
+                 time_half_life: float | None = None, name: str | None = None):
+        super().__init__(name)
+        self.neighbors = neighbors
+        self.history_length = history_length
+        self.position_half_life = position_half_life
+        self.time_half_life = time_half_life
+
+    @abstractmethod
+    def similarity(self, dataset: Dataset, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        """The pruned similarity (see :func:`pruned_similarity`) from the binary training
+        matrix ``matrix`` float32 CSR [n_users, n_items]."""
+
+    def fit(self, dataset: Dataset) -> "ItemNeighborChannel":
+        for field in ("history_length", "position_half_life", "time_half_life"):
+            value = getattr(self, field)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{self.kind} {field} must be positive or None, got {value}")
+        matrix = training_matrix(dataset)
+        with limited_blas():
+            self.similarity_ = self.similarity(dataset, matrix).tocsr().astype(np.float32)
+        self.popularity_ = item_popularity(matrix)
+        return self
+
+    def _history(self, users: np.ndarray, history: Histories) -> sp.csr_matrix:
+        return weighted_history(history, users, self.similarity_.shape[0], self.history_length,
+                                self.position_half_life, self.time_half_life)
+
+    def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
+        width = check_width(history, self.similarity_.shape[0], self.name)
+        hist = self._history(users, history)
+        known = (hist @ self.similarity_).toarray()
+        return finish_scores(known, empty_rows(hist), self.popularity_, width)
+
+    def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
+        return best_history_item(self._history(users, history), ids,
+                                 sparse_lookup(self.similarity_))
