@@ -20,6 +20,7 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     kk = min(k, m)
     if kk < m:
         part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        _lowest_ids_among_ties(scores, part)
     else:
         part = np.broadcast_to(np.arange(m), (n, m)).copy()
     vals = np.take_along_axis(scores, part, axis=1)
@@ -33,3 +34,25 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
         vals = np.pad(vals, ((0, 0), (0, k - kk)), constant_values=-np.inf)
     return ids, vals
+
+
+def _lowest_ids_among_ties(scores: np.ndarray, part: np.ndarray) -> None:
+    """Make ``part`` (in place) keep the lowest ids among columns tied at the k-th value.
+
+    argpartition keeps an arbitrary subset of the columns that tie with the k-th best value;
+    rows where that matters are rare, so they are found with one comparison pass and only
+    they are recomputed. Ties at -inf are never returned, so they are left alone.
+    """
+    kk = part.shape[1]
+    vals = np.take_along_axis(scores, part, axis=1)
+    kth = vals.min(axis=1)
+    at_kth = scores == kth[:, None]
+    tied = np.isfinite(kth) & (at_kth.sum(axis=1) > (vals == kth[:, None]).sum(axis=1))
+    if not tied.any():
+        return
+    rows = np.flatnonzero(tied)
+    above = scores[rows] > kth[rows, None]
+    equal = at_kth[rows]
+    need = kk - above.sum(axis=1)
+    pick = above | (equal & (np.cumsum(equal, axis=1) <= need[:, None]))
+    part[rows] = np.nonzero(pick)[1].reshape(len(rows), kk)

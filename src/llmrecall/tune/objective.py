@@ -20,8 +20,9 @@ from llmrecall.data.dataset import Dataset
 from llmrecall.errors import ConfigError
 from llmrecall.evaluate.metrics import ranking_metrics
 from llmrecall.evaluate.protocols import EvalTask
-from llmrecall.fusion import ChannelWeight, fuse
+from llmrecall.fusion import ChannelWeight
 from llmrecall.pipeline import allowed_mask
+from llmrecall.tune.fastfuse import fused_ids
 from llmrecall.tune.space import Space, suggest
 from llmrecall.tune.store import ChannelStore
 
@@ -102,8 +103,8 @@ class ValidationObjective:
             lists = {c.channel_name: self.store.candidates(
                          c, config.seed, c.k or config.fusion.channel_k, stage)
                      for c in config.enabled_channels}
-            fused_parts.append(fuse(lists, self.k, weights=weights, rrf_k=config.fusion.rrf_k,
-                                    allowed=self.allowed).ids)
+            fused_parts.append(fused_ids(lists, self.k, self.n_items, weights=weights,
+                                         rrf_k=config.fusion.rrf_k, allowed=self.allowed))
             upto = self.bounds[stage + 1]
             value = ranking_metrics(np.concatenate(fused_parts), self.targets[:upto],
                                     [self.k], self.n_items)[self.metric]

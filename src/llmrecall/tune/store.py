@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmrecall.channels.base import Candidates, Channel
+from llmrecall.channels.base import Channel
 from llmrecall.config import ChannelConfig
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.pipeline import build_channel
@@ -67,8 +67,8 @@ class ChannelStore:
         self._list_bytes = 0
         self.stats = StoreStats()
 
-    def candidates(self, config: ChannelConfig, seed: int, k: int, chunk: int) -> Candidates:
-        """The channel's top-``k`` ids for chunk ``chunk`` (scores are zeros: unused)."""
+    def candidates(self, config: ChannelConfig, seed: int, k: int, chunk: int) -> np.ndarray:
+        """The channel's top-``k`` ids int32[len(chunk), k] for chunk ``chunk``, -1 padded."""
         key = channel_key(config, seed, k)
         ids = self._lists.get((key, chunk))
         if ids is not None:
@@ -79,7 +79,7 @@ class ChannelStore:
             ids = channel.recall(self.chunks[chunk], k, self.history, allowed=self.allowed).ids
             self.stats.recalls += 1
             self._remember(key, chunk, ids)
-        return Candidates(ids, np.broadcast_to(np.float32(0), ids.shape))
+        return ids
 
     def _model(self, key: str, config: ChannelConfig, seed: int) -> Channel:
         import time
