@@ -138,9 +138,12 @@ def suggest(trial: optuna.trial.BaseTrial, config: PipelineConfig, space: Space 
         out["min_slots"] = trial.suggest_categorical(f"{name}.min_slots",
                                                      _slot_values(k, cfg.min_slots))
         if space == "all":
+            defaults = constructor_defaults(cfg.kind)
             for grid in channel_grids(cfg):
-                out["params"][grid.param] = trial.suggest_categorical(f"{name}.{grid.param}",
-                                                                      grid.values)
+                value = trial.suggest_categorical(f"{name}.{grid.param}", grid.values)
+                # write only what differs, so the tuned file shows what tuning changed
+                if value != cfg.params.get(grid.param, defaults[grid.param]):
+                    out["params"][grid.param] = value
     return PipelineConfig.model_validate(raw)
 
 

@@ -21,6 +21,7 @@ from llmrecall.channels.base import Channel
 from llmrecall.config import ChannelConfig
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.pipeline import build_channel
+from llmrecall.tune.space import constructor_defaults
 
 #: default bound on cached candidate ids (bytes); least recently used lists go first
 DEFAULT_LIST_BYTES = 1 << 30
@@ -29,8 +30,16 @@ DEFAULT_MODELS = 8
 
 
 def channel_key(config: ChannelConfig, seed: int, k: int) -> str:
-    """Canonical identity of a channel's output: kind, parameters, seed and list length."""
-    return json.dumps({"kind": config.kind, "params": config.params, "seed": seed, "k": k},
+    """Canonical identity of a channel's output: kind, parameters, seed and list length.
+
+    Parameters are merged over the constructor defaults, so an explicit default and an
+    omitted one give the same key.
+    """
+    params = {**constructor_defaults(config.kind), **config.params}
+    params.pop("name", None)
+    if "seed" in params and "seed" not in config.params:
+        params["seed"] = seed  # build_channel fills an unset seed with the pipeline's
+    return json.dumps({"kind": config.kind, "params": params, "seed": seed, "k": k},
                       sort_keys=True, default=str)
 
 

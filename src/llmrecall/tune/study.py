@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,12 @@ def open_storage(storage: str | Path | None) -> optuna.storages.BaseStorage:
         return optuna.storages.InMemoryStorage()
     path = Path(storage).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{path}", heartbeat_interval=HEARTBEAT_SECONDS,
-                                      grace_period=GRACE_SECONDS)
+    with warnings.catch_warnings():
+        # heartbeats are marked experimental, and are what lets a killed run's trial be failed
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(f"sqlite:///{path}",
+                                          heartbeat_interval=HEARTBEAT_SECONDS,
+                                          grace_period=GRACE_SECONDS)
 
 
 def tune(dataset: Dataset, protocol: str, config: PipelineConfig, trials: int,
