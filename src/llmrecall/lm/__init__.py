@@ -1,0 +1,28 @@
+"""The language-model layer: embedders, generators, prompt templates, a persistent cache,
+untrusted-text handling, a scrubber for remote calls, and ``lm-serve``.
+
+Local packaged models are the default and nothing leaves the machine unless a remote
+(OpenAI-compatible) endpoint is configured. Heavy imports (torch, llama.cpp) happen only when
+a backend that needs them is built.
+"""
+
+from llmrecall.lm.cache import LMCache, cache_key
+from llmrecall.lm.cached import CachedEmbedder, CachedGenerator
+from llmrecall.lm.config import CacheConfig, EmbedderConfig, GeneratorConfig, LMConfig
+from llmrecall.lm.embedders import DEFAULT_EMBEDDER, Embedder, OpenAIEmbedder, get_embedder
+from llmrecall.lm.errors import (BackendUnavailableError, EndpointError, GenerationParseError,
+                                 LMError, MalformedResponseError)
+from llmrecall.lm.generators import Generator, OpenAIChatGenerator, get_generator
+from llmrecall.lm.parse import (delimit, delimit_list, parse_interests, parse_knowledge,
+                                parse_list, parse_queries, parse_titles)
+from llmrecall.lm.prompts import PromptTemplate, available_templates, load_template
+from llmrecall.lm.scrub import Scrubber
+
+__all__ = [
+    "BackendUnavailableError", "CacheConfig", "CachedEmbedder", "CachedGenerator",
+    "DEFAULT_EMBEDDER", "Embedder", "EmbedderConfig", "EndpointError", "GenerationParseError",
+    "Generator", "GeneratorConfig", "LMCache", "LMConfig", "LMError", "MalformedResponseError",
+    "OpenAIChatGenerator", "OpenAIEmbedder", "PromptTemplate", "Scrubber", "available_templates",
+    "cache_key", "delimit", "delimit_list", "get_embedder", "get_generator", "load_template",
+    "parse_interests", "parse_knowledge", "parse_list", "parse_queries", "parse_titles",
+]

