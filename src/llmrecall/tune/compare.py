@@ -49,22 +49,26 @@ def compare_on_test(dataset: Dataset, protocol: str, default: PipelineConfig,
 
 
 def comparison_table(comparison: dict) -> Table:
-    """A rich table: one row per channel, default -> tuned for each K."""
-    name = comparison["metric"].split("@")[0]
+    """A rich table: one row per channel; default, tuned and change at K = 10, 50 and the
+    metric's K (the JSON holds every K)."""
+    name, k = comparison["metric"].split("@")
+    ks = sorted({10, 50, int(k)} & set(comparison["ks"]))
     d, t = comparison["default"], comparison["tuned"]
-    table = Table(title=f"{d['dataset']} · {d['protocol']} · test · default {d['config_hash']} "
-                        f"→ tuned {t['config_hash']} · {name}")
+    table = Table(title=f"{d['dataset']} · {d['protocol']} · test · {name} · default "
+                        f"{d['config_hash']} vs tuned {t['config_hash']}")
     table.add_column("channel")
-    for kk in comparison["ks"]:
-        table.add_column(f"@{kk} default → tuned", justify="right")
+    for kk in ks:
+        for head in (f"@{kk} default", "tuned", "change"):
+            table.add_column(head, justify="right")
     for channel, row in comparison["rows"].items():
         cells = []
-        for kk in comparison["ks"]:
+        for kk in ks:
             cell = row[f"{name}@{kk}"]
-            if cell["default"] is None or cell["tuned"] is None:
-                cells.append("—" if cell["tuned"] is None else f"new {cell['tuned']:.4f}")
-            else:
-                cells.append(f"{cell['default']:.4f} → {cell['tuned']:.4f} "
-                             f"({cell['delta']:+.4f})")
+            cells += [_num(cell["default"]), _num(cell["tuned"]),
+                      "" if cell["delta"] is None else f"{cell['delta']:+.4f}"]
         table.add_row(channel, *cells, style="bold" if channel == "fused" else None)
     return table
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"

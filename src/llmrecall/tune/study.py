@@ -79,6 +79,7 @@ def tune(dataset: Dataset, protocol: str, config: PipelineConfig, trials: int,
     Returns:
         The best config found and a JSON-ready report of the study.
     """
+    parse_metric(metric or default_metric(config))  # fail on a bad metric before splitting
     split = make_split(dataset, protocol, seed)
     # only the train part and the validation task go further: test stays here, unread
     return tune_validation(split.train, split.valid, config, trials, metric, storage=storage,
