@@ -97,3 +97,15 @@ def test_local_generator_proposals_are_valid_or_dropped():
     for p in proposals:
         check_template(p.template)
         assert p.params == {"history_length": 10}
+
+
+def test_starting_variants_cover_forms_languages_counts_and_history():
+    from llmrecall.tune.prompts import starting_variants
+
+    variants = starting_variants(languages=("en", "zh"), counts=(5,), history_lengths=(10, 30))
+    assert len(variants) == 3 * 2 * 1 * 2
+    assert len({v.version for v in variants}) == len(variants)
+    assert {v.params["output"] for v in variants} == {"interest_profile", "search_queries",
+                                                      "hypothetical_items"}
+    for v in variants:
+        check_template(v.template)  # the shipped templates use exactly $history and $count

@@ -78,6 +78,33 @@ def check_template(text: str, where: str = "template") -> None:
                           f"missing {sorted(missing)}, unknown {sorted(extra)}")
 
 
+#: the shipped history templates, one per output form (llmrecall/lm/prompts/<lang>/<name>.txt)
+OUTPUT_FORMS = ("interest_profile", "search_queries", "hypothetical_items")
+
+
+def starting_variants(forms: Sequence[str] = OUTPUT_FORMS, languages: Sequence[str] = ("en",),
+                      counts: Sequence[int] = (5, 10),
+                      history_lengths: Sequence[int] = (10, 30)) -> list[PromptVariant]:
+    """The grid of shipped templates x output form x language x count x history length.
+
+    Params: ``output`` (the form), ``language``, ``count`` (texts asked for) and
+    ``history_length`` (most recent items shown); a scorer's ``build`` passes them on.
+    """
+    from llmrecall.lm.prompts import load_template
+
+    out = []
+    for form in forms:
+        for lang in languages:
+            text = load_template(form, lang).text
+            for count in counts:
+                for length in history_lengths:
+                    out.append(PromptVariant(
+                        f"{form}/{lang}/n{count}/h{length}", text,
+                        {"output": form, "language": lang, "count": int(count),
+                         "history_length": int(length)}))
+    return out
+
+
 Scorer = Callable[[PromptVariant], float]
 
 

@@ -14,7 +14,6 @@ Fusion parameters (weights, ``rrf_k``) are continuous; quotas and guaranteed slo
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -161,8 +160,3 @@ def current_values(config: PipelineConfig, space: Space = "all") -> dict[str, An
             for grid in channel_grids(cfg):
                 values[f"{name}.{grid.param}"] = cfg.params.get(grid.param, defaults[grid.param])
     return values
-
-
-def tuned_kinds(config: PipelineConfig) -> Iterable[str]:
-    """Channel kinds of ``config`` whose own parameters the tuner searches."""
-    return sorted({c.kind for c in config.enabled_channels if c.kind in CHANNEL_SPACES})

@@ -12,6 +12,7 @@ Only candidate ids are kept: reciprocal-rank fusion reads ranks, never scores.
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -91,8 +92,6 @@ class ChannelStore:
         return ids
 
     def _model(self, key: str, config: ChannelConfig, seed: int) -> Channel:
-        import time
-
         channel = self._models.get(key)
         if channel is not None:
             self._models.move_to_end(key)
