@@ -118,3 +118,27 @@ def test_tuning_never_reads_test_data(ml100k, small_config, monkeypatch):
     best, report = tune(ml100k, "loo", small_config, 5, "recall@50", progress=False)
     assert best == honest[0]
     assert report["best_value"] == honest[1]["best_value"]
+
+
+def test_ctrl_c_keeps_finished_trials_and_returns_the_best(ml100k, small_config, tmp_path,
+                                                           monkeypatch):
+    from llmrecall.tune.objective import ValidationObjective
+
+    real = ValidationObjective.evaluate
+    calls = {"n": 0}
+
+    def interrupted_on_third(self, config, report=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, config, report)
+
+    monkeypatch.setattr(ValidationObjective, "evaluate", interrupted_on_third)
+    db = tmp_path / "study.sqlite"
+    best, report = tune(ml100k, "loo", small_config, 10, "recall@50", storage=db,
+                        study_name="c", progress=False)
+    assert report["interrupted"] is True
+    assert report["trials_this_run"] == 2
+    assert report["trials"]["fail"] == 1  # the interrupted trial
+    assert report["best_value"] >= report["baseline_value"]
+    assert best.config_hash() == report["tuned_config_hash"]

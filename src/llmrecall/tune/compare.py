@@ -22,10 +22,14 @@ def compare_on_test(dataset: Dataset, protocol: str, default: PipelineConfig,
     """Evaluate both configs on test; rows per channel (and ``fused``) for ``metric``'s name.
 
     Returns ``{"metric", "ks", "default": report, "tuned": report, "rows": {channel: {...}}}``
-    where each row holds ``default``/``tuned``/``delta`` of ``NAME@k`` for every reported k.
+    where each row holds ``default``/``tuned``/``delta`` of ``NAME@k`` for every reported k
+    (10, 20, 50, 100, 200 and the metric's K, up to the shortest channel list).
     """
     name, k = parse_metric(metric)
-    ks = tuple(sorted({*DEFAULT_KS, k}))
+    # each channel's own list is scored too, so no cut-off may exceed the shortest list
+    shortest = min(c.k or cfg.fusion.channel_k
+                   for cfg in (default, tuned) for c in cfg.enabled_channels)
+    ks = tuple(sorted(kk for kk in {*DEFAULT_KS, k} if kk <= shortest))
     reports = {}
     for label, config in (("default", default), ("tuned", tuned)):
         if progress is not None:
@@ -52,7 +56,7 @@ def comparison_table(comparison: dict) -> Table:
     """A rich table: one row per channel; default, tuned and change at K = 10, 50 and the
     metric's K (the JSON holds every K)."""
     name, k = comparison["metric"].split("@")
-    ks = sorted({10, 50, int(k)} & set(comparison["ks"]))
+    ks = sorted({10, 50, int(k)} & set(comparison["ks"])) or comparison["ks"]
     d, t = comparison["default"], comparison["tuned"]
     table = Table(title=f"{d['dataset']} · {d['protocol']} · test · {name} · default "
                         f"{d['config_hash']} vs tuned {t['config_hash']}")
