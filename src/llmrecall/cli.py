@@ -20,7 +20,8 @@ from llmrecall.errors import LLMRecallError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="llmrecall: recall (candidate generation) with language models.")
-console = Console()
+# tables are wide (15 columns): never squeeze them to a pipe's default 80 columns
+console = Console(width=None if Console().is_terminal else 200)
 err = Console(stderr=True)
 
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", help="built-in dataset name")]
@@ -35,9 +36,9 @@ def _load_dataset(dataset: str | None, data: Path | None):
         from llmrecall.data.builtin import load_builtin
 
         return load_builtin(dataset)
-    from llmrecall.data.loaders import load_data_spec
+    from llmrecall.data.loaders import load_dataset_toml
 
-    return load_data_spec(data)
+    return load_dataset_toml(data)
 
 
 def _fail(exc: Exception) -> None:
@@ -55,7 +56,7 @@ def evaluate(
 ) -> None:
     """Split, fit every channel, recall, fuse and print Recall/NDCG per channel and fused."""
     from llmrecall.config import load_config
-    from llmrecall.evaluate.run import evaluate as run_evaluate
+    from llmrecall.evaluate.experiment import evaluate as run_evaluate
     from llmrecall.report import rich_table
 
     try:
@@ -138,7 +139,7 @@ def demo(
     """The main job on the embedded defaults: evaluate the full pipeline, explain one user."""
     from llmrecall.config import load_config
     from llmrecall.data.builtin import load_builtin
-    from llmrecall.evaluate.run import evaluate as run_evaluate
+    from llmrecall.evaluate.experiment import evaluate as run_evaluate
     from llmrecall.pipeline import RecallPipeline
     from llmrecall.report import rich_table
 
@@ -217,6 +218,29 @@ def datasets() -> None:
             console.print(load_builtin(name).describe())
         except LLMRecallError as exc:
             console.print(f"{name}: unavailable ({exc})")
+
+
+# the service: `llmrecall build` writes an artifact, `llmrecall serve DIR` runs the HTTP API
+from llmrecall.serve.cli import build_command, serve_command  # noqa: E402
+
+@app.command("lm-serve")
+def lm_serve(
+    host: Annotated[str, typer.Option(help="bind address; keep loopback unless a proxy fronts it")] = "127.0.0.1",
+    port: int = 8080,
+    embedder: Annotated[str, typer.Option(help="local embedder name, or 'none'")] = "default",
+    generator: Annotated[str, typer.Option(help="local generator name, or 'none'")] = "default",
+    threads: int = 1,
+) -> None:
+    """Serve the packaged local models over the OpenAI-compatible API (/v1/embeddings,
+    /v1/chat/completions, /v1/models)."""
+    from llmrecall.lm.server import main as serve_models
+
+    serve_models(host=host, port=port, embedder=None if embedder == "none" else embedder,
+                 generator=None if generator == "none" else generator, threads=threads)
+
+
+app.command("build")(build_command)
+app.command("serve")(serve_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point

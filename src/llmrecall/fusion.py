@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmrecall.channels.base import Candidates
-from llmrecall.topk import topk
+from llmrecall.topk import fit_mask, topk
 
 #: bonus that lifts guaranteed (min_slots) candidates above every RRF score when selecting
 _GUARANTEE = np.float32(1e6)
@@ -68,7 +68,8 @@ class FusedCandidates:
 
 def fuse(lists: Mapping[str, Candidates], k: int, *,
          weights: Mapping[str, ChannelWeight] | None = None, rrf_k: float = 60.0,
-         allowed: np.ndarray | None = None, seen: Sequence[np.ndarray] | None = None) -> FusedCandidates:
+         allowed: np.ndarray | None = None, seen: Sequence[np.ndarray] | None = None,
+         n_items: int | None = None) -> FusedCandidates:
     """Merge per-channel candidates into the top-``k`` fused list of each user.
 
     Args:
@@ -78,6 +79,7 @@ def fuse(lists: Mapping[str, Candidates], k: int, *,
         rrf_k: RRF damping constant; larger flattens the advantage of top ranks.
         allowed: optional bool[n_items]; candidates outside it are dropped.
         seen: optional, per user, an int array of items to drop (already consumed).
+        n_items: catalog size (default: the largest proposed id + 1).
     Returns:
         :class:`FusedCandidates`; a candidate proposed by several channels appears once.
     """
@@ -86,89 +88,85 @@ def fuse(lists: Mapping[str, Candidates], k: int, *,
         raise ValueError("fuse() needs at least one channel's candidates")
     weights = weights or {}
     n = lists[names[0]].ids.shape[0]
-    C = len(names)
+    for name in names:
+        if lists[name].ids.shape[0] != n:
+            raise ValueError(f"channel {name!r} answered for {lists[name].ids.shape[0]} users, "
+                             f"expected {n}")
+    if n_items is None:
+        n_items = max(int(lists[nm].ids.max(initial=-1)) for nm in names) + 1
+    n_items = max(n_items, 1)
+    # users per dense block: the block is n_block x n_items float32 cells
+    block = max(1, _BLOCK_CELLS // n_items)
+    parts = [_fuse_block({nm: c.row_slice(slice(s, s + block)) for nm, c in lists.items()},
+                         k, weights, rrf_k, allowed,
+                         None if seen is None else seen[s:s + block], n_items)
+             for s in range(0, n, block)] or [_fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items)]
+    return FusedCandidates(
+        np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), names,
+        np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
+        [lists[nm].evidence_kind for nm in names], [lists[nm].evidence_text for nm in names])
 
-    rows, items, contrib, chan, rank, evid, guaranteed = [], [], [], [], [], [], []
-    for c, name in enumerate(names):
+
+#: cells of the dense [users, items] fusion block (16M float32 = 64 MB)
+_BLOCK_CELLS = 1 << 24
+
+
+def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
+    """Fuse one block of users on a dense [n, n_items] score grid (scatter, then top-k)."""
+    names = list(lists)
+    n = lists[names[0]].ids.shape[0]
+    flat_size = n * n_items
+    score = np.zeros(flat_size, np.float32)
+    proposed = np.zeros(flat_size, bool)
+    guaranteed = np.zeros(flat_size, bool)
+    keys_per_channel = []
+    for name in names:
         cand = lists[name]
         w = weights.get(name, ChannelWeight())
         kc = cand.ids.shape[1] if w.quota is None else min(w.quota, cand.ids.shape[1])
         ids = cand.ids[:, :kc]
-        if ids.shape[0] != n:
-            raise ValueError(f"channel {name!r} answered for {ids.shape[0]} users, expected {n}")
-        r = np.broadcast_to(np.arange(kc, dtype=np.int32), ids.shape)
-        keep = ids >= 0
-        if w.weight == 0:
-            keep &= False
-        rows.append(np.broadcast_to(np.arange(n)[:, None], ids.shape)[keep])
-        items.append(ids[keep])
-        contrib.append((w.weight / (rrf_k + r[keep] + 1.0)).astype(np.float32))
-        chan.append(np.full(keep.sum(), c, np.int32))
-        rank.append(r[keep])
-        ev = cand.evidence[:, :kc][keep] if cand.evidence is not None else np.full(keep.sum(), -1)
-        evid.append(ev.astype(np.int32))
-        guaranteed.append(r[keep] < w.min_slots)
-
-    row = np.concatenate(rows).astype(np.int64)
-    item = np.concatenate(items).astype(np.int64)
-    contrib_all = np.concatenate(contrib)
-    chan_all, rank_all, evid_all = np.concatenate(chan), np.concatenate(rank), np.concatenate(evid)
-    guar_all = np.concatenate(guaranteed)
-
-    n_items = int(item.max()) + 1 if len(item) else 1
-    drop = np.zeros(len(item), bool)
+        keep = (ids >= 0) & (ids < n_items) & (w.weight > 0)
+        rows, ranks = np.nonzero(keep)
+        keys = rows.astype(np.int64) * n_items + ids[keep]
+        keys_per_channel.append((keys, ranks.astype(np.int32), cand, kc, keep))
+        # one channel lists an item at most once, so a plain fancy-index add is exact
+        score[keys] += (w.weight / (rrf_k + ranks + 1.0)).astype(np.float32)
+        proposed[keys] = True
+        guaranteed[keys[ranks < w.min_slots]] = True
+    score = score.reshape(n, n_items)
+    select = np.where(proposed.reshape(n, n_items), score, -np.inf).astype(np.float32)
     if allowed is not None:
-        inside = item < len(allowed)
-        drop |= ~np.where(inside, allowed[np.minimum(item, len(allowed) - 1)], False)
-    if seen is not None:
-        seen_keys = np.concatenate([np.asarray(s, np.int64) + u * n_items
-                                    for u, s in enumerate(seen)]) if n else np.zeros(0, np.int64)
-        drop |= np.isin(row * n_items + item, seen_keys)
-    keep = ~drop
-    row, item, contrib_all = row[keep], item[keep], contrib_all[keep]
-    chan_all, rank_all, evid_all, guar_all = chan_all[keep], rank_all[keep], evid_all[keep], guar_all[keep]
-
-    # one slot per distinct (user, item): sum contributions, remember each channel's rank
-    key = row * n_items + item
-    uniq, slot = np.unique(key, return_inverse=True)
-    fused_score = np.bincount(slot, weights=contrib_all, minlength=len(uniq)).astype(np.float32)
-    is_guaranteed = np.bincount(slot, weights=guar_all, minlength=len(uniq)) > 0
-    slot_ranks = np.full((len(uniq), C), -1, np.int32)
-    slot_ranks[slot, chan_all] = rank_all
-    slot_evid = np.full((len(uniq), C), -1, np.int32)
-    slot_evid[slot, chan_all] = evid_all
-    u_row, u_item = uniq // n_items, uniq % n_items
-    if len(uniq) == 0:  # nothing proposed (or everything filtered) for every user
-        return FusedCandidates(np.full((n, k), -1, np.int32), np.full((n, k), -np.inf, np.float32),
-                               names, np.full((n, k, C), -1, np.int32),
-                               np.full((n, k, C), -1, np.int32),
-                               [lists[nm].evidence_kind for nm in names],
-                               [lists[nm].evidence_text for nm in names])
-
-    # lay slots out as a ragged [n, width] block, then top-k per row
-    counts = np.bincount(u_row, minlength=n)
-    width = max(int(counts.max()) if len(counts) else 0, 1)
-    start = np.zeros(n + 1, np.int64)
-    np.cumsum(counts, out=start[1:])
-    col = np.arange(len(uniq)) - start[u_row]
-    select_key = np.full((n, width), -np.inf, np.float32)
-    select_key[u_row, col] = fused_score + np.where(is_guaranteed, _GUARANTEE, 0)
-    slot_of = np.full((n, width), -1, np.int64)
-    slot_of[u_row, col] = np.arange(len(uniq))
-
-    chosen, _ = topk(select_key, k)  # columns into the block, guaranteed ones first
+        select[:, ~fit_mask(allowed, n_items)] = -np.inf
+    if seen is not None and n:
+        lengths = np.fromiter((len(x) for x in seen), np.int64, n)
+        cols = np.concatenate([np.asarray(x, np.int64) for x in seen]) if lengths.sum() else np.zeros(0, np.int64)
+        rows = np.repeat(np.arange(n), lengths)
+        inside = cols < n_items
+        select[rows[inside], cols[inside]] = -np.inf
+    boosted = np.where(guaranteed.reshape(n, n_items) & np.isfinite(select),
+                       select + _GUARANTEE, select)
+    chosen, _ = topk(boosted, k)  # membership: guaranteed candidates first
     valid = chosen >= 0
-    chosen_slot = np.where(valid, np.take_along_axis(slot_of, np.maximum(chosen, 0), 1), -1)
-    score = np.where(valid, fused_score[np.maximum(chosen_slot, 0)], -np.inf).astype(np.float32)
-    # final order is by fused score alone (guarantees decide membership, not order)
-    order = np.lexsort((np.where(valid, u_item[np.maximum(chosen_slot, 0)], 0), -score), axis=1)
-    chosen_slot = np.take_along_axis(chosen_slot, order, 1)
-    score = np.take_along_axis(score, order, 1)
-    valid = chosen_slot >= 0
-    safe = np.maximum(chosen_slot, 0)
-    ids = np.where(valid, u_item[safe], -1).astype(np.int32)
-    ranks = np.where(valid[..., None], slot_ranks[safe], -1).astype(np.int32)
-    evidence = np.where(valid[..., None], slot_evid[safe], -1).astype(np.int32)
-    return FusedCandidates(ids, score, names, ranks, evidence,
-                           [lists[nm].evidence_kind for nm in names],
-                           [lists[nm].evidence_text for nm in names])
+    safe = np.maximum(chosen, 0)
+    fused_score = np.where(valid, np.take_along_axis(score, safe, 1), -np.inf).astype(np.float32)
+    # order within the list is by fused score alone (guarantees decide membership, not order)
+    order = np.lexsort((np.where(valid, chosen, n_items), -fused_score), axis=1)
+    ids = np.take_along_axis(chosen, order, 1).astype(np.int32)
+    fused_score = np.take_along_axis(fused_score, order, 1)
+    valid = ids >= 0
+    out_keys = np.arange(n, dtype=np.int64)[:, None] * n_items + np.maximum(ids, 0)
+    C = len(names)
+    ranks_out = np.full((n, ids.shape[1], C), -1, np.int32)
+    evidence_out = np.full((n, ids.shape[1], C), -1, np.int32)
+    lookup = np.full(flat_size, -1, np.int32)
+    for c, (keys, ranks, cand, kc, keep) in enumerate(keys_per_channel):
+        lookup[keys] = ranks
+        r = np.where(valid, lookup[out_keys], -1)
+        ranks_out[:, :, c] = r
+        if cand.evidence is not None:
+            ev = cand.evidence[:, :kc]
+            rows = np.broadcast_to(np.arange(n)[:, None], r.shape)
+            evidence_out[:, :, c] = np.where(r >= 0, ev[rows, np.maximum(r, 0)], -1)
+        lookup[keys] = -1
+    return ids, fused_score, ranks_out, evidence_out
+

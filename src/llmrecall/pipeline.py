@@ -15,6 +15,7 @@ from llmrecall.channels.registry import channel_class
 from llmrecall.config import ChannelConfig, PipelineConfig
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.fusion import ChannelWeight, FusedCandidates, fuse
+from llmrecall.topk import fit_mask
 
 
 def build_channel(config: ChannelConfig, seed: int = 0) -> Channel:
@@ -131,6 +132,4 @@ def _and_masks(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     if b is None:
         return a
     n = max(len(a), len(b))
-    # items beyond a mask's length were added after it was built: filters did not exclude them
-    return (np.pad(a, (0, n - len(a)), constant_values=True)
-            & np.pad(b, (0, n - len(b)), constant_values=True))
+    return fit_mask(a, n) & fit_mask(b, n)

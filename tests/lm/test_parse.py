@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from llmrecall.lm.errors import GenerationParseError
-from llmrecall.lm.parse import (ListRules, clean_text, delimit, delimit_list, parse_interests,
-                                parse_knowledge, parse_list, parse_queries, parse_titles)
+from llmrecall.lm.parse import (ListRules, clean_text, delimit, delimit_list, list_schema,
+                                parse_interests, parse_knowledge, parse_list, parse_queries,
+                                parse_titles)
 
 
 @pytest.mark.parametrize("text", [
@@ -24,6 +25,16 @@ from llmrecall.lm.parse import (ListRules, clean_text, delimit, delimit_list, pa
 def test_common_shapes_are_repaired(text):
     assert [s.lower() for s in parse_interests(text)] == [
         "space operas", "heist thrillers", "animated musicals"]
+
+
+def test_output_cut_by_the_token_limit_keeps_finished_elements():
+    # a real SmolLM2 answer that ran out of tokens inside a nested object
+    truncated = ('```json\n{\n  "items": [\n    {\n      "title": "Space Exploration Films",\n'
+                 '      "tags": [\n        "1977",\n        "Alien",\n        "Blade Runner"\n'
+                 '      ]\n    },\n    {\n      "tags": [\n        "2018",\n        "201')
+    assert parse_interests(truncated) == ["Space Exploration Films", "Alien", "Blade Runner"]
+    assert parse_interests('["space operas", "heist thr') == ["space operas"]
+    assert parse_interests('["a \\"quoted\\" b", "x') == ['a "quoted" b']
 
 
 def test_chinese_lists():
@@ -97,3 +108,14 @@ def test_parse_list_never_crashes_and_respects_caps(text):
     assert 1 <= len(out) <= 5
     assert all(2 <= len(s) <= 40 for s in out)
     assert len({s.casefold() for s in out}) == len(out)
+
+
+def test_list_schema_pattern_accepts_phrases_and_rejects_json_residue():
+    import re
+    schema = list_schema(ListRules(max_items=5, max_chars=20), min_items=2)
+    assert schema["minItems"] == 2 and schema["maxItems"] == 5
+    pattern = re.compile(schema["items"]["pattern"])
+    for ok in ["space operas", "sci-fi comedies", "太空歌剧", "Dante's Peak", "rock & roll"]:
+        assert pattern.match(ok), ok
+    for bad in ["]\n\n{", " leading space", "{json}", "a" * 21, "x", "1999"]:
+        assert not pattern.match(bad), bad

@@ -19,7 +19,7 @@ import numpy as np
 
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import NotFittedError
-from llmrecall.topk import topk
+from llmrecall.topk import fit_mask, topk
 
 #: users scored per dense block; bounds memory at block * n_items * 4 bytes
 DEFAULT_BLOCK = 512
@@ -56,9 +56,12 @@ class Candidates:
 
     def row(self, i: int) -> "Candidates":
         """The answer for the i-th user as a batch of one."""
-        s = slice(i, i + 1)
-        return Candidates(self.ids[s], self.scores[s],
-                          None if self.evidence is None else self.evidence[s],
+        return self.row_slice(slice(i, i + 1))
+
+    def row_slice(self, rows: slice) -> "Candidates":
+        """The answer for a contiguous range of users."""
+        return Candidates(self.ids[rows], self.scores[rows],
+                          None if self.evidence is None else self.evidence[rows],
                           self.evidence_kind, self.evidence_text)
 
 
@@ -126,7 +129,7 @@ class Channel(ABC):
             batch = users[start:start + block]
             scores = np.array(self.score(batch, history), dtype=np.float32, copy=True)
             if allowed is not None:
-                scores[:, ~_fit_mask(allowed, scores.shape[1])] = -np.inf
+                scores[:, ~fit_mask(allowed, scores.shape[1])] = -np.inf
             if exclude_seen:
                 seen = history.matrix(batch).tocoo()
                 inside = seen.col < scores.shape[1]
@@ -186,13 +189,6 @@ class Channel(ABC):
     def _check_fitted(self) -> None:
         if not any(k.endswith("_") and not k.startswith("_") for k in vars(self)):
             raise NotFittedError(f"channel {self.name!r} is not fitted: call fit(dataset) first")
-
-
-def _fit_mask(mask: np.ndarray, width: int) -> np.ndarray:
-    """``mask`` cut or padded (True: not filtered) to ``width`` columns."""
-    if len(mask) >= width:
-        return mask[:width]
-    return np.pad(mask, (0, width - len(mask)), constant_values=True)
 
 
 def _jsonable(value: Any) -> Any:

@@ -24,7 +24,7 @@ class BPR(FactorChannel):
     kind = "bpr"
 
     def __init__(self, factors: int = 64, regularization: float = 0.01,
-                 learning_rate: float = 0.05, iterations: int = 100, seed: int = 0,
+                 learning_rate: float = 0.02, iterations: int = 50, seed: int = 0,
                  name: str | None = None):
         super().__init__(factors, regularization, iterations, seed, name)
         self.learning_rate = learning_rate

@@ -33,7 +33,7 @@ class FactorChannel(Channel):
     largest dot product with the candidate's.
     """
 
-    evidence_template = "because you liked {evidence}"
+    evidence_template = "fits your taste profile; closest to {evidence}"
 
     def __init__(self, factors: int, regularization: float, iterations: int, seed: int,
                  name: str | None):

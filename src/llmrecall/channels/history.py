@@ -7,9 +7,8 @@ Every function works on a block of users at once (no per-user Python loops).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,12 +31,18 @@ def blas_threads() -> int:
     return os.cpu_count() or 1
 
 
+_CONTROLLER = None
+
+
 @contextmanager
 def limited_blas() -> Iterator[None]:
     """Cap BLAS threads (see :func:`blas_threads`) so nested parallelism cannot oversubscribe."""
-    from threadpoolctl import threadpool_limits
+    global _CONTROLLER
+    from threadpoolctl import ThreadpoolController
 
-    with threadpool_limits(limits=blas_threads(), user_api="blas"):
+    if _CONTROLLER is None:  # scanning the loaded libraries takes ~4 ms: once per process
+        _CONTROLLER = ThreadpoolController()
+    with _CONTROLLER.limit(limits=blas_threads(), user_api="blas"):
         yield
 
 

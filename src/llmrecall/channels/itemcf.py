@@ -36,7 +36,7 @@ class ItemCF(ItemNeighborChannel):
     kind = "itemcf"
 
     def __init__(self, neighbors: int = 200, shrink: float = 0.0, iuf: bool = True,
-                 history_length: int | None = 50, position_half_life: float | None = 20.0,
+                 history_length: int | None = 20, position_half_life: float | None = 10.0,
                  time_half_life: float | None = None, name: str | None = None):
         super().__init__(neighbors, history_length, position_half_life, time_half_life, name)
         self.shrink = shrink

@@ -91,7 +91,7 @@ class ItemNeighborChannel(Channel):
     Evidence: the history item with the largest ``w(u, h) * similarity_[h, j]``.
     """
 
-    evidence_template = "because you liked {evidence}"
+    evidence_template = "often chosen together with {evidence}"
 
     def __init__(self, neighbors: int = 100, history_length: int | None = None,
                  position_half_life: float | None = None,

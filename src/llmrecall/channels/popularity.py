@@ -26,6 +26,9 @@ class Popularity(Channel):
     kind = "popularity"
     evidence_template = ""
 
+    def explain(self, evidence_label: str | None) -> str:
+        return "popular with everyone lately"
+
     def __init__(self, half_life: float | None = None, name: str | None = None):
         super().__init__(name)
         self.half_life = half_life

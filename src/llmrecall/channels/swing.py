@@ -48,26 +48,26 @@ def recent_users_per_item(dataset: Dataset, cap: int) -> tuple[np.ndarray, np.nd
     return item_ptr, user
 
 
-def user_pairs(item_ptr: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (u, v, item) with u < v both among the item's users, as three int64 arrays.
+def user_pairs(item_ptr: np.ndarray, users: np.ndarray,
+               n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of users sharing an item, once per shared item.
 
+    Returns ``pair_key int64[p]`` (``u * n_users + v`` with u < v) and ``item int64[p]``.
     Vectorised per distinct item size: items with n users are handled together with the
     ``n * (n-1) / 2`` upper-triangle index pairs.
     """
     sizes = np.diff(item_ptr)
-    out_u, out_v, out_i = [], [], []
+    out_key, out_item = [], []
     for n in np.unique(sizes[sizes >= 2]):
         items = np.flatnonzero(sizes == n)
         members = users[item_ptr[items][:, None] + np.arange(n)[None, :]]  # [m, n]
         a, b = np.triu_indices(int(n), 1)
         u, v = members[:, a].ravel(), members[:, b].ravel()
-        out_u.append(np.minimum(u, v))
-        out_v.append(np.maximum(u, v))
-        out_i.append(np.repeat(items, len(a)))
-    if not out_u:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty
-    return np.concatenate(out_u), np.concatenate(out_v), np.concatenate(out_i)
+        out_key.append(np.minimum(u, v) * n_users + np.maximum(u, v))
+        out_item.append(np.repeat(items, len(a)))
+    if not out_key:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(out_key), np.concatenate(out_item)
 
 
 @register
@@ -83,10 +83,11 @@ class Swing(ItemNeighborChannel):
     """
 
     kind = "swing"
+    evidence_template = "chosen by the same small circles of users as {evidence}"
 
     def __init__(self, alpha: float = 1.0, user_power: float = 0.5,
                  max_users_per_item: int = 100, neighbors: int = 200,
-                 history_length: int | None = 50, position_half_life: float | None = 20.0,
+                 history_length: int | None = 20, position_half_life: float | None = 10.0,
                  time_half_life: float | None = None, name: str | None = None):
         super().__init__(neighbors, history_length, position_half_life, time_half_life, name)
         self.alpha = alpha
@@ -100,8 +101,7 @@ class Swing(ItemNeighborChannel):
             raise ConfigError(f"swing max_users_per_item must be >= 2, got "
                               f"{self.max_users_per_item}")
         item_ptr, users = recent_users_per_item(dataset, int(self.max_users_per_item))
-        u, v, item = user_pairs(item_ptr, users)
-        pair_key = u * dataset.n_users + v
+        pair_key, item = user_pairs(item_ptr, users, dataset.n_users)
         keys, pair, overlap = np.unique(pair_key, return_inverse=True, return_counts=True)
         linked = overlap >= 2
         # renumber the linked pairs 0..P-1 and drop the rest

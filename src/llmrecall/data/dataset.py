@@ -200,7 +200,9 @@ class Histories:
         else:
             indptr, items, weights = self._rows(np.asarray(users))
         data = np.ones(len(items), np.float32) if binary else weights.astype(np.float32)
-        m = sp.csr_matrix((data, items, indptr), shape=(len(indptr) - 1, self.n_items))
+        # copy=True: scipy would otherwise share ``items`` and sum_duplicates() would compact
+        # this history's own arrays in place
+        m = sp.csr_matrix((data, items, indptr), shape=(len(indptr) - 1, self.n_items), copy=True)
         m.sum_duplicates()
         if binary:
             m.data[:] = 1.0

@@ -284,10 +284,10 @@ def _recbole_general(dataset: Dataset, seed: int) -> Split:
 
 def _cold_items(dataset: Dataset, seed: int) -> Split:
     n_items = dataset.n_items
-    n_new = int(round(NEW_ITEM_FRACTION * n_items))
-    if n_new < 1:
-        raise DataError(f"protocol 'cold-items' needs at least {int(np.ceil(0.5 / NEW_ITEM_FRACTION))} "
-                        f"items to make some new; dataset {dataset.name!r} has {n_items}")
+    n_new = max(1, int(round(NEW_ITEM_FRACTION * n_items)))
+    if 2 * n_new >= n_items:  # test-new, valid-new and at least one old item
+        raise DataError(f"protocol 'cold-items' needs at least 3 items; dataset "
+                        f"{dataset.name!r} has {n_items}")
     # one permutation: the first tenth is new at test time, the next tenth new at validation
     perm = np.random.default_rng(seed).permutation(n_items)
     test_new = np.zeros(n_items, bool)

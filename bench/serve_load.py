@@ -1,0 +1,218 @@
+"""Load benchmark of the recall service on ml-1m with the classic channels.
+
+Builds (or reuses) an artifact, starts ``llmrecall.serve serve`` as a subprocess on
+127.0.0.1, and drives it from a SEPARATE process: ``wrk`` when installed, else an asyncio
+httpx load generator (this script re-run with ``--drive``). Prints p50/p99 latency and
+requests/s at each concurrency for ``POST /v1/recall`` (k=200, random known users), the
+event ingestion rate (``POST /v1/events``), and the server's RSS.
+
+    PYTHONPATH=src python bench/serve_load.py                 # build + run
+    PYTHONPATH=src python bench/serve_load.py --artifact DIR  # reuse an artifact root
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+API_KEY = "bench-key"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- load generators (run in a separate process) ------------------------------------------
+async def _drive(url: str, concurrency: int, duration: float, k: int, users: list[str],
+                 kind: str, batch: int, items: list[str]) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    sent_events = 0
+    stop_at = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30,
+                                 headers={"X-API-Key": API_KEY}) as client:
+        async def worker(seed: int) -> None:
+            nonlocal errors, sent_events
+            rnd = random.Random(seed)
+            while time.perf_counter() < stop_at:
+                if kind == "recall":
+                    body = {"user_id": rnd.choice(users), "k": k}
+                    path = "/v1/recall"
+                else:
+                    now = time.time()
+                    body = {"events": [{"user_id": f"bench-{rnd.randrange(100000)}",
+                                        "item_id": rnd.choice(items), "timestamp": now}
+                                       for _ in range(batch)]}
+                    path = "/v1/events"
+                t = time.perf_counter()
+                try:
+                    r = await client.post(path, json=body)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - t)
+                if not ok:
+                    errors += 1
+                elif kind == "events":
+                    sent_events += batch
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        wall = time.perf_counter() - start
+    lat = sorted(latencies)
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")  # noqa: E731
+    return {"requests": len(lat), "errors": errors, "rps": len(lat) / wall,
+            "p50_ms": pick(0.50), "p99_ms": pick(0.99), "events_per_s": sent_events / wall}
+
+
+def _wrk(url: str, concurrency: int, duration: float, k: int, users: list[str]) -> dict:
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write("users = {" + ",".join(f'"{u}"' for u in users) + "}\n"
+                 "math.randomseed(os.time())\n"
+                 "request = function()\n"
+                 "  local body = '{\"user_id\":\"' .. users[math.random(#users)] .. "
+                 f"'\",\"k\":{k}}}'\n"
+                 "  return wrk.format('POST', '/v1/recall', {['Content-Type']='application/json'}, body)\n"
+                 "end\n")
+    script.close()
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--latency",
+                          "-s", script.name, url], capture_output=True, text=True).stdout
+    os.unlink(script.name)
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(bad.group(1)) if bad else 0) + (sum(map(int, errs.groups())) if errs else 0)
+    return {"requests": total, "errors": errors, "rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99")}
+
+
+# ---- orchestration ----------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_driver(args, url: str, concurrency: int, kind: str, users, items) -> dict:
+    if kind == "recall" and args.driver == "wrk":
+        return _wrk(url, concurrency, args.duration, args.k, users)
+    spec = {"url": url, "concurrency": concurrency, "duration": args.duration, "k": args.k,
+            "users": users, "kind": kind, "batch": args.event_batch, "items": items}
+    proc = subprocess.run([sys.executable, __file__, "--drive"], input=json.dumps(spec),
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-1m")
+    parser.add_argument("--config", default=None, help="pipeline TOML (default: built-in classic)")
+    parser.add_argument("--artifact", type=Path, default=None, help="reuse this artifact root")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--k", type=int, default=200)
+    parser.add_argument("--event-batch", type=int, default=100)
+    parser.add_argument("--event-concurrency", type=int, default=8)
+    parser.add_argument("--driver", choices=["auto", "wrk", "httpx"], default="auto")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drive:
+        spec = json.loads(sys.stdin.read())  # a load generator process, run by main()
+        print(json.dumps(asyncio.run(_drive(**spec))))
+        return
+    if args.driver == "auto":
+        args.driver = "wrk" if shutil.which("wrk") else "httpx"
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "LLMRECALL_API_KEY": API_KEY,
+           "OMP_NUM_THREADS": "1"}
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    artifact = args.artifact or work / "artifact"
+    build_s = None
+    if not (artifact / "CURRENT").exists():
+        cmd = [sys.executable, "-m", "llmrecall.serve", "build", "--dataset", args.dataset,
+               "--out", str(artifact)] + (["--config", args.config] if args.config else [])
+        t = time.perf_counter()
+        subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "2"}, check=True)
+        build_s = time.perf_counter() - t
+
+    from llmrecall.serve.artifacts import resolve
+
+    folder = resolve(artifact)
+    users = json.loads((folder / "users.json").read_text())
+    items = json.loads((folder / "items.json").read_text())
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "llmrecall.serve", "serve", str(artifact),
+                               "--port", str(port), "--state", str(work / "state.sqlite")],
+                              env=env)
+    try:
+        import httpx
+        import psutil
+
+        t = time.perf_counter()
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None:
+                raise SystemExit("server failed to start")
+            time.sleep(0.1)
+        start_s = time.perf_counter() - t
+        with httpx.Client(base_url=url) as c:  # warm-up
+            for u in users[:50]:
+                c.post("/v1/recall", json={"user_id": u, "k": args.k})
+        rows = []
+        for conc in [int(c) for c in args.concurrency.split(",")]:
+            res = _run_driver(args, url, conc, "recall", users, items)
+            rows.append({"what": f"recall k={args.k}", "concurrency": conc, **res})
+            print(f"recall k={args.k} c={conc:<3} {res['rps']:8.1f} req/s  p50 {res['p50_ms']:7.2f} ms"
+                  f"  p99 {res['p99_ms']:7.2f} ms  errors {res['errors']}", flush=True)
+        ev = _run_driver(args, url, args.event_concurrency, "events", users, items)
+        rows.append({"what": f"events batch={args.event_batch}",
+                     "concurrency": args.event_concurrency, **ev})
+        print(f"events batch={args.event_batch} c={args.event_concurrency}: {ev['events_per_s']:.0f} "
+              f"events/s ({ev['rps']:.1f} batches/s, p50 {ev['p50_ms']:.2f} ms, p99 "
+              f"{ev['p99_ms']:.2f} ms, errors {ev['errors']})", flush=True)
+        rss = psutil.Process(server.pid).memory_info().rss / 2**20
+        with httpx.Client(base_url=url) as c:
+            after = c.post("/v1/recall", json={"user_id": users[0], "k": args.k})
+            assert after.status_code == 200
+        summary = {"dataset": args.dataset, "driver": args.driver, "build_s": build_s,
+                   "server_start_s": start_s, "server_rss_mib": rss, "cpus": os.cpu_count(),
+                   "results": rows}
+        print(f"server RSS {rss:.0f} MiB; start {start_s:.1f} s"
+              + (f"; build {build_s:.0f} s" if build_s else "") + f"; driver {args.driver}")
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(work, ignore_errors=True)  # state (and the artifact unless reused)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Versioned serving artifacts: everything the service needs, written as data (no pickles).
+
+Layout of an artifact root ``OUT`` written by :func:`build`::
+
+    OUT/CURRENT                      name of the live version (replaced atomically)
+    OUT/versions/<version>/
+        manifest.json                format version, config hash, created time, dataset, sizes
+        config.toml                  the pipeline config that produced it
+        channels/<name>/params.json  + state.npz, one folder per channel (Channel.save)
+        users.json, items.json       vocabularies: raw ids in dense-index order
+        catalog.parquet              item metadata, row i = dense item i
+        histories.npz                CSR histories (indptr, items, times, weights)
+
+A version folder is written under a temporary name and renamed into place, then ``CURRENT``
+is replaced with ``os.replace``: a reader sees either the old or the new version, never a
+partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from llmrecall.channels.base import Channel
+from llmrecall.config import PipelineConfig, load_config
+from llmrecall.data.dataset import Catalog, Dataset, Histories, Interactions
+from llmrecall.data.vocab import Vocabulary
+from llmrecall.errors import DataError
+from llmrecall.pipeline import RecallPipeline, allowed_mask
+
+#: bumped whenever the layout above changes incompatibly
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Artifact:
+    """A loaded artifact version: fitted pipeline plus the data it was fitted on.
+
+    ``histories`` has one row per user of ``users`` (dense ids), sorted by time.
+    """
+
+    path: Path
+    manifest: dict
+    config: PipelineConfig
+    pipeline: RecallPipeline
+    users: Vocabulary
+    items: Vocabulary
+    catalog: Catalog
+    histories: Histories
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+
+def build(dataset: Dataset, config: PipelineConfig, out_dir: str | Path,
+          progress=None) -> Path:
+    """Fit ``config``'s pipeline on ``dataset`` and write a new artifact version under ``out_dir``.
+
+    Returns the path of the version folder; ``out_dir/CURRENT`` names it afterwards.
+    """
+    root = Path(out_dir)
+    (root / "versions").mkdir(parents=True, exist_ok=True)
+    pipeline = RecallPipeline(config).fit(dataset, progress=progress)
+    created = time.time()
+    version = (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(created))
+               + f"-{config.config_hash()}-{uuid.uuid4().hex[:6]}")
+    tmp = root / "versions" / f".tmp-{version}"
+    tmp.mkdir()
+    for name, channel in pipeline.channels.items():
+        channel.save(tmp / "channels" / name)
+    (tmp / "config.toml").write_text(config.to_toml())
+    (tmp / "users.json").write_text(json.dumps(dataset.users.ids))
+    (tmp / "items.json").write_text(json.dumps(dataset.items.ids))
+    dataset.catalog.frame.write_parquet(tmp / "catalog.parquet")
+    hist = dataset.histories()
+    np.savez(tmp / "histories.npz", indptr=hist.indptr, items=hist.items, times=hist.times,
+             weights=hist.weights, n_items=np.int64(hist.n_items))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "version": version,
+        "created": created,
+        "created_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+        "config_hash": config.config_hash(),
+        "dataset": dataset.name,
+        "n_users": dataset.n_users,
+        "n_items": dataset.n_items,
+        "n_interactions": len(dataset.interactions),
+        "text_fields": list(dataset.catalog.text_fields),
+        "channels": {name: ch.kind for name, ch in pipeline.channels.items()},
+        "fit_seconds": pipeline.fit_seconds,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    final = root / "versions" / version
+    _fsync_tree(tmp)
+    tmp.rename(final)
+    pointer = root / ".CURRENT.tmp"
+    pointer.write_text(version + "\n")
+    with open(pointer, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(pointer, root / "CURRENT")
+    _fsync_dir(root)
+    return final
+
+
+def resolve(path: str | Path) -> Path:
+    """The version folder for ``path``: itself if it holds a manifest, else ``path/CURRENT``."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return path
+    pointer = path / "CURRENT"
+    if not pointer.is_file():
+        raise DataError("not an artifact: neither manifest.json nor CURRENT found", path=str(path))
+    version = pointer.read_text().strip()
+    folder = path / "versions" / version
+    if not (folder / "manifest.json").is_file():
+        raise DataError(f"CURRENT names version {version!r} but it is missing", path=str(path))
+    return folder
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Load an artifact root or version folder fully (channels, vocabularies, histories).
+
+    Refuses artifacts of another format version and ones whose config does not hash to the
+    manifest's config hash (a foreign or edited folder).
+    """
+    folder = resolve(path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"artifact format {manifest.get('format_version')!r} is not supported "
+                        f"(this build reads format {FORMAT_VERSION}): rebuild it",
+                        path=str(folder / "manifest.json"))
+    config = load_config(folder / "config.toml")
+    if config.config_hash() != manifest["config_hash"]:
+        raise DataError(f"config hash {config.config_hash()} differs from the manifest's "
+                        f"{manifest['config_hash']}: the artifact was altered",
+                        path=str(folder / "config.toml"))
+    pipeline = RecallPipeline(config)
+    for name in list(pipeline.channels):
+        channel = pipeline.channels[name] = Channel.load(folder / "channels" / name)
+        channel.name = name
+        for key, value in vars(channel).items():
+            # a Fortran-ordered state array (e.g. from a LAPACK solve) is copied by every
+            # sparse @ dense product; serving wants C order once, at load
+            if key.endswith("_") and isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+                setattr(channel, key, np.ascontiguousarray(value))
+    users = Vocabulary(json.loads((folder / "users.json").read_text()))
+    items = Vocabulary(json.loads((folder / "items.json").read_text()))
+    catalog = Catalog(pl.read_parquet(folder / "catalog.parquet"),
+                      tuple(manifest.get("text_fields", ())))
+    with np.load(folder / "histories.npz", allow_pickle=False) as npz:
+        histories = Histories(npz["indptr"], npz["items"], npz["times"], npz["weights"],
+                              int(npz["n_items"]))
+    if len(items) != len(catalog) or histories.n_users != len(users):
+        raise DataError("artifact vocabularies, catalog and histories disagree in size",
+                        path=str(folder))
+    empty = Interactions.build(np.zeros(0, np.int32), np.zeros(0, np.int32))
+    pipeline.dataset_ = Dataset(manifest["dataset"], users, items, empty, catalog)
+    pipeline.allowed_ = allowed_mask(pipeline.dataset_, config)
+    return Artifact(folder, manifest, config, pipeline, users, items, catalog, histories)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync every file and folder under ``path`` so a rename publishes durable data."""
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            with open(Path(folder) / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(folder))

@@ -1,0 +1,91 @@
+"""``llmrecall build`` and ``llmrecall serve``: typer commands, also usable as functions."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
+# serving multiplies small matrices: one BLAS thread per channel call avoids oversubscription
+# (recall batches and channels already run on their own threads)
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from llmrecall.errors import LLMRecallError  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Build serving artifacts and run the recall service.")
+err = Console(stderr=True)
+
+PluginOpt = Annotated[Optional[list[str]], typer.Option(
+    "--plugin", help="module to import first (registers extra channel kinds); repeatable")]
+
+
+def _import_plugins(plugins: list[str] | None) -> None:
+    for module in plugins or []:
+        importlib.import_module(module)
+
+
+@app.command("build")
+def build_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="artifact root folder")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="built-in dataset")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="TOML data spec")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="pipeline TOML")] = None,
+    plugin: PluginOpt = None,
+) -> None:
+    """Fit the pipeline on all data and write a new artifact version (CURRENT points to it)."""
+    from llmrecall.cli import _load_dataset
+    from llmrecall.config import load_config
+    from llmrecall.serve.artifacts import build
+
+    try:
+        _import_plugins(plugin)
+        ds = _load_dataset(dataset, data)
+        cfg = load_config(config)
+        path = build(ds, cfg, out, progress=lambda n, s: err.print(f"[dim]fitted {n} in {s:.1f}s[/dim]"))
+    except LLMRecallError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    err.print(f"wrote {path}")
+
+
+@app.command("serve")
+def serve_command(
+    artifact_dir: Annotated[Path, typer.Argument(help="artifact root (or a version folder)")],
+    host: Annotated[Optional[str], typer.Option(help="bind address")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help="env var holding the write API key")] = None,
+    state: Annotated[Optional[Path], typer.Option(help="SQLite state file (default: DIR/state.sqlite)")] = None,
+    settings: Annotated[Optional[Path], typer.Option(help="TOML file with a \\[serve] table")] = None,
+    channel_budget_ms: Annotated[Optional[float], typer.Option(help="per-request channel deadline")] = None,
+    refresher: Annotated[Optional[str], typer.Option(help="'module:factory' interest refresher")] = None,
+    plugin: PluginOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Run the HTTP recall service over an artifact (SIGHUP or POST /v1/admin/reload reloads)."""
+    import uvicorn
+
+    os.environ.setdefault("LLMRECALL_THREADS", "1")
+
+    from llmrecall.serve.app import create_app
+    from llmrecall.serve.settings import load_settings
+
+    try:
+        cfg = load_settings(settings, artifact_dir=artifact_dir, host=host, port=port,
+                            api_key_env=api_key_env, state_path=state,
+                            channel_budget_ms=channel_budget_ms, refresher=refresher,
+                            plugins=plugin or None)
+    except LLMRecallError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=log_level,
+                access_log=False, timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,344 @@
+"""The recall engine: one group of queries -> every channel under a time budget -> fusion.
+
+Queries that share options (channel selection, filters, explanations) are answered as one
+batch: each channel is called once for the whole group (batch-first contract), so per-request
+Python work stays small and the numpy work is vectorised across concurrent requests.
+
+Every channel call runs on that channel's own small thread pool and is awaited with one
+deadline for the group: a channel that raises or misses the deadline is left out of this
+answer (the others still answer), counted in metrics, and after repeated failures skipped
+for a cool-down period (a circuit breaker), so a stuck channel cannot eat the budget of
+every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from llmrecall.channels.base import Candidates
+from llmrecall.data.dataset import Histories
+from llmrecall.fusion import ChannelWeight, fuse
+from llmrecall.serve import sources
+from llmrecall.serve.live import COVISIT_WINDOW, LiveState, UserHistory
+from llmrecall.serve.metrics import Metrics
+from llmrecall.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecallQuery:
+    """One resolved request. ``row`` is the user's dense row, or None for an anonymous
+    request (the engine gives it a fresh row past every known user)."""
+
+    state: LiveState
+    row: int | None
+    history: UserHistory
+    k: int
+    query_text: str | None = None
+    only: tuple[str, ...] | None = None
+    allowed: np.ndarray | None = None  # per-request mask (already includes deletions)
+    explain: bool = False
+    adhoc: bool = False  # a known user's history extended by the request: answered alone
+    query_only: bool = False  # no user, no history: text matches lead, popularity fills
+
+    def group_key(self) -> tuple:
+        solo = id(self) if self.adhoc else None
+        return (id(self.state), self.only, id(self.allowed), self.explain, self.query_only, solo)
+
+
+@dataclass
+class RecallAnswer:
+    """Per-query result: candidates as JSON-ready dicts plus what went wrong."""
+
+    candidates: list[dict]
+    degraded: list[str]
+    channel_counts: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class ChannelGuard:
+    """Thread pool + circuit breaker of one channel."""
+
+    def __init__(self, name: str, failures_to_open: int, cooldown_s: float):
+        self.name = name
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"channel-{name}")
+        self.failures_to_open = failures_to_open
+        self.cooldown_s = cooldown_s
+        self.failures = 0
+        self.open_until = 0.0
+
+    def available(self) -> bool:
+        return time.monotonic() >= self.open_until
+
+    def record(self, ok: bool) -> None:
+        if ok:
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures >= self.failures_to_open:
+            self.open_until = time.monotonic() + self.cooldown_s
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class RecallEngine:
+    """Answers groups of :class:`RecallQuery` (see the module docstring)."""
+
+    def __init__(self, settings: ServeSettings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.guards: dict[str, ChannelGuard] = {}
+
+    def guard(self, name: str) -> ChannelGuard:
+        g = self.guards.get(name)
+        if g is None:
+            g = self.guards[name] = ChannelGuard(name, self.settings.breaker_failures,
+                                                 self.settings.breaker_cooldown_s)
+        return g
+
+    def degraded_channels(self) -> list[str]:
+        return sorted(n for n, g in self.guards.items() if g.failures > 0 or not g.available())
+
+    def shutdown(self) -> None:
+        for g in self.guards.values():
+            g.shutdown()
+
+    # ---- the hot path ----------------------------------------------------------------
+    def recall(self, queries: list[RecallQuery]) -> list[RecallAnswer]:
+        """Answer queries, grouping those that share options into one batch each."""
+        groups: dict[tuple, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q.group_key(), []).append(i)
+        out: list[RecallAnswer | None] = [None] * len(queries)
+        for members in groups.values():
+            answers = self._recall_group([queries[i] for i in members])
+            for i, a in zip(members, answers):
+                out[i] = a
+        return out  # type: ignore[return-value]
+
+    def _recall_group(self, queries: list[RecallQuery]) -> list[RecallAnswer]:
+        first = queries[0]
+        state, pipeline = first.state, first.state.artifact.pipeline
+        # the mask fixes the item width of this batch: items added while it runs (the
+        # service thread grows the arrays, mask last) are left for the next batch
+        allowed = first.allowed if first.allowed is not None else state.allowed
+        n_items = len(allowed)
+        k_max = max(q.k for q in queries)
+        rows = np.empty(len(queries), np.int64)
+        anon = state.next_row
+        for i, q in enumerate(queries):
+            if q.row is None:
+                rows[i], anon = anon, anon + 1
+            else:
+                rows[i] = q.row
+        history = _batch_histories(rows, [q.history for q in queries], n_items)
+        names = [n for n in pipeline.channels if first.only is None or n in first.only]
+        text_channels = [n for n in names if hasattr(pipeline.channels[n], "recall_query")]
+        if first.query_only:  # history channels would only repeat popularity
+            names = []
+        degraded: list[str] = []
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+
+        # pipeline channels, each on its own pool, all under one deadline
+        channel_mask = None if first.allowed is None and state.allows_all else allowed
+        futures: dict[str, Future] = {}
+        users = rows.astype(np.int32)
+        for name in names:
+            guard = self.guard(name)
+            if not guard.available():
+                degraded.append(name)
+                self.metrics.channel_errors.labels(name, "circuit_open").inc()
+                continue
+            channel = pipeline.channels[name]
+            kc = max(pipeline.channel_k(name), k_max)
+            futures[name] = guard.executor.submit(
+                _timed, channel.recall, users, kc, history, allowed=channel_mask,
+                explain=first.explain)
+        texts = [q.query_text for q in queries]
+
+        # live sources run here meanwhile; like channels, a failing one is left out
+        lists: dict[str, Candidates] = {}
+        seen = history.matrix(rows)
+        only = first.only
+
+        def live(name: str, make) -> None:
+            t = time.perf_counter()
+            try:
+                lists[name] = make()
+            except Exception:
+                log.exception("live source %r failed", name)
+                degraded.append(name)
+                self.metrics.channel_errors.labels(name, "error").inc()
+                return
+            seconds[name] = time.perf_counter() - t
+
+        if only is None or sources.LIVE_POPULARITY in only:
+            live(sources.LIVE_POPULARITY, lambda: sources.popularity(
+                state.popularity[:n_items], seen, self.settings.live_k, allowed))
+        if (only is None or sources.LIVE_COVISIT in only) and not first.query_only:
+            recent_items, _ = history.recent(rows, COVISIT_WINDOW * 2)
+
+            def covisit() -> Candidates:
+                parts = state.covisit.matrices()
+                recent = _rows_matrix(recent_items, parts[0].shape[0])
+                return sources.covisit(parts, recent, seen, self.settings.live_k, allowed,
+                                       first.explain)
+
+            live(sources.LIVE_COVISIT, covisit)
+        if any(texts) and not text_channels and (only is None or sources.QUERY_LEXICAL in only):
+            live(sources.QUERY_LEXICAL, lambda: state.lexical().recall(
+                texts, seen, max(self.settings.live_k, k_max), allowed))
+
+        deadline = start + self.settings.channel_budget_ms / 1000.0
+        wait(list(futures.values()), timeout=max(0.0, deadline - time.perf_counter()))
+        for name, fut in futures.items():
+            guard = self.guards[name]
+            if not fut.done():
+                fut.cancel()
+                degraded.append(name)
+                guard.record(False)
+                self.metrics.channel_errors.labels(name, "timeout").inc()
+                continue
+            try:
+                cand, took = fut.result()
+            except Exception:  # a broken channel must not fail the request
+                degraded.append(name)
+                guard.record(False)
+                self.metrics.channel_errors.labels(name, "error").inc()
+                continue
+            guard.record(True)
+            lists[name] = cand
+            seconds[name] = took
+        if any(texts) and text_channels:
+            self._query_channels(text_channels, pipeline, texts, k_max, allowed, lists,
+                                 degraded, seconds)
+        for name, took in seconds.items():
+            self.metrics.channel_seconds.labels(name).observe(took)
+        self.metrics.set_degraded(self.degraded_channels())
+
+        t = time.perf_counter()
+        weights = dict(pipeline.weights)
+        weights.update(self.settings.live_weights())
+        for name in lists:  # text matches (BM25 or an embedding channel's query hook)
+            if name == sources.QUERY_LEXICAL or name.endswith(":query"):
+                weights[name] = ChannelWeight(self.settings.query_weight, None,
+                                              min(self.settings.query_min_slots, k_max))
+        if not lists and only is None:
+            lists[sources.LIVE_POPULARITY] = sources.popularity(
+                state.popularity[:n_items], seen, k_max, allowed)
+        if not lists:  # nothing selected answered: an empty list, not an error
+            return [RecallAnswer([], sorted(set(degraded)), {}, seconds) for _ in queries]
+        fused = fuse(lists, k_max, weights=weights, rrf_k=pipeline.config.fusion.rrf_k,
+                     allowed=allowed)
+        seconds["fusion"] = time.perf_counter() - t
+        counts = {name: (c.ids >= 0).sum(axis=1) for name, c in lists.items()}
+        for name, c in counts.items():
+            self.metrics.channel_candidates.labels(name).observe(float(c.mean()) if len(c) else 0.0)
+        return [self._answer(fused, r, q, state, degraded, counts, seconds)
+                for r, q in enumerate(queries)]
+
+    def _query_channels(self, names, pipeline, texts, k, allowed, lists, degraded, seconds):
+        """Channels with a ``recall_query(texts, k, allowed) -> Candidates`` hook (text
+        embedding channels) answer the query text, under the same guard rules."""
+        for name in names:
+            guard = self.guard(name)
+            fut = guard.executor.submit(_timed, pipeline.channels[name].recall_query, texts, k,
+                                        allowed)
+            try:
+                cand, took = fut.result(timeout=self.settings.channel_budget_ms / 1000.0)
+            except Exception:
+                degraded.append(f"{name}:query")
+                guard.record(False)
+                self.metrics.channel_errors.labels(name, "query").inc()
+                continue
+            lists[f"{name}:query"] = cand
+            seconds[f"{name}:query"] = took
+
+    def _answer(self, fused, r: int, q: RecallQuery, state: LiveState, degraded: list[str],
+                counts: dict[str, np.ndarray], seconds: dict[str, float]) -> RecallAnswer:
+        ids = fused.ids[r, :q.k]
+        n_valid = int((ids >= 0).sum())
+        ids = ids[:n_valid]
+        present = fused.ranks[r, :n_valid] >= 0  # bool[n_valid, C]
+        # which channels proposed each candidate, as one bit-set code per candidate
+        codes = (present.astype(np.int64) << np.arange(present.shape[1])).sum(axis=1).tolist()
+        names: dict[int, list[str]] = {}
+        for code in set(codes):
+            names[code] = [c for b, c in enumerate(fused.channels) if code >> b & 1]
+        titles = state.titles
+        out = [{"item_id": raw, "title": titles[item], "score": score, "channels": names[code]}
+               for raw, item, score, code in zip(state.items.raw(ids), ids.tolist(),
+                                                 fused.scores[r, :n_valid].tolist(), codes)]
+        if q.explain:
+            pipeline = state.artifact.pipeline
+            for col, cand in enumerate(out):
+                cand["reasons"] = [self._reason(fused, r, col, c, state, pipeline)
+                                   for c in np.flatnonzero(present[col])]
+        return RecallAnswer(out, sorted(set(degraded)),
+                            {n: int(c[r]) for n, c in counts.items()}, seconds)
+
+    @staticmethod
+    def _reason(fused, r: int, col: int, c: int, state: LiveState, pipeline) -> dict:
+        name = fused.channels[c]
+        ev = int(fused.evidence[r, col, c])
+        kind = fused.evidence_kinds[c]
+        label, evidence_item = None, None
+        if ev >= 0 and kind == "item" and ev < state.n_items:
+            evidence_item = state.items.raw([ev])[0]
+            label = repr(state.titles[ev] or evidence_item)
+        elif ev >= 0 and kind == "text":
+            label = fused.evidence_texts[c][ev]
+        base = name.split(":")[0]
+        if base in pipeline.channels:
+            why = pipeline.channels[base].explain(label)
+        else:
+            template = sources.EXPLANATIONS.get(name, "recalled by {name}")
+            why = template.format(evidence=label or "your history", name=name)
+        return {"channel": name, "rank": int(fused.ranks[r, col, c]) + 1, "why": why,
+                "evidence_item": evidence_item}
+
+
+def _timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - t
+
+
+def _batch_histories(rows: np.ndarray, hists: list[UserHistory], n_items: int) -> Histories:
+    """Histories with ``max(rows)+1`` rows where row ``rows[i]`` holds ``hists[i]`` and every
+    other row is empty (rows repeated in the batch share the first one's history)."""
+    n_rows = int(rows.max()) + 1
+    uniq, first = np.unique(rows, return_index=True)
+    lengths = np.zeros(n_rows, np.int64)
+    lengths[uniq] = [len(hists[i]) for i in first]
+    indptr = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    pick = [hists[i] for i in first]  # uniq is ascending, so this is CSR row order
+    if pick:
+        items = np.concatenate([h.items for h in pick]).astype(np.int32)
+        times = np.concatenate([h.times for h in pick])
+        weights = np.concatenate([h.weights for h in pick]).astype(np.float32)
+    else:
+        items, times, weights = np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.float32)
+    return Histories(indptr, items, times, weights, n_items)
+
+
+def _rows_matrix(items: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """Binary float32 CSR [n, n_items] from right-aligned, -1 padded item rows."""
+    n, width = items.shape
+    keep = items >= 0
+    rows = np.broadcast_to(np.arange(n)[:, None], (n, width))[keep]
+    m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows, items[keep])),
+                      shape=(n, n_items))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m

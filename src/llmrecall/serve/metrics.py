@@ -1,0 +1,46 @@
+"""Prometheus metrics of the service, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+COUNT_BUCKETS = (0, 1, 10, 50, 100, 200, 400, 1000, 5000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.request_seconds = Histogram(
+            "llmrecall_request_seconds", "HTTP request latency", ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.channel_seconds = Histogram(
+            "llmrecall_channel_seconds", "time one channel took for one batch", ["channel"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.channel_candidates = Histogram(
+            "llmrecall_channel_candidates", "candidates a channel proposed per query", ["channel"],
+            buckets=COUNT_BUCKETS, registry=r)
+        self.channel_errors = Counter(
+            "llmrecall_channel_errors", "channel calls left out of an answer",
+            ["channel", "reason"], registry=r)
+        self.channel_degraded = Gauge(
+            "llmrecall_channel_degraded", "1 while a channel is failing or its breaker is open",
+            ["channel"], registry=r)
+        self.batch_size = Histogram(
+            "llmrecall_recall_batch_size", "queries answered together", buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r)
+        self.events = Counter("llmrecall_events", "events acknowledged", registry=r)
+        self.event_batches = Counter("llmrecall_event_batches", "event batches acknowledged",
+                                     registry=r)
+        self.errors = Counter("llmrecall_http_errors", "error responses", ["route", "status"],
+                              registry=r)
+        self.items = Gauge("llmrecall_items", "items in the vocabulary", registry=r)
+        self.refreshes = Counter("llmrecall_interest_refreshes", "interest refreshes run",
+                                 ["outcome"], registry=r)
+        self._known_degraded: set[str] = set()
+
+    def set_degraded(self, names: list[str]) -> None:
+        now = set(names)
+        for name in now | self._known_degraded:
+            self.channel_degraded.labels(name).set(1 if name in now else 0)
+        self._known_degraded |= now

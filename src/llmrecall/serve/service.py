@@ -1,0 +1,234 @@
+"""The service object behind the HTTP routes: state, store, engine, batching, reloads.
+
+Threading model: the asyncio event loop thread parses requests and is the only thread that
+mutates :class:`LiveState`; one engine thread answers recall batches; the store has its own
+writer thread; each channel has a small pool (see :mod:`llmrecall.serve.engine`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from llmrecall.serve.artifacts import load_artifact
+from llmrecall.serve.engine import RecallAnswer, RecallEngine, RecallQuery
+from llmrecall.serve.live import LiveState
+from llmrecall.serve.metrics import Metrics
+from llmrecall.serve.refresh import InterestRefreshWorker, load_refresher
+from llmrecall.serve.settings import ServeSettings
+from llmrecall.serve.store import EventRows, ItemRow, Store
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Owns everything a running server holds; created by the app's lifespan."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings = settings
+        for module in settings.plugins:  # extra channel kinds must be registered before loading
+            importlib.import_module(module)
+        self.metrics = Metrics()
+        self.engine = RecallEngine(settings, self.metrics)
+        self.store = Store(settings.resolved_state_path())
+        self.api_key = settings.api_key()
+        self.state: LiveState | None = None
+        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recall-engine")
+        self._queue: asyncio.Queue | None = None
+        self._batcher: asyncio.Task | None = None
+        self._writes_open: asyncio.Event | None = None
+        self._writes_idle: asyncio.Event | None = None
+        self._inflight_writes = 0
+        self._reload_lock: asyncio.Lock | None = None
+        self.refresh = InterestRefreshWorker(None, self._raw_history)  # replaced in start()
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._writes_open, self._writes_idle = asyncio.Event(), asyncio.Event()
+        self._writes_open.set()
+        self._writes_idle.set()
+        self._reload_lock = asyncio.Lock()
+        artifact = await asyncio.to_thread(load_artifact, self.settings.artifact_dir)
+        stored = await asyncio.to_thread(self.store.read_all)
+        state = await asyncio.to_thread(LiveState, artifact, stored)
+        await asyncio.to_thread(self._attach_new_items, state)
+        self.state = state
+        self.metrics.items.set(state.n_items)
+        self.refresh = InterestRefreshWorker(
+            self._refresher(), self._raw_history, self.settings.refresh_min_events,
+            on_outcome=lambda outcome: self.metrics.refreshes.labels(outcome).inc())
+        self._batcher = asyncio.create_task(self._run_batches())
+
+    async def stop(self) -> None:
+        if self._batcher is not None:
+            self._batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+        self.refresh.stop()
+        self.engine.shutdown()
+        self._engine_thread.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+
+    async def reload(self) -> tuple[str, str, float]:
+        """Load the artifact fully, replay the stored state into it, then swap one reference.
+
+        Writes pause only for the replay (not the artifact load); recalls never pause: a
+        request uses either the old state or the new one, never a half-built one.
+        """
+        assert self._reload_lock is not None and self._writes_open is not None
+        async with self._reload_lock:
+            start = time.perf_counter()
+            artifact = await asyncio.to_thread(load_artifact, self.settings.artifact_dir)
+            self._writes_open.clear()
+            try:
+                await self._writes_idle.wait()
+                stored = await asyncio.to_thread(self.store.read_all)
+                state = await asyncio.to_thread(LiveState, artifact, stored)
+                await asyncio.to_thread(self._attach_new_items, state)
+                previous = self.state.artifact.version if self.state else ""
+                self.state = state
+                self.metrics.items.set(state.n_items)
+            finally:
+                self._writes_open.set()
+            return state.artifact.version, previous, time.perf_counter() - start
+
+    @contextlib.asynccontextmanager
+    async def write_slot(self):
+        """Held by every write while it commits and applies; a reload waits for none held."""
+        assert self._writes_open is not None and self._writes_idle is not None
+        while not self._writes_open.is_set():
+            await self._writes_open.wait()
+        self._inflight_writes += 1
+        self._writes_idle.clear()
+        try:
+            yield self.state
+        finally:
+            self._inflight_writes -= 1
+            if self._inflight_writes == 0:
+                self._writes_idle.set()
+
+    # ---- recall ----------------------------------------------------------------------
+    async def recall(self, query: RecallQuery) -> RecallAnswer:
+        assert self._queue is not None
+        fut = asyncio.get_running_loop().create_future()
+        await self._queue.put((query, fut))
+        return await fut
+
+    async def _run_batches(self) -> None:
+        """Take every query queued while the engine was busy and answer them as one batch."""
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.settings.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self.metrics.batch_size.observe(len(batch))
+            try:
+                answers = await loop.run_in_executor(
+                    self._engine_thread, self.engine.recall, [q for q, _ in batch])
+            except Exception as exc:
+                log.exception("recall batch failed")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), answer in zip(batch, answers):
+                if not fut.done():
+                    fut.set_result(answer)
+
+    # ---- writes ----------------------------------------------------------------------
+    async def add_events(self, rows: EventRows, items: np.ndarray) -> tuple[int, int]:
+        """Commit (durably) then apply to live histories; returns the batch's seq range."""
+        async with self.write_slot() as state:
+            first, last = await asyncio.wrap_future(self.store.append_events(rows))
+            changed = state.apply_events(first, list(rows.user_id), items,
+                                         np.asarray(rows.ts, np.float64),
+                                         np.asarray(rows.weight, np.float32))
+            self.metrics.events.inc(len(rows.user_id))
+            self.metrics.event_batches.inc()
+            if changed and self.refresh.enabled:
+                per_user = Counter(rows.user_id)
+                self.refresh.notify(changed, [per_user[u] for u in changed])
+            return first, last
+
+    async def put_items(self, rows: list[ItemRow]) -> tuple[int, int]:
+        async with self.write_slot() as state:
+            await asyncio.wrap_future(self.store.upsert_items(rows))
+            new, updated = state.add_items(
+                [(r.item_id, r.title, r.text, r.categories) for r in rows])
+            self.metrics.items.set(state.n_items)
+            changed = np.concatenate([new, updated])
+            await asyncio.to_thread(self._notify_channels, state, changed)
+            return len(new), len(updated)
+
+    async def delete_item(self, index: int, item_id: str) -> None:
+        async with self.write_slot() as state:
+            await asyncio.wrap_future(self.store.delete_item(item_id, state.titles[index]))
+            state.delete_item(index)
+
+    async def erase_user(self, user_id: str) -> int:
+        async with self.write_slot() as state:
+            n = await asyncio.wrap_future(self.store.erase_user(user_id))
+            state.erase_user(user_id)
+            self.refresh.forget(user_id)
+            return n
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _refresher(self):
+        """The configured refresher, else one calling ``refresh_interest(user_id, items)`` on
+        the first channel that has it (an LLM interest channel), else None (no refreshes).
+        The channel is looked up at each call, so a reload switches to the new artifact's."""
+        if self.settings.refresher:
+            return load_refresher(self.settings.refresher)
+        if not any(hasattr(ch, "refresh_interest")
+                   for ch in self.state.artifact.pipeline.channels.values()):
+            return None
+
+        def refresh(user_id: str, history_items: list[str]) -> None:
+            for channel in self.state.artifact.pipeline.channels.values():
+                hook = getattr(channel, "refresh_interest", None)
+                if hook is not None:
+                    hook(user_id, history_items)
+                    return
+
+        return refresh
+
+    def _attach_new_items(self, state: LiveState) -> None:
+        """Items added after the artifact was built reach channels that index item text."""
+        fitted = len(state.artifact.items)
+        if state.n_items > fitted:
+            self._notify_channels(state, np.arange(fitted, state.n_items, dtype=np.int32))
+
+    def _notify_channels(self, state: LiveState, ids: np.ndarray) -> None:
+        """Call ``add_items(ids int32[n], texts list[str])`` on channels that have it (text
+        embedding channels add the vectors to their index). A failure is logged: the item
+        stays stored and reachable through the other channels."""
+        if not len(ids):
+            return
+        texts = [state.texts[i] for i in ids.tolist()]
+        for name, channel in state.artifact.pipeline.channels.items():
+            hook = getattr(channel, "add_items", None)
+            if hook is None:
+                continue
+            try:
+                hook(ids, texts)
+            except Exception:
+                log.exception("channel %r could not add %d items", name, len(ids))
+                self.metrics.channel_errors.labels(name, "add_items").inc()
+
+    def _raw_history(self, user_id: str) -> list[str] | None:
+        state = self.state
+        if state is None:
+            return None
+        row = state.row_for(user_id)
+        if row is None:
+            return None
+        return state.items.raw(state.history(row).items)

@@ -1,0 +1,74 @@
+"""Service settings: one validated object, from a TOML file and/or command-line flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmrecall.errors import ConfigError
+from llmrecall.fusion import ChannelWeight
+
+
+class ServeSettings(BaseModel):
+    """How the recall service runs. Every field can be set in a ``[serve]`` TOML table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact_dir: Path = Field(description="artifact root (with CURRENT) or a version folder")
+    state_path: Path | None = Field(None, description="SQLite state file; default <artifact_dir>/state.sqlite")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key_env: str = Field("LLMRECALL_API_KEY",
+                             description="environment variable holding the write API key")
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="larger request bodies get 413")
+    max_k: int = Field(1000, ge=1, le=5000, description="largest k a request may ask for")
+    max_events_per_batch: int = Field(10_000, ge=1)
+    max_items_per_batch: int = Field(1_000, ge=1)
+    channel_budget_ms: float = Field(100.0, gt=0, description="deadline for every channel of a request")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a channel's breaker")
+    breaker_cooldown_s: float = Field(10.0, gt=0, description="how long an open breaker skips the channel")
+    max_batch: int = Field(32, ge=1, description="queries answered together as one batch")
+    live_k: int = Field(200, ge=1, le=5000, description="candidates from each live source")
+    live_popularity_weight: float = Field(0.3, ge=0)
+    live_covisit_weight: float = Field(0.8, ge=0)
+    live_covisit_min_slots: int = Field(
+        10, ge=0, description="places guaranteed to live co-visits (new items depend on them)")
+    query_weight: float = Field(2.0, ge=0, description="fusion weight of query-text matches")
+    query_min_slots: int = Field(10, ge=0, description="places guaranteed to query-text matches")
+    similar_channels: list[str] = Field(
+        default_factory=lambda: ["itemcf", "swing", "semantic_i2i", "live_covisit"],
+        description="channel names (or kinds) answering /v1/items/{id}/similar")
+    refresh_min_events: int = Field(5, ge=1, description="new events before a user's interest text is refreshed")
+    refresher: str | None = Field(None, description="'module:callable' interest refresher factory")
+    plugins: list[str] = Field(default_factory=list, description="modules imported at start (extra channels)")
+
+    def resolved_state_path(self) -> Path:
+        return self.state_path or Path(self.artifact_dir) / "state.sqlite"
+
+    def api_key(self) -> str | None:
+        value = os.environ.get(self.api_key_env, "")
+        return value or None
+
+    def live_weights(self) -> dict[str, ChannelWeight]:
+        return {"live_popularity": ChannelWeight(self.live_popularity_weight),
+                "live_covisit": ChannelWeight(self.live_covisit_weight, None,
+                                              self.live_covisit_min_slots)}
+
+
+def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:
+    """Settings from a TOML file's ``[serve]`` table (optional) with ``overrides`` on top
+    (None values are ignored)."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = dict(tomllib.loads(Path(path).read_text()).get("serve", {}))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read serve settings: {exc}") from None
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServeSettings.model_validate(raw)
+    except Exception as exc:
+        raise ConfigError(f"invalid serve settings: {exc}") from None

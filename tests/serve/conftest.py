@@ -1,0 +1,171 @@
+"""Fixtures: small ml-100k artifacts (built once per session) and real uvicorn servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parents[1] / "src"
+API_KEY = "test-key-123"
+WRITE = {"X-API-Key": API_KEY}
+
+sys.path.insert(0, str(HERE))
+import serve_plugins  # noqa: E402,F401  (registers the test channel kinds here too)
+
+MAIN_CONFIG = """
+seed = 0
+[fusion]
+k = 200
+channel_k = 300
+[[channels]]
+kind = "popularity"
+weight = 0.3
+[[channels]]
+kind = "itemcf"
+weight = 1.0
+[[channels]]
+kind = "ease"
+weight = 1.5
+"""
+
+DEGRADED_CONFIG = """
+seed = 0
+[[channels]]
+kind = "test_popularity"
+[[channels]]
+kind = "test_cooc"
+[[channels]]
+kind = "test_failing"
+[[channels]]
+kind = "test_slow"
+params = {seconds = 1.5}
+"""
+
+
+TEXT_CONFIG = """
+seed = 0
+[[channels]]
+kind = "test_popularity"
+[[channels]]
+kind = "test_text"
+"""
+
+
+def _build(tmp_path_factory, name: str, config_text: str) -> Path:
+    from llmrecall.config import parse_config
+    from llmrecall.data.builtin import load_builtin
+    from llmrecall.serve import build
+
+    import tomllib
+
+    root = tmp_path_factory.mktemp(name)
+    build(load_builtin("ml-100k"), parse_config(tomllib.loads(config_text)), root / "artifact")
+    return root / "artifact"
+
+
+@pytest.fixture(scope="session")
+def ml100k():
+    from llmrecall.data.builtin import load_builtin
+
+    return load_builtin("ml-100k")
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "main", MAIN_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def degraded_artifact(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "degraded", DEGRADED_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def text_artifact(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "text", TEXT_CONFIG)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real ``llmrecall.serve serve`` process on 127.0.0.1."""
+
+    def __init__(self, artifact: Path, state: Path, *extra: str, env: dict | None = None):
+        self.artifact, self.state, self.extra = artifact, state, extra
+        self.env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HERE}",
+                    "LLMRECALL_API_KEY": API_KEY, "OMP_NUM_THREADS": "1", **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(self.state.with_suffix(".log"), "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmrecall.serve", "serve", str(self.artifact),
+             "--port", str(self.port), "--state", str(self.state), "--plugin", "serve_plugins",
+             *self.extra], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: "
+                                   + self.state.with_suffix(".log").read_text()[-3000:])
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    self.client = httpx.Client(base_url=self.url, timeout=30)
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not become healthy")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self.client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.client.close()
+        self.log.close()
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    servers: list[Server] = []
+
+    def make(artifact: Path, *extra: str, state: Path | None = None, env: dict | None = None) -> Server:
+        server = Server(artifact, state or tmp_path / f"state{len(servers)}.sqlite", *extra, env=env)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(artifact, tmp_path_factory):
+    """One server per test module over the main artifact, with a fresh state file."""
+    srv = Server(artifact, tmp_path_factory.mktemp("state") / "state.sqlite")
+    yield srv
+    srv.stop()

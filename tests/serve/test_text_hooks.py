@@ -1,0 +1,21 @@
+"""Text-embedding channels plug in through ``add_items`` and ``recall_query``."""
+
+from __future__ import annotations
+
+from conftest import WRITE
+
+
+def test_new_items_reach_text_channels_and_queries_use_them(make_server, text_artifact, tmp_path):
+    state = tmp_path / "text.sqlite"
+    server = make_server(text_artifact, state=state)
+    item = {"item_id": "blorp-1", "title": "Blorptastic voyage", "text": "deep sea"}
+    assert server.client.put("/v1/items", json={"items": [item]}, headers=WRITE).status_code == 200
+    answer = server.client.post("/v1/recall", json={"query": "blorptastic", "k": 5}).json()
+    assert answer["candidates"][0]["item_id"] == "blorp-1"
+    assert answer["candidates"][0]["channels"] == ["test_text:query"]
+    assert "query_lexical" not in answer["channel_counts"]  # an embedder replaces BM25
+    server.stop()
+    # after a restart the stored item is handed to the channel again
+    again = make_server(text_artifact, state=state)
+    answer = again.client.post("/v1/recall", json={"query": "voyage blorptastic", "k": 5}).json()
+    assert answer["candidates"][0]["item_id"] == "blorp-1"
