@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from llmrecall.errors import ConfigError
-from llmrecall.evaluate.run import recall_task, score_lists
+from llmrecall.evaluate.experiment import recall_task, score_lists
 from llmrecall.pipeline import RecallPipeline
 from llmrecall.tune.objective import ValidationObjective, parse_metric
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from llmrecall.config import PipelineConfig
 from llmrecall.data.dataset import Dataset
-from llmrecall.evaluate.run import DEFAULT_KS, evaluate
+from llmrecall.evaluate.experiment import DEFAULT_KS, evaluate
 from llmrecall.tune.objective import parse_metric
 
 

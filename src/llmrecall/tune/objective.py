@@ -74,15 +74,19 @@ class ValidationObjective:
         if max_users is not None:
             order = order[:max_users]
         self.bounds = _stage_bounds(len(order), stages)
-        self.users = valid.users[order].astype(np.int32)
-        self.targets = valid.targets[order]
+        # each chunk keeps the task's ascending user order; chunks follow one another
+        parts = [np.sort(order[a:b]) for a, b in zip(self.bounds[:-1], self.bounds[1:])]
+        rows = np.concatenate(parts)
+        self.users = valid.users[rows].astype(np.int32)
+        self.targets = valid.targets[rows]
         self.n_items = valid.n_items
         allowed = allowed_mask(train, base)
         if valid.candidate_mask is not None:
             allowed = valid.candidate_mask if allowed is None else allowed & valid.candidate_mask
         self.allowed = allowed
-        chunks = [self.users[a:b] for a, b in zip(self.bounds[:-1], self.bounds[1:])]
-        self.store = store or ChannelStore(train, valid.history, chunks, allowed)
+        chunks = [EvalTask(valid.users[p], valid.targets[p], valid.history, allowed,
+                           None if valid.exclude is None else valid.exclude[p]) for p in parts]
+        self.store = store or ChannelStore(train, chunks)
 
     @property
     def n_users(self) -> int:

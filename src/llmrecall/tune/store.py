@@ -20,7 +20,9 @@ import numpy as np
 
 from llmrecall.channels.base import Channel
 from llmrecall.config import ChannelConfig
-from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.data.dataset import Dataset
+from llmrecall.evaluate.protocols import EvalTask
+from llmrecall.evaluate.runner import rank_task
 from llmrecall.pipeline import build_channel
 from llmrecall.tune.space import constructor_defaults
 
@@ -57,19 +59,16 @@ class ChannelStore:
 
     Args:
         train: the dataset channels are fitted on.
-        history: the histories channels recall from (the validation task's).
-        chunks: int32 arrays of dense users; chunk ``c`` is recalled on its own.
-        allowed: bool[n_items] or None; items channels may return.
+        chunks: one :class:`EvalTask` per chunk of validation users; chunk ``c`` is recalled
+            on its own, with the task's masking (:func:`llmrecall.evaluate.runner.rank_task`),
+            exactly as the evaluation runner does it.
         max_list_bytes / max_models: LRU bounds.
     """
 
-    def __init__(self, train: Dataset, history: Histories, chunks: list[np.ndarray],
-                 allowed: np.ndarray | None = None, *, max_list_bytes: int = DEFAULT_LIST_BYTES,
-                 max_models: int = DEFAULT_MODELS):
+    def __init__(self, train: Dataset, chunks: list[EvalTask], *,
+                 max_list_bytes: int = DEFAULT_LIST_BYTES, max_models: int = DEFAULT_MODELS):
         self.train = train
-        self.history = history
         self.chunks = chunks
-        self.allowed = allowed
         self.max_list_bytes = max_list_bytes
         self.max_models = max_models
         self._models: OrderedDict[str, Channel] = OrderedDict()
@@ -86,7 +85,7 @@ class ChannelStore:
             self.stats.list_hits += 1
         else:
             channel = self._model(key, config, seed)
-            ids = channel.recall(self.chunks[chunk], k, self.history, allowed=self.allowed).ids
+            ids = rank_task(channel, self.chunks[chunk], k)
             self.stats.recalls += 1
             self._remember(key, chunk, ids)
         return ids
