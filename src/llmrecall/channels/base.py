@@ -172,8 +172,16 @@ class Channel(ABC):
         directory.mkdir(parents=True, exist_ok=True)
         params = {"kind": self.kind, "params": self.get_params()}
         (directory / "params.json").write_text(json.dumps(params, indent=2, default=_jsonable))
-        _save_npz(directory / "state.npz", self.state())
+        self.save_state(directory)
         return directory
+
+    def save_state(self, directory: Path) -> None:
+        """Write the learned state into ``directory``; override for other formats."""
+        _save_npz(directory / "state.npz", self.state())
+
+    def load_state(self, directory: Path) -> None:
+        """Inverse of :meth:`save_state`."""
+        self.set_state(_load_npz(directory / "state.npz"))
 
     @classmethod
     def load(cls, directory: str | Path) -> "Channel":
@@ -183,7 +191,7 @@ class Channel(ABC):
         directory = Path(directory)
         meta = json.loads((directory / "params.json").read_text())
         channel = channel_class(meta["kind"])(**meta["params"])
-        channel.set_state(_load_npz(directory / "state.npz"))
+        channel.load_state(directory)
         return channel
 
     def _check_fitted(self) -> None:

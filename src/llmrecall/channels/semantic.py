@@ -1,0 +1,260 @@
+"""Language-model channels over item text embeddings and a vector index.
+
+* :class:`SemanticItemToItem` (``semantic_i2i``): nearest neighbours, in text-embedding space,
+  of each of the user's last ``recent`` items, weighted by recency and merged.
+* :class:`SemanticUserInterest` (``semantic_user``): the user's recent history embeddings,
+  time-decayed, summarised as one vector, or as several interest vectors (weighted spherical
+  k-means over the history) when the history is diverse; each interest retrieves on its own.
+
+Both embed the whole catalog once at ``fit`` (see :mod:`llmrecall.channels.text_features`), so
+items nobody has interacted with are retrievable. Both keep the top-``k`` exact: a candidate
+in the merged top ``k`` is in the top ``k`` of the query that scored it best, so fetching ``k``
+hits per query (after exclusions) loses nothing.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from llmrecall.channels.base import Candidates, Channel
+from llmrecall.channels.registry import register
+from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, item_text_vectors, popular_rows,
+                                              popularity)
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import ConfigError
+from llmrecall.index import VectorIndex, choose_kind, merge_hits
+
+
+class _TextIndexChannel(Channel):
+    """Shared parts: embed the catalog, index it, save the index with faiss, run queries."""
+
+    def _fit_index(self, dataset: Dataset) -> None:
+        vectors = item_text_vectors(dataset, self.embedder)
+        self.item_vectors_ = vectors
+        # fallback ranking for users with no history to go on
+        self.popularity_ = popularity(dataset)
+        self._build_index()
+
+    def _build_index(self) -> None:
+        vectors = self.item_vectors_
+        kind = self.index_kind if self.index_kind != "auto" else choose_kind(len(vectors))
+        index = VectorIndex(vectors.shape[1], kind)
+        index.add(np.arange(len(vectors), dtype=np.int64), vectors)
+        self._index = index
+
+    def save_state(self, directory: Path) -> None:
+        super().save_state(directory)
+        self._index.save(directory / "index")
+
+    def load_state(self, directory: Path) -> None:
+        super().load_state(directory)
+        self._index = VectorIndex.load(directory / "index")
+
+    def _query(self, owner: np.ndarray, queries: np.ndarray, weights: np.ndarray,
+               evidence: np.ndarray, batch: np.ndarray, k: int, history: Histories,
+               allowed: np.ndarray | None, exclude_seen: bool) -> Candidates:
+        """Search ``queries`` (float32[q, d], query j belongs to row ``owner[j]``), scale hit
+        scores by ``weights[j]``, merge by max per row and keep the top ``k``."""
+        exclude = history.matrix(batch)[owner] if exclude_seen and len(owner) else None
+        ids, sims = self._index.search(queries, k, exclude=exclude, allowed=allowed)
+        scored = np.where(ids >= 0, sims * weights[:, None], -np.inf).astype(np.float32)
+        top, vals, ev = merge_hits(owner, ids, scored, evidence, len(batch), k)
+        empty = np.bincount(owner, minlength=len(batch)) == 0
+        if empty.any():  # no usable history: the popularity ranking, without evidence
+            top[empty], vals[empty] = popular_rows(self.popularity_, int(empty.sum()), k, allowed)
+        return Candidates(top, vals, ev, "item")
+
+    def recall(self, users: np.ndarray, k: int, history: Histories, *,
+               allowed: np.ndarray | None = None, exclude_seen: bool = True,
+               explain: bool = False, block: int = 512) -> Candidates:
+        """See :meth:`Channel.recall`; evidence is a history item (``evidence_kind="item"``)."""
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int32)
+        parts = [self._recall_block(users[s:s + block], k, history, allowed, exclude_seen)
+                 for s in range(0, len(users), block)]
+        if not parts:
+            empty = np.zeros((0, max(k, 0)), np.int32)
+            return Candidates(empty, empty.astype(np.float32), empty if explain else None,
+                              "item" if explain else "none")
+        ids = np.concatenate([p.ids for p in parts])
+        scores = np.concatenate([p.scores for p in parts])
+        if not explain:
+            return Candidates(ids, scores)
+        return Candidates(ids, scores, np.concatenate([p.evidence for p in parts]), "item")
+
+    @abstractmethod
+    def _recall_block(self, batch: np.ndarray, k: int, history: Histories,
+                      allowed: np.ndarray | None, exclude_seen: bool) -> Candidates:
+        """Candidates for one block of users: each subclass turns them into queries."""
+
+    def _recent(self, batch: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray]:
+        """Last ``recent`` items (int32[n, L], -1 = none) and their recency weights
+        float32[n, L]: ``recency_decay ** (events since)``, 0 where there is no item."""
+        items, _ = history.recent(batch, self.recent)
+        items = np.where(items < len(self.item_vectors_), items, -1)  # added after fit: unknown
+        age = np.cumsum(items[:, ::-1] >= 0, axis=1)[:, ::-1] - 1  # 0 = newest
+        weights = np.where(items >= 0, self.recency_decay ** age, 0.0).astype(np.float32)
+        return items, weights
+
+
+@register
+class SemanticItemToItem(_TextIndexChannel):
+    """Items whose text is closest to the user's recent items.
+
+    Score of candidate c = max over the last ``recent`` history items h of
+    ``recency_decay**age(h) * cos(text(h), text(c))``; evidence = the h that attains it.
+    """
+
+    kind: ClassVar[str] = "semantic_i2i"
+    evidence_template: ClassVar[str] = "similar to {evidence}, which you interacted with"
+
+    def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 10,
+                 recency_decay: float = 0.85, index_kind: str = "auto",
+                 name: str | None = None):
+        super().__init__(name)
+        if recent < 1:
+            raise ConfigError(f"semantic_i2i: recent must be >= 1, got {recent}")
+        if not 0 < recency_decay <= 1:
+            raise ConfigError(f"semantic_i2i: recency_decay must be in (0, 1], got {recency_decay}")
+        self.embedder, self.recent, self.recency_decay = embedder, recent, recency_decay
+        self.index_kind = index_kind
+
+    def fit(self, dataset: Dataset) -> "SemanticItemToItem":
+        self._fit_index(dataset)
+        return self
+
+    def _recall_block(self, batch, k, history, allowed, exclude_seen) -> Candidates:
+        items, weights = self._recent(batch, history)
+        # a repeated item queries once, at its most recent (largest) weight
+        row, col = np.nonzero(items >= 0)
+        order = np.lexsort((-weights[row, col], items[row, col], row))
+        row, col = row[order], col[order]
+        keep = np.ones(len(row), bool)
+        keep[1:] = (row[1:] != row[:-1]) | (items[row[1:], col[1:]] != items[row[:-1], col[:-1]])
+        row, col = row[keep], col[keep]
+        query_items = items[row, col]
+        return self._query(row, self.item_vectors_[query_items], weights[row, col], query_items,
+                           batch, k, history, allowed, exclude_seen)
+
+
+@register
+class SemanticUserInterest(_TextIndexChannel):
+    """Items closest to the user's interest vectors in text-embedding space.
+
+    The last ``recent`` history embeddings, weighted by ``recency_decay**age``, form one
+    user vector (their weighted mean). When the history is diverse (``1 - |weighted mean|``
+    of unit vectors above ``diversity_threshold``) and long enough, weighted spherical
+    k-means splits it into up to ``n_interests`` interest vectors; each retrieves its own
+    neighbours, scored ``cos * share**share_power`` (share = the interest's weight share),
+    and the lists are merged by max. Evidence = the history item nearest the interest.
+    ``n_interests=1`` is the plain "recency-weighted mean of history embeddings" baseline.
+    """
+
+    kind: ClassVar[str] = "semantic_user"
+    evidence_template: ClassVar[str] = "matches your interest in things like {evidence}"
+
+    def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 50,
+                 recency_decay: float = 0.95, n_interests: int = 3,
+                 diversity_threshold: float = 0.3, share_power: float = 0.5,
+                 kmeans_iters: int = 10, index_kind: str = "auto", name: str | None = None):
+        super().__init__(name)
+        if recent < 1 or n_interests < 1:
+            raise ConfigError("semantic_user: recent and n_interests must be >= 1")
+        if not 0 < recency_decay <= 1:
+            raise ConfigError(f"semantic_user: recency_decay must be in (0, 1], got {recency_decay}")
+        self.embedder, self.recent, self.recency_decay = embedder, recent, recency_decay
+        self.n_interests, self.diversity_threshold = n_interests, diversity_threshold
+        self.share_power, self.kmeans_iters, self.index_kind = share_power, kmeans_iters, index_kind
+
+    def fit(self, dataset: Dataset) -> "SemanticUserInterest":
+        self._fit_index(dataset)
+        return self
+
+    def interests(self, batch: np.ndarray, history: Histories):
+        """Interest vectors of a block of users.
+
+        Returns ``centroids float32[n, C, d]`` (unit length), ``share float32[n, C]`` (weight
+        share of each interest, 0 = unused slot) and ``evidence int32[n, C]`` (the history
+        item nearest each interest, -1 for unused slots).
+        """
+        items, weights = self._recent(batch, history)
+        n, length = items.shape
+        emb = self.item_vectors_[np.maximum(items, 0)] * (items >= 0)[..., None]  # [n, L, d]
+        total = weights.sum(axis=1)
+        mean = np.einsum("nl,nld->nd", weights, emb) / np.maximum(total, 1e-12)[:, None]
+        diversity = 1.0 - np.linalg.norm(mean, axis=1)
+        distinct = _distinct_counts(items)
+        c = self.n_interests
+        multi = (c > 1) & (diversity > self.diversity_threshold) & (distinct >= 2 * c)
+        centroids = np.zeros((n, c, emb.shape[2]), np.float32)
+        share = np.zeros((n, c), np.float32)
+        centroids[:, 0] = _unit(mean)
+        share[:, 0] = (total > 0)
+        if multi.any():
+            cm, sm = _weighted_spherical_kmeans(emb[multi], weights[multi], c, self.kmeans_iters)
+            centroids[multi], share[multi] = cm, sm
+        sims = np.einsum("nld,ncd->nlc", emb, centroids)
+        sims[items < 0] = -np.inf
+        nearest = np.argmax(sims, axis=1)  # [n, C]
+        evidence = np.where(share > 0, np.take_along_axis(items, nearest, axis=1), -1)
+        return centroids, share, evidence.astype(np.int32)
+
+    def _recall_block(self, batch, k, history, allowed, exclude_seen) -> Candidates:
+        centroids, share, evidence = self.interests(batch, history)
+        row, slot = np.nonzero(share > 0)
+        weights = share[row, slot] ** self.share_power
+        return self._query(row, centroids[row, slot], weights.astype(np.float32),
+                           evidence[row, slot], batch, k, history, allowed, exclude_seen)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _distinct_counts(items: np.ndarray) -> np.ndarray:
+    """int64[n] number of distinct non-negative ids per row of int32[n, L]."""
+    srt = np.sort(items, axis=1)
+    new = np.ones_like(srt, bool)
+    new[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    return (new & (srt >= 0)).sum(axis=1)
+
+
+def _weighted_spherical_kmeans(emb: np.ndarray, weights: np.ndarray, c: int,
+                               iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batched weighted spherical k-means, all users at once.
+
+    Args:
+        emb: float32[n, L, d] unit vectors (zero rows = padding, with weight 0).
+        weights: float32[n, L].
+        c: clusters per user.
+    Returns:
+        ``centroids float32[n, c, d]`` unit vectors and ``share float32[n, c]`` (cluster
+        weight / total weight; 0 for a cluster that ended empty). Deterministic: seeded by
+        farthest-point selection starting from the newest item.
+    """
+    n, length, d = emb.shape
+    valid = weights > 0
+    rows = np.arange(n)
+    newest = length - 1 - np.argmax(valid[:, ::-1], axis=1)
+    centroids = np.zeros((n, c, d), np.float32)
+    centroids[:, 0] = emb[rows, newest]
+    best = np.einsum("nld,nd->nl", emb, centroids[:, 0])
+    for j in range(1, c):
+        # farthest point from the centroids chosen so far
+        pick = np.argmin(np.where(valid, best, np.inf), axis=1)
+        centroids[:, j] = emb[rows, pick]
+        best = np.maximum(best, np.einsum("nld,nd->nl", emb, centroids[:, j]))
+    for _ in range(iters):
+        assign = np.argmax(np.einsum("nld,ncd->nlc", emb, centroids), axis=2)  # [n, L]
+        onehot = (assign[..., None] == np.arange(c)) * weights[..., None]  # [n, L, c]
+        sums = np.einsum("nlc,nld->ncd", onehot, emb)
+        centroids = np.where(np.linalg.norm(sums, axis=2, keepdims=True) > 0, _unit(sums), centroids)
+    assign = np.argmax(np.einsum("nld,ncd->nlc", emb, centroids), axis=2)
+    onehot = (assign[..., None] == np.arange(c)) * weights[..., None]
+    share = onehot.sum(axis=1) / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    return centroids.astype(np.float32), share.astype(np.float32)

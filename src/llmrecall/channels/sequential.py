@@ -1,0 +1,275 @@
+"""Text-enhanced SASRec (kind ``sasrec``): a small causal transformer over the recent sequence.
+
+Item representations come from ids, from text, or both (``text_init``):
+
+* ``"none"``: learned id embeddings only (the ID-only ablation).
+* ``"init"``: id embeddings initialised from the catalog's text embeddings reduced to ``dim``
+  by PCA (as LLM-ESR does), then trained freely.
+* ``"fuse"``: ``id embedding + W·text`` with the text embeddings frozen and the projection
+  ``W`` (a linear adapter, as UniSRec's) trained; the id part starts at zero, so an item with
+  no training interactions is represented by its text.
+
+Trained with full softmax cross-entropy over all items (sampled softmax with shared uniform
+negatives above ``full_softmax_limit`` items). Seeded; torch threads capped at ``threads``.
+Saved as ``params.json`` + ``state.npz`` (popularity fallback) + ``model.safetensors``
+(the network); no pickle.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from llmrecall.channels.base import Channel
+from llmrecall.channels.registry import register
+from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, check_width, item_text_vectors,
+                                              popularity)
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import ConfigError, DataError
+
+TEXT_MODES = ("none", "init", "fuse")
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def training_windows(history: Histories, max_len: int) -> np.ndarray:
+    """Every user's sequence cut into windows of ``max_len + 1`` items, newest window first.
+
+    Returns int64[w, max_len + 1] of item ids + 1 (0 = left padding). A sequence of n items
+    gives ``ceil((n - 1) / max_len)`` windows that overlap by one item, so every transition
+    (previous items -> next item) is a training target exactly once. Users with < 2 items
+    give none.
+    """
+    lengths = history.lengths()
+    n_win = np.where(lengths >= 2, -(-(lengths - 1) // max_len), 0)
+    user = np.repeat(np.arange(len(lengths)), n_win)
+    # window j (0 = newest) of a user ends right after position end - j * max_len
+    j = np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)
+    end = history.indptr[user + 1] - j * max_len  # exclusive
+    pos = end[:, None] + np.arange(-(max_len + 1), 0)[None, :]
+    valid = pos >= history.indptr[user][:, None]
+    return np.where(valid, history.items[np.where(valid, pos, 0)].astype(np.int64) + 1, 0)
+
+
+def _build_model(n_items: int, dim: int, blocks: int, heads: int, max_len: int, dropout: float,
+                 text: np.ndarray | None, text_mode: str):
+    torch = _torch()
+    nn = torch.nn
+
+    class SASRecNet(nn.Module):
+        """Item table (ids and/or text) + position embeddings + causal transformer blocks."""
+
+        def __init__(self):
+            super().__init__()
+            self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+            self.positions = nn.Embedding(max_len, dim)
+            layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout,
+                                               activation="gelu", batch_first=True,
+                                               norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
+            self.final_norm = nn.LayerNorm(dim)
+            self.dropout = nn.Dropout(dropout)
+            self.text_mode = text_mode
+            if text_mode == "fuse":
+                padded = np.zeros((n_items + 1, text.shape[1]), np.float32)
+                padded[1:] = text
+                self.register_buffer("text", torch.from_numpy(padded))
+                self.text_adapter = nn.Linear(text.shape[1], dim)
+            mask = torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), diagonal=1)
+            self.register_buffer("causal", mask, persistent=False)
+
+        def items(self):
+            """float32[n_items + 1, dim] representation of every item (row 0 = padding)."""
+            table = self.id_embedding.weight
+            if self.text_mode == "fuse":
+                table = table + self.text_adapter(self.text)
+            return table
+
+        def forward(self, seq):
+            """seq int64[b, L] (0 = pad) -> hidden states float32[b, L, dim]."""
+            table = self.items()
+            length = seq.shape[1]
+            x = table[seq] * math.sqrt(dim) + self.positions.weight[-length:]
+            keep = (seq > 0).unsqueeze(-1)
+            # padded positions are zeroed rather than masked, as in the original SASRec: a
+            # fully-masked attention row would give NaN
+            x = self.dropout(x) * keep
+            x = self.encoder(x, mask=self.causal[:length, :length], is_causal=True)
+            return self.final_norm(x) * keep
+
+    return SASRecNet()
+
+
+@register
+class SASRec(Channel):
+    """Next-item transformer recalling all items for the user's recent sequence.
+
+    Args:
+        text_init: "none" (ids only), "init" (ids initialised from text) or "fuse" (ids +
+            adapted frozen text).
+        embedder: text embedding model (see :mod:`llmrecall.channels.text_features`).
+        dim, blocks, heads, max_len, dropout: network shape.
+        epochs, batch_size, lr, weight_decay: training (AdamW).
+        full_softmax_limit / negatives: sampled softmax with this many shared negatives
+            when the catalog is larger than the limit.
+        seed, threads: reproducibility and torch threads (at most 2 are used; 1 is fastest
+            on a shared machine, where OpenMP spin-waiting makes 2 threads slower).
+    """
+
+    kind: ClassVar[str] = "sasrec"
+    evidence_template: ClassVar[str] = "often follows {evidence}"
+
+    def __init__(self, text_init: str = "fuse", embedder: str = DEFAULT_EMBEDDER, dim: int = 64,
+                 blocks: int = 2, heads: int = 1, max_len: int = 50, dropout: float = 0.2,
+                 epochs: int = 30, batch_size: int = 128, lr: float = 2e-3,
+                 weight_decay: float = 0.0, full_softmax_limit: int = 50_000,
+                 negatives: int = 1024, seed: int = 0, threads: int = 1,
+                 name: str | None = None):
+        super().__init__(name)
+        if text_init not in TEXT_MODES:
+            raise ConfigError(f"sasrec: text_init must be one of {list(TEXT_MODES)}, got {text_init!r}")
+        if dim % heads:
+            raise ConfigError(f"sasrec: dim {dim} is not divisible by heads {heads}")
+        if min(dim, blocks, heads, max_len, epochs, batch_size) < 1:
+            raise ConfigError("sasrec: dim, blocks, heads, max_len, epochs, batch_size must be >= 1")
+        self.text_init, self.embedder, self.dim, self.blocks = text_init, embedder, dim, blocks
+        self.heads, self.max_len, self.dropout, self.epochs = heads, max_len, dropout, epochs
+        self.batch_size, self.lr, self.weight_decay = batch_size, lr, weight_decay
+        self.full_softmax_limit, self.negatives = full_softmax_limit, negatives
+        self.seed, self.threads = seed, threads
+
+    # ---- training --------------------------------------------------------------------
+    def fit(self, dataset: Dataset) -> "SASRec":
+        torch = _torch()
+        torch.set_num_threads(min(self.threads, 2))
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        n_items = dataset.n_items
+        text = item_text_vectors(dataset, self.embedder) if self.text_init != "none" else None
+        model = _build_model(n_items, self.dim, self.blocks, self.heads, self.max_len,
+                             self.dropout, text, self.text_init)
+        with torch.no_grad():
+            if self.text_init == "init":
+                model.id_embedding.weight[1:] = torch.from_numpy(_pca_init(text, self.dim))
+            elif self.text_init == "fuse":
+                model.id_embedding.weight.zero_()
+            else:
+                # the same scale as the text initialisation, so the ablation differs only in
+                # where the starting vectors come from (torch's N(0, 1) default is 8x larger
+                # and trains markedly worse)
+                model.id_embedding.weight[1:].normal_(0.0, self.dim ** -0.5)
+        windows = training_windows(dataset.histories(), self.max_len)
+        if len(windows) == 0:
+            raise DataError("sasrec: no user has two or more interactions to learn from")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr,
+                                      weight_decay=self.weight_decay)
+        sampled = n_items > self.full_softmax_limit
+        model.train()
+        for _ in range(self.epochs):
+            order = rng.permutation(len(windows))
+            for start in range(0, len(windows), self.batch_size):
+                batch = torch.from_numpy(windows[order[start:start + self.batch_size]])
+                loss = self._loss(model, batch, n_items, sampled, rng)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        model.eval()
+        self.model_ = model
+        self.n_items_ = n_items
+        self.popularity_ = popularity(dataset)
+        return self
+
+    def _loss(self, model, batch, n_items: int, sampled: bool, rng: np.random.Generator):
+        """Next-item cross-entropy over every non-padded position of ``batch``
+        (int64[b, max_len + 1], ids + 1)."""
+        torch = _torch()
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        hidden = model(inputs)
+        keep = (inputs > 0) & (targets > 0)
+        hidden, targets = hidden[keep], targets[keep]
+        table = model.items()
+        if not sampled:
+            logits = hidden @ table[1:].T  # [t, n_items]
+            return torch.nn.functional.cross_entropy(logits, targets - 1)
+        negatives = torch.from_numpy(rng.integers(1, n_items + 1, self.negatives))
+        positive = (hidden * table[targets]).sum(-1, keepdim=True)
+        negative = hidden @ table[negatives].T
+        # a sampled negative equal to the target is not a negative
+        negative = negative.masked_fill(negatives[None, :] == targets[:, None], -1e9)
+        logits = torch.cat([positive, negative], dim=1)
+        return torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+
+    # ---- recall ----------------------------------------------------------------------
+    def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
+        """float32[n, history.n_items]: next-item logits for each user's last ``max_len``
+        items (items added after fit are skipped and never scored); a user with no usable
+        history gets the training popularity counts instead."""
+        torch = _torch()
+        torch.set_num_threads(min(self.threads, 2))
+        width = check_width(history, self.n_items_, self.name)
+        items, _ = history.recent(users, self.max_len)
+        items = np.where(items < self.n_items_, items, -1)
+        seq = torch.from_numpy(np.where(items >= 0, items.astype(np.int64) + 1, 0))
+        with torch.no_grad():
+            hidden = self.model_(seq)[:, -1]
+            logits = (hidden @ self.model_.items()[1:].T).numpy()
+        scores = np.full((len(users), width), -np.inf, np.float32)
+        scores[:, :self.n_items_] = logits
+        empty = (items < 0).all(axis=1)
+        scores[empty, :self.n_items_] = self.popularity_
+        return scores
+
+    def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
+        """int32[n, k]: the user's most recent item (the sequence the candidates continue);
+        -1 for a user without history."""
+        last, _ = history.recent(users, 1)
+        return np.where(ids >= 0, last[:, :1], -1).astype(np.int32)
+
+    # ---- persistence: state.npz for arrays, model.safetensors for the network ---------
+    def state(self) -> dict[str, np.ndarray]:
+        return {"popularity_": self.popularity_}
+
+    def save_state(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        super().save_state(directory)  # state.npz: the numpy arrays (popularity_)
+        tensors = {k: v.detach().contiguous() for k, v in self.model_.state_dict().items()}
+        save_file(tensors, str(directory / "model.safetensors"),
+                  metadata={"n_items": str(self.n_items_)})
+
+    def load_state(self, directory: Path) -> None:
+        from safetensors import safe_open
+
+        super().load_state(directory)
+        path = directory / "model.safetensors"
+        if not path.is_file():
+            raise DataError("sasrec model file missing", path=str(path))
+        with safe_open(str(path), framework="pt") as f:
+            n_items = int(f.metadata()["n_items"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        text = tensors["text"][1:].numpy() if "text" in tensors else None
+        model = _build_model(n_items, self.dim, self.blocks, self.heads, self.max_len,
+                             self.dropout, text, self.text_init)
+        model.load_state_dict(tensors)
+        model.eval()
+        self.model_, self.n_items_ = model, n_items
+
+
+def _pca_init(text: np.ndarray, dim: int) -> np.ndarray:
+    """float32[n, dim]: text vectors projected on their top ``dim`` principal directions,
+    scaled to the spread of a standard id-embedding initialisation (std ~ dim**-0.5 per row
+    norm 1) so the transformer starts in its usual regime."""
+    centred = text - text.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    reduced = centred @ vt[:dim].T
+    if reduced.shape[1] < dim:  # fewer text dimensions than model dimensions
+        reduced = np.pad(reduced, ((0, 0), (0, dim - reduced.shape[1])))
+    reduced /= max(float(reduced.std()), 1e-12)
+    return (reduced * dim ** -0.5).astype(np.float32)

@@ -1,0 +1,88 @@
+"""Item text embeddings for the language-model channels, computed once per catalog and cached.
+
+:func:`item_text_vectors` is the one entry point the channels use: it turns a dataset's
+catalog into ``float32[n_items, d]`` L2-normalised vectors with a named embedder from
+:mod:`llmrecall.lm` (``get_embedder``), looked up in and written to the persistent LM cache
+(SQLite) so a catalog is embedded once, not once per channel or per run.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import DataError
+from llmrecall.topk import topk
+
+#: the embedder the text channels use unless configured otherwise: the language-model
+#: layer's default (multilingual-e5-small), chosen by measurement in docs/lm.md and able to
+#: read Chinese as well as English catalogs
+DEFAULT_EMBEDDER = "default"
+
+
+def lm_cache_path() -> Path:
+    """``$LLMRECALL_CACHE/lm.sqlite`` when that variable is set, else the LM layer's default."""
+    env = os.environ.get("LLMRECALL_CACHE")
+    if env:
+        return Path(env) / "lm.sqlite"
+    from llmrecall.lm.config import CacheConfig
+
+    return Path(CacheConfig().path)
+
+
+def item_texts(dataset: Dataset) -> list[str]:
+    """One text per dense item id (``Catalog.texts``); an empty text becomes ``"item <raw id>"``
+    so that every item, even one without metadata, gets a distinct vector."""
+    texts = dataset.catalog.texts()
+    raw = dataset.items.ids
+    return [t if t.strip() else f"item {raw[i]}" for i, t in enumerate(texts)]
+
+
+def item_text_vectors(dataset: Dataset, embedder: str = DEFAULT_EMBEDDER) -> np.ndarray:
+    """float32[n_items, d] L2-normalised text vectors of every catalog item, cached on disk."""
+    return text_vectors(item_texts(dataset), embedder)
+
+
+def text_vectors(texts: list[str], embedder: str = DEFAULT_EMBEDDER,
+                 kind: str = "passage") -> np.ndarray:
+    """float32[len(texts), d] L2-normalised vectors through the persistent LM cache."""
+    return np.ascontiguousarray(_cached_embedder(embedder, str(lm_cache_path())).embed(
+        list(texts), kind=kind), dtype=np.float32)
+
+
+@lru_cache(maxsize=8)
+def _cached_embedder(embedder: str, cache_path: str):
+    from llmrecall.lm import CachedEmbedder, LMCache, get_embedder
+
+    return CachedEmbedder(get_embedder(embedder), LMCache(cache_path), progress=False)
+
+
+# ---- what every text channel does for users and items it cannot place -------------------
+def popularity(dataset: Dataset) -> np.ndarray:
+    """float32[n_items] training interaction counts: the ranking a text channel falls back
+    to for a user with no history."""
+    return np.bincount(dataset.interactions.item, minlength=dataset.n_items).astype(np.float32)
+
+
+def popular_rows(popularity: np.ndarray, n: int, k: int,
+                 allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` identical rows of the top-``k`` allowed items by popularity: ids int32[n, k],
+    scores float32[n, k] (padded -1 / -inf)."""
+    row = popularity.astype(np.float32).copy()
+    if allowed is not None:
+        row[~np.asarray(allowed, bool)[:len(row)]] = -np.inf
+    ids, vals = topk(row[None, :], k)
+    return np.repeat(ids, n, axis=0), np.repeat(vals, n, axis=0)
+
+
+def check_width(history: Histories, n_fitted_items: int, channel: str) -> int:
+    """Score columns for ``history``: its item vocabulary, which may have grown since fit
+    (items added later are unknown to the channel and get -inf) but may not have shrunk."""
+    if history.n_items < n_fitted_items:
+        raise DataError(f"channel {channel!r} was fitted on {n_fitted_items} items but the "
+                        f"history knows only {history.n_items}: use the same item vocabulary")
+    return history.n_items

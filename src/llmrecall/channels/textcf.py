@@ -1,0 +1,244 @@
+"""Collaboratively trained mapping of frozen text embeddings (kind ``textcf``, AlphaRec-style).
+
+A small MLP maps every item's frozen text embedding into a collaborative space; a user starts
+as the MLP image of the mean text embedding of their history; LightGCN-style propagation
+(``layers`` rounds over the symmetric-normalised train user-item graph, layer outputs
+averaged) mixes the two; training pulls each (user, item) pair together against the other
+items of the batch (InfoNCE on cosine similarity, temperature ``tau``).
+
+At recall time the user's representation is recomputed from the history passed in (fresh
+events count, new users work) using the fitted item layers; items are scored by cosine.
+Because item vectors come from text, an item with no interactions at all is still scored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from llmrecall.channels.base import Channel
+from llmrecall.channels.registry import register
+from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, check_width, item_text_vectors,
+                                              popularity)
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import ConfigError, DataError
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int):
+    nn = _torch().nn
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
+
+
+def _normalised(user_items: sp.csr_matrix) -> sp.csr_matrix:
+    """float32 CSR ``D_u^-1/2 R D_i^-1/2`` of the [n_users, n_items] interaction matrix."""
+    deg_u = np.asarray(user_items.sum(axis=1)).ravel()
+    deg_i = np.asarray(user_items.sum(axis=0)).ravel()
+    du = np.where(deg_u > 0, deg_u, 1.0) ** -0.5
+    di = np.where(deg_i > 0, deg_i, 1.0) ** -0.5
+    norm = sp.diags(du.astype(np.float32)) @ user_items @ sp.diags(di.astype(np.float32))
+    return norm.tocsr().astype(np.float32)
+
+
+def _bipartite(user_side: sp.csr_matrix) -> sp.csr_matrix:
+    """float32 CSR [n_users + n_items]^2: the symmetric normalised adjacency
+    ``[[0, R̂], [R̂ᵀ, 0]]`` with ``R̂ = D_u^-1/2 R D_i^-1/2``."""
+    return sp.bmat([[None, user_side], [user_side.T, None]], format="csr", dtype=np.float32)
+
+
+def _light_propagation(adjacency: sp.csr_matrix, z: np.ndarray, layers: int) -> np.ndarray:
+    """LightGCN output ``mean(z, Âz, Â²z, ...)`` for ``layers`` rounds; float32 like ``z``."""
+    out, current = z.copy(), z
+    for _ in range(layers):
+        current = adjacency @ current
+        out += current
+    return (out / (layers + 1)).astype(np.float32)
+
+
+def _propagate_fn():
+    """Autograd wrapper of :func:`_light_propagation`. Â is symmetric, so the propagation
+    operator is too and its backward is the same propagation of the gradient; doing it
+    with scipy is much faster than torch's sparse backward on CPU."""
+    torch = _torch()
+
+    class Propagate(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z, adjacency, layers):
+            ctx.adjacency, ctx.layers = adjacency, layers
+            return torch.from_numpy(_light_propagation(adjacency, z.detach().numpy(), layers))
+
+        @staticmethod
+        def backward(ctx, grad):
+            g = _light_propagation(ctx.adjacency, grad.contiguous().numpy(), ctx.layers)
+            return torch.from_numpy(g), None, None
+
+    return Propagate
+
+
+@register
+class TextCF(Channel):
+    """Frozen item text embeddings -> MLP -> light graph propagation, trained with InfoNCE.
+
+    Args:
+        embedder: text embedding model.
+        dim, hidden: output and hidden width of the MLP.
+        layers: propagation rounds (LightGCN layers).
+        tau: InfoNCE temperature.
+        epochs, batch_size, lr: training (Adam over (user, item) pairs, in-batch negatives).
+        seed, threads: reproducibility and torch threads (at most 2 are used; 1 is fastest
+            on a shared machine, where OpenMP spin-waiting makes 2 threads slower).
+    """
+
+    kind: ClassVar[str] = "textcf"
+    evidence_template: ClassVar[str] = "liked by people who liked {evidence}"
+
+    def __init__(self, embedder: str = DEFAULT_EMBEDDER, dim: int = 64, hidden: int = 256,
+                 layers: int = 2, tau: float = 0.15, epochs: int = 10, batch_size: int = 2048,
+                 lr: float = 1e-3, seed: int = 0, threads: int = 1, name: str | None = None):
+        super().__init__(name)
+        if min(dim, hidden, epochs, batch_size) < 1 or layers < 0 or tau <= 0:
+            raise ConfigError("textcf: dim, hidden, epochs, batch_size must be >= 1, "
+                              "layers >= 0, tau > 0")
+        self.embedder, self.dim, self.hidden, self.layers, self.tau = embedder, dim, hidden, layers, tau
+        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+        self.seed, self.threads = seed, threads
+
+    def fit(self, dataset: Dataset) -> "TextCF":
+        torch = _torch()
+        torch.set_num_threads(min(self.threads, 2))
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        text = item_text_vectors(dataset, self.embedder)
+        history = dataset.histories()
+        user_items = history.matrix()
+        coo = user_items.tocoo()
+        if coo.nnz == 0:
+            raise DataError("textcf: the training data has no interactions")
+        adjacency = _bipartite(_normalised(user_items))
+        n_users = user_items.shape[0]
+        propagate = _propagate_fn()
+        text_t = torch.from_numpy(text)
+        user_text = torch.from_numpy(_mean_rows(user_items, text))
+        mlp = _mlp(text.shape[1], self.hidden, self.dim)
+        optimizer = torch.optim.Adam(mlp.parameters(), lr=self.lr)
+        pairs_u, pairs_i = coo.row.astype(np.int64), coo.col.astype(np.int64)
+        for _ in range(self.epochs):
+            order = rng.permutation(len(pairs_u))
+            for start in range(0, len(order), self.batch_size):
+                take = order[start:start + self.batch_size]
+                z = propagate.apply(torch.cat([mlp(user_text), mlp(text_t)]), adjacency,
+                                    self.layers)
+                u = torch.nn.functional.normalize(z[pairs_u[take]], dim=1)
+                i = torch.nn.functional.normalize(z[n_users + pairs_i[take]], dim=1)
+                logits = u @ i.T / self.tau
+                # the same item twice in a batch is not a negative of itself
+                same = torch.from_numpy(pairs_i[take][:, None] == pairs_i[take][None, :])
+                logits = logits.masked_fill(same & ~torch.eye(len(take), dtype=torch.bool), -1e9)
+                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(take)))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        mlp.eval()
+        with torch.no_grad():
+            z0 = torch.cat([mlp(user_text), mlp(text_t)]).numpy()
+        # item layers kept so that recall can redo the user update for any history
+        layer_list, current = [z0[n_users:]], z0
+        for _ in range(self.layers):
+            current = adjacency @ current
+            layer_list.append(current[n_users:])
+        item_final = _light_propagation(adjacency, z0, self.layers)[n_users:]
+        self.text_vectors_ = text
+        self.item_layers_ = np.stack(layer_list).astype(np.float32)  # [layers + 1, n_items, dim]
+        self.item_vectors_ = _unit(item_final)
+        self.item_degree_ = np.asarray(user_items.sum(axis=0)).ravel().astype(np.float32)
+        self.popularity_ = popularity(dataset)
+        self.mlp_ = mlp
+        return self
+
+    def user_vectors(self, users: np.ndarray, history: Histories) -> np.ndarray:
+        """float32[n, dim] unit user vectors from the given histories.
+
+        Layer 0 is the MLP image of the mean history text; layer l >= 1 is the normalised
+        sum of the history items' layer l-1 vectors (exactly LightGCN's user update, with
+        the fitted item layers and the history passed in). Empty history -> zero vector.
+        """
+        torch = _torch()
+        torch.set_num_threads(min(self.threads, 2))
+        rows = history.matrix(users)[:, :len(self.item_degree_)]  # later items: unknown
+        deg_u = np.asarray(rows.sum(axis=1)).ravel()
+        di = np.where(self.item_degree_ > 0, self.item_degree_, 1.0) ** -0.5
+        norm = sp.diags((np.where(deg_u > 0, deg_u, 1.0) ** -0.5).astype(np.float32)) @ rows \
+            @ sp.diags(di.astype(np.float32))
+        with torch.no_grad():
+            layers = [self.mlp_(torch.from_numpy(_mean_rows(rows, self.text_vectors_))).numpy()]
+        for layer in range(self.layers):
+            layers.append(np.asarray(norm @ self.item_layers_[layer]))
+        out = np.mean(layers, axis=0)
+        out[deg_u == 0] = 0.0
+        return _unit(out)
+
+    def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
+        """float32[n, history.n_items] cosine between user and item vectors (-inf for items
+        added after fit); a user with no usable history gets the popularity counts."""
+        n_items = len(self.item_vectors_)
+        width = check_width(history, n_items, self.name)
+        vectors = self.user_vectors(users, history)
+        scores = np.full((len(users), width), -np.inf, np.float32)
+        scores[:, :n_items] = vectors @ self.item_vectors_.T
+        scores[~vectors.any(axis=1), :n_items] = self.popularity_
+        return scores
+
+    def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
+        """int32[n, k]: the history item (of the last 50) most similar to each candidate."""
+        recent, _ = history.recent(users, 50)
+        recent = np.where(recent < len(self.item_vectors_), recent, -1)
+        ids = np.where(ids < len(self.item_vectors_), ids, -1)
+        vec = self.item_vectors_[np.maximum(recent, 0)]  # [n, L, d]
+        cand = self.item_vectors_[np.maximum(ids, 0)]  # [n, k, d]
+        sims = np.einsum("nkd,nld->nkl", cand, vec)
+        sims[np.broadcast_to((recent < 0)[:, None, :], sims.shape)] = -np.inf
+        best = np.take_along_axis(recent, np.argmax(sims, axis=2), axis=1)
+        return np.where((ids >= 0) & (recent >= 0).any(axis=1)[:, None], best, -1).astype(np.int32)
+
+    # ---- persistence: safetensors for the MLP, npz for the arrays --------------------
+    def state(self) -> dict[str, np.ndarray]:
+        return {"text_vectors_": self.text_vectors_, "item_layers_": self.item_layers_,
+                "item_vectors_": self.item_vectors_, "item_degree_": self.item_degree_,
+                "popularity_": self.popularity_}
+
+    def save_state(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        super().save_state(directory)
+        save_file({k: v.detach().contiguous() for k, v in self.mlp_.state_dict().items()},
+                  str(directory / "mlp.safetensors"))
+
+    def load_state(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        super().load_state(directory)
+        path = directory / "mlp.safetensors"
+        if not path.is_file():
+            raise DataError("textcf model file missing", path=str(path))
+        mlp = _mlp(self.text_vectors_.shape[1], self.hidden, self.dim)
+        mlp.load_state_dict(load_file(str(path)))
+        self.mlp_ = mlp.eval()
+
+
+def _mean_rows(rows: sp.csr_matrix, vectors: np.ndarray) -> np.ndarray:
+    """float32[n, d]: mean of ``vectors`` over each row's nonzero columns (0 for empty rows)."""
+    counts = np.asarray(rows.sum(axis=1)).ravel()
+    sums = np.asarray(rows @ vectors)
+    return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)

@@ -1,0 +1,319 @@
+"""Offline / near-line generation of interest text for users.
+
+For each user the job reads the most recent titles, asks a generator for (a) hypothetical
+next items — catalog titles when decoding is constrained — and optionally (b) a one-sentence
+interest profile, cleans the answers, and stores them (see :mod:`llmrecall.interest.store`).
+A user whose history has barely changed since the last run keeps the stored text
+(:func:`needs_refresh`); identical prompts are answered from the content-addressed cache.
+
+Settings that were measured step by step on ml-100k (docs/llm_interests.md):
+naive chat prompt -> few-shot completion prompt -> repetition control (repeat penalty,
+dedupe, history titles forbidden) -> decoding constrained to catalog titles.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import ConfigError
+from llmrecall.interest.backends import TextGenerator
+from llmrecall.interest.constrain import TitleTrie, title_grammar
+from llmrecall.interest.prompts import (
+    display_title, fewshot_prompt, naive_messages, normalise_title, profile_messages)
+from llmrecall.interest.store import GenerationStore, content_key
+
+#: users written to the store per transaction
+WRITE_BATCH = 5
+
+
+class InterestSettings(BaseModel):
+    """How interest text is generated. Every field is part of the cache key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: Literal["naive", "fewshot"] = Field(
+        "fewshot", description="naive chat request, or a few-shot completion prompt")
+    n_texts: int = Field(5, ge=1, le=50, description="hypothetical next items per user")
+    history_length: int = Field(10, ge=1, le=100, description="recent titles shown")
+    n_examples: int = Field(3, ge=0, le=10, description="few-shot examples from other users")
+    example_length: int = Field(5, ge=1, le=50, description="titles per few-shot example")
+    constrain: Literal["none", "trie", "grammar"] = Field(
+        "trie", description="decoding limited to catalog titles (token trie or GBNF grammar)")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    repeat_penalty: float = Field(1.0, ge=1.0, le=3.0)
+    dedupe: bool = Field(True, description="drop repeated texts")
+    forbid_history: bool = Field(True, description="never propose a title the user has")
+    diverse_prefix: int = Field(0, ge=0, le=8, description=(
+        "with the trie: each new title may not start with the first N tokens of an earlier "
+        "one (after a leading article), so greedy decoding leaves 'The Big ...'; 0 = off"))
+    profile: bool = Field(False, description="also write a one-sentence interest profile")
+    max_tokens: int = Field(32, ge=4, le=512, description="tokens per generated title")
+    profile_tokens: int = Field(60, ge=8, le=512)
+    noun: str = Field("items", min_length=1, description="what the catalog holds, e.g. movies")
+    language: Literal["en", "zh"] = "en"
+    seed: int = 0
+
+    def scope(self, fingerprint: str) -> str:
+        """Key under which per-user results are stored for these settings and generator."""
+        return content_key("interest", fingerprint, self.model_dump())[:24]
+
+
+def needs_refresh(old_history, new_history, *, window: int = 10, min_changed: int = 3) -> bool:
+    """Whether a user's interest text should be regenerated after new events.
+
+    Args:
+        old_history: item ids (any int sequence, oldest first) the stored text was written from.
+        new_history: the user's current item ids, oldest first.
+        window: how many recent items the prompt shows (``InterestSettings.history_length``).
+        min_changed: regenerate once at least this many of the recent ``window`` items are
+            new compared with the old recent window (fewer when the window is not yet full).
+    Returns:
+        True when there is no stored text for a non-empty history, or the recent window
+        changed by at least ``min(min_changed, len(new window))`` items.
+    """
+    if window < 1 or min_changed < 1:
+        raise ConfigError("needs_refresh needs window >= 1 and min_changed >= 1")
+    old = [int(i) for i in list(old_history)[-window:]]
+    new = [int(i) for i in list(new_history)[-window:]]
+    if not new:
+        return False
+    if not old:
+        return True
+    changed = len(set(new) - set(old))
+    return changed >= min(min_changed, len(new))
+
+
+def fewshot_examples(histories: Histories, titles: list[str], n: int, length: int,
+                     seed: int) -> list[tuple[list[int], int]]:
+    """``n + 1`` (history item ids, next item id) pairs from training histories.
+
+    One more than needed is drawn so the caller can drop a user's own example. Users are
+    drawn at random (seeded) among those with more than ``length`` items and titles.
+    """
+    if n == 0:
+        return []
+    lengths = histories.lengths()
+    eligible = np.flatnonzero(lengths > length)
+    if len(eligible) < n + 1:
+        raise ConfigError(f"few-shot prompts need {n + 1} users with more than {length} "
+                          f"items; the data has {len(eligible)}")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(eligible, size=n + 1, replace=False)
+    out = []
+    for user in chosen:
+        items = histories.of(int(user))
+        out.append(([int(i) for i in items[-length - 1:-1]], int(items[-1])))
+    return out
+
+
+_ARTICLES = {"The", "A", "An", "Il", "La", "Le", "Les", "Das", "Der", "Die", "El", "Los"}
+_NUMBERING = re.compile(r"^\s*(\d+[.)]|[-*•])\s*")
+
+
+def parse_list(text: str) -> list[str]:
+    """Lines of a free-text answer, numbering and bullets removed, headers (``...:``) dropped."""
+    out = []
+    for line in text.splitlines():
+        line = _NUMBERING.sub("", line).strip().strip('"').strip()
+        if line and not line.endswith(":"):
+            out.append(line)
+    return out
+
+
+def first_title(text: str) -> str:
+    """The first title in a continuation (up to a newline or semicolon)."""
+    return re.split(r"[\n;]", text, maxsplit=1)[0].strip().strip('"').strip()
+
+
+@dataclass
+class JobStats:
+    """What one run of the job did."""
+
+    users: int = 0
+    generated: int = 0
+    reused: int = 0
+    cache_hits: int = 0
+    empty: int = 0
+    seconds: float = 0.0
+    generated_texts: int = 0
+    per_user_seconds: list[float] = field(default_factory=list)
+
+
+class InterestJob:
+    """Generates interest text for users of one dataset with one generator and settings.
+
+    Args:
+        dataset: the training data (its histories are what the prompts show).
+        generator: any :class:`~llmrecall.interest.backends.TextGenerator`.
+        settings: :class:`InterestSettings`.
+        store: where texts are cached; an in-memory store when None.
+    """
+
+    def __init__(self, dataset: Dataset, generator: TextGenerator,
+                 settings: InterestSettings | None = None, store: GenerationStore | None = None):
+        self.dataset = dataset
+        self.generator = generator
+        self.settings = settings or InterestSettings()
+        self.store = store or GenerationStore()
+        self.histories = dataset.histories()
+        self.titles = [display_title(t) for t in dataset.catalog.titles]
+        self.scope = self.settings.scope(generator.fingerprint)
+        s = self.settings
+        if s.constrain != "none" and not generator.supports_constraints:
+            raise ConfigError(f"the generator {generator.fingerprint!r} cannot constrain "
+                              f"decoding; set constrain = 'none'")
+        if s.constrain != "none" and s.prompt != "fewshot":
+            raise ConfigError("constrained decoding needs the few-shot completion prompt")
+        self._examples = fewshot_examples(self.histories, self.titles, s.n_examples,
+                                          s.example_length, s.seed) if s.prompt == "fewshot" else []
+        self._trie: TitleTrie | None = None
+        self._grammar: str | None = None
+        if s.constrain == "trie":
+            self._trie = TitleTrie(self.titles, generator.tokenize, generator.newline_token)
+        elif s.constrain == "grammar":
+            self._grammar = title_grammar(self.titles)
+
+    # ---- one user --------------------------------------------------------------------
+    def _examples_for(self, user: int) -> list[tuple[list[str], str]]:
+        s = self.settings
+        picked = [(h, t) for h, t in self._examples
+                  if not np.array_equal(h, self.histories.of(user)[-len(h) - 1:-1])][:s.n_examples]
+        return [([self.titles[i] for i in h], self.titles[t]) for h, t in picked]
+
+    def generate_user(self, user: int) -> list[str]:
+        """Interest texts for one dense user id (empty list for an empty history)."""
+        s = self.settings
+        items = self.histories.of(user)
+        if len(items) == 0:
+            return []
+        recent = [self.titles[i] for i in items[-s.history_length:]]
+        seen = {normalise_title(self.titles[i]) for i in items} if s.forbid_history else set()
+        texts: list[str] = []
+        if s.profile:
+            profile = self.generator.chat(profile_messages(recent, s.noun, s.language),
+                                          max_tokens=s.profile_tokens, temperature=0.0,
+                                          repeat_penalty=s.repeat_penalty, seed=s.seed)
+            profile = " ".join(profile.split())
+            if profile:
+                texts.append(profile)
+        if s.prompt == "naive":
+            answer = self.generator.chat(naive_messages(recent, s.noun, s.language),
+                                         max_tokens=s.max_tokens * s.n_texts,
+                                         temperature=s.temperature,
+                                         repeat_penalty=s.repeat_penalty, seed=s.seed)
+            return texts + self._clean(parse_list(answer), seen)[:s.n_texts]
+        prompt = fewshot_prompt(recent, self._examples_for(user), s.noun, s.language)
+        if self._trie is not None:
+            return texts + self._constrained(prompt, items)
+        proposals: list[str] = []
+        # free sampling may repeat itself; a few extra draws fill the list after cleaning
+        attempts = s.n_texts * (3 if (s.dedupe or s.forbid_history) else 1)
+        for attempt in range(attempts):
+            out = self.generator.complete(
+                prompt, max_tokens=s.max_tokens, temperature=s.temperature, stop=["\n"],
+                repeat_penalty=s.repeat_penalty, seed=s.seed + attempt, grammar=self._grammar)
+            title = first_title(out)
+            if title:
+                proposals.append(title)
+            if len(self._clean(proposals, seen)) >= s.n_texts:
+                break
+        return texts + self._clean(proposals, seen)[:s.n_texts]
+
+    def _constrained(self, prompt: str, items: np.ndarray) -> list[str]:
+        """n distinct catalog titles, each decoded through the trie; the user's own and the
+        already written titles are banned, so even greedy decoding moves on to the next."""
+        s, trie = self.settings, self._trie
+        assert trie is not None
+        banned = {trie.title_id(self.titles[i]) for i in items} if s.forbid_history else set()
+        banned.discard(-1)
+        out: list[str] = []
+        avoid: list[list[int]] = []
+        for attempt in range(s.n_texts):
+            if len(banned) >= len(trie):
+                break
+            text = self.generator.complete(
+                prompt, max_tokens=s.max_tokens, temperature=s.temperature, stop=["\n"],
+                repeat_penalty=s.repeat_penalty, seed=s.seed + attempt,
+                processor=trie.processor(banned, avoid))
+            title_id = trie.title_id(text.strip())
+            if title_id < 0:  # ran out of tokens inside a long title
+                continue
+            banned.add(title_id)
+            out.append(trie.titles[title_id])
+            if s.diverse_prefix:
+                tokens = trie.title_tokens(title_id)
+                article = 1 if trie.titles[title_id].split(" ", 1)[0] in _ARTICLES else 0
+                avoid.append(tokens[:article + s.diverse_prefix])
+        return out
+
+    def _clean(self, texts: list[str], seen: set[str]) -> list[str]:
+        s = self.settings
+        out, keys = [], set()
+        for text in texts:
+            key = normalise_title(text)
+            if not key or (s.forbid_history and key in seen):
+                continue
+            if s.dedupe and key in keys:
+                continue
+            keys.add(key)
+            out.append(text)
+        return out
+
+    # ---- many users ------------------------------------------------------------------
+    def run(self, users: np.ndarray, *, refresh_min_changed: int = 3,
+            progress: Callable[[int, int], None] | None = None) -> tuple[dict[int, list[str]], JobStats]:
+        """Texts for every user in ``users`` (dense ids), generating only what is missing.
+
+        A user keeps the stored texts unless :func:`needs_refresh` says the history moved on.
+        Returns ``({user: texts}, JobStats)``; users with empty histories map to ``[]``.
+        """
+        s = self.settings
+        start = time.perf_counter()
+        stats = JobStats(users=len(users))
+        raw_ids = self.dataset.users.raw(users)
+        stored = self.store.get_subjects(self.scope)
+        fingerprint = self.generator.fingerprint
+        settings = s.model_dump()
+        out: dict[int, list[str]] = {}
+        pending_subjects, pending_cache = [], []
+        for n, (user, raw) in enumerate(zip(np.asarray(users).tolist(), raw_ids)):
+            items = self.histories.of(user)
+            recent = items[-s.history_length:].tolist()
+            if raw in stored and not needs_refresh(stored[raw][0], recent, window=s.history_length,
+                                                   min_changed=refresh_min_changed):
+                out[user] = stored[raw][1]
+                stats.reused += 1
+                continue
+            key = content_key(fingerprint, settings, items.tolist(), self._examples)
+            cached = self.store.get_many([key])
+            if key in cached:
+                texts = cached[key]
+                stats.cache_hits += 1
+            else:
+                t0 = time.perf_counter()
+                texts = self.generate_user(user)
+                stats.per_user_seconds.append(time.perf_counter() - t0)
+                stats.generated += 1
+                stats.generated_texts += len(texts)
+                pending_cache.append((key, texts))
+            stats.empty += int(not texts)
+            out[user] = texts
+            pending_subjects.append((raw, recent, texts))
+            if len(pending_subjects) >= WRITE_BATCH:
+                self.store.put_many(pending_cache)
+                self.store.put_subjects(self.scope, pending_subjects)
+                pending_subjects, pending_cache = [], []
+            if progress is not None:
+                progress(n + 1, len(users))
+        self.store.put_many(pending_cache)
+        self.store.put_subjects(self.scope, pending_subjects)
+        stats.seconds = time.perf_counter() - start
+        return out, stats
