@@ -54,6 +54,7 @@ def test_best_variant_is_saved_with_its_score_and_replaced_only_by_a_better_one(
     assert record["revision"] == 1
     assert record["evaluation"]["metric"] == "recall@50"
     assert record["evaluation"]["users"] == 300
+    assert len(score.users) == 300 and set(score.users) <= set(split.valid.users.tolist())
 
     worst = min(search.scored, key=lambda s: s.score).variant
     again = optimise_prompts([worst], score, output=out)

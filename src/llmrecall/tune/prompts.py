@@ -115,7 +115,8 @@ def channel_scorer(train: Dataset, valid: EvalTask, build: Callable[[PromptVaria
 
     Only a seeded sample of at most ``max_users`` validation users is scored (generation
     is the expensive part). The scorer's ``evaluation`` attribute describes the sample and
-    metric, so saved scores are only compared with scores measured the same way.
+    metric, so saved scores are only compared with scores measured the same way; its
+    ``users`` attribute holds the sampled dense user ids.
     """
     name, k = parse_metric(metric)
     order = np.random.default_rng(seed).permutation(len(valid.users))
@@ -130,6 +131,8 @@ def channel_scorer(train: Dataset, valid: EvalTask, build: Callable[[PromptVaria
 
     score.evaluation = {"metric": f"{name}@{k}", "users": int(len(users)), "seed": seed,
                         "users_hash": hashlib.sha256(users.tobytes()).hexdigest()[:16]}
+    #: int32[u] the dense users scored, for channels that generate for those users only
+    score.users = users
     return score
 
 
