@@ -162,6 +162,60 @@ def demo(
 
 
 @app.command()
+def tune(
+    trials: Annotated[int, typer.Option("--trials", "-n", min=0, help="trials to run now")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="write the tuned TOML here")],
+    dataset: DatasetOpt = None, data: DataOpt = None, config: ConfigOpt = None,
+    protocol: Annotated[str, typer.Option(help="loo | recbole-general | cold-items")] = "loo",
+    metric: Annotated[Optional[str], typer.Option(
+        help="validation metric to maximise, NAME@K (default recall@<fusion k>)")] = None,
+    storage: Annotated[Optional[Path], typer.Option(
+        help="SQLite file holding the study; rerun to resume it")] = None,
+    study_name: Annotated[Optional[str], typer.Option(help="name of the study in --storage")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after S seconds")] = None,
+    space: Annotated[str, typer.Option(help="all (fusion + channel params) | fusion")] = "all",
+    max_users: Annotated[Optional[int], typer.Option(
+        help="tune on a sample of this many validation users")] = None,
+    seed: int = 0,
+) -> None:
+    """Tune fusion and channel parameters on validation; write the tuned TOML; compare on test.
+
+    The tuner sees the validation split only. Once it is done, the default and the tuned
+    configs are evaluated on test, once, and compared channel by channel (printed, and
+    written as JSON next to the output: <output stem>.comparison.json).
+    """
+    from llmrecall.config import load_config
+    from llmrecall.tune.compare import compare_on_test, comparison_table
+    from llmrecall.tune.study import default_metric, tune as run_tune
+
+    try:
+        ds = _load_dataset(dataset, data)
+        cfg = load_config(config)
+        metric = metric or default_metric(cfg)
+        tuned, report = run_tune(ds, protocol, cfg, trials, metric, storage=storage,
+                                 study_name=study_name, seed=seed, space=space, timeout=timeout,
+                                 max_users=max_users)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tuned.save(output)
+        err.print(f"validation {report['metric']}: untuned {_fmt(report['baseline_value'])}, "
+                  f"tuned {_fmt(report['best_value'])} ({report['trials']['complete']} complete, "
+                  f"{report['trials']['pruned']} pruned trials in the study, "
+                  f"{report['seconds']:.0f}s this run); wrote {output}")
+        comparison = compare_on_test(ds, protocol, cfg, tuned, metric, seed=seed,
+                                     progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    except LLMRecallError as exc:
+        _fail(exc)
+    console.print(comparison_table(comparison))
+    side = output.with_name(f"{output.stem}.comparison.json")
+    side.write_text(json.dumps({"tuning": report, **comparison}, indent=2, default=str))
+    err.print(f"wrote {side}")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command()
 def datasets() -> None:
     """List the built-in datasets and their sizes."""
     from llmrecall.data.builtin import BUILTIN, load_builtin

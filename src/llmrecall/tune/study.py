@@ -1,0 +1,235 @@
+"""The recall optimisation loop: an Optuna study over fusion and channel parameters.
+
+:func:`tune` splits the dataset and hands the tuner the train part and the *validation* task,
+nothing else: :func:`tune_validation` has no way to reach test targets. The study lives in an
+Optuna storage (SQLite file when ``storage`` is given) under a name derived from the dataset,
+protocol, config hash, metric and space, so rerunning the same command resumes it: the
+finished trials stay, and ``trials`` more are run.
+
+The first trial of a new study is the config itself, so the tuned config is never worse than
+the untuned one on validation.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from llmrecall.config import PipelineConfig
+from llmrecall.data.dataset import Dataset
+from llmrecall.errors import ConfigError
+from llmrecall.evaluate.protocols import EvalTask, make_split
+from llmrecall.tune.objective import DEFAULT_STAGES, ValidationObjective, parse_metric
+from llmrecall.tune.space import Space, current_values, suggest
+
+#: seconds between liveness marks of a running trial; a trial silent for GRACE_SECONDS
+#: (its process was killed) is marked failed when the study is next opened
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 60
+#: pruning starts once this many trials finished, and never before the first stage
+PRUNER_STARTUP_TRIALS = 5
+
+
+def default_metric(config: PipelineConfig) -> str:
+    """Recall at the pipeline's fused list length: what the recall stage hands on."""
+    return f"recall@{config.fusion.k}"
+
+
+def open_storage(storage: str | Path | None) -> optuna.storages.BaseStorage:
+    """In-memory storage for None, else an SQLite file (created) with trial heartbeats."""
+    if storage is None:
+        return optuna.storages.InMemoryStorage()
+    path = Path(storage).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # heartbeats are marked experimental, and are what lets a killed run's trial be failed
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(f"sqlite:///{path}",
+                                          heartbeat_interval=HEARTBEAT_SECONDS,
+                                          grace_period=GRACE_SECONDS)
+
+
+def tune(dataset: Dataset, protocol: str, config: PipelineConfig, trials: int,
+         metric: str | None = None, *, storage: str | Path | None = None,
+         study_name: str | None = None, seed: int = 0, space: Space = "all",
+         timeout: float | None = None, max_users: int | None = None,
+         stages: Sequence[float] = DEFAULT_STAGES, progress: bool = True,
+         ) -> tuple[PipelineConfig, dict[str, Any]]:
+    """Tune ``config`` on the validation split of ``dataset`` under ``protocol``.
+
+    Args:
+        dataset, protocol, seed: what :func:`~llmrecall.evaluate.protocols.make_split` gets.
+        config: the pipeline to tune (its values are the first trial).
+        trials: how many trials this call runs (a resumed study keeps its earlier ones).
+        metric: "NAME@K" maximised on validation; default recall at ``config.fusion.k``.
+        storage: SQLite path for a resumable study; None keeps it in memory.
+        study_name: default ``<dataset>-<protocol>-<config hash>-<metric>-<space>``.
+        space: "all" (fusion + channel parameters) or "fusion".
+        timeout: stop starting trials after this many seconds.
+        max_users: tune on a seeded sample of at most this many validation users.
+        stages: fractions of validation users after which a trial may be pruned.
+        progress: show a progress bar with the best value so far.
+    Returns:
+        The best config found and a JSON-ready report of the study.
+    """
+    parse_metric(metric or default_metric(config))  # fail on a bad metric before splitting
+    split = make_split(dataset, protocol, seed)
+    # only the train part and the validation task go further: test stays here, unread
+    return tune_validation(split.train, split.valid, config, trials, metric, storage=storage,
+                           study_name=study_name, seed=seed, space=space, timeout=timeout,
+                           max_users=max_users, stages=stages, progress=progress,
+                           context={"dataset": dataset.name, "protocol": protocol})
+
+
+def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, trials: int,
+                    metric: str | None = None, *, storage: str | Path | None = None,
+                    study_name: str | None = None, seed: int = 0, space: Space = "all",
+                    timeout: float | None = None, max_users: int | None = None,
+                    stages: Sequence[float] = DEFAULT_STAGES, progress: bool = True,
+                    context: dict[str, Any] | None = None,
+                    ) -> tuple[PipelineConfig, dict[str, Any]]:
+    """:func:`tune` on an already split dataset: ``train`` to fit, ``valid`` to score."""
+    if trials < 0:
+        raise ConfigError(f"trials must be >= 0, got {trials}")
+    if space not in ("all", "fusion"):
+        raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
+    metric = metric or default_metric(config)
+    name, k = parse_metric(metric)
+    metric = f"{name}@{k}"
+    context = dict(context or {"dataset": train.name})
+    identity = {**context, "base_config_hash": config.config_hash(), "metric": metric,
+                "space": space, "seed": seed, "max_users": max_users, "stages": list(stages)}
+    study_name = study_name or "-".join(
+        str(x) for x in (context.get("dataset", train.name), context.get("protocol", "split"),
+                         config.config_hash(), metric, space))
+
+    start = time.perf_counter()
+    objective = ValidationObjective(train, valid, config, metric, space=space, stages=stages,
+                                    max_users=max_users, seed=seed)
+    study = _open_study(storage, study_name, identity, seed)
+    if not study.trials:
+        study.enqueue_trial(current_values(config, space), user_attrs={"baseline": True})
+    finished_before = _count(study, TrialState.COMPLETE, TrialState.PRUNED)
+
+    interrupted = False
+    try:
+        _optimize(study, objective, trials, timeout, progress, metric)
+    except KeyboardInterrupt:
+        # finished trials are already in the storage; rerunning resumes from them
+        interrupted = True
+
+    report = study_report(study, objective, storage, metric, space, identity)
+    report.update(seconds=time.perf_counter() - start, interrupted=interrupted,
+                  trials_this_run=_count(study, TrialState.COMPLETE, TrialState.PRUNED)
+                  - finished_before)
+    best = best_config(study, config, space)
+    report["tuned_config_hash"] = best.config_hash()
+    return best, report
+
+
+def _open_study(storage, study_name: str, identity: dict[str, Any], seed: int) -> optuna.Study:
+    rdb = open_storage(storage)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(rdb)}
+    # a resumed study continues the sampler's random stream where the previous run stopped
+    n_before = 0
+    if study_name in existing:
+        old = optuna.load_study(study_name=study_name, storage=rdb)
+        recorded = old.user_attrs.get("identity")
+        if recorded is not None and recorded != _jsonable(identity):
+            raise ConfigError(f"study {study_name!r} in {storage} was made for {recorded}; "
+                              f"this run is {_jsonable(identity)}: choose another --study-name")
+        n_before = len(old.trials)
+    sampler = optuna.samplers.TPESampler(seed=seed + n_before, n_startup_trials=10)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS,
+                                         n_warmup_steps=0)
+    study = optuna.create_study(study_name=study_name, storage=rdb, direction="maximize",
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    if "identity" not in study.user_attrs:
+        study.set_user_attr("identity", _jsonable(identity))
+    return study
+
+
+def _jsonable(identity: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in identity.items()}
+
+
+def _optimize(study: optuna.Study, objective, trials: int, timeout: float | None,
+              progress: bool, metric: str) -> None:
+    if trials == 0:
+        return
+    if not progress:
+        study.optimize(objective, n_trials=trials, timeout=timeout, gc_after_trial=False)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    columns = (TextColumn("tuning {task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("best {task.fields[best]}"), TextColumn("{task.fields[last]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(metric, total=trials, best=_best_text(study), last="")
+
+        def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            state = "pruned" if trial.state == TrialState.PRUNED else (
+                f"last {trial.value:.4f}" if trial.value is not None else trial.state.name.lower())
+            bar.update(task, advance=1, best=_best_text(study), last=state)
+
+        study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[callback],
+                       gc_after_trial=False)
+
+
+def _best_text(study: optuna.Study) -> str:
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    return f"{max(t.value for t in done):.4f}" if done else "-"
+
+
+def _count(study: optuna.Study, *states: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def best_config(study: optuna.Study, config: PipelineConfig, space: Space) -> PipelineConfig:
+    """``config`` with the best complete trial's values (``config`` itself if none finished)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return config
+    return suggest(optuna.trial.FixedTrial(study.best_trial.params), config, space)
+
+
+def study_report(study: optuna.Study, objective: ValidationObjective, storage, metric: str,
+                 space: Space, identity: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready summary: trial counts, best and baseline values, per-trial costs."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    baseline = [t for t in complete if t.user_attrs.get("baseline")]
+    fusion_only = [t.user_attrs["seconds"] for t in complete
+                   if t.user_attrs.get("fits") == 0 and "seconds" in t.user_attrs]
+    fitting = [t.user_attrs["seconds"] for t in complete
+               if t.user_attrs.get("fits", 0) > 0 and "seconds" in t.user_attrs]
+    stats = objective.store.stats
+    return {
+        "study_name": study.study_name,
+        "storage": None if storage is None else str(storage),
+        "identity": _jsonable(identity),
+        "metric": metric,
+        "space": space,
+        "validation_users": objective.n_users,
+        "trials": {state.name.lower(): sum(t.state == state for t in trials)
+                   for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                 TrialState.RUNNING)},
+        "best_value": study.best_value if complete else None,
+        "best_trial": study.best_trial.number if complete else None,
+        "best_params": study.best_trial.params if complete else None,
+        "baseline_value": baseline[0].value if baseline else None,
+        "median_trial_seconds": {
+            "fusion_only": statistics.median(fusion_only) if fusion_only else None,
+            "with_channel_fits": statistics.median(fitting) if fitting else None,
+            "fusion_only_trials": len(fusion_only), "fitting_trials": len(fitting)},
+        "this_process": {"fits": stats.fits, "fit_seconds": stats.fit_seconds,
+                         "recalls": stats.recalls, "list_hits": stats.list_hits},
+    }

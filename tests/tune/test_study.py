@@ -1,0 +1,144 @@
+"""The study: resumable from SQLite (also after a kill), blind to test data, never worse
+than the config it starts from on validation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import scipy.sparse as sp
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
+
+from llmrecall.errors import ConfigError
+from llmrecall.tune import study as study_module
+from llmrecall.tune.study import tune
+
+pytestmark = pytest.mark.slow
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _finished(storage: Path, name: str) -> int:
+    s = optuna.load_study(study_name=name, storage=f"sqlite:///{storage}")
+    return len(s.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def test_resume_adds_trials_and_keeps_the_best(ml100k, small_config, tmp_path):
+    db = tmp_path / "study.sqlite"
+    best1, rep1 = tune(ml100k, "loo", small_config, 4, "recall@50", storage=db,
+                       study_name="s", progress=False)
+    assert rep1["trials_this_run"] == 4
+    assert rep1["baseline_value"] is not None
+    assert rep1["best_value"] >= rep1["baseline_value"]
+    best2, rep2 = tune(ml100k, "loo", small_config, 4, "recall@50", storage=db,
+                       study_name="s", progress=False)
+    assert _finished(db, "s") == 8
+    assert rep2["trials_this_run"] == 4
+    assert rep2["best_value"] >= rep1["best_value"]
+    assert rep2["baseline_value"] == rep1["baseline_value"]  # the baseline was not re-run
+
+
+def test_study_survives_a_kill(ml100k, small_config, tmp_path):
+    db = tmp_path / "study.sqlite"
+    cfg_path = tmp_path / "small.toml"
+    small_config.save(cfg_path)
+    script = textwrap.dedent(f"""
+        from llmrecall.config import load_config
+        from llmrecall.data.builtin import load_builtin
+        from llmrecall.tune.study import tune
+        tune(load_builtin("ml-100k"), "loo", load_config({str(cfg_path)!r}), 500, "recall@50",
+             storage={str(db)!r}, study_name="k", space="fusion", progress=False)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            if db.exists():
+                try:
+                    if _finished(db, "k") >= 3:
+                        break
+                except (KeyError, optuna.exceptions.StorageInternalError, SQLAlchemyError):
+                    pass  # study or its tables not created yet, or the file is locked
+        assert proc.poll() is None, "the tuning process ended before it could be killed"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = _finished(db, "k")
+    assert before >= 3
+    _, report = tune(ml100k, "loo", small_config, 3, "recall@50", storage=db, study_name="k",
+                     space="fusion", progress=False)
+    assert _finished(db, "k") == before + 3
+    assert report["trials_this_run"] == 3
+
+
+def test_other_settings_cannot_reuse_a_study(ml100k, small_config, tmp_path):
+    db = tmp_path / "study.sqlite"
+    tune(ml100k, "loo", small_config, 1, "recall@50", storage=db, study_name="x",
+         progress=False)
+    with pytest.raises(ConfigError, match="another --study-name"):
+        tune(ml100k, "loo", small_config, 1, "recall@20", storage=db, study_name="x",
+             progress=False)
+
+
+class _Untouchable:
+    """Stands in for the test task: any use of it fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the tuner read the test task ({name})")
+
+
+def test_tuning_never_reads_test_data(ml100k, small_config, monkeypatch):
+    real_split = study_module.make_split
+    honest = tune(ml100k, "loo", small_config, 5, "recall@50", progress=False)
+
+    def corrupted(dataset, protocol, seed):
+        split = real_split(dataset, protocol, seed)
+        rng = np.random.default_rng(1)
+        t = split.test.targets
+        noise = sp.random(t.shape[0], t.shape[1], density=0.01, format="csr", random_state=rng)
+        noise.data[:] = 1
+        return replace(split, test=replace(split.test, targets=(noise + t).tocsr()))
+
+    monkeypatch.setattr(study_module, "make_split", corrupted)
+    assert tune(ml100k, "loo", small_config, 5, "recall@50", progress=False)[0] == honest[0]
+
+    monkeypatch.setattr(study_module, "make_split",
+                        lambda d, p, s: replace(real_split(d, p, s), test=_Untouchable()))
+    best, report = tune(ml100k, "loo", small_config, 5, "recall@50", progress=False)
+    assert best == honest[0]
+    assert report["best_value"] == honest[1]["best_value"]
+
+
+def test_ctrl_c_keeps_finished_trials_and_returns_the_best(ml100k, small_config, tmp_path,
+                                                           monkeypatch):
+    from llmrecall.tune.objective import ValidationObjective
+
+    real = ValidationObjective.evaluate
+    calls = {"n": 0}
+
+    def interrupted_on_third(self, config, report=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, config, report)
+
+    monkeypatch.setattr(ValidationObjective, "evaluate", interrupted_on_third)
+    db = tmp_path / "study.sqlite"
+    best, report = tune(ml100k, "loo", small_config, 10, "recall@50", storage=db,
+                        study_name="c", progress=False)
+    assert report["interrupted"] is True
+    assert report["trials_this_run"] == 2
+    assert report["trials"]["fail"] == 1  # the interrupted trial
+    assert report["best_value"] >= report["baseline_value"]
+    assert best.config_hash() == report["tuned_config_hash"]
