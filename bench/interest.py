@@ -312,7 +312,7 @@ def cmd_fused(args) -> dict:
     Generated texts come from the steps' store (run ``steps`` first with the same --users).
     """
     from llmrecall.config import parse_config
-    from llmrecall.evaluate.run import recall_task, score_lists
+    from llmrecall.evaluate.experiment import recall_task, score_lists
     from llmrecall.pipeline import RecallPipeline
 
     ds = load_builtin("ml-100k")
