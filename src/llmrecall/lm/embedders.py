@@ -29,7 +29,7 @@ import importlib.util
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from llmrecall.errors import ConfigError
 from llmrecall.lm.errors import BackendUnavailableError
-from llmrecall.lm.http import OpenAIClient, expect
+from llmrecall.lm.http import RemoteEndpoint, expect
 from llmrecall.lm.scrub import Scrubber
 
 Kind = Literal["query", "passage"]
@@ -240,7 +240,7 @@ class MiniLMEmbedder(Embedder):
         return np.asarray(out, np.float32)
 
 
-class OpenAIEmbedder(Embedder):
+class OpenAIEmbedder(RemoteEndpoint, Embedder):
     """Client for an OpenAI-compatible ``POST {base_url}/embeddings`` endpoint.
 
     Texts are scrubbed of personal identifiers before they are sent (``scrub=True``).
@@ -258,22 +258,12 @@ class OpenAIEmbedder(Embedder):
                  send_input_type: bool = True):
         self.model = model
         self.batch_size = batch_size
-        self._client = OpenAIClient(base_url, api_key_env=api_key_env, timeout_s=timeout_s,
-                                    max_retries=max_retries, backoff_s=backoff_s,
-                                    concurrency=concurrency)
-        self._scrub: Callable[[str], str] | None = (
-            scrub if isinstance(scrub, Scrubber) else (Scrubber() if scrub else None))
+        self._connect(base_url, api_key_env=api_key_env, timeout_s=timeout_s,
+                      max_retries=max_retries, backoff_s=backoff_s, concurrency=concurrency,
+                      scrub=scrub)
         self._prefix = {"query": query_prefix, "passage": passage_prefix}
         self._send_input_type = send_input_type
         self._dim = dim
-
-    @property
-    def base_url(self) -> str:
-        return self._client.base_url
-
-    @property
-    def client(self) -> OpenAIClient:
-        return self._client
 
     @property
     def fingerprint(self) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from llmrecall.errors import ConfigError
 from llmrecall.lm.errors import BackendUnavailableError, LMError
-from llmrecall.lm.http import OpenAIClient, expect
+from llmrecall.lm.http import RemoteEndpoint, expect
 from llmrecall.lm.scrub import Scrubber
 
 Message = dict[str, str]
@@ -180,7 +180,7 @@ class LlamaCppGenerator(Generator):
         return out
 
 
-class OpenAIChatGenerator(Generator):
+class OpenAIChatGenerator(RemoteEndpoint, Generator):
     """Client for an OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint.
 
     Conversations go out concurrently (bounded by ``concurrency``), each with retries on
@@ -196,20 +196,11 @@ class OpenAIChatGenerator(Generator):
                  extra_body: dict[str, Any] | None = None):
         super().__init__()
         self.model = model
-        self._client = OpenAIClient(base_url, api_key_env=api_key_env, timeout_s=timeout_s,
-                                    max_retries=max_retries, backoff_s=backoff_s,
-                                    concurrency=concurrency)
-        self._scrub = scrub if isinstance(scrub, Scrubber) else (Scrubber() if scrub else None)
+        self._connect(base_url, api_key_env=api_key_env, timeout_s=timeout_s,
+                      max_retries=max_retries, backoff_s=backoff_s, concurrency=concurrency,
+                      scrub=scrub)
         self._extra = dict(extra_body or {})
         self._usage_lock = threading.Lock()
-
-    @property
-    def base_url(self) -> str:
-        return self._client.base_url
-
-    @property
-    def client(self) -> OpenAIClient:
-        return self._client
 
     @property
     def fingerprint(self) -> str:

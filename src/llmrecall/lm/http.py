@@ -126,3 +126,25 @@ def expect(condition: bool, message: str, url: str) -> None:
     """Raise :class:`MalformedResponseError` unless ``condition`` holds."""
     if not condition:
         raise MalformedResponseError(message, url=url, status=200)
+
+
+class RemoteEndpoint:
+    """What every OpenAI-compatible backend shares: the HTTP client and the scrubber that
+    removes personal identifiers before any text leaves the machine."""
+
+    def _connect(self, base_url: str, *, api_key_env: str | None, timeout_s: float,
+                 max_retries: int, backoff_s: float, concurrency: int, scrub) -> None:
+        from llmrecall.lm.scrub import Scrubber
+
+        self._client = OpenAIClient(base_url, api_key_env=api_key_env, timeout_s=timeout_s,
+                                    max_retries=max_retries, backoff_s=backoff_s,
+                                    concurrency=concurrency)
+        self._scrub = scrub if isinstance(scrub, Scrubber) else (Scrubber() if scrub else None)
+
+    @property
+    def base_url(self) -> str:
+        return self._client.base_url
+
+    @property
+    def client(self) -> "OpenAIClient":
+        return self._client
