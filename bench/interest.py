@@ -97,7 +97,7 @@ def cmd_steps(args) -> dict:
                      "users": len(task.users), "steps": {}}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"| step | " + " | ".join(f"R@{k}" for k in KS) + " | s/user, texts/user |")
+    print("| step | " + " | ".join(f"R@{k}" for k in KS) + " | s/user, texts/user |")
     print("|---" * (len(KS) + 2) + "|")
     results["steps"]["0 random"] = random_metrics(task, ds.n_items)
     print(fmt_row("0 random", results["steps"]["0 random"]))
@@ -191,9 +191,9 @@ def cmd_knowledge(args) -> dict:
     store.close()
     emb_cache = str(DEV / "lm_cache.sqlite")
     results["channels"]["random"] = random_metrics(task, ds.n_items)
-    print(f"| channel | knowledge | " + " | ".join(f"R@{k}" for k in KS) + " |")
+    print("| channel | knowledge | " + " | ".join(f"R@{k}" for k in KS) + " |")
     print("|---" * (len(KS) + 2) + "|")
-    print(f"| random | - | " + " | ".join(f"{results['channels']['random'][f'recall@{k}']:.3f}"
+    print("| random | - | " + " | ".join(f"{results['channels']['random'][f'recall@{k}']:.3f}"
                                           for k in KS) + " |")
     variants = [("llm_knowledge hybrid", dict(dense_weight=1.0, lexical_weight=1.0)),
                 ("llm_knowledge BM25 only", dict(dense_weight=0.0, lexical_weight=1.0)),
@@ -271,7 +271,7 @@ def cmd_search(args) -> dict:
     }
     results = {"dataset": "ml-100k", "protocol": "loo", "split": "valid",
                "users": int(len(task.users)), "queries": {}}
-    print(f"| query | " + " | ".join(f"R@{k}" for k in KS) + " |")
+    print("| query | " + " | ".join(f"R@{k}" for k in KS) + " |")
     print("|---" * (len(KS) + 1) + "|")
     for name, make in kinds.items():
         log = SearchLog(task.users.astype(np.int32), [make(int(i)) for i in first_target],

@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmrecall.config import PipelineConfig, load_config, parse_config
+from llmrecall.config import load_config, parse_config
 from llmrecall.errors import ConfigError
 
 

@@ -84,7 +84,6 @@ def recall(
 ) -> None:
     """Fit on all data and print one user's candidates, each with why it was recalled."""
     from llmrecall.config import load_config
-    from llmrecall.explain import explain_row
     from llmrecall.pipeline import RecallPipeline
 
     try:

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from llmrecall.lm.embedders import OpenAIEmbedder, get_embedder
+from llmrecall.lm.embedders import OpenAIEmbedder
 from llmrecall.lm.errors import EndpointError, MalformedResponseError
 from llmrecall.lm.generators import OpenAIChatGenerator
 from llmrecall.lm.server import create_app, start_in_thread
