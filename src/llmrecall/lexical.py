@@ -39,6 +39,20 @@ class BM25Index:
         if not self._empty:
             self._retriever.index(tokens, show_progress=False)
 
+    def scores(self, query: str) -> np.ndarray:
+        """float32[n_items] BM25 score of every item for one query; 0 where no word matches.
+
+        For callers that must mask items (seen, filtered) before taking the top-k."""
+        out = np.zeros(self.n_items, np.float32)
+        if self._empty or not query:
+            return out
+        words = bm25s.tokenize([query], stopwords=self.stopwords, return_ids=False,
+                               show_progress=False)[0]
+        known = [self._vocab[w] for w in words if w in self._vocab]
+        if known:
+            out[:] = np.asarray(self._retriever.get_scores(known), np.float32)
+        return out
+
     def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` items per query.
 

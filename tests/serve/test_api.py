@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import WRITE
+from .conftest import WRITE
 
 
 def recall(server, **body):

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from conftest import WRITE
+from .conftest import WRITE
 
 
 @pytest.mark.slow

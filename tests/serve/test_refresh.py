@@ -6,7 +6,7 @@ import json
 import threading
 import time
 
-from conftest import WRITE
+from .conftest import WRITE
 from llmrecall.serve.refresh import InterestRefreshWorker
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import tomllib
 
-from conftest import MAIN_CONFIG, WRITE
+from .conftest import MAIN_CONFIG, WRITE
 
 
 def _rebuild(root, ml100k, weight: float) -> str:

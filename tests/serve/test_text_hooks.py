@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import WRITE
+from .conftest import WRITE
 
 
 def test_new_items_reach_text_channels_and_queries_use_them(make_server, text_artifact, tmp_path):

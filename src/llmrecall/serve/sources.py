@@ -94,24 +94,18 @@ def covisit(parts: tuple[sp.csr_matrix, sp.csr_matrix | None], recent: sp.csr_ma
 
 
 class LexicalIndex:
-    """BM25 over item texts (bm25s). Rebuilt whole when items are added (write path)."""
+    """BM25 over item texts (:class:`llmrecall.lexical.BM25Index`), answering requests with
+    masking. Rebuilt whole when items are added (write path)."""
 
     def __init__(self, texts: list[str]):
-        import bm25s
+        from llmrecall.lexical import BM25Index
 
-        self._bm25s = bm25s
         self.n_items = len(texts)
-        self.retriever = bm25s.BM25()
-        tokens = bm25s.tokenize([t or "" for t in texts], stopwords="en", show_progress=False)
-        self.retriever.index(tokens, show_progress=False)
+        self._index = BM25Index([t or "" for t in texts])
 
     def scores(self, query: str) -> np.ndarray:
         """float32[n_items] BM25 scores of ``query``; 0 where nothing matches."""
-        tokens = self._bm25s.tokenize([query], stopwords="en", return_ids=False,
-                                      show_progress=False)[0]
-        if not tokens:
-            return np.zeros(self.n_items, np.float32)
-        return np.asarray(self.retriever.get_scores(tokens), np.float32)
+        return self._index.scores(query)
 
     def recall(self, queries: list[str | None], seen: sp.csr_matrix, k: int,
                allowed: np.ndarray | None) -> Candidates:
