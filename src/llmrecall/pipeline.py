@@ -5,6 +5,7 @@ This is the library object the CLI, the evaluator, the tuner and the service all
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -22,8 +23,6 @@ def build_channel(config: ChannelConfig, seed: int = 0) -> Channel:
     """An unfitted channel from its config (``seed`` fills a ``seed`` parameter if unset)."""
     cls = channel_class(config.kind)
     params = dict(config.params)
-    import inspect
-
     if "seed" in inspect.signature(cls.__init__).parameters and "seed" not in params:
         params["seed"] = seed
     return cls(name=config.channel_name, **params)

@@ -9,6 +9,7 @@ training history (validation), a fresher history (test, serving), or an ad-hoc o
 
 from __future__ import annotations
 
+import inspect
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -54,10 +55,6 @@ class Candidates:
     def shape(self) -> tuple[int, int]:
         return self.ids.shape
 
-    def row(self, i: int) -> "Candidates":
-        """The answer for the i-th user as a batch of one."""
-        return self.row_slice(slice(i, i + 1))
-
     def row_slice(self, rows: slice) -> "Candidates":
         """The answer for a contiguous range of users."""
         return Candidates(self.ids[rows], self.scores[rows],
@@ -84,8 +81,6 @@ class Channel(ABC):
     # ---- hyperparameters -------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments, so the channel can be cloned or re-parameterised."""
-        import inspect
-
         sig = inspect.signature(type(self).__init__)
         return {p: getattr(self, p) for p in sig.parameters if p != "self"}
 
