@@ -109,6 +109,21 @@ def test_als_user_vectors_are_exact_least_squares():
         np.testing.assert_allclose(vectors[u], np.linalg.solve(a, b), rtol=1e-3, atol=1e-4)
 
 
+def test_als_solver_follows_new_item_factors():
+    """The cached solver (and its YᵀY) must not outlive the factors it was built from."""
+    data = random_dataset()
+    channel = ALS(factors=3, iterations=5, seed=0).fit(data)
+    hist = weighted_history(data.histories(), np.arange(5), data.n_items)
+    before, _ = channel.user_vectors(np.arange(5), hist)
+    channel.item_factors_ = channel.item_factors_ * 2.0  # what load_state or a refit does
+    after, _ = channel.user_vectors(np.arange(5), hist)
+    fresh = ALS(factors=3, iterations=5, seed=0).fit(data)
+    fresh.item_factors_ = channel.item_factors_.copy()
+    expected, _ = fresh.user_vectors(np.arange(5), hist)
+    np.testing.assert_allclose(after, expected, rtol=1e-5)
+    assert not np.allclose(after, before)
+
+
 def test_popularity_half_life_decays_from_the_latest_time():
     # item 0: one interaction at t=100 (latest); item 1: three at t=0 with half-life 50
     log = Interactions.build([0, 1, 2, 3], [0, 1, 1, 1], time=[100.0, 0.0, 0.0, 0.0])

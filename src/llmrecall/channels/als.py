@@ -41,9 +41,23 @@ class ALS(FactorChannel):
         model.fit(matrix, show_progress=False)
         return model.user_factors, model.item_factors
 
+    def _solver(self):
+        """The implicit model used for ``recalculate_user``, built once per item-factor
+        array so that it caches the Gram matrix YᵀY instead of recomputing it per call.
+
+        It solves on one thread: a user's solve is ~0.05 ms, and handing that to an OpenMP
+        team costs far more (48 ms median per single-user call, measured on 2 busy cores,
+        against 0.06 ms on one thread); 6,040 users take well under a second this way."""
+        cached = getattr(self, "_solver_cache", None)
+        if cached is None or cached[0] is not self.item_factors_:
+            model = self._model()
+            model.num_threads = 1
+            model.item_factors = self.item_factors_
+            cached = self._solver_cache = (self.item_factors_, model)
+        return cached[1]
+
     def user_vectors(self, users: np.ndarray, hist: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-        model = self._model()
-        model.item_factors = self.item_factors_
+        model = self._solver()
         binary = hist.copy()
         binary.data[:] = 1.0
         vectors = model.recalculate_user(np.arange(len(users)), binary)

@@ -32,17 +32,40 @@ def blas_threads() -> int:
 
 
 _CONTROLLER = None
+_PINNED = False
 
 
-@contextmanager
-def limited_blas() -> Iterator[None]:
-    """Cap BLAS threads (see :func:`blas_threads`) so nested parallelism cannot oversubscribe."""
+def _controller():
     global _CONTROLLER
     from threadpoolctl import ThreadpoolController
 
     if _CONTROLLER is None:  # scanning the loaded libraries takes ~4 ms: once per process
         _CONTROLLER = ThreadpoolController()
-    with _CONTROLLER.limit(limits=blas_threads(), user_api="blas"):
+    return _CONTROLLER
+
+
+def pin_blas_threads(threads: int | None = None) -> None:
+    """Set the BLAS thread count for the whole process, once, and make :func:`limited_blas`
+    a no-op from then on.
+
+    For long-running servers whose channels already run on their own threads. Changing the
+    global BLAS setting around every call (what :func:`limited_blas` does) wakes and parks
+    OpenBLAS's worker threads each time; on two cores that cost 2-4 ms of hand-off latency
+    per channel call, several times the call itself (bench/serve_load.py, docs/serving.md).
+    """
+    global _PINNED
+    _controller().limit(limits=threads or blas_threads(), user_api="blas")
+    _PINNED = True
+
+
+@contextmanager
+def limited_blas() -> Iterator[None]:
+    """Cap BLAS threads (see :func:`blas_threads`) so nested parallelism cannot oversubscribe.
+    A no-op once :func:`pin_blas_threads` has fixed the process-wide setting."""
+    if _PINNED:
+        yield
+        return
+    with _controller().limit(limits=blas_threads(), user_api="blas"):
         yield
 
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from llmrecall.channels.history import pin_blas_threads
 from llmrecall.serve.artifacts import load_artifact
 from llmrecall.serve.engine import RecallAnswer, RecallEngine, RecallQuery
 from llmrecall.serve.live import LiveState
@@ -51,6 +52,8 @@ class Service:
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
+        # one process-wide BLAS setting instead of a change around every channel call
+        pin_blas_threads()
         self._queue = asyncio.Queue()
         self._writes_open, self._writes_idle = asyncio.Event(), asyncio.Event()
         self._writes_open.set()
