@@ -184,16 +184,22 @@ def tune(
     written as JSON next to the output: <output stem>.comparison.json).
     """
     from llmrecall.config import load_config
+    from llmrecall.evaluate.protocols import make_split
     from llmrecall.tune.compare import compare_on_test, comparison_table
+    from llmrecall.tune.store import FittedChannels
     from llmrecall.tune.study import default_metric, tune as run_tune
 
     try:
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
         metric = metric or default_metric(cfg)
+        # one split and one set of fitted channels for tuning and the test comparison: the
+        # comparison fits only what tuning changed
+        split = make_split(ds, protocol, seed)
+        models = FittedChannels(split.train)
         tuned, report = run_tune(ds, protocol, cfg, trials, metric, storage=storage,
                                  study_name=study_name, seed=seed, space=space, timeout=timeout,
-                                 max_users=max_users)
+                                 max_users=max_users, split=split, models=models)
         output.parent.mkdir(parents=True, exist_ok=True)
         tuned.save(output)
         err.print(f"validation {report['metric']}: untuned {_fmt(report['baseline_value'])}, "
@@ -201,7 +207,8 @@ def tune(
                   f"{report['trials']['pruned']} pruned trials in the study, "
                   f"{report['seconds']:.0f}s this run); wrote {output}")
         comparison = compare_on_test(ds, protocol, cfg, tuned, metric, seed=seed,
-                                     progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+                                     progress=lambda m: err.print(f"[dim]{m}[/dim]"),
+                                     split=split, models=models)
     except LLMRecallError as exc:
         _fail(exc)
     console.print(comparison_table(comparison))

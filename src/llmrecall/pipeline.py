@@ -15,6 +15,7 @@ from llmrecall.channels.base import Candidates, Channel
 from llmrecall.channels.registry import channel_class
 from llmrecall.config import ChannelConfig, PipelineConfig
 from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.errors import ConfigError
 from llmrecall.fusion import ChannelWeight, FusedCandidates, fuse
 from llmrecall.topk import fit_mask
 
@@ -81,11 +82,22 @@ class RecallPipeline:
         cfg = next(c for c in self.config.enabled_channels if c.channel_name == name)
         return cfg.k or self.config.fusion.channel_k
 
-    def fit(self, dataset: Dataset, progress=None) -> "RecallPipeline":
-        """Fit every channel on ``dataset`` (its interactions are the training data)."""
+    def fit(self, dataset: Dataset, progress=None, models=None) -> "RecallPipeline":
+        """Fit every channel on ``dataset`` (its interactions are the training data).
+
+        ``models`` (a :class:`llmrecall.tune.store.FittedChannels` on this very ``dataset``)
+        supplies channels already fitted with the same kind, parameters and seed instead of
+        refitting them; their fit time here is the lookup's.
+        """
+        if models is not None and models.train is not dataset:
+            raise ConfigError("the shared fitted channels were fitted on another dataset")
+        configs = {c.channel_name: c for c in self.config.enabled_channels}
         for name, channel in self.channels.items():
             start = time.perf_counter()
-            channel.fit(dataset)
+            if models is None:
+                channel.fit(dataset)
+            else:
+                self.channels[name] = models.get(configs[name], self.config.seed)
             self.fit_seconds[name] = time.perf_counter() - start
             if progress is not None:
                 progress(name, self.fit_seconds[name])

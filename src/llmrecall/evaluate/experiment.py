@@ -68,29 +68,35 @@ def score_lists(pipeline: RecallPipeline, lists: ChannelLists, n_items: int,
 
 def evaluate(dataset: Dataset, protocol: str, config: PipelineConfig, *, seed: int = 0,
              ks=DEFAULT_KS, on: str = "test",
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None, split: Split | None = None,
+             models=None) -> dict:
     """Evaluate ``config`` on ``dataset`` under ``protocol``; returns the report dict.
 
     ``on`` is "test" (the reported numbers) or "valid" (what tuning may look at).
+    ``split``: ``make_split(dataset, protocol, seed)`` if already made; ``models``: a
+    :class:`llmrecall.tune.store.FittedChannels` on ``split.train`` whose fitted channels
+    are reused (see :meth:`RecallPipeline.fit`).
     """
     return run_experiment(dataset, protocol, config, seed=seed, ks=ks, on=on,
-                          progress=progress)[0]
+                          progress=progress, split=split, models=models)[0]
 
 
 def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, seed: int = 0,
                    ks=DEFAULT_KS, on: str = "test",
-                   progress: Callable[[str], None] | None = None
+                   progress: Callable[[str], None] | None = None,
+                   split: Split | None = None, models=None,
                    ) -> tuple[dict, RecallPipeline, Split]:
     """As :func:`evaluate`, also returning the fitted pipeline and the split (the pipeline
     is fitted on ``split.train`` and can recall from any fresher history)."""
     say = progress or (lambda _msg: None)
     start = time.perf_counter()
-    split: Split = make_split(dataset, protocol, seed)
+    if split is None:
+        split = make_split(dataset, protocol, seed)
     split_seconds = time.perf_counter() - start
     say(f"split {protocol}: {len(split.train.interactions):,} train interactions, "
         f"{len(split.test.users):,} test users")
     pipeline = RecallPipeline(config).fit(
-        split.train, progress=lambda name, s: say(f"fitted {name} in {s:.1f}s"))
+        split.train, progress=lambda name, s: say(f"fitted {name} in {s:.1f}s"), models=models)
     task = split.test if on == "test" else split.valid
     lists = recall_task(pipeline, task)
     for name, s in lists.recall_seconds.items():

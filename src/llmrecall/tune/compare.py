@@ -13,13 +13,20 @@ from rich.table import Table
 from llmrecall.config import PipelineConfig
 from llmrecall.data.dataset import Dataset
 from llmrecall.evaluate.experiment import DEFAULT_KS, evaluate
+from llmrecall.evaluate.protocols import Split, make_split
 from llmrecall.tune.objective import parse_metric
+from llmrecall.tune.store import FittedChannels
 
 
 def compare_on_test(dataset: Dataset, protocol: str, default: PipelineConfig,
                     tuned: PipelineConfig, metric: str, *, seed: int = 0,
-                    progress: Callable[[str], None] | None = None) -> dict:
+                    progress: Callable[[str], None] | None = None,
+                    split: Split | None = None, models: FittedChannels | None = None) -> dict:
     """Evaluate both configs on test; rows per channel (and ``fused``) for ``metric``'s name.
+
+    Both evaluations share one split and one :class:`FittedChannels` (``split``/``models``
+    when given, e.g. the tuner's, else made here), so a channel the two configs define alike
+    is fitted once; the evaluation is otherwise exactly :func:`evaluate`'s.
 
     Returns ``{"metric", "ks", "default": report, "tuned": report, "rows": {channel: {...}}}``
     where each row holds ``default``/``tuned``/``delta`` of ``NAME@k`` for every reported k
@@ -30,12 +37,14 @@ def compare_on_test(dataset: Dataset, protocol: str, default: PipelineConfig,
     shortest = min(c.k or cfg.fusion.channel_k
                    for cfg in (default, tuned) for c in cfg.enabled_channels)
     ks = tuple(sorted(kk for kk in {*DEFAULT_KS, k} if kk <= shortest))
+    split = split or make_split(dataset, protocol, seed)
+    models = models or FittedChannels(split.train)
     reports = {}
     for label, config in (("default", default), ("tuned", tuned)):
         if progress is not None:
             progress(f"evaluating the {label} config on test")
         reports[label] = evaluate(dataset, protocol, config, seed=seed, ks=ks, on="test",
-                                  progress=progress)
+                                  progress=progress, split=split, models=models)
     channels = list(dict.fromkeys([*reports["default"]["results"], *reports["tuned"]["results"]]))
     channels.sort(key=lambda c: c == "fused")  # fused last, as in the evaluation tables
     rows = {}

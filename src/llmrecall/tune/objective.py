@@ -24,7 +24,7 @@ from llmrecall.fusion import ChannelWeight
 from llmrecall.pipeline import allowed_mask
 from llmrecall.tune.fastfuse import fused_ids
 from llmrecall.tune.space import Space, suggest
-from llmrecall.tune.store import ChannelStore
+from llmrecall.tune.store import ChannelStore, FittedChannels
 
 METRIC_NAMES = ("recall", "hr", "ndcg", "mrr", "coverage")
 #: share of validation users scored at each pruning stage
@@ -59,11 +59,15 @@ class ValidationObjective:
         stages: increasing fractions of validation users, ending at 1.0.
         max_users: evaluate at most this many validation users (a seeded sample).
         seed: seeds the user shuffle and sample.
+        store: the channel list cache to use (a new one if None).
+        models: fitted channels shared with later evaluations on the same ``train`` (e.g.
+            the test comparison); used by a new store.
     """
 
     def __init__(self, train: Dataset, valid: EvalTask, base: PipelineConfig, metric: str, *,
                  space: Space = "all", stages: Sequence[float] = DEFAULT_STAGES,
-                 max_users: int | None = None, seed: int = 0, store: ChannelStore | None = None):
+                 max_users: int | None = None, seed: int = 0, store: ChannelStore | None = None,
+                 models: FittedChannels | None = None):
         self.metric_name, self.k = parse_metric(metric)
         self.metric = f"{self.metric_name}@{self.k}"
         self.base, self.space, self.train = base, space, train
@@ -86,7 +90,7 @@ class ValidationObjective:
         self.allowed = allowed
         chunks = [EvalTask(valid.users[p], valid.targets[p], valid.history, allowed,
                            None if valid.exclude is None else valid.exclude[p]) for p in parts]
-        self.store = store or ChannelStore(train, chunks)
+        self.store = store or ChannelStore(train, chunks, models=models)
 
     @property
     def n_users(self) -> int:

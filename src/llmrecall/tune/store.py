@@ -21,6 +21,7 @@ import numpy as np
 from llmrecall.channels.base import Channel
 from llmrecall.config import ChannelConfig
 from llmrecall.data.dataset import Dataset
+from llmrecall.errors import ConfigError
 from llmrecall.evaluate.protocols import EvalTask
 from llmrecall.evaluate.runner import rank_task
 from llmrecall.pipeline import build_channel
@@ -28,12 +29,14 @@ from llmrecall.tune.space import constructor_defaults
 
 #: default bound on cached candidate ids (bytes); least recently used lists go first
 DEFAULT_LIST_BYTES = 1 << 30
-#: default number of fitted channels kept (EASE on ML-1M alone holds a 55 MB matrix)
-DEFAULT_MODELS = 8
+#: default number of fitted channels kept (EASE on ML-1M alone holds a 55 MB matrix); above
+#: the channel count of the packaged configs, so a whole pipeline stays fitted
+DEFAULT_MODELS = 16
 
 
-def channel_key(config: ChannelConfig, seed: int, k: int) -> str:
-    """Canonical identity of a channel's output: kind, parameters, seed and list length.
+def channel_key(config: ChannelConfig, seed: int, k: int | None = None) -> str:
+    """Canonical identity of a channel's output: kind, parameters, seed and list length
+    (``k=None``: the fitted channel itself, whatever it is asked for).
 
     Parameters are merged over the constructor defaults, so an explicit default and an
     omitted one give the same key.
@@ -42,8 +45,42 @@ def channel_key(config: ChannelConfig, seed: int, k: int) -> str:
     params.pop("name", None)
     if "seed" in params and "seed" not in config.params:
         params["seed"] = seed  # build_channel fills an unset seed with the pipeline's
-    return json.dumps({"kind": config.kind, "params": params, "seed": seed, "k": k},
-                      sort_keys=True, default=str)
+    key = {"kind": config.kind, "params": params, "seed": seed}
+    if k is not None:
+        key["k"] = k
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+class FittedChannels:
+    """Channels fitted on one training set, by identity (:func:`channel_key` without ``k``),
+    least recently used dropped beyond ``max_models``.
+
+    Shared by the tuner's trials and the test comparison after it: a channel whose
+    parameters tuning did not change is fitted once for the whole run, not three times.
+    """
+
+    def __init__(self, train: Dataset, max_models: int = DEFAULT_MODELS):
+        self.train = train
+        self.max_models = max_models
+        self._models: OrderedDict[str, Channel] = OrderedDict()
+        self.fits = 0
+        self.fit_seconds = 0.0
+
+    def get(self, config: ChannelConfig, seed: int) -> Channel:
+        """The channel of ``config`` fitted on :attr:`train` (fitted now if not held)."""
+        key = channel_key(config, seed)
+        channel = self._models.get(key)
+        if channel is not None:
+            self._models.move_to_end(key)
+            return channel
+        start = time.perf_counter()
+        channel = build_channel(config, seed).fit(self.train)
+        self.fits += 1
+        self.fit_seconds += time.perf_counter() - start
+        self._models[key] = channel
+        while len(self._models) > self.max_models:
+            self._models.popitem(last=False)
+        return channel
 
 
 @dataclass
@@ -63,15 +100,20 @@ class ChannelStore:
             on its own, with the task's masking (:func:`llmrecall.evaluate.runner.rank_task`),
             exactly as the evaluation runner does it.
         max_list_bytes / max_models: LRU bounds.
+        models: fitted channels to share with other users of the same ``train`` (a new
+            :class:`FittedChannels` if None).
     """
 
     def __init__(self, train: Dataset, chunks: list[EvalTask], *,
-                 max_list_bytes: int = DEFAULT_LIST_BYTES, max_models: int = DEFAULT_MODELS):
+                 max_list_bytes: int = DEFAULT_LIST_BYTES, max_models: int = DEFAULT_MODELS,
+                 models: FittedChannels | None = None):
+        if models is not None and models.train is not train:
+            raise ConfigError("ChannelStore: the shared fitted channels were fitted on "
+                             "another training set")
         self.train = train
         self.chunks = chunks
         self.max_list_bytes = max_list_bytes
-        self.max_models = max_models
-        self._models: OrderedDict[str, Channel] = OrderedDict()
+        self.models = models or FittedChannels(train, max_models)
         self._lists: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
         self._list_bytes = 0
         self.stats = StoreStats()
@@ -84,25 +126,14 @@ class ChannelStore:
             self._lists.move_to_end((key, chunk))
             self.stats.list_hits += 1
         else:
-            channel = self._model(key, config, seed)
+            fits, seconds = self.models.fits, self.models.fit_seconds
+            channel = self.models.get(config, seed)
+            self.stats.fits += self.models.fits - fits
+            self.stats.fit_seconds += self.models.fit_seconds - seconds
             ids = rank_task(channel, self.chunks[chunk], k)
             self.stats.recalls += 1
             self._remember(key, chunk, ids)
         return ids
-
-    def _model(self, key: str, config: ChannelConfig, seed: int) -> Channel:
-        channel = self._models.get(key)
-        if channel is not None:
-            self._models.move_to_end(key)
-            return channel
-        start = time.perf_counter()
-        channel = build_channel(config, seed).fit(self.train)
-        self.stats.fits += 1
-        self.stats.fit_seconds += time.perf_counter() - start
-        self._models[key] = channel
-        while len(self._models) > self.max_models:
-            self._models.popitem(last=False)
-        return channel
 
     def _remember(self, key: str, chunk: int, ids: np.ndarray) -> None:
         self._lists[(key, chunk)] = ids

@@ -25,9 +25,10 @@ from optuna.trial import TrialState
 from llmrecall.config import PipelineConfig
 from llmrecall.data.dataset import Dataset
 from llmrecall.errors import ConfigError
-from llmrecall.evaluate.protocols import EvalTask, make_split
+from llmrecall.evaluate.protocols import EvalTask, Split, make_split
 from llmrecall.tune.objective import DEFAULT_STAGES, ValidationObjective, parse_metric
 from llmrecall.tune.space import Space, current_values, suggest
+from llmrecall.tune.store import FittedChannels
 
 #: seconds between liveness marks of a running trial; a trial silent for GRACE_SECONDS
 #: (its process was killed) is marked failed when the study is next opened
@@ -61,6 +62,7 @@ def tune(dataset: Dataset, protocol: str, config: PipelineConfig, trials: int,
          study_name: str | None = None, seed: int = 0, space: Space = "all",
          timeout: float | None = None, max_users: int | None = None,
          stages: Sequence[float] = DEFAULT_STAGES, progress: bool = True,
+         split: Split | None = None, models: FittedChannels | None = None,
          ) -> tuple[PipelineConfig, dict[str, Any]]:
     """Tune ``config`` on the validation split of ``dataset`` under ``protocol``.
 
@@ -76,16 +78,20 @@ def tune(dataset: Dataset, protocol: str, config: PipelineConfig, trials: int,
         max_users: tune on a seeded sample of at most this many validation users.
         stages: fractions of validation users after which a trial may be pruned.
         progress: show a progress bar with the best value so far.
+        split: ``make_split(dataset, protocol, seed)`` if already made (to share it, and
+            ``models``, with :func:`~llmrecall.tune.compare.compare_on_test`).
+        models: fitted channels on ``split.train`` to reuse and fill.
     Returns:
         The best config found and a JSON-ready report of the study.
     """
     parse_metric(metric or default_metric(config))  # fail on a bad metric before splitting
-    split = make_split(dataset, protocol, seed)
+    split = split or make_split(dataset, protocol, seed)
     # only the train part and the validation task go further: test stays here, unread
     return tune_validation(split.train, split.valid, config, trials, metric, storage=storage,
                            study_name=study_name, seed=seed, space=space, timeout=timeout,
                            max_users=max_users, stages=stages, progress=progress,
-                           context={"dataset": dataset.name, "protocol": protocol})
+                           context={"dataset": dataset.name, "protocol": protocol},
+                           models=models)
 
 
 def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, trials: int,
@@ -94,6 +100,7 @@ def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, tri
                     timeout: float | None = None, max_users: int | None = None,
                     stages: Sequence[float] = DEFAULT_STAGES, progress: bool = True,
                     context: dict[str, Any] | None = None,
+                    models: FittedChannels | None = None,
                     ) -> tuple[PipelineConfig, dict[str, Any]]:
     """:func:`tune` on an already split dataset: ``train`` to fit, ``valid`` to score."""
     if trials < 0:
@@ -112,7 +119,7 @@ def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, tri
 
     start = time.perf_counter()
     objective = ValidationObjective(train, valid, config, metric, space=space, stages=stages,
-                                    max_users=max_users, seed=seed)
+                                    max_users=max_users, seed=seed, models=models)
     study = _open_study(storage, study_name, identity, seed)
     if not study.trials:
         study.enqueue_trial(current_values(config, space), user_attrs={"baseline": True})
