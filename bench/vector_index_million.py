@@ -193,8 +193,10 @@ def run(n_items: int = 1_000_000, n_clusters: int = 3000, n_users: int = 10_000,
         n_queries: int = 1000, n_latency: int = 300, n_single: int = 100, n_batches: int = 10,
         hnsw_m: int = 32, ef_construction: int = 80, ef_search: tuple = (64, 256, 1024),
         ivf: bool = False, nlist: int = 1024, nprobe: tuple = (8, 32, 128), seed: int = 0,
-        log=print) -> dict:
-    """Every measurement described in the module docstring; returns them as a dict."""
+        log=print, checkpoint: Path | None = None) -> dict:
+    """Every measurement described in the module docstring; returns them as a dict, also
+    written to ``checkpoint`` (JSON) after every stage so a long run that is stopped early
+    keeps what it measured."""
     result: dict = {"items": n_items, "dim": DIM, "clusters": n_clusters, "users": n_users,
                     "queries": n_queries, "threads": faiss.omp_get_max_threads(),
                     "loadavg_start": list(os.getloadavg()), "vectors": "synthetic"}
@@ -253,11 +255,19 @@ def run(n_items: int = 1_000_000, n_clusters: int = 3000, n_users: int = 10_000,
                 row[ch.kind] = stats
             entry["settings"].append(row)
             log(format_row(kind, knob, row))
-        result[kind] = entry
-        del i2i, user_ch
+            result[kind] = entry
+            _save(result, checkpoint)
+        del i2i, user_ch, ch  # ``ch`` too: it would keep this index alive into the next kind
     result["loadavg_end"] = list(os.getloadavg())
     result["peak_rss_mb"] = rss_mb()[1]
+    _save(result, checkpoint)
     return result
+
+
+def _save(result: dict, path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
 
 
 def format_row(kind: str, knob: str, row: dict) -> str:
@@ -297,9 +307,7 @@ def main() -> None:
     faiss.omp_set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out = run(a.items, a.clusters, a.users, a.queries, hnsw_m=a.hnsw_m,
               ef_construction=a.ef_construction, ef_search=tuple(a.ef_search), ivf=a.ivf,
-              nlist=a.nlist, nprobe=tuple(a.nprobe), seed=a.seed)
-    out["command"] = "python bench/vector_index_million.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k != "json")
+              nlist=a.nlist, nprobe=tuple(a.nprobe), seed=a.seed, checkpoint=a.json)
     print()
     print(f"{a.items:,} synthetic items x {DIM}, {out['threads']} threads, load average "
           f"{out['loadavg_start'][0]:.2f} at start / {out['loadavg_end'][0]:.2f} at end; "
@@ -314,9 +322,6 @@ def main() -> None:
     for kind in ("hnsw", "ivf"):
         for row in out.get(kind, {}).get("settings", []):
             print(format_row(kind, "ef_search" if kind == "hnsw" else "nprobe", row))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

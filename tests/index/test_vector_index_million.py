@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,11 @@ def test_overlap_counts_shared_ids_per_row():
 
 
 @pytest.mark.slow
-def test_run_on_a_small_catalog():
+def test_run_on_a_small_catalog(tmp_path):
     out = bench.run(n_items=5000, n_clusters=50, n_users=300, n_queries=200, n_latency=20,
                     n_single=5, n_batches=2, ef_search=(16, 512), ivf=True, nlist=32,
-                    nprobe=(1, 32), log=lambda *_: None)
+                    nprobe=(1, 32), log=lambda *_: None, checkpoint=tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(out))
     hnsw, ivf = out["hnsw"], out["ivf"]
     assert hnsw["build_s"] > 0 and hnsw["bytes"] > 5000 * bench.DIM * 4
     low, high = hnsw["settings"]
