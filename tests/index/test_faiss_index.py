@@ -52,6 +52,22 @@ def test_approximate_recall_at_10(kind):
     assert _recall(got, truth) >= 0.9
 
 
+def test_search_breadth_can_change_after_build():
+    """ef_search / nprobe set on a built index take effect on the next search."""
+    ids, x, q = _data(n=4000, q=100)
+    truth, _ = _brute(ids, x, q, 10)
+    ivf = VectorIndex(x.shape[1], "ivf", nlist=64, nprobe=1)
+    ivf.add(ids, x)
+    coarse = _recall(ivf.search(q, 10)[0], truth)
+    ivf.nprobe = 64  # every cell: exact
+    assert _recall(ivf.search(q, 10)[0], truth) == 1.0 > coarse
+    hnsw = VectorIndex(x.shape[1], "hnsw", hnsw_m=4, ef_construction=8, ef_search=10)
+    hnsw.add(ids, x)
+    narrow = _recall(hnsw.search(q, 10)[0], truth)
+    hnsw.ef_search = 400
+    assert _recall(hnsw.search(q, 10)[0], truth) > narrow
+
+
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_remove_and_re_add(kind):
     ids, x, q = _data(n=2000)

@@ -25,26 +25,74 @@ from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, item_text_vectors, popular_rows,
                                               popularity)
 from llmrecall.data.dataset import Dataset, Histories
-from llmrecall.errors import ConfigError
+from llmrecall.errors import ConfigError, DataError
 from llmrecall.index import VectorIndex, choose_kind, merge_hits
+
+#: the :class:`VectorIndex` keyword arguments a channel's ``index_params`` may set
+INDEX_PARAMS = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "rebuild_fraction")
+
+
+def _check_index_params(channel: str, params: dict | None) -> dict | None:
+    """``params`` unchanged, or a :class:`ConfigError` naming the unknown keys."""
+    if params is None:
+        return None
+    unknown = sorted(set(params) - set(INDEX_PARAMS))
+    if unknown:
+        raise ConfigError(f"{channel}: unknown index_params {unknown}; known: {list(INDEX_PARAMS)}")
+    return dict(params)
 
 
 class _TextIndexChannel(Channel):
     """Shared parts: embed the catalog, index it, save the index with faiss, run queries."""
 
-    def _fit_index(self, dataset: Dataset) -> None:
-        vectors = item_text_vectors(dataset, self.embedder)
+    def fit(self, dataset: Dataset) -> _TextIndexChannel:
+        # popularity: the fallback ranking for users with no history to go on
+        return self.fit_vectors(item_text_vectors(dataset, self.embedder), popularity(dataset))
+
+    def fit_vectors(self, item_vectors: np.ndarray, item_popularity: np.ndarray, *,
+                    index: VectorIndex | None = None) -> _TextIndexChannel:
+        """Fit from item vectors computed elsewhere instead of embedding the catalog's text.
+
+        Args:
+            item_vectors: float32[n_items, d], unit rows (inner product = cosine); row i is
+                dense item i. Kept by reference, not copied.
+            item_popularity: float32[n_items] the fallback ranking for users without history.
+            index: an already-built :class:`VectorIndex` over exactly these vectors (id i =
+                row i), e.g. one shared by both semantic channels; built here when None.
+        Returns:
+            self.
+        """
+        vectors = np.asarray(item_vectors)
+        if vectors.ndim != 2 or vectors.dtype != np.float32:
+            raise DataError(f"{self.name}: item_vectors must be float32[n_items, d], got "
+                            f"{vectors.dtype}{list(vectors.shape)}")
+        if np.shape(item_popularity) != (len(vectors),):
+            raise DataError(f"{self.name}: item_popularity must have shape [{len(vectors)}], "
+                            f"got {list(np.shape(item_popularity))}")
+        if index is not None and (index.dim != vectors.shape[1] or len(index) != len(vectors)):
+            raise DataError(f"{self.name}: index holds {len(index)} vectors of dim {index.dim}, "
+                            f"item_vectors are {list(vectors.shape)}")
         self.item_vectors_ = vectors
-        # fallback ranking for users with no history to go on
-        self.popularity_ = popularity(dataset)
-        self._build_index()
+        self.popularity_ = np.asarray(item_popularity, np.float32)
+        if index is None:
+            self._build_index()
+        else:
+            self._index = index
+        return self
 
     def _build_index(self) -> None:
         vectors = self.item_vectors_
         kind = self.index_kind if self.index_kind != "auto" else choose_kind(len(vectors))
-        index = VectorIndex(vectors.shape[1], kind)
+        index = VectorIndex(vectors.shape[1], kind, **(self.index_params or {}))
         index.add(np.arange(len(vectors), dtype=np.int64), vectors)
         self._index = index
+
+    @property
+    def index(self) -> VectorIndex:
+        """The fitted item index (ids = dense item ids); its ``ef_search`` / ``nprobe`` may be
+        changed between queries to trade recall for speed."""
+        self._check_fitted()
+        return self._index
 
     def save_state(self, directory: Path) -> None:
         super().save_state(directory)
@@ -114,7 +162,7 @@ class SemanticItemToItem(_TextIndexChannel):
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 10,
                  recency_decay: float = 0.85, index_kind: str = "auto",
-                 name: str | None = None):
+                 index_params: dict | None = None, name: str | None = None):
         super().__init__(name)
         if recent < 1:
             raise ConfigError(f"semantic_i2i: recent must be >= 1, got {recent}")
@@ -122,10 +170,7 @@ class SemanticItemToItem(_TextIndexChannel):
             raise ConfigError(f"semantic_i2i: recency_decay must be in (0, 1], got {recency_decay}")
         self.embedder, self.recent, self.recency_decay = embedder, recent, recency_decay
         self.index_kind = index_kind
-
-    def fit(self, dataset: Dataset) -> "SemanticItemToItem":
-        self._fit_index(dataset)
-        return self
+        self.index_params = _check_index_params("semantic_i2i", index_params)
 
     def _recall_block(self, batch, k, history, allowed, exclude_seen) -> Candidates:
         items, weights = self._recent(batch, history)
@@ -166,7 +211,8 @@ class SemanticUserInterest(_TextIndexChannel):
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 50,
                  recency_decay: float = 0.95, n_interests: int = 3,
                  diversity_threshold: float = 0.7, share_power: float = 0.5,
-                 kmeans_iters: int = 10, index_kind: str = "auto", name: str | None = None):
+                 kmeans_iters: int = 10, index_kind: str = "auto",
+                 index_params: dict | None = None, name: str | None = None):
         super().__init__(name)
         if recent < 1 or n_interests < 1:
             raise ConfigError("semantic_user: recent and n_interests must be >= 1")
@@ -175,9 +221,11 @@ class SemanticUserInterest(_TextIndexChannel):
         self.embedder, self.recent, self.recency_decay = embedder, recent, recency_decay
         self.n_interests, self.diversity_threshold = n_interests, diversity_threshold
         self.share_power, self.kmeans_iters, self.index_kind = share_power, kmeans_iters, index_kind
+        self.index_params = _check_index_params("semantic_user", index_params)
 
-    def fit(self, dataset: Dataset) -> "SemanticUserInterest":
-        self._fit_index(dataset)
+    def fit_vectors(self, item_vectors: np.ndarray, item_popularity: np.ndarray, *,
+                    index: VectorIndex | None = None) -> SemanticUserInterest:
+        super().fit_vectors(item_vectors, item_popularity, index=index)
         spread = 1.0 - float(np.linalg.norm(self.item_vectors_.mean(axis=0)))
         self.catalog_spread_ = np.array(max(spread, 1e-6), np.float32)  # 0-d: saved with the state
         return self

@@ -211,6 +211,8 @@ class VectorIndex:
         if self.kind == "hnsw":
             # efSearch below the fetch size would cap the number of hits
             faiss.downcast_index(self._index.index).hnsw.efSearch = max(self.ef_search, fetch)
+        elif self.kind == "ivf":
+            self._index.nprobe = self.nprobe  # may have been changed since construction
         scores, ids = self._index.search(queries, fetch)
         return ids.astype(np.int64), scores.astype(np.float32)
 
