@@ -175,6 +175,9 @@ def tune(
     space: Annotated[str, typer.Option(help="all (fusion + channel params) | fusion")] = "all",
     max_users: Annotated[Optional[int], typer.Option(
         help="tune on a sample of this many validation users")] = None,
+    min_gain: Annotated[Optional[float], typer.Option(
+        help="keep the untuned config unless the best trial beats it on validation by this "
+             "much (default: one standard error of the metric; 0: any gain)")] = None,
     seed: int = 0,
 ) -> None:
     """Tune fusion and channel parameters on validation; write the tuned TOML; compare on test.
@@ -199,13 +202,17 @@ def tune(
         models = FittedChannels(split.train)
         tuned, report = run_tune(ds, protocol, cfg, trials, metric, storage=storage,
                                  study_name=study_name, seed=seed, space=space, timeout=timeout,
-                                 max_users=max_users, split=split, models=models)
+                                 max_users=max_users, split=split, models=models,
+                                 min_gain=min_gain)
         output.parent.mkdir(parents=True, exist_ok=True)
         tuned.save(output)
         err.print(f"validation {report['metric']}: untuned {_fmt(report['baseline_value'])}, "
                   f"tuned {_fmt(report['best_value'])} ({report['trials']['complete']} complete, "
                   f"{report['trials']['pruned']} pruned trials in the study, "
                   f"{report['seconds']:.0f}s this run); wrote {output}")
+        if report["kept_baseline"] and report["best_value"] != report["baseline_value"]:
+            err.print(f"kept the untuned config: the best trial's gain is below the noise "
+                      f"floor {report['min_gain']:.4f} (--min-gain)")
         comparison = compare_on_test(ds, protocol, cfg, tuned, metric, seed=seed,
                                      progress=lambda m: err.print(f"[dim]{m}[/dim]"),
                                      split=split, models=models)

@@ -142,3 +142,23 @@ def test_ctrl_c_keeps_finished_trials_and_returns_the_best(ml100k, small_config,
     assert report["trials"]["fail"] == 1  # the interrupted trial
     assert report["best_value"] >= report["baseline_value"]
     assert best.config_hash() == report["tuned_config_hash"]
+
+
+def test_a_gain_below_min_gain_keeps_the_untuned_config(ml100k, small_config):
+    kept, report = tune(ml100k, "loo", small_config, 4, "recall@50", space="fusion",
+                        progress=False, min_gain=1.0)  # no trial can gain a whole unit
+    assert report["kept_baseline"] is True
+    assert kept.config_hash() == small_config.config_hash()
+    any_gain, report0 = tune(ml100k, "loo", small_config, 4, "recall@50", space="fusion",
+                             progress=False, min_gain=0.0)
+    if report0["best_value"] > report0["baseline_value"]:
+        assert any_gain.config_hash() != small_config.config_hash()
+    assert report["min_gain"] == 1.0 and report0["min_gain"] == 0.0
+
+
+def test_the_default_min_gain_is_the_noise_floor(ml100k, small_config):
+    _, report = tune(ml100k, "loo", small_config, 1, "recall@50", space="fusion", progress=False)
+    p, n = report["baseline_value"], report["validation_users"]
+    assert report["min_gain"] == pytest.approx((p * (1 - p) / n) ** 0.5)
+    with pytest.raises(ConfigError, match="min_gain"):
+        tune(ml100k, "loo", small_config, 1, "recall@50", progress=False, min_gain=-0.1)

@@ -12,6 +12,7 @@ the untuned one on validation.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import warnings
@@ -63,6 +64,7 @@ def tune(dataset: Dataset, protocol: str, config: PipelineConfig, trials: int,
          timeout: float | None = None, max_users: int | None = None,
          stages: Sequence[float] = DEFAULT_STAGES, progress: bool = True,
          split: Split | None = None, models: FittedChannels | None = None,
+         min_gain: float | None = None,
          ) -> tuple[PipelineConfig, dict[str, Any]]:
     """Tune ``config`` on the validation split of ``dataset`` under ``protocol``.
 
@@ -81,6 +83,9 @@ def tune(dataset: Dataset, protocol: str, config: PipelineConfig, trials: int,
         split: ``make_split(dataset, protocol, seed)`` if already made (to share it, and
             ``models``, with :func:`~llmrecall.tune.compare.compare_on_test`).
         models: fitted channels on ``split.train`` to reuse and fill.
+        min_gain: how far above the untuned config's validation value the best trial must
+            be to replace it; None: one :func:`noise_floor` of the untuned value on the
+            validation users scored; 0: any gain.
     Returns:
         The best config found and a JSON-ready report of the study.
     """
@@ -91,7 +96,7 @@ def tune(dataset: Dataset, protocol: str, config: PipelineConfig, trials: int,
                            study_name=study_name, seed=seed, space=space, timeout=timeout,
                            max_users=max_users, stages=stages, progress=progress,
                            context={"dataset": dataset.name, "protocol": protocol},
-                           models=models)
+                           models=models, min_gain=min_gain)
 
 
 def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, trials: int,
@@ -100,11 +105,13 @@ def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, tri
                     timeout: float | None = None, max_users: int | None = None,
                     stages: Sequence[float] = DEFAULT_STAGES, progress: bool = True,
                     context: dict[str, Any] | None = None,
-                    models: FittedChannels | None = None,
+                    models: FittedChannels | None = None, min_gain: float | None = None,
                     ) -> tuple[PipelineConfig, dict[str, Any]]:
     """:func:`tune` on an already split dataset: ``train`` to fit, ``valid`` to score."""
     if trials < 0:
         raise ConfigError(f"trials must be >= 0, got {trials}")
+    if min_gain is not None and min_gain < 0:
+        raise ConfigError(f"min_gain must be >= 0, got {min_gain}")
     if space not in ("all", "fusion"):
         raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
     metric = metric or default_metric(config)
@@ -136,7 +143,9 @@ def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, tri
     report.update(seconds=time.perf_counter() - start, interrupted=interrupted,
                   trials_this_run=_count(study, TrialState.COMPLETE, TrialState.PRUNED)
                   - finished_before)
-    best = best_config(study, config, space)
+    report["min_gain"] = _min_gain(min_gain, report, objective.n_users)
+    best = best_config(study, config, space, report["min_gain"])
+    report["kept_baseline"] = report["best_value"] is not None and best is config
     report["tuned_config_hash"] = best.config_hash()
     return best, report
 
@@ -201,9 +210,34 @@ def _count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def best_config(study: optuna.Study, config: PipelineConfig, space: Space) -> PipelineConfig:
-    """``config`` with the best complete trial's values (``config`` itself if none finished)."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+def _min_gain(min_gain: float | None, report: dict[str, Any], n_users: int) -> float:
+    if min_gain is not None:
+        if min_gain < 0:
+            raise ConfigError(f"min_gain must be >= 0, got {min_gain}")
+        return float(min_gain)
+    baseline = report.get("baseline_value")
+    return 0.0 if baseline is None else noise_floor(baseline, n_users)
+
+
+def noise_floor(value: float, n_users: int) -> float:
+    """An upper bound on the standard error of a mean of per-user values in [0, 1] (recall,
+    hit rate, NDCG, MRR) whose mean is ``value``: ``sqrt(value (1 - value) / n_users)``
+    (a [0, 1] variable with mean m has variance at most m (1 - m))."""
+    value = min(max(value, 0.0), 1.0)
+    return math.sqrt(value * (1.0 - value) / max(n_users, 1))
+
+
+def best_config(study: optuna.Study, config: PipelineConfig, space: Space,
+                min_gain: float = 0.0) -> PipelineConfig:
+    """``config`` with the best complete trial's values — or ``config`` itself when no trial
+    finished, or when the best is not at least ``min_gain`` above the baseline trial (the
+    config as given): the best of many noisy trials is biased upwards, and a gain smaller
+    than the metric's noise is more likely selection than improvement."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return config
+    baseline = [t.value for t in complete if t.user_attrs.get("baseline")]
+    if baseline and study.best_value - baseline[0] < min_gain:
         return config
     return suggest(optuna.trial.FixedTrial(study.best_trial.params), config, space)
 
