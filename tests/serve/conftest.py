@@ -60,6 +60,14 @@ kind = "test_text"
 """
 
 
+TEXT_BROKEN_CONFIG = """
+seed = 0
+[[channels]]
+kind = "test_popularity"
+[[channels]]
+kind = "test_text_broken"
+"""
+
 #: the language-model channels that implement the service's text hooks (textcf kept short:
 #: its fit is the slow part; the item texts' embeddings come from the shared LM cache)
 LM_CONFIG = """
@@ -115,6 +123,11 @@ def degraded_artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def text_artifact(tmp_path_factory) -> Path:
     return _build(tmp_path_factory, "text", TEXT_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def text_broken_artifact(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "text-broken", TEXT_BROKEN_CONFIG)
 
 
 @pytest.fixture(scope="session")
