@@ -19,6 +19,7 @@ JAZZ = {"item_id": "jazz-mice", "title": "Submarine Cheese Orchestra",
 TWIN = {"item_id": "toy-twin", "title": "Toy Story", "text": "year: 1995. remastered",
         "categories": ["Animation", "Children's", "Comedy"]}
 JAZZ_QUERY = "mice playing jazz under the sea"
+BADGER_QUERY = "badger detective using quantum physics"
 #: generous: the point here is what the channels answer, not the default 100 ms deadline
 BUDGET = ("--channel-budget-ms", "10000")
 
@@ -78,12 +79,20 @@ def test_new_items_are_recalled_at_once_and_deleted_ones_never(make_server, lm_a
     assert c.delete("/v1/items/toy-twin", headers=WRITE).status_code == 200
     assert_twin_gone(c)
 
+    # an artifact item edited at run time is re-embedded, now and after the restart
+    edit = {"item_id": "2", "title": "Quantum Badger Detective",
+            "text": "A badger solves crimes with quantum physics", "categories": ["Mystery"]}
+    assert c.put("/v1/items", json={"items": [edit]}, headers=WRITE).json()["updated"] == 1
+    assert ids(c.post("/v1/recall", json={"query": BADGER_QUERY, "k": 5}).json())[0] == "2"
+
     # restart on the same state: items are embedded again from the store
     server.stop()
     again = make_server(lm_artifact, *BUDGET, state=state).client
     answer = again.post("/v1/recall", json={"query": JAZZ_QUERY, "k": 10}).json()
     assert ids(answer)[0] == "jazz-mice"
     assert "semantic_i2i:query" in channels_of(answer, "jazz-mice")
+    answer = again.post("/v1/recall", json={"query": BADGER_QUERY, "k": 5}).json()
+    assert ids(answer)[0] == "2" and "semantic_user:query" in channels_of(answer, "2")
     similar = again.get("/v1/items/jazz-mice/similar", params={"k": 10}).json()
     assert similar["degraded"] == [] and len(similar["neighbours"]) == 10
     assert_twin_gone(again)
