@@ -1,4 +1,4 @@
-"""Load benchmark of the recall service on ml-1m with the classic channels.
+"""Load benchmark of the recall service on ml-1m (classic channels unless ``--config``).
 
 Builds (or reuses) an artifact, starts ``llmrecall.serve serve`` as a subprocess on
 127.0.0.1, and drives it from a SEPARATE process: ``wrk`` when installed, else an asyncio
@@ -8,6 +8,10 @@ event ingestion rate (``POST /v1/events``), and the server's RSS.
 
     PYTHONPATH=src python bench/serve_load.py                 # build + run
     PYTHONPATH=src python bench/serve_load.py --artifact DIR  # reuse an artifact root
+    PYTHONPATH=src python bench/serve_load.py --config configs/serve-all.toml  # all channels on
+
+``--config`` is the pipeline TOML the artifact is built from (default: the packaged classic
+``default`` pipeline); ``configs/serve-all.toml`` adds every language-model channel.
 """
 
 from __future__ import annotations

@@ -60,6 +60,37 @@ kind = "test_text"
 """
 
 
+TEXT_BROKEN_CONFIG = """
+seed = 0
+[[channels]]
+kind = "test_popularity"
+[[channels]]
+kind = "test_text_broken"
+"""
+
+#: the language-model channels that implement the service's text hooks (textcf kept short:
+#: its fit is the slow part; the item texts' embeddings come from the shared LM cache)
+LM_CONFIG = """
+seed = 0
+[fusion]
+k = 200
+channel_k = 300
+[[channels]]
+kind = "popularity"
+weight = 0.3
+[[channels]]
+kind = "itemcf"
+[[channels]]
+kind = "semantic_i2i"
+[[channels]]
+kind = "semantic_user"
+[[channels]]
+kind = "textcf"
+weight = 0.5
+params = {epochs = 1, batch_size = 4096}
+"""
+
+
 def _build(tmp_path_factory, name: str, config_text: str) -> Path:
     from llmrecall.config import parse_config
     from llmrecall.data.builtin import load_builtin
@@ -92,6 +123,16 @@ def degraded_artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def text_artifact(tmp_path_factory) -> Path:
     return _build(tmp_path_factory, "text", TEXT_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def text_broken_artifact(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "text-broken", TEXT_BROKEN_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def lm_artifact(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "lm", LM_CONFIG)
 
 
 def free_port() -> int:

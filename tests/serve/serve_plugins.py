@@ -146,7 +146,16 @@ class TestText(Channel):
         return Candidates(ids, scores)
 
 
-for _cls in (TestPopularity, TestCooccurrence, TestFailing, TestSlow, TestText):
+class TestTextBroken(TestText):
+    """A text channel whose query hook always fails (the service then falls back to BM25)."""
+
+    kind = "test_text_broken"
+
+    def recall_query(self, texts, k, allowed):
+        raise RuntimeError("this query hook always fails")
+
+
+for _cls in (TestPopularity, TestCooccurrence, TestFailing, TestSlow, TestText, TestTextBroken):
     _register(_cls)
 
 

@@ -10,6 +10,11 @@ Both embed the whole catalog once at ``fit`` (see :mod:`llmrecall.channels.text_
 items nobody has interacted with are retrievable. Both keep the top-``k`` exact: a candidate
 in the merged top ``k`` is in the top ``k`` of the query that scored it best, so fetching ``k``
 hits per query (after exclusions) loses nothing.
+
+Serving hooks (called by :mod:`llmrecall.serve`): :meth:`~_TextIndexChannel.add_items` embeds
+items created or edited at run time and puts them in the index at once (so they are
+recalled, used as history evidence and found as similar items before any retraining), and
+:meth:`~_TextIndexChannel.recall_query` answers free-text queries from the same index.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
+import threading
+
 import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, item_text_vectors, popular_rows,
-                                              popularity)
+from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added, grown,
+                                              item_text_vectors, popular_rows, popularity,
+                                              text_vectors)
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 from llmrecall.index import VectorIndex, choose_kind, merge_hits
@@ -43,7 +51,18 @@ def _check_index_params(channel: str, params: dict | None) -> dict | None:
 
 
 class _TextIndexChannel(Channel):
-    """Shared parts: embed the catalog, index it, save the index with faiss, run queries."""
+    """Shared parts: embed the catalog, index it, save the index with faiss, run queries.
+
+    Thread safety: a serving process calls :meth:`add_items` on one thread while recalls run
+    on others. FAISS does not allow a search during an add, so every index access holds
+    ``_lock``; the numpy arrays (``item_vectors_``, ``popularity_``) are replaced by grown
+    copies, never changed in place, so a recall holding the old ones stays consistent.
+    """
+
+    def __init__(self, name: str | None = None):
+        super().__init__(name)
+        self._lock = threading.Lock()
+        self._known: np.ndarray | None = None  # bool[n]: rows holding a vector (see _known_rows)
 
     def fit(self, dataset: Dataset) -> _TextIndexChannel:
         # popularity: the fallback ranking for users with no history to go on
@@ -74,11 +93,64 @@ class _TextIndexChannel(Channel):
                             f"item_vectors are {list(vectors.shape)}")
         self.item_vectors_ = vectors
         self.popularity_ = np.asarray(item_popularity, np.float32)
+        self._known = None
         if index is None:
             self._build_index()
         else:
             self._index = index
         return self
+
+    # ---- serving hooks ---------------------------------------------------------------
+    def add_items(self, ids: np.ndarray, texts: list[str]) -> None:
+        """Embed and index items created or edited after fit.
+
+        Args:
+            ids: int[n] distinct dense item ids. An id already known is updated (its vector
+                replaced in ``item_vectors_`` and in the index); an id past the end grows
+                ``item_vectors_`` and ``popularity_`` (new items have popularity 0).
+            texts: one text per id in the ``Catalog.texts`` form, embedded as passages with
+                the channel's embedder: exactly what ``fit`` did for the catalog.
+        Deleting an item is the caller's allow mask: the vector stays, the mask hides it.
+        """
+        self._check_fitted()
+        ids = check_added(ids, texts, self.name)
+        if not len(ids):
+            return
+        vectors = text_vectors(added_texts(ids, texts), self.embedder)  # outside the lock
+        with self._lock:
+            self._index.add(ids, vectors)
+            self.item_vectors_ = grown(self.item_vectors_, ids, vectors)
+            fresh = ids[ids >= len(self.popularity_)]
+            if len(fresh):  # an updated item keeps its training popularity
+                self.popularity_ = grown(self.popularity_, fresh, 0.0)
+            self._known = None
+
+    def recall_query(self, texts: list[str | None], k: int,
+                     allowed: np.ndarray | None = None) -> Candidates:
+        """Items whose text is nearest each free-text query.
+
+        Args:
+            texts: q query texts; None or blank = no query for that row.
+            k: candidates per query.
+            allowed: optional bool mask over item ids; items outside it (or past its end)
+                are never returned.
+        Returns:
+            :class:`Candidates` ids int32[q, k] / scores float32[q, k] (cosine between the
+            query, embedded with ``kind="query"``, and the item text), best first. Rows
+            without a query are empty (-1 / -inf): no popularity filler, since the service
+            fills those from its own sources.
+        """
+        self._check_fitted()
+        k = max(int(k), 0)
+        ids = np.full((len(texts), k), -1, np.int32)
+        scores = np.full((len(texts), k), -np.inf, np.float32)
+        rows = [r for r, t in enumerate(texts) if t is not None and t.strip()]
+        if rows and k:
+            queries = text_vectors([texts[r] for r in rows], self.embedder, kind="query")
+            with self._lock:
+                hit, sims = self._index.search(queries, k, allowed=allowed)
+            ids[rows], scores[rows] = hit, np.where(hit >= 0, sims, -np.inf)
+        return Candidates(ids, scores)
 
     def _build_index(self) -> None:
         vectors = self.item_vectors_
@@ -108,7 +180,8 @@ class _TextIndexChannel(Channel):
         """Search ``queries`` (float32[q, d], query j belongs to row ``owner[j]``), scale hit
         scores by ``weights[j]``, merge by max per row and keep the top ``k``."""
         exclude = history.matrix(batch)[owner] if exclude_seen and len(owner) else None
-        ids, sims = self._index.search(queries, k, exclude=exclude, allowed=allowed)
+        with self._lock:
+            ids, sims = self._index.search(queries, k, exclude=exclude, allowed=allowed)
         scored = np.where(ids >= 0, sims * weights[:, None], -np.inf).astype(np.float32)
         top, vals, ev = merge_hits(owner, ids, scored, evidence, len(batch), k)
         empty = np.bincount(owner, minlength=len(batch)) == 0
@@ -134,6 +207,14 @@ class _TextIndexChannel(Channel):
             return Candidates(ids, scores)
         return Candidates(ids, scores, np.concatenate([p.evidence for p in parts]), "item")
 
+    def _known_rows(self) -> np.ndarray:
+        """bool[len(item_vectors_)]: rows holding a vector. Rows are zero only where
+        :meth:`add_items` grew past ids it was not given (a gap in the service's calls)."""
+        known = self._known
+        if known is None or len(known) != len(self.item_vectors_):
+            known = self._known = np.abs(self.item_vectors_).max(axis=1, initial=0.0) > 0
+        return known
+
     @abstractmethod
     def _recall_block(self, batch: np.ndarray, k: int, history: Histories,
                       allowed: np.ndarray | None, exclude_seen: bool) -> Candidates:
@@ -143,7 +224,10 @@ class _TextIndexChannel(Channel):
         """Last ``recent`` items (int32[n, L], -1 = none) and their recency weights
         float32[n, L]: ``recency_decay ** (events since)``, 0 where there is no item."""
         items, _ = history.recent(batch, self.recent)
-        items = np.where(items < len(self.item_vectors_), items, -1)  # added after fit: unknown
+        known = self._known_rows()
+        # items this channel has no vector for (added to the service but not to the channel)
+        items = np.where(items < len(known), items, -1)
+        items = np.where(known[np.maximum(items, 0)], items, -1)
         age = np.cumsum(items[:, ::-1] >= 0, axis=1)[:, ::-1] - 1  # 0 = newest
         weights = np.where(items >= 0, self.recency_decay ** age, 0.0).astype(np.float32)
         return items, weights

@@ -9,6 +9,13 @@ Item representations come from ids, from text, or both (``text_init``):
   ``W`` (a linear adapter, as UniSRec's) trained; the id part starts at zero, so an item with
   no training interactions is represented by its text.
 
+With ``"fuse"`` an item created at run time (the service's ``add_items`` hook) is given the
+representation a never-interacted item has after training: id part zero, adapted text
+``W·text``, so it is scored at once. The other modes cannot do this cheaply: ``"none"`` has
+no text, and ``"init"`` ids were trained freely away from the (unsaved) PCA projection of the
+text, so a projected new item would not live in the space the model learned; for those modes
+``add_items`` leaves new items unknown, as they were before.
+
 Trained with full softmax cross-entropy over all items (sampled softmax with shared uniform
 negatives above ``full_softmax_limit`` items). Seeded; torch threads capped at ``threads``.
 Saved as ``params.json`` + ``state.npz`` (popularity fallback) + ``model.safetensors``
@@ -18,6 +25,7 @@ Saved as ``params.json`` + ``state.npz`` (popularity fallback) + ``model.safeten
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -25,8 +33,9 @@ import numpy as np
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, check_width, item_text_vectors,
-                                              popularity)
+from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added,
+                                              check_width, grown, item_text_vectors,
+                                              popularity, text_vectors)
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 
@@ -144,6 +153,8 @@ class SASRec(Channel):
         self.batch_size, self.lr, self.weight_decay = batch_size, lr, weight_decay
         self.full_softmax_limit, self.negatives = full_softmax_limit, negatives
         self.seed, self.threads = seed, threads
+        # add_items swaps (model_, n_items_, popularity_) together under this lock
+        self._lock = threading.Lock()
 
     # ---- training --------------------------------------------------------------------
     def fit(self, dataset: Dataset) -> "SASRec":
@@ -184,6 +195,7 @@ class SASRec(Channel):
         self.model_ = model
         self.n_items_ = n_items
         self.popularity_ = popularity(dataset)
+        self._n_base = n_items
         return self
 
     def _loss(self, model, batch, n_items: int, sampled: bool, rng: np.random.Generator):
@@ -209,22 +221,62 @@ class SASRec(Channel):
     # ---- recall ----------------------------------------------------------------------
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
         """float32[n, history.n_items]: next-item logits for each user's last ``max_len``
-        items (items added after fit are skipped and never scored); a user with no usable
-        history gets the training popularity counts instead."""
+        items (items the channel does not know are skipped and never scored); a user with no
+        usable history gets the training popularity counts instead."""
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
-        width = check_width(history, self.n_items_, self.name)
+        with self._lock:  # one consistent group, even while add_items grows it
+            model, known, popularity_ = self.model_, self.n_items_, self.popularity_
+        width = check_width(history, self._n_base, self.name)
+        n_items = min(known, width)  # items added while this request runs: next time
         items, _ = history.recent(users, self.max_len)
-        items = np.where(items < self.n_items_, items, -1)
+        items = np.where(items < n_items, items, -1)
         seq = torch.from_numpy(np.where(items >= 0, items.astype(np.int64) + 1, 0))
         with torch.no_grad():
-            hidden = self.model_(seq)[:, -1]
-            logits = (hidden @ self.model_.items()[1:].T).numpy()
+            hidden = model(seq)[:, -1]
+            logits = (hidden @ model.items()[1:n_items + 1].T).numpy()
         scores = np.full((len(users), width), -np.inf, np.float32)
-        scores[:, :self.n_items_] = logits
+        scores[:, :n_items] = logits
         empty = (items < 0).all(axis=1)
-        scores[empty, :self.n_items_] = self.popularity_
+        scores[empty, :n_items] = popularity_[:n_items]
         return scores
+
+    def add_items(self, ids: np.ndarray, texts: list[str]) -> None:
+        """Score items created or edited after fit from their text (``text_init="fuse"``).
+
+        Args:
+            ids: int[n] distinct dense item ids; ids past the end grow the model's item
+                table (rows of ids not given get a zero text and id: a neutral score).
+            texts: one ``Catalog.texts``-form text per id, embedded as ``fit`` did.
+
+        A new item gets id part 0 + ``W·text`` (what an item without interactions has after
+        training); an updated item keeps its learned id part and gets the new text. The
+        grown model is built aside and swapped in, so running recalls are not disturbed.
+        With ``text_init`` "none" or "init" nothing changes (see the module docstring).
+        """
+        self._check_fitted()
+        ids = check_added(ids, texts, self.name)
+        if not len(ids) or self.text_init != "fuse":
+            return
+        torch = _torch()
+        vectors = text_vectors(added_texts(ids, texts), self.embedder)
+        with self._lock:
+            old = self.model_.state_dict()
+            n_items = max(self.n_items_, int(ids.max()) + 1)
+            text = grown(old["text"][1:].numpy(), ids, vectors)
+            id_table = grown(old["id_embedding.weight"][1:].numpy(),
+                             ids[ids >= self.n_items_], 0.0)
+            tensors = dict(old)
+            tensors["text"] = torch.from_numpy(np.concatenate([np.zeros((1, text.shape[1]),
+                                                                        np.float32), text]))
+            tensors["id_embedding.weight"] = torch.from_numpy(np.concatenate(
+                [old["id_embedding.weight"][:1].numpy(), id_table]))
+            model = _build_model(n_items, self.dim, self.blocks, self.heads, self.max_len,
+                                 self.dropout, text, self.text_init)
+            model.load_state_dict(tensors)
+            model.eval()
+            popularity_ = grown(self.popularity_, ids[ids >= len(self.popularity_)], 0.0)
+            self.model_, self.n_items_, self.popularity_ = model, n_items, popularity_
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
         """int32[n, k]: the user's most recent item (the sequence the candidates continue);
@@ -260,6 +312,7 @@ class SASRec(Channel):
         model.load_state_dict(tensors)
         model.eval()
         self.model_, self.n_items_ = model, n_items
+        self._n_base = n_items
 
 
 def _pca_init(text: np.ndarray, dim: int) -> np.ndarray:

@@ -74,7 +74,12 @@ def popular_rows(popularity: np.ndarray, n: int, k: int,
     scores float32[n, k] (padded -1 / -inf)."""
     row = popularity.astype(np.float32).copy()
     if allowed is not None:
-        row[~np.asarray(allowed, bool)[:len(row)]] = -np.inf
+        # items past the end of the mask were added after it was made: not allowed (as in
+        # VectorIndex.search), so a channel that grew during a request stays inside the mask
+        mask = np.zeros(len(row), bool)
+        given = np.asarray(allowed, bool)[:len(row)]
+        mask[:len(given)] = given
+        row[~mask] = -np.inf
     ids, vals = topk(row[None, :], k)
     return np.repeat(ids, n, axis=0), np.repeat(vals, n, axis=0)
 
@@ -86,3 +91,39 @@ def check_width(history: Histories, n_fitted_items: int, channel: str) -> int:
         raise DataError(f"channel {channel!r} was fitted on {n_fitted_items} items but the "
                         f"history knows only {history.n_items}: use the same item vocabulary")
     return history.n_items
+
+
+# ---- items added while serving (the service's ``add_items`` hook) -------------------------
+def check_added(ids: np.ndarray, texts: list[str], channel: str) -> np.ndarray:
+    """Validate an ``add_items(ids, texts)`` call; returns the ids as int64[n].
+
+    Ids are dense item ids (>= 0, distinct); ``texts`` holds one text per id in the format
+    of ``Catalog.texts`` (the service builds them with ``serve.live.item_text``)."""
+    ids = np.asarray(ids).ravel()
+    if ids.dtype.kind not in "iu":
+        raise DataError(f"{channel}.add_items: ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    if len(ids) != len(texts):
+        raise DataError(f"{channel}.add_items: {len(ids)} ids for {len(texts)} texts")
+    if len(ids) and ids.min() < 0:
+        raise DataError(f"{channel}.add_items: ids must be >= 0, got {int(ids.min())}")
+    if len(np.unique(ids)) != len(ids):
+        raise DataError(f"{channel}.add_items: ids repeat within one call")
+    return ids
+
+
+def added_texts(ids: np.ndarray, texts: list[str]) -> list[str]:
+    """The texts to embed for added items: as :func:`item_texts`, an empty text becomes a
+    distinct placeholder (here ``"item <dense id>"``: the raw id is not known to a channel)."""
+    return [t if t and t.strip() else f"item {i}" for i, t in zip(ids.tolist(), texts)]
+
+
+def grown(array: np.ndarray, ids: np.ndarray, rows: np.ndarray | float) -> np.ndarray:
+    """A copy of ``array`` (shape [n, ...]) extended with zero rows to cover every id, with
+    ``rows`` written at ``ids``. A copy, never in place: readers holding the old array (a
+    recall running meanwhile) keep a consistent one."""
+    n = max(len(array), int(ids.max()) + 1 if len(ids) else 0)
+    out = np.zeros((n,) + array.shape[1:], array.dtype)
+    out[:len(array)] = array
+    out[ids] = rows
+    return out

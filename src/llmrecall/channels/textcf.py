@@ -9,10 +9,16 @@ items of the batch (InfoNCE on cosine similarity, temperature ``tau``).
 At recall time the user's representation is recomputed from the history passed in (fresh
 events count, new users work) using the fitted item layers; items are scored by cosine.
 Because item vectors come from text, an item with no interactions at all is still scored.
+
+Items created at run time (the service's ``add_items`` hook) are mapped the same way: their
+text embedding through the fitted MLP. They have no edges in the training graph, so there is
+nothing to propagate; every layer slot of such an item holds its MLP image (see
+:meth:`TextCF.add_items` for why), which makes its item vector the unit MLP image.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,8 +27,9 @@ import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, check_width, item_text_vectors,
-                                              popularity)
+from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added,
+                                              check_width, grown, item_text_vectors,
+                                              popularity, text_vectors)
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 
@@ -110,6 +117,9 @@ class TextCF(Channel):
         self.embedder, self.dim, self.hidden, self.layers, self.tau = embedder, dim, hidden, layers, tau
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.seed, self.threads = seed, threads
+        # add_items swaps the item arrays as one group under this lock; readers take the
+        # group with _arrays(), so one recall never mixes old and grown arrays
+        self._lock = threading.Lock()
 
     def fit(self, dataset: Dataset) -> "TextCF":
         torch = _torch()
@@ -161,48 +171,107 @@ class TextCF(Channel):
         self.item_degree_ = np.asarray(user_items.sum(axis=0)).ravel().astype(np.float32)
         self.popularity_ = popularity(dataset)
         self.mlp_ = mlp
+        self._n_base = dataset.n_items
         return self
 
-    def user_vectors(self, users: np.ndarray, history: Histories) -> np.ndarray:
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        """One consistent group ``(text_vectors_, item_layers_, item_vectors_, item_degree_,
+        popularity_)``, all covering the same items."""
+        with self._lock:
+            return (self.text_vectors_, self.item_layers_, self.item_vectors_,
+                    self.item_degree_, self.popularity_)
+
+    def add_items(self, ids: np.ndarray, texts: list[str]) -> None:
+        """Give items created or edited after fit a collaborative vector from their text.
+
+        Args:
+            ids: int[n] distinct dense item ids; ids past the end grow every item array
+                (rows of ids not given stay zero: never scored above a real item).
+            texts: one text per id in the ``Catalog.texts`` form, embedded as passages with
+                the channel's embedder, as ``fit`` embedded the catalog.
+
+        An item without training interactions (a new one, or a fitted item with degree 0)
+        gets its MLP image in *every* layer slot. LightGCN would give it zero in layers >= 1
+        (no neighbours), which changes nothing for its own vector (the mean of the layers
+        is normalised, so only the direction counts) but would make it count only in layer 1
+        of a user who has it in their history; the MLP image is what training pulled those
+        propagated vectors towards, so it is the best stand-in for them. A fitted item with
+        interactions keeps its propagated layers (its neighbours have not changed) and gets
+        the new text's image in layer 0.
+        """
+        self._check_fitted()
+        ids = check_added(ids, texts, self.name)
+        if not len(ids):
+            return
+        torch = _torch()
+        torch.set_num_threads(min(self.threads, 2))
+        text = text_vectors(added_texts(ids, texts), self.embedder)
+        with torch.no_grad():
+            image = self.mlp_(torch.from_numpy(text)).numpy().astype(np.float32)
+        with self._lock:
+            degree = grown(self.item_degree_, ids[ids >= len(self.item_degree_)], 0.0)
+            cold = degree[ids] == 0
+            old = self.item_layers_
+            layers = np.zeros((old.shape[0], len(degree), old.shape[2]), np.float32)
+            layers[:, :old.shape[1]] = old
+            layers[:, ids[cold]] = image[cold][None]
+            layers[0, ids[~cold]] = image[~cold]
+            vectors = grown(self.item_vectors_, ids, _unit(layers[:, ids].mean(axis=0)))
+            self.text_vectors_ = grown(self.text_vectors_, ids, text)
+            self.item_layers_, self.item_vectors_, self.item_degree_ = layers, vectors, degree
+            self.popularity_ = grown(self.popularity_, ids[ids >= len(self.popularity_)], 0.0)
+
+    def user_vectors(self, users: np.ndarray, history: Histories,
+                     arrays: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
         """float32[n, dim] unit user vectors from the given histories.
 
         Layer 0 is the MLP image of the mean history text; layer l >= 1 is the normalised
         sum of the history items' layer l-1 vectors (exactly LightGCN's user update, with
         the fitted item layers and the history passed in). Empty history -> zero vector.
+        ``arrays`` is a group from :meth:`_arrays` (taken here when not given).
         """
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
-        rows = history.matrix(users)[:, :len(self.item_degree_)]  # later items: unknown
+        text, item_layers, _, degree, _ = arrays or self._arrays()
+        rows = history.matrix(users)[:, :len(degree)]  # items unknown to the channel: dropped
+        if rows.shape[1] < len(degree):  # the channel knows items this history does not
+            rows = sp.hstack([rows, sp.csr_matrix((rows.shape[0], len(degree) - rows.shape[1]),
+                                                  dtype=rows.dtype)]).tocsr()
         deg_u = np.asarray(rows.sum(axis=1)).ravel()
-        di = np.where(self.item_degree_ > 0, self.item_degree_, 1.0) ** -0.5
+        di = np.where(degree > 0, degree, 1.0) ** -0.5
         norm = sp.diags((np.where(deg_u > 0, deg_u, 1.0) ** -0.5).astype(np.float32)) @ rows \
             @ sp.diags(di.astype(np.float32))
         with torch.no_grad():
-            layers = [self.mlp_(torch.from_numpy(_mean_rows(rows, self.text_vectors_))).numpy()]
+            layers = [self.mlp_(torch.from_numpy(_mean_rows(rows, text))).numpy()]
         for layer in range(self.layers):
-            layers.append(np.asarray(norm @ self.item_layers_[layer]))
+            layers.append(np.asarray(norm @ item_layers[layer]))
         out = np.mean(layers, axis=0)
         out[deg_u == 0] = 0.0
         return _unit(out)
 
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
         """float32[n, history.n_items] cosine between user and item vectors (-inf for items
-        added after fit); a user with no usable history gets the popularity counts."""
-        n_items = len(self.item_vectors_)
-        width = check_width(history, n_items, self.name)
-        vectors = self.user_vectors(users, history)
+        the channel does not know); a user with no usable history gets the popularity counts."""
+        arrays = self._arrays()
+        item_vectors, popularity_ = arrays[2], arrays[4]
+        # the vocabulary the channel was fitted or loaded with; items added since (here or
+        # in the service) may run ahead of or behind the history's width
+        width = check_width(history, self._n_base, self.name)
+        n_items = min(len(item_vectors), width)  # items added while this request runs: later
+        vectors = self.user_vectors(users, history, arrays)
         scores = np.full((len(users), width), -np.inf, np.float32)
-        scores[:, :n_items] = vectors @ self.item_vectors_.T
-        scores[~vectors.any(axis=1), :n_items] = self.popularity_
+        scores[:, :n_items] = vectors @ item_vectors[:n_items].T
+        scores[~vectors.any(axis=1), :n_items] = popularity_[:n_items]
         return scores
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
         """int32[n, k]: the history item (of the last 50) most similar to each candidate."""
+        item_vectors = self._arrays()[2]
         recent, _ = history.recent(users, 50)
-        recent = np.where(recent < len(self.item_vectors_), recent, -1)
-        ids = np.where(ids < len(self.item_vectors_), ids, -1)
-        vec = self.item_vectors_[np.maximum(recent, 0)]  # [n, L, d]
-        cand = self.item_vectors_[np.maximum(ids, 0)]  # [n, k, d]
+        recent = np.where(recent < len(item_vectors), recent, -1)
+        ids = np.where(ids < len(item_vectors), ids, -1)
+        vec = item_vectors[np.maximum(recent, 0)]  # [n, L, d]
+        cand = item_vectors[np.maximum(ids, 0)]  # [n, k, d]
         sims = np.einsum("nkd,nld->nkl", cand, vec)
         sims[np.broadcast_to((recent < 0)[:, None, :], sims.shape)] = -np.inf
         best = np.take_along_axis(recent, np.argmax(sims, axis=2), axis=1)
@@ -231,6 +300,7 @@ class TextCF(Channel):
         mlp = _mlp(self.text_vectors_.shape[1], self.hidden, self.dim)
         mlp.load_state_dict(load_file(str(path)))
         self.mlp_ = mlp.eval()
+        self._n_base = len(self.item_vectors_)
 
 
 def _mean_rows(rows: sp.csr_matrix, vectors: np.ndarray) -> np.ndarray:

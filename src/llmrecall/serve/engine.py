@@ -221,6 +221,11 @@ class RecallEngine:
         if any(texts) and text_channels:
             self._query_channels(text_channels, pipeline, texts, k_max, allowed, lists,
                                  degraded, seconds)
+            if not any(name.endswith(":query") for name in lists) and (
+                    only is None or sources.QUERY_LEXICAL in only):
+                # every embedding channel failed on the query: BM25 still matches its words
+                live(sources.QUERY_LEXICAL, lambda: state.lexical().recall(
+                    texts, seen, max(self.settings.live_k, k_max), allowed))
         for name, took in seconds.items():
             self.metrics.channel_seconds.labels(name).observe(took)
         self.metrics.set_degraded(self.degraded_channels())

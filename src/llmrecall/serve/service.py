@@ -205,10 +205,24 @@ class Service:
         return refresh
 
     def _attach_new_items(self, state: LiveState) -> None:
-        """Items added after the artifact was built reach channels that index item text."""
+        """Items added, or artifact items edited, after the artifact was built reach channels
+        that index item text (``add_items``); then channels answering query text are warmed
+        up, so the first real query does not pay the embedding model's load (a second or
+        more) under the request deadline."""
         fitted = len(state.artifact.items)
-        if state.n_items > fitted:
-            self._notify_channels(state, np.arange(fitted, state.n_items, dtype=np.int32))
+        built = np.asarray(state.artifact.catalog.texts(), dtype=object)
+        edited = np.flatnonzero(np.asarray(state.texts[:fitted], dtype=object) != built)
+        self._notify_channels(state, np.concatenate(
+            [edited, np.arange(fitted, state.n_items)]).astype(np.int32))
+        for name, channel in state.artifact.pipeline.channels.items():
+            hook = getattr(channel, "recall_query", None)
+            if hook is None:
+                continue
+            try:
+                hook(["warm-up"], 1, None)
+            except Exception:
+                log.exception("channel %r could not answer a warm-up query", name)
+                self.metrics.channel_errors.labels(name, "query").inc()
 
     def _notify_channels(self, state: LiveState, ids: np.ndarray) -> None:
         """Call ``add_items(ids int32[n], texts list[str])`` on channels that have it (text
