@@ -314,8 +314,11 @@ def tune_prompts(
     side.parent.mkdir(parents=True, exist_ok=True)
     side.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
     if default is not None:
+        diff_se = float(np.hypot(summary["best"]["se"], summary["default"]["se"]))
         err.print(f"best {best.variant.name} {best.score:.4f} vs default {default.score:.4f} "
-                  f"(difference {best.score - default.score:+.4f}); "
+                  f"(difference {best.score - default.score:+.4f} ± {diff_se:.4f}, "
+                  f"{'more' if best.score - default.score > 2 * diff_se else 'not more'} than "
+                  f"two standard errors); "
                   f"{'saved' if search.saved else 'kept the saved template (it scored at least as well)'} "
                   f"{search.path}; wrote {side}")
 

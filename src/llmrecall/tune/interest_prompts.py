@@ -32,11 +32,12 @@ DEFAULT_VARIANT = "default"
 
 
 def interest_variants(noun: str = "items", language: str = "en") -> list[PromptVariant]:
-    """The starting set: the default prompt and four that each change one thing.
+    """The starting set: the default prompt and five that each change one thing.
 
     - ``default``: the shipped few-shot completion prompt, channel defaults (5 titles,
       10 recent titles shown, decoding constrained to catalog titles, greedy).
     - ``fewshot/h30``: the same prompt showing 30 recent titles.
+    - ``fewshot/n10``: the same prompt, 10 titles per user instead of 5.
     - ``zeroshot/instruction``: an instruction completion prompt without examples (shorter
       prompt), still constrained to catalog titles.
     - ``chat/titles``: a chat request for ``$count`` titles, free text matched to the catalog.
@@ -61,6 +62,7 @@ def interest_variants(noun: str = "items", language: str = "en") -> list[PromptV
     return [
         PromptVariant(DEFAULT_VARIANT, fewshot, {"language": language}),
         PromptVariant("fewshot/h30", fewshot, {"language": language, "history_length": 30}),
+        PromptVariant("fewshot/n10", fewshot, {"language": language, "n_texts": 10}),
         PromptVariant("zeroshot/instruction", zeroshot, {"language": language, "n_examples": 0}),
         PromptVariant("chat/titles", titles, {**chat, "max_tokens": 24}),
         PromptVariant("chat/profile", profile, {**chat, "max_tokens": 12}),
