@@ -224,6 +224,112 @@ def tune(
     err.print(f"wrote {side}")
 
 
+@app.command("tune-prompts")
+def tune_prompts(
+    output: Annotated[Path, typer.Option("--output", "-o", help=(
+        "where the best template goes: OUTPUT.txt + OUTPUT.json (version, score, revision); "
+        "OUTPUT.search.json holds every scored variant"))],
+    dataset: DatasetOpt = None, data: DataOpt = None,
+    protocol: Annotated[str, typer.Option(help="loo | recbole-general | cold-items")] = "loo",
+    users: Annotated[int, typer.Option("--users", "-u", min=1, help=(
+        "score on a seeded sample of this many validation users"))] = 50,
+    rounds: Annotated[int, typer.Option("--rounds", "-r", min=0, help=(
+        "rounds in which the generator writes new templates from the best ones"))] = 0,
+    proposals: Annotated[int, typer.Option(min=1, help="new templates per round")] = 2,
+    metric: Annotated[str, typer.Option(help="validation metric to maximise, NAME@K")] = "recall@50",
+    variants: Annotated[Optional[Path], typer.Option(help=(
+        "JSON list of {name, template, params} to score instead of the built-in set; the "
+        "default variant is always scored too"))] = None,
+    noun: Annotated[str, typer.Option(help="what the catalog holds, e.g. movies")] = "items",
+    language: Annotated[str, typer.Option(help="prompt language: en | zh")] = "en",
+    store: Annotated[Optional[Path], typer.Option(help=(
+        "SQLite cache of generated text (default OUTPUT.generations.sqlite): reruns are cheap"))] = None,
+    embedder: Annotated[str, typer.Option(help="matching embedder name, or 'none' for BM25 only")] = "default",
+    threads: Annotated[int, typer.Option(min=1, help="llama.cpp threads")] = 1,
+    seed: int = 0,
+) -> None:
+    """Search prompt templates for the llm_interest channel by validation recall.
+
+    Scores each variant (template text + generation settings) on a seeded sample of
+    validation users, optionally lets the generator propose new templates for --rounds,
+    saves the best one versioned with its score, and prints best against the default prompt.
+    Only the train part and the validation task are used; test is never read.
+    """
+    from rich.table import Table
+
+    from llmrecall.evaluate.protocols import make_split
+    from llmrecall.interest.backends import LocalLlamaGenerator
+    from llmrecall.tune.interest_prompts import (DEFAULT_VARIANT, binomial_se, default_row,
+                                                 interest_variants, search_interest_prompts)
+    from llmrecall.tune.objective import parse_metric
+    from llmrecall.tune.prompts import GeneratorProposer, PromptVariant
+
+    if output.suffix == ".txt":
+        output = output.with_suffix("")  # OUTPUT names a stem: OUTPUT.txt, OUTPUT.json, ...
+    try:
+        parse_metric(metric)
+        if language not in ("en", "zh"):
+            raise typer.BadParameter("--language must be en or zh")
+        ds = _load_dataset(dataset, data)
+        starting = interest_variants(noun, language)
+        if variants is not None:
+            try:
+                rows = json.loads(variants.read_text(encoding="utf-8"))
+                own = [PromptVariant(r["name"], r["template"], r.get("params", {})) for r in rows]
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise typer.BadParameter(f"--variants {variants}: expected a JSON list of "
+                                         f"{{name, template, params}}: {exc}") from None
+            default = [v for v in starting if v.name == DEFAULT_VARIANT]
+            starting = default + [v for v in own if v.name != DEFAULT_VARIANT]
+        split = make_split(ds, protocol, seed)
+        generator = LocalLlamaGenerator(threads=threads)
+        proposer = None
+        if rounds:
+            from llmrecall.lm.generators import get_generator
+
+            proposer = GeneratorProposer(get_generator("default", threads=threads),
+                                         per_round=proposals)
+        store = store or output.with_name(f"{output.name}.generations.sqlite")
+        # only the train part and the validation task go further: test stays here, unread
+        search = search_interest_prompts(
+            split.train, split.valid, starting, generator, noun=noun, metric=metric,
+            max_users=users, seed=seed, rounds=rounds, proposer=proposer, output=output,
+            store_path=store, embedder_name=None if embedder == "none" else embedder,
+            embedding_cache=output.with_name(f"{output.name}.lm_cache.sqlite"),
+            progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+    except LLMRecallError as exc:
+        _fail(exc)
+    n = int(min(users, len(split.valid.users)))
+    best, default = search.best, default_row(search)
+    table = Table(title=f"prompt search: validation {metric}, {n} users (±: binomial SE)")
+    for col in ("variant", "version", "round", metric, "±", "seconds", ""):
+        table.add_column(col, justify="left" if col in ("variant", "version", "") else "right")
+    for s in search.scored:
+        mark = " ".join(m for m, on in (("best", s is best), ("default", s is default)) if on)
+        table.add_row(s.variant.name, s.variant.version, str(s.round), f"{s.score:.4f}",
+                      f"{binomial_se(s.score, n):.4f}", f"{s.seconds:.0f}", mark)
+    console.print(table)
+    summary = {"metric": metric, "users": n, "protocol": protocol, "seed": seed,
+               "best": {"name": best.variant.name, "version": best.variant.version,
+                        "score": best.score, "se": binomial_se(best.score, n)},
+               "default": None if default is None else {
+                   "name": default.variant.name, "version": default.variant.version,
+                   "score": default.score, "se": binomial_se(default.score, n)},
+               "rejected_proposals": 0 if proposer is None else proposer.rejected,
+               **search.as_dict()}
+    side = output.with_name(f"{output.name}.search.json")
+    side.parent.mkdir(parents=True, exist_ok=True)
+    side.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    if default is not None:
+        diff_se = float(np.hypot(summary["best"]["se"], summary["default"]["se"]))
+        err.print(f"best {best.variant.name} {best.score:.4f} vs default {default.score:.4f} "
+                  f"(difference {best.score - default.score:+.4f} ± {diff_se:.4f}, "
+                  f"{'more' if best.score - default.score > 2 * diff_se else 'not more'} than "
+                  f"two standard errors); "
+                  f"{'saved' if search.saved else 'kept the saved template (it scored at least as well)'} "
+                  f"{search.path}; wrote {side}")
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 

@@ -18,8 +18,10 @@ BASE = ("Here is what a user watched, oldest first:\n$history\n"
 
 def test_templates_must_keep_the_placeholders():
     check_template(BASE)
-    with pytest.raises(ConfigError, match="missing \\['count'\\]"):
-        PromptVariant("x", "Items: $history")
+    PromptVariant("x", "Items: $history")  # $count and $examples are optional
+    PromptVariant("x", "${examples}Chosen: $history\nNext:")
+    with pytest.raises(ConfigError, match="missing \\['history'\\]"):
+        PromptVariant("x", "Write $count titles.")
     with pytest.raises(ConfigError, match="unknown \\['user'\\]"):
         PromptVariant("x", "$history $count $user")
     with pytest.raises(ConfigError, match="valid"):

@@ -127,7 +127,9 @@ class InterestChannel(UserTextsChannel):
 
     Args:
         settings: :class:`~llmrecall.interest.jobs.InterestSettings` fields (prompt style,
-            constrained decoding, repetition control, ...).
+            constrained decoding, repetition control, ``template``: a prompt template text
+            with ``$history`` and optionally ``$count`` / ``$examples`` replacing the shipped
+            prompt, as :mod:`llmrecall.tune.interest_prompts` searches them, ...).
         generator: generator config (``{"backend": "local"}`` default, or
             ``{"backend": "openai", "base_url": ..., "model": ..., "api_key_env": ...}``).
         embedder: embedder name for :func:`llmrecall.lm.get_embedder`; None: BM25 only.
@@ -162,7 +164,10 @@ class InterestChannel(UserTextsChannel):
         self.refresh_min_changed = refresh_min_changed
         self.embedding_cache = embedding_cache
         self.seed = seed
-        InterestSettings(**self.settings)  # validate early: bad fields fail at construction
+        try:  # validate early: bad fields (a template without $history, ...) fail here
+            InterestSettings(**self.settings)
+        except ValueError as exc:  # pydantic's ValidationError names the field
+            raise ConfigError(f"llm_interest settings: {exc}") from None
         if merge not in ("rrf", "round_robin"):
             raise ConfigError(f"llm_interest: merge must be 'rrf' or 'round_robin', got {merge!r}")
         if max_users is not None and max_users < 1:

@@ -13,22 +13,28 @@ dedupe, history titles forbidden) -> decoding constrained to catalog titles.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 from llmrecall.interest.backends import TextGenerator
 from llmrecall.interest.constrain import TitleTrie, title_grammar
 from llmrecall.interest.prompts import (
-    display_title, fewshot_prompt, naive_messages, normalise_title, profile_messages)
+    display_title, fewshot_blocks, fewshot_prompt, history_inline, naive_messages,
+    normalise_title, profile_messages)
 from llmrecall.interest.store import GenerationStore, content_key
+from llmrecall.lm.errors import GenerationParseError
+from llmrecall.lm.parse import ListRules, delimit_list
+from llmrecall.lm.parse import parse_list as lm_parse_list
 
 #: users written to the store per transaction
 WRITE_BATCH = 5
@@ -60,10 +66,60 @@ class InterestSettings(BaseModel):
     noun: str = Field("items", min_length=1, description="what the catalog holds, e.g. movies")
     language: Literal["en", "zh"] = "en"
     seed: int = 0
+    template: str | None = Field(None, description=(
+        "prompt template text (string.Template) replacing the shipped prompt: $history (the "
+        "recent titles) is required, $count (n_texts) and $examples (the few-shot blocks) are "
+        "optional. With prompt 'fewshot' it is the completion prompt (titles inline, the model "
+        "continues after it; constrained decoding applies); with 'naive' it is the user "
+        "message of a chat request (titles in <item> tags, one per line) whose answer is read "
+        "as a list. None: the shipped templates"))
+
+    @field_validator("template")
+    @classmethod
+    def _valid_template(cls, text: str | None) -> str | None:
+        if text is not None:
+            check_interest_template(text)
+        return text
+
+    @property
+    def template_version(self) -> str | None:
+        """First 16 hex digits of the SHA-256 of ``template`` (None without one)."""
+        if self.template is None:
+            return None
+        return hashlib.sha256(self.template.encode("utf-8")).hexdigest()[:16]
+
+    def cache_fields(self) -> dict:
+        """The settings as they enter cache keys: the template by its hash, and left out when
+        unset, so stores written before templates existed stay valid."""
+        out = self.model_dump(exclude={"template"})
+        if self.template is not None:
+            out["template"] = self.template_version
+        return out
 
     def scope(self, fingerprint: str) -> str:
         """Key under which per-user results are stored for these settings and generator."""
-        return content_key("interest", fingerprint, self.model_dump())[:24]
+        return content_key("interest", fingerprint, self.cache_fields())[:24]
+
+
+#: placeholders of an interest prompt template: required, and allowed besides
+TEMPLATE_REQUIRED = frozenset({"history"})
+TEMPLATE_OPTIONAL = frozenset({"count", "examples"})
+
+
+def check_interest_template(text: str, where: str = "interest prompt template") -> None:
+    """ConfigError unless ``text`` is a ``string.Template`` with ``$history`` and no
+    placeholders besides ``$count`` and ``$examples`` (literal dollars are ``$$``)."""
+    try:
+        fields = set(string.Template(text).get_identifiers())
+        string.Template(text).substitute({f: "" for f in fields})
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{where}: not a valid $-template: {exc}") from None
+    missing = TEMPLATE_REQUIRED - fields
+    extra = fields - TEMPLATE_REQUIRED - TEMPLATE_OPTIONAL
+    if missing or extra:
+        raise ConfigError(f"{where}: needs {sorted(TEMPLATE_REQUIRED)}, may use "
+                          f"{sorted(TEMPLATE_OPTIONAL)}; missing {sorted(missing)}, "
+                          f"unknown {sorted(extra)}")
 
 
 def needs_refresh(old_history, new_history, *, window: int = 10, min_changed: int = 3) -> bool:
@@ -173,13 +229,21 @@ class InterestJob:
         if s.constrain != "none" and s.prompt != "fewshot":
             raise ConfigError("constrained decoding needs the few-shot completion prompt")
         self._examples = fewshot_examples(self.histories, self.titles, s.n_examples,
-                                          s.example_length, s.seed) if s.prompt == "fewshot" else []
+                                          s.example_length, s.seed) if self._wants_examples() else []
         self._trie: TitleTrie | None = None
         self._grammar: str | None = None
         if s.constrain == "trie":
             self._trie = TitleTrie(self.titles, generator.tokenize, generator.newline_token)
         elif s.constrain == "grammar":
             self._grammar = title_grammar(self.titles)
+
+    def _wants_examples(self) -> bool:
+        """Few-shot examples are drawn for the shipped completion prompt and for a template
+        that shows them (``$examples``)."""
+        s = self.settings
+        if s.template is not None:
+            return "examples" in string.Template(s.template).get_identifiers()
+        return s.prompt == "fewshot"
 
     # ---- one user --------------------------------------------------------------------
     def _examples_for(self, user: int) -> list[tuple[list[str], str]]:
@@ -204,13 +268,20 @@ class InterestJob:
             profile = " ".join(profile.split())
             if profile:
                 texts.append(profile)
+        if s.template is not None and s.prompt == "naive":
+            return texts + self._chat_template(recent, user, seen)
         if s.prompt == "naive":
             answer = self.generator.chat(naive_messages(recent, s.noun, s.language),
                                          max_tokens=s.max_tokens * s.n_texts,
                                          temperature=s.temperature,
                                          repeat_penalty=s.repeat_penalty, seed=s.seed)
             return texts + self._clean(parse_list(answer), seen)[:s.n_texts]
-        prompt = fewshot_prompt(recent, self._examples_for(user), s.noun, s.language)
+        if s.template is not None:
+            prompt = string.Template(s.template).substitute(
+                history=history_inline(recent), count=s.n_texts,
+                examples=fewshot_blocks(self._examples_for(user), s.language)).rstrip("\n")
+        else:
+            prompt = fewshot_prompt(recent, self._examples_for(user), s.noun, s.language)
         if self._trie is not None:
             return texts + self._constrained(prompt, items)
         proposals: list[str] = []
@@ -226,6 +297,25 @@ class InterestJob:
             if len(self._clean(proposals, seen)) >= s.n_texts:
                 break
         return texts + self._clean(proposals, seen)[:s.n_texts]
+
+    def _chat_template(self, recent: list[str], user: int, seen: set[str]) -> list[str]:
+        """The template as a chat request; the answer read as a list (JSON array, numbered
+        or bulleted lines), cleaned and cut to ``n_texts``. Titles go in as ``<item>`` blocks:
+        they are data, and a title must not be able to act as an instruction."""
+        s = self.settings
+        message = string.Template(s.template).substitute(
+            history=delimit_list(recent, "item"), count=s.n_texts,
+            examples=fewshot_blocks(self._examples_for(user), s.language))
+        answer = self.generator.chat([{"role": "user", "content": message.strip()}],
+                                     max_tokens=s.max_tokens * s.n_texts,
+                                     temperature=s.temperature, repeat_penalty=s.repeat_penalty,
+                                     seed=s.seed)
+        try:
+            items = lm_parse_list(answer, ListRules(max_items=max(s.n_texts * 3, 10)),
+                                  what="interest answer")
+        except GenerationParseError:
+            return []  # nothing usable: the user gets no text, as with an empty answer
+        return self._clean(items, seen)[:s.n_texts]
 
     def _constrained(self, prompt: str, items: np.ndarray) -> list[str]:
         """n distinct catalog titles, each decoded through the trie; the user's own and the
@@ -281,7 +371,7 @@ class InterestJob:
         raw_ids = self.dataset.users.raw(users)
         stored = self.store.get_subjects(self.scope)
         fingerprint = self.generator.fingerprint
-        settings = s.model_dump()
+        settings = s.cache_fields()
         out: dict[int, list[str]] = {}
         pending_subjects, pending_cache = [], []
         for n, (user, raw) in enumerate(zip(np.asarray(users).tolist(), raw_ids)):

@@ -87,12 +87,24 @@ def fewshot_prompt(titles: list[str], examples: list[tuple[list[str], str]], nou
 
     The prompt ends right after "Next:"; the model continues with " <title>\\n".
     """
-    chosen, nxt = ("已选：", "下一个：") if language == "zh" else ("Chosen: ", "Next: ")
-    blocks = "".join(f"{chosen}{history_inline(h)}\n{nxt}{display_title(t)}\n\n"
-                     for h, t in examples)
     text = template("next_fewshot", language).format(
-        noun=noun, examples=blocks, history=history_inline(titles))
+        noun=noun, examples=fewshot_blocks(examples, language), history=history_inline(titles))
     return text.rstrip("\n")
+
+
+def fewshot_blocks(examples: list[tuple[list[str], str]], language: str = "en") -> str:
+    """The example blocks of the few-shot prompt: "Chosen: a; b\\nNext: c\\n\\n" per example."""
+    chosen, nxt = ("已选：", "下一个：") if language == "zh" else ("Chosen: ", "Next: ")
+    return "".join(f"{chosen}{history_inline(h)}\n{nxt}{display_title(t)}\n\n"
+                   for h, t in examples)
+
+
+def fewshot_template(noun: str, language: str = "en") -> str:
+    """The shipped few-shot completion prompt as a ``string.Template`` text (``$examples``,
+    ``$history``): rendered by the interest job it gives exactly :func:`fewshot_prompt`."""
+    text = template("next_fewshot", language).replace("$", "$$")
+    return text.format(noun=noun.replace("$", "$$"), examples="${examples}",
+                       history="${history}")
 
 
 def knowledge_messages(title: str, categories: list[str], noun_one: str,

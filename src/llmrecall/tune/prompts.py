@@ -29,10 +29,13 @@ from llmrecall.data.dataset import Dataset
 from llmrecall.errors import ConfigError
 from llmrecall.evaluate.metrics import ranking_metrics
 from llmrecall.evaluate.protocols import EvalTask
+from llmrecall.interest.jobs import TEMPLATE_OPTIONAL, TEMPLATE_REQUIRED, check_interest_template
 from llmrecall.tune.objective import parse_metric
 
-#: placeholders every history prompt must keep (the user's items, how many texts to write)
-REQUIRED_FIELDS = frozenset({"history", "count"})
+#: placeholders a prompt must keep (the user's items) and may use (how many texts to write,
+#: the few-shot example blocks); the interest job fills exactly these
+REQUIRED_FIELDS = TEMPLATE_REQUIRED
+OPTIONAL_FIELDS = TEMPLATE_OPTIONAL
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class PromptVariant:
 
     Attributes:
         name: a label for reports (not part of the identity).
-        template: ``string.Template`` text with ``$history`` and ``$count`` placeholders.
+        template: ``string.Template`` text with a ``$history`` placeholder; ``$count`` and
+            ``$examples`` are optional (see :func:`check_template`).
         params: generation settings the scorer passes on (e.g. ``history_length``,
             ``n_texts``, ``output`` "profile" | "queries" | "titles", ``language``).
     """
@@ -66,16 +70,9 @@ class PromptVariant:
 
 
 def check_template(text: str, where: str = "template") -> None:
-    """ConfigError unless ``text`` is a valid template using exactly the required fields."""
-    try:
-        fields = set(string.Template(text).get_identifiers())
-        string.Template(text).substitute({f: "" for f in fields})
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(f"{where}: not a valid $-template: {exc}") from None
-    missing, extra = REQUIRED_FIELDS - fields, fields - REQUIRED_FIELDS
-    if missing or extra:
-        raise ConfigError(f"{where}: placeholders must be exactly {sorted(REQUIRED_FIELDS)}; "
-                          f"missing {sorted(missing)}, unknown {sorted(extra)}")
+    """ConfigError unless ``text`` is a valid template with ``$history`` and no placeholders
+    besides ``$count`` and ``$examples``."""
+    check_interest_template(text, where)
 
 
 #: the shipped history templates, one per output form (llmrecall/lm/prompts/<lang>/<name>.txt)
@@ -251,9 +248,9 @@ user may want next. Each template below got a score (higher is better).
 
 $examples
 
-Write one new template that should score higher. It must contain the placeholders \
-$$history and $$count exactly once each and no other $$ signs. Answer with the template \
-text only."""
+Write one new template that should score higher. It must contain the placeholder \
+$$history exactly once, may contain $$count and $$examples, and no other $$ signs. Answer \
+with the template text only."""
 
 
 @dataclass
