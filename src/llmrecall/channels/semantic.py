@@ -101,6 +101,12 @@ class _TextIndexChannel(Channel):
         return self
 
     # ---- serving hooks ---------------------------------------------------------------
+    @property
+    def query_source(self) -> str:
+        """What :meth:`recall_query` searches: channels with the same source give the same
+        answer to a query, so a service asks only one of them."""
+        return f"item-text:{self.embedder}"
+
     def add_items(self, ids: np.ndarray, texts: list[str]) -> None:
         """Embed and index items created or edited after fit.
 

@@ -141,7 +141,7 @@ class RecallEngine:
                 rows[i] = q.row
         history = _batch_histories(rows, [q.history for q in queries], n_items)
         names = [n for n in pipeline.channels if first.only is None or n in first.only]
-        text_channels = [n for n in names if hasattr(pipeline.channels[n], "recall_query")]
+        text_channels = _query_channels_of(pipeline, names)
         if first.query_only:  # history channels would only repeat popularity
             names = []
         degraded: list[str] = []
@@ -310,6 +310,22 @@ class RecallEngine:
             why = template.format(evidence=label or "your history", name=name)
         return {"channel": name, "rank": int(fused.ranks[r, col, c]) + 1, "why": why,
                 "evidence_item": evidence_item}
+
+
+def _query_channels_of(pipeline, names: list[str]) -> list[str]:
+    """The channels among ``names`` that answer free-text queries, one per distinct
+    ``query_source`` (e.g. both semantic channels search the same embeddings of the same
+    catalog: asking both would fuse one list twice and double the query's weight)."""
+    out, seen = [], set()
+    for name in names:
+        channel = pipeline.channels[name]
+        if not hasattr(channel, "recall_query"):
+            continue
+        source = getattr(channel, "query_source", None) or name
+        if source not in seen:
+            seen.add(source)
+            out.append(name)
+    return out
 
 
 def _timed(fn, *args, **kwargs):
