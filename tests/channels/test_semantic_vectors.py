@@ -72,3 +72,28 @@ def test_bad_vectors_and_params():
     small.add(np.arange(100), x[:100])
     with pytest.raises(DataError, match="index holds 100"):
         SemanticItemToItem().fit_vectors(x, np.ones(200, np.float32), index=small)
+
+
+@pytest.mark.parametrize("cls", [SemanticItemToItem, SemanticUserInterest])
+def test_dense_search_equals_the_exact_index(cls, monkeypatch):
+    """Small flat catalogs are searched by a matrix product; the answer must be FAISS's."""
+    import llmrecall.channels.semantic as semantic
+
+    x, topic = _catalog()
+    h = _history(topic)
+    allowed = np.random.default_rng(3).random(len(x) - 100) < 0.8  # shorter than the catalog
+    channel = cls(index_kind="flat").fit_vectors(x, np.ones(len(x), np.float32))
+    users = np.arange(40, dtype=np.int32)
+    dense = channel.recall(users, 50, h, allowed=allowed, explain=True)
+    monkeypatch.setattr(semantic, "DENSE_SEARCH_LIMIT", 0)
+    exact = channel.recall(users, 50, h, allowed=allowed, explain=True)
+    np.testing.assert_allclose(dense.scores, exact.scores, rtol=1e-5, atol=1e-6)
+    # the products are summed in another order than FAISS's, so a near-tie (within float
+    # rounding) may swap; everything else is identical
+    differ = dense.ids != exact.ids
+    assert differ.mean() < 0.005
+    tie = np.abs(dense.scores - exact.scores[:, -1:]) < 1e-5
+    assert (tie | ~differ).all()
+    same = ~differ
+    np.testing.assert_array_equal(dense.evidence[same], exact.evidence[same])
+    assert (dense.ids < len(allowed)).all() and allowed[dense.ids[dense.ids >= 0]].all()

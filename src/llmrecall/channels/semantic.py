@@ -28,6 +28,7 @@ import threading
 import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
+from llmrecall.channels.history import limited_blas
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added, grown,
                                               item_text_vectors, popular_rows, popularity,
@@ -35,6 +36,13 @@ from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, che
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 from llmrecall.index import VectorIndex, choose_kind, merge_hits
+from llmrecall.topk import topk
+
+#: catalogs up to this size with an exact ("flat") index are searched by one matrix product
+#: instead of FAISS (same answer; see ``_TextIndexChannel._dense_query``)
+DENSE_SEARCH_LIMIT = 100_000
+#: floats in one [queries, items] product of the dense path (64 MB)
+DENSE_CHUNK = 1 << 24
 
 #: the :class:`VectorIndex` keyword arguments a channel's ``index_params`` may set
 INDEX_PARAMS = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "rebuild_fraction")
@@ -185,15 +193,84 @@ class _TextIndexChannel(Channel):
                allowed: np.ndarray | None, exclude_seen: bool) -> Candidates:
         """Search ``queries`` (float32[q, d], query j belongs to row ``owner[j]``), scale hit
         scores by ``weights[j]``, merge by max per row and keep the top ``k``."""
-        exclude = history.matrix(batch)[owner] if exclude_seen and len(owner) else None
-        with self._lock:
-            ids, sims = self._index.search(queries, k, exclude=exclude, allowed=allowed)
-        scored = np.where(ids >= 0, sims * weights[:, None], -np.inf).astype(np.float32)
-        top, vals, ev = merge_hits(owner, ids, scored, evidence, len(batch), k)
+        if self._index.kind == "flat" and len(self.item_vectors_) <= DENSE_SEARCH_LIMIT:
+            top, vals, ev = self._dense_query(owner, queries, weights, evidence, batch, k,
+                                              history, allowed, exclude_seen)
+        else:
+            exclude = history.matrix(batch)[owner] if exclude_seen and len(owner) else None
+            with self._lock:
+                ids, sims = self._index.search(queries, k, exclude=exclude, allowed=allowed)
+            scored = np.where(ids >= 0, sims * weights[:, None], -np.inf).astype(np.float32)
+            top, vals, ev = merge_hits(owner, ids, scored, evidence, len(batch), k)
         empty = np.bincount(owner, minlength=len(batch)) == 0
         if empty.any():  # no usable history: the popularity ranking, without evidence
             top[empty], vals[empty] = popular_rows(self.popularity_, int(empty.sum()), k, allowed)
         return Candidates(top, vals, ev, "item")
+
+    def _dense_query(self, owner: np.ndarray, queries: np.ndarray, weights: np.ndarray,
+                     evidence: np.ndarray, batch: np.ndarray, k: int, history: Histories,
+                     allowed: np.ndarray | None, exclude_seen: bool
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The exact (flat) index's answer computed directly: row r's score of item i is
+        ``max_j weights[j] * <queries[j], item_vectors_[i]>`` over r's queries, then one
+        top-``k`` per row. Same masking as :meth:`VectorIndex.search` (ids past the end of
+        ``allowed`` are not allowed; rows without a vector are not in the index). On small
+        catalogs this is several times faster than a top-k per query and a merge, and needs
+        no lock.
+
+        Returns:
+            ``ids int32[rows, k]`` (-1 padded), ``scores float32[rows, k]`` (-inf padded),
+            ``evidence int32[rows, k]``: the evidence of the query that scored the item best.
+        """
+        n_rows, k = len(batch), max(int(k), 0)
+        vectors, known = self.item_vectors_, self._known_rows()  # one consistent snapshot
+        n = min(len(vectors), len(known))
+        columns = known[:n].copy()
+        if allowed is not None:
+            m = min(len(allowed), n)
+            columns[m:] = False
+            columns[:m] &= np.asarray(allowed, bool)[:m]
+        seen = history.matrix(batch) if exclude_seen else None
+        owner = np.asarray(owner, np.int64)
+        order = np.argsort(owner, kind="stable")  # each row's queries contiguous
+        owner, queries = owner[order], queries[order]
+        weights, evidence = weights[order], np.asarray(evidence)[order]
+        top = np.full((n_rows, k), -1, np.int32)
+        vals = np.full((n_rows, k), -np.inf, np.float32)
+        ev = np.full((n_rows, k), -1, np.int32)
+        if k == 0 or len(owner) == 0:
+            return top, vals, ev
+        # rows in chunks, so that the [queries, items] product stays near DENSE_CHUNK floats
+        per_row = max(1, len(owner) // max(n_rows, 1))
+        step = max(1, DENSE_CHUNK // max(n * per_row, 1))
+        for lo in range(0, n_rows, step):
+            hi = min(n_rows, lo + step)
+            a, b = np.searchsorted(owner, [lo, hi])
+            if a == b:
+                continue
+            with limited_blas():
+                sims = (queries[a:b] @ vectors[:n].T) * weights[a:b, None]  # float32[q, n]
+            rows = owner[a:b] - lo
+            starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+            scores = np.full((hi - lo, n), -np.inf, np.float32)
+            scores[rows[starts]] = np.maximum.reduceat(sims, starts, axis=0)
+            scores[:, ~columns] = -np.inf
+            if seen is not None:
+                r, c = seen[lo:hi].nonzero()
+                inside = c < n
+                scores[r[inside], c[inside]] = -np.inf
+            ids, best = topk(scores, k)
+            # evidence: which of the row's queries attains each candidate's score
+            counts = np.bincount(rows, minlength=hi - lo)
+            slot = np.arange(b - a) - np.repeat(np.cumsum(counts) - counts, counts)
+            grid = np.full((hi - lo, int(counts.max())), -1, np.int64)  # query index or -1
+            grid[rows, slot] = np.arange(b - a)
+            per_query = sims[np.maximum(grid, 0)[:, :, None], np.maximum(ids, 0)[:, None, :]]
+            per_query[np.broadcast_to((grid < 0)[:, :, None], per_query.shape)] = -np.inf
+            winner = np.take_along_axis(grid, per_query.argmax(axis=1), axis=1)  # [r, k]
+            top[lo:hi], vals[lo:hi] = ids, best
+            ev[lo:hi] = np.where(ids >= 0, evidence[a:b][np.maximum(winner, 0)], -1)
+        return top, vals, ev
 
     def recall(self, users: np.ndarray, k: int, history: Histories, *,
                allowed: np.ndarray | None = None, exclude_seen: bool = True,

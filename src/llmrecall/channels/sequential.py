@@ -101,9 +101,10 @@ def _build_model(n_items: int, dim: int, blocks: int, heads: int, max_len: int, 
                 table = table + self.text_adapter(self.text)
             return table
 
-        def forward(self, seq):
-            """seq int64[b, L] (0 = pad) -> hidden states float32[b, L, dim]."""
-            table = self.items()
+        def forward(self, seq, table=None):
+            """seq int64[b, L] (0 = pad) -> hidden states float32[b, L, dim]; ``table`` is
+            :meth:`items` when already computed (inference reuses it between calls)."""
+            table = self.items() if table is None else table
             length = seq.shape[1]
             x = table[seq] * math.sqrt(dim) + self.positions.weight[-length:]
             keep = (seq > 0).unsqueeze(-1)
@@ -155,6 +156,7 @@ class SASRec(Channel):
         self.seed, self.threads = seed, threads
         # add_items swaps (model_, n_items_, popularity_) together under this lock
         self._lock = threading.Lock()
+        self._table_cache = None  # (model, its item table), see _item_table
 
     # ---- training --------------------------------------------------------------------
     def fit(self, dataset: Dataset) -> "SASRec":
@@ -233,13 +235,25 @@ class SASRec(Channel):
         items = np.where(items < n_items, items, -1)
         seq = torch.from_numpy(np.where(items >= 0, items.astype(np.int64) + 1, 0))
         with torch.no_grad():
-            hidden = model(seq)[:, -1]
-            logits = (hidden @ model.items()[1:n_items + 1].T).numpy()
+            table = self._item_table(model)
+            hidden = model(seq, table)[:, -1]
+            logits = (hidden @ table[1:n_items + 1].T).numpy()
         scores = np.full((len(users), width), -np.inf, np.float32)
         scores[:, :n_items] = logits
         empty = (items < 0).all(axis=1)
         scores[empty, :n_items] = popularity_[:n_items]
         return scores
+
+    def _item_table(self, model):
+        """float32[n_items + 1, dim] ``model.items()`` of a fitted (eval-mode) model, computed
+        once per model object. With ``fuse`` it is an [n_items, text dim] x [text dim, dim]
+        product: most of a single user's recall time if redone on every call. ``fit``,
+        ``load_state`` and ``add_items`` install new model objects, which invalidates it."""
+        cached = self._table_cache
+        if cached is None or cached[0] is not model:
+            with _torch().no_grad():
+                cached = self._table_cache = (model, model.items().detach())
+        return cached[1]
 
     def add_items(self, ids: np.ndarray, texts: list[str]) -> None:
         """Score items created or edited after fit from their text (``text_init="fuse"``).

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from llmrecall.channels.history import pin_blas_threads
+from llmrecall.channels.history import blas_threads, pin_blas_threads
 from llmrecall.serve.artifacts import load_artifact
 from llmrecall.serve.engine import RecallAnswer, RecallEngine, RecallQuery
 from llmrecall.serve.live import LiveState
@@ -27,6 +27,13 @@ from llmrecall.serve.settings import ServeSettings
 from llmrecall.serve.store import EventRows, ItemRow, Store
 
 log = logging.getLogger(__name__)
+
+
+def _pin_faiss_threads() -> None:
+    """FAISS's OpenMP threads to the BLAS setting (``$LLMRECALL_THREADS``, 1 under ``serve``)."""
+    import faiss
+
+    faiss.omp_set_num_threads(blas_threads())
 
 
 class Service:
@@ -52,8 +59,11 @@ class Service:
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        # one process-wide BLAS setting instead of a change around every channel call
+        # one process-wide thread setting for BLAS and FAISS instead of a change around every
+        # channel call: channels already run on their own threads, and idle OpenMP teams
+        # spinning on 2 cores cost more than the small products they would split
         pin_blas_threads()
+        _pin_faiss_threads()
         self._queue = asyncio.Queue()
         self._writes_open, self._writes_idle = asyncio.Event(), asyncio.Event()
         self._writes_open.set()
