@@ -126,7 +126,7 @@ class TextCF(Channel):
             passes). Each step propagates over the whole graph (and, with
             ``user_init="text"``, runs the MLP over every user), so this bounds the fit time
             on large data. The default, 400, equals 10 epochs of ml-100k at batch 2048, so
-            there it changes nothing; ml-1m's 10 epochs would be ~4,900 steps.
+            there it changes nothing; ml-1m's 10 epochs would be ~4,800 steps.
         user_init: a user's layer 0: ``"text"`` = MLP(mean history text), ``"items"`` =
             mean of the history items' MLP vectors (no MLP pass over the users).
         recency_decay, recent: the history mean of layer 0 weights the last ``recent``
