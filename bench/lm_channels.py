@@ -59,6 +59,9 @@ def specs(fast: bool) -> dict[str, tuple[str, dict]]:
         "semantic_user": ("semantic_user", {}),
         "semantic_user (1 interest)": ("semantic_user", {"n_interests": 1}),
         "textcf": ("textcf", {"epochs": 2} if fast else {}),
+        # the setting configs/cold-text.toml uses: items = their MLP text image
+        "textcf cold": ("textcf", {"propagate_items": False,
+                                   **({"epochs": 2} if fast else {})}),
         "sasrec id-only": ("sasrec", {"text_init": "none", **sasrec}),
         "sasrec text-init": ("sasrec", {"text_init": "init", **sasrec}),
         "sasrec text-fuse": ("sasrec", {"text_init": "fuse", **sasrec}),

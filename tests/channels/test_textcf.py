@@ -36,22 +36,67 @@ class TestTextCF(LMChannelContract):
         user embeddings of training (so fresh histories land in the same space)."""
         import torch
 
-        from llmrecall.channels.textcf import (_bipartite, _light_propagation, _mean_rows,
-                                               _normalised)
+        from llmrecall.channels.textcf import _bipartite, _light_propagation, _normalised
 
         channel, data = fitted
         h = data.histories()
         rows = h.matrix()
+        mean = channel._history_weights(h, np.arange(data.n_users), data.n_items, rows)
         with torch.no_grad():
-            z0 = torch.cat([channel.mlp_(torch.from_numpy(_mean_rows(rows, channel.text_vectors_))),
-                            channel.mlp_(torch.from_numpy(channel.text_vectors_))]).numpy()
-        z = _light_propagation(_bipartite(_normalised(rows)), z0, channel.layers)
+            items = channel.mlp_(torch.from_numpy(channel.text_vectors_)).numpy()
+            users = (channel.mlp_(torch.from_numpy(mean @ channel.text_vectors_)).numpy()
+                     if channel.user_init == "text" else mean @ items)
+        z = _light_propagation(_bipartite(_normalised(rows)), np.vstack([users, items]),
+                               channel.layers)
         users = z[:data.n_users]
         expected = users / np.linalg.norm(users, axis=1, keepdims=True)
         got = channel.user_vectors(np.arange(data.n_users, dtype=np.int32), h)
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
+    def test_history_weights_are_a_mean(self, fitted):
+        channel, data = fitted
+        h = data.histories()
+        mean = channel._history_weights(h, np.arange(data.n_users), data.n_items, h.matrix())
+        sums = np.asarray(mean.sum(axis=1)).ravel()
+        np.testing.assert_allclose(sums[h.lengths() > 0], 1.0, rtol=1e-5)
+        # only history items carry weight
+        assert (mean.multiply(h.matrix()) != mean).nnz == 0
 
-def test_bad_parameters():
+
+class TestTextCFColdSetting(TestTextCF):
+    """The setting for new items: users from recency-weighted item vectors, items never
+    propagated, a bounded number of large-batch steps."""
+
+    def make_channel(self):
+        return TextCF(dim=32, hidden=64, epochs=1000, batch_size=128, lr=3e-3, max_steps=120,
+                      user_init="items", recency_decay=0.9, recent=20, propagate_items=False)
+
+    def test_recency_weights_decay_with_age(self, fitted):
+        channel, data = fitted
+        h = data.histories()
+        checked = 0
+        for user in range(data.n_users):
+            recent = h.of(user)[-channel.recent:]
+            if len(recent) < 3 or len(set(recent)) < len(recent):
+                continue  # a repeated item sums its weights
+            mean = channel._history_weights(h, np.array([user]), data.n_items,
+                                            h.matrix(np.array([user]))).toarray()[0]
+            w = mean[recent[::-1]]  # newest first
+            np.testing.assert_allclose(w[1:] / w[:-1], channel.recency_decay, rtol=1e-4)
+            checked += 1
+        assert checked > 0
+
+    def test_items_are_their_text_image(self, fitted):
+        import torch
+
+        channel, _ = fitted
+        with torch.no_grad():
+            items = channel.mlp_(torch.from_numpy(channel.text_vectors_)).numpy()
+        expected = items / np.linalg.norm(items, axis=1, keepdims=True)
+        np.testing.assert_allclose(channel.item_vectors_, expected, atol=1e-5)
+
+@pytest.mark.parametrize("bad", [{"tau": 0}, {"max_steps": -1}, {"user_init": "users"},
+                                 {"recency_decay": 0.0}, {"recency_decay": 1.5}, {"recent": 0}])
+def test_bad_parameters(bad):
     with pytest.raises(ConfigError):
-        TextCF(tau=0)
+        TextCF(**bad)

@@ -1,10 +1,20 @@
 """Collaboratively trained mapping of frozen text embeddings (kind ``textcf``, AlphaRec-style).
 
 A small MLP maps every item's frozen text embedding into a collaborative space; a user starts
-as the MLP image of the mean text embedding of their history; LightGCN-style propagation
-(``layers`` rounds over the symmetric-normalised train user-item graph, layer outputs
-averaged) mixes the two; training pulls each (user, item) pair together against the other
-items of the batch (InfoNCE on cosine similarity, temperature ``tau``).
+as the MLP image of the mean text embedding of their history (``user_init="text"``) or as the
+mean of their history items' MLP images (``"items"``, cheaper when users outnumber items), the
+mean optionally recency-weighted (``recency_decay``); LightGCN-style propagation (``layers``
+rounds over the symmetric-normalised train user-item graph, layer outputs averaged) mixes the
+two; training pulls each (user, item) pair together against the other items of the batch
+(InfoNCE on cosine similarity, temperature ``tau``). With ``propagate_items=False`` the item
+side stays the MLP image of its text, in training as in scoring, which is exactly what a new
+item (no edges in the graph) gets, so the training objective is the cold-item one.
+
+Cost: every optimiser step propagates over the whole graph, so a step costs O(nnz + nodes)
+whatever the batch; ``max_steps`` bounds the total number of steps (and so the fit time) on
+large data. Large batches (AlphaRec uses 4096) cover an epoch in fewer steps, but the
+in-batch logits cost batch² per step: on ml-100k, 400 steps at 4096 took ~5× the time of 400
+steps at 2048 on CPU.
 
 At recall time the user's representation is recomputed from the history passed in (fresh
 events count, new users work) using the fitted item layers; items are scored by cosine.
@@ -32,6 +42,9 @@ from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, che
                                               popularity, text_vectors)
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
+
+#: how a user's layer-0 vector is formed (see :class:`TextCF`)
+USER_INITS = ("text", "items")
 
 
 def _torch():
@@ -70,6 +83,24 @@ def _light_propagation(adjacency: sp.csr_matrix, z: np.ndarray, layers: int) -> 
     return (out / (layers + 1)).astype(np.float32)
 
 
+def _sparse_matmul_fn():
+    """Autograd ``A @ x`` for a constant scipy CSR ``A`` (backward ``Aᵀ @ grad``)."""
+    torch = _torch()
+
+    class SparseMatmul(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, matrix, transposed):
+            ctx.transposed = transposed
+            return torch.from_numpy(np.asarray(matrix @ x.detach().numpy(), dtype=np.float32))
+
+        @staticmethod
+        def backward(ctx, grad):
+            g = ctx.transposed @ grad.contiguous().numpy()
+            return torch.from_numpy(np.asarray(g, dtype=np.float32)), None, None
+
+    return SparseMatmul
+
+
 def _propagate_fn():
     """Autograd wrapper of :func:`_light_propagation`. Â is symmetric, so the propagation
     operator is too and its backward is the same propagation of the gradient; doing it
@@ -100,6 +131,18 @@ class TextCF(Channel):
         layers: propagation rounds (LightGCN layers).
         tau: InfoNCE temperature.
         epochs, batch_size, lr: training (Adam over (user, item) pairs, in-batch negatives).
+        max_steps: at most this many optimiser steps in all (0 = no bound: ``epochs`` full
+            passes). Each step propagates over the whole graph (and, with
+            ``user_init="text"``, runs the MLP over every user), so this bounds the fit time
+            on large data. The default, 400, equals 10 epochs of ml-100k at batch 2048, so
+            there it changes nothing; ml-1m's 10 epochs would be ~4,800 steps.
+        user_init: a user's layer 0: ``"text"`` = MLP(mean history text), ``"items"`` =
+            mean of the history items' MLP vectors (no MLP pass over the users).
+        recency_decay, recent: the history mean of layer 0 weights the last ``recent``
+            events by ``recency_decay ** age`` (age 0 = newest); 1.0 = the plain mean of the
+            whole (de-duplicated) history.
+        propagate_items: False keeps items at their MLP text image (no graph mixing on the
+            item side), in training and scoring alike.
         seed, threads: reproducibility and torch threads (at most 2 are used; 1 is fastest
             on a shared machine, where OpenMP spin-waiting makes 2 threads slower).
     """
@@ -109,13 +152,23 @@ class TextCF(Channel):
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, dim: int = 64, hidden: int = 256,
                  layers: int = 2, tau: float = 0.15, epochs: int = 10, batch_size: int = 2048,
-                 lr: float = 1e-3, seed: int = 0, threads: int = 1, name: str | None = None):
+                 lr: float = 1e-3, max_steps: int = 400, user_init: str = "text",
+                 recency_decay: float = 1.0, recent: int = 50, propagate_items: bool = True,
+                 seed: int = 0, threads: int = 1, name: str | None = None):
         super().__init__(name)
-        if min(dim, hidden, epochs, batch_size) < 1 or layers < 0 or tau <= 0:
-            raise ConfigError("textcf: dim, hidden, epochs, batch_size must be >= 1, "
-                              "layers >= 0, tau > 0")
+        if min(dim, hidden, epochs, batch_size, recent) < 1 or layers < 0 or tau <= 0 \
+                or max_steps < 0:
+            raise ConfigError("textcf: dim, hidden, epochs, batch_size, recent must be >= 1, "
+                              "layers >= 0, max_steps >= 0, tau > 0")
+        if user_init not in USER_INITS:
+            raise ConfigError(f"textcf: user_init must be one of {list(USER_INITS)}, "
+                              f"got {user_init!r}")
+        if not 0 < recency_decay <= 1:
+            raise ConfigError(f"textcf: recency_decay must be in (0, 1], got {recency_decay}")
         self.embedder, self.dim, self.hidden, self.layers, self.tau = embedder, dim, hidden, layers, tau
-        self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
+        self.epochs, self.batch_size, self.lr, self.max_steps = epochs, batch_size, lr, max_steps
+        self.user_init, self.recency_decay, self.recent = user_init, recency_decay, recent
+        self.propagate_items = propagate_items
         self.seed, self.threads = seed, threads
         # add_items swaps the item arrays as one group under this lock; readers take the
         # group with _arrays(), so one recall never mixes old and grown arrays
@@ -134,37 +187,51 @@ class TextCF(Channel):
             raise DataError("textcf: the training data has no interactions")
         adjacency = _bipartite(_normalised(user_items))
         n_users = user_items.shape[0]
-        propagate = _propagate_fn()
+        propagate, matmul = _propagate_fn(), _sparse_matmul_fn()
         text_t = torch.from_numpy(text)
-        user_text = torch.from_numpy(_mean_rows(user_items, text))
+        mean_rows = self._history_weights(history, np.arange(n_users), len(text), user_items)
+        mean_rows_t = mean_rows.T.tocsr()
+        user_text = torch.from_numpy(_mean_rows(user_items, text) if self.recency_decay == 1.0
+                                     else np.asarray(mean_rows @ text, dtype=np.float32))
         mlp = _mlp(text.shape[1], self.hidden, self.dim)
         optimizer = torch.optim.Adam(mlp.parameters(), lr=self.lr)
         pairs_u, pairs_i = coo.row.astype(np.int64), coo.col.astype(np.int64)
-        for _ in range(self.epochs):
-            order = rng.permutation(len(pairs_u))
-            for start in range(0, len(order), self.batch_size):
-                take = order[start:start + self.batch_size]
-                z = propagate.apply(torch.cat([mlp(user_text), mlp(text_t)]), adjacency,
-                                    self.layers)
-                u = torch.nn.functional.normalize(z[pairs_u[take]], dim=1)
-                i = torch.nn.functional.normalize(z[n_users + pairs_i[take]], dim=1)
-                logits = u @ i.T / self.tau
-                # the same item twice in a batch is not a negative of itself
-                same = torch.from_numpy(pairs_i[take][:, None] == pairs_i[take][None, :])
-                logits = logits.masked_fill(same & ~torch.eye(len(take), dtype=torch.bool), -1e9)
-                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(take)))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+
+        def layer0():
+            items = mlp(text_t)
+            users = mlp(user_text) if self.user_init == "text" \
+                else matmul.apply(items, mean_rows, mean_rows_t)
+            return torch.cat([users, items]), items
+
+        steps = self.epochs * -(-len(pairs_u) // self.batch_size)
+        if self.max_steps:
+            steps = min(steps, self.max_steps)
+        batches = _batches(rng, len(pairs_u), self.batch_size)
+        for _ in range(steps):
+            take = next(batches)
+            z0, items0 = layer0()
+            z = propagate.apply(z0, adjacency, self.layers)
+            u = torch.nn.functional.normalize(z[pairs_u[take]], dim=1)
+            item_side = z[n_users:] if self.propagate_items else items0
+            i = torch.nn.functional.normalize(item_side[pairs_i[take]], dim=1)
+            logits = u @ i.T / self.tau
+            # the same item twice in a batch is not a negative of itself
+            same = torch.from_numpy(pairs_i[take][:, None] == pairs_i[take][None, :])
+            logits = logits.masked_fill(same.fill_diagonal_(False), -1e9)
+            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(take)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
         mlp.eval()
         with torch.no_grad():
-            z0 = torch.cat([mlp(user_text), mlp(text_t)]).numpy()
+            z0 = layer0()[0].numpy()
         # item layers kept so that recall can redo the user update for any history
         layer_list, current = [z0[n_users:]], z0
         for _ in range(self.layers):
             current = adjacency @ current
             layer_list.append(current[n_users:])
-        item_final = _light_propagation(adjacency, z0, self.layers)[n_users:]
+        item_final = _light_propagation(adjacency, z0, self.layers)[n_users:] \
+            if self.propagate_items else z0[n_users:]
         self.text_vectors_ = text
         self.item_layers_ = np.stack(layer_list).astype(np.float32)  # [layers + 1, n_items, dim]
         self.item_vectors_ = _unit(item_final)
@@ -221,11 +288,35 @@ class TextCF(Channel):
             self.item_layers_, self.item_vectors_, self.item_degree_ = layers, vectors, degree
             self.popularity_ = grown(self.popularity_, ids[ids >= len(self.popularity_)], 0.0)
 
+    def _history_weights(self, history: Histories, users: np.ndarray, n_items: int,
+                         rows: sp.csr_matrix) -> sp.csr_matrix:
+        """float32 CSR [len(users), n_items] whose rows average a user's history (rows sum to
+        1; empty history -> empty row): the de-duplicated history with equal weights when
+        ``recency_decay == 1``, else the last ``recent`` events weighted by
+        ``recency_decay ** age`` (a repeated item sums its weights). Items >= ``n_items``
+        (added after fit) are dropped. ``rows`` is the users' binary history matrix already
+        cut or padded to ``n_items`` columns."""
+        if self.recency_decay == 1.0:
+            counts = np.asarray(rows.sum(axis=1)).ravel()
+            return (sp.diags((1.0 / np.maximum(counts, 1.0)).astype(np.float32)) @ rows).tocsr()
+        items, _ = history.recent(users, self.recent)
+        items = np.where(items < n_items, items, -1)
+        age = np.cumsum(items[:, ::-1] >= 0, axis=1)[:, ::-1] - 1  # 0 = newest
+        weights = np.where(items >= 0, self.recency_decay ** age, 0.0)
+        weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+        keep = items >= 0
+        row = np.broadcast_to(np.arange(len(users))[:, None], items.shape)
+        out = sp.csr_matrix((weights[keep].astype(np.float32), (row[keep], items[keep])),
+                            shape=(len(users), n_items))
+        out.sum_duplicates()
+        return out
+
     def user_vectors(self, users: np.ndarray, history: Histories,
                      arrays: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
         """float32[n, dim] unit user vectors from the given histories.
 
-        Layer 0 is the MLP image of the mean history text; layer l >= 1 is the normalised
+        Layer 0 is the MLP image of the (recency-weighted) mean history text, or the mean of
+        the history items' MLP vectors (``user_init="items"``); layer l >= 1 is the normalised
         sum of the history items' layer l-1 vectors (exactly LightGCN's user update, with
         the fitted item layers and the history passed in). Empty history -> zero vector.
         ``arrays`` is a group from :meth:`_arrays` (taken here when not given).
@@ -241,8 +332,13 @@ class TextCF(Channel):
         di = np.where(degree > 0, degree, 1.0) ** -0.5
         norm = sp.diags((np.where(deg_u > 0, deg_u, 1.0) ** -0.5).astype(np.float32)) @ rows \
             @ sp.diags(di.astype(np.float32))
-        with torch.no_grad():
-            layers = [self.mlp_(torch.from_numpy(_mean_rows(rows, text))).numpy()]
+        mean_rows = self._history_weights(history, users, len(degree), rows)
+        if self.user_init == "text":
+            with torch.no_grad():
+                layers = [self.mlp_(torch.from_numpy(
+                    np.asarray(mean_rows @ text, dtype=np.float32))).numpy()]
+        else:
+            layers = [np.asarray(mean_rows @ item_layers[0], dtype=np.float32)]
         for layer in range(self.layers):
             layers.append(np.asarray(norm @ item_layers[layer]))
         out = np.mean(layers, axis=0)
@@ -301,6 +397,15 @@ class TextCF(Channel):
         mlp.load_state_dict(load_file(str(path)))
         self.mlp_ = mlp.eval()
         self._n_base = len(self.item_vectors_)
+
+
+def _batches(rng: np.random.Generator, n: int, size: int):
+    """Endless int64 index batches of ``size``: consecutive slices of fresh permutations of
+    ``range(n)`` (the last slice of a permutation may be shorter)."""
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n, size):
+            yield order[start:start + size]
 
 
 def _mean_rows(rows: sp.csr_matrix, vectors: np.ndarray) -> np.ndarray:
