@@ -125,6 +125,17 @@ def _run_driver(args, url: str, concurrency: int, kind: str, users, items) -> di
     return json.loads(proc.stdout)
 
 
+def _channel_errors(metrics: str) -> dict[str, float]:
+    """``{"channel/reason": count}`` from the Prometheus ``llmrecall_channel_errors_total``."""
+    out = {}
+    for line in metrics.splitlines():
+        m = re.match(r'llmrecall_channel_errors_total\{(.*)\} ([0-9.e+]+)$', line)
+        if m and float(m.group(2)) > 0:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            out[f"{labels.get('channel')}/{labels.get('reason')}"] = float(m.group(2))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-1m")
@@ -202,9 +213,17 @@ def main() -> None:
         with httpx.Client(base_url=url) as c:
             after = c.post("/v1/recall", json={"user_id": users[0], "k": args.k})
             assert after.status_code == 200
+            # a channel left out of an answer (deadline, error) is counted by the server:
+            # numbers bought by dropping channels would not be the pipeline's numbers
+            metrics = c.get("/metrics").text
+        dropped = _channel_errors(metrics)
         summary = {"dataset": args.dataset, "driver": args.driver, "build_s": build_s,
                    "server_start_s": start_s, "server_rss_mib": rss, "cpus": os.cpu_count(),
+                   "channels": after.json()["channel_counts"], "channel_errors": dropped,
                    "results": rows}
+        print(f"channels answering: {sorted(after.json()['channel_counts'])}")
+        print("channels left out of answers during the run (reason: count): "
+              + (", ".join(f"{k}: {v:.0f}" for k, v in dropped.items()) or "none"))
         print(f"server RSS {rss:.0f} MiB; start {start_s:.1f} s"
               + (f"; build {build_s:.0f} s" if build_s else "") + f"; driver {args.driver}")
         if args.json:
