@@ -148,6 +148,8 @@ def main() -> None:
     parser.add_argument("--event-concurrency", type=int, default=8)
     parser.add_argument("--driver", choices=["auto", "wrk", "httpx"], default="auto")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--settings", type=Path, default=None,
+                        help="service settings TOML ([serve] table) passed to the server")
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
@@ -177,7 +179,8 @@ def main() -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "llmrecall.serve", "serve", str(artifact),
-                               "--port", str(port), "--state", str(work / "state.sqlite")],
+                               "--port", str(port), "--state", str(work / "state.sqlite")]
+                              + (["--settings", str(args.settings)] if args.settings else []),
                               env=env)
     try:
         import httpx

@@ -74,6 +74,10 @@ class Channel(ABC):
     kind: ClassVar[str] = "channel"
     #: what :meth:`explain` says about a candidate, given its evidence, e.g. "similar to {item}"
     evidence_template: ClassVar[str] = ""
+    #: True when :meth:`recall` is bounded in-process computation (no network, no disk, no
+    #: model generation): the service may then run it inline on its engine thread instead of
+    #: isolating it on a thread pool under a deadline (``ServeSettings.inline_channels``)
+    in_process: ClassVar[bool] = False
 
     def __init__(self, name: str | None = None):
         self.name = name or self.kind

@@ -36,6 +36,8 @@ class EASE(Channel):
     float32[m, m] over them (zero diagonal), ``popularity_`` float32[n_items].
     """
 
+    in_process = True  # see Channel.in_process
+
     kind = "ease"
     evidence_template = "predicted from {evidence} in your history (EASE)"
 

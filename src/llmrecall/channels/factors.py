@@ -33,6 +33,8 @@ class FactorChannel(Channel):
     largest dot product with the candidate's.
     """
 
+    in_process = True  # see Channel.in_process
+
     evidence_template = "fits your taste profile; closest to {evidence}"
 
     def __init__(self, factors: int, regularization: float, iterations: int, seed: int,

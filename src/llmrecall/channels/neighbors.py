@@ -91,6 +91,8 @@ class ItemNeighborChannel(Channel):
     Evidence: the history item with the largest ``w(u, h) * similarity_[h, j]``.
     """
 
+    in_process = True  # see Channel.in_process
+
     evidence_template = "often chosen together with {evidence}"
 
     def __init__(self, neighbors: int = 100, history_length: int | None = None,

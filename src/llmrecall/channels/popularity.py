@@ -23,6 +23,8 @@ class Popularity(Channel):
     Learned state: ``scores_`` float32[n_items].
     """
 
+    in_process = True  # see Channel.in_process
+
     kind = "popularity"
     evidence_template = ""
 

@@ -67,6 +67,8 @@ class _TextIndexChannel(Channel):
     copies, never changed in place, so a recall holding the old ones stays consistent.
     """
 
+    in_process = True  # see Channel.in_process
+
     def __init__(self, name: str | None = None):
         super().__init__(name)
         self._lock = threading.Lock()

@@ -133,6 +133,8 @@ class SASRec(Channel):
             on a shared machine, where OpenMP spin-waiting makes 2 threads slower).
     """
 
+    in_process = True  # see Channel.in_process
+
     kind: ClassVar[str] = "sasrec"
     evidence_template: ClassVar[str] = "often follows {evidence}"
 

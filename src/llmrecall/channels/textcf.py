@@ -147,6 +147,8 @@ class TextCF(Channel):
             on a shared machine, where OpenMP spin-waiting makes 2 threads slower).
     """
 
+    in_process = True  # see Channel.in_process
+
     kind: ClassVar[str] = "textcf"
     evidence_template: ClassVar[str] = "liked by people who liked {evidence}"
 

@@ -4,11 +4,16 @@ Queries that share options (channel selection, filters, explanations) are answer
 batch: each channel is called once for the whole group (batch-first contract), so per-request
 Python work stays small and the numpy work is vectorised across concurrent requests.
 
-Every channel call runs on that channel's own small thread pool and is awaited with one
-deadline for the group: a channel that raises or misses the deadline is left out of this
-answer (the others still answer), counted in metrics, and after repeated failures skipped
-for a cool-down period (a circuit breaker), so a stuck channel cannot eat the budget of
-every request.
+A channel whose recall is bounded in-process computation (``Channel.in_process``: the
+built-in collaborative and embedding channels) runs inline on the engine thread, one after
+another, when ``inline_channels`` is on (the default): on a few cores, handing each call to
+another thread and back cost more than the calls themselves (docs/serving.md,
+Performance). The deadline is checked before each inline channel. Every other channel call
+(plugins, anything doing I/O) runs on that channel's own small thread pool and is awaited
+with one deadline for the group: a channel that raises or misses the deadline is left out
+of this answer (the others still answer), counted in metrics, and after repeated failures
+skipped for a cool-down period (a circuit breaker), so a stuck channel cannot eat the
+budget of every request.
 """
 
 from __future__ import annotations
@@ -160,6 +165,11 @@ class RecallEngine:
                 continue
             channel = pipeline.channels[name]
             kc = max(pipeline.channel_k(name), k_max)
+            if self.settings.inline_channels and channel.in_process:
+                futures[name] = _run_inline(start, self.settings.channel_budget_ms, _timed,
+                                            channel.recall, users, kc, history,
+                                            allowed=channel_mask, explain=first.explain)
+                continue
             futures[name] = guard.executor.submit(
                 _timed, channel.recall, users, kc, history, allowed=channel_mask,
                 explain=first.explain)
@@ -326,6 +336,20 @@ def _query_channels_of(pipeline, names: list[str]) -> list[str]:
             seen.add(source)
             out.append(name)
     return out
+
+
+def _run_inline(start: float, budget_ms: float, fn, *args, **kwargs) -> Future:
+    """``fn(*args, **kwargs)`` run now, on this thread, as a finished Future (its result or
+    its exception); a Future never run (so: not done) once the budget since ``start`` is
+    spent, which the caller treats like a timeout."""
+    fut: Future = Future()
+    if time.perf_counter() - start > budget_ms / 1000.0:
+        return fut
+    try:
+        fut.set_result(fn(*args, **kwargs))
+    except Exception as exc:  # reported like a pool channel's failure
+        fut.set_exception(exc)
+    return fut
 
 
 def _timed(fn, *args, **kwargs):

@@ -31,6 +31,12 @@ class ServeSettings(BaseModel):
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a channel's breaker")
     breaker_cooldown_s: float = Field(10.0, gt=0, description="how long an open breaker skips the channel")
     max_batch: int = Field(32, ge=1, description="queries answered together as one batch")
+    inline_channels: bool = Field(
+        True, description="run channels whose recall is bounded in-process computation "
+        "(Channel.in_process: the built-in collaborative and embedding channels) one after "
+        "another on the engine thread instead of on their own pools: no thread hand-offs. "
+        "The deadline is checked before each; other channels (plugins, anything doing I/O) "
+        "keep their pool and the deadline that cuts them off")
     live_k: int = Field(200, ge=1, le=5000, description="candidates from each live source")
     live_popularity_weight: float = Field(0.3, ge=0)
     live_covisit_weight: float = Field(0.8, ge=0)
