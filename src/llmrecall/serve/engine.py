@@ -19,6 +19,7 @@ budget of every request.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -101,12 +102,16 @@ class RecallEngine:
         self.settings = settings
         self.metrics = metrics
         self.guards: dict[str, ChannelGuard] = {}
+        self._guards_lock = threading.Lock()
 
     def guard(self, name: str) -> ChannelGuard:
         g = self.guards.get(name)
         if g is None:
-            g = self.guards[name] = ChannelGuard(name, self.settings.breaker_failures,
-                                                 self.settings.breaker_cooldown_s)
+            with self._guards_lock:  # engine threads may meet a new channel at once
+                g = self.guards.get(name)
+                if g is None:
+                    g = self.guards[name] = ChannelGuard(name, self.settings.breaker_failures,
+                                                         self.settings.breaker_cooldown_s)
         return g
 
     def degraded_channels(self) -> list[str]:

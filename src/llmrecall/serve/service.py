@@ -60,9 +60,10 @@ class Service:
         self.store = Store(settings.resolved_state_path())
         self.api_key = settings.api_key()
         self.state: LiveState | None = None
-        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recall-engine")
+        self._engine_thread = ThreadPoolExecutor(max_workers=settings.engine_threads,
+                                                 thread_name_prefix="recall-engine")
         self._queue: asyncio.Queue | None = None
-        self._batcher: asyncio.Task | None = None
+        self._batchers: list[asyncio.Task] = []
         self._writes_open: asyncio.Event | None = None
         self._writes_idle: asyncio.Event | None = None
         self._inflight_writes = 0
@@ -91,14 +92,16 @@ class Service:
         self.refresh = InterestRefreshWorker(
             self._refresher(), self._raw_history, self.settings.refresh_min_events,
             on_outcome=lambda outcome: self.metrics.refreshes.labels(outcome).inc())
-        self._batcher = asyncio.create_task(self._run_batches())
+        # one batch loop per engine thread: while one batch runs, the next forms and runs
+        self._batchers = [asyncio.create_task(self._run_batches())
+                          for _ in range(self.settings.engine_threads)]
         _freeze_heap()
 
     async def stop(self) -> None:
-        if self._batcher is not None:
-            self._batcher.cancel()
+        for batcher in self._batchers:
+            batcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._batcher
+                await batcher
         self.refresh.stop()
         self.engine.shutdown()
         self._engine_thread.shutdown(wait=False, cancel_futures=True)
