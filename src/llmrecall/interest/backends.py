@@ -15,6 +15,7 @@ Both expose a ``fingerprint`` naming everything that changes the output; cache k
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import threading
@@ -92,6 +93,18 @@ class LocalLlamaGenerator(TextGenerator):
                                           n_threads_batch=threads, verbose=False, seed=0)
         self.llm = self._shared[key]
 
+    @classmethod
+    def close_all(cls) -> None:
+        """Free every shared model. Registered with ``atexit``: left to the interpreter's
+        final teardown, llama.cpp's destructors run after the modules they call into are
+        gone and print a TypeError at every exit."""
+        with cls._lock:
+            for llm in cls._shared.values():
+                close = getattr(llm, "close", None)
+                if close is not None:
+                    close()
+            cls._shared.clear()
+
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` without BOS (as it would appear mid-prompt)."""
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
@@ -126,6 +139,8 @@ class LocalLlamaGenerator(TextGenerator):
                 messages, max_tokens=max_tokens, temperature=temperature,
                 repeat_penalty=repeat_penalty, seed=seed)
         return out["choices"][0]["message"]["content"] or ""
+
+atexit.register(LocalLlamaGenerator.close_all)
 
 
 class ChatModelGenerator(TextGenerator):
