@@ -1,8 +1,9 @@
 """The service object behind the HTTP routes: state, store, engine, batching, reloads.
 
 Threading model: the asyncio event loop thread parses requests and is the only thread that
-mutates :class:`LiveState`; one engine thread answers recall batches; the store has its own
-writer thread; each channel has a small pool (see :mod:`llmrecall.serve.engine`).
+mutates :class:`LiveState`; ``engine_threads`` engine threads (default one) answer recall
+batches, running in-process channels inline and the others on each channel's small pool
+(see :mod:`llmrecall.serve.engine`); the store has its own writer thread.
 """
 
 from __future__ import annotations
