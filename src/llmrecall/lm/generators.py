@@ -10,6 +10,7 @@ Generation is expensive: wrap generators in :class:`llmrecall.lm.cached.CachedGe
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import threading
@@ -179,6 +180,14 @@ class LlamaCppGenerator(Generator):
                 out.append(reply["choices"][0]["message"]["content"] or "")
         return out
 
+    def close(self) -> None:
+        """Free the model now (llama.cpp's destructor, left to interpreter teardown, runs
+        after the modules it calls into are gone and prints a TypeError)."""
+        with self._lock:
+            close = getattr(self._llama, "close", None)
+            if close is not None:
+                close()
+
 
 class OpenAIChatGenerator(RemoteEndpoint, Generator):
     """Client for an OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint.
@@ -244,6 +253,15 @@ GENERATORS: dict[str, type[Generator]] = {
 ALIASES = {"default": "smollm2", "local": "smollm2", "llama-cpp": "smollm2"}
 _LOCAL: dict[tuple, Generator] = {}
 _LOCAL_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_local() -> None:
+    """Free the process's shared local models before interpreter teardown."""
+    with _LOCAL_LOCK:
+        for generator in _LOCAL.values():
+            generator.close()
+        _LOCAL.clear()
 
 
 def get_generator(name: str = "default", **options) -> Generator:
