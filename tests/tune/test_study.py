@@ -162,3 +162,27 @@ def test_the_default_min_gain_is_the_noise_floor(ml100k, small_config):
     assert report["min_gain"] == pytest.approx((p * (1 - p) / n) ** 0.5)
     with pytest.raises(ConfigError, match="min_gain"):
         tune(ml100k, "loo", small_config, 1, "recall@50", progress=False, min_gain=-0.1)
+
+
+def test_each_channel_alone_is_among_the_first_trials(ml100k, small_config, tmp_path):
+    """Tuning can always fall back to the best single channel: each channel alone (every
+    other weight 0) is enqueued after the config itself, and scores as that channel's list."""
+    from llmrecall.evaluate.experiment import recall_task
+    from llmrecall.evaluate.metrics import ranking_metrics
+    from llmrecall.evaluate.protocols import make_split
+    from llmrecall.pipeline import RecallPipeline
+
+    db = tmp_path / "single.sqlite"
+    _, report = tune(ml100k, "loo", small_config, 4, "recall@50", storage=db, study_name="s",
+                     space="fusion", progress=False, min_gain=0.0)
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials
+    alone = {t.user_attrs["single_channel"]: t.value for t in trials
+             if "single_channel" in t.user_attrs}
+    assert set(alone) == {"popularity", "itemcf", "ease"}
+    split = make_split(ml100k, "loo", 0)
+    lists = recall_task(RecallPipeline(small_config).fit(split.train), split.valid).lists
+    for name, value in alone.items():
+        own = ranking_metrics(lists[name].ids[:, :50], split.valid.targets, [50],
+                              split.valid.n_items)["recall@50"]
+        assert value == pytest.approx(own, abs=1e-9)
+    assert report["best_value"] >= max(alone.values())

@@ -146,6 +146,23 @@ def suggest(trial: optuna.trial.BaseTrial, config: PipelineConfig, space: Space 
     return PipelineConfig.model_validate(raw)
 
 
+def single_channel_values(config: PipelineConfig, name: str,
+                          space: Space = "all") -> dict[str, Any]:
+    """Trial parameters of ``config`` with every channel but ``name`` switched off (weight 0,
+    no guaranteed slots): the fused list is then that channel's own list. Enqueued next to
+    the config itself, so tuning can always fall back to the best single channel (a weight
+    near 0 for every other channel is a corner a sampler rarely visits)."""
+    values = current_values(config, space)
+    for cfg in config.enabled_channels:
+        other = cfg.channel_name
+        if other == name:
+            values[f"{other}.weight"] = cfg.weight if cfg.weight > 0 else 1.0
+            continue
+        values[f"{other}.weight"] = 0.0
+        values[f"{other}.min_slots"] = 0
+    return values
+
+
 def current_values(config: PipelineConfig, space: Space = "all") -> dict[str, Any]:
     """The trial parameters that reproduce ``config`` itself (to enqueue it as a trial)."""
     values: dict[str, Any] = {"fusion.rrf_k": config.fusion.rrf_k}

@@ -28,7 +28,7 @@ from llmrecall.data.dataset import Dataset
 from llmrecall.errors import ConfigError
 from llmrecall.evaluate.protocols import EvalTask, Split, make_split
 from llmrecall.tune.objective import DEFAULT_STAGES, ValidationObjective, parse_metric
-from llmrecall.tune.space import Space, current_values, suggest
+from llmrecall.tune.space import Space, current_values, single_channel_values, suggest
 from llmrecall.tune.store import FittedChannels
 
 #: seconds between liveness marks of a running trial; a trial silent for GRACE_SECONDS
@@ -129,7 +129,13 @@ def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, tri
                                     max_users=max_users, seed=seed, models=models)
     study = _open_study(storage, study_name, identity, seed)
     if not study.trials:
-        study.enqueue_trial(current_values(config, space), user_attrs={"baseline": True})
+        baseline = current_values(config, space)
+        study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        names = [c.channel_name for c in config.enabled_channels]
+        for name in names if len(names) > 1 else []:
+            alone = single_channel_values(config, name, space)
+            if alone != baseline:
+                study.enqueue_trial(alone, user_attrs={"single_channel": name})
     finished_before = _count(study, TrialState.COMPLETE, TrialState.PRUNED)
 
     interrupted = False
