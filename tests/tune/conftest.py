@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -37,3 +38,9 @@ def split(ml100k):
 @pytest.fixture()
 def small_config():
     return parse_config(SMALL)
+
+
+@pytest.fixture()
+def small_raw():
+    """SMALL as a fresh dict, for tests that derive variants of it."""
+    return copy.deepcopy(SMALL)

@@ -11,27 +11,13 @@ from llmrecall.pipeline import RecallPipeline
 from llmrecall.tune.compare import compare_on_test
 from llmrecall.tune.store import FittedChannels
 
-#: the conftest's SMALL pipeline (three quick channels)
-SMALL = {
-    "fusion": {"k": 50, "channel_k": 100, "rrf_k": 60.0},
-    "channels": [
-        {"kind": "popularity", "weight": 0.3},
-        {"kind": "itemcf", "weight": 1.0, "params": {"neighbors": 100}},
-        {"kind": "ease", "weight": 1.5, "params": {"regularization": 200.0}},
-    ],
-}
 
-
-def _reweighted() -> dict:
-    """SMALL with other fusion weights only: the same three fitted channels."""
-    channels = [dict(c, weight=w) for c, w in zip(SMALL["channels"], (1.0, 0.2, 2.5))]
-    return {**SMALL, "channels": channels}
-
-
-def test_a_fusion_only_change_fits_each_channel_once(ml100k, split):
-    small_config = parse_config(SMALL)
+def test_a_fusion_only_change_fits_each_channel_once(ml100k, split, small_config, small_raw):
+    # other fusion weights only: the same three fitted channels
+    for channel, weight in zip(small_raw["channels"], (1.0, 0.2, 2.5)):
+        channel["weight"] = weight
+    tuned = parse_config(small_raw)
     models = FittedChannels(split.train)
-    tuned = parse_config(_reweighted())
     comparison = compare_on_test(ml100k, "loo", small_config, tuned, "recall@50", split=split,
                                  models=models)
     assert models.fits == 3  # popularity, itemcf, ease: not six
@@ -41,19 +27,16 @@ def test_a_fusion_only_change_fits_each_channel_once(ml100k, split):
     assert comparison["default"]["results"]["fused"] != comparison["tuned"]["results"]["fused"]
 
 
-def test_a_changed_channel_parameter_is_fitted_again(split):
-    small_config = parse_config(SMALL)
+def test_a_changed_channel_parameter_is_fitted_again(split, small_config, small_raw):
     models = FittedChannels(split.train)
     RecallPipeline(small_config).fit(split.train, models=models)
-    changed = {**SMALL, "channels": [*SMALL["channels"][:2],
-                                     {**SMALL["channels"][2], "params": {"regularization": 50.0}}]}
-    pipeline = RecallPipeline(parse_config(changed)).fit(split.train, models=models)
+    small_raw["channels"][2]["params"] = {"regularization": 50.0}  # ease
+    pipeline = RecallPipeline(parse_config(small_raw)).fit(split.train, models=models)
     assert models.fits == 4
     assert pipeline.channels["ease"].regularization == 50.0
 
 
-def test_fitted_channels_of_another_dataset_are_refused(ml100k, split):
-    small_config = parse_config(SMALL)
+def test_fitted_channels_of_another_dataset_are_refused(ml100k, split, small_config):
     models = FittedChannels(split.train)
     with pytest.raises(ConfigError, match="another dataset"):
         RecallPipeline(small_config).fit(ml100k, models=models)

@@ -193,8 +193,8 @@ class TextCF(Channel):
         text_t = torch.from_numpy(text)
         mean_rows = self._history_weights(history, np.arange(n_users), len(text), user_items)
         mean_rows_t = mean_rows.T.tocsr()
-        user_text = torch.from_numpy(_mean_rows(user_items, text) if self.recency_decay == 1.0
-                                     else np.asarray(mean_rows @ text, dtype=np.float32))
+        # the same history weights recall uses (user_vectors), so training and recall agree
+        user_text = torch.from_numpy(np.asarray(mean_rows @ text, dtype=np.float32))
         mlp = _mlp(text.shape[1], self.hidden, self.dim)
         optimizer = torch.optim.Adam(mlp.parameters(), lr=self.lr)
         pairs_u, pairs_i = coo.row.astype(np.int64), coo.col.astype(np.int64)
@@ -408,13 +408,6 @@ def _batches(rng: np.random.Generator, n: int, size: int):
         order = rng.permutation(n)
         for start in range(0, n, size):
             yield order[start:start + size]
-
-
-def _mean_rows(rows: sp.csr_matrix, vectors: np.ndarray) -> np.ndarray:
-    """float32[n, d]: mean of ``vectors`` over each row's nonzero columns (0 for empty rows)."""
-    counts = np.asarray(rows.sum(axis=1)).ravel()
-    sums = np.asarray(rows @ vectors)
-    return (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -37,7 +37,8 @@ def _freeze_heap() -> None:
     thousands of long-lived objects while every request waits: on ml-1m that made p99
     recall latency 4-5x the median at concurrency 4 and up (docs/serving.md, Performance).
     A replaced artifact's objects stay frozen, i.e. are freed by reference counting only:
-    the artifact holds no reference cycles worth collecting."""
+    the artifact holds no reference cycles worth collecting. The one full collection here
+    pauses the process briefly, at start-up and once per reload."""
     gc.collect()
     gc.freeze()
 

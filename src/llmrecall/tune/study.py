@@ -217,9 +217,7 @@ def _count(study: optuna.Study, *states: TrialState) -> int:
 
 
 def _min_gain(min_gain: float | None, report: dict[str, Any], n_users: int) -> float:
-    if min_gain is not None:
-        if min_gain < 0:
-            raise ConfigError(f"min_gain must be >= 0, got {min_gain}")
+    if min_gain is not None:  # checked >= 0 before the study ran
         return float(min_gain)
     baseline = report.get("baseline_value")
     return 0.0 if baseline is None else noise_floor(baseline, n_users)
