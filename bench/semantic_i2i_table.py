@@ -24,11 +24,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("LLMRECALL_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from llmrecall.channels.history import pin_blas_threads  # noqa: E402
-from llmrecall.channels.semantic import SemanticItemToItem, build_neighbour_table  # noqa: E402
-from llmrecall.data.builtin import load_builtin  # noqa: E402
+from llmrecall.channels.history import pin_blas_threads
+from llmrecall.channels.semantic import SemanticItemToItem, build_neighbour_table
+from llmrecall.data.builtin import load_builtin
 
 K = 200
 

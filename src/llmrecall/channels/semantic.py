@@ -421,7 +421,7 @@ def updated_neighbour_table(table: NeighbourTable, vectors: np.ndarray, known: n
     # the other rows: merge in the changed items that beat their worst entry
     incoming = changed[known[changed]]
     rest = np.flatnonzero(known & ~redo)
-    step = max(1, TABLE_CHUNK // max(len(incoming), 1))
+    step = max(1, TABLE_CHUNK // max(len(incoming), vectors.shape[1]))  # bounds the gather too
     for lo in range(0, len(rest) if len(incoming) else 0, step):
         part = rest[lo:lo + step]
         with limited_blas():
@@ -518,6 +518,7 @@ class SemanticItemToItem(_TextIndexChannel):
 
     def load_state(self, directory: Path) -> None:
         super().load_state(directory)
+        self._known = None  # the loaded vectors' rows, not those of any earlier state
         self._build_table()  # not part of the artifact: rebuilt from the saved vectors
 
     def _build_table(self) -> None:
