@@ -1,7 +1,9 @@
 """Language-model channels over item text embeddings and a vector index.
 
 * :class:`SemanticItemToItem` (``semantic_i2i``): nearest neighbours, in text-embedding space,
-  of each of the user's last ``recent`` items, weighted by recency and merged.
+  of each of the user's last ``recent`` items, weighted by recency and merged. On catalogs up
+  to :data:`TABLE_LIMIT` items the neighbours come from a precomputed item-to-item table
+  (:class:`NeighbourTable`) instead of a search per history item.
 * :class:`SemanticUserInterest` (``semantic_user``): the user's recent history embeddings,
   time-decayed, summarised as one vector, or as several interest vectors (weighted spherical
   k-means over the history) when the history is diverse; each interest retrieves on its own.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import threading
 
@@ -43,6 +45,12 @@ from llmrecall.topk import topk
 DENSE_SEARCH_LIMIT = 100_000
 #: floats in one [queries, items] product of the dense path (64 MB)
 DENSE_CHUNK = 1 << 24
+
+#: catalogs up to this size get ``semantic_i2i``'s precomputed neighbour table; larger ones
+#: search the index per history item (the table is n_items x table_width x 8 bytes)
+TABLE_LIMIT = 50_000
+#: floats in one [rows, items] product while the neighbour table is built (16 MB)
+TABLE_CHUNK = 1 << 22
 
 #: the :class:`VectorIndex` keyword arguments a channel's ``index_params`` may set
 INDEX_PARAMS = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "rebuild_fraction")
@@ -204,7 +212,12 @@ class _TextIndexChannel(Channel):
                 ids, sims = self._index.search(queries, k, exclude=exclude, allowed=allowed)
             scored = np.where(ids >= 0, sims * weights[:, None], -np.inf).astype(np.float32)
             top, vals, ev = merge_hits(owner, ids, scored, evidence, len(batch), k)
-        empty = np.bincount(owner, minlength=len(batch)) == 0
+        return self._with_fallback(owner, top, vals, ev, k, allowed)
+
+    def _with_fallback(self, owner: np.ndarray, top: np.ndarray, vals: np.ndarray,
+                       ev: np.ndarray, k: int, allowed: np.ndarray | None) -> Candidates:
+        """Rows that issued no query (``owner`` never names them) get the popularity ranking."""
+        empty = np.bincount(owner, minlength=len(top)) == 0
         if empty.any():  # no usable history: the popularity ranking, without evidence
             top[empty], vals[empty] = popular_rows(self.popularity_, int(empty.sum()), k, allowed)
         return Candidates(top, vals, ev, "item")
@@ -318,12 +331,160 @@ class _TextIndexChannel(Channel):
         return items, weights
 
 
+class NeighbourTable(NamedTuple):
+    """Each item's ``width`` most similar items in text space, best first.
+
+    ``ids int32[n_items, width]`` / ``cos float32[n_items, width]`` (cosine of the item's text
+    to the neighbour's), padded with -1 / -inf; an item is not its own neighbour, and rows of
+    items without a vector are empty. ``known bool[n_items]``: the rows that held a vector
+    when the table was made. The three arrays are never changed in place: an update builds
+    new ones and swaps the whole tuple, so a reader holding one sees one consistent table.
+    """
+
+    ids: np.ndarray
+    cos: np.ndarray
+    known: np.ndarray
+
+
+def neighbour_rows(vectors: np.ndarray, known: np.ndarray, rows: np.ndarray,
+                   width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbour-table rows of items ``rows``, computed exactly.
+
+    Args:
+        vectors: float32[n, d] unit item vectors (zero rows = no vector).
+        known: bool[n] rows holding a vector; only those are neighbours.
+        rows: int[r] item ids, all ``known``.
+        width: neighbours per row.
+    Returns:
+        ``ids int32[r, width]`` and ``cos float32[r, width]``, best first (ties toward the
+        lower id, as :func:`topk`), -1 / -inf padded; an item is never its own neighbour.
+        Rows go through in chunks so the [chunk, n] product stays near ``TABLE_CHUNK``
+        floats, whatever the catalog size.
+    """
+    rows = np.asarray(rows, np.int64)
+    n = len(vectors)
+    ids = np.full((len(rows), width), -1, np.int32)
+    cos = np.full((len(rows), width), -np.inf, np.float32)
+    unknown = ~np.asarray(known, bool)
+    step = max(1, TABLE_CHUNK // max(n, 1))
+    for lo in range(0, len(rows), step):
+        part = rows[lo:lo + step]
+        with limited_blas():
+            sims = vectors[part] @ vectors.T  # float32[chunk, n]
+        sims[:, unknown] = -np.inf
+        sims[np.arange(len(part)), part] = -np.inf  # not its own neighbour
+        ids[lo:lo + step], cos[lo:lo + step] = topk(sims, width)
+    return ids, cos
+
+
+def build_neighbour_table(vectors: np.ndarray, known: np.ndarray, width: int) -> NeighbourTable:
+    """The :class:`NeighbourTable` of a whole catalog (float32[n, d] unit vectors)."""
+    n = len(vectors)
+    ids = np.full((n, width), -1, np.int32)
+    cos = np.full((n, width), -np.inf, np.float32)
+    rows = np.flatnonzero(known)
+    ids[rows], cos[rows] = neighbour_rows(vectors, known, rows, width)
+    return NeighbourTable(ids, cos, np.asarray(known, bool).copy())
+
+
+def updated_neighbour_table(table: NeighbourTable, vectors: np.ndarray, known: np.ndarray,
+                            changed: np.ndarray) -> NeighbourTable:
+    """``table`` after the items ``changed`` got new vectors (new ids or new texts).
+
+    Args:
+        table: the table before the change.
+        vectors: float32[n, d] all vectors after the change (n may have grown).
+        known: bool[n] rows holding a vector after the change.
+        changed: int[c] distinct ids whose vector is new.
+    Returns:
+        A new :class:`NeighbourTable` (``table`` is not modified) equal, up to ties, to
+        :func:`build_neighbour_table` over ``vectors``:
+
+        * the rows of changed items, and every row that listed a changed item (its cosine
+          was to the old vector, and dropping it may pull in a neighbour the row did not
+          keep), are recomputed exactly;
+        * every other row keeps its entries and takes in the changed items whose cosine
+          beats its worst entry (a top ``width`` of its old entries plus them).
+    """
+    n, width = len(vectors), table.ids.shape[1]
+    changed = np.asarray(changed, np.int64)
+    grow = n - len(table.ids)
+    ids = np.pad(table.ids, ((0, grow), (0, 0)), constant_values=-1)  # copies
+    cos = np.pad(table.cos, ((0, grow), (0, 0)), constant_values=-np.inf)
+    redo = np.zeros(n, bool)
+    redo[changed] = True
+    redo[:len(table.ids)] |= np.isin(table.ids, changed).any(axis=1)
+    redo &= known
+    ids[~known], cos[~known] = -1, -np.inf
+    rows = np.flatnonzero(redo)
+    ids[rows], cos[rows] = neighbour_rows(vectors, known, rows, width)
+    # the other rows: merge in the changed items that beat their worst entry
+    incoming = changed[known[changed]]
+    rest = np.flatnonzero(known & ~redo)
+    step = max(1, TABLE_CHUNK // max(len(incoming), vectors.shape[1]))  # bounds the gather too
+    for lo in range(0, len(rest) if len(incoming) else 0, step):
+        part = rest[lo:lo + step]
+        with limited_blas():
+            sims = vectors[part] @ vectors[incoming].T  # float32[chunk, c]
+        gain = (sims > cos[part, -1:]).any(axis=1)
+        if not gain.any():
+            continue
+        part = part[gain]
+        pool_ids = np.concatenate([ids[part], np.broadcast_to(incoming, (len(part), len(incoming)))],
+                                  axis=1)
+        pool_cos = np.concatenate([cos[part], sims[gain]], axis=1)
+        pick, best = topk(pool_cos, width)
+        ids[part] = np.where(pick >= 0, np.take_along_axis(pool_ids, np.maximum(pick, 0), axis=1), -1)
+        cos[part] = best
+    return NeighbourTable(ids, cos, np.asarray(known, bool).copy())
+
+
+def _history_pairs(history: Histories, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (row, item) of the block's histories, read straight from the CSR arrays:
+    ``row int64[nnz]``, ``item int32[nnz]`` (repeats kept). The same pairs as
+    ``history.matrix(batch).nonzero()`` without building a sparse matrix, which costs more
+    than the rest of a one-user table recall."""
+    batch = np.asarray(batch, np.int64)
+    starts, ends = history.indptr[batch], history.indptr[batch + 1]
+    lengths = ends - starts
+    first = np.cumsum(lengths) - lengths
+    take = np.arange(int(lengths.sum())) + np.repeat(starts - first, lengths)
+    return np.repeat(np.arange(len(batch)), lengths), history.items[take]
+
+
+def _distinct_queries(items: np.ndarray, weights: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The queries of a block's recent items (int32[n, L], -1 = none) and their weights:
+    ``row int64[q]`` (ascending), ``item int32[q]`` (ascending within a row) and
+    ``weight float32[q]``. A repeated item queries once, at its largest (most recent) weight."""
+    row, col = np.nonzero(items >= 0)
+    order = np.lexsort((-weights[row, col], items[row, col], row))
+    row, col = row[order], col[order]
+    keep = np.ones(len(row), bool)
+    keep[1:] = (row[1:] != row[:-1]) | (items[row[1:], col[1:]] != items[row[:-1], col[:-1]])
+    row, col = row[keep], col[keep]
+    return row, items[row, col], weights[row, col]
+
+
 @register
 class SemanticItemToItem(_TextIndexChannel):
     """Items whose text is closest to the user's recent items.
 
     Score of candidate c = max over the last ``recent`` history items h of
     ``recency_decay**age(h) * cos(text(h), text(c))``; evidence = the h that attains it.
+
+    Neighbour table: with ``table_width = W > 0`` and at most :data:`TABLE_LIMIT` items, each
+    item's ``W`` nearest items are computed once (at fit and load, not saved; n_items x W x 8
+    bytes) and recall merges the table rows of the user's history items instead of scoring
+    the catalog against each of them. Guarantee: when ``W >= k + e``, where e is the number
+    of items excluded for the user (seen items when ``exclude_seen``, items outside
+    ``allowed``), the answer is the exact one (same ids, scores up to float rounding, same
+    evidence except between exact ties): a candidate in the user's merged top ``k`` is
+    within the top ``k + e`` of the history item that scores it best, and so in that item's
+    row. With a smaller ``W`` the answer is approximate but still valid: only allowed,
+    unseen items, best first, -1 padded when fewer than ``k`` are found; an item's score is
+    the best over the history items whose rows list it (at most its exact score).
+    ``table_width=0`` searches per history item, as do catalogs above the limit.
     """
 
     kind: ClassVar[str] = "semantic_i2i"
@@ -331,28 +492,135 @@ class SemanticItemToItem(_TextIndexChannel):
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 10,
                  recency_decay: float = 0.85, index_kind: str = "auto",
-                 index_params: dict | None = None, name: str | None = None):
+                 index_params: dict | None = None, table_width: int = 500,
+                 name: str | None = None):
         super().__init__(name)
         if recent < 1:
             raise ConfigError(f"semantic_i2i: recent must be >= 1, got {recent}")
         if not 0 < recency_decay <= 1:
             raise ConfigError(f"semantic_i2i: recency_decay must be in (0, 1], got {recency_decay}")
+        if isinstance(table_width, bool) or not isinstance(table_width, (int, np.integer)) \
+                or table_width < 0:
+            raise ConfigError(f"semantic_i2i: table_width must be an integer >= 0, got {table_width!r}")
         self.embedder, self.recent, self.recency_decay = embedder, recent, recency_decay
         self.index_kind = index_kind
         self.index_params = _check_index_params("semantic_i2i", index_params)
+        self.table_width = int(table_width)
+        self._table: NeighbourTable | None = None
+        self._adding = threading.Lock()  # one add_items at a time: each updates the table
 
+    # ---- the neighbour table ---------------------------------------------------------
+    def fit_vectors(self, item_vectors: np.ndarray, item_popularity: np.ndarray, *,
+                    index: VectorIndex | None = None) -> SemanticItemToItem:
+        super().fit_vectors(item_vectors, item_popularity, index=index)
+        self._build_table()
+        return self
+
+    def load_state(self, directory: Path) -> None:
+        super().load_state(directory)
+        self._known = None  # the loaded vectors' rows, not those of any earlier state
+        self._build_table()  # not part of the artifact: rebuilt from the saved vectors
+
+    def _build_table(self) -> None:
+        self._table = None
+        if self.table_width and len(self.item_vectors_) <= TABLE_LIMIT:
+            self._table = build_neighbour_table(self.item_vectors_, self._known_rows(),
+                                                self.table_width)
+
+    @property
+    def neighbour_table(self) -> NeighbourTable | None:
+        """The current :class:`NeighbourTable`, or None when recall searches the index."""
+        return self._table
+
+    def add_items(self, ids: np.ndarray, texts: list[str]) -> None:
+        """See :meth:`_TextIndexChannel.add_items`; also updates the neighbour table (new
+        rows, new entries in existing rows, rows that listed an edited item recomputed) and
+        swaps it in whole, so a concurrent recall uses either the old table or the new."""
+        with self._adding:
+            super().add_items(ids, texts)
+            table = self._table
+            if table is None or not len(texts):
+                return
+            vectors, known = self.item_vectors_, self._known_rows()
+            if len(vectors) > TABLE_LIMIT:
+                self._table = None  # grown past the limit: search the index from now on
+                return
+            changed = np.unique(np.asarray(ids, np.int64).ravel())
+            self._table = updated_neighbour_table(table, vectors, known, changed)
+
+    # ---- recall --------------------------------------------------------------------
     def _recall_block(self, batch, k, history, allowed, exclude_seen) -> Candidates:
+        table = self._table  # one snapshot for the whole block
         items, weights = self._recent(batch, history)
-        # a repeated item queries once, at its most recent (largest) weight
-        row, col = np.nonzero(items >= 0)
-        order = np.lexsort((-weights[row, col], items[row, col], row))
-        row, col = row[order], col[order]
-        keep = np.ones(len(row), bool)
-        keep[1:] = (row[1:] != row[:-1]) | (items[row[1:], col[1:]] != items[row[:-1], col[:-1]])
-        row, col = row[keep], col[keep]
-        query_items = items[row, col]
-        return self._query(row, self.item_vectors_[query_items], weights[row, col], query_items,
-                           batch, k, history, allowed, exclude_seen)
+        row, query_items, w = _distinct_queries(items, weights)
+        if table is None:
+            return self._query(row, self.item_vectors_[query_items], w, query_items,
+                               batch, k, history, allowed, exclude_seen)
+        # items that got a vector after this table was made do not query it (a recall
+        # racing add_items): as for items the channel has no vector for
+        inside = query_items < len(table.known)
+        inside[inside] = table.known[query_items[inside]]
+        row, query_items, w = row[inside], query_items[inside], w[inside]
+        top, vals, ev = self._table_query(table, row, query_items, w, batch, k, history,
+                                          allowed, exclude_seen)
+        return self._with_fallback(row, top, vals, ev, k, allowed)
+
+    def _table_query(self, table: NeighbourTable, row: np.ndarray, query_items: np.ndarray,
+                     weights: np.ndarray, batch: np.ndarray, k: int, history: Histories,
+                     allowed: np.ndarray | None, exclude_seen: bool
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The dense path's answer from the table rows of the queries: each query's entries
+        scored ``weight * cos``, merged per (row, item) by max, masked like
+        :meth:`_dense_query` (unknown, not allowed, seen) and cut to the top ``k``.
+
+        Args:
+            row: int64[q] ascending; query_items: int32[q] ascending within a row (as
+                :func:`_distinct_queries` gives them); weights: float32[q].
+        Returns:
+            ``ids int32[rows, k]``, ``scores float32[rows, k]``, ``evidence int32[rows, k]``
+            (the query item attaining the score; on an exact tie one of the tied items).
+        """
+        n_rows, k = len(batch), max(int(k), 0)
+        n = len(table.ids)
+        top = np.full((n_rows, k), -1, np.int32)
+        vals = np.full((n_rows, k), -np.inf, np.float32)
+        ev = np.full((n_rows, k), -1, np.int32)
+        if k == 0 or len(row) == 0:
+            return top, vals, ev
+        neighbours = table.ids[query_items]  # int32[q, W]
+        scored = table.cos[query_items] * weights[:, None]  # float32[q, W]
+        if not exclude_seen:  # the query item itself is a candidate (cos with itself)
+            own = self.item_vectors_[query_items]  # known: query items are known rows
+            neighbours = np.concatenate([neighbours, query_items[:, None].astype(np.int32)], axis=1)
+            scored = np.concatenate([scored, (np.einsum("qd,qd->q", own, own) * weights)[:, None]],
+                                    axis=1)
+        # merge by max into a dense [rows, n + 1] block. Column n is a sink for the -1
+        # padding: entry (r, -1) lands on flat index r * (n + 1) - 1, the sink of row r - 1
+        # (row 0's wraps around to the last row's sink), and the sinks are dropped.
+        width = n + 1
+        flat = (row[:, None] * width + neighbours).ravel()
+        scored = scored.ravel()
+        scores = np.full(n_rows * width, -np.inf, np.float32)
+        np.maximum.at(scores, flat, scored)
+        # evidence: a query attaining the item's max. Written in reverse query order, so that
+        # on an exact tie the lowest query item (the dense path's pick) normally stays.
+        win = np.flatnonzero(scored == scores[flat])[::-1]
+        source = np.full(n_rows * width, -1, np.int32)
+        source[flat[win]] = query_items[win // neighbours.shape[1]]
+        scores = scores.reshape(n_rows, width)[:, :n]
+        if allowed is not None:
+            columns = np.zeros(n, bool)
+            given = np.asarray(allowed, bool)[:n]
+            columns[:len(given)] = given
+            scores[:, ~columns] = -np.inf
+        if exclude_seen:
+            r, c = _history_pairs(history, batch)
+            inside = c < n
+            scores[r[inside], c[inside]] = -np.inf
+        top, vals = topk(scores, k)
+        found = source.reshape(n_rows, width)[np.arange(n_rows)[:, None], np.maximum(top, 0)]
+        ev = np.where(top >= 0, found, -1).astype(np.int32)
+        return top, vals, ev
 
 
 @register
