@@ -85,7 +85,7 @@ def test_every_process_reloads(make_server, tmp_path, ml100k, how):
     import httpx
 
     root = tmp_path / "artifact"
-    first = _rebuild(root, ml100k, 0.3)
+    _rebuild(root, ml100k, 0.3)
     server = make_server(root, "--workers", "2")
     server.client.post("/v1/events", headers=WRITE,
                        json={"events": [{"user_id": "reload-mp", "item_id": "50"}]})
