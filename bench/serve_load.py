@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument("--settings", type=Path, default=None,
                         help="service settings TOML ([serve] table) passed to the server")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes (serve --workers); RSS is summed over them")
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
@@ -180,26 +182,28 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "llmrecall.serve", "serve", str(artifact),
                                "--port", str(port), "--state", str(work / "state.sqlite")]
-                              + (["--settings", str(args.settings)] if args.settings else []),
-                              env=env)
+                              + (["--settings", str(args.settings)] if args.settings else [])
+                              + ["--workers", str(args.workers)], env=env)
     try:
         import httpx
         import psutil
 
         t = time.perf_counter()
-        while True:
+        ready: set[str] = set()  # processes that answered (fresh connection each time)
+        while len(ready) < args.workers:
             try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
+                r = httpx.get(url + "/healthz", timeout=1)
+                if r.status_code == 200:
+                    ready.add(r.headers.get("x-llmrecall-process", "single"))
+                    continue
             except httpx.HTTPError:
                 pass
             if server.poll() is not None:
                 raise SystemExit("server failed to start")
             time.sleep(0.1)
         start_s = time.perf_counter() - t
-        with httpx.Client(base_url=url) as c:  # warm-up
-            for u in users[:50]:
-                c.post("/v1/recall", json={"user_id": u, "k": args.k})
+        for u in users[:50 * args.workers]:  # warm-up, spread over the processes
+            httpx.post(url + "/v1/recall", json={"user_id": u, "k": args.k})
         rows = []
         for conc in [int(c) for c in args.concurrency.split(",")]:
             res = _run_driver(args, url, conc, "recall", users, items)
@@ -212,7 +216,8 @@ def main() -> None:
         print(f"events batch={args.event_batch} c={args.event_concurrency}: {ev['events_per_s']:.0f} "
               f"events/s ({ev['rps']:.1f} batches/s, p50 {ev['p50_ms']:.2f} ms, p99 "
               f"{ev['p99_ms']:.2f} ms, errors {ev['errors']})", flush=True)
-        rss = psutil.Process(server.pid).memory_info().rss / 2**20
+        tree = psutil.Process(server.pid)
+        rss = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)]) / 2**20
         with httpx.Client(base_url=url) as c:
             after = c.post("/v1/recall", json={"user_id": users[0], "k": args.k})
             assert after.status_code == 200
@@ -220,7 +225,8 @@ def main() -> None:
             # numbers bought by dropping channels would not be the pipeline's numbers
             metrics = c.get("/metrics").text
         dropped = _channel_errors(metrics)
-        summary = {"dataset": args.dataset, "driver": args.driver, "build_s": build_s,
+        summary = {"dataset": args.dataset, "driver": args.driver, "workers": args.workers,
+                   "build_s": build_s,
                    "server_start_s": start_s, "server_rss_mib": rss, "cpus": os.cpu_count(),
                    "channels": after.json()["channel_counts"], "channel_errors": dropped,
                    "results": rows}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -158,7 +159,8 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmrecall.serve", "serve", str(self.artifact),
              "--port", str(self.port), "--state", str(self.state), "--plugin", "serve_plugins",
-             *self.extra], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+             *self.extra], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its own process group: kill() reaches every worker
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -173,8 +175,8 @@ class Server:
         raise RuntimeError("server did not become healthy")
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        self.proc.send_signal(signal.SIGKILL)
+        """SIGKILL to the server and every process it started: no shutdown code runs."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
         self.client.close()
 
@@ -186,6 +188,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):  # a worker its parent did not stop
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.client.close()
         self.log.close()
 

@@ -12,9 +12,11 @@ from .conftest import WRITE
 
 
 @pytest.mark.slow
-def test_acknowledged_events_survive_sigkill(make_server, artifact, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_acknowledged_events_survive_sigkill(make_server, artifact, tmp_path, workers):
+    """With two processes the writers' connections land on both, which commit to one file."""
     state = tmp_path / "crash.sqlite"
-    server = make_server(artifact, state=state)
+    server = make_server(artifact, "--workers", str(workers), state=state)
     items = ["50", "181", "172", "1", "127", "100", "258", "286", "288", "294"]
     acked: list[list[dict]] = []
     sent: list[list[dict]] = []
@@ -46,7 +48,7 @@ def test_acknowledged_events_survive_sigkill(make_server, artifact, tmp_path):
     for t in threads:
         t.join(30)
 
-    restarted = make_server(artifact, state=state)
+    restarted = make_server(artifact, "--workers", str(workers), state=state)
     stamps: dict[str, set[float]] = {}
     for batch in sent:
         for user in {e["user_id"] for e in batch}:

@@ -74,3 +74,37 @@ def test_sighup_reloads(make_server, tmp_path, ml100k):
             break
         time.sleep(0.1)
     assert server.client.get("/healthz").json()["artifact_version"] == newer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["admin", "sighup"])
+def test_every_process_reloads(make_server, tmp_path, ml100k, how):
+    """``--workers 2``: a reload asked of one process (admin endpoint) reaches the other
+    through the state file's change log; SIGHUP to the server replaces both processes. A
+    write made before the reload is in every process's new state."""
+    import httpx
+
+    root = tmp_path / "artifact"
+    _rebuild(root, ml100k, 0.3)
+    server = make_server(root, "--workers", "2")
+    server.client.post("/v1/events", headers=WRITE,
+                       json={"events": [{"user_id": "reload-mp", "item_id": "50"}]})
+    second = _rebuild(root, ml100k, 0.9)
+    if how == "admin":
+        assert server.client.post("/v1/admin/reload", headers=WRITE).json()[
+            "artifact_version"] == second
+    else:
+        server.proc.send_signal(signal.SIGHUP)
+    recent: list[tuple[str, str]] = []  # (process, version) of the latest answers
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # fresh connections reach both processes
+        r = httpx.get(server.url + "/v1/users/reload-mp/history", timeout=30)
+        assert [h["item_id"] for h in r.json()["history"]] == ["50"]
+        health = httpx.get(server.url + "/healthz", timeout=30)
+        recent = [*recent[-9:], (health.headers["x-llmrecall-process"],
+                                 health.json()["artifact_version"])]
+        if len(recent) == 10 and len({p for p, _ in recent}) == 2 and \
+                {v for _, v in recent} == {second}:
+            break
+        time.sleep(0.05)
+    assert len({p for p, _ in recent}) == 2 and {v for _, v in recent} == {second}, recent

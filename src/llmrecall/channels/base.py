@@ -130,9 +130,9 @@ class Channel(ABC):
             if allowed is not None:
                 scores[:, ~fit_mask(allowed, scores.shape[1])] = -np.inf
             if exclude_seen:
-                seen = history.matrix(batch).tocoo()
-                inside = seen.col < scores.shape[1]
-                scores[seen.row[inside], seen.col[inside]] = -np.inf
+                rows, items = history.entries(batch)
+                inside = items < scores.shape[1]
+                scores[rows[inside], items[inside]] = -np.inf
             ids, vals = topk(scores, k)
             ids_out.append(ids)
             scores_out.append(vals)

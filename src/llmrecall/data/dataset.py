@@ -208,6 +208,13 @@ class Histories:
             m.data[:] = 1.0
         return m
 
+    def entries(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every history entry of ``users`` as ``(rows int64[m], items int32[m])``, where a
+        row is a position in ``users`` (duplicates kept): what masking seen items needs,
+        without building and sorting a CSR matrix."""
+        indptr, items, _ = self._rows(np.asarray(users))
+        return np.repeat(np.arange(len(indptr) - 1), np.diff(indptr)), items
+
     def recent(self, users: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """The last ``length`` items of each user, right-aligned.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import signal
 import time
 from contextlib import asynccontextmanager
@@ -53,10 +54,22 @@ def _field(loc) -> str:
 
 
 async def _service(request: Request) -> Service:
-    return request.app.state.service
+    service: Service = request.app.state.service
+    await service.sync()  # other processes' writes first (a no-op with one process)
+    return service
 
 
 Svc = Annotated[Service, Depends(_service)]
+
+
+#: environment variable carrying the settings (JSON) to each process of a multi-process server
+SETTINGS_ENV = "LLMRECALL_SERVE_SETTINGS"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one server process, its settings read from ``$LLMRECALL_SERVE_SETTINGS``
+    (uvicorn's factory for ``workers > 1``: each process builds its own)."""
+    return create_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -76,6 +89,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             yield
         finally:
             await service.stop()
+            service.metrics.process_exited()
 
     app = FastAPI(title="llmrecall", version="1", lifespan=lifespan,
                   description="Online recall (candidate generation) over versioned artifacts, "
@@ -281,7 +295,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/metrics", tags=["admin"])
     async def metrics(svc: Svc):
-        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus text; with several processes, their metrics summed (gauges: the max)."""
+        return Response(generate_latest(svc.metrics.collect_registry()),
+                        media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -307,6 +323,8 @@ class _Guard:
     def __init__(self, app, settings: ServeSettings):
         self.app = app
         self.limit = settings.max_body_bytes
+        # with several processes every response names the one that answered (operations)
+        self.process = str(os.getpid()).encode() if settings.workers > 1 else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -317,6 +335,9 @@ class _Guard:
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                if self.process is not None:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"x-llmrecall-process", self.process)]}
             await send(message)
 
         if scope["method"] in ("POST", "PUT", "PATCH"):

@@ -64,6 +64,8 @@ def serve_command(
     settings: Annotated[Optional[Path], typer.Option(help="TOML file with a \\[serve] table")] = None,
     channel_budget_ms: Annotated[Optional[float], typer.Option(help="per-request channel deadline")] = None,
     refresher: Annotated[Optional[str], typer.Option(help="'module:factory' interest refresher")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="server processes sharing the port and the state file (default 1)")] = None,
     plugin: PluginOpt = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
@@ -72,19 +74,46 @@ def serve_command(
 
     os.environ.setdefault("LLMRECALL_THREADS", "1")
 
-    from llmrecall.serve.app import create_app
+    from llmrecall.serve.app import SETTINGS_ENV, create_app
     from llmrecall.serve.settings import load_settings
 
     try:
         cfg = load_settings(settings, artifact_dir=artifact_dir, host=host, port=port,
                             api_key_env=api_key_env, state_path=state,
                             channel_budget_ms=channel_budget_ms, refresher=refresher,
-                            plugins=plugin or None)
+                            plugins=plugin or None, workers=workers)
     except LLMRecallError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=log_level,
-                access_log=False, timeout_graceful_shutdown=5)
+    if cfg.workers == 1:
+        uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=log_level,
+                    access_log=False, timeout_graceful_shutdown=5)
+        return
+    _serve_processes(cfg, log_level, SETTINGS_ENV)
+
+
+def _serve_processes(cfg, log_level: str, settings_env: str) -> None:
+    """uvicorn's process supervisor: ``cfg.workers`` processes accept on one socket, each
+    building the app from the settings in the environment; SIGHUP replaces them one by one
+    (each new process loads the artifact CURRENT names before the old one stops)."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from llmrecall.serve.metrics import MULTIPROC_ENV
+
+    os.environ[settings_env] = cfg.model_dump_json()
+    own_dir = MULTIPROC_ENV not in os.environ  # a directory the caller chose is left alone
+    if own_dir:
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="llmrecall-metrics-")
+    try:
+        uvicorn.run("llmrecall.serve.app:app_from_env", factory=True, workers=cfg.workers,
+                    host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
+                    timeout_graceful_shutdown=5)
+    finally:
+        if own_dir:
+            shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

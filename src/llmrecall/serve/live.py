@@ -248,13 +248,18 @@ class LiveState:
 
     # ---- mutations (service thread only) ---------------------------------------------
     def apply_events(self, first_seq: int, users: list[str], items: np.ndarray,
-                     times: np.ndarray, weights: np.ndarray) -> list[str]:
-        """Append acknowledged events (seq ``first_seq``...) to live histories.
+                     times: np.ndarray, weights: np.ndarray,
+                     seqs: np.ndarray | None = None) -> list[str]:
+        """Append acknowledged events (seq ``first_seq``... or, with gaps, ``seqs`` int64[m]
+        ascending) to live histories.
 
         Events already applied (seq <= ``last_seq``, e.g. replayed during a reload) are
         skipped. Returns the raw ids of users whose history changed.
         """
-        seqs = first_seq + np.arange(len(users))
+        if seqs is None:
+            seqs = first_seq + np.arange(len(users))
+        if not len(seqs):
+            return []
         fresh = seqs > self.last_seq
         if not fresh.any():
             return []

@@ -1,8 +1,18 @@
-"""Prometheus metrics of the service, in a registry of its own (one per app)."""
+"""Prometheus metrics of the service, in a registry of its own (one per app).
+
+Several server processes (``workers > 1``) use prometheus_client's multiprocess mode: the
+CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before the processes start, each writes its values to
+files there, and ``/metrics`` in any process reports all of them (counters and histograms
+summed; gauges the maximum over live processes).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 COUNT_BUCKETS = (0, 1, 10, 50, 100, 200, 400, 1000, 5000)
@@ -25,7 +35,7 @@ class Metrics:
             ["channel", "reason"], registry=r)
         self.channel_degraded = Gauge(
             "llmrecall_channel_degraded", "1 while a channel is failing or its breaker is open",
-            ["channel"], registry=r)
+            ["channel"], registry=r, multiprocess_mode="livemax")
         self.batch_size = Histogram(
             "llmrecall_recall_batch_size", "queries answered together", buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r)
@@ -34,10 +44,25 @@ class Metrics:
                                      registry=r)
         self.errors = Counter("llmrecall_http_errors", "error responses", ["route", "status"],
                               registry=r)
-        self.items = Gauge("llmrecall_items", "items in the vocabulary", registry=r)
+        self.items = Gauge("llmrecall_items", "items in the vocabulary", registry=r,
+                           multiprocess_mode="livemax")
         self.refreshes = Counter("llmrecall_interest_refreshes", "interest refreshes run",
                                  ["outcome"], registry=r)
         self._known_degraded: set[str] = set()
+
+    def collect_registry(self) -> CollectorRegistry:
+        """What ``/metrics`` reports: this registry, or every process's values."""
+        path = os.environ.get(MULTIPROC_ENV)
+        if not path:
+            return self.registry
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=path)
+        return merged
+
+    def process_exited(self) -> None:
+        """Drop this process's live gauges from the shared directory (clean shutdown)."""
+        if os.environ.get(MULTIPROC_ENV):
+            multiprocess.mark_process_dead(os.getpid())
 
     def set_degraded(self, names: list[str]) -> None:
         now = set(names)

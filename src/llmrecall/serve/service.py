@@ -4,6 +4,13 @@ Threading model: the asyncio event loop thread parses requests and is the only t
 mutates :class:`LiveState`; ``engine_threads`` engine threads (default one) answer recall
 batches, running in-process channels inline and the others on each channel's small pool
 (see :mod:`llmrecall.serve.engine`); the store has its own writer thread.
+
+Several processes (``workers > 1``): each holds its own LiveState and engine over the same
+SQLite state file. A write commits its change-log row with the data, then the process
+applies the log in order up to and including its own change (:meth:`Service.sync`); every
+request first applies whatever other processes committed since it last looked (one
+``PRAGMA data_version`` read when nothing did). So an acknowledged write is seen by the
+next request whichever process answers it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import asyncio
 import contextlib
 import gc
 import importlib
+import json
 import logging
 import time
 from collections import Counter
@@ -26,7 +34,7 @@ from llmrecall.serve.live import LiveState
 from llmrecall.serve.metrics import Metrics
 from llmrecall.serve.refresh import InterestRefreshWorker, load_refresher
 from llmrecall.serve.settings import ServeSettings
-from llmrecall.serve.store import EventRows, ItemRow, Store
+from llmrecall.serve.store import Change, EventRows, ItemRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,11 @@ class Service:
         self._inflight_writes = 0
         self._reload_lock: asyncio.Lock | None = None
         self.refresh = InterestRefreshWorker(None, self._raw_history)  # replaced in start()
+        # sharing the state file with other processes: the change log applied so far
+        self.shared = settings.workers > 1
+        self._change_seq = 0
+        self._seen_data_version: int | None = None
+        self._sync_lock: asyncio.Lock | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -85,11 +98,14 @@ class Service:
         self._writes_open.set()
         self._writes_idle.set()
         self._reload_lock = asyncio.Lock()
+        self._sync_lock = asyncio.Lock()
         artifact = await asyncio.to_thread(load_artifact, self.settings.artifact_dir)
         stored = await asyncio.to_thread(self.store.read_all)
         state = await asyncio.to_thread(LiveState, artifact, stored)
         await asyncio.to_thread(self._attach_new_items, state)
         self.state = state
+        self._change_seq = stored.change_seq
+        await self.sync()  # whatever other processes committed while this one loaded
         self.metrics.items.set(state.n_items)
         self.refresh = InterestRefreshWorker(
             self._refresher(), self._raw_history, self.settings.refresh_min_events,
@@ -109,11 +125,13 @@ class Service:
         self._engine_thread.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
-    async def reload(self) -> tuple[str, str, float]:
+    async def reload(self, announce: bool = True) -> tuple[str, str, float]:
         """Load the artifact fully, replay the stored state into it, then swap one reference.
 
         Writes pause only for the replay (not the artifact load); recalls never pause: a
-        request uses either the old state or the new one, never a half-built one.
+        request uses either the old state or the new one, never a half-built one. With
+        ``workers > 1`` and ``announce``, a new version is logged so the other processes
+        load it too.
         """
         assert self._reload_lock is not None and self._writes_open is not None
         async with self._reload_lock:
@@ -126,11 +144,22 @@ class Service:
                 state = await asyncio.to_thread(LiveState, artifact, stored)
                 await asyncio.to_thread(self._attach_new_items, state)
                 previous = self.state.artifact.version if self.state else ""
-                self.state = state
+                assert self._sync_lock is not None
+                async with self._sync_lock:
+                    # other processes' writes do not pause: bring the new state up to date
+                    # with the log, then swap, so no change is applied to one state only
+                    seq = stored.change_seq
+                    if self.shared:
+                        for change in await asyncio.to_thread(self.store.changes_since, seq):
+                            await self._apply_change(state, change)
+                            seq = change.seq
+                    self.state, self._change_seq = state, seq
                 self.metrics.items.set(state.n_items)
                 _freeze_heap()
             finally:
                 self._writes_open.set()
+            if self.shared and announce and state.artifact.version != previous:
+                await asyncio.wrap_future(self.store.request_reload(state.artifact.version))
             return state.artifact.version, previous, time.perf_counter() - start
 
     @contextlib.asynccontextmanager
@@ -182,9 +211,13 @@ class Service:
         """Commit (durably) then apply to live histories; returns the batch's seq range."""
         async with self.write_slot() as state:
             first, last = await asyncio.wrap_future(self.store.append_events(rows))
-            changed = state.apply_events(first, list(rows.user_id), items,
-                                         np.asarray(rows.ts, np.float64),
-                                         np.asarray(rows.weight, np.float32))
+            if self.shared:  # applied in log order, with other processes' changes
+                await self.sync()
+                changed = list(dict.fromkeys(rows.user_id))
+            else:
+                changed = state.apply_events(first, list(rows.user_id), items,
+                                             np.asarray(rows.ts, np.float64),
+                                             np.asarray(rows.weight, np.float32))
             self.metrics.events.inc(len(rows.user_id))
             self.metrics.event_batches.inc()
             if changed and self.refresh.enabled:
@@ -195,24 +228,90 @@ class Service:
     async def put_items(self, rows: list[ItemRow]) -> tuple[int, int]:
         async with self.write_slot() as state:
             await asyncio.wrap_future(self.store.upsert_items(rows))
-            new, updated = state.add_items(
-                [(r.item_id, r.title, r.text, r.categories) for r in rows])
-            self.metrics.items.set(state.n_items)
-            changed = np.concatenate([new, updated])
-            await asyncio.to_thread(self._notify_channels, state, changed)
+            if self.shared:
+                known = state.items.lookup([r.item_id for r in rows]) >= 0
+                await self.sync()
+                return int((~known).sum()), int(known.sum())
+            new, updated = await self._put_items(state, rows)
             return len(new), len(updated)
+
+    async def _put_items(self, state: LiveState, rows: list[ItemRow]) -> tuple[np.ndarray, np.ndarray]:
+        new, updated = state.add_items([(r.item_id, r.title, r.text, r.categories) for r in rows])
+        self.metrics.items.set(state.n_items)
+        await asyncio.to_thread(self._notify_channels, state, np.concatenate([new, updated]))
+        return new, updated
 
     async def delete_item(self, index: int, item_id: str) -> None:
         async with self.write_slot() as state:
             await asyncio.wrap_future(self.store.delete_item(item_id, state.titles[index]))
-            state.delete_item(index)
+            if self.shared:
+                await self.sync()
+            else:
+                state.delete_item(index)
 
     async def erase_user(self, user_id: str) -> int:
         async with self.write_slot() as state:
             n = await asyncio.wrap_future(self.store.erase_user(user_id))
-            state.erase_user(user_id)
-            self.refresh.forget(user_id)
+            if self.shared:
+                await self.sync()
+            else:
+                state.erase_user(user_id)
+                self.refresh.forget(user_id)
             return n
+
+    # ---- processes sharing the state file --------------------------------------------
+    async def sync(self) -> None:
+        """Apply, in log order, every change committed since this process last looked (by
+        any process, this one included). Only with ``workers > 1``; when nothing was
+        committed it costs one ``PRAGMA data_version`` read."""
+        if not self.shared or self.state is None:
+            return
+        if self.store.data_version() == self._seen_data_version:
+            return
+        assert self._sync_lock is not None
+        async with self._sync_lock:
+            # read the version first: a commit landing after it changes it again, so the
+            # next request looks again
+            version = self.store.data_version()
+            if version == self._seen_data_version:
+                return
+            for change in self.store.changes_since(self._change_seq):
+                await self._apply_change(self.state, change)
+                self._change_seq = change.seq
+            self._seen_data_version = version
+
+    async def _apply_change(self, state: LiveState, change: Change) -> None:
+        """One change-log row, applied to ``state`` (event-loop thread)."""
+        if change.kind == "events":
+            seqs, rows = self.store.events_between(change.lo, change.hi)
+            items = state.items.lookup(list(rows.item_id))
+            known = items >= 0  # every event's item was put before the event was accepted
+            state.apply_events(int(change.lo), [u for u, k in zip(rows.user_id, known) if k],
+                               items[known], np.asarray(rows.ts, np.float64)[known],
+                               np.asarray(rows.weight, np.float32)[known], seqs=seqs[known])
+        elif change.kind == "items":
+            rows = self.store.items_by_id(json.loads(change.key))
+            if rows:
+                await self._put_items(state, rows)
+        elif change.kind == "delete_item":
+            index = int(state.items.lookup([change.key])[0])
+            if index >= 0:
+                state.delete_item(index)
+        elif change.kind == "erase_user":
+            state.erase_user(change.key)
+            self.refresh.forget(change.key)
+        elif change.kind == "reload" and change.key != state.artifact.version:
+            # another process loaded a new artifact: load it too, off this request
+            asyncio.get_running_loop().create_task(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        try:
+            version, previous, seconds = await self.reload(announce=False)
+            log.warning("reloaded artifact %s (was %s) in %.2fs, as another process did",
+                        version, previous, seconds)
+        except Exception:
+            log.exception("reload asked by another process failed; still serving the "
+                          "previous artifact")
 
     # ---- helpers ---------------------------------------------------------------------
     def _refresher(self):

@@ -37,6 +37,12 @@ class ServeSettings(BaseModel):
         "batch amortises every channel call); 2 on 2 cores raises throughput under heavy load "
         "(ml-1m, all channels, 64 concurrent: 350 -> 475 req/s) at the price of latency at "
         "lower load (docs/serving.md, Performance)")
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes sharing the port and the SQLite state "
+        "file. Each holds its own copy of the artifact (memory x workers) and applies the "
+        "others' writes, in order, before answering (docs/serving.md, Several processes); "
+        "2 on 2 cores puts the second core to work on recall, which one process cannot: "
+        "its Python runs one thread at a time")
     inline_channels: bool = Field(
         True, description="run channels whose recall is bounded in-process computation "
         "(Channel.in_process: the built-in collaborative and embedding channels) one after "

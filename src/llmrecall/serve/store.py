@@ -1,9 +1,15 @@
-"""Durable service state in SQLite: events, users, items, erasures.
+"""Durable service state in SQLite: events, users, items, erasures, and a change log.
 
 One writer thread owns the write connection. Callers submit operations; the writer drains
 everything queued, runs it in ONE transaction and commits once (group commit), then resolves
 each operation's future. WAL mode with ``synchronous=FULL`` means a resolved future is an
 fsync'ed commit: an acknowledged write survives a process kill or power loss.
+
+Every write also appends one row to ``changes`` in the same transaction: the ordered log
+that lets several server processes share one state file. A process that did not make a
+change finds it with :meth:`Store.changes_since` and applies it (``serve.sync``); ``PRAGMA
+data_version`` tells it, in microseconds, whether anything was committed since it last
+looked.
 """
 
 from __future__ import annotations
@@ -39,6 +45,13 @@ CREATE TABLE IF NOT EXISTS erasures (
     user_id TEXT PRIMARY KEY,
     erased_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    lo INTEGER NOT NULL DEFAULT 0,
+    hi INTEGER NOT NULL DEFAULT 0,
+    key TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS items (
     item_id TEXT PRIMARY KEY,
     ord INTEGER NOT NULL,
@@ -49,6 +62,11 @@ CREATE TABLE IF NOT EXISTS items (
     updated REAL NOT NULL
 );
 """
+
+#: ``changes.kind`` values: an event batch (``lo..hi`` = its event seqs), items put (``key``
+#: = JSON list of item ids), an item deleted / a user erased (``key`` = the id), an artifact
+#: reload asked of every process
+CHANGE_KINDS = ("events", "items", "delete_item", "erase_user", "reload")
 
 #: operations one transaction may hold; bounds the latency of the first one in a group
 MAX_GROUP = 256
@@ -84,6 +102,18 @@ class StoredState:
     event_weight: np.ndarray  # float32[m]
     items: list[tuple[str, str, str, list[str], bool]]  # id, title, text, categories, deleted
     erased: set[str]
+    change_seq: int = 0  # the last change this snapshot includes
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of the change log (see :data:`CHANGE_KINDS`)."""
+
+    seq: int
+    kind: str
+    lo: int
+    hi: int
+    key: str
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -103,6 +133,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = connect(self.path)
         self._con.executescript(SCHEMA)
+        self._read_con: sqlite3.Connection | None = None  # opened on first shared read
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
         self.commits = 0  # transactions committed (group commits)
@@ -115,7 +146,14 @@ class Store:
         return self._submit(lambda cur: _insert_events(cur, rows))
 
     def upsert_items(self, items: list[ItemRow]) -> Future:
-        return self._submit(lambda cur: _upsert_items(cur, items))
+        def op(cur: sqlite3.Cursor) -> None:
+            _upsert_items(cur, items)
+            _log_change(cur, "items", key=json.dumps([it.item_id for it in items]))
+        return self._submit(op)
+
+    def request_reload(self, version: str) -> Future:
+        """Log that the artifact ``version`` was loaded: other processes reload too."""
+        return self._submit(lambda cur: _log_change(cur, "reload", key=version))
 
     def delete_item(self, item_id: str, known_title: str = "") -> Future:
         def op(cur: sqlite3.Cursor) -> None:
@@ -124,6 +162,7 @@ class Store:
                         " VALUES (?, (SELECT COALESCE(MAX(ord), -1) + 1 FROM items), ?, '', '[]', 1, ?)"
                         " ON CONFLICT(item_id) DO UPDATE SET deleted=1, updated=excluded.updated",
                         (item_id, known_title, now))
+            _log_change(cur, "delete_item", key=item_id)
         return self._submit(op)
 
     def erase_user(self, user_id: str) -> Future:
@@ -133,6 +172,7 @@ class Store:
             cur.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
             cur.execute("INSERT OR REPLACE INTO erasures(user_id, erased_at) VALUES (?, ?)",
                         (user_id, time.time()))
+            _log_change(cur, "erase_user", key=user_id)
             return n
         return self._submit(op)
 
@@ -183,6 +223,8 @@ class Store:
             self._queue.put(None)
             self._thread.join(timeout=30)
             self._con.close()
+            if self._read_con is not None:
+                self._read_con.close()
 
     # ---- reads ----------------------------------------------------------------------
     def read_all(self) -> StoredState:
@@ -194,6 +236,7 @@ class Store:
             items = con.execute("SELECT item_id, title, text, categories, deleted FROM items "
                                 "ORDER BY ord").fetchall()
             erased = {r[0] for r in con.execute("SELECT user_id FROM erasures")}
+            change_seq = con.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
             con.execute("COMMIT")
         finally:
             con.close()
@@ -203,7 +246,46 @@ class Store:
             event_ts=np.fromiter((r[3] for r in ev), np.float64, len(ev)),
             event_weight=np.fromiter((r[4] for r in ev), np.float32, len(ev)),
             items=[(r[0], r[1], r[2], json.loads(r[3]), bool(r[4])) for r in items],
-            erased=erased)
+            erased=erased, change_seq=int(change_seq))
+
+    # ---- reads for processes sharing the file (called from one thread) ----------------
+    def _reader(self) -> sqlite3.Connection:
+        con = self._read_con
+        if con is None:
+            con = self._read_con = connect(self.path)
+        return con
+
+    def data_version(self) -> int:
+        """Changes whenever any other connection (another process, or this store's writer)
+        commits: a cheap "is there anything new" probe."""
+        return self._reader().execute("PRAGMA data_version").fetchone()[0]
+
+    def changes_since(self, seq: int) -> list[Change]:
+        """Change-log rows after ``seq``, oldest first."""
+        rows = self._reader().execute(
+            "SELECT seq, kind, lo, hi, key FROM changes WHERE seq > ? ORDER BY seq", (seq,))
+        return [Change(*r) for r in rows]
+
+    def events_between(self, lo: int, hi: int) -> tuple[np.ndarray, EventRows]:
+        """The stored events with ``lo <= seq <= hi`` (an erased user's are gone), in seq order,
+        as ``(seqs int64[m], rows)``."""
+        rows = self._reader().execute(
+            "SELECT seq, user_id, item_id, event, ts, weight FROM events "
+            "WHERE seq BETWEEN ? AND ? ORDER BY seq", (lo, hi)).fetchall()
+        return (np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+                EventRows([r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+                          [r[4] for r in rows], [r[5] for r in rows]))
+
+    def items_by_id(self, item_ids: list[str]) -> list[ItemRow]:
+        """The stored rows of these items that are not deleted (in the given order)."""
+        con = self._reader()
+        out = []
+        for item_id in item_ids:
+            r = con.execute("SELECT title, text, categories FROM items WHERE item_id = ? "
+                            "AND deleted = 0", (item_id,)).fetchone()
+            if r is not None:
+                out.append(ItemRow(item_id, r[0], r[1], json.loads(r[2])))
+        return out
 
     def count_events(self) -> int:
         con = connect(self.path)
@@ -222,8 +304,15 @@ def _insert_events(cur: sqlite3.Cursor, rows: EventRows) -> tuple[int, int]:
     last = cur.execute("SELECT last_insert_rowid()").fetchone()[0]
     cur.executemany("INSERT OR IGNORE INTO users(user_id, first_seen) VALUES (?, ?)",
                     [(u, now) for u in dict.fromkeys(rows.user_id)])
-    # one writer and AUTOINCREMENT: the batch got consecutive sequence numbers
-    return last - len(rows.user_id) + 1, last
+    # one writer at a time (the transaction holds SQLite's write lock, also against other
+    # processes) and AUTOINCREMENT: the batch got consecutive sequence numbers
+    first = last - len(rows.user_id) + 1
+    _log_change(cur, "events", lo=first, hi=last)
+    return first, last
+
+
+def _log_change(cur: sqlite3.Cursor, kind: str, lo: int = 0, hi: int = 0, key: str = "") -> None:
+    cur.execute("INSERT INTO changes(kind, lo, hi, key) VALUES (?, ?, ?, ?)", (kind, lo, hi, key))
 
 
 def _upsert_items(cur: sqlite3.Cursor, items: list[ItemRow]) -> None:
