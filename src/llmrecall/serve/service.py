@@ -87,7 +87,8 @@ class Service:
         self._reload_lock = asyncio.Lock()
         artifact = await asyncio.to_thread(load_artifact, self.settings.artifact_dir)
         stored = await asyncio.to_thread(self.store.read_all)
-        state = await asyncio.to_thread(LiveState, artifact, stored)
+        state = await asyncio.to_thread(LiveState, artifact, stored,
+                                        self.settings.user_cache_users)
         await asyncio.to_thread(self._attach_new_items, state)
         self.state = state
         self.metrics.items.set(state.n_items)
@@ -123,7 +124,8 @@ class Service:
             try:
                 await self._writes_idle.wait()
                 stored = await asyncio.to_thread(self.store.read_all)
-                state = await asyncio.to_thread(LiveState, artifact, stored)
+                state = await asyncio.to_thread(LiveState, artifact, stored,
+                                                self.settings.user_cache_users)
                 await asyncio.to_thread(self._attach_new_items, state)
                 previous = self.state.artifact.version if self.state else ""
                 self.state = state
