@@ -55,6 +55,12 @@ class UserStateCache:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def nbytes(self) -> int:
+        """Bytes held in cached arrays (Python object overhead, ~0.1 KB per array, not
+        included)."""
+        with self._lock:
+            return sum(a.nbytes for _, payload in self._rows.values() for a in payload)
+
     def clear(self) -> None:
         with self._lock:
             self._rows.clear()
