@@ -24,7 +24,7 @@ import time
 
 os.environ.setdefault("LLMRECALL_THREADS", "1")  # what ``llmrecall.serve serve`` runs with
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from .lm_contract import lm_cache  # noqa: F401
 
 from llmrecall.channels.als import ALS
 from llmrecall.channels.bpr import BPR
@@ -17,6 +16,8 @@ from llmrecall.channels.textcf import TextCF
 from llmrecall.channels.user_cache import UserStateCache, attach_user_caches, cached_user_states
 from llmrecall.data.dataset import Histories
 from llmrecall.errors import ConfigError, DataError
+
+from .lm_contract import lm_cache  # noqa: F401  (the private LM cache fixture)
 
 K = 50
 
@@ -149,7 +150,10 @@ def check_cache_is_invisible(channel, data) -> None:
     h = data.histories()
     rng = np.random.default_rng(0)
     users = rng.choice(data.n_users, 48, replace=False).astype(np.int32)
-    plain = lambda u, hist: channel.recall(u, K, hist, explain=True)  # noqa: E731
+
+    def plain(u: np.ndarray, hist: Histories):
+        return channel.recall(u, K, hist, explain=True)
+
     expected = plain(users, h)
     cache = UserStateCache(1000)
     channel.user_cache = cache
@@ -195,9 +199,10 @@ def test_bpr_cache_is_invisible(ml100k):
 
 
 @pytest.fixture(scope="module")
-def item_vectors(ml100k, lm_cache):
+def item_vectors(ml100k, request):
     from llmrecall.channels.text_features import item_text_vectors
 
+    request.getfixturevalue("lm_cache")  # embed into the session's private cache
     return item_text_vectors(ml100k)
 
 

@@ -175,7 +175,9 @@ class LiveState:
         self.next_row = self.n_fitted_users
         self.dropped_events = 0
         self.base = self._replay(stored)
-        self.base_version = next(_VERSIONS)  # every replayed row: changed only via overlay
+        # the version of every replayed row (they change only through ``overlay``); code
+        # that ever rebuilds ``base`` must take a new one with it
+        self.base_version = next(_VERSIONS)
         self.overlay: dict[int, UserHistory] = {}
         self.last_seq = int(stored.event_seq[-1]) if len(stored.event_seq) else 0
         n = len(self.items)
