@@ -16,6 +16,7 @@ from llmrecall.channels.base import Channel
 from llmrecall.channels.history import (best_history_item, check_width, finish_scores,
                                         limited_blas, weighted_history)
 from llmrecall.channels.neighbors import item_popularity, training_matrix
+from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 
@@ -31,9 +32,13 @@ class FactorChannel(Channel):
     ``popularity_`` float32[n_items] for users the channel cannot place. Items added after
     fit are never recalled (-inf). Evidence: the history item whose factor vector has the
     largest dot product with the candidate's.
+
+    ``user_cache`` (set by the service, None offline) keeps ``(vector, placed)`` per user
+    while the user's history version is unchanged (:mod:`llmrecall.channels.user_cache`).
     """
 
     in_process = True  # see Channel.in_process
+    user_cache: UserStateCache | None = None
 
     evidence_template = "fits your taste profile; closest to {evidence}"
 
@@ -84,7 +89,10 @@ class FactorChannel(Channel):
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
         width = check_width(history, self.item_factors_.shape[0], self.name)
         users = np.asarray(users, dtype=np.int64)
-        vectors, placed = self.user_vectors(users, self._history(users, history))
+        # item_factors_ is what user_vectors reads besides the history
+        vectors, placed = cached_user_states(
+            self.user_cache, users, history, self.item_factors_,
+            lambda pos: self.user_vectors(users[pos], self._history(users[pos], history)))
         with limited_blas():
             known = vectors @ self.item_factors_.T
         return finish_scores(known, ~placed, self.popularity_, width)

@@ -35,6 +35,7 @@ from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added, grown,
                                               item_text_vectors, popular_rows, popularity,
                                               text_vectors)
+from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 from llmrecall.index import VectorIndex, choose_kind, merge_hits
@@ -640,9 +641,14 @@ class SemanticUserInterest(_TextIndexChannel):
     how spread out they place texts (all-MiniLM: 0.34 on ml-100k; multilingual-e5: 0.066), so
     an absolute threshold would mean something else for each. ``diversity_threshold = 0.7``
     splits a history at least 70% as spread out as the catalog itself.
+
+    ``user_cache`` (set by the service, None offline) keeps each user's :meth:`interests`
+    while the history version and ``item_vectors_`` are unchanged
+    (:mod:`llmrecall.channels.user_cache`).
     """
 
     kind: ClassVar[str] = "semantic_user"
+    user_cache: UserStateCache | None = None
     evidence_template: ClassVar[str] = "matches your interest in things like {evidence}"
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 50,
@@ -697,7 +703,10 @@ class SemanticUserInterest(_TextIndexChannel):
         return centroids, share, evidence.astype(np.int32)
 
     def _recall_block(self, batch, k, history, allowed, exclude_seen) -> Candidates:
-        centroids, share, evidence = self.interests(batch, history)
+        # item_vectors_ (replaced by add_items) is what interests reads besides the history
+        centroids, share, evidence = cached_user_states(
+            self.user_cache, batch, history, self.item_vectors_,
+            lambda pos: self.interests(batch[pos], history))
         row, slot = np.nonzero(share > 0)
         weights = share[row, slot] ** self.share_power
         return self._query(row, centroids[row, slot], weights.astype(np.float32),

@@ -36,6 +36,7 @@ from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added,
                                               check_width, grown, item_text_vectors,
                                               popularity, text_vectors)
+from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 
@@ -131,9 +132,14 @@ class SASRec(Channel):
             when the catalog is larger than the limit.
         seed, threads: reproducibility and torch threads (at most 2 are used; 1 is fastest
             on a shared machine, where OpenMP spin-waiting makes 2 threads slower).
+
+    ``user_cache`` (set by the service, None offline) keeps each user's sequence vector
+    (the last hidden state, float32[dim]) while the history version and the model are
+    unchanged (:mod:`llmrecall.channels.user_cache`).
     """
 
     in_process = True  # see Channel.in_process
+    user_cache: UserStateCache | None = None
 
     kind: ClassVar[str] = "sasrec"
     evidence_template: ClassVar[str] = "often follows {evidence}"
@@ -235,11 +241,17 @@ class SASRec(Channel):
         n_items = min(known, width)  # items added while this request runs: next time
         items, _ = history.recent(users, self.max_len)
         items = np.where(items < n_items, items, -1)
-        seq = torch.from_numpy(np.where(items >= 0, items.astype(np.int64) + 1, 0))
         with torch.no_grad():
             table = self._item_table(model)
-            hidden = model(seq, table)[:, -1]
-            logits = (hidden @ table[1:n_items + 1].T).numpy()
+
+            def represent(pos: np.ndarray) -> tuple[np.ndarray]:
+                seq = np.where(items[pos] >= 0, items[pos].astype(np.int64) + 1, 0)
+                return (model(torch.from_numpy(seq), table)[:, -1].numpy(),)
+
+            # the model (replaced as a whole by add_items, with n_items) is what the
+            # sequence vector depends on besides the history
+            (hidden,) = cached_user_states(self.user_cache, users, history, model, represent)
+            logits = (torch.from_numpy(hidden) @ table[1:n_items + 1].T).numpy()
         scores = np.full((len(users), width), -np.inf, np.float32)
         scores[:, :n_items] = logits
         empty = (items < 0).all(axis=1)

@@ -40,6 +40,7 @@ from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added,
                                               check_width, grown, item_text_vectors,
                                               popularity, text_vectors)
+from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 
@@ -145,9 +146,14 @@ class TextCF(Channel):
             item side), in training and scoring alike.
         seed, threads: reproducibility and torch threads (at most 2 are used; 1 is fastest
             on a shared machine, where OpenMP spin-waiting makes 2 threads slower).
+
+    ``user_cache`` (set by the service, None offline) keeps each user's unit vector
+    (float32[dim]) while the history version and the item arrays are unchanged
+    (:mod:`llmrecall.channels.user_cache`).
     """
 
     in_process = True  # see Channel.in_process
+    user_cache: UserStateCache | None = None
 
     kind: ClassVar[str] = "textcf"
     evidence_template: ClassVar[str] = "liked by people who liked {evidence}"
@@ -356,7 +362,11 @@ class TextCF(Channel):
         # in the service) may run ahead of or behind the history's width
         width = check_width(history, self._n_base, self.name)
         n_items = min(len(item_vectors), width)  # items added while this request runs: later
-        vectors = self.user_vectors(users, history, arrays)
+        # arrays (one group, replaced as a whole by add_items) is what user_vectors reads
+        # besides the history; item_layers_ identifies the group
+        (vectors,) = cached_user_states(
+            self.user_cache, users, history, arrays[1],
+            lambda pos: (self.user_vectors(users[pos], history, arrays),))
         scores = np.full((len(users), width), -np.inf, np.float32)
         scores[:, :n_items] = vectors @ item_vectors[:n_items].T
         scores[~vectors.any(axis=1), :n_items] = popularity_[:n_items]

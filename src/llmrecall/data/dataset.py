@@ -164,6 +164,11 @@ class Histories:
         times: float64[nnz].
         weights: float32[nnz].
         n_items: size of the item vocabulary (columns of :meth:`matrix`).
+        versions: optional int64[n_users] content version per row, set by the service only:
+            within one serving process, two rows with the same (row, version) hold the same
+            history, so per-user state computed from it may be reused
+            (:mod:`llmrecall.channels.user_cache`); -1 = unknown, never reused. None
+            (offline code) = nothing is reused.
     """
 
     indptr: np.ndarray
@@ -171,6 +176,14 @@ class Histories:
     times: np.ndarray
     weights: np.ndarray
     n_items: int
+    versions: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        # a re-built history (e.g. dataclasses.replace with more rows) must not keep versions
+        # that no longer line up with its rows
+        if self.versions is not None and len(self.versions) != len(self.indptr) - 1:
+            raise DataError(f"Histories.versions has {len(self.versions)} entries for "
+                            f"{len(self.indptr) - 1} rows")
 
     @classmethod
     def from_interactions(cls, log: Interactions, n_users: int, n_items: int) -> "Histories":

@@ -149,7 +149,8 @@ class RecallEngine:
                 rows[i], anon = anon, anon + 1
             else:
                 rows[i] = q.row
-        history = _batch_histories(rows, [q.history for q in queries], n_items)
+        history = _batch_histories(rows, [q.history for q in queries], n_items,
+                                   [_version(q) for q in queries])
         names = [n for n in pipeline.channels if first.only is None or n in first.only]
         text_channels = _query_channels_of(pipeline, names)
         if first.query_only:  # history channels would only repeat popularity
@@ -363,9 +364,18 @@ def _timed(fn, *args, **kwargs):
     return result, time.perf_counter() - t
 
 
-def _batch_histories(rows: np.ndarray, hists: list[UserHistory], n_items: int) -> Histories:
+def _version(q: RecallQuery) -> int:
+    """The history version a channel may cache under: -1 for anonymous rows and for
+    histories extended by the request (their content is not the row's stored one)."""
+    return -1 if q.row is None or q.adhoc else q.history.version
+
+
+def _batch_histories(rows: np.ndarray, hists: list[UserHistory], n_items: int,
+                     versions: list[int] | None = None) -> Histories:
     """Histories with ``max(rows)+1`` rows where row ``rows[i]`` holds ``hists[i]`` and every
-    other row is empty (rows repeated in the batch share the first one's history)."""
+    other row is empty (rows repeated in the batch share the first one's history).
+    ``versions[i]`` is row ``rows[i]``'s version (``Histories.versions``; -1 elsewhere);
+    None gives a history without versions."""
     n_rows = int(rows.max()) + 1
     uniq, first = np.unique(rows, return_index=True)
     lengths = np.zeros(n_rows, np.int64)
@@ -379,7 +389,11 @@ def _batch_histories(rows: np.ndarray, hists: list[UserHistory], n_items: int) -
         weights = np.concatenate([h.weights for h in pick]).astype(np.float32)
     else:
         items, times, weights = np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.float32)
-    return Histories(indptr, items, times, weights, n_items)
+    row_versions = None
+    if versions is not None:
+        row_versions = np.full(n_rows, -1, np.int64)
+        row_versions[uniq] = np.asarray(versions, np.int64)[first]
+    return Histories(indptr, items, times, weights, n_items, row_versions)
 
 
 def _rows_matrix(items: np.ndarray, n_items: int) -> sp.csr_matrix:

@@ -12,18 +12,25 @@ replaced copy-on-write, so a reader sees the old or the new array, never a mix.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
+from llmrecall.channels.user_cache import attach_user_caches
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.serve.artifacts import Artifact
 from llmrecall.serve.store import StoredState
 
 #: previous history items each new event is paired with for live co-visitation
 COVISIT_WINDOW = 10
+
+#: history versions (see :class:`UserHistory`), unique within the process: each LiveState
+#: takes one for its replayed rows and one per history it creates, so no two states (an old
+#: and a reloaded one, or two built from one artifact) ever share a (row, version)
+_VERSIONS = itertools.count(1)
 
 
 def item_text(title: str, text: str, categories: list[str]) -> str:
@@ -37,11 +44,17 @@ def item_text(title: str, text: str, categories: list[str]) -> str:
 @dataclass(frozen=True)
 class UserHistory:
     """One user's history snapshot: items int32[m], times float64[m], weights float32[m],
-    sorted by time (oldest first). Arrays are never mutated after creation."""
+    sorted by time (oldest first). Arrays are never mutated after creation.
+
+    ``version`` identifies the content of a known user's row: :class:`LiveState` gives every
+    snapshot it creates a new one (``Histories.versions``; channels reuse per-user state
+    while it is unchanged). -1 = unknown (an ad-hoc history built for one request): never
+    reused."""
 
     items: np.ndarray
     times: np.ndarray
     weights: np.ndarray
+    version: int = -1
 
     @staticmethod
     def empty() -> "UserHistory":
@@ -129,10 +142,16 @@ class LiveCovisit:
 
 
 class LiveState:
-    """Artifact + stored state, replayed; see the module docstring for the threading rules."""
+    """Artifact + stored state, replayed; see the module docstring for the threading rules.
 
-    def __init__(self, artifact: Artifact, stored: StoredState):
+    ``user_cache_users`` > 0 gives the artifact's channels that keep per-user state
+    (``user_cache``) a fresh :class:`~llmrecall.channels.user_cache.UserStateCache` of that
+    many users: the caches live exactly as long as this state's history versions.
+    """
+
+    def __init__(self, artifact: Artifact, stored: StoredState, user_cache_users: int = 0):
         self.artifact = artifact
+        attach_user_caches(artifact.pipeline.channels.values(), user_cache_users)
         self.items = artifact.items.copy()
         self.titles: list[str] = list(artifact.catalog.titles)
         self.categories: list[list[str]] = [list(c) for c in artifact.catalog.categories]
@@ -156,6 +175,9 @@ class LiveState:
         self.next_row = self.n_fitted_users
         self.dropped_events = 0
         self.base = self._replay(stored)
+        # the version of every replayed row (they change only through ``overlay``); code
+        # that ever rebuilds ``base`` must take a new one with it
+        self.base_version = next(_VERSIONS)
         self.overlay: dict[int, UserHistory] = {}
         self.last_seq = int(stored.event_seq[-1]) if len(stored.event_seq) else 0
         n = len(self.items)
@@ -220,7 +242,8 @@ class LiveState:
         if row >= self.base.n_users:
             return UserHistory.empty()
         s, e = self.base.indptr[row], self.base.indptr[row + 1]
-        return UserHistory(self.base.items[s:e], self.base.times[s:e], self.base.weights[s:e])
+        return UserHistory(self.base.items[s:e], self.base.times[s:e], self.base.weights[s:e],
+                           self.base_version)
 
     def lexical(self):
         """The BM25 index over current item texts (built on first use, after item changes)."""
@@ -282,9 +305,11 @@ class LiveState:
         log_items, log_times, log_weights = log_items[order], log_times[order], log_weights[order]
         bounds = np.zeros(len(uniq) + 1, np.int64)
         np.cumsum(np.bincount(slot, minlength=len(uniq)), out=bounds[1:])
-        # each user's history is its own (copied) arrays, so no batch array is kept alive
+        # each user's history is its own (copied) arrays, so no batch array is kept alive;
+        # and a new version, so per-user state cached for the old one is never reused
         self.overlay.update(
-            (row, UserHistory(log_items[s:e].copy(), log_times[s:e].copy(), log_weights[s:e].copy()))
+            (row, UserHistory(log_items[s:e].copy(), log_times[s:e].copy(),
+                              log_weights[s:e].copy(), next(_VERSIONS)))
             for row, s, e in zip(uniq.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()))
         # live co-visits: every new event with the events just before it in its user's history
         pos = np.flatnonzero(is_new)

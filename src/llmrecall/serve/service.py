@@ -101,7 +101,8 @@ class Service:
         self._sync_lock = asyncio.Lock()
         artifact = await asyncio.to_thread(load_artifact, self.settings.artifact_dir)
         stored = await asyncio.to_thread(self.store.read_all)
-        state = await asyncio.to_thread(LiveState, artifact, stored)
+        state = await asyncio.to_thread(LiveState, artifact, stored,
+                                        self.settings.user_cache_users)
         await asyncio.to_thread(self._attach_new_items, state)
         self.state = state
         self._change_seq = stored.change_seq
@@ -141,7 +142,8 @@ class Service:
             try:
                 await self._writes_idle.wait()
                 stored = await asyncio.to_thread(self.store.read_all)
-                state = await asyncio.to_thread(LiveState, artifact, stored)
+                state = await asyncio.to_thread(LiveState, artifact, stored,
+                                                self.settings.user_cache_users)
                 await asyncio.to_thread(self._attach_new_items, state)
                 previous = self.state.artifact.version if self.state else ""
                 assert self._sync_lock is not None

@@ -49,6 +49,12 @@ class ServeSettings(BaseModel):
         "another on the engine thread instead of on their own pools: no thread hand-offs. "
         "The deadline is checked before each; other channels (plugins, anything doing I/O) "
         "keep their pool and the deadline that cuts them off")
+    user_cache_users: int = Field(
+        50_000, ge=0, description="users whose per-user channel state (SASRec's sequence "
+        "vector, semantic_user's interests, TextCF/ALS/BPR user vectors) is kept until their "
+        "history changes; 0 = recompute on every recall. Memory per user and channel: about "
+        "4 x the state's floats, e.g. 0.3 KB for a 64-dim vector, 4.6 KB for semantic_user's "
+        "3 x 384-dim interests (docs/serving.md, Performance)")
     live_k: int = Field(200, ge=1, le=5000, description="candidates from each live source")
     live_popularity_weight: float = Field(0.3, ge=0)
     live_covisit_weight: float = Field(0.8, ge=0)
