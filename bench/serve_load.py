@@ -125,6 +125,38 @@ def _run_driver(args, url: str, concurrency: int, kind: str, users, items) -> di
     return json.loads(proc.stdout)
 
 
+def _warm_every_process(url: str, users: list[str], args) -> float:
+    """Recall every user once in each server process: one keep-alive connection per process
+    (found by its ``x-llmrecall-process`` header), all users sent through each, in
+    parallel. Returns the seconds it took."""
+    import concurrent.futures
+
+    import httpx
+
+    t = time.perf_counter()
+    clients: dict[str, httpx.Client] = {}
+    for _ in range(200):
+        if len(clients) == args.workers:
+            break
+        client = httpx.Client(base_url=url, timeout=60)
+        pid = client.get("/healthz").headers.get("x-llmrecall-process", "single")
+        if pid in clients:
+            client.close()
+        else:
+            clients[pid] = client
+    if len(clients) < args.workers:
+        raise SystemExit(f"reached {len(clients)} of {args.workers} server processes")
+
+    def run(client: httpx.Client) -> None:
+        for u in users:
+            client.post("/v1/recall", json={"user_id": u, "k": args.k}).raise_for_status()
+        client.close()
+
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(run, clients.values()))
+    return time.perf_counter() - t
+
+
 def _channel_errors(metrics: str) -> dict[str, float]:
     """``{"channel/reason": count}`` from the Prometheus ``llmrecall_channel_errors_total``."""
     out = {}
@@ -152,6 +184,10 @@ def main() -> None:
                         help="service settings TOML ([serve] table) passed to the server")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes (serve --workers); RSS is summed over them")
+    parser.add_argument("--warm", action="store_true",
+                        help="before measuring, recall every user once in every process, so "
+                             "per-user caches hold each user's state (a user already seen "
+                             "since their last event); without it the caches fill during the run")
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
@@ -204,6 +240,7 @@ def main() -> None:
         start_s = time.perf_counter() - t
         for u in users[:50 * args.workers]:  # warm-up, spread over the processes
             httpx.post(url + "/v1/recall", json={"user_id": u, "k": args.k})
+        warm_s = _warm_every_process(url, users, args) if args.warm else None
         rows = []
         for conc in [int(c) for c in args.concurrency.split(",")]:
             res = _run_driver(args, url, conc, "recall", users, items)
@@ -226,7 +263,7 @@ def main() -> None:
             metrics = c.get("/metrics").text
         dropped = _channel_errors(metrics)
         summary = {"dataset": args.dataset, "driver": args.driver, "workers": args.workers,
-                   "build_s": build_s,
+                   "warm_s": warm_s, "build_s": build_s,
                    "server_start_s": start_s, "server_rss_mib": rss, "cpus": os.cpu_count(),
                    "channels": after.json()["channel_counts"], "channel_errors": dropped,
                    "results": rows}

@@ -23,9 +23,11 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         part = _lowest_ids_at_boundary(scores, part, kk)
     else:
         part = np.broadcast_to(np.arange(m), (n, m)).copy()
+    # sort by (-value, id) so ties are deterministic: ids ascending, then a stable sort by
+    # value (a third cheaper than lexsort on the two keys)
+    part.sort(axis=1)
     vals = np.take_along_axis(scores, part, axis=1)
-    # sort by (-value, id) so ties are deterministic
-    order = np.lexsort((part, -vals), axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
     ids = np.take_along_axis(part, order, axis=1).astype(np.int32)
     vals = np.take_along_axis(vals, order, axis=1).astype(np.float32)
     ids[~np.isfinite(vals)] = -1

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.history import (best_history_item, check_width, finish_scores,
-                                        limited_blas, weighted_history)
+                                        limited_blas, rows_dot, weighted_history)
 from llmrecall.channels.neighbors import item_popularity, training_matrix
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
@@ -94,7 +94,7 @@ class FactorChannel(Channel):
             self.user_cache, users, history, self.item_factors_,
             lambda pos: self.user_vectors(users[pos], self._history(users[pos], history)))
         with limited_blas():
-            known = vectors @ self.item_factors_.T
+            known = rows_dot(vectors, self.item_factors_)
         return finish_scores(known, ~placed, self.popularity_, width)
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:

@@ -30,7 +30,7 @@ import threading
 import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
-from llmrecall.channels.history import limited_blas
+from llmrecall.channels.history import limited_blas, rows_dot
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added, grown,
                                               item_text_vectors, popular_rows, popularity,
@@ -246,7 +246,8 @@ class _TextIndexChannel(Channel):
             m = min(len(allowed), n)
             columns[m:] = False
             columns[:m] &= np.asarray(allowed, bool)[:m]
-        seen = history.matrix(batch) if exclude_seen else None
+        # seen items as (row in batch, item) pairs, rows ascending
+        seen = history.entries(batch) if exclude_seen else None
         owner = np.asarray(owner, np.int64)
         order = np.argsort(owner, kind="stable")  # each row's queries contiguous
         owner, queries = owner[order], queries[order]
@@ -265,14 +266,15 @@ class _TextIndexChannel(Channel):
             if a == b:
                 continue
             with limited_blas():
-                sims = (queries[a:b] @ vectors[:n].T) * weights[a:b, None]  # float32[q, n]
+                sims = rows_dot(queries[a:b], vectors[:n]) * weights[a:b, None]  # float32[q, n]
             rows = owner[a:b] - lo
             starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
             scores = np.full((hi - lo, n), -np.inf, np.float32)
             scores[rows[starts]] = np.maximum.reduceat(sims, starts, axis=0)
             scores[:, ~columns] = -np.inf
             if seen is not None:
-                r, c = seen[lo:hi].nonzero()
+                s0, s1 = np.searchsorted(seen[0], [lo, hi])
+                r, c = seen[0][s0:s1] - lo, seen[1][s0:s1]
                 inside = c < n
                 scores[r[inside], c[inside]] = -np.inf
             ids, best = topk(scores, k)

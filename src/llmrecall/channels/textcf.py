@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
+from llmrecall.channels.history import rows_dot
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added,
                                               check_width, grown, item_text_vectors,
@@ -368,7 +369,7 @@ class TextCF(Channel):
             self.user_cache, users, history, arrays[1],
             lambda pos: (self.user_vectors(users[pos], history, arrays),))
         scores = np.full((len(users), width), -np.inf, np.float32)
-        scores[:, :n_items] = vectors @ item_vectors[:n_items].T
+        scores[:, :n_items] = rows_dot(vectors, item_vectors[:n_items])
         scores[~vectors.any(axis=1), :n_items] = popularity_[:n_items]
         return scores
 

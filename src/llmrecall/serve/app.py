@@ -324,7 +324,7 @@ class _Guard:
         self.app = app
         self.limit = settings.max_body_bytes
         # with several processes every response names the one that answered (operations)
-        self.process = str(os.getpid()).encode() if settings.workers > 1 else None
+        self.process = str(os.getpid()).encode() if settings.shares_state else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

@@ -66,6 +66,9 @@ def serve_command(
     refresher: Annotated[Optional[str], typer.Option(help="'module:factory' interest refresher")] = None,
     workers: Annotated[Optional[int], typer.Option(
         help="server processes sharing the port and the state file (default 1)")] = None,
+    shared_state: Annotated[Optional[bool], typer.Option(
+        "--shared-state/--no-shared-state",
+        help="other servers write the same state file (instances behind a load balancer)")] = None,
     plugin: PluginOpt = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
@@ -81,7 +84,8 @@ def serve_command(
         cfg = load_settings(settings, artifact_dir=artifact_dir, host=host, port=port,
                             api_key_env=api_key_env, state_path=state,
                             channel_budget_ms=channel_budget_ms, refresher=refresher,
-                            plugins=plugin or None, workers=workers)
+                            plugins=plugin or None, workers=workers,
+                            shared_state=shared_state)
     except LLMRecallError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -103,6 +103,7 @@ class RecallEngine:
         self.metrics = metrics
         self.guards: dict[str, ChannelGuard] = {}
         self._guards_lock = threading.Lock()
+        self._names: dict[tuple[str, ...], dict[int, list[str]]] = {}  # see _channel_names
 
     def guard(self, name: str) -> ChannelGuard:
         g = self.guards.get(name)
@@ -292,9 +293,7 @@ class RecallEngine:
         present = fused.ranks[r, :n_valid] >= 0  # bool[n_valid, C]
         # which channels proposed each candidate, as one bit-set code per candidate
         codes = (present.astype(np.int64) << np.arange(present.shape[1])).sum(axis=1).tolist()
-        names: dict[int, list[str]] = {}
-        for code in set(codes):
-            names[code] = [c for b, c in enumerate(fused.channels) if code >> b & 1]
+        names = self._channel_names(tuple(fused.channels), codes)
         titles = state.titles
         out = [{"item_id": raw, "title": titles[item], "score": score, "channels": names[code]}
                for raw, item, score, code in zip(state.items.raw(ids), ids.tolist(),
@@ -306,6 +305,24 @@ class RecallEngine:
                                    for c in np.flatnonzero(present[col])]
         return RecallAnswer(out, sorted(set(degraded)),
                             {n: int(c[r]) for n, c in counts.items()}, seconds)
+
+    def _channel_names(self, channels: tuple[str, ...], codes: list[int]) -> dict[int, list[str]]:
+        """``{code: [channel names]}`` for bit-set codes over ``channels``. Answers of one
+        pipeline use few distinct codes, so they are kept between requests (bounded):
+        decoding every candidate's code each time was a visible share of a small batch.
+        The lists are shared between answers and must not be mutated."""
+        table = self._names.get(channels)
+        if table is None:
+            if len(self._names) > 64:
+                self._names = {}  # replaced, not cleared: another engine thread may hold it
+            table = self._names[channels] = {}
+        missing = set(codes) - table.keys()
+        if len(table) + len(missing) > 4096:
+            table, missing = {}, set(codes)
+            self._names[channels] = table
+        for code in missing:
+            table[code] = [c for b, c in enumerate(channels) if code >> b & 1]
+        return table
 
     @staticmethod
     def _reason(fused, r: int, col: int, c: int, state: LiveState, pipeline) -> dict:

@@ -5,7 +5,8 @@ mutates :class:`LiveState`; ``engine_threads`` engine threads (default one) answ
 batches, running in-process channels inline and the others on each channel's small pool
 (see :mod:`llmrecall.serve.engine`); the store has its own writer thread.
 
-Several processes (``workers > 1``): each holds its own LiveState and engine over the same
+Several processes (``workers > 1``, or separately started servers with ``shared_state``
+behind a load balancer): each holds its own LiveState and engine over the same
 SQLite state file. A write commits its change-log row with the data, then the process
 applies the log in order up to and including its own change (:meth:`Service.sync`); every
 request first applies whatever other processes committed since it last looked (one
@@ -80,7 +81,7 @@ class Service:
         self._reload_lock: asyncio.Lock | None = None
         self.refresh = InterestRefreshWorker(None, self._raw_history)  # replaced in start()
         # sharing the state file with other processes: the change log applied so far
-        self.shared = settings.workers > 1
+        self.shared = settings.shares_state
         self._change_seq = 0
         self._seen_data_version: int | None = None
         self._sync_lock: asyncio.Lock | None = None
@@ -264,7 +265,7 @@ class Service:
     # ---- processes sharing the state file --------------------------------------------
     async def sync(self) -> None:
         """Apply, in log order, every change committed since this process last looked (by
-        any process, this one included). Only with ``workers > 1``; when nothing was
+        any process, this one included). Only when the state is shared; when nothing was
         committed it costs one ``PRAGMA data_version`` read."""
         if not self.shared or self.state is None:
             return

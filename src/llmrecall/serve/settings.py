@@ -43,6 +43,11 @@ class ServeSettings(BaseModel):
         "others' writes, in order, before answering (docs/serving.md, Several processes); "
         "2 on 2 cores puts the second core to work on recall, which one process cannot: "
         "its Python runs one thread at a time")
+    shared_state: bool | None = Field(
+        None, description="other server processes write the same state file: apply their "
+        "changes (from its change log) before each request. Default: on when workers > 1; "
+        "set it on every instance when separately started servers share one state file "
+        "behind a load balancer (docs/serving.md, Several processes)")
     inline_channels: bool = Field(
         True, description="run channels whose recall is bounded in-process computation "
         "(Channel.in_process: the built-in collaborative and embedding channels) one after "
@@ -68,6 +73,10 @@ class ServeSettings(BaseModel):
     refresh_min_events: int = Field(5, ge=1, description="new events before a user's interest text is refreshed")
     refresher: str | None = Field(None, description="'module:callable' interest refresher factory")
     plugins: list[str] = Field(default_factory=list, description="modules imported at start (extra channels)")
+
+    @property
+    def shares_state(self) -> bool:
+        return self.workers > 1 if self.shared_state is None else self.shared_state
 
     def resolved_state_path(self) -> Path:
         return self.state_path or Path(self.artifact_dir) / "state.sqlite"
