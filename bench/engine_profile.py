@@ -49,6 +49,7 @@ def main() -> None:
     from llmrecall.serve.artifacts import load_artifact
     from llmrecall.serve.engine import RecallEngine, RecallQuery
     from llmrecall.serve.live import LiveState
+    from llmrecall.serve.service import _freeze_heap
     from llmrecall.serve.metrics import Metrics
     from llmrecall.serve.settings import ServeSettings
     from llmrecall.serve.store import Store
@@ -63,6 +64,7 @@ def main() -> None:
         state = LiveState(artifact, store.read_all(), cache_users if args.cache else 0)
         store.close()
     engine = RecallEngine(settings, Metrics())
+    _freeze_heap()  # as the service does after load: no full collections over the artifact
     n_users = state.next_row
     rng = np.random.default_rng(args.seed)
 

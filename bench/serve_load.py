@@ -125,17 +125,18 @@ def _run_driver(args, url: str, concurrency: int, kind: str, users, items) -> di
     return json.loads(proc.stdout)
 
 
-def _warm_every_process(url: str, users: list[str], args) -> float:
+def _warm_every_process(url: str, backends: list[str] | None, users: list[str], args) -> float:
     """Recall every user once in each server process: one keep-alive connection per process
-    (found by its ``x-llmrecall-process`` header), all users sent through each, in
-    parallel. Returns the seconds it took."""
+    (a backend's own address, or found by its ``x-llmrecall-process`` header), all users
+    sent through each, in parallel. Returns the seconds it took."""
     import concurrent.futures
 
     import httpx
 
     t = time.perf_counter()
-    clients: dict[str, httpx.Client] = {}
-    for _ in range(200):
+    clients: dict[str, httpx.Client] = {
+        base: httpx.Client(base_url=base, timeout=60) for base in backends or []}
+    for _ in range(0 if backends else 200):
         if len(clients) == args.workers:
             break
         client = httpx.Client(base_url=url, timeout=60)
@@ -184,6 +185,8 @@ def main() -> None:
                         help="service settings TOML ([serve] table) passed to the server")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes (serve --workers); RSS is summed over them")
+    parser.add_argument("--balancer", choices=["none", "nginx"], default="none",
+                        help="nginx: --workers separately started servers behind nginx")
     parser.add_argument("--warm", action="store_true",
                         help="before measuring, recall every user once in every process, so "
                              "per-user caches hold each user's state (a user already seen "
@@ -214,33 +217,37 @@ def main() -> None:
     folder = resolve(artifact)
     users = json.loads((folder / "users.json").read_text())
     items = json.loads((folder / "items.json").read_text())
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "llmrecall.serve", "serve", str(artifact),
-                               "--port", str(port), "--state", str(work / "state.sqlite")]
-                              + (["--settings", str(args.settings)] if args.settings else [])
-                              + ["--workers", str(args.workers)], env=env)
+    servers, url, backends = _start(args, artifact, work, env)
     try:
         import httpx
         import psutil
 
         t = time.perf_counter()
         ready: set[str] = set()  # processes that answered (fresh connection each time)
-        while len(ready) < args.workers:
+        for base in backends or [url]:
+            want = args.workers if backends is None else 1
+            while len(ready) < want:
+                try:
+                    r = httpx.get(base + "/healthz", timeout=1)
+                    if r.status_code == 200:
+                        ready.add(r.headers.get("x-llmrecall-process", "single"))
+                        continue
+                except httpx.HTTPError:
+                    pass
+                if any(p.poll() is not None for p in servers):
+                    raise SystemExit("a server failed to start")
+                time.sleep(0.1)
+            ready = set()
+        while True:  # the balancer itself
             try:
-                r = httpx.get(url + "/healthz", timeout=1)
-                if r.status_code == 200:
-                    ready.add(r.headers.get("x-llmrecall-process", "single"))
-                    continue
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
             except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                raise SystemExit("server failed to start")
-            time.sleep(0.1)
+                time.sleep(0.1)
         start_s = time.perf_counter() - t
         for u in users[:50 * args.workers]:  # warm-up, spread over the processes
             httpx.post(url + "/v1/recall", json={"user_id": u, "k": args.k})
-        warm_s = _warm_every_process(url, users, args) if args.warm else None
+        warm_s = _warm_every_process(url, backends, users, args) if args.warm else None
         rows = []
         for conc in [int(c) for c in args.concurrency.split(",")]:
             res = _run_driver(args, url, conc, "recall", users, items)
@@ -253,16 +260,20 @@ def main() -> None:
         print(f"events batch={args.event_batch} c={args.event_concurrency}: {ev['events_per_s']:.0f} "
               f"events/s ({ev['rps']:.1f} batches/s, p50 {ev['p50_ms']:.2f} ms, p99 "
               f"{ev['p99_ms']:.2f} ms, errors {ev['errors']})", flush=True)
-        tree = psutil.Process(server.pid)
-        rss = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)]) / 2**20
-        with httpx.Client(base_url=url) as c:
-            after = c.post("/v1/recall", json={"user_id": users[0], "k": args.k})
-            assert after.status_code == 200
-            # a channel left out of an answer (deadline, error) is counted by the server:
-            # numbers bought by dropping channels would not be the pipeline's numbers
-            metrics = c.get("/metrics").text
-        dropped = _channel_errors(metrics)
+        trees = [psutil.Process(p.pid) for p in servers]
+        rss = sum(p.memory_info().rss for tree in trees
+                  for p in [tree, *tree.children(recursive=True)]) / 2**20
+        after = httpx.post(url + "/v1/recall", json={"user_id": users[0], "k": args.k})
+        assert after.status_code == 200
+        # a channel left out of an answer (deadline, error) is counted by the server:
+        # numbers bought by dropping channels would not be the pipeline's numbers
+        # (separately started servers each count their own)
+        dropped: dict[str, float] = {}
+        for base in backends or [url]:
+            for key, n in _channel_errors(httpx.get(base + "/metrics").text).items():
+                dropped[key] = dropped.get(key, 0.0) + n
         summary = {"dataset": args.dataset, "driver": args.driver, "workers": args.workers,
+                   "balancer": args.balancer,
                    "warm_s": warm_s, "build_s": build_s,
                    "server_start_s": start_s, "server_rss_mib": rss, "cpus": os.cpu_count(),
                    "channels": after.json()["channel_counts"], "channel_errors": dropped,
@@ -275,12 +286,47 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2))
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+        for server in servers:
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
         shutil.rmtree(work, ignore_errors=True)  # state (and the artifact unless reused)
+
+
+def _start(args, artifact: Path, work: Path, env: dict):
+    """The server(s) under test: ``(processes, url to load, backend urls or None)``.
+
+    ``--balancer none``: one ``llmrecall serve --workers N`` (its processes share one
+    socket). ``--balancer nginx``: N single-process ``serve --shared-state`` instances on
+    their own ports over one state file, behind nginx (deploy/nginx.conf: least
+    connections, kept-alive upstream connections), so requests, not connections, are
+    spread over the processes.
+    """
+    def serve(port: int, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "llmrecall.serve", "serve", str(artifact), "--port", str(port),
+             "--state", str(work / "state.sqlite"), *extra]
+            + (["--settings", str(args.settings)] if args.settings else []), env=env)
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    if args.balancer == "none":
+        return [serve(port, "--workers", str(args.workers))], url, None
+    if not shutil.which("nginx"):
+        raise SystemExit("--balancer nginx: nginx is not installed (apt-get install nginx-light)")
+    ports = [_free_port() for _ in range(args.workers)]
+    servers = [serve(p, "--shared-state") for p in ports]
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    for key, value in {"{prefix}": str(work), "{listen}": f"127.0.0.1:{port}",
+                       "{servers}": "\n".join(f"        server 127.0.0.1:{p};" for p in ports)
+                       }.items():
+        conf = conf.replace(key, value)
+    (work / "nginx.conf").write_text(conf)
+    servers.append(subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)]))
+    return servers, url, [f"http://127.0.0.1:{p}" for p in ports]
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ from llmrecall.serve.store import Change, EventRows, ItemRow, Store
 log = logging.getLogger(__name__)
 
 
+#: how long a peak of concurrent recall requests is remembered (see Service._gather_batch)
+CONCURRENCY_WINDOW_S = 0.5
+
+
 def _freeze_heap() -> None:
     """Move every object alive now (the artifact: vocabularies, titles, channel state) out of
     the garbage collector's view. Otherwise each full collection walks those hundreds of
@@ -74,6 +78,8 @@ class Service:
         self._engine_thread = ThreadPoolExecutor(max_workers=settings.engine_threads,
                                                  thread_name_prefix="recall-engine")
         self._queue: asyncio.Queue | None = None
+        self._inflight = 0  # recall requests queued or being answered (see _gather_batch)
+        self._window_start, self._window_peak, self._previous_peak = 0.0, 0, 0
         self._batchers: list[asyncio.Task] = []
         self._writes_open: asyncio.Event | None = None
         self._writes_idle: asyncio.Event | None = None
@@ -184,17 +190,58 @@ class Service:
     async def recall(self, query: RecallQuery) -> RecallAnswer:
         assert self._queue is not None
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((query, fut))
-        return await fut
+        self._inflight += 1
+        self._note_concurrency()
+        try:
+            await self._queue.put((query, fut))
+            return await fut
+        finally:
+            self._inflight -= 1
+
+    def _note_concurrency(self) -> None:
+        """Peak recall requests in flight over the last ``CONCURRENCY_WINDOW_S`` (kept as
+        the peak of the current and of the previous window)."""
+        now = time.monotonic()
+        if now - self._window_start > CONCURRENCY_WINDOW_S:
+            self._previous_peak, self._window_peak = self._window_peak, 0
+            self._window_start = now
+        self._window_peak = max(self._window_peak, self._inflight)
+
+    def _expected_batch(self) -> int:
+        return min(max(self._window_peak, self._previous_peak), self.settings.max_batch)
+
+    async def _gather_batch(self) -> list:
+        """The next batch: the first queued query, everything queued behind it, and, with
+        ``batch_wait_ms``, up to that long more while fewer queries are in the batch than
+        were recently in flight at once. In a closed loop the requests just answered come
+        back a round trip later; without the wait they miss the batch that starts now and
+        form a batch of their own, so the engine runs twice as many half-size batches
+        (per-query cost at batch 2 is ~1.25x that at batch 4 with all channels on ml-1m).
+        With one request at a time nothing waits."""
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.batch_wait_ms / 1000.0
+        target = self._expected_batch()
+        while len(batch) < self.settings.max_batch:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if len(batch) >= target or remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
 
     async def _run_batches(self) -> None:
         """Take every query queued while the engine was busy and answer them as one batch."""
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.settings.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = await self._gather_batch()
             self.metrics.batch_size.observe(len(batch))
             try:
                 answers = await loop.run_in_executor(
