@@ -100,3 +100,23 @@ def test_metrics_add_up_over_processes(two):
         if all(a - before == sent for a in after) or time.monotonic() > deadline:
             break
     assert [a - before for a in after] == [sent] * 6
+
+
+def test_separately_started_servers_share_one_state_file(make_server, artifact, tmp_path):
+    """Instances behind a load balancer (``--shared-state``, each on its own port): what one
+    acknowledges, the other answers with on its next request."""
+    state = tmp_path / "shared.sqlite"
+    a = make_server(artifact, "--shared-state", state=state)
+    b = make_server(artifact, "--shared-state", state=state)
+    a.client.put("/v1/items", headers=WRITE, json={"items": [
+        {"item_id": "lb-new", "title": "Vexborough Tides"}]}).raise_for_status()
+    b.client.post("/v1/events", headers=WRITE, json={"events": [
+        {"user_id": "lb-user", "item_id": "lb-new", "timestamp": 1.0},
+        {"user_id": "lb-user", "item_id": "50", "timestamp": 2.0}]}).raise_for_status()
+    for server in (a, b):
+        hist = server.client.get("/v1/users/lb-user/history").json()["history"]
+        assert [h["item_id"] for h in hist] == ["lb-new", "50"]
+    assert b.client.delete("/v1/items/lb-new", headers=WRITE).status_code == 200
+    assert a.client.get("/v1/items/lb-new/similar").status_code == 404
+    assert a.client.delete("/v1/users/lb-user", headers=WRITE).status_code == 200
+    assert not b.client.post("/v1/recall", json={"user_id": "lb-user"}).json()["known_user"]
