@@ -48,8 +48,10 @@ DENSE_SEARCH_LIMIT = 100_000
 DENSE_CHUNK = 1 << 24
 
 #: catalogs up to this size get ``semantic_i2i``'s precomputed neighbour table; larger ones
-#: search the index per history item (the table is n_items x table_width x 8 bytes)
-TABLE_LIMIT = 50_000
+#: search the index per history item (the table is n_items x table_width x 8 bytes). The
+#: table is built at every load, in time quadratic in the items (one core: ~6 s at 20,000
+#: items, ~41 s at 50,000, once per server process): the limit keeps start-up short
+TABLE_LIMIT = 20_000
 #: floats in one [rows, items] product while the neighbour table is built (16 MB)
 TABLE_CHUNK = 1 << 22
 
