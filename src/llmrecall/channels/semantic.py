@@ -444,19 +444,6 @@ def updated_neighbour_table(table: NeighbourTable, vectors: np.ndarray, known: n
     return NeighbourTable(ids, cos, np.asarray(known, bool).copy())
 
 
-def _history_pairs(history: Histories, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every (row, item) of the block's histories, read straight from the CSR arrays:
-    ``row int64[nnz]``, ``item int32[nnz]`` (repeats kept). The same pairs as
-    ``history.matrix(batch).nonzero()`` without building a sparse matrix, which costs more
-    than the rest of a one-user table recall."""
-    batch = np.asarray(batch, np.int64)
-    starts, ends = history.indptr[batch], history.indptr[batch + 1]
-    lengths = ends - starts
-    first = np.cumsum(lengths) - lengths
-    take = np.arange(int(lengths.sum())) + np.repeat(starts - first, lengths)
-    return np.repeat(np.arange(len(batch)), lengths), history.items[take]
-
-
 def _distinct_queries(items: np.ndarray, weights: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The queries of a block's recent items (int32[n, L], -1 = none) and their weights:
@@ -619,7 +606,7 @@ class SemanticItemToItem(_TextIndexChannel):
             columns[:len(given)] = given
             scores[:, ~columns] = -np.inf
         if exclude_seen:
-            r, c = _history_pairs(history, batch)
+            r, c = history.entries(batch)
             inside = c < n
             scores[r[inside], c[inside]] = -np.inf
         top, vals = topk(scores, k)

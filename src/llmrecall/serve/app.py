@@ -82,7 +82,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         app.state.service = service
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload_logged(service)))
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
+                service.reload_logged("on SIGHUP")))
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
             pass
         try:
@@ -307,14 +308,6 @@ def _item_index(state, item_id: str, allow_deleted: bool = False) -> int:
     if index < 0 or (state.deleted[index] and not allow_deleted):
         raise ApiError(404, "not_found", f"unknown item {item_id!r}", "item_id")
     return index
-
-
-async def _reload_logged(service: Service) -> None:
-    try:
-        version, previous, seconds = await service.reload()
-        log.warning("reloaded artifact %s (was %s) in %.2fs", version, previous, seconds)
-    except Exception:
-        log.exception("reload on SIGHUP failed; still serving the previous artifact")
 
 
 class _Guard:

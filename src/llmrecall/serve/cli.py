@@ -77,7 +77,7 @@ def serve_command(
 
     os.environ.setdefault("LLMRECALL_THREADS", "1")
 
-    from llmrecall.serve.app import SETTINGS_ENV, create_app
+    from llmrecall.serve.app import create_app
     from llmrecall.serve.settings import load_settings
 
     try:
@@ -93,10 +93,10 @@ def serve_command(
         uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=log_level,
                     access_log=False, timeout_graceful_shutdown=5)
         return
-    _serve_processes(cfg, log_level, SETTINGS_ENV)
+    _serve_processes(cfg, log_level)
 
 
-def _serve_processes(cfg, log_level: str, settings_env: str) -> None:
+def _serve_processes(cfg, log_level: str) -> None:
     """uvicorn's process supervisor: ``cfg.workers`` processes accept on one socket, each
     building the app from the settings in the environment; SIGHUP replaces them one by one
     (each new process loads the artifact CURRENT names before the old one stops)."""
@@ -105,9 +105,10 @@ def _serve_processes(cfg, log_level: str, settings_env: str) -> None:
 
     import uvicorn
 
+    from llmrecall.serve.app import SETTINGS_ENV
     from llmrecall.serve.metrics import MULTIPROC_ENV
 
-    os.environ[settings_env] = cfg.model_dump_json()
+    os.environ[SETTINGS_ENV] = cfg.model_dump_json()
     own_dir = MULTIPROC_ENV not in os.environ  # a directory the caller chose is left alone
     if own_dir:
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="llmrecall-metrics-")

@@ -159,7 +159,8 @@ class Service:
                     # with the log, then swap, so no change is applied to one state only
                     seq = stored.change_seq
                     if self.shared:
-                        for change in await asyncio.to_thread(self.store.changes_since, seq):
+                        # on this thread: the store's read connection is sync()'s too
+                        for change in self.store.changes_since(seq):
                             await self._apply_change(state, change)
                             seq = change.seq
                     self.state, self._change_seq = state, seq
@@ -352,16 +353,18 @@ class Service:
             self.refresh.forget(change.key)
         elif change.kind == "reload" and change.key != state.artifact.version:
             # another process loaded a new artifact: load it too, off this request
-            asyncio.get_running_loop().create_task(self._reload_quietly())
+            asyncio.get_running_loop().create_task(
+                self.reload_logged("as another process did", announce=False))
 
-    async def _reload_quietly(self) -> None:
+    async def reload_logged(self, why: str, announce: bool = True) -> None:
+        """:meth:`reload`, off any request, with the outcome logged (a failure keeps the
+        previous artifact serving)."""
         try:
-            version, previous, seconds = await self.reload(announce=False)
-            log.warning("reloaded artifact %s (was %s) in %.2fs, as another process did",
-                        version, previous, seconds)
+            version, previous, seconds = await self.reload(announce=announce)
+            log.warning("reloaded artifact %s (was %s) in %.2fs, %s", version, previous,
+                        seconds, why)
         except Exception:
-            log.exception("reload asked by another process failed; still serving the "
-                          "previous artifact")
+            log.exception("reload %s failed; still serving the previous artifact", why)
 
     # ---- helpers ---------------------------------------------------------------------
     def _refresher(self):
