@@ -52,6 +52,8 @@ _WORD = re.compile(r"(?u)\b\w\w+\b")
 # full-width ASCII (ＡＰＰＬＥ, １５) and the ideographic space, common in Chinese text, read as
 # their ASCII forms; text without them is unchanged
 _FOLD_WIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+# text with none of these (English, most other languages) takes bm25s' path unchanged
+_HAN_OR_WIDE = re.compile(f"[{_HAN}\uff01-\uff5e\u3000]")
 
 _jieba_lock = threading.Lock()
 _jieba: Any = None
@@ -156,9 +158,7 @@ def tokenize(texts: Sequence[str], tokenizer: str | None = None,
     out: list[list[str]] = []
     for text in texts:
         text = text.lower()
-        if mode == "plain" or not _HAN_RUN.search(text):
-            if mode != "plain":
-                text = text.translate(_FOLD_WIDTH)
+        if mode == "plain" or not _HAN_OR_WIDE.search(text):
             out.append([w for w in _WORD.findall(text) if w not in stop])
             continue
         words: list[str] = []

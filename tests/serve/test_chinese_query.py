@@ -30,9 +30,9 @@ def zh_items() -> list[dict]:
 def test_lexical_index_recalls_chinese_queries_with_masking():
     items = zh_items()
     index = LexicalIndex([item_text(i["title"], i["text"], i["categories"]) for i in items])
-    seen = sp.csr_matrix((3, len(items)), dtype=np.float32)
-    seen[1, 7] = 1.0  # row 1 has seen zh-08 (the phone case)
-    out = index.recall(["蓝牙耳机", "iPhone手机壳", None], seen.tocsr(), 3, None)
+    # row 1 has seen zh-08 (the phone case)
+    seen = sp.csr_matrix(([1.0], ([1], [7])), shape=(3, len(items)), dtype=np.float32)
+    out = index.recall(["蓝牙耳机", "iPhone手机壳", None], seen, 3, None)
     assert out.ids[0, 0] == 0 and out.ids[1, 0] == 3  # zh-01; zh-04 once zh-08 is seen
     assert 7 not in out.ids[1] and (out.ids[2] == -1).all()
     assert out.evidence_text[out.evidence[0, 0]] == repr("蓝牙耳机")
