@@ -50,12 +50,14 @@ ATTRIBUTES = ["无线", "便携", "大容量", "超薄", "轻薄", "防水", "�
 SPECS = ["128GB", "256GB", "5G", "4L", "500ml", "1.5米", "XL码", "750g", "10000mAh", "65W",
          "27英寸", "3D", "1kg", "礼盒装", "套装", "两件套"]
 COLOURS = ["黑色", "白色", "红色", "蓝色", "粉色", "灰色", "绿色", "金色", "银色", "米白色"]
-EN_WORDS = ("wireless bluetooth headphones noise cancelling smart watch phone tablet laptop "
-            "keyboard mouse monitor rice cooker air fryer robot vacuum kettle blender purifier "
-            "humidifier fan washer dress shirt jeans jacket hoodie sneakers running shoes "
-            "backpack nuts tea coffee beans honey serum cream sunscreen lipstick cleanser mask "
-            "bottle yoga mat toothbrush shaver camera portable slim waterproof new men women "
-            "kids home quiet black white red blue pink grey").split()
+EN_WORDS = ["wireless", "bluetooth", "headphones", "noise", "cancelling", "smart", "watch",
+            "phone", "tablet", "laptop", "keyboard", "mouse", "monitor", "rice", "cooker", "air",
+            "fryer", "robot", "vacuum", "kettle", "blender", "purifier", "humidifier", "fan",
+            "washer", "dress", "shirt", "jeans", "jacket", "hoodie", "sneakers", "running",
+            "shoes", "backpack", "nuts", "tea", "coffee", "beans", "honey", "serum", "cream",
+            "sunscreen", "lipstick", "cleanser", "mask", "bottle", "yoga", "mat", "toothbrush",
+            "shaver", "camera", "portable", "slim", "waterproof", "new", "men", "women", "kids",
+            "home", "quiet", "black", "white", "red", "blue", "pink", "grey"]
 
 
 def synthetic_titles(n: int, rng: np.random.Generator) -> list[str]:

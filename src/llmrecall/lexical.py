@@ -40,9 +40,7 @@ TOKENIZER_ENV = "LLMRECALL_TOKENIZER"
 
 #: Chinese function words dropped from Han text whenever stopwords are on (a short list: a
 #: product title's nouns, even common ones, carry meaning; BM25's IDF handles the rest)
-CHINESE_STOPWORDS = frozenset(
-    "的 地 得 了 着 过 和 与 及 或 而 之 其 是 在 也 都 就 很 把 被 对 从 于 以 等 吗 呢 吧 啊 呀 "
-    "这 那 我 你 他 她 它 们".split())
+CHINESE_STOPWORDS = frozenset("的地得了着过和与及或而之其是在也都就很把被对从于以等吗呢吧啊呀这那我你他她它们")
 
 # Han ideographs: CJK unified (basic, extension A, extensions B-H) and compatibility blocks
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
