@@ -118,13 +118,15 @@ class HybridMatcher:
         dense_weight, lexical_weight: RRF weights of the two rankings (0 disables one).
         per_text_k: items kept per text and per ranking.
         rrf_k: RRF constant.
+        tokenizer: BM25's tokenizer (:func:`llmrecall.lexical.tokenize`); None: the process
+            default (``$LLMRECALL_TOKENIZER``, else "auto": Chinese segmented by jieba).
     Attributes:
         item_vectors: float32[n_items, dim] unit rows (None without an embedder).
     """
 
     def __init__(self, item_texts: Sequence[str], embedder: Any = "default", *,
                  dense_weight: float = 1.0, lexical_weight: float = 1.0, per_text_k: int = 100,
-                 rrf_k: float = 60.0):
+                 rrf_k: float = 60.0, tokenizer: str | None = None):
         if dense_weight < 0 or lexical_weight < 0 or dense_weight + lexical_weight <= 0:
             raise ConfigError("dense_weight and lexical_weight must be >= 0, not both 0")
         if per_text_k < 1:
@@ -141,7 +143,8 @@ class HybridMatcher:
         self.item_vectors = (None if self.embedder is None else
                              np.asarray(self.embedder.embed(list(item_texts), kind="passage"),
                                         np.float32))
-        self.bm25 = BM25Index(item_texts) if lexical_weight > 0 else None
+        self.bm25 = (BM25Index(item_texts, tokenizer=tokenizer) if lexical_weight > 0
+                     else None)
 
     def dense(self, texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items per text by cosine similarity: ids int32[T, k], scores float32[T, k]."""
