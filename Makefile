@@ -85,14 +85,14 @@ lint: install-test
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-# resolve the lock: keeps existing pins (adds new dependencies); UPGRADE=1 takes the newest
+# resolve the lock (pip itself is left to the venv): keeps existing pins (adds new dependencies); UPGRADE=1 takes the newest
 # versions the ranges allow. Then run `make test` and commit the lock files together.
 UV := uv==0.13.9
 lock: $(VENV)/bin/python
 	$(PIP) install -q $(UV)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra all --extra test --extra dev \
 		--extra finetune --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) --no-emit-package llmrecall $(if $(UPGRADE),--upgrade) -o $(LOCK)
+		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) --no-emit-package llmrecall --no-emit-package pip $(if $(UPGRADE),--upgrade) -o $(LOCK)
 	$(VENV)/bin/uv pip compile requirements/build.in --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 $(if $(UPGRADE),--upgrade) -o $(BUILD_LOCK)
 
