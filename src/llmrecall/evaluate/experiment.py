@@ -89,6 +89,9 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
     """As :func:`evaluate`, also returning the fitted pipeline and the split (the pipeline
     is fitted on ``split.train`` and can recall from any fresher history)."""
     say = progress or (lambda _msg: None)
+    # every channel's own list is scored at every cut-off: a short list fails here, not
+    # after the split, the fits and the recalls
+    config.check_cutoffs(ks)
     start = time.perf_counter()
     if split is None:
         split = make_split(dataset, protocol, seed)
