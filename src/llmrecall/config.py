@@ -56,7 +56,7 @@ CHANNEL_PARAM_BOUNDS: dict[str, dict[str, dict[str, float]]] = {
                "threads": {"ge": 1}},
     "search_query": {"recent_queries": {"ge": 1}, "per_text_k": {"ge": 1}, "rrf_k": {"gt": 0}},
     "llm_interest": {"max_users": {"ge": 1}, "per_text_k": {"ge": 1}, "rrf_k": {"gt": 0},
-                     "refresh_min_changed": {"ge": 1}},
+                     "refresh_min_changed": {"ge": 0}},
     "llm_knowledge": {"max_items": {"ge": 1}, "rrf_k": {"gt": 0}, "neighbours": {"ge": 1},
                       "history_length": {"ge": 1}},
 }

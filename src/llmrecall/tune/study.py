@@ -207,10 +207,11 @@ def _open_study(storage, study_name: str, identity: dict[str, Any], seed: int) -
 
 def _identity_clash(study_name: str, storage, recorded: dict, now: dict) -> str:
     """Why a stored study cannot be resumed by this run, field by field."""
-    if recorded.get("data") != now.get("data"):
-        what = (f"was made on other data (fingerprint {recorded.get('data') or 'none recorded'}"
-                f", this run's is {now.get('data')}): another dataset, or the same one split "
-                f"differently")
+    if "data" not in recorded:
+        what = "was made before studies recorded a fingerprint of their data"
+    elif recorded["data"] != now.get("data"):
+        what = (f"was made on other data (fingerprint {recorded['data']}, this run's is "
+                f"{now.get('data')}): another dataset, or the same one split differently")
     else:
         differing = sorted(k for k in {*recorded, *now} if recorded.get(k) != now.get(k))
         what = "was made with other settings: " + ", ".join(
