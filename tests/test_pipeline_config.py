@@ -59,3 +59,76 @@ def test_packaged_configs_load_by_name():
     assert full.config_hash() != load_config("default").config_hash()
     with pytest.raises(ConfigError, match="not found"):
         load_config("no-such-config")
+
+
+def test_channel_parameter_ranges_fail_at_load_naming_file_table_and_field(tmp_path):
+    # regression: itemcf neighbors = -3 loaded fine and failed only when the channel was fitted
+    path = tmp_path / "bad.toml"
+    path.write_text('[[channels]]\nkind = "popularity"\n\n'
+                    '[[channels]]\nkind = "itemcf"\nparams = { neighbors = -3 }\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    for fragment in (str(path), "[[channels]] #2", "itemcf", "params.neighbors", "-3", ">= 1"):
+        assert fragment in message, message
+
+
+@pytest.mark.parametrize("kind, params", [
+    ("itemcf", {"shrink": -1.0}),
+    ("itemcf", {"history_length": 0}),
+    ("itemcf", {"position_half_life": 0.0}),
+    ("swing", {"alpha": 0.0}),
+    ("swing", {"max_users_per_item": 1}),
+    ("swing", {"neighbors": 0}),
+    ("ease", {"regularization": 0.0}),
+    ("ease", {"max_items": 0}),
+    ("als", {"factors": 0}),
+    ("bpr", {"iterations": 0}),
+    ("bpr", {"regularization": -0.1}),
+    ("popularity", {"half_life": -5.0}),
+])
+def test_out_of_range_channel_parameters_are_config_errors(kind, params):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"channels": [{"kind": kind, "params": params}]}, source="x.toml")
+    (name,) = params
+    assert "x.toml" in str(info.value) and f"params.{name}" in str(info.value)
+
+
+def test_parameter_bounds_keep_the_values_that_mean_off_or_infinite():
+    cfg = parse_config({"channels": [
+        {"kind": "popularity", "params": {"half_life": float("inf")}},
+        {"kind": "itemcf", "params": {"neighbors": 1, "shrink": 0.0,
+                                      "position_half_life": float("inf")}},
+        {"kind": "ease", "params": {"max_items": None}},
+        {"kind": "swing", "params": {"max_users_per_item": 2, "user_power": 0.0}}]})
+    assert cfg.channels[1].params["neighbors"] == 1
+
+
+def test_evaluation_cutoffs_longer_than_the_channel_lists_name_the_field(tmp_path):
+    path = tmp_path / "short.toml"
+    path.write_text('[fusion]\nchannel_k = 100\n\n[[channels]]\nkind = "popularity"\n\n'
+                    '[[channels]]\nkind = "itemcf"\nk = 300\n')
+    cfg = load_config(path)
+    cfg.check_cutoffs([10, 50, 100])
+    with pytest.raises(ConfigError) as info:
+        cfg.check_cutoffs([10, 200])
+    message = str(info.value)
+    for fragment in (str(path), "[fusion] channel_k = 100", "200", "popularity"):
+        assert fragment in message, message
+    path.write_text('[[channels]]\nkind = "popularity"\nk = 50\n')
+    with pytest.raises(ConfigError, match=r"\[\[channels\]\] #1 \(popularity\) k = 50"):
+        load_config(path).check_cutoffs([100])
+
+
+def test_evaluate_checks_cutoffs_before_splitting_or_fitting(tmp_path):
+    # regression: "cut-off 200 exceeds the ranked list length 100" came after every channel
+    # had been fitted and had recalled
+    from llmrecall.data.builtin import load_builtin
+    from llmrecall.evaluate.experiment import evaluate
+
+    path = tmp_path / "short.toml"
+    path.write_text('[fusion]\nk = 50\nchannel_k = 100\n\n[[channels]]\nkind = "popularity"\n')
+    said = []
+    with pytest.raises(ConfigError, match="channel_k = 100"):
+        evaluate(load_builtin("ml-100k"), "loo", load_config(path), progress=said.append)
+    assert said == []

@@ -15,6 +15,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 
 from llmrecall.errors import LLMRecallError  # noqa: E402
 
@@ -22,7 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="llmrecall: recall (candidate generation) with language models.")
 # tables are wide (15 columns): never squeeze them to a pipe's default 80 columns
 console = Console(width=None if Console().is_terminal else 200)
-err = Console(stderr=True)
+# messages are single lines however long (a path, a list of problems): never wrap them
+err = Console(stderr=True, soft_wrap=True)
 
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", help="built-in dataset name")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="TOML data spec for your own files")]
@@ -42,9 +44,49 @@ def _load_dataset(dataset: str | None, data: Path | None):
     return load_dataset_toml(data)
 
 
-def _fail(exc: Exception) -> None:
-    err.print(f"[red]error:[/red] {exc}")
+def _fail(exc: Exception | str) -> None:
+    # escaped: messages quote TOML tables ("[data]") that rich would take for markup
+    err.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(2)
+
+
+def _say(message: str) -> None:
+    """A progress line (dim); ``message`` may hold brackets (names, paths)."""
+    err.print(f"[dim]{escape(message)}[/dim]")
+
+
+def check_writable(path: Path, option: str, folder: bool = False) -> None:
+    """Fail now, with one line, if ``path`` (a file, or a folder when ``folder``) cannot be
+    written: a command finds out before it reads data or fits anything, not after.
+
+    Probes by creating (and removing) a temporary file in ``path``'s folder, or in its
+    nearest existing ancestor when that folder does not exist yet (nothing is created
+    there: the command makes the folders when it writes). Permissions alone would not do:
+    root passes every permission check and still cannot write to a read-only file system.
+    """
+    import tempfile
+
+    path = Path(path).expanduser()
+    problem = None
+    if folder and path.exists() and not path.is_dir():
+        problem = f"{path} is not a folder"
+    elif not folder and path.is_dir():
+        problem = f"{path} is a folder"
+    else:
+        probe = path if folder else path.parent
+        probe = probe.absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            problem = f"{probe} is not a folder"
+        else:
+            try:
+                with tempfile.TemporaryFile(dir=probe):
+                    pass
+            except OSError as exc:
+                problem = f"cannot create files in {probe} ({exc.strerror or exc})"
+    if problem is not None:
+        _fail(f"cannot write {option} {path}: {problem}")
 
 
 @app.command()
@@ -60,18 +102,17 @@ def evaluate(
     from llmrecall.evaluate.experiment import evaluate as run_evaluate
     from llmrecall.report import rich_table
 
+    if output is not None:
+        check_writable(output, "--output")
     try:
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
-        report = run_evaluate(ds, protocol, cfg, seed=seed, on=split,
-                              progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+        report = run_evaluate(ds, protocol, cfg, seed=seed, on=split, progress=_say)
     except LLMRecallError as exc:
         _fail(exc)
     console.print(rich_table(report))
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=2))
-        err.print(f"wrote {output}")
+        _write_text(output, json.dumps(report, indent=2))
 
 
 @app.command()
@@ -103,7 +144,8 @@ def _print_user(pipeline, ds, user: str, k: int, explain: bool, as_json: bool = 
     history = ds.histories()
     index = int(ds.users.lookup([user])[0])
     if index < 0:
-        err.print(f"[yellow]user {user!r} is unknown: answering from an empty history[/yellow]")
+        err.print(f"[yellow]user {escape(repr(user))} is unknown: answering from an empty "
+                  f"history[/yellow]")
         index = ds.n_users  # one past the known users: an empty history row
         history = _with_empty_user(history)
     result = pipeline.recall(np.array([index], np.int32), history, k, explain=explain)
@@ -113,14 +155,15 @@ def _print_user(pipeline, ds, user: str, k: int, explain: bool, as_json: bool = 
         return
     recent = history.of(index)[-5:]
     titles = ds.catalog.titles
-    console.print(f"[bold]user {user}[/bold]: {len(history.of(index))} interactions; latest: "
-                  + "; ".join(titles[i] for i in recent[::-1]))
-    table = Table(title=f"top {k} candidates for user {user}")
+    console.print(f"[bold]user {escape(user)}[/bold]: {len(history.of(index))} interactions; "
+                  "latest: " + escape("; ".join(titles[i] for i in recent[::-1])))
+    table = Table(title=escape(f"top {k} candidates for user {user}"))
     for col in ("#", "item", "title", "score", "why"):
         table.add_column(col)
     for r in rows:
         why = "\n".join(f"{x.channel} #{x.rank}: {x.text}" for x in r.reasons)
-        table.add_row(str(r.rank), r.item_id, r.title, f"{r.score:.4f}", why)
+        table.add_row(str(r.rank), escape(r.item_id), escape(r.title), f"{r.score:.4f}",
+                      escape(why))
     console.print(table)
 
 
@@ -144,17 +187,15 @@ def demo(
     from llmrecall.evaluate.experiment import run_experiment
     from llmrecall.report import rich_table
 
+    check_writable(output, "--output")
     try:
         cfg = load_config(config)
         ds = load_builtin(dataset)
-        report, pipeline, _split = run_experiment(
-            ds, "loo", cfg, progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+        report, pipeline, _split = run_experiment(ds, "loo", cfg, progress=_say)
     except LLMRecallError as exc:
         _fail(exc)
     console.print(rich_table(report))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2))
-    err.print(f"wrote {output}")
+    _write_text(output, json.dumps(report, indent=2))
     # the pipeline was fitted on the train split; it recalls from the user's full, fresh
     # history — the same thing the service does between two model builds
     _print_user(pipeline, ds, user or ds.users.ids[0], 10, True)
@@ -192,6 +233,9 @@ def tune(
     from llmrecall.tune.store import FittedChannels
     from llmrecall.tune.study import default_metric, tune as run_tune
 
+    check_writable(output, "--output")
+    if storage is not None:
+        check_writable(storage, "--storage")
     try:
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
@@ -204,24 +248,22 @@ def tune(
                                  study_name=study_name, seed=seed, space=space, timeout=timeout,
                                  max_users=max_users, split=split, models=models,
                                  min_gain=min_gain)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tuned.save(output)
+        _write_text(output, tuned.to_toml(), quiet=True)
         err.print(f"validation {report['metric']}: untuned {_fmt(report['baseline_value'])}, "
                   f"tuned {_fmt(report['best_value'])} ({report['trials']['complete']} complete, "
                   f"{report['trials']['pruned']} pruned trials in the study, "
-                  f"{report['seconds']:.0f}s this run); wrote {output}")
+                  f"{report['seconds']:.0f}s this run); wrote {escape(str(output))}")
         if report["kept_baseline"] and report["best_value"] != report["baseline_value"]:
             err.print(f"kept the untuned config: the best trial's gain is below the noise "
                       f"floor {report['min_gain']:.4f} (--min-gain)")
         comparison = compare_on_test(ds, protocol, cfg, tuned, metric, seed=seed,
-                                     progress=lambda m: err.print(f"[dim]{m}[/dim]"),
+                                     progress=_say,
                                      split=split, models=models)
     except LLMRecallError as exc:
         _fail(exc)
     console.print(comparison_table(comparison))
     side = output.with_name(f"{output.stem}.comparison.json")
-    side.write_text(json.dumps({"tuning": report, **comparison}, indent=2, default=str))
-    err.print(f"wrote {side}")
+    _write_text(side, json.dumps({"tuning": report, **comparison}, indent=2, default=str))
 
 
 @app.command("tune-prompts")
@@ -266,6 +308,9 @@ def tune_prompts(
 
     if output.suffix == ".txt":
         output = output.with_suffix("")  # OUTPUT names a stem: OUTPUT.txt, OUTPUT.json, ...
+    check_writable(output, "--output")
+    if store is not None:
+        check_writable(store, "--store")
     try:
         parse_metric(metric)
         if language not in ("en", "zh"):
@@ -296,7 +341,7 @@ def tune_prompts(
             max_users=users, seed=seed, rounds=rounds, proposer=proposer, output=output,
             store_path=store, embedder_name=None if embedder == "none" else embedder,
             embedding_cache=output.with_name(f"{output.name}.lm_cache.sqlite"),
-            progress=lambda m: err.print(f"[dim]{m}[/dim]"))
+            progress=_say)
     except LLMRecallError as exc:
         _fail(exc)
     n = int(min(users, len(split.valid.users)))
@@ -318,8 +363,7 @@ def tune_prompts(
                "rejected_proposals": 0 if proposer is None else proposer.rejected,
                **search.as_dict()}
     side = output.with_name(f"{output.name}.search.json")
-    side.parent.mkdir(parents=True, exist_ok=True)
-    side.write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    _write_text(side, json.dumps(summary, indent=2, ensure_ascii=False), quiet=True)
     if default is not None:
         diff_se = float(np.hypot(summary["best"]["se"], summary["default"]["se"]))
         err.print(f"best {best.variant.name} {best.score:.4f} vs default {default.score:.4f} "
@@ -327,7 +371,19 @@ def tune_prompts(
                   f"{'more' if best.score - default.score > 2 * diff_se else 'not more'} than "
                   f"two standard errors); "
                   f"{'saved' if search.saved else 'kept the saved template (it scored at least as well)'} "
-                  f"{search.path}; wrote {side}")
+                  f"{escape(str(search.path))}; wrote {escape(str(side))}")
+
+
+def _write_text(path: Path, text: str, quiet: bool = False) -> None:
+    """Write a result file (its folders made); a failure is one error line, not a traceback
+    (checked before the work, but the disk may still fill up or the folder go away)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc.strerror or exc}")
+    if not quiet:
+        err.print(f"wrote {escape(str(path))}")
 
 
 def _fmt(value) -> str:
@@ -343,7 +399,7 @@ def datasets() -> None:
         try:
             console.print(load_builtin(name).describe())
         except LLMRecallError as exc:
-            console.print(f"{name}: unavailable ({exc})")
+            console.print(escape(f"{name}: unavailable ({exc})"))
 
 
 # the service: `llmrecall build` writes an artifact, `llmrecall serve DIR` runs the HTTP API
@@ -373,5 +429,5 @@ def main() -> None:  # pragma: no cover - console entry point
     try:
         app()
     except LLMRecallError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(2)

@@ -2,7 +2,9 @@
 
 Every value is validated by pydantic when the file is read, including each channel's
 parameters, which are checked against the channel class's constructor signature (so the
-defaults live in one place: the constructor). The config hash stamps results and artifacts.
+defaults live in one place: the constructor) and against the ranges in
+:data:`CHANNEL_PARAM_BOUNDS` (so ``neighbors = -3`` fails when the file is read, not when the
+channel is fitted). The config hash stamps results and artifacts.
 """
 
 from __future__ import annotations
@@ -13,14 +15,51 @@ import json
 import tomllib
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model,
+                      model_validator)
 
 from llmrecall.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
+
+#: Allowed ranges of the built-in channels' constructor parameters, as pydantic ``Field``
+#: constraints (``ge``, ``gt``, ``le``, ``lt``), by channel kind. A parameter whose "off" value
+#: is None stays optional: the bound applies to the numbers. A plugin channel class declares
+#: its own as a class attribute ``param_bounds`` (same shape, parameter -> constraints).
+CHANNEL_PARAM_BOUNDS: dict[str, dict[str, dict[str, float]]] = {
+    "popularity": {"half_life": {"gt": 0}},
+    "itemcf": {"neighbors": {"ge": 1}, "shrink": {"ge": 0}, "history_length": {"ge": 1},
+               "position_half_life": {"gt": 0}, "time_half_life": {"gt": 0}},
+    "swing": {"alpha": {"gt": 0}, "user_power": {"ge": 0}, "max_users_per_item": {"ge": 2},
+              "neighbors": {"ge": 1}, "history_length": {"ge": 1},
+              "position_half_life": {"gt": 0}, "time_half_life": {"gt": 0}},
+    "ease": {"regularization": {"gt": 0}, "max_items": {"ge": 1}},
+    "als": {"factors": {"ge": 1}, "regularization": {"ge": 0}, "alpha": {"gt": 0},
+            "iterations": {"ge": 1}},
+    "bpr": {"factors": {"ge": 1}, "regularization": {"ge": 0}, "learning_rate": {"gt": 0},
+            "iterations": {"ge": 1}},
+    "semantic_i2i": {"recent": {"ge": 1}, "recency_decay": {"gt": 0, "le": 1},
+                     "table_width": {"ge": 0}},
+    "semantic_user": {"recent": {"ge": 1}, "recency_decay": {"gt": 0, "le": 1},
+                      "n_interests": {"ge": 1}, "kmeans_iters": {"ge": 1}},
+    "sasrec": {"dim": {"ge": 1}, "blocks": {"ge": 1}, "heads": {"ge": 1}, "max_len": {"ge": 1},
+               "dropout": {"ge": 0, "lt": 1}, "epochs": {"ge": 1}, "batch_size": {"ge": 1},
+               "lr": {"gt": 0}, "weight_decay": {"ge": 0}, "negatives": {"ge": 1},
+               "threads": {"ge": 1}},
+    "textcf": {"dim": {"ge": 1}, "hidden": {"ge": 1}, "layers": {"ge": 0}, "tau": {"gt": 0},
+               "epochs": {"ge": 1}, "batch_size": {"ge": 1}, "lr": {"gt": 0},
+               "max_steps": {"ge": 0}, "recency_decay": {"gt": 0, "le": 1}, "recent": {"ge": 1},
+               "threads": {"ge": 1}},
+    "search_query": {"recent_queries": {"ge": 1}, "per_text_k": {"ge": 1}, "rrf_k": {"gt": 0}},
+    "llm_interest": {"max_users": {"ge": 1}, "per_text_k": {"ge": 1}, "rrf_k": {"gt": 0},
+                     "refresh_min_changed": {"ge": 0}},
+    "llm_knowledge": {"max_items": {"ge": 1}, "rrf_k": {"gt": 0}, "neighbours": {"ge": 1},
+                      "history_length": {"ge": 1}},
+}
 
 
 class _Strict(BaseModel):
@@ -70,6 +109,9 @@ class FilterConfig(_Strict):
 class PipelineConfig(_Strict):
     """The whole recall pipeline."""
 
+    #: where the config was read from, for messages (not part of the config or its hash)
+    _source: str = PrivateAttr("<config>")
+
     seed: int = 0
     channels: list[ChannelConfig]
     fusion: FusionConfig = Field(default_factory=FusionConfig)
@@ -86,9 +128,32 @@ class PipelineConfig(_Strict):
             raise ValueError("at least one channel must be enabled")
         return self
 
+    def __eq__(self, other: object) -> bool:
+        # equal values, equal configs: where each was read from does not matter
+        if not isinstance(other, PipelineConfig):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # mutable, like any pydantic model
+
     @property
     def enabled_channels(self) -> list[ChannelConfig]:
         return [c for c in self.channels if c.enabled]
+
+    def check_cutoffs(self, ks: Iterable[int]) -> None:
+        """Raise ConfigError unless every enabled channel returns at least ``max(ks)``
+        candidates: evaluation scores each channel's own list at every cut-off, so a list
+        shorter than a cut-off cannot be scored. Call it before fitting anything; the
+        message names the file and the field (``[fusion] channel_k`` or the channel's ``k``)."""
+        longest = max((int(k) for k in ks), default=0)
+        for number, c in enumerate(self.channels, start=1):
+            if not c.enabled or (c.k or self.fusion.channel_k) >= longest:
+                continue
+            where = (f"[[channels]] #{number} ({c.channel_name}) k = {c.k}" if c.k is not None
+                     else f"[fusion] channel_k = {self.fusion.channel_k}")
+            raise ConfigError(
+                f"{self._source}: {where}: channel {c.channel_name!r} returns fewer candidates "
+                f"than the evaluation cut-off {longest}; set it to at least {longest}")
 
     def config_hash(self) -> str:
         """sha256 (16 hex chars) of the canonical JSON form: equal configs, equal hash."""
@@ -128,12 +193,49 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+    """Validate a parsed config; errors name ``source``, the TOML table and the field."""
     try:
-        return PipelineConfig.model_validate(raw)
+        config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e, raw) for e in exc.errors())
         raise ConfigError(f"{source}: invalid config: {problems}") from None
+    config._source = source
+    return config
+
+
+def _problem(error: dict, raw: Any) -> str:
+    """One validation error as ``<field path> (<TOML table>): <message>``."""
+    loc = list(error["loc"])
+    message = error["msg"]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, ParamsError):  # raised inside a channel: its own field paths
+        return "; ".join(_problem({**p, "loc": [*loc, "params", *p["loc"]]}, raw)
+                         for p in cause.problems)
+    message = _bound_words(message.removeprefix("Value error, "))
+    if "input" in error and error.get("type") not in ("missing", "extra_forbidden") and loc:
+        message += f" (got {error['input']!r})"
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if len(loc) >= 2 and loc[0] == "channels" and isinstance(loc[1], int):
+        table = f"[[channels]] #{loc[1] + 1}"
+        try:
+            table += f" ({raw['channels'][loc[1]]['kind']})"
+        except (KeyError, IndexError, TypeError):
+            pass
+        return f"{path} ({table}): {message}"
+    if len(loc) >= 2 and loc[0] in ("fusion", "filters"):
+        return f"{path} ([{loc[0]}] {'.'.join(str(p) for p in loc[1:])}): {message}"
+    return f"{path}: {message}"
+
+
+class ParamsError(ValueError):
+    """Channel parameters that do not fit the constructor or its bounds; ``problems`` holds
+    ``{"loc": (param, ...), "msg": str, "input": value, "type": pydantic error type}`` per
+    problem."""
+
+    def __init__(self, kind: str, problems: list[dict[str, Any]]):
+        self.kind, self.problems = kind, problems
+        super().__init__(f"channel kind {kind!r}: " + "; ".join(
+            f"params.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in problems))
 
 
 @lru_cache(maxsize=None)
@@ -142,14 +244,24 @@ def _params_model(kind: str) -> type[BaseModel]:
     from llmrecall.channels.registry import channel_class
 
     cls = channel_class(kind)
+    bounds = param_bounds(kind)
     fields: dict[str, Any] = {}
     hints = inspect.get_annotations(cls.__init__, eval_str=True)
     for pname, param in inspect.signature(cls.__init__).parameters.items():
         if pname in ("self", "name") or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[pname] = (hints.get(pname, Any), default)
+        fields[pname] = (hints.get(pname, Any), Field(default, **bounds.get(pname, {})))
     return create_model(f"{cls.__name__}Params", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def param_bounds(kind: str) -> dict[str, dict[str, float]]:
+    """Parameter -> pydantic constraints of channel ``kind``: :data:`CHANNEL_PARAM_BOUNDS`
+    for built-in kinds, then the class's own ``param_bounds`` (a plugin's) over them."""
+    from llmrecall.channels.registry import channel_class
+
+    own = getattr(channel_class(kind), "param_bounds", None) or {}
+    return {**CHANNEL_PARAM_BOUNDS.get(kind, {}), **own}
 
 
 def validate_channel_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +273,16 @@ def validate_channel_params(kind: str, params: dict[str, Any]) -> dict[str, Any]
     try:
         validated = model.model_validate(params)
     except ValidationError as exc:
-        problems = "; ".join(f"params.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                             for e in exc.errors())
-        raise ValueError(f"channel kind {kind!r}: {problems}") from None
+        raise ParamsError(kind, [{"loc": e["loc"], "msg": _bound_words(e["msg"]),
+                                  "input": e.get("input"), "type": e["type"]}
+                                 for e in exc.errors()]) from None
     return {k: getattr(validated, k) for k in params}
+
+
+def _bound_words(message: str) -> str:
+    """pydantic's "Input should be greater than or equal to 1" as "must be >= 1"."""
+    for words, symbol in (("greater than or equal to", ">="), ("less than or equal to", "<="),
+                          ("greater than", ">"), ("less than", "<")):
+        if message.startswith(f"Input should be {words} "):
+            return f"must be {symbol} {message.removeprefix(f'Input should be {words} ')}"
+    return message

@@ -7,6 +7,16 @@ from rich.table import Table
 TABLE_KS = (10, 20, 50, 100, 200)
 
 
+#: the reference rows' names (``report["reference"]``, e.g. cold-items' random ranking)
+REFERENCE_ROWS = {"random": "random (expected)"}
+
+
+def _cells(metrics: dict) -> list[str]:
+    cells = [f"{metrics.get(f'recall@{k}', float('nan')):.4f}" for k in TABLE_KS]
+    cells += [f"{metrics.get(f'ndcg@{k}', float('nan')):.4f}" for k in TABLE_KS]
+    return cells + [f"{metrics.get('coverage@50', float('nan')):.3f}"]
+
+
 def _rows(report: dict):
     timings = report.get("timings", {})
     fit, rec = timings.get("fit_seconds", {}), timings.get("recall_seconds", {})
@@ -15,10 +25,11 @@ def _rows(report: dict):
             f, r = sum(fit.values()), sum(rec.values()) + timings.get("fusion_seconds", 0.0)
         else:
             f, r = fit.get(name, float("nan")), rec.get(name, float("nan"))
-        cells = [f"{metrics.get(f'recall@{k}', float('nan')):.4f}" for k in TABLE_KS]
-        cells += [f"{metrics.get(f'ndcg@{k}', float('nan')):.4f}" for k in TABLE_KS]
-        cells += [f"{metrics.get('coverage@50', float('nan')):.3f}", f"{f:.1f}", f"{r:.1f}"]
-        yield name, cells
+        yield name, _cells(metrics) + [f"{f:.1f}", f"{r:.1f}"]
+    for name, label in REFERENCE_ROWS.items():
+        metrics = report.get("reference", {}).get(name)
+        if metrics is not None:  # computed, not run: no timings
+            yield label, _cells(metrics) + ["-", "-"]
 
 
 def _header() -> list[str]:
@@ -34,8 +45,9 @@ def rich_table(report: dict) -> Table:
     table.add_column("channel")
     for h in _header():
         table.add_column(h, justify="right")
+    styles = {"fused": "bold", **{label: "dim" for label in REFERENCE_ROWS.values()}}
     for name, cells in _rows(report):
-        table.add_row(name, *cells, style="bold" if name == "fused" else None)
+        table.add_row(name, *cells, style=styles.get(name))
     return table
 
 

@@ -197,3 +197,61 @@ def test_ml1m_atomic_files_match_the_builtin_loader():
     assert ds.users == builtin.users and ds.items == builtin.items
     np.testing.assert_array_equal(ds.interactions.item, builtin.interactions.item)
     np.testing.assert_array_equal(ds.interactions.time, builtin.interactions.time)
+
+
+def test_a_spec_names_its_dataset(tmp_path, sample):
+    # regression: every spec file called data.toml loaded as a dataset called "data", so
+    # reports (and tuning studies) of different datasets all said "data"
+    spec = sample_spec(tmp_path, "csv", sample)
+    toml = tmp_path / "data.toml"
+    DataSpec.model_validate({**spec.to_table(), "name": "shop-2024"}).save(toml)
+    assert "name = " in toml.read_text()
+    assert load_dataset_toml(toml).name == "shop-2024"
+    assert load_dataset_toml(toml, name="given").name == "given"
+    assert load_dataset(DataSpec.from_toml(toml)).name == "shop-2024"
+    spec.save(toml)  # no name: the file stem, as before
+    assert load_dataset_toml(toml).name == "data"
+
+
+def _events_spec(path, **extra) -> DataSpec:
+    return DataSpec.model_validate({"interactions": {
+        "path": str(path), "user": "u", "item": "i", "time": "t", **extra}})
+
+
+def test_exact_duplicate_interactions_are_dropped_with_a_warning(tmp_path, caplog):
+    # regression: a log exported twice loaded silently, every event counted twice
+    import logging
+
+    path = tmp_path / "events.csv"
+    path.write_text("u,i,t,e\n1,a,10,view\n1,a,10,view\n2,b,11,view\n1,a,12,view\n"
+                    "2,b,11,view\n1,b,10,view\n1,a,10,click\n")
+    with caplog.at_level(logging.WARNING, logger="llmrecall.data"):
+        ds = load_dataset(_events_spec(path, event="e"), "d")
+    log = ds.interactions
+    # lines 3 and 6 repeat lines 2 and 4; the click at the same time is another event
+    assert ds.users.raw(log.user) == ["1", "2", "1", "1", "1"]
+    assert ds.items.raw(log.item) == ["a", "b", "a", "b", "a"]
+    np.testing.assert_array_equal(log.time, [10, 11, 12, 10, 10])
+    assert [log.event_names[e] for e in log.event] == ["view"] * 4 + ["click"]
+    (record,) = caplog.records
+    assert "events.csv" in record.getMessage() and "2 exact duplicate" in record.getMessage()
+    assert "dedupe = false" in record.getMessage()
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llmrecall.data"):
+        kept = load_dataset(_events_spec(path, event="e", dedupe=False), "d")
+    assert len(kept.interactions) == 7 and not caplog.records
+    # without a time column, file order is time: no two rows are ever the same event
+    plain = DataSpec.model_validate({"interactions": {"path": str(path), "user": "u", "item": "i"}})
+    assert len(load_dataset(plain, "d").interactions) == 7
+
+
+def test_integer_positions_in_the_time_column_order_histories(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("u,i,t\nu1,a,3\nu1,b,1\nu2,c,2\nu1,c,2\nu2,a,1\nu1,d,9007199254740990\n")
+    ds = load_dataset(_events_spec(path), "positions")
+    histories = ds.histories()
+    u1, u2 = ds.users.lookup(["u1", "u2"])
+    assert ds.items.raw(histories.of(u1)) == ["b", "c", "a", "d"]
+    assert ds.items.raw(histories.of(u2)) == ["a", "c"]
+    assert ds.interactions.time.max() == 9007199254740990  # exact below 2**53

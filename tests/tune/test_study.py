@@ -91,6 +91,51 @@ def test_other_settings_cannot_reuse_a_study(ml100k, small_config, tmp_path):
              progress=False)
 
 
+def _other_data(ml100k):
+    """ml-100k without every tenth interaction, under the same name: what two `--data`
+    specs called data.toml in two folders looked like to the tuner."""
+    log = ml100k.interactions
+    return ml100k.with_interactions(log.take(np.arange(len(log)) % 10 != 0))
+
+
+def test_a_study_is_keyed_by_its_data(ml100k, small_config, tmp_path):
+    # regression: tuning another dataset of the same name resumed the first one's study,
+    # printed its validation numbers and wrote its tuned config
+    db = tmp_path / "study.sqlite"
+    other = _other_data(ml100k)
+    assert other.name == ml100k.name
+    _, first = tune(ml100k, "loo", small_config, 1, "recall@50", storage=db, progress=False,
+                    space="fusion")
+    _, second = tune(other, "loo", small_config, 1, "recall@50", storage=db, progress=False,
+                     space="fusion")
+    assert second["study_name"] != first["study_name"]  # a study of its own
+    assert second["identity"]["data"] != first["identity"]["data"]
+    assert second["trials"]["complete"] + second["trials"]["pruned"] == 1  # not 2
+    assert second["baseline_value"] != first["baseline_value"]
+    # the same name given explicitly: refused, saying why
+    with pytest.raises(ConfigError, match="other data") as info:
+        tune(other, "loo", small_config, 1, "recall@50", storage=db, progress=False,
+             space="fusion", study_name=first["study_name"])
+    assert "another --study-name" in str(info.value)
+    # the same data resumes
+    _, again = tune(ml100k, "loo", small_config, 1, "recall@50", storage=db, progress=False,
+                    space="fusion")
+    assert again["study_name"] == first["study_name"] and again["trials_this_run"] == 1
+
+
+def test_the_data_fingerprint_follows_data_split_and_seed(ml100k):
+    from llmrecall.evaluate.protocols import make_split
+    from llmrecall.tune.study import data_fingerprint
+
+    loo = make_split(ml100k, "loo", 0)
+    assert data_fingerprint(loo.train, loo.valid) == data_fingerprint(
+        make_split(ml100k, "loo", 0).train, make_split(ml100k, "loo", 0).valid)
+    other = make_split(_other_data(ml100k), "loo", 0)
+    cold0, cold1 = (make_split(ml100k, "cold-items", s) for s in (0, 1))
+    prints = {data_fingerprint(s.train, s.valid) for s in (loo, other, cold0, cold1)}
+    assert len(prints) == 4
+
+
 class _Untouchable:
     """Stands in for the test task: any use of it fails the test."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,6 +37,8 @@ _QUOTED = {"csv": True, "tsv": False, "recbole": False}
 _ROW = "__llmrecall_row"  # 0-based data-row index in the file, kept through filters
 _BOM = b"\xef\xbb\xbf"
 _SHOWN = 80  # characters of a cell value shown in an error message
+
+logger = logging.getLogger("llmrecall.data")
 
 
 # --- reading one file ---------------------------------------------------------------------
@@ -410,7 +413,34 @@ def _read_interactions(spec: InteractionsSpec) -> _RawInteractions:
     else:
         event_names = ("rating",) if spec.rating is not None else (DEFAULT_EVENT,)
         event = np.zeros(n, np.int16)
-    return _RawInteractions(users, items, time, weight, event, event_names, rating)
+    raw = _RawInteractions(users, items, time, weight, event, event_names, rating)
+    if spec.dedupe and spec.time is not None:
+        # without a time column every row has its own position: no row can repeat another
+        raw = _drop_exact_duplicates(raw, spec)
+    return raw
+
+
+def _drop_exact_duplicates(raw: _RawInteractions, spec: InteractionsSpec) -> _RawInteractions:
+    """``raw`` without the rows that repeat an earlier row in every mapped column (user,
+    item, time, event, weight, rating: a log exported twice, a retried write); the first of
+    each stays, file order is kept. Logs a warning with the count when any were dropped."""
+    columns = {"user": raw.users, "item": raw.items, "time": raw.time, "weight": raw.weight,
+               "event": raw.event}
+    if raw.rating is not None:
+        columns["rating"] = raw.rating
+    first = pl.DataFrame(columns).select(pl.struct(pl.all()).is_first_distinct())
+    keep = first.to_series().to_numpy()
+    dropped = int(len(keep) - keep.sum())
+    if not dropped:
+        return raw
+    logger.warning("%s: dropped %d exact duplicate interaction rows (same user, item, time%s as "
+                "an earlier row); set dedupe = false in [data.interactions] to keep them",
+                spec.path, dropped,
+                "".join(f", {c}" for c, on in (("event", spec.event), ("weight", spec.weight),
+                                               ("rating", spec.rating)) if on is not None))
+    return _RawInteractions(raw.users.filter(keep), raw.items.filter(keep), raw.time[keep],
+                            raw.weight[keep], raw.event[keep], raw.event_names,
+                            None if raw.rating is None else raw.rating[keep])
 
 
 def _read_items(spec: ItemsSpec) -> tuple[pl.Series, pl.DataFrame]:
@@ -497,8 +527,9 @@ def _append_new(known: list[str], candidates: pl.Series) -> list[str]:
     return known + fresh.to_list()
 
 
-def load_dataset(spec: DataSpec, name: str) -> Dataset:
-    """Read the files a spec names into a :class:`Dataset` called ``name``.
+def load_dataset(spec: DataSpec, name: str | None = None) -> Dataset:
+    """Read the files a spec names into a :class:`Dataset` called ``name`` (default: the
+    spec's ``name``, else ``"dataset"``).
 
     Vocabularies: users in order of first appearance in the interactions, then users that
     only appear in the search log; items in item-file order, then items that only appear in
@@ -506,7 +537,9 @@ def load_dataset(spec: DataSpec, name: str) -> Dataset:
     item file without any interaction are kept: they are recallable new items.
 
     Interactions keep file order; ``time`` is seconds since the epoch (``unix`` input is
-    taken as is) or, without a time column, the row position in the file. ``weight`` is the
+    taken as is; integer positions work the same way) or, without a time column, the row
+    position in the file. Rows repeating an earlier row exactly are dropped unless
+    ``spec.interactions.dedupe`` is off (a warning gives the count). ``weight`` is the
     weight column (1 without one) times ``event_weights[event]`` (1 for unlisted events);
     ``rating`` is NaN where the rating cell is empty.
 
@@ -547,11 +580,13 @@ def load_dataset(spec: DataSpec, name: str) -> Dataset:
         sources["searches"] = str(spec.searches.path)
     meta = {"source": sources,
             "time": "file order" if spec.interactions.time is None else "seconds"}
-    return Dataset(name, Vocabulary(user_ids), Vocabulary(item_ids), log, catalog,
-                   searches=search_log, meta=meta)
+    return Dataset(name or spec.name or "dataset", Vocabulary(user_ids), Vocabulary(item_ids),
+                   log, catalog, searches=search_log, meta=meta)
 
 
 def load_dataset_toml(path: str | Path, name: str | None = None) -> Dataset:
-    """Read the ``[data]`` table of a TOML file and load it; ``name`` defaults to the file stem."""
+    """Read the ``[data]`` table of a TOML file and load it; ``name`` defaults to the spec's
+    ``name``, else the file stem."""
     path = Path(path)
-    return load_dataset(DataSpec.from_toml(path), name if name is not None else path.stem)
+    spec = DataSpec.from_toml(path)
+    return load_dataset(spec, name or spec.name or path.stem)

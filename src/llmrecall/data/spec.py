@@ -2,6 +2,9 @@
 
 A spec is the ``[data]`` table of a TOML file::
 
+    [data]
+    name = "shop"                # optional: the dataset's name in reports and studies
+
     [data.interactions]
     path = "events.csv"
     format = "csv"
@@ -87,6 +90,10 @@ class InteractionsSpec(_TableSpec):
     rating: str | None = Field(None, description="explicit-rating column; empty cells are NaN")
     event_weights: dict[str, float] = Field(
         default_factory=dict, description="event name -> weight multiplier; unlisted events: 1")
+    dedupe: bool = Field(
+        True, description="drop rows that repeat an earlier row exactly (same user, item, time "
+        "and, where mapped, event, weight and rating), with a warning giving the count; "
+        "false keeps them")
 
     @field_validator("time_format")
     @classmethod
@@ -139,6 +146,9 @@ class SearchesSpec(_TableSpec):
 class DataSpec(_Strict):
     """Where a dataset's files are and how their columns map (the ``[data]`` TOML table)."""
 
+    name: str | None = Field(None, min_length=1, description=(
+        "the dataset's name in reports, artifacts and tuning studies; default: the TOML "
+        "file's stem"))
     interactions: InteractionsSpec
     items: ItemsSpec | None = None
     searches: SearchesSpec | None = None
@@ -147,6 +157,7 @@ class DataSpec(_Strict):
         """A copy whose relative paths are taken relative to ``base_dir``."""
         base = Path(base_dir)
         return DataSpec(
+            name=self.name,
             interactions=self.interactions._with_base(base),
             items=None if self.items is None else self.items._with_base(base),
             searches=None if self.searches is None else self.searches._with_base(base))

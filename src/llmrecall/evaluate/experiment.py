@@ -89,6 +89,9 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
     """As :func:`evaluate`, also returning the fitted pipeline and the split (the pipeline
     is fitted on ``split.train`` and can recall from any fresher history)."""
     say = progress or (lambda _msg: None)
+    # every channel's own list is scored at every cut-off: a short list fails here, not
+    # after the split, the fits and the recalls
+    config.check_cutoffs(ks)
     start = time.perf_counter()
     if split is None:
         split = make_split(dataset, protocol, seed)
@@ -102,6 +105,12 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
     for name, s in lists.recall_seconds.items():
         say(f"recalled {name} in {s:.1f}s")
     results, fusion_seconds = score_lists(pipeline, lists, split.dataset.n_items, ks)
+    reference = None
+    if protocol == "cold-items":
+        # no history says anything about a new item: read the channels against chance
+        from llmrecall.evaluate.baselines import RANDOM_METHOD, random_ranking_metrics
+
+        reference = {"random": random_ranking_metrics(task, ks), "method": RANDOM_METHOD}
     report = {
         "dataset": dataset.name,
         "protocol": protocol,
@@ -110,6 +119,7 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
         "config_hash": config.config_hash(),
         "users_evaluated": int(len(task.users)),
         "results": results,
+        **({"reference": reference} if reference is not None else {}),
         "timings": {
             "split_seconds": split_seconds,
             "fit_seconds": dict(pipeline.fit_seconds),

@@ -125,6 +125,32 @@ def resolve(path: str | Path) -> Path:
     return folder
 
 
+def check_artifact(path: str | Path) -> Path:
+    """The version folder of ``path`` if it looks servable, read-only and cheaply: it
+    resolves (:func:`resolve`), its manifest is JSON of this format version, and its config
+    file is there. Nothing is written and no channel is loaded; :func:`load_artifact` still
+    checks the rest. Raises :class:`DataError` naming the path."""
+    folder = resolve(path)
+    _manifest(folder)
+    if not (folder / "config.toml").is_file():
+        raise DataError("not an artifact: config.toml is missing", path=str(folder))
+    return folder
+
+
+def _manifest(folder: Path) -> dict:
+    where = str(folder / "manifest.json")
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"not an artifact manifest: {exc}", path=where) from None
+    if not isinstance(manifest, dict):
+        raise DataError("not an artifact manifest: expected a JSON object", path=where)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"artifact format {manifest.get('format_version')!r} is not supported "
+                        f"(this build reads format {FORMAT_VERSION}): rebuild it", path=where)
+    return manifest
+
+
 def load_artifact(path: str | Path) -> Artifact:
     """Load an artifact root or version folder fully (channels, vocabularies, histories).
 
@@ -132,11 +158,7 @@ def load_artifact(path: str | Path) -> Artifact:
     manifest's config hash (a foreign or edited folder).
     """
     folder = resolve(path)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"artifact format {manifest.get('format_version')!r} is not supported "
-                        f"(this build reads format {FORMAT_VERSION}): rebuild it",
-                        path=str(folder / "manifest.json"))
+    manifest = _manifest(folder)
     config = load_config(folder / "config.toml")
     if config.config_hash() != manifest["config_hash"]:
         raise DataError(f"config hash {config.config_hash()} differs from the manifest's "

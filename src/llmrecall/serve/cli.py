@@ -14,12 +14,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 
 from llmrecall.errors import LLMRecallError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build serving artifacts and run the recall service.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one line per message, however long
 
 PluginOpt = Annotated[Optional[list[str]], typer.Option(
     "--plugin", help="module to import first (registers extra channel kinds); repeatable")]
@@ -39,19 +40,28 @@ def build_command(
     plugin: PluginOpt = None,
 ) -> None:
     """Fit the pipeline on all data and write a new artifact version (CURRENT points to it)."""
-    from llmrecall.cli import _load_dataset
+    from llmrecall.cli import _load_dataset, check_writable
     from llmrecall.config import load_config
     from llmrecall.serve.artifacts import build
 
+    check_writable(out, "--out", folder=True)
     try:
         _import_plugins(plugin)
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
-        path = build(ds, cfg, out, progress=lambda n, s: err.print(f"[dim]fitted {n} in {s:.1f}s[/dim]"))
+        path = build(ds, cfg, out, progress=lambda n, s: err.print(
+            f"[dim]fitted {escape(n)} in {s:.1f}s[/dim]"))
     except LLMRecallError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    err.print(f"wrote {path}")
+        _error(exc)
+    except OSError as exc:  # checked above, but the disk may fill up while writing
+        _error(f"cannot write the artifact under {out}: {exc}")
+    err.print(f"wrote {escape(str(path))}")
+
+
+def _error(exc: Exception | str) -> None:
+    # escaped: messages quote TOML tables ("[data]", "[serve]") that rich takes for markup
+    err.print(f"[red]error:[/red] {escape(str(exc))}")
+    raise typer.Exit(2)
 
 
 @app.command("serve")
@@ -78,6 +88,7 @@ def serve_command(
     os.environ.setdefault("LLMRECALL_THREADS", "1")
 
     from llmrecall.serve.app import create_app
+    from llmrecall.serve.artifacts import check_artifact
     from llmrecall.serve.settings import load_settings
 
     try:
@@ -86,9 +97,11 @@ def serve_command(
                             channel_budget_ms=channel_budget_ms, refresher=refresher,
                             plugins=plugin or None, workers=workers,
                             shared_state=shared_state)
+        # before anything is created (the state file defaults to DIR/state.sqlite) and
+        # before uvicorn starts: a wrong folder is one line, not a startup traceback
+        check_artifact(cfg.artifact_dir)
     except LLMRecallError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        _error(exc)
     if cfg.workers == 1:
         uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=log_level,
                     access_log=False, timeout_graceful_shutdown=5)

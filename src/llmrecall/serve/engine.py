@@ -13,7 +13,9 @@ Performance). The deadline is checked before each inline channel. Every other ch
 with one deadline for the group: a channel that raises or misses the deadline is left out
 of this answer (the others still answer), counted in metrics, and after repeated failures
 skipped for a cool-down period (a circuit breaker), so a stuck channel cannot eat the
-budget of every request.
+budget of every request. A channel that raises is also logged with its traceback, at most
+once per ``failure_log_interval_s`` per channel (:class:`FailureLog`). Text-query hooks run
+after the channels, under the same deadline: once it has passed they are not started.
 """
 
 from __future__ import annotations
@@ -69,6 +71,34 @@ class RecallAnswer:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+class FailureLog:
+    """Channel failures logged with their traceback, at most one per key (a channel, a
+    channel's query hook, a live source) per ``interval_s`` seconds: a channel failing on
+    every request must not flood the log. The failures in between are counted, and the next
+    one logged says how many there were. ``clock`` is replaceable for tests."""
+
+    def __init__(self, interval_s: float, clock=time.monotonic):
+        self.interval_s = interval_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def failed(self, key: str, exc: BaseException) -> None:
+        now = self.clock()
+        with self._lock:  # engine threads may fail at once
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        more = (f" ({suppressed} more failures since the last one logged, "
+                f"{self.interval_s:g}s ago or more)" if suppressed else "")
+        log.error("channel %r failed and was left out of the answer%s: %s", key, more, exc,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+
+
 class ChannelGuard:
     """Thread pool + circuit breaker of one channel."""
 
@@ -103,6 +133,7 @@ class RecallEngine:
         self.metrics = metrics
         self.guards: dict[str, ChannelGuard] = {}
         self._guards_lock = threading.Lock()
+        self.failures = FailureLog(settings.failure_log_interval_s)
         self._names: dict[tuple[str, ...], dict[int, list[str]]] = {}  # see _channel_names
 
     def guard(self, name: str) -> ChannelGuard:
@@ -191,8 +222,8 @@ class RecallEngine:
             t = time.perf_counter()
             try:
                 lists[name] = make()
-            except Exception:
-                log.exception("live source %r failed", name)
+            except Exception as exc:
+                self.failures.failed(name, exc)
                 degraded.append(name)
                 self.metrics.channel_errors.labels(name, "error").inc()
                 return
@@ -227,7 +258,8 @@ class RecallEngine:
                 continue
             try:
                 cand, took = fut.result()
-            except Exception:  # a broken channel must not fail the request
+            except Exception as exc:  # a broken channel must not fail the request
+                self.failures.failed(name, exc)
                 degraded.append(name)
                 guard.record(False)
                 self.metrics.channel_errors.labels(name, "error").inc()
@@ -237,7 +269,7 @@ class RecallEngine:
             seconds[name] = took
         if any(texts) and text_channels:
             self._query_channels(text_channels, pipeline, texts, k_max, allowed, lists,
-                                 degraded, seconds)
+                                 degraded, seconds, deadline)
             if not any(name.endswith(":query") for name in lists) and (
                     only is None or sources.QUERY_LEXICAL in only):
                 # every embedding channel failed on the query: BM25 still matches its words
@@ -268,16 +300,34 @@ class RecallEngine:
         return [self._answer(fused, r, q, state, degraded, counts, seconds)
                 for r, q in enumerate(queries)]
 
-    def _query_channels(self, names, pipeline, texts, k, allowed, lists, degraded, seconds):
+    def _query_channels(self, names, pipeline, texts, k, allowed, lists, degraded, seconds,
+                        deadline: float):
         """Channels with a ``recall_query(texts, k, allowed) -> Candidates`` hook (text
-        embedding channels) answer the query text, under the same guard rules."""
+        embedding channels) answer the query text, under the same guard rules and the
+        request's ``deadline`` (a ``time.perf_counter()`` value): they run at once, each on
+        its pool, and are awaited together until the deadline; none is started once it has
+        passed (the channels before them may have spent it all)."""
+        futures: dict[str, Future] = {}
         for name in names:
-            guard = self.guard(name)
-            fut = guard.executor.submit(_timed, pipeline.channels[name].recall_query, texts, k,
-                                        allowed)
+            if time.perf_counter() >= deadline:
+                degraded.append(f"{name}:query")
+                self.metrics.channel_errors.labels(name, "query_timeout").inc()
+                continue
+            futures[name] = self.guard(name).executor.submit(
+                _timed, pipeline.channels[name].recall_query, texts, k, allowed)
+        wait(list(futures.values()), timeout=max(0.0, deadline - time.perf_counter()))
+        for name, fut in futures.items():
+            guard = self.guards[name]
+            if not fut.done():
+                fut.cancel()
+                degraded.append(f"{name}:query")
+                guard.record(False)
+                self.metrics.channel_errors.labels(name, "query_timeout").inc()
+                continue
             try:
-                cand, took = fut.result(timeout=self.settings.channel_budget_ms / 1000.0)
-            except Exception:
+                cand, took = fut.result()
+            except Exception as exc:
+                self.failures.failed(f"{name}:query", exc)
                 degraded.append(f"{name}:query")
                 guard.record(False)
                 self.metrics.channel_errors.labels(name, "query").inc()

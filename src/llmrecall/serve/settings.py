@@ -30,6 +30,10 @@ class ServeSettings(BaseModel):
     channel_budget_ms: float = Field(100.0, gt=0, description="deadline for every channel of a request")
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a channel's breaker")
     breaker_cooldown_s: float = Field(10.0, gt=0, description="how long an open breaker skips the channel")
+    failure_log_interval_s: float = Field(
+        60.0, ge=0, description="a failing channel's traceback is logged at most once per "
+        "this many seconds (the failures in between are counted in the next message); 0 logs "
+        "every failure")
     max_batch: int = Field(32, ge=1, description="queries answered together as one batch")
     batch_wait_ms: float = Field(
         3.0, ge=0, le=50, description="how long a starting batch may wait for more queries "
