@@ -91,7 +91,7 @@ def summarise(path: Path) -> tuple[dict[str, int], list[str]]:
     outcomes: dict[str, str] = {}
     if not path.exists():
         return {}, [f"no ledger at {path}: pytest did not start, or the ledger was not enabled"]
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
