@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmrecall.channels.base import Candidates
-from llmrecall.topk import fit_mask, topk
-
-#: bonus that lifts guaranteed (min_slots) candidates above every RRF score when selecting
-_GUARANTEE = np.float32(1e6)
+from llmrecall.topk import fit_mask, topk_first_tier
 
 
 @dataclass(frozen=True)
@@ -29,8 +26,10 @@ class ChannelWeight:
     Attributes:
         weight: multiplier of the channel's RRF contribution (0 disables it).
         quota: at most this many of the channel's candidates are considered (None: all).
-        min_slots: this many of the channel's best candidates are guaranteed a place in the
-            final list (if the channel produced them and filters allow them).
+        min_slots: the channel's candidates at positions ``< min_slots`` (and within its
+            quota) are guaranteed a place in the final list, if filters allow them and ``k``
+            has room (see :func:`fuse` for the exact rule). A guaranteed candidate that is
+            filtered out does not pass its guarantee on to the next one.
     """
 
     weight: float = 1.0
@@ -71,6 +70,22 @@ def fuse(lists: Mapping[str, Candidates], k: int, *,
          allowed: np.ndarray | None = None, seen: Sequence[np.ndarray] | None = None,
          n_items: int | None = None) -> FusedCandidates:
     """Merge per-channel candidates into the top-``k`` fused list of each user.
+
+    The contract, per user (tests/test_fusion_contract.py checks it against a dict-based
+    implementation of exactly this text):
+
+    * **Score.** A channel with ``weight > 0`` contributes, for the candidate at 0-based
+      position ``r`` of its list (``r < quota``; -1 padding and ids ``>= n_items`` are
+      skipped), ``float32(weight / (rrf_k + r + 1))``. A candidate's fused score is the float32
+      sum of its contributions, added in the order of ``lists``.
+    * **Eligible.** Candidates with a score that are allowed (ids past the end of ``allowed``
+      are allowed, see :func:`~llmrecall.topk.fit_mask`) and not in the user's ``seen``.
+    * **Guaranteed.** Eligible candidates at a position ``r < min_slots`` of some channel.
+    * **Membership.** If there are ``g >= k`` guaranteed candidates, the ``k`` best of them;
+      otherwise all ``g`` of them plus the ``k - g`` best other eligible candidates. "Best"
+      is by fused score descending, ties by item id ascending.
+    * **Order.** The list is ordered by fused score descending, ties by item id ascending
+      (guarantees decide membership, not order); it is padded with -1 / -inf.
 
     Args:
         lists: channel name -> :class:`Candidates` for the same n users (any k per channel).
@@ -118,7 +133,7 @@ def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
     flat_size = n * n_items
     score = np.zeros(flat_size, np.float32)
     proposed = np.zeros(flat_size, bool)
-    guaranteed = np.zeros(flat_size, bool)
+    guaranteed = []  # flat cells at a guaranteed position of some channel
     keys_per_channel = []
     for name in names:
         cand = lists[name]
@@ -132,7 +147,7 @@ def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
         # one channel lists an item at most once, so a plain fancy-index add is exact
         score[keys] += (w.weight / (rrf_k + ranks + 1.0)).astype(np.float32)
         proposed[keys] = True
-        guaranteed[keys[ranks < w.min_slots]] = True
+        guaranteed.append(keys[ranks < w.min_slots])
     score = score.reshape(n, n_items)
     select = np.where(proposed.reshape(n, n_items), score, -np.inf).astype(np.float32)
     if allowed is not None:
@@ -143,9 +158,8 @@ def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
         rows = np.repeat(np.arange(n), lengths)
         inside = cols < n_items
         select[rows[inside], cols[inside]] = -np.inf
-    boosted = np.where(guaranteed.reshape(n, n_items) & np.isfinite(select),
-                       select + _GUARANTEE, select)
-    chosen, _ = topk(boosted, k)  # membership: guaranteed candidates first
+    # membership: guaranteed candidates first (select is scratch: it is overwritten here)
+    chosen = topk_first_tier(select, np.concatenate(guaranteed), k)
     valid = chosen >= 0
     safe = np.maximum(chosen, 0)
     fused_score = np.where(valid, np.take_along_axis(score, safe, 1), -np.inf).astype(np.float32)

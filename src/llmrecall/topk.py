@@ -75,3 +75,43 @@ def fit_mask(mask: np.ndarray, width: int) -> np.ndarray:
     if len(mask) >= width:
         return mask[:width]
     return np.pad(mask, (0, width - len(mask)), constant_values=True)
+
+
+def topk_first_tier(scores: np.ndarray, first: np.ndarray, k: int) -> np.ndarray:
+    """Best ``k`` columns of each row when the cells ``first`` come before all others.
+
+    The answer holds the row's first-tier cells, best first, up to ``k`` of them; the places
+    left go to its other cells, best first. "Best" is (score desc, column asc) in each tier,
+    as in :func:`topk`. Two separate selections, not a bonus added to the first tier's
+    scores: a finite bonus large enough to lift every score would absorb the scores' low bits
+    (float32 spacing near 1e6 is 0.0625), and the first tier would then tie.
+
+    Args:
+        scores: float32[n, m], -inf for cells that must never be returned. Overwritten: the
+            first-tier cells are set to -inf.
+        first: int64[f] flat cell indices (``row * m + column``) of the first tier, in any
+            order, repeats allowed; cells whose score is -inf are ignored.
+        k: list length.
+    Returns:
+        int32[n, k] column ids, -1 padded: the first tier's chosen cells, then the others'.
+        Cheap when ``first`` is short: one :func:`topk` over the block plus a sort of ``first``.
+    """
+    n, m = scores.shape
+    first = np.unique(np.asarray(first, np.int64))
+    rows, cols = np.divmod(first, max(m, 1))
+    live = np.isfinite(scores[rows, cols])
+    rows, cols = rows[live], cols[live]
+    if k <= 0 or len(rows) == 0:
+        return topk(scores, k)[0]
+    vals = scores[rows, cols]
+    scores[rows, cols] = -np.inf  # the rest: everything but the first tier
+    order = np.lexsort((cols, -vals, rows))  # by row, then score desc, then column asc
+    rows, cols = rows[order], cols[order]
+    slot = np.arange(len(rows)) - np.searchsorted(rows, rows)  # position within its row
+    keep = slot < k
+    chosen = np.full((n, k), -1, np.int32)
+    chosen[rows[keep], slot[keep]] = cols[keep]
+    taken = np.bincount(rows[keep], minlength=n)[:, None]  # first-tier places per row
+    rest, _ = topk(scores, k)
+    back = np.arange(k)[None, :] - taken  # where the rest's entries go: after the first tier
+    return np.where(back < 0, chosen, np.take_along_axis(rest, np.maximum(back, 0), 1))

@@ -14,11 +14,12 @@ import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.history import (best_history_item, check_width, finish_scores,
-                                        limited_blas, rows_dot, weighted_history)
+                                        limited_blas, weighted_history)
 from llmrecall.channels.neighbors import item_popularity, training_matrix
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
+from llmrecall.scoring import dot_rows
 
 #: (pair, factor) products computed at once when looking for evidence
 _EVIDENCE_CHUNK = 200_000
@@ -94,7 +95,7 @@ class FactorChannel(Channel):
             self.user_cache, users, history, self.item_factors_,
             lambda pos: self.user_vectors(users[pos], self._history(users[pos], history)))
         with limited_blas():
-            known = rows_dot(vectors, self.item_factors_)
+            known = dot_rows(vectors, self.item_factors_)  # batch-independent rows
         return finish_scores(known, ~placed, self.popularity_, width)
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:

@@ -69,27 +69,6 @@ def limited_blas() -> Iterator[None]:
         yield
 
 
-#: up to this many query rows, :func:`rows_dot` multiplies row by row (see there)
-SMALL_PRODUCT = 3
-
-
-def rows_dot(queries: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``queries @ table.T``: float[q, n] scores of q query vectors against n table rows.
-
-    For 2-3 queries this is a loop of matrix-vector products: OpenBLAS's matrix product
-    first packs the whole table, which costs more than the arithmetic when there are few
-    queries (ml-1m, 3,883 x 384 float32 on one thread: 3 queries 433 us as one product,
-    184 us row by row; one query 78 us either way). Batches of requests keep the product.
-    """
-    q = len(queries)
-    if not 1 < q <= SMALL_PRODUCT:
-        return queries @ table.T
-    out = np.empty((q, len(table)), np.result_type(queries.dtype, table.dtype))
-    for i in range(q):
-        np.dot(table, queries[i], out=out[i])
-    return out
-
-
 def check_width(history: Histories, n_fitted_items: int, channel: str) -> int:
     """Number of score columns for ``history``: its item vocabulary, which may have grown
     since fit (new items get -inf) but may not have shrunk."""

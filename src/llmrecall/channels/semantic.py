@@ -30,7 +30,7 @@ import threading
 import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
-from llmrecall.channels.history import limited_blas, rows_dot
+from llmrecall.channels.history import limited_blas
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added, grown,
                                               item_text_vectors, popular_rows, popularity,
@@ -39,6 +39,7 @@ from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 from llmrecall.index import VectorIndex, choose_kind, merge_hits
+from llmrecall.scoring import dot_rows
 from llmrecall.topk import topk
 
 #: catalogs up to this size with an exact ("flat") index are searched by one matrix product
@@ -268,7 +269,7 @@ class _TextIndexChannel(Channel):
             if a == b:
                 continue
             with limited_blas():
-                sims = rows_dot(queries[a:b], vectors[:n]) * weights[a:b, None]  # float32[q, n]
+                sims = dot_rows(queries[a:b], vectors[:n]) * weights[a:b, None]  # float32[q, n]
             rows = owner[a:b] - lo
             starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
             scores = np.full((hi - lo, n), -np.inf, np.float32)

@@ -39,6 +39,7 @@ from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, che
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
+from llmrecall.scoring import dot_rows
 
 TEXT_MODES = ("none", "init", "fuse")
 
@@ -251,7 +252,8 @@ class SASRec(Channel):
             # the model (replaced as a whole by add_items, with n_items) is what the
             # sequence vector depends on besides the history
             (hidden,) = cached_user_states(self.user_cache, users, history, model, represent)
-            logits = (torch.from_numpy(hidden) @ table[1:n_items + 1].T).numpy()
+            # row by row: a user's logits must not depend on the batch (llmrecall.scoring)
+            logits = dot_rows(hidden, table[1:n_items + 1].numpy())
         scores = np.full((len(users), width), -np.inf, np.float32)
         scores[:, :n_items] = logits
         empty = (items < 0).all(axis=1)

@@ -36,7 +36,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
-from llmrecall.channels.history import rows_dot
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added,
                                               check_width, grown, item_text_vectors,
@@ -44,6 +43,7 @@ from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, che
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
+from llmrecall.scoring import dot_rows
 
 #: how a user's layer-0 vector is formed (see :class:`TextCF`)
 USER_INITS = ("text", "items")
@@ -58,6 +58,20 @@ def _torch():
 def _mlp(in_dim: int, hidden: int, out_dim: int):
     nn = _torch().nn
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
+
+
+def _mlp_rows(mlp, x: np.ndarray) -> np.ndarray:
+    """float32[n, out_dim] ``mlp(x)`` of a fitted :func:`_mlp`, each row on its own.
+
+    A user's vector must not depend on the users it is computed with: torch's Linear takes a
+    matrix-vector kernel for one row and a matrix-matrix kernel for several, which round
+    differently (textcf's batch == single contract failed on AVX-512). Each layer here is
+    :func:`llmrecall.scoring.dot_rows` plus the bias, then LeakyReLU as torch defines it.
+    """
+    first, act, second = mlp
+    h = dot_rows(x, first.weight.detach().numpy()) + first.bias.detach().numpy()
+    h = np.where(h > 0, h, np.float32(act.negative_slope) * h)
+    return dot_rows(h, second.weight.detach().numpy()) + second.bias.detach().numpy()
 
 
 def _normalised(user_items: sp.csr_matrix) -> sp.csr_matrix:
@@ -282,8 +296,8 @@ class TextCF(Channel):
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         text = text_vectors(added_texts(ids, texts), self.embedder)
-        with torch.no_grad():
-            image = self.mlp_(torch.from_numpy(text)).numpy().astype(np.float32)
+        with torch.no_grad():  # each row alone: an item's image does not depend on the others
+            image = _mlp_rows(self.mlp_, text).astype(np.float32)
         with self._lock:
             degree = grown(self.item_degree_, ids[ids >= len(self.item_degree_)], 0.0)
             cold = degree[ids] == 0
@@ -343,9 +357,8 @@ class TextCF(Channel):
             @ sp.diags(di.astype(np.float32))
         mean_rows = self._history_weights(history, users, len(degree), rows)
         if self.user_init == "text":
-            with torch.no_grad():
-                layers = [self.mlp_(torch.from_numpy(
-                    np.asarray(mean_rows @ text, dtype=np.float32))).numpy()]
+            with torch.no_grad():  # row by row: independent of the batch (see _mlp_rows)
+                layers = [_mlp_rows(self.mlp_, np.asarray(mean_rows @ text, dtype=np.float32))]
         else:
             layers = [np.asarray(mean_rows @ item_layers[0], dtype=np.float32)]
         for layer in range(self.layers):
@@ -369,7 +382,8 @@ class TextCF(Channel):
             self.user_cache, users, history, arrays[1],
             lambda pos: (self.user_vectors(users[pos], history, arrays),))
         scores = np.full((len(users), width), -np.inf, np.float32)
-        scores[:, :n_items] = rows_dot(vectors, item_vectors[:n_items])
+        # row by row: a user's scores must not depend on the batch (llmrecall.scoring)
+        scores[:, :n_items] = dot_rows(vectors, item_vectors[:n_items])
         scores[~vectors.any(axis=1), :n_items] = popularity_[:n_items]
         return scores
 

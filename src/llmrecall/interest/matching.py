@@ -17,6 +17,7 @@ import numpy as np
 from llmrecall.data.dataset import Histories
 from llmrecall.errors import ConfigError
 from llmrecall.lexical import BM25Index
+from llmrecall.scoring import dot_rows
 from llmrecall.topk import topk
 
 Merge = Literal["rrf", "round_robin"]
@@ -152,7 +153,8 @@ class HybridMatcher:
         q = np.asarray(self.embedder.embed(list(texts), kind="query"), np.float32)
         ids, vals = [], []
         for start in range(0, len(q), QUERY_BLOCK):
-            sims = q[start:start + QUERY_BLOCK] @ self.item_vectors.T
+            # row by row: a text's matches must not depend on the others asked with it
+            sims = dot_rows(q[start:start + QUERY_BLOCK], self.item_vectors)
             i, v = topk(sims, k)
             ids.append(i)
             vals.append(v)

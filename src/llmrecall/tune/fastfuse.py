@@ -5,9 +5,10 @@ for explanations; a tuning trial needs only the fused ids, and re-runs fusion hu
 times. Here contributions are scattered into a dense block of users x items, which is one
 vectorised pass per channel plus a top-k.
 
-Equality with ``fuse`` (tested): contributions are float32, summed in float64 in channel
-order then cast to float32, exactly as ``fuse`` sums them; guaranteed candidates get the same
-float32 bonus for selection; the final order is by (score desc, item id asc).
+Equality with ``fuse`` (tested, both against the same dict-based statement of the contract in
+tests/test_fusion_contract.py): contributions are float32, summed in float32 in channel order
+as ``fuse`` sums them; guaranteed candidates are chosen first by the same
+:func:`~llmrecall.topk.topk_first_tier`; the final order is by (score desc, item id asc).
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from llmrecall.fusion import ChannelWeight
-from llmrecall.topk import topk
+from llmrecall.topk import fit_mask, topk_first_tier
 
-_GUARANTEE = np.float32(1e6)
 #: dense cells (users x items) per block; bounds temporary memory to about 13 bytes each
 BLOCK_CELLS = 1 << 24
 
@@ -48,36 +48,29 @@ def _block(lists: Mapping[str, np.ndarray], k: int, n_items: int,
            allowed: np.ndarray | None) -> np.ndarray:
     n = next(iter(lists.values())).shape[0]
     # flat views: one 1-d scatter per channel is much cheaper than 2-d fancy indexing
-    total = np.zeros(n * n_items, np.float64)
+    score = np.zeros(n * n_items, np.float32)
     proposed = np.zeros(n * n_items, bool)
-    guaranteed = np.zeros(n * n_items, bool)
+    guaranteed = []  # flat cells at a guaranteed position of some channel
     for name, ids in lists.items():
         w = weights.get(name, ChannelWeight())
-        if w.weight == 0:
-            continue  # fuse() drops a zero-weight channel's candidates altogether
+        if w.weight <= 0:
+            continue  # fuse() drops such a channel's candidates altogether
         kc = ids.shape[1] if w.quota is None else min(w.quota, ids.shape[1])
         ids = ids[:, :kc]
-        keep = ids >= 0
+        keep = (ids >= 0) & (ids < n_items)
         rank = np.broadcast_to(np.arange(kc), ids.shape)[keep]
         cells = (np.arange(n, dtype=np.int64)[:, None] * n_items + ids)[keep]
         contrib = (w.weight / (rrf_k + rank + 1.0)).astype(np.float32)
         # a channel proposes an item at most once per user, so plain fancy-index += is exact
-        total[cells] += contrib
+        score[cells] += contrib
         proposed[cells] = True
-        guaranteed[cells[rank < w.min_slots]] = True
-    total = total.reshape(n, n_items)
+        guaranteed.append(cells[rank < w.min_slots])
+    score = score.reshape(n, n_items)
     proposed = proposed.reshape(n, n_items)
-    guaranteed = guaranteed.reshape(n, n_items)
-    if allowed is not None:
-        # as in fuse(): an item past the end of ``allowed`` is not allowed
-        inside = np.zeros(n_items, bool)
-        m = min(len(allowed), n_items)
-        inside[:m] = allowed[:m]
-        proposed &= inside[None, :]
-    score = total.astype(np.float32)
-    select = np.where(proposed, score + np.where(guaranteed, _GUARANTEE, np.float32(0)),
-                      np.float32(-np.inf)).astype(np.float32)
-    chosen, _ = topk(select, k)
+    if allowed is not None:  # as in fuse(): ids past the end of ``allowed`` are allowed
+        proposed &= fit_mask(np.asarray(allowed, bool), n_items)[None, :]
+    select = np.where(proposed, score, np.float32(-np.inf))
+    chosen = topk_first_tier(select, np.concatenate(guaranteed or [np.zeros(0, np.int64)]), k)
     valid = chosen >= 0
     chosen_score = np.where(valid, np.take_along_axis(score, np.maximum(chosen, 0), 1), -np.inf)
     order = np.lexsort((np.where(valid, chosen, 0), -chosen_score), axis=1)
