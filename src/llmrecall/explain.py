@@ -56,7 +56,8 @@ def explain_row(fused: FusedCandidates, row: int, dataset: Dataset,
         title = titles[item] if item < len(titles) else ""
         item_id = dataset.items.raw([item])[0]
         if item_id is None:  # raw() maps ids outside the vocabulary to None
-            raise DataError(f"fused item {item} is not one of the dataset's {dataset.n_items} items")
+            raise DataError(f"fused item {item} is not one of the dataset's "
+                            f"{dataset.n_items} items")
         out.append(ExplainedCandidate(col + 1, item_id, title,
                                       float(fused.scores[row, col]), reasons))
     return out

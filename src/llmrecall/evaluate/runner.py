@@ -63,7 +63,8 @@ def _within(matrix: sp.csr_matrix, candidate_mask: np.ndarray | None) -> sp.csr_
         return matrix.tocsr()
     # scipy-stubs types spmatrix.multiply as the matrix product (dense for a dense operand);
     # the element-wise product with a row vector is sparse (a coo_matrix)
-    out = matrix.multiply(candidate_mask[None, :].astype(np.float32)).tocsr()  # type: ignore[attr-defined]
+    masked = matrix.multiply(candidate_mask[None, :].astype(np.float32))
+    out = masked.tocsr()  # type: ignore[attr-defined]
     out.eliminate_zeros()
     return out
 

@@ -149,7 +149,8 @@ class VectorIndex:
         """HNSW only: a fresh graph over the vectors whose ids are not deleted."""
         stored = self._stored_ids()
         keep = ~np.isin(stored, self._deleted)
-        vectors = cast(faiss.IndexIDMap2, self._index).index.reconstruct_n(0, self._index.ntotal)[keep]
+        vectors = cast(faiss.IndexIDMap2, self._index).index.reconstruct_n(
+            0, self._index.ntotal)[keep]
         self._index = self._new_index()
         self._deleted = np.zeros(0, np.int64)
         if keep.any():
