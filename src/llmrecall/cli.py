@@ -17,7 +17,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 
-from llmrecall.errors import LLMRecallError  # noqa: E402
+from llmrecall.errors import ConfigError, LLMRecallError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="llmrecall: recall (candidate generation) with language models.")
@@ -41,6 +41,7 @@ def _load_dataset(dataset: str | None, data: Path | None):
         return load_builtin(dataset)
     from llmrecall.data.loaders import load_dataset_toml
 
+    assert data is not None  # exactly one of the two is given (checked above)
     return load_dataset_toml(data)
 
 
@@ -231,12 +232,15 @@ def tune(
     from llmrecall.evaluate.protocols import make_split
     from llmrecall.tune.compare import compare_on_test, comparison_table
     from llmrecall.tune.store import FittedChannels
+    from llmrecall.tune.space import is_space
     from llmrecall.tune.study import default_metric, tune as run_tune
 
     check_writable(output, "--output")
     if storage is not None:
         check_writable(storage, "--storage")
     try:
+        if not is_space(space):  # as tune() would, but before the data is loaded
+            raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
         metric = metric or default_metric(cfg)

@@ -15,7 +15,7 @@ import json
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import tomli_w
@@ -134,7 +134,7 @@ class PipelineConfig(_Strict):
             return NotImplemented
         return self.model_dump() == other.model_dump()
 
-    __hash__ = None  # mutable, like any pydantic model
+    __hash__ = None  # type: ignore[assignment]  # mutable, like any pydantic model: unhashable
 
     @property
     def enabled_channels(self) -> list[ChannelConfig]:
@@ -203,7 +203,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfi
     return config
 
 
-def _problem(error: dict, raw: Any) -> str:
+def _problem(error: Mapping[str, Any], raw: Any) -> str:
     """One validation error as ``<field path> (<TOML table>): <message>``."""
     loc = list(error["loc"])
     message = error["msg"]
@@ -251,7 +251,8 @@ def _params_model(kind: str) -> type[BaseModel]:
         if pname in ("self", "name") or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[pname] = (hints.get(pname, Any), Field(default, **bounds.get(pname, {})))
+        constraints: dict[str, Any] = bounds.get(pname, {})
+        fields[pname] = (hints.get(pname, Any), Field(default, **constraints))
     return create_model(f"{cls.__name__}Params", __config__=ConfigDict(extra="forbid"), **fields)
 
 

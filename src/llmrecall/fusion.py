@@ -134,7 +134,8 @@ def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
     score = np.zeros(flat_size, np.float32)
     proposed = np.zeros(flat_size, bool)
     guaranteed = []  # flat cells at a guaranteed position of some channel
-    keys_per_channel = []
+    # (keys, ranks, candidates, kc, keep) per channel
+    keys_per_channel: list[tuple[np.ndarray, np.ndarray, Candidates, int, np.ndarray]] = []
     for name in names:
         cand = lists[name]
         w = weights.get(name, ChannelWeight())

@@ -129,3 +129,31 @@ def test_training_pairs_come_from_training_sequences():
         assert target.strip() not in prompt  # the answer is never shown
     with pytest.raises(ConfigError):
         training_pairs(make_dataset([[0], [1]]), 5)
+
+
+class _EchoGenerator:
+    """A chat-only generator: answers every request with the same two titles."""
+
+    fingerprint = "echo"
+    supports_constraints = False
+
+    def complete(self, prompt, **_):
+        raise AssertionError("the naive prompt only chats")
+
+    def chat(self, messages, **_):
+        return "1. Alien\n2. Titanic"
+
+
+@pytest.mark.parametrize("user", [-1, 4])
+def test_job_refuses_users_outside_the_dataset(toy, user):
+    """Regression: a dense id outside the user vocabulary reached the store as subject
+    None (-1: sqlite's NOT NULL error after generating) or failed indexing the histories
+    (n_users: IndexError); it is now named as a ConfigError before any generation."""
+    from llmrecall.interest.jobs import InterestJob
+
+    settings = InterestSettings(prompt="naive", constrain="none", n_examples=0)
+    job = InterestJob(toy, _EchoGenerator(), settings)
+    texts, _ = job.run(np.array([0]))  # a known user goes through
+    assert texts[0]
+    with pytest.raises(ConfigError, match=f"user {user} is not a dense user id"):
+        job.run(np.array([user]))

@@ -81,6 +81,13 @@ class _TextIndexChannel(Channel):
 
     in_process = True  # see Channel.in_process
 
+    # hyperparameters the shared code reads; every subclass sets them in its __init__
+    embedder: str
+    recent: int
+    recency_decay: float
+    index_kind: str
+    index_params: dict | None
+
     def __init__(self, name: str | None = None):
         super().__init__(name)
         self._lock = threading.Lock()
@@ -172,9 +179,10 @@ class _TextIndexChannel(Channel):
         k = max(int(k), 0)
         ids = np.full((len(texts), k), -1, np.int32)
         scores = np.full((len(texts), k), -np.inf, np.float32)
-        rows = [r for r, t in enumerate(texts) if t is not None and t.strip()]
+        asked = {r: t for r, t in enumerate(texts) if t is not None and t.strip()}
+        rows = list(asked)
         if rows and k:
-            queries = text_vectors([texts[r] for r in rows], self.embedder, kind="query")
+            queries = text_vectors(list(asked.values()), self.embedder, kind="query")
             with self._lock:
                 hit, sims = self._index.search(queries, k, allowed=allowed)
             ids[rows], scores[rows] = hit, np.where(hit >= 0, sims, -np.inf)

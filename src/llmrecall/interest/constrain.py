@@ -101,7 +101,7 @@ class TitleTrie:
                     counts[node] = counts.get(node, 0) + 1
         return counts
 
-    def allowed_after(self, generated: Sequence[int], banned: dict[int, int],
+    def allowed_after(self, generated: Sequence[int] | np.ndarray, banned: dict[int, int],
                       banned_ids: set[int]) -> list[int]:
         """Token ids that may follow ``generated`` (tokens produced so far for this title).
 

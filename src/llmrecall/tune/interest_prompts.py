@@ -110,7 +110,7 @@ def search_interest_prompts(
         channel = InterestChannel(
             settings=variant_settings(variant, noun), embedder=embedder_name,
             store_path=None if store_path is None else str(store_path),
-            users=train.users.raw(score.users), embedding_cache=(
+            users=raw_users, embedding_cache=(
                 None if embedding_cache is None else str(embedding_cache)),
             name=f"llm_interest[{variant.name}]")
         say(f"generating for {len(score.users)} users with {variant.name} "
@@ -120,6 +120,9 @@ def search_interest_prompts(
     score = channel_scorer(train, valid, build, metric, max_users=max_users, seed=seed)
     if not len(score.users):
         raise ConfigError("prompt search: the validation task has no users")
+    raw_users = [u for u in train.users.raw(score.users) if u is not None]
+    if len(raw_users) != len(score.users):  # raw() gives None for ids outside the vocabulary
+        raise ConfigError("prompt search: validation users outside the training users")
     return optimise_prompts(variants, score, proposer=proposer, rounds=rounds, output=output,
                             progress=say)
 
