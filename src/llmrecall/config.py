@@ -13,14 +13,13 @@ import hashlib
 import inspect
 import json
 import tomllib
-from functools import lru_cache
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, model_validator
 
 from llmrecall.errors import ConfigError
 
@@ -83,7 +82,7 @@ class ChannelConfig(_Strict):
         return self.name or self.kind
 
     @model_validator(mode="after")
-    def _check_params(self) -> "ChannelConfig":
+    def _check_params(self) -> ChannelConfig:
         self.params = validate_channel_params(self.kind, self.params)
         return self
 
@@ -119,7 +118,7 @@ class PipelineConfig(_Strict):
     lm: dict[str, Any] = Field(default_factory=dict, description="language-model layer settings")
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "PipelineConfig":
+    def _unique_names(self) -> PipelineConfig:
         names = [c.channel_name for c in self.channels]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -238,7 +237,7 @@ class ParamsError(ValueError):
             f"params.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in problems))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _params_model(kind: str) -> type[BaseModel]:
     """A pydantic model mirroring the channel constructor's annotated keyword arguments."""
     from llmrecall.channels.registry import channel_class

@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
+from interest_toydata import TITLES, make_dataset
+from pydantic import ValidationError
 
 from llmrecall.errors import ConfigError
 from llmrecall.interest.constrain import TitleTrie, title_grammar
-from llmrecall.interest.jobs import (
-    InterestSettings, fewshot_examples, first_title, needs_refresh, parse_list)
-
-from interest_toydata import TITLES, make_dataset
+from llmrecall.interest.jobs import InterestSettings, fewshot_examples, first_title, needs_refresh, parse_list
 
 
 def char_tokenize(text: str) -> list[int]:
@@ -92,9 +91,9 @@ def test_fewshot_examples_come_from_training_histories():
 
 
 def test_settings_validate():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="n_texts"):
         InterestSettings(n_texts=0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="unknown"):
         InterestSettings(unknown=1)
     assert InterestSettings().scope("a") != InterestSettings(n_texts=3).scope("a")
 

@@ -59,7 +59,7 @@ class Candidates:
     def shape(self) -> tuple[int, int]:
         return self.ids.shape
 
-    def row_slice(self, rows: slice) -> "Candidates":
+    def row_slice(self, rows: slice) -> Candidates:
         """The answer for a contiguous range of users."""
         return Candidates(self.ids[rows], self.scores[rows],
                           None if self.evidence is None else self.evidence[rows],
@@ -92,13 +92,13 @@ class Channel(ABC):
         sig = inspect.signature(type(self).__init__)
         return {p: getattr(self, p) for p in sig.parameters if p != "self"}
 
-    def clone(self, **overrides: Any) -> "Channel":
+    def clone(self, **overrides: Any) -> Channel:
         """An unfitted copy with the same (or overridden) hyperparameters."""
         return type(self)(**{**self.get_params(), **overrides})
 
     # ---- learning and recall ---------------------------------------------------------
     @abstractmethod
-    def fit(self, dataset: Dataset) -> "Channel":
+    def fit(self, dataset: Dataset) -> Channel:
         """Learn from ``dataset`` (its interactions are the training data). Returns self."""
 
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
@@ -191,7 +191,7 @@ class Channel(ABC):
         self.set_state(_load_npz(directory / "state.npz"))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Channel":
+    def load(cls, directory: str | Path) -> Channel:
         """Inverse of :meth:`save`; the class is looked up by its ``kind``."""
         from llmrecall.channels.registry import channel_class
 

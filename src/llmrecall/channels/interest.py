@@ -185,13 +185,13 @@ class InterestChannel(UserTextsChannel):
         self._embedder_obj: Any = None
         self.job_stats: JobStats | None = None
 
-    def use(self, *, generator: TextGenerator | None = None, embedder: Any = None) -> "InterestChannel":
+    def use(self, *, generator: TextGenerator | None = None, embedder: Any = None) -> InterestChannel:
         """Share already loaded backends instead of building them from the params."""
         self._generator_obj = generator
         self._embedder_obj = embedder
         return self
 
-    def fit(self, dataset: Dataset) -> "InterestChannel":
+    def fit(self, dataset: Dataset) -> InterestChannel:
         settings = InterestSettings(**self.settings)
         generator = self._generator_obj or make_generator(self.generator)
         store = GenerationStore(self.store_path or ":memory:")

@@ -21,20 +21,26 @@ recalled, used as history evidence and found as similar items before any retrain
 
 from __future__ import annotations
 
+import threading
 from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar, NamedTuple
-
-import threading
 
 import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
 from llmrecall.channels.history import limited_blas
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added, grown,
-                                              item_text_vectors, popular_rows, popularity,
-                                              text_vectors)
+from llmrecall.channels.text_features import (
+    DEFAULT_EMBEDDER,
+    added_texts,
+    check_added,
+    grown,
+    item_text_vectors,
+    popular_rows,
+    popularity,
+    text_vectors,
+)
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError

@@ -33,9 +33,16 @@ import numpy as np
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added,
-                                              check_width, grown, item_text_vectors,
-                                              popularity, text_vectors)
+from llmrecall.channels.text_features import (
+    DEFAULT_EMBEDDER,
+    added_texts,
+    check_added,
+    check_width,
+    grown,
+    item_text_vectors,
+    popularity,
+    text_vectors,
+)
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
@@ -175,7 +182,7 @@ class SASRec(Channel):
         self._table_cache: tuple[Any, Any] | None = None  # (model, its item table), see _item_table
 
     # ---- training --------------------------------------------------------------------
-    def fit(self, dataset: Dataset) -> "SASRec":
+    def fit(self, dataset: Dataset) -> SASRec:
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         torch.manual_seed(self.seed)

@@ -37,9 +37,16 @@ import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added,
-                                              check_width, grown, item_text_vectors,
-                                              popularity, text_vectors)
+from llmrecall.channels.text_features import (
+    DEFAULT_EMBEDDER,
+    added_texts,
+    check_added,
+    check_width,
+    grown,
+    item_text_vectors,
+    popularity,
+    text_vectors,
+)
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
@@ -199,7 +206,7 @@ class TextCF(Channel):
         # group with _arrays(), so one recall never mixes old and grown arrays
         self._lock = threading.Lock()
 
-    def fit(self, dataset: Dataset) -> "TextCF":
+    def fit(self, dataset: Dataset) -> TextCF:
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         torch.manual_seed(self.seed)

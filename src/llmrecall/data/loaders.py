@@ -19,7 +19,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -326,7 +326,7 @@ def _parse_iso(text: pl.Series) -> pl.Series:
             fallback[value] = None
             continue
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         fallback[value] = moment.timestamp()
     again = text.replace_strict(list(fallback), list(fallback.values()), default=None,
                                 return_dtype=pl.Float64)

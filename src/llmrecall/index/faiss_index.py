@@ -288,7 +288,7 @@ class VectorIndex:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "VectorIndex":
+    def load(cls, directory: str | Path) -> VectorIndex:
         directory = Path(directory)
         for name in ("index.faiss", "index.json", "deleted.npy"):
             if not (directory / name).is_file():

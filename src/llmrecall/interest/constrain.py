@@ -140,7 +140,7 @@ class TitleTrie:
         return out
 
     def processor(self, banned_titles: Iterable[int] = (),
-                  avoid_prefixes: Iterable[Sequence[int]] = ()) -> "TrieLogitsProcessor":
+                  avoid_prefixes: Iterable[Sequence[int]] = ()) -> TrieLogitsProcessor:
         """A llama-cpp-python logits processor that only lets the model spell an allowed title.
 
         ``avoid_prefixes``: token sequences the title must not start with (used to push

@@ -29,8 +29,14 @@ from llmrecall.errors import ConfigError
 from llmrecall.interest.backends import TextGenerator
 from llmrecall.interest.constrain import TitleTrie, title_grammar
 from llmrecall.interest.prompts import (
-    display_title, fewshot_blocks, fewshot_prompt, history_inline, naive_messages,
-    normalise_title, profile_messages)
+    display_title,
+    fewshot_blocks,
+    fewshot_prompt,
+    history_inline,
+    naive_messages,
+    normalise_title,
+    profile_messages,
+)
 from llmrecall.interest.store import GenerationStore, content_key
 from llmrecall.lm.errors import GenerationParseError
 from llmrecall.lm.parse import ListRules, delimit_list

@@ -27,8 +27,14 @@ def _progress(enabled: bool | None, total: int, description: str):
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     console = Console(stderr=True)
     if enabled is None and not console.is_terminal:
         yield lambda n: None

@@ -121,7 +121,7 @@ class Embedder(ABC):
     def _embed_batch(self, texts: list[str], kind: Kind) -> np.ndarray:
         """float32[len(texts), dim], any norm."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a backend holds resources
         """Release network connections or model memory (no-op by default)."""
 
     def __repr__(self) -> str:

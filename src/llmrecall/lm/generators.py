@@ -27,8 +27,7 @@ from llmrecall.lm.http import RemoteEndpoint, expect
 from llmrecall.lm.scrub import Scrubber
 
 if TYPE_CHECKING:
-    from llama_cpp.llama_types import (ChatCompletionRequestResponseFormat,
-                                       CreateChatCompletionResponse)
+    from llama_cpp.llama_types import ChatCompletionRequestResponseFormat, CreateChatCompletionResponse
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
@@ -114,7 +113,7 @@ class Generator(ABC):
     def _chat(self, conversations: list[list[Message]], max_tokens: int, temperature: float,
               json_schema: dict | None) -> list[str]: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a backend holds resources
         """Release connections or model memory (no-op by default)."""
 
     def __repr__(self) -> str:

@@ -61,7 +61,7 @@ class UserHistory:
     version: int = -1
 
     @staticmethod
-    def empty() -> "UserHistory":
+    def empty() -> UserHistory:
         return UserHistory(np.zeros(0, np.int32), np.zeros(0, np.float64), np.zeros(0, np.float32))
 
     def __len__(self) -> int:

@@ -17,8 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Candidates
-from llmrecall.topk import fit_mask
-from llmrecall.topk import topk
+from llmrecall.topk import fit_mask, topk
 
 LIVE_POPULARITY = "live_popularity"
 LIVE_COVISIT = "live_covisit"

@@ -24,8 +24,13 @@ from llmrecall.evaluate.protocols import EvalTask
 from llmrecall.interest.backends import TextGenerator
 from llmrecall.interest.jobs import InterestSettings
 from llmrecall.interest.prompts import fewshot_template
-from llmrecall.tune.prompts import (GeneratorProposer, PromptSearch, PromptVariant,
-                                    channel_scorer, optimise_prompts)
+from llmrecall.tune.prompts import (
+    GeneratorProposer,
+    PromptSearch,
+    PromptVariant,
+    channel_scorer,
+    optimise_prompts,
+)
 
 #: name of the variant every search scores first: the channel's own default prompt
 DEFAULT_VARIANT = "default"
@@ -47,7 +52,8 @@ def interest_variants(noun: str = "items", language: str = "en") -> list[PromptV
     noun = noun.replace("$", "$$")  # literal text inside the templates below
     if language == "zh":
         zeroshot = f"下面是一位用户依次选择的{noun}：$history\n他们接下来选择的是："
-        titles = f"一位用户最近选择了这些{noun}：\n$history\n请列出他们会喜欢的另外 $count 个{noun}，每行一个。"
+        titles = (f"一位用户最近选择了这些{noun}：\n$history\n"
+                  f"请列出他们会喜欢的另外 $count 个{noun}，每行一个。")
         profile = (f"一位用户最近选择了这些{noun}：\n$history\n用 $count 个简短的短语描述这位用户"
                    f"喜欢的{noun}（类型、主题、情绪），每行一个。")
     else:
