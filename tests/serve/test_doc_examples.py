@@ -3,7 +3,8 @@
 Regression: the docs built an ml-1m artifact and then asked for ``{"user_id": "42"}``;
 ml-1m's user ids are ``1m_N``, so the example was silently answered with cold-start
 popularity (``known_user: false``). Each fenced block that builds an artifact from a
-built-in dataset (``build --dataset NAME``) and sends requests is checked: every user id and item id its requests name exists there.
+built-in dataset (``build --dataset NAME``) and sends requests is checked: every user id
+and item id its requests name exists there.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ class Candidates:
                           self.evidence_kind, self.evidence_text,
                           None if self.fallback is None else self.fallback[rows])
 
-    def own(self) -> "Candidates":
+    def own(self) -> Candidates:
         """The channel's own entries only: those marked in ``fallback`` removed (the rest
         keep their order and move up, -1 / -inf padded; rows only lose a tail when, as
         for every built-in channel, the marked entries of a row follow its own). ``self``
