@@ -91,10 +91,11 @@ class EASE(Channel):
         hist = self._history(users, history)[:, self.items_]
         known = np.full((hist.shape[0], self._n_fitted), -np.inf, np.float32)
         with limited_blas():
-            known[:, self.items_] = np.asarray(hist @ self.weights_)
+            modelled = np.asarray(hist @ self.weights_)
+        known[:, self.items_] = modelled
         # a row of zeros: the history's modelled items were never chosen in training (their
         # weights are all 0), so the ranking would be item id order, not the model's
-        no_signal = empty_rows(hist) | ~(known[:, self.items_] != 0).any(axis=1)
+        no_signal = ~modelled.any(axis=1)
         return finish_scores(known, empty_rows(hist), self.popularity_, width), no_signal
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
