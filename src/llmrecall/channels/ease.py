@@ -11,8 +11,14 @@ import numpy as np
 import scipy.linalg
 
 from llmrecall.channels.base import Channel
-from llmrecall.channels.history import (best_history_item, check_width, empty_rows,
-                                        finish_scores, limited_blas, weighted_history)
+from llmrecall.channels.history import (
+    best_history_item,
+    check_width,
+    empty_rows,
+    finish_scores,
+    limited_blas,
+    weighted_history,
+)
 from llmrecall.channels.neighbors import item_popularity, training_matrix
 from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, Histories
@@ -49,7 +55,7 @@ class EASE(Channel):
         self.regularization = regularization
         self.max_items = max_items
 
-    def fit(self, dataset: Dataset) -> "EASE":
+    def fit(self, dataset: Dataset) -> EASE:
         if self.regularization <= 0:
             raise ConfigError(f"ease regularization must be > 0, got {self.regularization}")
         if self.max_items is not None and self.max_items < 1:
@@ -95,7 +101,7 @@ class EASE(Channel):
         known[:, self.items_] = modelled
         # a row of zeros: the history's modelled items were never chosen in training (their
         # weights are all 0), so the ranking would be item id order, not the model's
-        no_signal = ~modelled.any(axis=1)
+        no_signal = np.asarray(~modelled.any(axis=1), bool)
         return finish_scores(known, empty_rows(hist), self.popularity_, width), no_signal
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:

@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
@@ -113,7 +113,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             raise ApiError(403, "forbidden", "the API key is not valid", "X-API-Key")
 
     Write = [Depends(require_key)]
-    errors = {422: {"model": s.ErrorBody}, 413: {"model": s.ErrorBody}}
+    errors: dict[int | str, dict[str, Any]] = {422: {"model": s.ErrorBody},
+                                               413: {"model": s.ErrorBody}}
 
     # ---- exception handlers -------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -142,7 +143,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.post("/v1/recall", response_model=s.RecallResponse, responses=errors, tags=["recall"])
     async def recall(req: s.RecallRequest, svc: Svc):
         """Candidates for a user (or an anonymous history / query), fused across channels."""
-        state = svc.state
+        state = svc.live
         if req.k > settings.max_k:
             raise ApiError(422, "invalid_request", f"k: at most {settings.max_k}", "k")
         if req.user_id is None and not req.history and not req.query:
@@ -195,7 +196,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         """Item-to-item neighbours from the item-to-item channels, with evidence. An item
         they know nothing of (no events, no text match) gets popular items instead, named
         ``live_popularity``; they rank after every real neighbour."""
-        state = svc.state
+        state = svc.live
         if k > settings.max_k:
             raise ApiError(422, "invalid_request", f"k: at most {settings.max_k}", "k")
         index = _item_index(state, item_id)
@@ -219,7 +220,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if len(evs) > settings.max_events_per_batch:
             raise ApiError(413, "too_large", f"at most {settings.max_events_per_batch} events "
                            "per batch", "events")
-        state = svc.state
+        state = svc.live
         item_ids = [e.item_id for e in evs]
         idx = state.items.lookup(item_ids)
         if (idx < 0).any():
@@ -236,7 +237,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/v1/users/{user_id}/history", response_model=s.UserHistoryResponse, tags=["users"])
     async def user_history(user_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc):
         """The live history the service recalls from (artifact + acknowledged events)."""
-        state = svc.state
+        state = svc.live
         row = state.row_for(user_id)
         h = state.history(row)
         raw = state.items.raw(h.items)
@@ -271,7 +272,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.delete("/v1/items/{item_id}", dependencies=Write, tags=["items"])
     async def delete_item(item_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc):
         """Never return this item again (until it is PUT again)."""
-        index = _item_index(svc.state, item_id, allow_deleted=True)
+        index = _item_index(svc.live, item_id, allow_deleted=True)
         await svc.delete_item(index, item_id)
         return _json({"item_id": item_id, "deleted": True})
 
@@ -289,7 +290,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/healthz", tags=["admin"])
     async def healthz(svc: Svc):
-        state = svc.state
+        state = svc.live
         return _json({"status": "ok", "artifact_version": state.artifact.version,
                       "dataset": state.artifact.manifest["dataset"], "items": state.n_items,
                       "users": len(state.user_rows), "last_event_seq": state.last_seq,
