@@ -9,6 +9,12 @@ event ingestion rate (``POST /v1/events``), and the server's RSS.
     PYTHONPATH=src python bench/serve_load.py                 # build + run
     PYTHONPATH=src python bench/serve_load.py --artifact DIR  # reuse an artifact root
     PYTHONPATH=src python bench/serve_load.py --config configs/serve-all.toml  # all channels on
+    PYTHONPATH=src python bench/serve_load.py --artifact DIR --repeats 5      # numbers to quote
+
+Every run prints the 1-minute load average before and after it. ``--repeats N`` runs each
+step N times in a row and then prints the median and the range (min-max) of req/s, p50 and
+p99 over the N runs, with the range of the load averages seen: single runs on a shared
+machine vary by 20 % and more, so quote the median and range, and the load.
 
 ``--config`` is the pipeline TOML the artifact is built from (default: the packaged classic
 ``default`` pipeline); ``configs/serve-all.toml`` adds every language-model channel.
@@ -108,6 +114,57 @@ def _wrk(url: str, concurrency: int, duration: float, k: int, users: list[str]) 
     return {"requests": total, "errors": errors, "rps": rps, "p50_ms": ms("50"), "p99_ms": ms("99")}
 
 
+# ---- repeated runs ----------------------------------------------------------------------
+#: the measures of a run that --repeats summarises
+MEASURES = ("rps", "p50_ms", "p99_ms", "events_per_s")
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """``{"median", "min", "max"}`` of ``values`` (at least one; NaNs, e.g. the latency of
+    a run without requests, are left out, and all-NaN gives NaN). The median of an even
+    count is the mean of the two middle values."""
+    if not values:
+        raise ValueError("summarize() needs at least one value")
+    finite = sorted(v for v in values if v == v)
+    if not finite:
+        nan = float("nan")
+        return {"median": nan, "min": nan, "max": nan}
+    n, mid = len(finite), len(finite) // 2
+    median = finite[mid] if n % 2 else (finite[mid - 1] + finite[mid]) / 2
+    return {"median": median, "min": finite[0], "max": finite[-1]}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """One step's repeated runs: ``{measure: summarize(...)}`` for each of :data:`MEASURES`
+    present in every run, ``errors`` summed, ``requests`` summed, and ``load_1min``: the
+    summary of the load averages taken before and after the runs."""
+    out: dict = {m: summarize([r[m] for r in runs]) for m in MEASURES
+                 if runs and all(m in r for r in runs)}
+    out["errors"] = sum(r.get("errors", 0) for r in runs)
+    out["requests"] = sum(r.get("requests", 0) for r in runs)
+    loads = [r[key] for r in runs for key in ("load_before", "load_after") if key in r]
+    if loads:
+        out["load_1min"] = summarize(loads)
+    return out
+
+
+def _span(s: dict[str, float], digits: int) -> str:
+    """'median (min–max)' with ``digits`` decimals."""
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(s['median'])} ({f.format(s['min'])}–{f.format(s['max'])})"
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _measured(run, *args) -> dict:
+    """``run(*args)``'s result with the 1-minute load average before and after it."""
+    before = _load()
+    res = run(*args)
+    return {**res, "load_before": before, "load_after": _load()}
+
+
 # ---- orchestration ----------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -191,8 +248,12 @@ def main() -> None:
                         help="before measuring, recall every user once in every process, so "
                              "per-user caches hold each user's state (a user already seen "
                              "since their last event); without it the caches fill during the run")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run each step this many times; print the median and min-max")
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.drive:
         spec = json.loads(sys.stdin.read())  # a load generator process, run by main()
         print(json.dumps(asyncio.run(_drive(**spec))))
@@ -250,16 +311,38 @@ def main() -> None:
         warm_s = _warm_every_process(url, backends, users, args) if args.warm else None
         rows = []
         for conc in [int(c) for c in args.concurrency.split(",")]:
-            res = _run_driver(args, url, conc, "recall", users, items)
-            rows.append({"what": f"recall k={args.k}", "concurrency": conc, **res})
-            print(f"recall k={args.k} c={conc:<3} {res['rps']:8.1f} req/s  p50 {res['p50_ms']:7.2f} ms"
-                  f"  p99 {res['p99_ms']:7.2f} ms  errors {res['errors']}", flush=True)
-        ev = _run_driver(args, url, args.event_concurrency, "events", users, items)
-        rows.append({"what": f"events batch={args.event_batch}",
-                     "concurrency": args.event_concurrency, **ev})
-        print(f"events batch={args.event_batch} c={args.event_concurrency}: {ev['events_per_s']:.0f} "
-              f"events/s ({ev['rps']:.1f} batches/s, p50 {ev['p50_ms']:.2f} ms, p99 "
-              f"{ev['p99_ms']:.2f} ms, errors {ev['errors']})", flush=True)
+            what = f"recall k={args.k}"
+            runs = []
+            for i in range(args.repeats):
+                res = _measured(_run_driver, args, url, conc, "recall", users, items)
+                runs.append(res)
+                print(f"{what} c={conc:<3} run {i + 1}/{args.repeats} {res['rps']:8.1f} req/s"
+                      f"  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  errors "
+                      f"{res['errors']}  load {res['load_before']:.2f} -> {res['load_after']:.2f}",
+                      flush=True)
+            rows.append(_row(what, conc, runs))
+            if args.repeats > 1:
+                s = rows[-1]
+                print(f"{what} c={conc:<3} median (min–max) of {args.repeats}: "
+                      f"{_span(s['rps_range'], 1)} req/s  p50 {_span(s['p50_ms_range'], 2)} ms  "
+                      f"p99 {_span(s['p99_ms_range'], 2)} ms  load {_span(s['load_1min'], 2)}",
+                      flush=True)
+        what = f"events batch={args.event_batch}"
+        runs = []
+        for i in range(args.repeats):
+            ev = _measured(_run_driver, args, url, args.event_concurrency, "events", users,
+                           items)
+            runs.append(ev)
+            print(f"{what} c={args.event_concurrency} run {i + 1}/{args.repeats}: "
+                  f"{ev['events_per_s']:.0f} events/s ({ev['rps']:.1f} batches/s, p50 "
+                  f"{ev['p50_ms']:.2f} ms, p99 {ev['p99_ms']:.2f} ms, errors {ev['errors']})  "
+                  f"load {ev['load_before']:.2f} -> {ev['load_after']:.2f}", flush=True)
+        rows.append(_row(what, args.event_concurrency, runs))
+        if args.repeats > 1:
+            s = rows[-1]
+            print(f"{what} c={args.event_concurrency} median (min–max) of {args.repeats}: "
+                  f"{_span(s['events_per_s_range'], 0)} events/s  p99 "
+                  f"{_span(s['p99_ms_range'], 2)} ms  load {_span(s['load_1min'], 2)}", flush=True)
         trees = [psutil.Process(p.pid) for p in servers]
         rss = sum(p.memory_info().rss for tree in trees
                   for p in [tree, *tree.children(recursive=True)]) / 2**20
@@ -273,7 +356,8 @@ def main() -> None:
             for key, n in _channel_errors(httpx.get(base + "/metrics").text).items():
                 dropped[key] = dropped.get(key, 0.0) + n
         summary = {"dataset": args.dataset, "driver": args.driver, "workers": args.workers,
-                   "balancer": args.balancer,
+                   "balancer": args.balancer, "repeats": args.repeats,
+                   "duration_s": args.duration,
                    "warm_s": warm_s, "build_s": build_s,
                    "server_start_s": start_s, "server_rss_mib": rss, "cpus": os.cpu_count(),
                    "channels": after.json()["channel_counts"], "channel_errors": dropped,
@@ -294,6 +378,22 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
         shutil.rmtree(work, ignore_errors=True)  # state (and the artifact unless reused)
+
+
+def _row(what: str, concurrency: int, runs: list[dict]) -> dict:
+    """A step's JSON row: the medians as the step's ``rps`` / ``p50_ms`` / ... (what a
+    single run reported before), ``<measure>_range`` = ``{median, min, max}``, the load
+    range and every run."""
+    agg = aggregate(runs)
+    row: dict = {"what": what, "concurrency": concurrency,
+                 "requests": agg["requests"], "errors": agg["errors"]}
+    for m in MEASURES:
+        if m in agg:
+            row[m] = agg[m]["median"]
+            row[f"{m}_range"] = agg[m]
+    row["load_1min"] = agg.get("load_1min")
+    row["runs"] = runs
+    return row
 
 
 def _start(args, artifact: Path, work: Path, env: dict):

@@ -152,6 +152,33 @@ class ChannelContract:
         got = fitted.recall(np.array([N_USERS]), 6, history)
         np.testing.assert_array_equal(got.ids[0], popularity_ranking(data)[:6])
 
+    def test_fallback_marks_what_is_not_the_channels_own(self, fitted, data):
+        """Regression: the service named a channel for the popularity list it falls back to
+        for an empty history (and for zero-score fillers); ``Candidates.fallback`` now tells
+        them apart from the channel's own candidates."""
+        history = with_extra(data, [], [], N_USERS + 1, N_ITEMS)
+        cold = fitted.recall(np.array([N_USERS]), 6, history, explain=True)
+        if not self.personalised:  # its ranking is its own signal
+            assert cold.fallback is None or not cold.fallback.any()
+            return
+        assert cold.fallback is not None and cold.fallback[cold.ids >= 0].all()
+        assert (cold.own().ids == -1).all()
+        got = fitted.recall(np.arange(N_USERS), N_ITEMS, data.histories(), explain=True)
+        marked = np.zeros(got.shape, bool) if got.fallback is None else got.fallback
+        # a known user's own candidates come first, then whatever the channel only fills in
+        # (then the -1 padding)
+        assert (np.diff((marked | (got.ids < 0)).astype(int), axis=1) >= 0).all()
+        own = got.own()
+        assert (own.ids >= 0).any(axis=1).all(), "every known user has own candidates"
+        np.testing.assert_array_equal(own.ids[~marked], got.ids[~marked])
+        if fitted.signal_floor is not None:
+            valid = own.ids >= 0
+            assert (own.scores[valid] > fitted.signal_floor).all()
+            # no co-occurrence crosses the communities: the other one is filler only
+            assert (own.ids[valid] // PER_COMMUNITY
+                    == community(np.nonzero(valid)[0])).all()
+            assert marked.any()
+
     def test_items_added_after_fit_never_crash(self, fitted, data):
         # the catalog grew by 3 items; user 0 already interacted with one of them
         history = with_extra(data, [0, N_USERS], [N_ITEMS + 1, N_ITEMS + 2], N_USERS + 1,

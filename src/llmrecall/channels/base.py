@@ -42,6 +42,12 @@ class Candidates:
             ``evidence_text``; -1 where there is none.
         evidence_kind: "item", "text" or "none".
         evidence_text: the texts that ``evidence`` points into when kind is "text".
+        fallback: bool[n, k] or None. True where the entry is not the channel's own signal:
+            its fallback ranking for a user it cannot personalise (e.g. popularity for an
+            empty history), or a filler the channel has no support for (e.g. a zero
+            co-occurrence score). None: every entry is the channel's own. Offline evaluation
+            ranks these entries like any other; the service leaves them out of the channel's
+            list, so an answer never names a channel for a candidate it did not produce.
     """
 
     ids: np.ndarray
@@ -49,11 +55,14 @@ class Candidates:
     evidence: np.ndarray | None = None
     evidence_kind: str = "none"
     evidence_text: list[str] | None = None
+    fallback: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         assert self.ids.shape == self.scores.shape, "ids and scores differ in shape"
         if self.evidence is not None:
             assert self.evidence.shape == self.ids.shape, "evidence differs in shape"
+        if self.fallback is not None:
+            assert self.fallback.shape == self.ids.shape, "fallback differs in shape"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -63,7 +72,43 @@ class Candidates:
         """The answer for a contiguous range of users."""
         return Candidates(self.ids[rows], self.scores[rows],
                           None if self.evidence is None else self.evidence[rows],
-                          self.evidence_kind, self.evidence_text)
+                          self.evidence_kind, self.evidence_text,
+                          None if self.fallback is None else self.fallback[rows])
+
+    def own(self) -> Candidates:
+        """The channel's own entries only: those marked in ``fallback`` removed (the rest
+        keep their order and move up, -1 / -inf padded; rows only lose a tail when, as
+        for every built-in channel, the marked entries of a row follow its own). ``self``
+        when nothing is marked."""
+        if self.fallback is None or not self.fallback.any():
+            return self
+        drop = self.fallback | (self.ids < 0)
+        order = np.argsort(drop, axis=1, kind="stable")  # own entries first, order kept
+        keep = ~np.take_along_axis(drop, order, axis=1)
+        ids = np.where(keep, np.take_along_axis(self.ids, order, axis=1), -1).astype(np.int32)
+        scores = np.where(keep, np.take_along_axis(self.scores, order, axis=1),
+                          -np.inf).astype(np.float32)
+        evidence = None
+        if self.evidence is not None:
+            evidence = np.where(keep, np.take_along_axis(self.evidence, order, axis=1),
+                                -1).astype(np.int32)
+        return Candidates(ids, scores, evidence, self.evidence_kind, self.evidence_text)
+
+
+def fallback_entries(ids: np.ndarray, scores: np.ndarray, rows: np.ndarray | None,
+                     floor: float | None) -> np.ndarray | None:
+    """bool[n, k] ``Candidates.fallback`` of a top-k answer: every entry of the ``rows``
+    (bool[n] or None) answered with a fallback ranking, and entries scoring ``<= floor``
+    (None: no floor); None when there is no such entry."""
+    marked = None
+    if rows is not None and rows.any():
+        marked = np.zeros(ids.shape, bool)
+        marked[rows] = True
+    if floor is not None:
+        low = (ids >= 0) & (scores <= floor)
+        if low.any():
+            marked = low if marked is None else marked | low
+    return marked
 
 
 class Channel(ABC):
@@ -82,6 +127,10 @@ class Channel(ABC):
     #: model generation): the service may then run it inline on its engine thread instead of
     #: isolating it on a thread pool under a deadline (``ServeSettings.inline_channels``)
     in_process: ClassVar[bool] = False
+    #: scores at or below this carry none of the channel's signal (e.g. 0 for co-occurrence
+    #: channels: nothing in common with the history); such entries are marked in
+    #: ``Candidates.fallback``. None: every finite score is the channel's signal.
+    signal_floor: ClassVar[float | None] = None
 
     def __init__(self, name: str | None = None):
         self.name = name or self.kind
@@ -105,6 +154,13 @@ class Channel(ABC):
         """Dense scores float32[len(users), n_items]; higher is better. -inf = never."""
         raise TypeError(f"{type(self).__name__} must implement score() or override recall()")
 
+    def scored(self, users: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`score` and bool[len(users)] (or None: none) the rows given the channel's
+        fallback ranking instead of its own scores (e.g. popularity for a user whose history
+        holds nothing the channel knows). Channels with a fallback override this and define
+        :meth:`score` as its first part."""
+        return self.score(users, history), None
+
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray | None:
         """int32[n, k] evidence for candidates ``ids`` (see :class:`Candidates`), or None."""
         return None
@@ -127,10 +183,11 @@ class Channel(ABC):
         """
         self._check_fitted()
         users = np.asarray(users, dtype=np.int32)
-        ids_out, scores_out, ev_out = [], [], []
+        ids_out, scores_out, ev_out, fb_out = [], [], [], []
         for start in range(0, len(users), block):
             batch = users[start:start + block]
-            scores = np.array(self.score(batch, history), dtype=np.float32, copy=True)
+            scores, fallback_rows = self.scored(batch, history)
+            scores = np.array(scores, dtype=np.float32, copy=True)
             if allowed is not None:
                 scores[:, ~fit_mask(allowed, scores.shape[1])] = -np.inf
             if exclude_seen:
@@ -140,6 +197,7 @@ class Channel(ABC):
             ids, vals = topk(scores, k)
             ids_out.append(ids)
             scores_out.append(vals)
+            fb_out.append(fallback_entries(ids, vals, fallback_rows, self.signal_floor))
             if explain:
                 ev_out.append(self.evidence(batch, ids, history))
         ids = np.concatenate(ids_out) if ids_out else np.zeros((0, k), np.int32)
@@ -152,7 +210,11 @@ class Channel(ABC):
                                 "blocks of users only")
             evidence = np.concatenate(parts).astype(np.int32)
         kind = "item" if evidence is not None else "none"
-        return Candidates(ids, vals, evidence, kind)
+        fallback = None
+        if any(f is not None for f in fb_out):
+            fallback = np.concatenate([np.zeros(i.shape, bool) if f is None else f
+                                       for i, f in zip(ids_out, fb_out)])
+        return Candidates(ids, vals, evidence, kind, fallback=fallback)
 
     def explain(self, evidence_label: str | None) -> str:
         """Human text for one candidate given its evidence label (e.g. an item title)."""

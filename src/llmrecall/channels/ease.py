@@ -34,7 +34,9 @@ class EASE(Channel):
         max_items: model only the this many most popular items (None: all). Fit time grows
             as the cube of the modelled items (17k items: minutes on 2 cores; 10k: ~5x less),
             and the long tail it drops is where the other channels recall anyway.
-    Users whose history holds no modelled item get item popularity. Items outside the model
+    Users whose history holds no modelled item get item popularity, marked as the channel's
+    fallback (``Candidates.fallback``), as are users whose modelled items all have zero
+    weights (items never chosen in training). Items outside the model
     (long tail beyond ``max_items``, or added after fit) are never recalled (-inf).
     Evidence: the history item ``h`` with the largest ``weights_[h, j]``.
 
@@ -88,12 +90,19 @@ class EASE(Channel):
         return weighted_history(history, users, self._n_fitted)
 
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
+        return self.scored(users, history)[0]
+
+    def scored(self, users: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray]:
         width = check_width(history, self._n_fitted, self.name)
         hist = self._history(users, history)[:, self.items_]
         known = np.full((hist.shape[0], self._n_fitted), -np.inf, np.float32)
         with limited_blas():
-            known[:, self.items_] = np.asarray(hist @ self.weights_)
-        return finish_scores(known, empty_rows(hist), self.popularity_, width)
+            modelled = np.asarray(hist @ self.weights_)
+        known[:, self.items_] = modelled
+        # a row of zeros: the history's modelled items were never chosen in training (their
+        # weights are all 0), so the ranking would be item id order, not the model's
+        no_signal = np.asarray(~modelled.any(axis=1), bool)
+        return finish_scores(known, empty_rows(hist), self.popularity_, width), no_signal
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
         weights = self.weights_

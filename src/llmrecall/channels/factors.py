@@ -35,7 +35,8 @@ class FactorChannel(Channel):
 
     Learned state: ``user_factors_`` float32[n_users, f'], ``item_factors_`` float32[n_items,
     f'] (implicit's layout: BPR appends an item-bias column and a constant-1 user column),
-    ``popularity_`` float32[n_items] for users the channel cannot place. Items added after
+    ``popularity_`` float32[n_items] for users the channel cannot place (marked as the
+    channel's fallback, ``Candidates.fallback``, as are users whose vector is zero). Items added after
     fit are never recalled (-inf). Evidence: the history item whose factor vector has the
     largest dot product with the candidate's.
 
@@ -93,6 +94,9 @@ class FactorChannel(Channel):
         return weighted_history(history, users, self.item_factors_.shape[0])
 
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
+        return self.scored(users, history)[0]
+
+    def scored(self, users: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray]:
         width = check_width(history, self.item_factors_.shape[0], self.name)
         users = np.asarray(users, dtype=np.int64)
         # item_factors_ is what user_vectors reads besides the history
@@ -101,7 +105,9 @@ class FactorChannel(Channel):
             lambda pos: self.user_vectors(users[pos], self._history(users[pos], history)))
         with limited_blas():
             known = dot_rows(vectors, self.item_factors_)  # batch-independent rows
-        return finish_scores(known, ~placed, self.popularity_, width)
+        # a zero vector (a history of items never chosen in training) ranks by item id only
+        no_signal = ~placed | ~vectors.any(axis=1)
+        return finish_scores(known, ~placed, self.popularity_, width), no_signal
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
         factors = self.evidence_factors()

@@ -90,7 +90,9 @@ class ItemNeighborChannel(Channel):
 
     ``w(u, h)`` is 1, or decays with the position / time of ``h`` in the history (see
     :func:`~llmrecall.channels.history.weighted_history`). Users whose usable history is empty
-    get item popularity instead. Items added after fit are never recalled (-inf).
+    get item popularity instead (marked as the channel's fallback, see
+    ``Candidates.fallback``), as are candidates scoring 0: nothing in the history was ever
+    chosen with them. Items added after fit are never recalled (-inf).
 
     Learned state: ``similarity_`` float32 CSR [n_items, n_items] (row = history item,
     column = candidate, top ``neighbors`` per column) and ``popularity_`` float32[n_items].
@@ -98,6 +100,7 @@ class ItemNeighborChannel(Channel):
     """
 
     in_process = True  # see Channel.in_process
+    signal_floor = 0.0  # a score of 0: no co-occurrence with the history at all
 
     evidence_template = "often chosen together with {evidence}"
 
@@ -131,10 +134,14 @@ class ItemNeighborChannel(Channel):
                                 self.position_half_life, self.time_half_life)
 
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
+        return self.scored(users, history)[0]
+
+    def scored(self, users: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray]:
         width = check_width(history, self.similarity_.shape[0], self.name)
         hist = self._history(users, history)
         known = (hist @ self.similarity_).toarray()
-        return finish_scores(known, empty_rows(hist), self.popularity_, width)
+        empty = empty_rows(hist)
+        return finish_scores(known, empty, self.popularity_, width), empty
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
         return best_history_item(self._history(users, history), ids,

@@ -234,11 +234,15 @@ class _TextIndexChannel(Channel):
 
     def _with_fallback(self, owner: np.ndarray, top: np.ndarray, vals: np.ndarray,
                        ev: np.ndarray, k: int, allowed: np.ndarray | None) -> Candidates:
-        """Rows that issued no query (``owner`` never names them) get the popularity ranking."""
+        """Rows that issued no query (``owner`` never names them) get the popularity ranking,
+        marked as the channel's fallback (``Candidates.fallback``)."""
         empty = np.bincount(owner, minlength=len(top)) == 0
+        fallback = None
         if empty.any():  # no usable history: the popularity ranking, without evidence
             top[empty], vals[empty] = popular_rows(self.popularity_, int(empty.sum()), k, allowed)
-        return Candidates(top, vals, ev, "item")
+            fallback = np.zeros(top.shape, bool)
+            fallback[empty] = True
+        return Candidates(top, vals, ev, "item", fallback=fallback)
 
     def _dense_query(self, owner: np.ndarray, queries: np.ndarray, weights: np.ndarray,
                      evidence: np.ndarray, batch: np.ndarray, k: int, history: Histories,
@@ -321,9 +325,14 @@ class _TextIndexChannel(Channel):
                               "item" if explain else "none")
         ids = np.concatenate([p.ids for p in parts])
         scores = np.concatenate([p.scores for p in parts])
+        fallback = None
+        if any(p.fallback is not None for p in parts):
+            fallback = np.concatenate([np.zeros(p.ids.shape, bool) if p.fallback is None
+                                       else p.fallback for p in parts])
         if not explain:
-            return Candidates(ids, scores)
-        return Candidates(ids, scores, np.concatenate([p.evidence for p in parts]), "item")
+            return Candidates(ids, scores, fallback=fallback)
+        return Candidates(ids, scores, np.concatenate([p.evidence for p in parts]), "item",
+                          fallback=fallback)
 
     def _known_rows(self) -> np.ndarray:
         """bool[len(item_vectors_)]: rows holding a vector. Rows are zero only where

@@ -249,6 +249,10 @@ class SASRec(Channel):
         """float32[n, history.n_items]: next-item logits for each user's last ``max_len``
         items (items the channel does not know are skipped and never scored); a user with no
         usable history gets the training popularity counts instead."""
+        return self.scored(users, history)[0]
+
+    def scored(self, users: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score`, and bool[n] the users given the popularity counts."""
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         with self._lock:  # one consistent group, even while add_items grows it
@@ -271,9 +275,9 @@ class SASRec(Channel):
             logits = dot_rows(hidden, table[1:n_items + 1].numpy())
         scores = np.full((len(users), width), -np.inf, np.float32)
         scores[:, :n_items] = logits
-        empty = (items < 0).all(axis=1)
+        empty = np.asarray((items < 0).all(axis=1), bool)
         scores[empty, :n_items] = popularity_[:n_items]
-        return scores
+        return scores, empty
 
     def _item_table(self, model):
         """float32[n_items + 1, dim] ``model.items()`` of a fitted (eval-mode) model, computed

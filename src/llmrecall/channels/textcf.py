@@ -379,6 +379,10 @@ class TextCF(Channel):
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
         """float32[n, history.n_items] cosine between user and item vectors (-inf for items
         the channel does not know); a user with no usable history gets the popularity counts."""
+        return self.scored(users, history)[0]
+
+    def scored(self, users: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score`, and bool[n] the users given the popularity counts."""
         arrays = self._arrays()
         item_vectors, popularity_ = arrays[2], arrays[4]
         # the vocabulary the channel was fitted or loaded with; items added since (here or
@@ -393,8 +397,9 @@ class TextCF(Channel):
         scores = np.full((len(users), width), -np.inf, np.float32)
         # row by row: a user's scores must not depend on the batch (llmrecall.scoring)
         scores[:, :n_items] = dot_rows(vectors, item_vectors[:n_items])
-        scores[~vectors.any(axis=1), :n_items] = popularity_[:n_items]
-        return scores
+        no_signal = np.asarray(~vectors.any(axis=1), bool)
+        scores[no_signal, :n_items] = popularity_[:n_items]
+        return scores, no_signal
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
         """int32[n, k]: the history item (of the last 50) most similar to each candidate."""

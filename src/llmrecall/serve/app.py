@@ -193,7 +193,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/v1/items/{item_id}/similar", response_model=s.SimilarResponse, tags=["recall"])
     async def similar(item_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc,
                       k: Annotated[int, Query(ge=1)] = 20):
-        """Item-to-item neighbours from the item-to-item channels, with evidence."""
+        """Item-to-item neighbours from the item-to-item channels, with evidence. An item
+        they know nothing of (no events, no text match) gets popular items instead, named
+        ``live_popularity``; they rank after every real neighbour."""
         state = svc.live
         if k > settings.max_k:
             raise ApiError(422, "invalid_request", f"k: at most {settings.max_k}", "k")
@@ -205,7 +207,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             names.append(sources.LIVE_COVISIT)
         history = UserHistory(np.asarray([index], np.int32), np.zeros(1), np.ones(1, np.float32))
         answer = await svc.recall(RecallQuery(state, None, history, k, None, tuple(sorted(names)),
-                                              None, True))
+                                              None, True, popular_fill=True))
         return _json({"item_id": item_id, "neighbours": answer.candidates,
                       "degraded": answer.degraded})
 

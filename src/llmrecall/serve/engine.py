@@ -16,6 +16,14 @@ skipped for a cool-down period (a circuit breaker), so a stuck channel cannot ea
 budget of every request. A channel that raises is also logged with its traceback, at most
 once per ``failure_log_interval_s`` per channel (:class:`FailureLog`). Text-query hooks run
 after the channels, under the same deadline: once it has passed they are not started.
+
+An answer names a channel only for the candidates it really produced: entries a channel
+marks as its fallback (``Candidates.fallback``: e.g. the popularity ranking an item-to-item
+channel gives a history it knows nothing of, or zero-score fillers) are left out of its
+list before fusion; popularity answers under its own name (``live_popularity``, or the
+pipeline's popularity channel). Queries with ``popular_fill`` (``/v1/items/{id}/similar``)
+that their channels leave short of ``k`` are completed with live popularity, ranked after
+every candidate a channel produced.
 """
 
 from __future__ import annotations
@@ -55,10 +63,12 @@ class RecallQuery:
     explain: bool = False
     adhoc: bool = False  # a known user's history extended by the request: answered alone
     query_only: bool = False  # no user, no history: text matches lead, popularity fills
+    popular_fill: bool = False  # fewer than k from the channels: live popularity completes
 
     def group_key(self) -> tuple:
         solo = id(self) if self.adhoc else None
-        return (id(self.state), self.only, id(self.allowed), self.explain, self.query_only, solo)
+        return (id(self.state), self.only, id(self.allowed), self.explain, self.query_only,
+                self.popular_fill, solo)
 
 
 @dataclass
@@ -265,7 +275,7 @@ class RecallEngine:
                 self.metrics.channel_errors.labels(name, "error").inc()
                 continue
             guard.record(True)
-            lists[name] = cand
+            lists[name] = cand.own()  # never named for its fallback entries
             seconds[name] = took
         if any(texts) and text_channels:
             self._query_channels(text_channels, pipeline, texts, k_max, allowed, lists,
@@ -289,16 +299,52 @@ class RecallEngine:
         if not lists and only is None:
             lists[sources.LIVE_POPULARITY] = sources.popularity(
                 state.popularity[:n_items], seen, k_max, allowed)
-        if not lists:  # nothing selected answered: an empty list, not an error
+        rrf_k = pipeline.config.fusion.rrf_k
+        fused = fuse(lists, k_max, weights=weights, rrf_k=rrf_k, allowed=allowed) if lists else None
+        if first.popular_fill:
+            fused = self._fill_popular(fused, lists, weights, rrf_k, state, seen, n_items,
+                                       allowed, [q.k for q in queries])
+        if fused is None:  # nothing selected answered: an empty list, not an error
             return [RecallAnswer([], sorted(set(degraded)), {}, seconds) for _ in queries]
-        fused = fuse(lists, k_max, weights=weights, rrf_k=pipeline.config.fusion.rrf_k,
-                     allowed=allowed)
         seconds["fusion"] = time.perf_counter() - t
         counts = {name: (c.ids >= 0).sum(axis=1) for name, c in lists.items()}
         for name, c in counts.items():
             self.metrics.channel_candidates.labels(name).observe(float(c.mean()) if len(c) else 0.0)
         return [self._answer(fused, r, q, state, degraded, counts, seconds)
                 for r, q in enumerate(queries)]
+
+    def _fill_popular(self, fused, lists: dict[str, Candidates], weights: dict, rrf_k: float,
+                      state: LiveState, seen: sp.csr_matrix, n_items: int,
+                      allowed: np.ndarray, ks: list[int]):
+        """``fused`` (None: nothing answered) with each row that holds fewer than its
+        ``ks[row]`` candidates completed from live popularity (the ``live_popularity``
+        source's own list: its ranks are the items' places in it), fused under a weight
+        small enough to rank every filler after every candidate a channel produced. Items
+        already in a row are not named again (they keep their channels); full rows get no
+        filler at all. Adds the filler to ``lists`` and its weight to ``weights``."""
+        if sources.LIVE_POPULARITY in lists:  # popularity already takes part in the answer
+            return fused
+        n = seen.shape[0]
+        have = np.zeros(n, np.int64) if fused is None else (fused.ids >= 0).sum(axis=1)
+        short = have < np.asarray(ks)
+        if not short.any():
+            return fused
+        popular = sources.popularity(state.popularity[:n_items], seen, self.settings.live_k,
+                                     allowed)
+        ids = popular.ids.copy()
+        ids[~short] = -1
+        if fused is not None:  # blank, not remove: the others keep their places
+            taken = (ids[:, :, None] == fused.ids[:, None, :]).any(axis=2) & (ids >= 0)
+            ids[taken] = -1
+        # a filler at position r contributes w / (rrf_k + r + 1) <= w / (rrf_k + 1); a real
+        # candidate at least the smallest real contribution, weight / (rrf_k + list length)
+        least = [weights.get(name, ChannelWeight()).weight / (rrf_k + c.ids.shape[1])
+                 for name, c in lists.items() if weights.get(name, ChannelWeight()).weight > 0]
+        weight = 0.5 * min(least) * (rrf_k + 1) if least else 1.0
+        lists[sources.LIVE_POPULARITY] = Candidates(ids, np.where(ids >= 0, popular.scores,
+                                                                  -np.inf).astype(np.float32))
+        weights[sources.LIVE_POPULARITY] = ChannelWeight(weight)
+        return fuse(lists, max(ks), weights=weights, rrf_k=rrf_k, allowed=allowed)
 
     def _query_channels(self, names, pipeline, texts, k, allowed, lists, degraded, seconds,
                         deadline: float):

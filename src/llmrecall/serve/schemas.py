@@ -44,18 +44,26 @@ class Candidate(BaseModel):
     item_id: str
     title: str
     score: float = Field(description="fused (weighted reciprocal-rank) score")
-    channels: list[str] = Field(description="channels that proposed the item")
+    channels: list[str] = Field(description="sources whose own list holds the item (a channel's "
+                                            "popularity fallback is never named as the channel)")
     reasons: list[Reason] | None = None
 
 
 class RecallResponse(BaseModel):
-    user_id: str | None
-    known_user: bool
-    history_length: int
+    user_id: str | None = Field(description="as given; null for an anonymous request")
+    known_user: bool = Field(description=(
+        "true when the service holds a history for user_id (in the artifact's data or from "
+        "acknowledged events). false: the id is new to the service (never seen, erased, or "
+        "null) and the answer is the cold-start one (popularity, plus the request's history "
+        "and query); not an error, so an id of the wrong format shows up only here"))
+    history_length: int = Field(description="entries of the history recall used (live history "
+                                            "plus the request's known history items)")
     candidates: list[Candidate]
     degraded: list[str] = Field(description="channels left out of this answer (error/timeout)")
-    channel_counts: dict[str, int]
-    ignored_history_items: list[str] = Field(default_factory=list)
+    channel_counts: dict[str, int] = Field(
+        description="candidates each source proposed of its own for this request")
+    ignored_history_items: list[str] = Field(
+        default_factory=list, description="items of the request's history the service does not know")
     artifact_version: str
 
 
