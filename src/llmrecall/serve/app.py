@@ -4,20 +4,25 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import logging
 import os
 import signal
 import time
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AfterValidator
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmrecall.serve import schemas as s
@@ -45,12 +50,50 @@ def _json(body, status: int = 200) -> Response:
 
 
 def _field(loc) -> str:
-    """('body', 'events', 3, 'timestamp') -> 'events[3].timestamp'."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")] or list(loc[:1])
+    """('body', 'events', 3, 'timestamp') -> 'events[3].timestamp'. Only the first element
+    says where (body, query, path, header): a body field may be named ``query``."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "body"
+    return _printable(out or "body")
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\ud800``): an error about a JSON key or
+    value that is not Unicode must still encode as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _IdConvertor(PathConvertor):
+    """A raw id in a URL path: the rest of the path (up to the route's fixed suffix), so that
+    a percent-encoded '/' (decoded before routing) stays inside the id; line breaks match
+    too, so that an id with control characters is refused by its validator (422), not 404."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("rawid", _IdConvertor())
+
+#: a raw id in a URL path (``{name:rawid}``): one percent-encoded segment, '/' included, so
+#: every id the API accepts can be addressed
+PathId = Annotated[str, Path(min_length=1, max_length=s.MAX_ID_LENGTH, description=s.ID_RULE,
+                             json_schema_extra={"pattern": s.ID_PATTERN}),
+                   AfterValidator(s.check_id)]
+
+# the write key, from either header (documented as alternatives in the OpenAPI schema)
+_KEY_HEADER = APIKeyHeader(name="X-API-Key", scheme_name="ApiKey", auto_error=False,
+                           description="the write API key (write endpoints only)")
+_BEARER = HTTPBearer(scheme_name="Bearer", auto_error=False,
+                     description="the write API key as a bearer token")
+
+
+class _PrometheusText(Response):
+    media_type = CONTENT_TYPE_LATEST
 
 
 async def _service(request: Request) -> Service:
@@ -97,23 +140,27 @@ def create_app(settings: ServeSettings) -> FastAPI:
                               "with real-time events and item updates.")
     app.add_middleware(_Guard, settings=settings)
 
-    async def require_key(request: Request) -> None:
+    async def require_key(
+            key: Annotated[str | None, Security(_KEY_HEADER)],
+            bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]) -> None:
         expected = app.state.service.api_key
         if expected is None:
             raise ApiError(403, "writes_disabled",
                            f"write endpoints are disabled: set the API key in ${settings.api_key_env}",
                            "X-API-Key")
-        got = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if got is None and auth.lower().startswith("bearer "):
-            got = auth[7:]
+        got = key if key is not None else (bearer.credentials if bearer is not None else None)
         if not got:
             raise ApiError(401, "unauthorized", "an API key is required (X-API-Key header)", "X-API-Key")
         if not hmac.compare_digest(got.encode(), expected.encode()):
             raise ApiError(403, "forbidden", "the API key is not valid", "X-API-Key")
 
     Write = [Depends(require_key)]
-    errors = {422: {"model": s.ErrorBody}, 413: {"model": s.ErrorBody}}
+
+    def errors(*codes: int) -> dict:
+        """OpenAPI responses for the error statuses a route can answer."""
+        return {code: {"model": s.ErrorBody, "description": _ERRORS[code]} for code in codes}
+
+    written = (401, 403, 422)  # every write: the key, and the fields
 
     # ---- exception handlers -------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -122,15 +169,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError):
-        problems = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        problems = [_problem(e) for e in exc.errors()]
         first = problems[0] if problems else {"field": "body", "message": "invalid request"}
         return _json({"error": "invalid_request", "field": first["field"],
                       "message": f"{first['field']}: {first['message']}", "problems": problems}, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException):
-        return _json({"error": "http_error", "message": str(exc.detail), "field": None},
-                     exc.status_code)
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # the body could not be read as JSON text at all (FastAPI answers 400)
+            why = ("not valid UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError)
+                   else "not valid JSON")
+            return _json({"error": "invalid_request", "field": "body",
+                          "message": f"body: {why}"}, 422)
+        response = _json({"error": "http_error", "message": str(exc.detail), "field": None},
+                         exc.status_code)
+        response.headers.update(exc.headers or {})  # 405: Allow
+        return response
 
     @app.exception_handler(Exception)
     async def _internal(_req: Request, exc: Exception):
@@ -139,7 +194,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       "field": None}, 500)
 
     # ---- recall -------------------------------------------------------------------------
-    @app.post("/v1/recall", response_model=s.RecallResponse, responses=errors, tags=["recall"])
+    @app.post("/v1/recall", response_model=s.RecallResponse, responses=errors(413, 422),
+              tags=["recall"])
     async def recall(req: s.RecallRequest, svc: Svc):
         """Candidates for a user (or an anonymous history / query), fused across channels."""
         state = svc.state
@@ -189,9 +245,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       "ignored_history_items": ignored,
                       "artifact_version": state.artifact.version})
 
-    @app.get("/v1/items/{item_id}/similar", response_model=s.SimilarResponse, tags=["recall"])
-    async def similar(item_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc,
-                      k: Annotated[int, Query(ge=1)] = 20):
+    @app.get("/v1/items/{item_id:rawid}/similar", response_model=s.SimilarResponse,
+             responses=errors(404, 422), tags=["recall"])
+    async def similar(item_id: PathId, svc: Svc,
+                      k: Annotated[int, Query(ge=1, description="at most max_k")] = 20):
         """Item-to-item neighbours from the item-to-item channels, with evidence."""
         state = svc.state
         if k > settings.max_k:
@@ -209,14 +266,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       "degraded": answer.degraded})
 
     # ---- events and users -----------------------------------------------------------------
-    @app.post("/v1/events", response_model=s.EventAck, dependencies=Write, responses=errors,
-              tags=["events"])
+    @app.post("/v1/events", response_model=s.EventAck, dependencies=Write,
+              responses=errors(*written, 413), tags=["events"])
     async def events(batch: s.EventBatch, svc: Svc):
         """Store a batch of feedback durably (all or nothing), then make it count at once."""
         evs = batch.events
         if len(evs) > settings.max_events_per_batch:
             raise ApiError(413, "too_large", f"at most {settings.max_events_per_batch} events "
                            "per batch", "events")
+        now = time.time()
+        lowest, highest = settings.min_event_timestamp, now + settings.max_event_future_s
+        for i, e in enumerate(evs):
+            if e.timestamp is not None and not lowest <= e.timestamp <= highest:
+                raise ApiError(422, "invalid_request", f"events[{i}].timestamp: {e.timestamp!r} "
+                               f"is outside the accepted window: seconds since the epoch from "
+                               f"{_utc(lowest)} to {settings.max_event_future_s:g} s after now "
+                               f"({_utc(highest)}); milliseconds are 1000 times too large",
+                               f"events[{i}].timestamp")
         state = svc.state
         item_ids = [e.item_id for e in evs]
         idx = state.items.lookup(item_ids)
@@ -224,15 +290,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
             i = int(np.argmax(idx < 0))
             raise ApiError(422, "invalid_request", f"events[{i}].item_id: unknown item "
                            f"{item_ids[i]!r} (PUT /v1/items first)", f"events[{i}].item_id")
-        now = time.time()
         rows = EventRows([e.user_id for e in evs], item_ids, [e.type for e in evs],
                          [now if e.timestamp is None else e.timestamp for e in evs],
                          [e.weight for e in evs])
         first, last = await svc.add_events(rows, idx)
         return _json({"accepted": len(evs), "first_seq": first, "last_seq": last})
 
-    @app.get("/v1/users/{user_id}/history", response_model=s.UserHistoryResponse, tags=["users"])
-    async def user_history(user_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc):
+    @app.get("/v1/users/{user_id:rawid}/history", response_model=s.UserHistoryResponse,
+             responses=errors(422), tags=["users"])
+    async def user_history(user_id: PathId, svc: Svc):
         """The live history the service recalls from (artifact + acknowledged events)."""
         state = svc.state
         row = state.row_for(user_id)
@@ -242,15 +308,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       "history": [{"item_id": r, "timestamp": t, "weight": w}
                                   for r, t, w in zip(raw, h.times.tolist(), h.weights.tolist())]})
 
-    @app.delete("/v1/users/{user_id}", response_model=s.EraseAck, dependencies=Write, tags=["users"])
-    async def erase_user(user_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc):
+    @app.delete("/v1/users/{user_id:rawid}", response_model=s.EraseAck, dependencies=Write,
+                responses=errors(*written), tags=["users"])
+    async def erase_user(user_id: PathId, svc: Svc):
         """Erase the user's events and live history everywhere; they recall as new afterwards."""
         n = await svc.erase_user(user_id)
         return _json({"user_id": user_id, "erased_events": n})
 
     # ---- items -----------------------------------------------------------------------------
-    @app.put("/v1/items", response_model=s.ItemAck, dependencies=Write, responses=errors,
-             tags=["items"])
+    @app.put("/v1/items", response_model=s.ItemAck, dependencies=Write,
+             responses=errors(*written, 413), tags=["items"])
     async def put_items(batch: s.ItemBatch, svc: Svc):
         """Add or update items; new ones are recallable at once. Re-adding undeletes."""
         if len(batch.items) > settings.max_items_per_batch:
@@ -266,15 +333,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
             [ItemRow(it.item_id, it.title, it.text, list(it.categories)) for it in batch.items])
         return _json({"added": added, "updated": updated})
 
-    @app.delete("/v1/items/{item_id}", dependencies=Write, tags=["items"])
-    async def delete_item(item_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc):
+    @app.delete("/v1/items/{item_id:rawid}", response_model=s.ItemDeleteAck, dependencies=Write,
+                responses=errors(*written, 404), tags=["items"])
+    async def delete_item(item_id: PathId, svc: Svc):
         """Never return this item again (until it is PUT again)."""
         index = _item_index(svc.state, item_id, allow_deleted=True)
         await svc.delete_item(index, item_id)
         return _json({"item_id": item_id, "deleted": True})
 
     # ---- operations ----------------------------------------------------------------------
-    @app.post("/v1/admin/reload", response_model=s.ReloadAck, dependencies=Write, tags=["admin"])
+    @app.post("/v1/admin/reload", response_model=s.ReloadAck, dependencies=Write,
+              responses=errors(401, 403, 500), tags=["admin"])
     async def reload(svc: Svc):
         """Load the artifact named by CURRENT fully, replay state, swap atomically."""
         try:
@@ -285,7 +354,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return _json({"artifact_version": version, "previous_version": previous,
                       "seconds": seconds})
 
-    @app.get("/healthz", tags=["admin"])
+    @app.get("/healthz", response_model=s.Health, tags=["admin"])
     async def healthz(svc: Svc):
         state = svc.state
         return _json({"status": "ok", "artifact_version": state.artifact.version,
@@ -294,13 +363,70 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       "degraded_channels": svc.engine.degraded_channels(),
                       "channels": list(state.artifact.pipeline.channels)})
 
-    @app.get("/metrics", tags=["admin"])
+    @app.get("/metrics", response_class=_PrometheusText, tags=["admin"])
     async def metrics(svc: Svc):
         """Prometheus text; with several processes, their metrics summed (gauges: the max)."""
-        return Response(generate_latest(svc.metrics.collect_registry()),
-                        media_type=CONTENT_TYPE_LATEST)
+        return _PrometheusText(generate_latest(svc.metrics.collect_registry()))
 
+    generated = app.openapi
+
+    def openapi() -> dict:
+        service = getattr(app.state, "service", None)
+        return _state_limits(copy.deepcopy(generated()), settings,
+                             None if service is None else _known_channels(service.state))
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+_ERRORS = {
+    401: "no API key given (X-API-Key or Authorization: Bearer)",
+    403: "the API key is wrong, or writes are disabled (no key configured)",
+    404: "unknown (or deleted) item",
+    413: "body or batch too large (max_body_bytes, max_events_per_batch, "
+         "max_items_per_batch)",
+    422: "an invalid field, named in `field` (also: unknown channel, unknown event item, "
+         "event time outside the window, k over max_k)",
+    500: "the reload failed; the previous artifact keeps serving",
+}
+
+
+def _known_channels(state) -> list[str]:
+    return sorted(set(state.artifact.pipeline.channels)
+                  | {sources.LIVE_POPULARITY, sources.LIVE_COVISIT, sources.QUERY_LEXICAL})
+
+
+def _state_limits(spec: dict, settings: ServeSettings, channels: list[str] | None) -> dict:
+    """The generated OpenAPI ``spec`` with the limits that depend on the settings (and the
+    loaded artifact) written in, so that a request the schema allows is not refused for a
+    limit it does not state. Computed for each request of ``/openapi.json``: the event-time
+    window moves with the clock and the channels with reloads."""
+    schemas = spec["components"]["schemas"]
+    schemas["RecallRequest"]["properties"]["k"]["maximum"] = settings.max_k
+    if channels is not None:
+        schemas["RecallRequest"]["properties"]["channels"]["anyOf"][0]["items"]["enum"] = channels
+    schemas["EventBatch"]["properties"]["events"]["maxItems"] = settings.max_events_per_batch
+    schemas["ItemBatch"]["properties"]["items"]["maxItems"] = settings.max_items_per_batch
+    stamp = schemas["Event"]["properties"]["timestamp"]["anyOf"][0]
+    stamp["minimum"] = settings.min_event_timestamp
+    stamp["maximum"] = time.time() + settings.max_event_future_s
+    for param in spec["paths"]["/v1/items/{item_id}/similar"]["get"]["parameters"]:
+        if param["name"] == "k":
+            param["schema"]["maximum"] = settings.max_k
+    return spec
+
+
+def _problem(error: dict) -> dict:
+    """One pydantic error as ``{field, message}``."""
+    if error["type"] == "json_invalid":  # loc is ('body', character offset)
+        return {"field": "body", "message": f"not valid JSON ({error.get('ctx', {}).get('error')} "
+                                            f"at character {error['loc'][-1]})"}
+    message = error["msg"]
+    if error["type"] == "string_unicode":  # pydantic's words for a lone surrogate
+        message = "not valid Unicode (a lone surrogate)"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    return {"field": _field(error["loc"]), "message": _printable(message)}
 
 
 def _item_index(state, item_id: str, allow_deleted: bool = False) -> int:
