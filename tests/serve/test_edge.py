@@ -298,3 +298,22 @@ def test_405_names_the_allowed_methods(server):
                                   ("POST", "/healthz", "GET")):
         r = server.client.request(method, path)
         assert r.status_code == 405 and r.headers.get("allow") == allowed, (method, path, r.headers)
+
+
+def test_an_encoded_slash_is_part_of_the_id_a_plain_one_separates(server):
+    # routing is on the path as sent: DELETE .../users/x/history is not the erasure of a user
+    # "x/history" (the history route does not take DELETE), and a plain '/' is no part of an id
+    r = server.client.delete("/v1/users/x/history", headers=WRITE)
+    assert r.status_code == 405 and r.headers["allow"] == "GET", r.text
+    assert server.client.delete("/v1/items/x/similar", headers=WRITE).status_code == 405
+    server.client.put("/v1/items", json={"items": [{"item_id": "sep/a", "title": "t"}]},
+                      headers=WRITE).raise_for_status()
+    assert server.client.get("/v1/items/sep/a/similar").status_code == 404
+    assert server.client.get("/v1/items/sep%2Fa/similar").status_code == 200
+    assert server.client.get("/v1/items/sep%2fa/similar").status_code == 200
+
+
+def test_path_id_that_is_not_utf8_is_422(server):
+    r = server.client.get("/v1/users/%FF%FE/history")
+    assert r.status_code == 422 and r.json()["field"] == "user_id", r.text
+    assert "Unicode" in r.json()["message"]

@@ -13,6 +13,7 @@ import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
+from urllib.parse import quote, unquote
 
 import numpy as np
 import orjson
@@ -22,7 +23,7 @@ from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator
-from starlette.convertors import PathConvertor, register_url_convertor
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmrecall.serve import schemas as s
@@ -69,18 +70,42 @@ def _utc(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _IdConvertor(PathConvertor):
-    """A raw id in a URL path: the rest of the path (up to the route's fixed suffix), so that
-    a percent-encoded '/' (decoded before routing) stays inside the id; line breaks match
-    too, so that an id with control characters is refused by its validator (422), not 404."""
+class _IdConvertor(Convertor[str]):
+    """A raw id in a URL path: one path segment as sent, percent-decoded here. Routing
+    happens on the undecoded path (:class:`_RawPath`), so an encoded '/' (``%2F``) is part
+    of the id, not a separator: ``/v1/users/team%2Falice/history`` is user ``team/alice``,
+    and ``DELETE /v1/users/x/history`` is 405, not the erasure of a user ``x/history``.
+    Bytes that are not UTF-8 decode to lone surrogates, which the id validator refuses."""
 
-    regex = "(?s:.*)"
+    regex = "[^/]+"
+
+    def convert(self, value: str) -> str:
+        return unquote(value, errors="surrogateescape")
+
+    def to_string(self, value: str) -> str:
+        return quote(value, safe="", errors="surrogateescape")
 
 
 register_url_convertor("rawid", _IdConvertor())
 
-#: a raw id in a URL path (``{name:rawid}``): one percent-encoded segment, '/' included, so
-#: every id the API accepts can be addressed
+
+class _RawPath:
+    """Pure ASGI middleware: route on the path as sent (``raw_path``), not on its decoded
+    form, where an encoded '/' inside an id could not be told from a separator. The route
+    parameters (:class:`_IdConvertor`) decode themselves."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw:
+            scope = {**scope, "path": raw.decode("latin-1")}
+        return await self.app(scope, receive, send)
+
+
+#: a raw id in a URL path (``{name:rawid}``): one percent-encoded segment, so every id the
+#: API accepts can be addressed
 PathId = Annotated[str, Path(min_length=1, max_length=s.MAX_ID_LENGTH, description=s.ID_RULE,
                              json_schema_extra={"pattern": s.ID_PATTERN}),
                    AfterValidator(s.check_id)]
@@ -139,6 +164,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   description="Online recall (candidate generation) over versioned artifacts, "
                               "with real-time events and item updates.")
     app.add_middleware(_Guard, settings=settings)
+    app.add_middleware(_RawPath)  # outermost: _Guard sees the route the router matched
 
     async def require_key(
             key: Annotated[str | None, Security(_KEY_HEADER)],
