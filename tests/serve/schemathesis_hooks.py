@@ -6,11 +6,15 @@ reach the success path instead of a correct 422:
 - event items must exist: positive events name items of the ml-100k artifact ("1".."1682");
 - ``PUT /v1/items`` refuses a batch that names one id twice: positive batches get unique ids;
 - JSON Schema counts ``5.0`` as an integer, the API does not (strict types): a positive
-  integral float ``k`` is sent as the integer.
+  integral float ``k`` is sent as the integer;
+- an event time may be at most a day after the server's clock, a bound that moves and so
+  is stated in words only: positive event times later than that are sent as now.
 
 Negative requests are left alone: they must be refused as generated."""
 
 from __future__ import annotations
+
+import time
 
 import schemathesis
 
@@ -36,6 +40,9 @@ def before_call(context, case, kwargs):
         for i, event in enumerate(body.get("events", [])):
             if isinstance(event, dict):
                 event["item_id"] = _known_item(i, event.get("user_id"))
+                stamp = event.get("timestamp")
+                if isinstance(stamp, int | float) and stamp > time.time() + 3600:
+                    event["timestamp"] = time.time()
     elif label == "PUT /v1/items" and isinstance(body, dict):
         seen: set[str] = set()
         for i, item in enumerate(body.get("items", [])):

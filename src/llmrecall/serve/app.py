@@ -425,17 +425,23 @@ def _known_channels(state) -> list[str]:
 def _state_limits(spec: dict, settings: ServeSettings, channels: list[str] | None) -> dict:
     """The generated OpenAPI ``spec`` with the limits that depend on the settings (and the
     loaded artifact) written in, so that a request the schema allows is not refused for a
-    limit it does not state. Computed for each request of ``/openapi.json``: the event-time
-    window moves with the clock and the channels with reloads."""
+    limit it does not state. Computed for each request of ``/openapi.json``: the channels
+    change with reloads."""
     schemas = spec["components"]["schemas"]
     schemas["RecallRequest"]["properties"]["k"]["maximum"] = settings.max_k
     if channels is not None:
         schemas["RecallRequest"]["properties"]["channels"]["anyOf"][0]["items"]["enum"] = channels
     schemas["EventBatch"]["properties"]["events"]["maxItems"] = settings.max_events_per_batch
     schemas["ItemBatch"]["properties"]["items"]["maxItems"] = settings.max_items_per_batch
-    stamp = schemas["Event"]["properties"]["timestamp"]["anyOf"][0]
-    stamp["minimum"] = settings.min_event_timestamp
-    stamp["maximum"] = time.time() + settings.max_event_future_s
+    # the upper bound moves with the clock: a number written here would be wrong (too low)
+    # a moment after it was served, so it is stated in words
+    stamp = schemas["Event"]["properties"]["timestamp"]
+    stamp["anyOf"][0]["minimum"] = settings.min_event_timestamp
+    stamp["description"] = (
+        f"seconds since the epoch (not milliseconds); default: now. From "
+        f"{settings.min_event_timestamp:g} ({_utc(settings.min_event_timestamp)}, "
+        f"min_event_timestamp) to {settings.max_event_future_s:g} s after the server's clock "
+        f"(max_event_future_s) when the event arrives")
     for param in spec["paths"]["/v1/items/{item_id}/similar"]["get"]["parameters"]:
         if param["name"] == "k":
             param["schema"]["maximum"] = settings.max_k

@@ -143,9 +143,9 @@ class Event(_Body):
     item_id: Id
     type: str = Field("interaction", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     timestamp: float | None = Field(
-        None, description="seconds since the epoch (not milliseconds); default: now. Accepted "
-        "from min_event_timestamp (1995-01-01) to max_event_future_s (a day) ahead of the "
-        "server's clock")
+        None, description="seconds since the epoch (not milliseconds); default: now. From "
+        "min_event_timestamp (1995-01-01) to max_event_future_s (a day) after the server's "
+        "clock")
     weight: float = Field(1.0, gt=0, le=1e6)
 
     @field_validator("timestamp")
