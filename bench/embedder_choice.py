@@ -87,7 +87,8 @@ def main() -> None:
 
     table = Table(title=f"local embedders on this machine ({args.threads} threads)")
     for col in ("backend", "dim", "load s", "texts/s", f"ml-100k R@{args.k} (mean)",
-                f"ml-100k R@{args.k} (nbrs)", "en→zh top-1", "zh→en top-1", "mixed top-1", "pair margin", "zh-zh top-1"):
+                f"ml-100k R@{args.k} (nbrs)", "en→zh top-1", "zh→en top-1", "mixed top-1",
+                "pair margin", "zh-zh top-1"):
         table.add_column(col, justify="right")
     rng = np.random.default_rng(0)
     # random ranking baseline for the ml-100k columns
@@ -129,7 +130,8 @@ def main() -> None:
         zz = float((np.argmax(emb.embed(short, kind="query") @ zh.T, axis=1)
                     == np.arange(len(pairs))).mean())
         table.add_row(backend, str(emb.dim), f"{load_s:.1f}", f"{rate:.0f}", f"{r_mean:.3f}",
-                      f"{r_nbrs:.3f}", f"{en_zh:.3f}", f"{zh_en:.3f}", f"{mixed:.3f}", f"{margin:.3f}", f"{zz:.3f}")
+                      f"{r_nbrs:.3f}", f"{en_zh:.3f}", f"{zh_en:.3f}", f"{mixed:.3f}",
+                      f"{margin:.3f}", f"{zz:.3f}")
     Console(width=200).print(table)
 
 

@@ -49,8 +49,8 @@ def main() -> None:
     from llmrecall.serve.artifacts import load_artifact
     from llmrecall.serve.engine import RecallEngine, RecallQuery
     from llmrecall.serve.live import LiveState
-    from llmrecall.serve.service import _freeze_heap
     from llmrecall.serve.metrics import Metrics
+    from llmrecall.serve.service import _freeze_heap
     from llmrecall.serve.settings import ServeSettings
     from llmrecall.serve.store import Store
 

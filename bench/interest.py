@@ -167,8 +167,7 @@ def cmd_knowledge(args) -> dict:
     """
     from llmrecall.channels.knowledge import KnowledgeChannel
     from llmrecall.channels.semantic import SemanticUserInterest
-    from llmrecall.interest.knowledge import (
-        KnowledgeSettings, enrich_dataset, generate_knowledge)
+    from llmrecall.interest.knowledge import KnowledgeSettings, enrich_dataset, generate_knowledge
 
     ds = load_builtin("ml-100k")
     split = make_split(ds, "cold-items", 0)

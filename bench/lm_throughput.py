@@ -82,9 +82,9 @@ def embedding_table(console, texts, args) -> None:
         emb_table.add_column(col, justify="right")
     embedders = {}
     for name in args.backends.split(","):
-        emb, load_s = timed(lambda: get_embedder(name, threads=args.threads))
+        emb, load_s = timed(lambda name=name: get_embedder(name, threads=args.threads))
         emb.embed(["warm up"])
-        _, secs = timed(lambda: emb.embed(texts))
+        _, secs = timed(lambda emb=emb: emb.embed(texts))
         embedders[name] = emb
         emb_table.add_row(name, str(emb.dim), f"{load_s:.1f}", f"{len(texts) / secs:.0f}")
     default = get_embedder("default", threads=args.threads)

@@ -67,7 +67,8 @@ def summarise(runs: list[dict], modes: list[str]) -> dict:
         row = {}
         for k in KS:
             vals = np.array([by[mode, s][f"R@{k}"] for s in seeds])
-            row[f"R@{k}"] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+            row[f"R@{k}"] = {"mean": float(vals.mean()),
+                             "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
             if mode != "none" and "none" in modes:
                 diff = vals - np.array([by["none", s][f"R@{k}"] for s in seeds])
                 row[f"R@{k}"]["vs_none"] = float(diff.mean())

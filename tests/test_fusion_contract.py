@@ -53,7 +53,7 @@ def oracle(lists, k, weights=None, rrf_k=60.0, allowed=None, seen=None, n_items=
                     if (allowed is None or i >= len(allowed) or allowed[i]) and i not in banned]
 
         def best(items, score=score):
-            return sorted(items, key=lambda item: (-float(score[item]), item))
+            return sorted(items, key=lambda candidate: (-float(score[candidate]), candidate))
 
         first = best([i for i in eligible if i in guaranteed])[:k]
         rest = best([i for i in eligible if i not in guaranteed])[:k - len(first)]

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 # two cores: more BLAS/torch threads than that only add contention
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -17,7 +17,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.markup import escape  # noqa: E402
 
-from llmrecall.errors import LLMRecallError  # noqa: E402
+from llmrecall.errors import ConfigError, LLMRecallError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="llmrecall: recall (candidate generation) with language models.")
@@ -26,9 +26,9 @@ console = Console(width=None if Console().is_terminal else 200)
 # messages are single lines however long (a path, a list of problems): never wrap them
 err = Console(stderr=True, soft_wrap=True)
 
-DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", help="built-in dataset name")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="TOML data spec for your own files")]
-ConfigOpt = Annotated[Optional[Path], typer.Option(
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="built-in dataset name")]
+DataOpt = Annotated[Path | None, typer.Option("--data", help="TOML data spec for your own files")]
+ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="pipeline TOML file, or a packaged config name: default, full")]
 
 
@@ -41,6 +41,7 @@ def _load_dataset(dataset: str | None, data: Path | None):
         return load_builtin(dataset)
     from llmrecall.data.loaders import load_dataset_toml
 
+    assert data is not None  # exactly one of the two is given (checked above)
     return load_dataset_toml(data)
 
 
@@ -94,7 +95,7 @@ def evaluate(
     dataset: DatasetOpt = None, data: DataOpt = None, config: ConfigOpt = None,
     protocol: Annotated[str, typer.Option(help="loo | recbole-general | cold-items")] = "loo",
     seed: int = 0,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write the JSON report here")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the JSON report here")] = None,
     split: Annotated[str, typer.Option(help="test (report) or valid (tuning)")] = "test",
 ) -> None:
     """Split, fit every channel, recall, fuse and print Recall/NDCG per channel and fused."""
@@ -177,7 +178,7 @@ def _with_empty_user(history):
 def demo(
     dataset: Annotated[str, typer.Option("--dataset", "-d")] = "ml-100k",
     config: Annotated[str, typer.Option("--config", "-c", help="config file or packaged name")] = "full",
-    user: Annotated[Optional[str], typer.Option("--user", "-u")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u")] = None,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("results/demo.json"),
 ) -> None:
     """The main job on the embedded defaults: evaluate the full pipeline (classic and
@@ -207,16 +208,16 @@ def tune(
     output: Annotated[Path, typer.Option("--output", "-o", help="write the tuned TOML here")],
     dataset: DatasetOpt = None, data: DataOpt = None, config: ConfigOpt = None,
     protocol: Annotated[str, typer.Option(help="loo | recbole-general | cold-items")] = "loo",
-    metric: Annotated[Optional[str], typer.Option(
+    metric: Annotated[str | None, typer.Option(
         help="validation metric to maximise, NAME@K (default recall@<fusion k>)")] = None,
-    storage: Annotated[Optional[Path], typer.Option(
+    storage: Annotated[Path | None, typer.Option(
         help="SQLite file holding the study; rerun to resume it")] = None,
-    study_name: Annotated[Optional[str], typer.Option(help="name of the study in --storage")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="stop starting trials after S seconds")] = None,
+    study_name: Annotated[str | None, typer.Option(help="name of the study in --storage")] = None,
+    timeout: Annotated[float | None, typer.Option(help="stop starting trials after S seconds")] = None,
     space: Annotated[str, typer.Option(help="all (fusion + channel params) | fusion")] = "all",
-    max_users: Annotated[Optional[int], typer.Option(
+    max_users: Annotated[int | None, typer.Option(
         help="tune on a sample of this many validation users")] = None,
-    min_gain: Annotated[Optional[float], typer.Option(
+    min_gain: Annotated[float | None, typer.Option(
         help="keep the untuned config unless the best trial beats it on validation by this "
              "much (default: one standard error of the metric; 0: any gain)")] = None,
     seed: int = 0,
@@ -230,13 +231,17 @@ def tune(
     from llmrecall.config import load_config
     from llmrecall.evaluate.protocols import make_split
     from llmrecall.tune.compare import compare_on_test, comparison_table
+    from llmrecall.tune.space import is_space
     from llmrecall.tune.store import FittedChannels
-    from llmrecall.tune.study import default_metric, tune as run_tune
+    from llmrecall.tune.study import default_metric
+    from llmrecall.tune.study import tune as run_tune
 
     check_writable(output, "--output")
     if storage is not None:
         check_writable(storage, "--storage")
     try:
+        if not is_space(space):  # as tune() would, but before the data is loaded
+            raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
         metric = metric or default_metric(cfg)
@@ -279,14 +284,15 @@ def tune_prompts(
         "rounds in which the generator writes new templates from the best ones"))] = 0,
     proposals: Annotated[int, typer.Option(min=1, help="new templates per round")] = 2,
     metric: Annotated[str, typer.Option(help="validation metric to maximise, NAME@K")] = "recall@50",
-    variants: Annotated[Optional[Path], typer.Option(help=(
+    variants: Annotated[Path | None, typer.Option(help=(
         "JSON list of {name, template, params} to score instead of the built-in set; the "
         "default variant is always scored too"))] = None,
     noun: Annotated[str, typer.Option(help="what the catalog holds, e.g. movies")] = "items",
     language: Annotated[str, typer.Option(help="prompt language: en | zh")] = "en",
-    store: Annotated[Optional[Path], typer.Option(help=(
+    store: Annotated[Path | None, typer.Option(help=(
         "SQLite cache of generated text (default OUTPUT.generations.sqlite): reruns are cheap"))] = None,
-    embedder: Annotated[str, typer.Option(help="matching embedder name, or 'none' for BM25 only")] = "default",
+    embedder: Annotated[str, typer.Option(
+        help="matching embedder name, or 'none' for BM25 only")] = "default",
     threads: Annotated[int, typer.Option(min=1, help="llama.cpp threads")] = 1,
     seed: int = 0,
 ) -> None:
@@ -301,8 +307,13 @@ def tune_prompts(
 
     from llmrecall.evaluate.protocols import make_split
     from llmrecall.interest.backends import LocalLlamaGenerator
-    from llmrecall.tune.interest_prompts import (DEFAULT_VARIANT, binomial_se, default_row,
-                                                 interest_variants, search_interest_prompts)
+    from llmrecall.tune.interest_prompts import (
+        DEFAULT_VARIANT,
+        binomial_se,
+        default_row,
+        interest_variants,
+        search_interest_prompts,
+    )
     from llmrecall.tune.objective import parse_metric
     from llmrecall.tune.prompts import GeneratorProposer, PromptVariant
 
@@ -405,9 +416,11 @@ def datasets() -> None:
 # the service: `llmrecall build` writes an artifact, `llmrecall serve DIR` runs the HTTP API
 from llmrecall.serve.cli import build_command, serve_command  # noqa: E402
 
+
 @app.command("lm-serve")
 def lm_serve(
-    host: Annotated[str, typer.Option(help="bind address; keep loopback unless a proxy fronts it")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        help="bind address; keep loopback unless a proxy fronts it")] = "127.0.0.1",
     port: int = 8080,
     embedder: Annotated[str, typer.Option(help="local embedder name, or 'none'")] = "default",
     generator: Annotated[str, typer.Option(help="local generator name, or 'none'")] = "default",

@@ -13,14 +13,13 @@ import hashlib
 import inspect
 import json
 import tomllib
-from functools import lru_cache
+from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, model_validator
 
 from llmrecall.errors import ConfigError
 
@@ -83,7 +82,7 @@ class ChannelConfig(_Strict):
         return self.name or self.kind
 
     @model_validator(mode="after")
-    def _check_params(self) -> "ChannelConfig":
+    def _check_params(self) -> ChannelConfig:
         self.params = validate_channel_params(self.kind, self.params)
         return self
 
@@ -119,7 +118,7 @@ class PipelineConfig(_Strict):
     lm: dict[str, Any] = Field(default_factory=dict, description="language-model layer settings")
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "PipelineConfig":
+    def _unique_names(self) -> PipelineConfig:
         names = [c.channel_name for c in self.channels]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -134,7 +133,7 @@ class PipelineConfig(_Strict):
             return NotImplemented
         return self.model_dump() == other.model_dump()
 
-    __hash__ = None  # mutable, like any pydantic model
+    __hash__ = None  # type: ignore[assignment]  # mutable, like any pydantic model: unhashable
 
     @property
     def enabled_channels(self) -> list[ChannelConfig]:
@@ -203,7 +202,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfi
     return config
 
 
-def _problem(error: dict, raw: Any) -> str:
+def _problem(error: Mapping[str, Any], raw: Any) -> str:
     """One validation error as ``<field path> (<TOML table>): <message>``."""
     loc = list(error["loc"])
     message = error["msg"]
@@ -238,7 +237,7 @@ class ParamsError(ValueError):
             f"params.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in problems))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _params_model(kind: str) -> type[BaseModel]:
     """A pydantic model mirroring the channel constructor's annotated keyword arguments."""
     from llmrecall.channels.registry import channel_class
@@ -251,7 +250,8 @@ def _params_model(kind: str) -> type[BaseModel]:
         if pname in ("self", "name") or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[pname] = (hints.get(pname, Any), Field(default, **bounds.get(pname, {})))
+        constraints: dict[str, Any] = bounds.get(pname, {})
+        fields[pname] = (hints.get(pname, Any), Field(default, **constraints))
     return create_model(f"{cls.__name__}Params", __config__=ConfigDict(extra="forbid"), **fields)
 
 

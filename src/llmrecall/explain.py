@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmrecall.data.dataset import Dataset
+from llmrecall.errors import DataError
 from llmrecall.fusion import FusedCandidates
 from llmrecall.pipeline import RecallPipeline
 
@@ -48,9 +49,15 @@ def explain_row(fused: FusedCandidates, row: int, dataset: Dataset,
             if evidence >= 0 and fused.evidence_kinds[c] == "item" and evidence < len(titles):
                 label = titles[evidence] or dataset.items.raw([evidence])[0]
             elif evidence >= 0 and fused.evidence_kinds[c] == "text":
-                label = fused.evidence_texts[c][evidence]
+                texts = fused.evidence_texts[c]
+                assert texts is not None  # "text" evidence always comes with its texts
+                label = texts[evidence]
             reasons.append(Reason(name, rank + 1, pipeline.channels[name].explain(label)))
         title = titles[item] if item < len(titles) else ""
-        out.append(ExplainedCandidate(col + 1, dataset.items.raw([item])[0], title,
+        item_id = dataset.items.raw([item])[0]
+        if item_id is None:  # raw() maps ids outside the vocabulary to None
+            raise DataError(f"fused item {item} is not one of the dataset's "
+                            f"{dataset.n_items} items")
+        out.append(ExplainedCandidate(col + 1, item_id, title,
                                       float(fused.scores[row, col]), reasons))
     return out

@@ -134,7 +134,8 @@ def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
     score = np.zeros(flat_size, np.float32)
     proposed = np.zeros(flat_size, bool)
     guaranteed = []  # flat cells at a guaranteed position of some channel
-    keys_per_channel = []
+    # (keys, ranks, candidates, kc, keep) per channel
+    keys_per_channel: list[tuple[np.ndarray, np.ndarray, Candidates, int, np.ndarray]] = []
     for name in names:
         cand = lists[name]
         w = weights.get(name, ChannelWeight())
@@ -154,7 +155,8 @@ def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
         select[:, ~fit_mask(allowed, n_items)] = -np.inf
     if seen is not None and n:
         lengths = np.fromiter((len(x) for x in seen), np.int64, n)
-        cols = np.concatenate([np.asarray(x, np.int64) for x in seen]) if lengths.sum() else np.zeros(0, np.int64)
+        cols = (np.concatenate([np.asarray(x, np.int64) for x in seen]) if lengths.sum()
+                else np.zeros(0, np.int64))
         rows = np.repeat(np.arange(n), lengths)
         inside = cols < n_items
         select[rows[inside], cols[inside]] = -np.inf
@@ -173,7 +175,7 @@ def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
     ranks_out = np.full((n, ids.shape[1], C), -1, np.int32)
     evidence_out = np.full((n, ids.shape[1], C), -1, np.int32)
     lookup = np.full(flat_size, -1, np.int32)
-    for c, (keys, ranks, cand, kc, keep) in enumerate(keys_per_channel):
+    for c, (keys, ranks, cand, kc, _keep) in enumerate(keys_per_channel):
         lookup[keys] = ranks
         r = np.where(valid, lookup[out_keys], -1)
         ranks_out[:, :, c] = r

@@ -40,7 +40,8 @@ TOKENIZER_ENV = "LLMRECALL_TOKENIZER"
 
 #: Chinese function words dropped from Han text whenever stopwords are on (a short list: a
 #: product title's nouns, even common ones, carry meaning; BM25's IDF handles the rest)
-CHINESE_STOPWORDS = frozenset("的地得了着过和与及或而之其是在也都就很把被对从于以等吗呢吧啊呀这那我你他她它们")
+CHINESE_STOPWORDS = frozenset("的地得了着过和与及或而之其是在也都就很把被对从于以等"
+                              "吗呢吧啊呀这那我你他她它们")
 
 # Han ideographs: CJK unified (basic, extension A, extensions B-H) and compatibility blocks
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"

@@ -82,7 +82,7 @@ class RecallPipeline:
         cfg = next(c for c in self.config.enabled_channels if c.channel_name == name)
         return cfg.k or self.config.fusion.channel_k
 
-    def fit(self, dataset: Dataset, progress=None, models=None) -> "RecallPipeline":
+    def fit(self, dataset: Dataset, progress=None, models=None) -> RecallPipeline:
         """Fit every channel on ``dataset`` (its interactions are the training data).
 
         ``models`` (a :class:`llmrecall.tune.store.FittedChannels` on this very ``dataset``)

@@ -18,17 +18,8 @@ import pytest
 
 from llmrecall.channels import Channel
 from llmrecall.data.dataset import Dataset, Histories, Interactions
+
 from .lm_data import make_dataset
-
-
-@pytest.fixture(scope="session")
-def lm_cache(tmp_path_factory):
-    """A private text-vector cache for the test session."""
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("lm-cache")
-    mp.setenv("LLMRECALL_CACHE", str(path))
-    yield path
-    mp.undo()
 
 
 def with_extra_users(dataset: Dataset, extra: int) -> Histories:

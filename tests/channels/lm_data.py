@@ -1,10 +1,10 @@
 """A small synthetic domain with real item texts, for the language-model channel tests.
 
-Four topics of ten items each, with a title and the topic's categories. Every user sticks to one topic (users 0-19) or
-alternates between two (users 20-29), eight events each; within a topic a user walks the items in a fixed
-cyclic order, so the next item is predictable (sequential channels) and the topic is
-predictable from the text (semantic channels). The last item of each topic is "cold":
-nobody interacts with it in training.
+Four topics of ten items each, with a title and the topic's categories. Every user sticks to
+one topic (users 0-19) or alternates between two (users 20-29), eight events each; within a
+topic a user walks the items in a fixed cyclic order, so the next item is predictable
+(sequential channels) and the topic is predictable from the text (semantic channels). The
+last item of each topic is "cold": nobody interacts with it in training.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from .mixin import synthetic_dataset
 
 from llmrecall.channels import ALS, EASE, ItemCF, Popularity, Swing
 from llmrecall.channels.history import best_history_item, weighted_history
@@ -11,6 +10,8 @@ from llmrecall.channels.neighbors import training_matrix
 from llmrecall.data.dataset import Catalog, Dataset, Histories, Interactions
 from llmrecall.data.vocab import Vocabulary
 from llmrecall.errors import ConfigError
+
+from .mixin import synthetic_dataset
 
 
 def random_dataset(n_users=30, n_items=15, density=0.3, seed=1) -> Dataset:

@@ -5,9 +5,9 @@ hyperparameters) measured at 0.198 popularity, 0.434 itemcf, 0.342 itemcf as Rec
 0.389 swing, 0.391 ease, 0.372 als, 0.327 bpr; the thresholds sit about 10% below.
 """
 
-from .mixin import ChannelContract
-
 from llmrecall.channels import ALS, BPR, EASE, ItemCF, Popularity, Swing
+
+from .mixin import ChannelContract
 
 
 class TestPopularity(ChannelContract):

@@ -14,14 +14,14 @@ from dataclasses import replace
 
 import polars as pl
 import pytest
-from .lm_contract import lm_cache  # noqa: F401
-from .lm_data import CATEGORIES, TOPICS
-from .mixin import N_ITEMS, PER_COMMUNITY, ChannelContract, synthetic_dataset
 
 from llmrecall.channels.semantic import SemanticItemToItem, SemanticUserInterest
 from llmrecall.channels.sequential import SASRec
 from llmrecall.channels.textcf import TextCF
 from llmrecall.data.dataset import Catalog
+
+from .lm_data import CATEGORIES, TOPICS
+from .mixin import N_ITEMS, PER_COMMUNITY, ChannelContract, synthetic_dataset
 
 
 def texted_dataset():

@@ -23,7 +23,6 @@ from llmrecall.channels.semantic import (
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.errors import ConfigError
 
-from .lm_contract import lm_cache  # noqa: F401
 from .lm_data import make_dataset, topic_of
 
 ATOL = 1e-5  # scores differ by float rounding: the products are summed in another order

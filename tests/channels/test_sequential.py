@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from .lm_contract import LMChannelContract, lm_cache  # noqa: F401
-from .lm_data import COLD, N_TOPIC, make_dataset, topic_of, user_topics
 
 from llmrecall.channels.sequential import SASRec, training_windows
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.errors import ConfigError
+
+from .lm_contract import LMChannelContract
+from .lm_data import COLD, N_TOPIC, make_dataset, topic_of, user_topics
 
 SMALL = dict(dim=32, max_len=10, epochs=150, batch_size=32, lr=3e-3, dropout=0.1)
 

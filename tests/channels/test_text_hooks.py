@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from .lm_contract import lm_cache  # noqa: F401
-from .lm_data import N_SINGLE, make_dataset, topic_of, user_topics
 
 from llmrecall.channels.semantic import SemanticItemToItem, SemanticUserInterest
 from llmrecall.channels.sequential import SASRec
 from llmrecall.channels.textcf import TextCF
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.errors import DataError
+
+from .lm_data import N_SINGLE, make_dataset, topic_of, user_topics
 
 SPACE = 40  # new ids, right after the fitted catalog
 COOKING = 41

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from .lm_contract import LMChannelContract, lm_cache  # noqa: F401
-from .lm_data import COLD, N_SINGLE, topic_of, user_topics
 
 from llmrecall.channels.textcf import TextCF
 from llmrecall.errors import ConfigError
+
+from .lm_contract import LMChannelContract
+from .lm_data import COLD, N_SINGLE, topic_of, user_topics
 
 
 class TestTextCF(LMChannelContract):

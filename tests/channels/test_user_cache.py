@@ -17,8 +17,6 @@ from llmrecall.channels.user_cache import UserStateCache, attach_user_caches, ca
 from llmrecall.data.dataset import Histories
 from llmrecall.errors import ConfigError, DataError
 
-from .lm_contract import lm_cache  # noqa: F401  (the private LM cache fixture)
-
 K = 50
 
 

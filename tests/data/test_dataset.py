@@ -11,7 +11,6 @@ from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.data.vocab import Vocabulary
 from llmrecall.errors import DataError, UnknownIdError
 
-
 # --- Vocabulary ---------------------------------------------------------------------------
 
 

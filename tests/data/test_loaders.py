@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 
 import numpy as np
 import polars as pl
@@ -91,7 +91,7 @@ def test_event_weights_multiply_the_weight_column(tmp_path, sample):
     np.testing.assert_allclose(ds.interactions.weight, expected)
 
 
-def _utc(*args, tz=timezone.utc) -> float:
+def _utc(*args, tz=UTC) -> float:
     return datetime(*args, tzinfo=tz).timestamp()
 
 

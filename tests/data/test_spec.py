@@ -94,7 +94,7 @@ def test_event_weights_need_an_event_column():
 def test_unknown_suffix_without_format():
     spec = DataSpec.from_toml_text('[data.interactions]\npath = "a.xlsx"\nuser = "u"\nitem = "i"\n')
     with pytest.raises(ConfigError, match="format"):
-        spec.interactions.resolved_format
+        _ = spec.interactions.resolved_format
 
 
 def test_file_problems(tmp_path):

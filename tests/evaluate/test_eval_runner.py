@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_eval_protocols import random_log, synthetic
 
 from llmrecall.channels.base import Channel
 from llmrecall.data.builtin import load_builtin
 from llmrecall.data.dataset import Histories
-from llmrecall.evaluate import (RandomRanking, evaluate_channel, make_split, rank_task,
-                                ranking_metrics)
-
-from test_eval_protocols import random_log, synthetic
+from llmrecall.evaluate import RandomRanking, evaluate_channel, make_split, rank_task, ranking_metrics
 
 
 class Popularity(Channel):

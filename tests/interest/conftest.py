@@ -1,10 +1,9 @@
 """Fixtures of the interest tests."""
 
 import pytest
+from interest_toydata import make_dataset
 
 from llmrecall.data.dataset import Dataset
-
-from interest_toydata import make_dataset
 
 
 @pytest.fixture

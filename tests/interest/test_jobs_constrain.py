@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
+from interest_toydata import TITLES, make_dataset
+from pydantic import ValidationError
 
 from llmrecall.errors import ConfigError
 from llmrecall.interest.constrain import TitleTrie, title_grammar
-from llmrecall.interest.jobs import (
-    InterestSettings, fewshot_examples, first_title, needs_refresh, parse_list)
-
-from interest_toydata import TITLES, make_dataset
+from llmrecall.interest.jobs import InterestSettings, fewshot_examples, first_title, needs_refresh, parse_list
 
 
 def char_tokenize(text: str) -> list[int]:
@@ -92,9 +91,9 @@ def test_fewshot_examples_come_from_training_histories():
 
 
 def test_settings_validate():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="n_texts"):
         InterestSettings(n_texts=0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="unknown"):
         InterestSettings(unknown=1)
     assert InterestSettings().scope("a") != InterestSettings(n_texts=3).scope("a")
 
@@ -129,3 +128,31 @@ def test_training_pairs_come_from_training_sequences():
         assert target.strip() not in prompt  # the answer is never shown
     with pytest.raises(ConfigError):
         training_pairs(make_dataset([[0], [1]]), 5)
+
+
+class _EchoGenerator:
+    """A chat-only generator: answers every request with the same two titles."""
+
+    fingerprint = "echo"
+    supports_constraints = False
+
+    def complete(self, prompt, **_):
+        raise AssertionError("the naive prompt only chats")
+
+    def chat(self, messages, **_):
+        return "1. Alien\n2. Titanic"
+
+
+@pytest.mark.parametrize("user", [-1, 4])
+def test_job_refuses_users_outside_the_dataset(toy, user):
+    """Regression: a dense id outside the user vocabulary reached the store as subject
+    None (-1: sqlite's NOT NULL error after generating) or failed indexing the histories
+    (n_users: IndexError); it is now named as a ConfigError before any generation."""
+    from llmrecall.interest.jobs import InterestJob
+
+    settings = InterestSettings(prompt="naive", constrain="none", n_examples=0)
+    job = InterestJob(toy, _EchoGenerator(), settings)
+    texts, _ = job.run(np.array([0]))  # a known user goes through
+    assert texts[0]
+    with pytest.raises(ConfigError, match=f"user {user} is not a dense user id"):
+        job.run(np.array([user]))

@@ -11,8 +11,13 @@ import pytest
 from llmrecall.channels.interest import InterestChannel
 from llmrecall.errors import ConfigError
 from llmrecall.interest.jobs import InterestJob, InterestSettings
-from llmrecall.interest.prompts import (display_title, fewshot_blocks, fewshot_prompt,
-                                        fewshot_template, history_inline)
+from llmrecall.interest.prompts import (
+    display_title,
+    fewshot_blocks,
+    fewshot_prompt,
+    fewshot_template,
+    history_inline,
+)
 from llmrecall.interest.store import GenerationStore
 
 CHAT = ("A person recently chose these movies:\n$history\n"

@@ -2,7 +2,13 @@ import pytest
 
 from llmrecall.errors import ConfigError
 from llmrecall.interest.prompts import (
-    display_title, fewshot_prompt, knowledge_messages, naive_messages, normalise_title, template)
+    display_title,
+    fewshot_prompt,
+    knowledge_messages,
+    naive_messages,
+    normalise_title,
+    template,
+)
 from llmrecall.interest.store import GenerationStore, content_key
 
 

@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+from interest_toydata import make_dataset
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.interest import InterestChannel, select_users
@@ -10,8 +11,6 @@ from llmrecall.channels.knowledge import KnowledgeChannel
 from llmrecall.channels.search import SearchQueryChannel, recent_queries
 from llmrecall.errors import ConfigError, NotFittedError
 from llmrecall.interest.knowledge import clean_keywords, enrich_dataset
-
-from interest_toydata import make_dataset
 
 
 def interest_channel(toy, texts):
@@ -65,7 +64,7 @@ def test_interest_save_load_round_trip(toy, tmp_path):
 
 
 def test_interest_validates_parameters(toy):
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError, match="n_texts"):
         InterestChannel(settings={"n_texts": 0})
     with pytest.raises(ConfigError):
         InterestChannel(merge="borda")

@@ -62,7 +62,8 @@ scrub = false
 path = "%s"
 """ % (tmp_path / "c.sqlite")
     cfg = LMConfig.model_validate(tomllib.loads(text))
-    assert LMConfig.model_validate(tomllib.loads(tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True)))) == cfg
+    dumped = tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True))
+    assert LMConfig.model_validate(tomllib.loads(dumped)) == cfg
     emb = cfg.embedder.build()
     assert isinstance(emb, OpenAIEmbedder) and emb.model == "bge-m3"
     assert emb.client.max_retries == 1 and emb._prefix["query"] == "query: "

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llmrecall.lm.errors import GenerationParseError
-from llmrecall.lm.parse import (ListRules, clean_text, delimit, delimit_list, list_schema,
-                                parse_interests, parse_knowledge, parse_list, parse_queries,
-                                parse_titles)
+from llmrecall.lm.parse import (
+    ListRules,
+    clean_text,
+    delimit,
+    delimit_list,
+    list_schema,
+    parse_interests,
+    parse_knowledge,
+    parse_list,
+    parse_queries,
+    parse_titles,
+)
 
 
 @pytest.mark.parametrize("text", [
@@ -38,7 +48,8 @@ def test_output_cut_by_the_token_limit_keeps_finished_elements():
 
 
 def test_chinese_lists():
-    assert parse_interests("1、太空歌剧\n2、抢劫惊悚片\n3、动画音乐剧") == ["太空歌剧", "抢劫惊悚片", "动画音乐剧"]
+    assert parse_interests("1、太空歌剧\n2、抢劫惊悚片\n3、动画音乐剧") == [
+        "太空歌剧", "抢劫惊悚片", "动画音乐剧"]
     assert parse_interests("太空歌剧、抢劫惊悚片、动画音乐剧") == ["太空歌剧", "抢劫惊悚片", "动画音乐剧"]
     assert parse_queries('```\n["科幻电影推荐", "诺兰导演作品"]\n```') == ["科幻电影推荐", "诺兰导演作品"]
 

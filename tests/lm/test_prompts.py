@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmrecall.errors import ConfigError
-from llmrecall.lm.prompts import (available_templates, load_template, render_history,
-                                  render_item)
+from llmrecall.lm.prompts import available_templates, load_template, render_history, render_item
 
 EXPECTED = {"interest_profile", "hypothetical_items", "search_queries", "item_knowledge"}
 

@@ -93,11 +93,11 @@ params = {epochs = 1, batch_size = 4096}
 
 
 def _build(tmp_path_factory, name: str, config_text: str) -> Path:
+    import tomllib
+
     from llmrecall.config import parse_config
     from llmrecall.data.builtin import load_builtin
     from llmrecall.serve import build
-
-    import tomllib
 
     root = tmp_path_factory.mktemp(name)
     build(load_builtin("ml-100k"), parse_config(tomllib.loads(config_text)), root / "artifact")

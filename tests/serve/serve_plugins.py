@@ -25,7 +25,7 @@ def _register(cls):
 class TestPopularity(Channel):
     kind = "test_popularity"
 
-    def fit(self, dataset: Dataset) -> "TestPopularity":
+    def fit(self, dataset: Dataset) -> TestPopularity:
         self.counts_ = np.bincount(dataset.interactions.item,
                                    minlength=dataset.n_items).astype(np.float32)
         return self
@@ -42,7 +42,7 @@ class TestCooccurrence(Channel):
     kind = "test_cooc"
     evidence_template = "watched with {evidence}"
 
-    def fit(self, dataset: Dataset) -> "TestCooccurrence":
+    def fit(self, dataset: Dataset) -> TestCooccurrence:
         x = dataset.histories().matrix()
         co = (x.T @ x).toarray().astype(np.float32)
         np.fill_diagonal(co, 0)
@@ -53,7 +53,9 @@ class TestCooccurrence(Channel):
     def _hist(self, users, history):
         m = history.matrix(users)
         n = self.sim_.shape[0]
-        return m[:, :n] if m.shape[1] >= n else sp.hstack([m, sp.csr_matrix((m.shape[0], n - m.shape[1]))]).tocsr()
+        if m.shape[1] >= n:
+            return m[:, :n]
+        return sp.hstack([m, sp.csr_matrix((m.shape[0], n - m.shape[1]))]).tocsr()
 
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
         known = np.asarray(self._hist(users, history) @ self.sim_, np.float32)
@@ -75,7 +77,7 @@ class TestCooccurrence(Channel):
 class TestFailing(Channel):
     kind = "test_failing"
 
-    def fit(self, dataset: Dataset) -> "TestFailing":
+    def fit(self, dataset: Dataset) -> TestFailing:
         self.n_items_ = np.array([dataset.n_items])
         return self
 
@@ -90,7 +92,7 @@ class TestSlow(Channel):
         super().__init__(name)
         self.seconds = seconds
 
-    def fit(self, dataset: Dataset) -> "TestSlow":
+    def fit(self, dataset: Dataset) -> TestSlow:
         self.n_items_ = np.array([dataset.n_items])
         return self
 
@@ -113,7 +115,7 @@ class TestText(Channel):
         super().__init__(name)
         self._added: list[tuple[int, set[str]]] = []
 
-    def fit(self, dataset: Dataset) -> "TestText":
+    def fit(self, dataset: Dataset) -> TestText:
         self.n_items_ = np.array([dataset.n_items])
         return self
 

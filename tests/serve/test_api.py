@@ -206,8 +206,8 @@ def test_erased_user_recalls_as_new(server, ml100k):
 def test_metrics_and_docs(server):
     recall(server, user_id="196", k=10)
     text = server.client.get("/metrics").text
-    assert 'llmrecall_request_seconds_bucket{le="0.001",method="POST",route="/v1/recall",status="200"}' in text \
-        or 'route="/v1/recall"' in text
+    assert ('llmrecall_request_seconds_bucket{le="0.001",method="POST",route="/v1/recall",'
+            'status="200"}' in text or 'route="/v1/recall"' in text)
     assert 'llmrecall_channel_seconds_count{channel="ease"}' in text
     assert 'llmrecall_channel_candidates_count{channel="itemcf"}' in text
     spec = server.client.get("/openapi.json").json()

@@ -6,8 +6,9 @@ import json
 import threading
 import time
 
-from .conftest import WRITE
 from llmrecall.serve.refresh import InterestRefreshWorker
+
+from .conftest import WRITE
 
 
 class FakeRefresher:

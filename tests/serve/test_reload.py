@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import tomllib
 
 import pytest
-import tomllib
 
 from .conftest import MAIN_CONFIG, WRITE
 

@@ -8,9 +8,15 @@ import pytest
 
 from llmrecall.channels.registry import channel_class
 from llmrecall.errors import ConfigError
-from llmrecall.tune.prompts import (GeneratorProposer, PromptVariant, ScoredVariant,
-                                    channel_scorer, check_template, load_saved,
-                                    optimise_prompts)
+from llmrecall.tune.prompts import (
+    GeneratorProposer,
+    PromptVariant,
+    ScoredVariant,
+    channel_scorer,
+    check_template,
+    load_saved,
+    optimise_prompts,
+)
 
 BASE = ("Here is what a user watched, oldest first:\n$history\n"
         "Write $count titles they may watch next, one per line.")

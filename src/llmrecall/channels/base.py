@@ -14,7 +14,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 
@@ -24,6 +24,10 @@ from llmrecall.topk import fit_mask, topk
 
 #: users scored per dense block; bounds memory at block * n_items * 4 bytes
 DEFAULT_BLOCK = 512
+
+#: a learned array that :meth:`Channel.state` saves: a numpy array or a scipy sparse matrix
+#: (Any: scipy's stubs have no usable public type for "any sparse matrix or array")
+StateArray: TypeAlias = Any
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Candidates:
     def shape(self) -> tuple[int, int]:
         return self.ids.shape
 
-    def row_slice(self, rows: slice) -> "Candidates":
+    def row_slice(self, rows: slice) -> Candidates:
         """The answer for a contiguous range of users."""
         return Candidates(self.ids[rows], self.scores[rows],
                           None if self.evidence is None else self.evidence[rows],
@@ -88,13 +92,13 @@ class Channel(ABC):
         sig = inspect.signature(type(self).__init__)
         return {p: getattr(self, p) for p in sig.parameters if p != "self"}
 
-    def clone(self, **overrides: Any) -> "Channel":
+    def clone(self, **overrides: Any) -> Channel:
         """An unfitted copy with the same (or overridden) hyperparameters."""
         return type(self)(**{**self.get_params(), **overrides})
 
     # ---- learning and recall ---------------------------------------------------------
     @abstractmethod
-    def fit(self, dataset: Dataset) -> "Channel":
+    def fit(self, dataset: Dataset) -> Channel:
         """Learn from ``dataset`` (its interactions are the training data). Returns self."""
 
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
@@ -142,7 +146,11 @@ class Channel(ABC):
         vals = np.concatenate(scores_out) if scores_out else np.zeros((0, k), np.float32)
         evidence = None
         if explain and ev_out and ev_out[0] is not None:
-            evidence = np.concatenate(ev_out).astype(np.int32)
+            parts = [e for e in ev_out if e is not None]
+            if len(parts) != len(ev_out):  # cannot be concatenated
+                raise TypeError(f"{type(self).__name__}.evidence() returned None for some "
+                                "blocks of users only")
+            evidence = np.concatenate(parts).astype(np.int32)
         kind = "item" if evidence is not None else "none"
         return Candidates(ids, vals, evidence, kind)
 
@@ -153,7 +161,7 @@ class Channel(ABC):
         return f"recalled by {self.name}"
 
     # ---- persistence -----------------------------------------------------------------
-    def state(self) -> dict[str, np.ndarray]:
+    def state(self) -> dict[str, StateArray]:
         """Learned arrays to save: every attribute ending in ``_`` that is a numpy array or a
         scipy sparse matrix."""
         import scipy.sparse as sp
@@ -161,7 +169,7 @@ class Channel(ABC):
         return {k: v for k, v in vars(self).items()
                 if k.endswith("_") and (isinstance(v, np.ndarray) or sp.issparse(v))}
 
-    def set_state(self, arrays: dict[str, np.ndarray]) -> None:
+    def set_state(self, arrays: dict[str, StateArray]) -> None:
         for key, value in arrays.items():
             setattr(self, key, value)
 
@@ -183,7 +191,7 @@ class Channel(ABC):
         self.set_state(_load_npz(directory / "state.npz"))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Channel":
+    def load(cls, directory: str | Path) -> Channel:
         """Inverse of :meth:`save`; the class is looked up by its ``kind``."""
         from llmrecall.channels.registry import channel_class
 
@@ -206,14 +214,15 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot save parameter of type {type(value).__name__}")
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def _save_npz(path: Path, arrays: dict[str, StateArray]) -> None:
     """npz without pickles; sparse matrices are stored as their CSR parts."""
     import scipy.sparse as sp
 
     flat: dict[str, np.ndarray] = {}
     for key, value in arrays.items():
         if sp.issparse(value):
-            csr = value.tocsr()
+            # scipy-stubs: issparse() narrows to SparseABC, a base without the methods
+            csr = value.tocsr()  # type: ignore[attr-defined]
             flat[f"{key}__csr_data"] = csr.data
             flat[f"{key}__csr_indices"] = csr.indices
             flat[f"{key}__csr_indptr"] = csr.indptr
@@ -221,7 +230,9 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         else:
             flat[key] = np.asarray(value)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **flat)
+    # numpy's stub types allow_pickle: bool next to **kwds, and mypy assumes the spread
+    # dict might fill it; its keys are array names, never "allow_pickle"
+    np.savez(tmp, **flat)  # type: ignore[arg-type]
     tmp.replace(path)
 
 

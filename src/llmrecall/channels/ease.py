@@ -11,8 +11,14 @@ import numpy as np
 import scipy.linalg
 
 from llmrecall.channels.base import Channel
-from llmrecall.channels.history import (best_history_item, check_width, empty_rows,
-                                        finish_scores, limited_blas, weighted_history)
+from llmrecall.channels.history import (
+    best_history_item,
+    check_width,
+    empty_rows,
+    finish_scores,
+    limited_blas,
+    weighted_history,
+)
 from llmrecall.channels.neighbors import item_popularity, training_matrix
 from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, Histories
@@ -47,7 +53,7 @@ class EASE(Channel):
         self.regularization = regularization
         self.max_items = max_items
 
-    def fit(self, dataset: Dataset) -> "EASE":
+    def fit(self, dataset: Dataset) -> EASE:
         if self.regularization <= 0:
             raise ConfigError(f"ease regularization must be > 0, got {self.regularization}")
         if self.max_items is not None and self.max_items < 1:

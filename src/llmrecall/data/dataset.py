@@ -52,7 +52,7 @@ class Interactions:
 
     @classmethod
     def build(cls, user, item, time=None, weight=None, event=None,
-              event_names: tuple[str, ...] = (DEFAULT_EVENT,), rating=None) -> "Interactions":
+              event_names: tuple[str, ...] = (DEFAULT_EVENT,), rating=None) -> Interactions:
         """Build from array-likes, filling defaults: time = file order, weight = 1, event 0."""
         user = np.asarray(user, dtype=np.int32)
         m = len(user)
@@ -69,7 +69,7 @@ class Interactions:
     def __len__(self) -> int:
         return len(self.user)
 
-    def take(self, index: np.ndarray) -> "Interactions":
+    def take(self, index: np.ndarray) -> Interactions:
         """A new log with the entries at ``index`` (int array or bool mask), order kept."""
         return Interactions(
             user=self.user[index], item=self.item[index], time=self.time[index],
@@ -77,7 +77,7 @@ class Interactions:
             rating=None if self.rating is None else self.rating[index],
         )
 
-    def concat(self, other: "Interactions") -> "Interactions":
+    def concat(self, other: Interactions) -> Interactions:
         """This log followed by ``other`` (same vocabularies and event names assumed)."""
         if other.event_names != self.event_names:
             raise DataError("cannot concatenate logs with different event types")
@@ -112,7 +112,7 @@ class Catalog:
                 raise DataError(f"catalog lacks the column {column!r}")
 
     @classmethod
-    def empty(cls, n_items: int) -> "Catalog":
+    def empty(cls, n_items: int) -> Catalog:
         return cls(pl.DataFrame({"title": [""] * n_items,
                                  "category": [[] for _ in range(n_items)]},
                                 schema={"title": pl.Utf8, "category": pl.List(pl.Utf8)}))
@@ -186,7 +186,7 @@ class Histories:
                             f"{len(self.indptr) - 1} rows")
 
     @classmethod
-    def from_interactions(cls, log: Interactions, n_users: int, n_items: int) -> "Histories":
+    def from_interactions(cls, log: Interactions, n_users: int, n_items: int) -> Histories:
         order = log.chronological_order()
         counts = np.bincount(log.user, minlength=n_users)
         indptr = np.zeros(n_users + 1, np.int64)
@@ -285,7 +285,7 @@ class Dataset:
     def histories(self) -> Histories:
         return Histories.from_interactions(self.interactions, self.n_users, self.n_items)
 
-    def with_interactions(self, interactions: Interactions) -> "Dataset":
+    def with_interactions(self, interactions: Interactions) -> Dataset:
         """Same vocabularies and catalog, another interaction log (e.g. a train split)."""
         return replace(self, interactions=interactions)
 

@@ -19,7 +19,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +99,8 @@ class _Table:
 
 
 def _csv_reader(text: str, fmt: str):
-    quoting = csv.QUOTE_MINIMAL if _QUOTED[fmt] else csv.QUOTE_NONE
-    return csv.reader(io.StringIO(text, newline=""), delimiter=_SEPARATORS[fmt], quoting=quoting)
+    return csv.reader(io.StringIO(text, newline=""), delimiter=_SEPARATORS[fmt],
+                      quoting=csv.QUOTE_MINIMAL if _QUOTED[fmt] else csv.QUOTE_NONE)
 
 
 def _read_table(path: Path, fmt: str, needed: list[str]) -> _Table:
@@ -209,7 +209,7 @@ def _parse_delimited(body: bytes, text: str, path: Path, fmt: str) -> pl.DataFra
 def _locate_ragged(text: str, path: Path, fmt: str, exc: Exception) -> DataError:
     """polars does not say which line broke the parse; find the first over-long record."""
     reader = _csv_reader(text, fmt)
-    header = next(reader, [])
+    header: list[str] = next(reader, [])
     start = reader.line_num + 1
     for record in reader:
         if len(record) > len(header):
@@ -326,7 +326,7 @@ def _parse_iso(text: pl.Series) -> pl.Series:
             fallback[value] = None
             continue
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         fallback[value] = moment.timestamp()
     again = text.replace_strict(list(fallback), list(fallback.values()), default=None,
                                 return_dtype=pl.Float64)

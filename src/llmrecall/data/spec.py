@@ -65,7 +65,7 @@ class _TableSpec(_Strict):
                               f"csv, tsv, parquet, jsonl, recbole")
         return fmt
 
-    def _with_base(self, base_dir: Path) -> "_TableSpec":
+    def _with_base(self, base_dir: Path) -> _TableSpec:
         if self.path.is_absolute():
             return self
         return self.model_copy(update={"path": base_dir / self.path})
@@ -101,7 +101,7 @@ class InteractionsSpec(_TableSpec):
         return _check_time_format(value)
 
     @model_validator(mode="after")
-    def _event_weights_need_events(self) -> "InteractionsSpec":
+    def _event_weights_need_events(self) -> InteractionsSpec:
         if self.event_weights and self.event is None:
             raise ValueError("event_weights needs an event column (set 'event')")
         return self
@@ -120,7 +120,7 @@ class ItemsSpec(_TableSpec):
                                   description="other columns kept in the catalog as strings")
 
     @model_validator(mode="after")
-    def _no_reserved_names(self) -> "ItemsSpec":
+    def _no_reserved_names(self) -> ItemsSpec:
         for group in ("text_fields", "attributes"):
             clash = [c for c in getattr(self, group) if c in _RESERVED_CATALOG_COLUMNS]
             if clash:
@@ -153,7 +153,7 @@ class DataSpec(_Strict):
     items: ItemsSpec | None = None
     searches: SearchesSpec | None = None
 
-    def resolve_paths(self, base_dir: str | Path) -> "DataSpec":
+    def resolve_paths(self, base_dir: str | Path) -> DataSpec:
         """A copy whose relative paths are taken relative to ``base_dir``."""
         base = Path(base_dir)
         return DataSpec(
@@ -177,7 +177,7 @@ class DataSpec(_Strict):
 
     @classmethod
     def from_table(cls, table: dict[str, Any], source: str = "<data>",
-                   base_dir: str | Path | None = None) -> "DataSpec":
+                   base_dir: str | Path | None = None) -> DataSpec:
         """Validate a ``[data]`` table (already parsed); relative paths join ``base_dir``."""
         try:
             spec = cls.model_validate(table)
@@ -189,7 +189,7 @@ class DataSpec(_Strict):
 
     @classmethod
     def from_toml_text(cls, text: str, source: str = "<toml>",
-                       base_dir: str | Path | None = None) -> "DataSpec":
+                       base_dir: str | Path | None = None) -> DataSpec:
         try:
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -199,7 +199,7 @@ class DataSpec(_Strict):
         return cls.from_table(document["data"], source=source, base_dir=base_dir)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "DataSpec":
+    def from_toml(cls, path: str | Path) -> DataSpec:
         """Read the ``[data]`` table of a TOML file; relative paths are relative to that file."""
         path = Path(path)
         try:

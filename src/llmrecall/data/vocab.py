@@ -81,5 +81,5 @@ class Vocabulary:
         ids = self._ids
         return [ids[i] if 0 <= i < len(ids) else None for i in np.asarray(indices).tolist()]
 
-    def copy(self) -> "Vocabulary":
+    def copy(self) -> Vocabulary:
         return Vocabulary(self._ids)

@@ -43,7 +43,7 @@ class RandomRanking(Channel):
         super().__init__(name)
         self.seed = seed
 
-    def fit(self, dataset: Dataset) -> "RandomRanking":
+    def fit(self, dataset: Dataset) -> RandomRanking:
         self.n_items_ = np.int64(dataset.n_items)
         return self
 

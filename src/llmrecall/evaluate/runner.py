@@ -61,7 +61,10 @@ def _within(matrix: sp.csr_matrix, candidate_mask: np.ndarray | None) -> sp.csr_
     that cannot be a candidate is never returned anyway, so it needs no over-fetching."""
     if candidate_mask is None:
         return matrix.tocsr()
-    out = matrix.multiply(candidate_mask[None, :].astype(np.float32)).tocsr()
+    # scipy-stubs types spmatrix.multiply as the matrix product (dense for a dense operand);
+    # the element-wise product with a row vector is sparse (a coo_matrix)
+    masked = matrix.multiply(candidate_mask[None, :].astype(np.float32))
+    out = masked.tocsr()  # type: ignore[attr-defined]
     out.eliminate_zeros()
     return out
 

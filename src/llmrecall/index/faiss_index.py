@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import faiss
 import numpy as np
@@ -64,6 +65,9 @@ class VectorIndex:
         self._deleted = np.zeros(0, np.int64)  # sorted ids hidden from search (hnsw only)
 
     # ---- construction ----------------------------------------------------------------
+    # The concrete class of _index follows from kind (faiss.read_index returns the concrete
+    # class too): IndexIDMap2 for "flat" and "hnsw", IndexIVFFlat for "ivf". The casts below
+    # rely on that; faiss's stubs type every index as the base faiss.Index.
     def _new_index(self) -> faiss.Index:
         if self.kind == "flat":
             return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
@@ -89,11 +93,12 @@ class VectorIndex:
 
     def _stored_ids(self) -> np.ndarray:
         if self.kind == "ivf":
-            inv = self._index.invlists
+            inv = cast(faiss.IndexIVFFlat, self._index).invlists
+            assert inv is not None  # an IVF index always has its inverted lists
             parts = [faiss.rev_swig_ptr(inv.get_ids(c), inv.list_size(c)).copy()
                      for c in range(inv.nlist) if inv.list_size(c)]
             return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        return faiss.vector_to_array(cast(faiss.IndexIDMap2, self._index).id_map).astype(np.int64)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert ``vectors`` float32[n, dim] under ``ids`` int64[n]; existing ids are replaced."""
@@ -144,7 +149,8 @@ class VectorIndex:
         """HNSW only: a fresh graph over the vectors whose ids are not deleted."""
         stored = self._stored_ids()
         keep = ~np.isin(stored, self._deleted)
-        vectors = self._index.index.reconstruct_n(0, self._index.ntotal)[keep]
+        vectors = cast(faiss.IndexIDMap2, self._index).index.reconstruct_n(
+            0, self._index.ntotal)[keep]
         self._index = self._new_index()
         self._deleted = np.zeros(0, np.int64)
         if keep.any():
@@ -210,9 +216,12 @@ class VectorIndex:
     def _raw_search(self, queries: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "hnsw":
             # efSearch below the fetch size would cap the number of hits
-            faiss.downcast_index(self._index.index).hnsw.efSearch = max(self.ef_search, fetch)
+            inner = cast(faiss.IndexHNSWFlat,
+                         faiss.downcast_index(cast(faiss.IndexIDMap2, self._index).index))
+            inner.hnsw.efSearch = max(self.ef_search, fetch)
         elif self.kind == "ivf":
-            self._index.nprobe = self.nprobe  # may have been changed since construction
+            # may have been changed since construction
+            cast(faiss.IndexIVFFlat, self._index).nprobe = self.nprobe
         scores, ids = self._index.search(queries, fetch)
         return ids.astype(np.int64), scores.astype(np.float32)
 
@@ -239,7 +248,8 @@ class VectorIndex:
         if exclude is None:
             return None, np.zeros(q, np.int64)
         if sp.issparse(exclude):
-            coo = exclude.tocoo()
+            # scipy-stubs: issparse() narrows to SparseABC, a base without the methods
+            coo = exclude.tocoo()  # type: ignore[attr-defined]
             if coo.shape[0] != q:
                 raise DataError(f"exclude has {coo.shape[0]} rows for {q} queries")
             rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
@@ -278,7 +288,7 @@ class VectorIndex:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "VectorIndex":
+    def load(cls, directory: str | Path) -> VectorIndex:
         directory = Path(directory)
         for name in ("index.faiss", "index.json", "deleted.npy"):
             if not (directory / name).is_file():

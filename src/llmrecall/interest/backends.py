@@ -60,6 +60,17 @@ class TextGenerator(ABC):
              temperature: float = 0.0, repeat_penalty: float = 1.0, seed: int = 0) -> str:
         """Answer a chat (``[{"role": ..., "content": ...}]``); returns the reply text."""
 
+    # constrained decoding (a title trie) needs these; generators with supports_constraints
+    # override them
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` without BOS (as it would appear mid-prompt)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tokenize")
+
+    @property
+    def newline_token(self) -> int:
+        """The id of the single token that is a newline."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tokenize")
+
 
 class LocalLlamaGenerator(TextGenerator):
     """A GGUF model run in-process by llama-cpp-python.

@@ -101,7 +101,7 @@ class TitleTrie:
                     counts[node] = counts.get(node, 0) + 1
         return counts
 
-    def allowed_after(self, generated: Sequence[int], banned: dict[int, int],
+    def allowed_after(self, generated: Sequence[int] | np.ndarray, banned: dict[int, int],
                       banned_ids: set[int]) -> list[int]:
         """Token ids that may follow ``generated`` (tokens produced so far for this title).
 
@@ -140,7 +140,7 @@ class TitleTrie:
         return out
 
     def processor(self, banned_titles: Iterable[int] = (),
-                  avoid_prefixes: Iterable[Sequence[int]] = ()) -> "TrieLogitsProcessor":
+                  avoid_prefixes: Iterable[Sequence[int]] = ()) -> TrieLogitsProcessor:
         """A llama-cpp-python logits processor that only lets the model spell an allowed title.
 
         ``avoid_prefixes``: token sequences the title must not start with (used to push

@@ -29,8 +29,14 @@ from llmrecall.errors import ConfigError
 from llmrecall.interest.backends import TextGenerator
 from llmrecall.interest.constrain import TitleTrie, title_grammar
 from llmrecall.interest.prompts import (
-    display_title, fewshot_blocks, fewshot_prompt, history_inline, naive_messages,
-    normalise_title, profile_messages)
+    display_title,
+    fewshot_blocks,
+    fewshot_prompt,
+    history_inline,
+    naive_messages,
+    normalise_title,
+    profile_messages,
+)
 from llmrecall.interest.store import GenerationStore, content_key
 from llmrecall.lm.errors import GenerationParseError
 from llmrecall.lm.parse import ListRules, delimit_list
@@ -303,6 +309,7 @@ class InterestJob:
         or bulleted lines), cleaned and cut to ``n_texts``. Titles go in as ``<item>`` blocks:
         they are data, and a title must not be able to act as an instruction."""
         s = self.settings
+        assert s.template is not None  # generate_user calls this only with a template
         message = string.Template(s.template).substitute(
             history=delimit_list(recent, "item"), count=s.n_texts,
             examples=fewshot_blocks(self._examples_for(user), s.language))
@@ -373,8 +380,11 @@ class InterestJob:
         fingerprint = self.generator.fingerprint
         settings = s.cache_fields()
         out: dict[int, list[str]] = {}
-        pending_subjects, pending_cache = [], []
+        pending_subjects: list[tuple[str, list[int], list[str]]] = []
+        pending_cache: list[tuple[str, list[str]]] = []
         for n, (user, raw) in enumerate(zip(np.asarray(users).tolist(), raw_ids)):
+            if raw is None:  # raw() maps ids outside the user vocabulary to None
+                raise ConfigError(f"user {user} is not a dense user id of the dataset")
             items = self.histories.of(user)
             recent = items[-s.history_length:].tolist()
             if raw in stored and not needs_refresh(stored[raw][0], recent, window=s.history_length,

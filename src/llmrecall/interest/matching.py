@@ -149,7 +149,7 @@ class HybridMatcher:
 
     def dense(self, texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items per text by cosine similarity: ids int32[T, k], scores float32[T, k]."""
-        assert self.item_vectors is not None
+        assert self.item_vectors is not None and self.embedder is not None
         q = np.asarray(self.embedder.embed(list(texts), kind="query"), np.float32)
         ids, vals = [], []
         for start in range(0, len(q), QUERY_BLOCK):

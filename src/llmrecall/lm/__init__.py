@@ -10,11 +10,24 @@ from llmrecall.lm.cache import LMCache, cache_key
 from llmrecall.lm.cached import CachedEmbedder, CachedGenerator
 from llmrecall.lm.config import CacheConfig, EmbedderConfig, GeneratorConfig, LMConfig
 from llmrecall.lm.embedders import DEFAULT_EMBEDDER, Embedder, OpenAIEmbedder, get_embedder
-from llmrecall.lm.errors import (BackendUnavailableError, EndpointError, GenerationParseError,
-                                 LMError, MalformedResponseError)
+from llmrecall.lm.errors import (
+                                 BackendUnavailableError,
+                                 EndpointError,
+                                 GenerationParseError,
+                                 LMError,
+                                 MalformedResponseError,
+)
 from llmrecall.lm.generators import Generator, OpenAIChatGenerator, get_generator
-from llmrecall.lm.parse import (delimit, delimit_list, list_schema, parse_interests,
-                                parse_knowledge, parse_list, parse_queries, parse_titles)
+from llmrecall.lm.parse import (
+                                 delimit,
+                                 delimit_list,
+                                 list_schema,
+                                 parse_interests,
+                                 parse_knowledge,
+                                 parse_list,
+                                 parse_queries,
+                                 parse_titles,
+)
 from llmrecall.lm.prompts import PromptTemplate, available_templates, load_template
 from llmrecall.lm.scrub import Scrubber
 

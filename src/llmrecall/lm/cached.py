@@ -27,8 +27,14 @@ def _progress(enabled: bool | None, total: int, description: str):
         yield lambda n: None
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     console = Console(stderr=True)
     if enabled is None and not console.is_terminal:
         yield lambda n: None
@@ -71,7 +77,7 @@ class CachedEmbedder(Embedder):
         found = self.cache.get_embeddings(keys)
         # each distinct missing text is computed once, even if repeated in the input
         missing = list(dict.fromkeys(k for k in keys if k not in found))
-        first_text = {}
+        first_text: dict[str, str] = {}
         for k, t in zip(keys, texts):
             first_text.setdefault(k, t)
         self.hits += len(keys) - sum(1 for k in keys if k not in found)
@@ -140,7 +146,7 @@ class CachedGenerator(Generator):
                           _conversation_text(c), params) for c in conversations]
         found = self.cache.get_generations(keys)
         missing = list(dict.fromkeys(k for k in keys if k not in found))
-        by_key = {}
+        by_key: dict[str, Sequence[Message]] = {}
         for k, c in zip(keys, conversations):
             by_key.setdefault(k, c)
         self.hits += sum(1 for k in keys if k in found)
@@ -162,7 +168,7 @@ class CachedGenerator(Generator):
         self.inner.close()
 
 
-def _conversation_text(conversation: list[Message]) -> str:
+def _conversation_text(conversation: Sequence[Message]) -> str:
     if len(conversation) == 1 and conversation[0].get("role") == "user":
         return conversation[0]["content"]  # the common case keys on the prompt itself
     return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in conversation)

@@ -31,7 +31,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -121,7 +121,7 @@ class Embedder(ABC):
     def _embed_batch(self, texts: list[str], kind: Kind) -> np.ndarray:
         """float32[len(texts), dim], any norm."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a backend holds resources
         """Release network connections or model memory (no-op by default)."""
 
     def __repr__(self) -> str:
@@ -226,7 +226,11 @@ class MiniLMEmbedder(Embedder):
         self.batch_size = batch_size
         dim_of = getattr(self._st, "get_embedding_dimension", None) or \
             self._st.get_sentence_embedding_dimension  # renamed in sentence-transformers 6
-        self._dim = int(dim_of())
+        dim = dim_of()  # None when the model does not know its output size
+        if dim is None:
+            raise BackendUnavailableError(f"{self.name}: the model at {model_dir} reports no "
+                                          "embedding dimension")
+        self._dim = int(dim)
         self._lock = threading.Lock()
 
     @property
@@ -299,7 +303,7 @@ class OpenAIEmbedder(RemoteEndpoint, Embedder):
             body["input_type"] = kind
         data = self._client.post("embeddings", body)
         url = f"{self.base_url}/embeddings"
-        rows = data.get("data")
+        rows: Any = data.get("data")  # JSON, typed Any: expect() checks its shape first
         expect(isinstance(rows, list) and len(rows) == len(texts),
                f"expected 'data' with {len(texts)} embeddings, got "
                f"{len(rows) if isinstance(rows, list) else type(rows).__name__}", url)

@@ -19,12 +19,15 @@ from collections.abc import Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from llmrecall.errors import ConfigError
 from llmrecall.lm.errors import BackendUnavailableError, LMError
 from llmrecall.lm.http import RemoteEndpoint, expect
 from llmrecall.lm.scrub import Scrubber
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import ChatCompletionRequestResponseFormat, CreateChatCompletionResponse
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
@@ -110,7 +113,7 @@ class Generator(ABC):
     def _chat(self, conversations: list[list[Message]], max_tokens: int, temperature: float,
               json_schema: dict | None) -> list[str]: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op unless a backend holds resources
         """Release connections or model memory (no-op by default)."""
 
     def __repr__(self) -> str:
@@ -164,15 +167,16 @@ class LlamaCppGenerator(Generator):
         self._lock = threading.Lock()
 
     def _chat(self, conversations, max_tokens, temperature, json_schema):
-        response_format = ({"type": "json_object", "schema": json_schema}
-                           if json_schema is not None else None)
+        response_format: ChatCompletionRequestResponseFormat | None = (
+            {"type": "json_object", "schema": json_schema} if json_schema is not None else None)
         out = []
         with self._lock:
             for messages in conversations:
                 try:
-                    reply = self._llama.create_chat_completion(
+                    # cast: without stream=True the answer is one response, not an iterator
+                    reply = cast("CreateChatCompletionResponse", self._llama.create_chat_completion(
                         messages=messages, max_tokens=max_tokens, temperature=temperature,
-                        seed=self.seed, response_format=response_format)
+                        seed=self.seed, response_format=response_format))
                 except ValueError as exc:  # e.g. prompt longer than the context window
                     raise LMError(f"{self.name}: {exc}") from exc
                 usage = reply.get("usage") or {}
@@ -228,13 +232,14 @@ class OpenAIChatGenerator(RemoteEndpoint, Generator):
                     "name": "output", "schema": json_schema, "strict": True}}
             data = self._client.post("chat/completions", body)
             url = f"{self.base_url}/chat/completions"
-            choices = data.get("choices")
+            # JSON values, typed Any: expect() checks each shape before it is used
+            choices: Any = data.get("choices")
             expect(isinstance(choices, list) and len(choices) >= 1, "no 'choices' in the answer",
                    url)
-            message = choices[0].get("message") if isinstance(choices[0], dict) else None
+            message: Any = choices[0].get("message") if isinstance(choices[0], dict) else None
             expect(isinstance(message, dict) and isinstance(message.get("content"), str),
                    "choices[0].message.content is missing or not a string", url)
-            usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+            usage: Any = data.get("usage") if isinstance(data.get("usage"), dict) else {}
             with self._usage_lock:
                 self.usage.add(usage.get("prompt_tokens", 0) or 0,
                                usage.get("completion_tokens", 0) or 0)

@@ -146,5 +146,5 @@ class RemoteEndpoint:
         return self._client.base_url
 
     @property
-    def client(self) -> "OpenAIClient":
+    def client(self) -> OpenAIClient:
         return self._client

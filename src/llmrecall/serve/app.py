@@ -12,7 +12,7 @@ import signal
 import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -182,7 +182,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     Write = [Depends(require_key)]
 
-    def errors(*codes: int) -> dict:
+    def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         """OpenAPI responses for the error statuses a route can answer."""
         return {code: {"model": s.ErrorBody, "description": _ERRORS[code]} for code in codes}
 
@@ -224,7 +224,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
               tags=["recall"])
     async def recall(req: s.RecallRequest, svc: Svc):
         """Candidates for a user (or an anonymous history / query), fused across channels."""
-        state = svc.state
+        state = svc.live
         if req.k > settings.max_k:
             raise ApiError(422, "invalid_request", f"k: at most {settings.max_k}", "k")
         if req.user_id is None and not req.history and not req.query:
@@ -276,7 +276,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def similar(item_id: PathId, svc: Svc,
                       k: Annotated[int, Query(ge=1, description="at most max_k")] = 20):
         """Item-to-item neighbours from the item-to-item channels, with evidence."""
-        state = svc.state
+        state = svc.live
         if k > settings.max_k:
             raise ApiError(422, "invalid_request", f"k: at most {settings.max_k}", "k")
         index = _item_index(state, item_id)
@@ -309,7 +309,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                                f"{_utc(lowest)} to {settings.max_event_future_s:g} s after now "
                                f"({_utc(highest)}); milliseconds are 1000 times too large",
                                f"events[{i}].timestamp")
-        state = svc.state
+        state = svc.live
         item_ids = [e.item_id for e in evs]
         idx = state.items.lookup(item_ids)
         if (idx < 0).any():
@@ -326,7 +326,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
              responses=errors(422), tags=["users"])
     async def user_history(user_id: PathId, svc: Svc):
         """The live history the service recalls from (artifact + acknowledged events)."""
-        state = svc.state
+        state = svc.live
         row = state.row_for(user_id)
         h = state.history(row)
         raw = state.items.raw(h.items)
@@ -363,7 +363,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 responses=errors(*written, 404), tags=["items"])
     async def delete_item(item_id: PathId, svc: Svc):
         """Never return this item again (until it is PUT again)."""
-        index = _item_index(svc.state, item_id, allow_deleted=True)
+        index = _item_index(svc.live, item_id, allow_deleted=True)
         await svc.delete_item(index, item_id)
         return _json({"item_id": item_id, "deleted": True})
 
@@ -382,7 +382,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/healthz", response_model=s.Health, tags=["admin"])
     async def healthz(svc: Svc):
-        state = svc.state
+        state = svc.live
         return _json({"status": "ok", "artifact_version": state.artifact.version,
                       "dataset": state.artifact.manifest["dataset"], "items": state.n_items,
                       "users": len(state.user_rows), "last_event_seq": state.last_seq,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "2")
@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build serving artifacts and run the recall service.")
 err = Console(stderr=True, soft_wrap=True)  # one line per message, however long
 
-PluginOpt = Annotated[Optional[list[str]], typer.Option(
+PluginOpt = Annotated[list[str] | None, typer.Option(
     "--plugin", help="module to import first (registers extra channel kinds); repeatable")]
 
 
@@ -34,9 +34,9 @@ def _import_plugins(plugins: list[str] | None) -> None:
 @app.command("build")
 def build_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="artifact root folder")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="built-in dataset")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="TOML data spec")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="pipeline TOML")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="built-in dataset")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="TOML data spec")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="pipeline TOML")] = None,
     plugin: PluginOpt = None,
 ) -> None:
     """Fit the pipeline on all data and write a new artifact version (CURRENT points to it)."""
@@ -67,16 +67,16 @@ def _error(exc: Exception | str) -> None:
 @app.command("serve")
 def serve_command(
     artifact_dir: Annotated[Path, typer.Argument(help="artifact root (or a version folder)")],
-    host: Annotated[Optional[str], typer.Option(help="bind address")] = None,
-    port: Annotated[Optional[int], typer.Option(help="port")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option(help="env var holding the write API key")] = None,
-    state: Annotated[Optional[Path], typer.Option(help="SQLite state file (default: DIR/state.sqlite)")] = None,
-    settings: Annotated[Optional[Path], typer.Option(help="TOML file with a \\[serve] table")] = None,
-    channel_budget_ms: Annotated[Optional[float], typer.Option(help="per-request channel deadline")] = None,
-    refresher: Annotated[Optional[str], typer.Option(help="'module:factory' interest refresher")] = None,
-    workers: Annotated[Optional[int], typer.Option(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="env var holding the write API key")] = None,
+    state: Annotated[Path | None, typer.Option(help="SQLite state file (default: DIR/state.sqlite)")] = None,
+    settings: Annotated[Path | None, typer.Option(help="TOML file with a \\[serve] table")] = None,
+    channel_budget_ms: Annotated[float | None, typer.Option(help="per-request channel deadline")] = None,
+    refresher: Annotated[str | None, typer.Option(help="'module:factory' interest refresher")] = None,
+    workers: Annotated[int | None, typer.Option(
         help="server processes sharing the port and the state file (default 1)")] = None,
-    shared_state: Annotated[Optional[bool], typer.Option(
+    shared_state: Annotated[bool | None, typer.Option(
         "--shared-state/--no-shared-state",
         help="other servers write the same state file (instances behind a load balancer)")] = None,
     plugin: PluginOpt = None,

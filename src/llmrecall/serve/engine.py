@@ -375,7 +375,7 @@ class RecallEngine:
         return table
 
     @staticmethod
-    def _reason(fused, r: int, col: int, c: int, state: LiveState, pipeline) -> dict:
+    def _reason(fused, r: int, col: int, c: int | np.integer, state: LiveState, pipeline) -> dict:
         name = fused.channels[c]
         ev = int(fused.evidence[r, col, c])
         kind = fused.evidence_kinds[c]

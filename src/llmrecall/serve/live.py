@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,6 +24,9 @@ from llmrecall.channels.user_cache import attach_user_caches
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.serve.artifacts import Artifact
 from llmrecall.serve.store import StoredState
+
+if TYPE_CHECKING:
+    from llmrecall.serve.sources import LexicalIndex
 
 #: previous history items each new event is paired with for live co-visitation
 COVISIT_WINDOW = 10
@@ -57,7 +61,7 @@ class UserHistory:
     version: int = -1
 
     @staticmethod
-    def empty() -> "UserHistory":
+    def empty() -> UserHistory:
         return UserHistory(np.zeros(0, np.int32), np.zeros(0, np.float64), np.zeros(0, np.float32))
 
     def __len__(self) -> int:
@@ -82,7 +86,8 @@ class LiveCovisit:
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_size = 0
         self.n_items = n_items
-        self._base = sp.csr_matrix((n_items, n_items), dtype=np.float32)
+        # scipy-stubs: csr_matrix's (M, N) shape overload accepts only float64 dtypes
+        self._base = sp.csr_matrix((n_items, n_items), dtype=np.float32)  # type: ignore[arg-type]
         self._delta: sp.csr_matrix | None = None
         self.pairs = 0
 
@@ -185,7 +190,7 @@ class LiveState:
                                       minlength=n).astype(np.float64)
         self.covisit = LiveCovisit(n)
         self._category_index: dict[str, np.ndarray] | None = None
-        self._lexical = None
+        self._lexical: LexicalIndex | None = None
         self.allowed = self._allowed()
 
     # ---- construction ----------------------------------------------------------------
@@ -245,7 +250,7 @@ class LiveState:
         return UserHistory(self.base.items[s:e], self.base.times[s:e], self.base.weights[s:e],
                            self.base_version)
 
-    def lexical(self):
+    def lexical(self) -> LexicalIndex:
         """The BM25 index over current item texts (built on first use, after item changes)."""
         from llmrecall.serve.sources import LexicalIndex
 

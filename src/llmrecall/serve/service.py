@@ -92,6 +92,14 @@ class Service:
         self._seen_data_version: int | None = None
         self._sync_lock: asyncio.Lock | None = None
 
+    @property
+    def live(self) -> LiveState:
+        """``state``, which :meth:`start` sets before the app takes requests."""
+        state = self.state
+        if state is None:
+            raise RuntimeError("the service has no state: Service.start() has not run")
+        return state
+
     # ---- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         # one process-wide thread setting for BLAS and FAISS instead of a change around every
@@ -141,7 +149,8 @@ class Service:
         ``workers > 1`` and ``announce``, a new version is logged so the other processes
         load it too.
         """
-        assert self._reload_lock is not None and self._writes_open is not None
+        assert self._reload_lock is not None and self._writes_open is not None \
+            and self._writes_idle is not None
         async with self._reload_lock:
             start = time.perf_counter()
             artifact = await asyncio.to_thread(load_artifact, self.settings.artifact_dir)
@@ -341,9 +350,9 @@ class Service:
                                items[known], np.asarray(rows.ts, np.float64)[known],
                                np.asarray(rows.weight, np.float32)[known], seqs=seqs[known])
         elif change.kind == "items":
-            rows = self.store.items_by_id(json.loads(change.key))
-            if rows:
-                await self._put_items(state, rows)
+            item_rows = self.store.items_by_id(json.loads(change.key))
+            if item_rows:
+                await self._put_items(state, item_rows)
         elif change.kind == "delete_item":
             index = int(state.items.lookup([change.key])[0])
             if index >= 0:
@@ -374,11 +383,11 @@ class Service:
         if self.settings.refresher:
             return load_refresher(self.settings.refresher)
         if not any(hasattr(ch, "refresh_interest")
-                   for ch in self.state.artifact.pipeline.channels.values()):
+                   for ch in self.live.artifact.pipeline.channels.values()):
             return None
 
         def refresh(user_id: str, history_items: list[str]) -> None:
-            for channel in self.state.artifact.pipeline.channels.values():
+            for channel in self.live.artifact.pipeline.channels.values():
                 hook = getattr(channel, "refresh_interest", None)
                 if hook is not None:
                     hook(user_id, history_items)
@@ -430,4 +439,5 @@ class Service:
         row = state.row_for(user_id)
         if row is None:
             return None
-        return state.items.raw(state.history(row).items)
+        # every history item is a known item: raw() maps none of them to None
+        return [r for r in state.items.raw(state.history(row).items) if r is not None]

@@ -18,7 +18,8 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     artifact_dir: Path = Field(description="artifact root (with CURRENT) or a version folder")
-    state_path: Path | None = Field(None, description="SQLite state file; default <artifact_dir>/state.sqlite")
+    state_path: Path | None = Field(
+        None, description="SQLite state file; default <artifact_dir>/state.sqlite")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key_env: str = Field("LLMRECALL_API_KEY",
@@ -87,7 +88,8 @@ class ServeSettings(BaseModel):
     similar_channels: list[str] = Field(
         default_factory=lambda: ["itemcf", "swing", "semantic_i2i", "live_covisit"],
         description="channel names (or kinds) answering /v1/items/{id}/similar")
-    refresh_min_events: int = Field(5, ge=1, description="new events before a user's interest text is refreshed")
+    refresh_min_events: int = Field(
+        5, ge=1, description="new events before a user's interest text is refreshed")
     refresher: str | None = Field(None, description="'module:callable' interest refresher factory")
     plugins: list[str] = Field(default_factory=list, description="modules imported at start (extra channels)")
 

@@ -17,8 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Candidates
-from llmrecall.topk import fit_mask
-from llmrecall.topk import topk
+from llmrecall.topk import fit_mask, topk
 
 LIVE_POPULARITY = "live_popularity"
 LIVE_COVISIT = "live_covisit"
@@ -85,6 +84,7 @@ def covisit(parts: tuple[sp.csr_matrix, sp.csr_matrix | None], recent: sp.csr_ma
             valid = ids[r] >= 0
             if len(hist) and valid.any():
                 if matrix is None:
+                    assert delta is not None  # matrix starts as None only with a delta
                     matrix = (base + delta).tocsr()
                 block = matrix[hist][:, ids[r][valid]].toarray()
                 block *= recent.data[recent.indptr[r]:recent.indptr[r + 1]][:, None]

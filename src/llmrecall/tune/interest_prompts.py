@@ -24,8 +24,13 @@ from llmrecall.evaluate.protocols import EvalTask
 from llmrecall.interest.backends import TextGenerator
 from llmrecall.interest.jobs import InterestSettings
 from llmrecall.interest.prompts import fewshot_template
-from llmrecall.tune.prompts import (GeneratorProposer, PromptSearch, PromptVariant,
-                                    channel_scorer, optimise_prompts)
+from llmrecall.tune.prompts import (
+    GeneratorProposer,
+    PromptSearch,
+    PromptVariant,
+    channel_scorer,
+    optimise_prompts,
+)
 
 #: name of the variant every search scores first: the channel's own default prompt
 DEFAULT_VARIANT = "default"
@@ -47,7 +52,8 @@ def interest_variants(noun: str = "items", language: str = "en") -> list[PromptV
     noun = noun.replace("$", "$$")  # literal text inside the templates below
     if language == "zh":
         zeroshot = f"下面是一位用户依次选择的{noun}：$history\n他们接下来选择的是："
-        titles = f"一位用户最近选择了这些{noun}：\n$history\n请列出他们会喜欢的另外 $count 个{noun}，每行一个。"
+        titles = (f"一位用户最近选择了这些{noun}：\n$history\n"
+                  f"请列出他们会喜欢的另外 $count 个{noun}，每行一个。")
         profile = (f"一位用户最近选择了这些{noun}：\n$history\n用 $count 个简短的短语描述这位用户"
                    f"喜欢的{noun}（类型、主题、情绪），每行一个。")
     else:
@@ -110,7 +116,7 @@ def search_interest_prompts(
         channel = InterestChannel(
             settings=variant_settings(variant, noun), embedder=embedder_name,
             store_path=None if store_path is None else str(store_path),
-            users=train.users.raw(score.users), embedding_cache=(
+            users=raw_users, embedding_cache=(
                 None if embedding_cache is None else str(embedding_cache)),
             name=f"llm_interest[{variant.name}]")
         say(f"generating for {len(score.users)} users with {variant.name} "
@@ -120,6 +126,9 @@ def search_interest_prompts(
     score = channel_scorer(train, valid, build, metric, max_users=max_users, seed=seed)
     if not len(score.users):
         raise ConfigError("prompt search: the validation task has no users")
+    raw_users = [u for u in train.users.raw(score.users) if u is not None]
+    if len(raw_users) != len(score.users):  # raw() gives None for ids outside the vocabulary
+        raise ConfigError("prompt search: validation users outside the training users")
     return optimise_prompts(variants, score, proposer=proposer, rounds=rounds, output=output,
                             progress=say)
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -105,9 +105,18 @@ def starting_variants(forms: Sequence[str] = OUTPUT_FORMS, languages: Sequence[s
 Scorer = Callable[[PromptVariant], float]
 
 
+class ChannelScorer(Protocol):
+    """The :data:`Scorer` that :func:`channel_scorer` returns, with its two attributes."""
+
+    evaluation: dict[str, Any]
+    users: np.ndarray
+
+    def __call__(self, variant: PromptVariant) -> float: ...
+
+
 def channel_scorer(train: Dataset, valid: EvalTask, build: Callable[[PromptVariant], Channel],
                    metric: str = "recall@50", *, max_users: int | None = 100,
-                   seed: int = 0) -> Scorer:
+                   seed: int = 0) -> ChannelScorer:
     """A scorer: ``build(variant)`` is fitted on ``train`` and scored on validation users.
 
     Only a seeded sample of at most ``max_users`` validation users is scored (generation
@@ -126,11 +135,13 @@ def channel_scorer(train: Dataset, valid: EvalTask, build: Callable[[PromptVaria
         ids = channel.recall(users, k, valid.history, allowed=valid.candidate_mask).ids
         return ranking_metrics(ids, targets, [k], valid.n_items)[f"{name}@{k}"]
 
-    score.evaluation = {"metric": f"{name}@{k}", "users": int(len(users)), "seed": seed,
-                        "users_hash": hashlib.sha256(users.tobytes()).hexdigest()[:16]}
+    # cast: the function becomes a ChannelScorer once the two attributes are set, here
+    scorer = cast(ChannelScorer, score)
+    scorer.evaluation = {"metric": f"{name}@{k}", "users": int(len(users)), "seed": seed,
+                         "users_hash": hashlib.sha256(users.tobytes()).hexdigest()[:16]}
     #: int32[u] the dense users scored, for channels that generate for those users only
-    score.users = users
-    return score
+    scorer.users = users
+    return scorer
 
 
 @dataclass

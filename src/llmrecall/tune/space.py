@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, get_args
 
 import optuna
 
@@ -24,6 +24,11 @@ from llmrecall.config import ChannelConfig, PipelineConfig
 from llmrecall.errors import ConfigError
 
 Space = Literal["all", "fusion"]
+
+
+def is_space(value: str) -> TypeGuard[Space]:
+    """Whether ``value`` names a search space (a :data:`Space`)."""
+    return value in get_args(Space)
 
 
 @dataclass(frozen=True)

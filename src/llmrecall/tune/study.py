@@ -250,8 +250,9 @@ def _optimize(study: optuna.Study, objective, trials: int, timeout: float | None
 
 
 def _best_text(study: optuna.Study) -> str:
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    return f"{max(t.value for t in done):.4f}" if done else "-"
+    # a complete trial of a single-objective study has a value
+    done = [t.value for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return f"{max(done):.4f}" if done else "-"
 
 
 def _count(study: optuna.Study, *states: TrialState) -> int:
@@ -282,7 +283,7 @@ def best_config(study: optuna.Study, config: PipelineConfig, space: Space,
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return config
-    baseline = [t.value for t in complete if t.user_attrs.get("baseline")]
+    baseline = [t.value for t in complete if t.user_attrs.get("baseline") and t.value is not None]
     if baseline and study.best_value - baseline[0] < min_gain:
         return config
     return suggest(optuna.trial.FixedTrial(study.best_trial.params), config, space)
