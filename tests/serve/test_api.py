@@ -135,8 +135,8 @@ def test_bad_event_rejects_whole_batch(server):
 def test_events_count_at_once(server):
     cold = ids(recall(server, user_id="fresh-user", k=20))
     r = server.client.post("/v1/events", headers=WRITE, json={"events": [
-        {"user_id": "fresh-user", "item_id": "50", "timestamp": 100.0},
-        {"user_id": "fresh-user", "item_id": "172", "timestamp": 101.0, "type": "click", "weight": 2}]})
+        {"user_id": "fresh-user", "item_id": "50", "timestamp": 1e9},
+        {"user_id": "fresh-user", "item_id": "172", "timestamp": 1e9 + 1, "type": "click", "weight": 2}]})
     assert r.status_code == 200 and r.json()["accepted"] == 2
     hist = server.client.get("/v1/users/fresh-user/history").json()
     assert [h["item_id"] for h in hist["history"]] == ["50", "172"]
@@ -154,7 +154,7 @@ def test_new_item_is_recallable_at_once(server):
     # by query text, immediately
     assert ids(recall(server, query="zorblax", k=5))[0] == "new-film-1"
     # item-to-item: people who watched Star Wars (50) go on to the new item
-    events = [{"user_id": f"fan-{i}", "item_id": it, "timestamp": 10.0 + j}
+    events = [{"user_id": f"fan-{i}", "item_id": it, "timestamp": 1e9 + j}
               for i in range(5) for j, it in enumerate(["50", "new-film-1"])]
     assert server.client.post("/v1/events", json={"events": events}, headers=WRITE).status_code == 200
     ans = recall(server, history=["50"], k=100, explain=True)

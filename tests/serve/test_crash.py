@@ -74,7 +74,7 @@ def test_erasure_and_catalog_changes_survive_restart(make_server, artifact, tmp_
     server = make_server(artifact, state=state)
     assert server.client.delete("/v1/users/196", headers=WRITE).status_code == 200
     server.client.post("/v1/events", headers=WRITE,
-                       json={"events": [{"user_id": "196", "item_id": "1", "timestamp": 5.0}]})
+                       json={"events": [{"user_id": "196", "item_id": "1", "timestamp": 1e9}]})
     server.client.put("/v1/items", headers=WRITE,
                       json={"items": [{"item_id": "kept-new", "title": "Plonkwise"}]})
     assert server.client.delete("/v1/items/50", headers=WRITE).status_code == 200

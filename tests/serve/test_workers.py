@@ -45,7 +45,7 @@ def two(artifact, tmp_path_factory):
 def test_events_are_seen_by_every_process(two):
     items = ["50", "181", "172"]
     r = two.client.post("/v1/events", headers=WRITE, json={"events": [
-        {"user_id": "mp-user", "item_id": i, "timestamp": 100.0 + n} for n, i in enumerate(items)]})
+        {"user_id": "mp-user", "item_id": i, "timestamp": 1e9 + n} for n, i in enumerate(items)]})
     assert r.status_code == 200
 
     def check(resp):
@@ -56,7 +56,7 @@ def test_events_are_seen_by_every_process(two):
     _spread(two, "POST", "/v1/recall", check, json={"user_id": "mp-user", "k": 100})
     # and a second batch, sent on a fresh connection, counts at once everywhere too
     httpx.post(two.url + "/v1/events", headers=WRITE, timeout=30, json={"events": [
-        {"user_id": "mp-user", "item_id": "1", "timestamp": 200.0}]}).raise_for_status()
+        {"user_id": "mp-user", "item_id": "1", "timestamp": 1e9 + 100}]}).raise_for_status()
     _spread(two, "GET", "/v1/users/mp-user/history",
             lambda resp: [h["item_id"] for h in resp.json()["history"]] == [*items, "1"])
 
@@ -70,7 +70,7 @@ def test_items_deletes_and_erasures_reach_every_process(two):
         assert resp.status_code == 200, resp.text
 
     _spread(two, "POST", "/v1/events", accepted, headers=WRITE, json={"events": [
-        {"user_id": "mp-fan", "item_id": "mp-new", "timestamp": 10.0}]})
+        {"user_id": "mp-fan", "item_id": "mp-new", "timestamp": 1e9}]})
     assert two.client.delete("/v1/items/mp-new", headers=WRITE).status_code == 200
     _spread(two, "GET", "/v1/items/mp-new/similar", lambda resp: resp.status_code == 404
             or pytest.fail(f"deleted item answered {resp.status_code}"))
@@ -111,8 +111,8 @@ def test_separately_started_servers_share_one_state_file(make_server, artifact, 
     a.client.put("/v1/items", headers=WRITE, json={"items": [
         {"item_id": "lb-new", "title": "Vexborough Tides"}]}).raise_for_status()
     b.client.post("/v1/events", headers=WRITE, json={"events": [
-        {"user_id": "lb-user", "item_id": "lb-new", "timestamp": 1.0},
-        {"user_id": "lb-user", "item_id": "50", "timestamp": 2.0}]}).raise_for_status()
+        {"user_id": "lb-user", "item_id": "lb-new", "timestamp": 1e9},
+        {"user_id": "lb-user", "item_id": "50", "timestamp": 1e9 + 1}]}).raise_for_status()
     for server in (a, b):
         hist = server.client.get("/v1/users/lb-user/history").json()["history"]
         assert [h["item_id"] for h in hist] == ["lb-new", "50"]

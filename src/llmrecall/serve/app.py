@@ -4,20 +4,26 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import logging
 import os
 import signal
 import time
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import quote, unquote
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AfterValidator
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmrecall.serve import schemas as s
@@ -45,12 +51,74 @@ def _json(body, status: int = 200) -> Response:
 
 
 def _field(loc) -> str:
-    """('body', 'events', 3, 'timestamp') -> 'events[3].timestamp'."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")] or list(loc[:1])
+    """('body', 'events', 3, 'timestamp') -> 'events[3].timestamp'. Only the first element
+    says where (body, query, path, header): a body field may be named ``query``."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
     out = ""
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "body"
+    return _printable(out or "body")
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\ud800``): an error about a JSON key or
+    value that is not Unicode must still encode as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _IdConvertor(Convertor[str]):
+    """A raw id in a URL path: one path segment as sent, percent-decoded here. Routing
+    happens on the undecoded path (:class:`_RawPath`), so an encoded '/' (``%2F``) is part
+    of the id, not a separator: ``/v1/users/team%2Falice/history`` is user ``team/alice``,
+    and ``DELETE /v1/users/x/history`` is 405, not the erasure of a user ``x/history``.
+    Bytes that are not UTF-8 decode to lone surrogates, which the id validator refuses."""
+
+    regex = "[^/]+"
+
+    def convert(self, value: str) -> str:
+        return unquote(value, errors="surrogateescape")
+
+    def to_string(self, value: str) -> str:
+        return quote(value, safe="", errors="surrogateescape")
+
+
+register_url_convertor("rawid", _IdConvertor())
+
+
+class _RawPath:
+    """Pure ASGI middleware: route on the path as sent (``raw_path``), not on its decoded
+    form, where an encoded '/' inside an id could not be told from a separator. The route
+    parameters (:class:`_IdConvertor`) decode themselves."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw:
+            scope = {**scope, "path": raw.decode("latin-1")}
+        return await self.app(scope, receive, send)
+
+
+#: a raw id in a URL path (``{name:rawid}``): one percent-encoded segment, so every id the
+#: API accepts can be addressed
+PathId = Annotated[str, Path(min_length=1, max_length=s.MAX_ID_LENGTH, description=s.ID_RULE,
+                             json_schema_extra={"pattern": s.ID_PATTERN}),
+                   AfterValidator(s.check_id)]
+
+# the write key, from either header (documented as alternatives in the OpenAPI schema)
+_KEY_HEADER = APIKeyHeader(name="X-API-Key", scheme_name="ApiKey", auto_error=False,
+                           description="the write API key (write endpoints only)")
+_BEARER = HTTPBearer(scheme_name="Bearer", auto_error=False,
+                     description="the write API key as a bearer token")
+
+
+class _PrometheusText(Response):
+    media_type = CONTENT_TYPE_LATEST
 
 
 async def _service(request: Request) -> Service:
@@ -96,25 +164,29 @@ def create_app(settings: ServeSettings) -> FastAPI:
                   description="Online recall (candidate generation) over versioned artifacts, "
                               "with real-time events and item updates.")
     app.add_middleware(_Guard, settings=settings)
+    app.add_middleware(_RawPath)  # outermost: _Guard sees the route the router matched
 
-    async def require_key(request: Request) -> None:
+    async def require_key(
+            key: Annotated[str | None, Security(_KEY_HEADER)],
+            bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]) -> None:
         expected = app.state.service.api_key
         if expected is None:
             raise ApiError(403, "writes_disabled",
                            f"write endpoints are disabled: set the API key in ${settings.api_key_env}",
                            "X-API-Key")
-        got = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if got is None and auth.lower().startswith("bearer "):
-            got = auth[7:]
+        got = key if key is not None else (bearer.credentials if bearer is not None else None)
         if not got:
             raise ApiError(401, "unauthorized", "an API key is required (X-API-Key header)", "X-API-Key")
         if not hmac.compare_digest(got.encode(), expected.encode()):
             raise ApiError(403, "forbidden", "the API key is not valid", "X-API-Key")
 
     Write = [Depends(require_key)]
-    errors: dict[int | str, dict[str, Any]] = {422: {"model": s.ErrorBody},
-                                               413: {"model": s.ErrorBody}}
+
+    def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+        """OpenAPI responses for the error statuses a route can answer."""
+        return {code: {"model": s.ErrorBody, "description": _ERRORS[code]} for code in codes}
+
+    written = (401, 403, 422)  # every write: the key, and the fields
 
     # ---- exception handlers -------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -123,15 +195,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError):
-        problems = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        problems = [_problem(e) for e in exc.errors()]
         first = problems[0] if problems else {"field": "body", "message": "invalid request"}
         return _json({"error": "invalid_request", "field": first["field"],
                       "message": f"{first['field']}: {first['message']}", "problems": problems}, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException):
-        return _json({"error": "http_error", "message": str(exc.detail), "field": None},
-                     exc.status_code)
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # the body could not be read as JSON text at all (FastAPI answers 400)
+            why = ("not valid UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError)
+                   else "not valid JSON")
+            return _json({"error": "invalid_request", "field": "body",
+                          "message": f"body: {why}"}, 422)
+        response = _json({"error": "http_error", "message": str(exc.detail), "field": None},
+                         exc.status_code)
+        response.headers.update(exc.headers or {})  # 405: Allow
+        return response
 
     @app.exception_handler(Exception)
     async def _internal(_req: Request, exc: Exception):
@@ -140,7 +220,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       "field": None}, 500)
 
     # ---- recall -------------------------------------------------------------------------
-    @app.post("/v1/recall", response_model=s.RecallResponse, responses=errors, tags=["recall"])
+    @app.post("/v1/recall", response_model=s.RecallResponse, responses=errors(413, 422),
+              tags=["recall"])
     async def recall(req: s.RecallRequest, svc: Svc):
         """Candidates for a user (or an anonymous history / query), fused across channels."""
         state = svc.live
@@ -190,9 +271,10 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       "ignored_history_items": ignored,
                       "artifact_version": state.artifact.version})
 
-    @app.get("/v1/items/{item_id}/similar", response_model=s.SimilarResponse, tags=["recall"])
-    async def similar(item_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc,
-                      k: Annotated[int, Query(ge=1)] = 20):
+    @app.get("/v1/items/{item_id:rawid}/similar", response_model=s.SimilarResponse,
+             responses=errors(404, 422), tags=["recall"])
+    async def similar(item_id: PathId, svc: Svc,
+                      k: Annotated[int, Query(ge=1, description="at most max_k")] = 20):
         """Item-to-item neighbours from the item-to-item channels, with evidence. An item
         they know nothing of (no events, no text match) gets popular items instead, named
         ``live_popularity``; they rank after every real neighbour."""
@@ -212,14 +294,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       "degraded": answer.degraded})
 
     # ---- events and users -----------------------------------------------------------------
-    @app.post("/v1/events", response_model=s.EventAck, dependencies=Write, responses=errors,
-              tags=["events"])
+    @app.post("/v1/events", response_model=s.EventAck, dependencies=Write,
+              responses=errors(*written, 413), tags=["events"])
     async def events(batch: s.EventBatch, svc: Svc):
         """Store a batch of feedback durably (all or nothing), then make it count at once."""
         evs = batch.events
         if len(evs) > settings.max_events_per_batch:
             raise ApiError(413, "too_large", f"at most {settings.max_events_per_batch} events "
                            "per batch", "events")
+        now = time.time()
+        lowest, highest = settings.min_event_timestamp, now + settings.max_event_future_s
+        for i, e in enumerate(evs):
+            if e.timestamp is not None and not lowest <= e.timestamp <= highest:
+                raise ApiError(422, "invalid_request", f"events[{i}].timestamp: {e.timestamp!r} "
+                               f"is outside the accepted window: seconds since the epoch from "
+                               f"{_utc(lowest)} to {settings.max_event_future_s:g} s after now "
+                               f"({_utc(highest)}); milliseconds are 1000 times too large",
+                               f"events[{i}].timestamp")
         state = svc.live
         item_ids = [e.item_id for e in evs]
         idx = state.items.lookup(item_ids)
@@ -227,15 +318,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
             i = int(np.argmax(idx < 0))
             raise ApiError(422, "invalid_request", f"events[{i}].item_id: unknown item "
                            f"{item_ids[i]!r} (PUT /v1/items first)", f"events[{i}].item_id")
-        now = time.time()
         rows = EventRows([e.user_id for e in evs], item_ids, [e.type for e in evs],
                          [now if e.timestamp is None else e.timestamp for e in evs],
                          [e.weight for e in evs])
         first, last = await svc.add_events(rows, idx)
         return _json({"accepted": len(evs), "first_seq": first, "last_seq": last})
 
-    @app.get("/v1/users/{user_id}/history", response_model=s.UserHistoryResponse, tags=["users"])
-    async def user_history(user_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc):
+    @app.get("/v1/users/{user_id:rawid}/history", response_model=s.UserHistoryResponse,
+             responses=errors(422), tags=["users"])
+    async def user_history(user_id: PathId, svc: Svc):
         """The live history the service recalls from (artifact + acknowledged events)."""
         state = svc.live
         row = state.row_for(user_id)
@@ -245,15 +336,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       "history": [{"item_id": r, "timestamp": t, "weight": w}
                                   for r, t, w in zip(raw, h.times.tolist(), h.weights.tolist())]})
 
-    @app.delete("/v1/users/{user_id}", response_model=s.EraseAck, dependencies=Write, tags=["users"])
-    async def erase_user(user_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc):
+    @app.delete("/v1/users/{user_id:rawid}", response_model=s.EraseAck, dependencies=Write,
+                responses=errors(*written), tags=["users"])
+    async def erase_user(user_id: PathId, svc: Svc):
         """Erase the user's events and live history everywhere; they recall as new afterwards."""
         n = await svc.erase_user(user_id)
         return _json({"user_id": user_id, "erased_events": n})
 
     # ---- items -----------------------------------------------------------------------------
-    @app.put("/v1/items", response_model=s.ItemAck, dependencies=Write, responses=errors,
-             tags=["items"])
+    @app.put("/v1/items", response_model=s.ItemAck, dependencies=Write,
+             responses=errors(*written, 413), tags=["items"])
     async def put_items(batch: s.ItemBatch, svc: Svc):
         """Add or update items; new ones are recallable at once. Re-adding undeletes."""
         if len(batch.items) > settings.max_items_per_batch:
@@ -269,15 +361,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
             [ItemRow(it.item_id, it.title, it.text, list(it.categories)) for it in batch.items])
         return _json({"added": added, "updated": updated})
 
-    @app.delete("/v1/items/{item_id}", dependencies=Write, tags=["items"])
-    async def delete_item(item_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc):
+    @app.delete("/v1/items/{item_id:rawid}", response_model=s.ItemDeleteAck, dependencies=Write,
+                responses=errors(*written, 404), tags=["items"])
+    async def delete_item(item_id: PathId, svc: Svc):
         """Never return this item again (until it is PUT again)."""
         index = _item_index(svc.live, item_id, allow_deleted=True)
         await svc.delete_item(index, item_id)
         return _json({"item_id": item_id, "deleted": True})
 
     # ---- operations ----------------------------------------------------------------------
-    @app.post("/v1/admin/reload", response_model=s.ReloadAck, dependencies=Write, tags=["admin"])
+    @app.post("/v1/admin/reload", response_model=s.ReloadAck, dependencies=Write,
+              responses=errors(401, 403, 500), tags=["admin"])
     async def reload(svc: Svc):
         """Load the artifact named by CURRENT fully, replay state, swap atomically."""
         try:
@@ -288,7 +382,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return _json({"artifact_version": version, "previous_version": previous,
                       "seconds": seconds})
 
-    @app.get("/healthz", tags=["admin"])
+    @app.get("/healthz", response_model=s.Health, tags=["admin"])
     async def healthz(svc: Svc):
         state = svc.live
         return _json({"status": "ok", "artifact_version": state.artifact.version,
@@ -297,13 +391,76 @@ def create_app(settings: ServeSettings) -> FastAPI:
                       "degraded_channels": svc.engine.degraded_channels(),
                       "channels": list(state.artifact.pipeline.channels)})
 
-    @app.get("/metrics", tags=["admin"])
+    @app.get("/metrics", response_class=_PrometheusText, tags=["admin"])
     async def metrics(svc: Svc):
         """Prometheus text; with several processes, their metrics summed (gauges: the max)."""
-        return Response(generate_latest(svc.metrics.collect_registry()),
-                        media_type=CONTENT_TYPE_LATEST)
+        return _PrometheusText(generate_latest(svc.metrics.collect_registry()))
 
+    generated = app.openapi
+
+    def openapi() -> dict:
+        service = getattr(app.state, "service", None)
+        return _state_limits(copy.deepcopy(generated()), settings,
+                             None if service is None else _known_channels(service.state))
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+_ERRORS = {
+    401: "no API key given (X-API-Key or Authorization: Bearer)",
+    403: "the API key is wrong, or writes are disabled (no key configured)",
+    404: "unknown (or deleted) item",
+    413: "body or batch too large (max_body_bytes, max_events_per_batch, "
+         "max_items_per_batch)",
+    422: "an invalid field, named in `field` (also: unknown channel, unknown event item, "
+         "event time outside the window, k over max_k)",
+    500: "the reload failed; the previous artifact keeps serving",
+}
+
+
+def _known_channels(state) -> list[str]:
+    return sorted(set(state.artifact.pipeline.channels)
+                  | {sources.LIVE_POPULARITY, sources.LIVE_COVISIT, sources.QUERY_LEXICAL})
+
+
+def _state_limits(spec: dict, settings: ServeSettings, channels: list[str] | None) -> dict:
+    """The generated OpenAPI ``spec`` with the limits that depend on the settings (and the
+    loaded artifact) written in, so that a request the schema allows is not refused for a
+    limit it does not state. Computed for each request of ``/openapi.json``: the channels
+    change with reloads."""
+    schemas = spec["components"]["schemas"]
+    schemas["RecallRequest"]["properties"]["k"]["maximum"] = settings.max_k
+    if channels is not None:
+        schemas["RecallRequest"]["properties"]["channels"]["anyOf"][0]["items"]["enum"] = channels
+    schemas["EventBatch"]["properties"]["events"]["maxItems"] = settings.max_events_per_batch
+    schemas["ItemBatch"]["properties"]["items"]["maxItems"] = settings.max_items_per_batch
+    # the upper bound moves with the clock: a number written here would be wrong (too low)
+    # a moment after it was served, so it is stated in words
+    stamp = schemas["Event"]["properties"]["timestamp"]
+    stamp["anyOf"][0]["minimum"] = settings.min_event_timestamp
+    stamp["description"] = (
+        f"seconds since the epoch (not milliseconds); default: now. From "
+        f"{settings.min_event_timestamp:g} ({_utc(settings.min_event_timestamp)}, "
+        f"min_event_timestamp) to {settings.max_event_future_s:g} s after the server's clock "
+        f"(max_event_future_s) when the event arrives")
+    for param in spec["paths"]["/v1/items/{item_id}/similar"]["get"]["parameters"]:
+        if param["name"] == "k":
+            param["schema"]["maximum"] = settings.max_k
+    return spec
+
+
+def _problem(error: dict) -> dict:
+    """One pydantic error as ``{field, message}``."""
+    if error["type"] == "json_invalid":  # loc is ('body', character offset)
+        return {"field": "body", "message": f"not valid JSON ({error.get('ctx', {}).get('error')} "
+                                            f"at character {error['loc'][-1]})"}
+    message = error["msg"]
+    if error["type"] == "string_unicode":  # pydantic's words for a lone surrogate
+        message = "not valid Unicode (a lone surrogate)"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    return {"field": _field(error["loc"]), "message": _printable(message)}
 
 
 def _item_index(state, item_id: str, allow_deleted: bool = False) -> int:

@@ -28,6 +28,13 @@ class ServeSettings(BaseModel):
     max_k: int = Field(1000, ge=1, le=5000, description="largest k a request may ask for")
     max_events_per_batch: int = Field(10_000, ge=1)
     max_items_per_batch: int = Field(1_000, ge=1)
+    min_event_timestamp: float = Field(
+        788_918_400.0, ge=0, description="earliest event timestamp accepted, in seconds since "
+        "the epoch (default 1995-01-01 UTC: before the first MovieLens rating, so artifacts' "
+        "historical times pass); older ones, and millisecond timestamps, get 422")
+    max_event_future_s: float = Field(
+        86_400.0, ge=0, description="how far ahead of the server's clock an event timestamp "
+        "may be (default a day); a later one would stay last in the user's history")
     channel_budget_ms: float = Field(100.0, gt=0, description="deadline for every channel of a request")
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a channel's breaker")
     breaker_cooldown_s: float = Field(10.0, gt=0, description="how long an open breaker skips the channel")
