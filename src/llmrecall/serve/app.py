@@ -69,7 +69,15 @@ SETTINGS_ENV = "LLMRECALL_SERVE_SETTINGS"
 def app_from_env() -> FastAPI:
     """The app of one server process, its settings read from ``$LLMRECALL_SERVE_SETTINGS``
     (uvicorn's factory for ``workers > 1``: each process builds its own)."""
-    return create_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))
+    from llmrecall.serve import connections
+    from llmrecall.serve.supervision import SUPERVISOR_ENV, die_with_parent
+
+    settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor:  # before the artifact loads: a worker never outlives its supervisor
+        die_with_parent(int(supervisor))
+    connections.configure(settings)
+    return create_app(settings)
 
 
 def create_app(settings: ServeSettings) -> FastAPI:

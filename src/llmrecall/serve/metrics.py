@@ -9,6 +9,10 @@ summed; gauges the maximum over live processes).
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
@@ -69,3 +73,34 @@ class Metrics:
         for name in now | self._known_degraded:
             self.channel_degraded.labels(name).set(1 if name in now else 0)
         self._known_degraded |= now
+
+
+#: name of the metrics folder a multi-process server creates: prefix, owner pid, random part
+METRICS_DIR_PREFIX = "llmrecall-metrics-"
+
+
+def clean_stale_metrics_dirs(root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the metrics folders under ``root`` (default: the temp folder) whose owner, the
+    supervisor pid in the name (``llmrecall-metrics-<pid>-<random>``), is no longer running:
+    a supervisor killed with SIGKILL cannot remove its own. Folders of live owners, and any
+    without an owner pid in the name, are left alone. Returns the folders removed."""
+    base = Path(root if root is not None else tempfile.gettempdir())
+    removed = []
+    for path in sorted(base.glob(METRICS_DIR_PREFIX + "*")):
+        m = re.fullmatch(re.escape(METRICS_DIR_PREFIX) + r"(\d+)-.+", path.name)
+        if m is None or not path.is_dir() or _alive(int(m.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
