@@ -24,7 +24,7 @@ from llmrecall.serve import schemas as s
 from llmrecall.serve import sources
 from llmrecall.serve.engine import RecallQuery
 from llmrecall.serve.live import UserHistory
-from llmrecall.serve.service import Service
+from llmrecall.serve.service import Overloaded, Service
 from llmrecall.serve.settings import ServeSettings
 from llmrecall.serve.store import EventRows, ItemRow
 
@@ -127,6 +127,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError):
         return _json({"error": exc.error, "message": exc.message, "field": exc.field}, exc.status)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_req: Request, exc: Overloaded):
+        response = _json({"error": "overloaded", "message": str(exc), "field": None}, 503)
+        response.headers["retry-after"] = str(settings.overload_retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError):
@@ -295,8 +301,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/healthz", tags=["admin"])
     async def healthz(svc: Svc):
+        """Always 200 while the process serves; ``status`` is ``degraded`` while too many
+        recent answers left a channel out (``health_degraded_ratio``), else ``ok``."""
         state = svc.state
-        return _json({"status": "ok", "artifact_version": state.artifact.version,
+        status, answers, ratio = svc.health()
+        return _json({"status": status, "recent_answers": answers,
+                      "recent_degraded_ratio": ratio, "artifact_version": state.artifact.version,
                       "dataset": state.artifact.manifest["dataset"], "items": state.n_items,
                       "users": len(state.user_rows), "last_event_seq": state.last_seq,
                       "degraded_channels": svc.engine.degraded_channels(),
@@ -305,6 +315,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/metrics", tags=["admin"])
     async def metrics(svc: Svc):
         """Prometheus text; with several processes, their metrics summed (gauges: the max)."""
+        svc.health()  # the degraded-ratio gauge of this process, as of now
         return Response(generate_latest(svc.metrics.collect_registry()),
                         media_type=CONTENT_TYPE_LATEST)
 

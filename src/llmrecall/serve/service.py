@@ -32,7 +32,7 @@ from llmrecall.channels.history import blas_threads, pin_blas_threads
 from llmrecall.serve.artifacts import load_artifact
 from llmrecall.serve.engine import RecallAnswer, RecallEngine, RecallQuery
 from llmrecall.serve.live import LiveState
-from llmrecall.serve.metrics import Metrics
+from llmrecall.serve.metrics import Metrics, RecentAnswers
 from llmrecall.serve.refresh import InterestRefreshWorker, load_refresher
 from llmrecall.serve.settings import ServeSettings
 from llmrecall.serve.store import Change, EventRows, ItemRow, Store
@@ -42,6 +42,15 @@ log = logging.getLogger(__name__)
 
 #: how long a peak of concurrent recall requests is remembered (see Service._gather_batch)
 CONCURRENCY_WINDOW_S = 0.5
+
+#: recent answers /healthz needs before it judges their degraded share (one slow answer
+#: after a quiet spell is not a degraded service)
+HEALTH_MIN_ANSWERS = 10
+
+
+class Overloaded(Exception):
+    """A recall request refused because ``max_inflight_recalls`` are already in flight
+    (answered 503 with ``Retry-After``)."""
 
 
 def _freeze_heap() -> None:
@@ -79,6 +88,7 @@ class Service:
                                                  thread_name_prefix="recall-engine")
         self._queue: asyncio.Queue | None = None
         self._inflight = 0  # recall requests queued or being answered (see _gather_batch)
+        self.recent = RecentAnswers(settings.health_window_s)
         self._window_start, self._window_peak, self._previous_peak = 0.0, 0, 0
         self._batchers: list[asyncio.Task] = []
         self._writes_open: asyncio.Event | None = None
@@ -189,15 +199,44 @@ class Service:
 
     # ---- recall ----------------------------------------------------------------------
     async def recall(self, query: RecallQuery) -> RecallAnswer:
+        """The query's answer, from the next batch. Raises :class:`Overloaded` at once when
+        ``max_inflight_recalls`` requests are already queued or being answered: beyond that a
+        request would only wait, and a busy engine would leave channels out of every answer
+        (their deadlines pass) without the caller knowing."""
         assert self._queue is not None
+        limit = self.settings.max_inflight_recalls
+        if limit and self._inflight >= limit:
+            self.metrics.rejected.labels("overload").inc()
+            raise Overloaded(f"{self._inflight} recall requests are in flight "
+                             f"(max_inflight_recalls = {limit}); retry later")
         fut = asyncio.get_running_loop().create_future()
         self._inflight += 1
         self._note_concurrency()
         try:
             await self._queue.put((query, fut))
-            return await fut
+            answer = await fut
         finally:
             self._inflight -= 1
+        self._note_answer(answer)
+        return answer
+
+    def _note_answer(self, answer: RecallAnswer) -> None:
+        degraded = bool(answer.degraded)
+        self.metrics.answers.inc()
+        if degraded:
+            self.metrics.degraded_answers.inc()
+        self.recent.record(degraded)
+        self.metrics.degraded_ratio.set(self.recent.ratio())
+
+    def health(self) -> tuple[str, int, float]:
+        """``(status, recent answers, their degraded share)``: status ``"degraded"`` while
+        more than ``health_degraded_ratio`` of the last ``health_window_s`` seconds' answers
+        (at least :data:`HEALTH_MIN_ANSWERS` of them) left a channel out, else ``"ok"``."""
+        answers, degraded = self.recent.counts()
+        ratio = degraded / answers if answers else 0.0
+        self.metrics.degraded_ratio.set(ratio)  # also falls back when no answers come
+        bad = answers >= HEALTH_MIN_ANSWERS and ratio > self.settings.health_degraded_ratio
+        return ("degraded" if bad else "ok"), answers, ratio
 
     def _note_concurrency(self) -> None:
         """Peak recall requests in flight over the last ``CONCURRENCY_WINDOW_S`` (kept as
