@@ -263,10 +263,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return _json({"user_id": user_id, "erased_events": n})
 
     # ---- items -----------------------------------------------------------------------------
-    @app.put("/v1/items", response_model=s.ItemAck, dependencies=Write, responses=errors,
-             tags=["items"])
+    @app.put("/v1/items", response_model=s.ItemAck, dependencies=Write,
+             responses={**errors, 202: {"model": s.ItemJobAck}}, tags=["items"])
     async def put_items(batch: s.ItemBatch, svc: Svc):
-        """Add or update items; new ones are recallable at once. Re-adding undeletes."""
+        """Add or update items (stored durably before the answer); re-adding undeletes.
+
+        Up to ``items_sync_max`` items: 200 once every channel has indexed them, so they are
+        recallable at once by all channels. More: 202 once stored and in the vocabulary,
+        with a ``job_id``; the channels index them in the background and
+        ``GET /v1/jobs/{job_id}`` says when they are done."""
         if len(batch.items) > settings.max_items_per_batch:
             raise ApiError(413, "too_large", f"at most {settings.max_items_per_batch} items "
                            "per batch", "items")
@@ -276,9 +281,25 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 raise ApiError(422, "invalid_request", f"items[{i}].item_id: {it.item_id!r} "
                                f"repeats items[{seen[it.item_id]}]", f"items[{i}].item_id")
             seen[it.item_id] = i
-        added, updated = await svc.put_items(
+        added, updated, job_id = await svc.put_items(
             [ItemRow(it.item_id, it.title, it.text, list(it.categories)) for it in batch.items])
-        return _json({"added": added, "updated": updated})
+        if job_id is None:
+            return _json({"added": added, "updated": updated})
+        url = f"/v1/jobs/{job_id}"
+        response = _json({"added": added, "updated": updated, "job_id": job_id,
+                          "status": "indexing", "items": len(batch.items), "status_url": url}, 202)
+        response.headers["location"] = url
+        return response
+
+    @app.get("/v1/jobs/{job_id}", response_model=s.JobStatus, tags=["items"])
+    async def job_status(job_id: Annotated[str, Path(min_length=1, max_length=64)], svc: Svc):
+        """A bulk item write's indexing: ``indexing`` (``indexed`` of ``items`` so far),
+        ``done``, ``failed``, or ``interrupted`` (the process stopped first; the items are
+        stored and indexed by every process started since)."""
+        record = svc.job(job_id)
+        if record is None:
+            raise ApiError(404, "not_found", f"unknown job {job_id!r}", "job_id")
+        return _json(record)
 
     @app.delete("/v1/items/{item_id}", dependencies=Write, tags=["items"])
     async def delete_item(item_id: Annotated[str, Path(min_length=1, max_length=256)], svc: Svc):
