@@ -12,8 +12,6 @@ import pytest
 
 from .conftest import WRITE
 
-pytestmark = pytest.mark.slow
-
 N = 300
 
 
@@ -55,6 +53,7 @@ def _missing(server, n: int, patience: float) -> list[int]:
     return missing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_bulk_item_write_lands_completely(make_server, text_artifact, tmp_path, workers):
     # regression: 1,000 items in one PUT took 34 s to answer: clients with ordinary
@@ -92,3 +91,26 @@ def test_a_bulk_item_write_lands_completely(make_server, text_artifact, tmp_path
     if workers == 1:
         got = again.client.post("/v1/recall", json={"query": "qq7zz", "k": 5}).json()
         assert "bulk-small" in [c["item_id"] for c in got["candidates"]]
+
+
+def test_a_job_whose_process_is_gone_reads_interrupted(tmp_path):
+    from llmrecall.serve.service import Service, _process_tag
+    from llmrecall.serve.settings import ServeSettings
+    from llmrecall.serve.store import ItemRow, Job
+
+    svc = Service(ServeSettings(artifact_dir=tmp_path, state_path=tmp_path / "s.sqlite"))
+    try:
+        rows = [ItemRow("a", "A", "", []), ItemRow("b", "B", "", [])]
+        mine = _process_tag()
+        gone = f"{mine.split(':')[0]}:1.000"  # this pid, another start time: a dead process
+        svc.store.upsert_items(rows, Job("live", 2, 2, 0, mine)).result()
+        svc.store.upsert_items(rows, Job("dead", 2, 0, 2, gone)).result()
+        assert svc.job("live")["status"] == "indexing"
+        dead = svc.job("dead")
+        assert dead["status"] == "interrupted" and (dead["added"], dead["updated"]) == (0, 2)
+        svc.store.update_job("live", 2, "done").result()
+        assert svc.job("live")["status"] == "done" and svc.job("live")["finished"] is not None
+        assert svc.job("other") is None
+    finally:
+        svc.engine.shutdown()
+        svc.store.close()

@@ -125,7 +125,6 @@ class Service:
         # the last text written is the one indexed, whichever write's indexing runs last)
         self._index_lock = threading.Lock()
         self._indexing: set[asyncio.Task] = set()  # background indexing of bulk writes
-        self._own_jobs: dict[int, str] = {}  # change seq -> job id, until applied (shared)
         self._tag = _process_tag()
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -363,12 +362,12 @@ class Service:
             added, updated = int((~known).sum()), int(known.sum())
             job = (Job(uuid.uuid4().hex, len(rows), added, updated, self._tag or "")
                    if background else None)
-            seq = await asyncio.wrap_future(self.store.upsert_items(rows, job))
+            await asyncio.wrap_future(self.store.upsert_items(rows, job))
             job_id = job.job_id if job is not None else None
             if self.shared:
-                if job_id is not None:
-                    self._own_jobs[seq] = job_id
-                await self.sync()  # applies this write too, in log order
+                # applies this write too, in log order (or a request already did): the
+                # job recorded with the change tells this process to report its progress
+                await self.sync()
             else:
                 await self._put_items(state, rows, job_id)
             return added, updated, job_id
@@ -473,7 +472,8 @@ class Service:
                                np.asarray(rows.weight, np.float32)[known], seqs=seqs[known])
         elif change.kind == "items":
             rows = self.store.items_by_id(json.loads(change.key))
-            job_id = self._own_jobs.pop(change.seq, None)
+            job = self.store.job_of_change(change.seq)
+            job_id = job[0] if job is not None and job[1] == self._tag else None
             if rows:
                 await self._put_items(state, rows, job_id)
             elif job_id is not None:  # all deleted again meanwhile: nothing to index

@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner TEXT NOT NULL,
     created REAL NOT NULL,
     finished REAL,
-    channel_errors TEXT NOT NULL DEFAULT '[]'
+    channel_errors TEXT NOT NULL DEFAULT '[]',
+    change_seq INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -176,11 +177,13 @@ class Store:
         same transaction. The future yields the change-log seq of the write."""
         def op(cur: sqlite3.Cursor) -> int:
             _upsert_items(cur, items)
+            seq = _log_change(cur, "items", key=json.dumps([it.item_id for it in items]))
             if job is not None:
                 cur.execute("INSERT INTO jobs(job_id, kind, items, added, updated, status, owner, "
-                            "created) VALUES (?, 'items', ?, ?, ?, 'indexing', ?, ?)",
-                            (job.job_id, job.items, job.added, job.updated, job.owner, time.time()))
-            return _log_change(cur, "items", key=json.dumps([it.item_id for it in items]))
+                            "created, change_seq) VALUES (?, 'items', ?, ?, ?, 'indexing', ?, ?, ?)",
+                            (job.job_id, job.items, job.added, job.updated, job.owner, time.time(),
+                             seq))
+            return seq
         return self._submit(op)
 
     def update_job(self, job_id: str, indexed: int, status: str = "indexing",
@@ -341,6 +344,12 @@ class Store:
         out = dict(zip(keys, row))
         out["channel_errors"] = json.loads(out["channel_errors"])
         return out
+
+    def job_of_change(self, seq: int) -> tuple[str, str] | None:
+        """``(job id, owner)`` of the job recorded with the change ``seq``, if any."""
+        row = self._reader().execute("SELECT job_id, owner FROM jobs WHERE change_seq = ?",
+                                     (seq,)).fetchone()
+        return (row[0], row[1]) if row else None
 
     def count_events(self) -> int:
         con = connect(self.path)
