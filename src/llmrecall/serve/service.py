@@ -22,7 +22,6 @@ import gc
 import importlib
 import json
 import logging
-import os
 import threading
 import time
 import uuid
