@@ -30,7 +30,7 @@ from llmrecall.serve import schemas as s
 from llmrecall.serve import sources
 from llmrecall.serve.engine import RecallQuery
 from llmrecall.serve.live import UserHistory
-from llmrecall.serve.service import Service
+from llmrecall.serve.service import Overloaded, Service
 from llmrecall.serve.settings import ServeSettings
 from llmrecall.serve.store import EventRows, ItemRow
 
@@ -137,7 +137,15 @@ SETTINGS_ENV = "LLMRECALL_SERVE_SETTINGS"
 def app_from_env() -> FastAPI:
     """The app of one server process, its settings read from ``$LLMRECALL_SERVE_SETTINGS``
     (uvicorn's factory for ``workers > 1``: each process builds its own)."""
-    return create_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))
+    from llmrecall.serve import connections
+    from llmrecall.serve.supervision import SUPERVISOR_ENV, die_with_parent
+
+    settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor:  # before the artifact loads: a worker never outlives its supervisor
+        die_with_parent(int(supervisor))
+    connections.configure(settings)
+    return create_app(settings)
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -192,6 +200,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError):
         return _json({"error": exc.error, "message": exc.message, "field": exc.field}, exc.status)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_req: Request, exc: Overloaded):
+        response = _json({"error": "overloaded", "message": str(exc), "field": None}, 503)
+        response.headers["retry-after"] = str(settings.overload_retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError):
@@ -345,9 +359,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     # ---- items -----------------------------------------------------------------------------
     @app.put("/v1/items", response_model=s.ItemAck, dependencies=Write,
-             responses=errors(*written, 413), tags=["items"])
+             responses={**errors(*written, 413), 202: {"model": s.ItemJobAck}},
+             tags=["items"])
     async def put_items(batch: s.ItemBatch, svc: Svc):
-        """Add or update items; new ones are recallable at once. Re-adding undeletes."""
+        """Add or update items (stored durably before the answer); re-adding undeletes.
+
+        Up to ``items_sync_max`` items: 200 once every channel has indexed them, so they are
+        recallable at once by all channels. More: 202 once stored and in the vocabulary,
+        with a ``job_id``; the channels index them in the background and
+        ``GET /v1/jobs/{job_id}`` says when they are done."""
         if len(batch.items) > settings.max_items_per_batch:
             raise ApiError(413, "too_large", f"at most {settings.max_items_per_batch} items "
                            "per batch", "items")
@@ -357,9 +377,25 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 raise ApiError(422, "invalid_request", f"items[{i}].item_id: {it.item_id!r} "
                                f"repeats items[{seen[it.item_id]}]", f"items[{i}].item_id")
             seen[it.item_id] = i
-        added, updated = await svc.put_items(
+        added, updated, job_id = await svc.put_items(
             [ItemRow(it.item_id, it.title, it.text, list(it.categories)) for it in batch.items])
-        return _json({"added": added, "updated": updated})
+        if job_id is None:
+            return _json({"added": added, "updated": updated})
+        url = f"/v1/jobs/{job_id}"
+        response = _json({"added": added, "updated": updated, "job_id": job_id,
+                          "status": "indexing", "items": len(batch.items), "status_url": url}, 202)
+        response.headers["location"] = url
+        return response
+
+    @app.get("/v1/jobs/{job_id}", response_model=s.JobStatus, tags=["items"])
+    async def job_status(job_id: Annotated[str, Path(min_length=1, max_length=64)], svc: Svc):
+        """A bulk item write's indexing: ``indexing`` (``indexed`` of ``items`` so far),
+        ``done``, ``failed``, or ``interrupted`` (the process stopped first; the items are
+        stored and indexed by every process started since)."""
+        record = svc.job(job_id)
+        if record is None:
+            raise ApiError(404, "not_found", f"unknown job {job_id!r}", "job_id")
+        return _json(record)
 
     @app.delete("/v1/items/{item_id:rawid}", response_model=s.ItemDeleteAck, dependencies=Write,
                 responses=errors(*written, 404), tags=["items"])
@@ -384,8 +420,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/healthz", response_model=s.Health, tags=["admin"])
     async def healthz(svc: Svc):
+        """Always 200 while the process serves; ``status`` is ``degraded`` while too many
+        recent answers left a channel out (``health_degraded_ratio``), else ``ok``."""
         state = svc.live
-        return _json({"status": "ok", "artifact_version": state.artifact.version,
+        status, answers, ratio = svc.health()
+        return _json({"status": status, "recent_answers": answers,
+                      "recent_degraded_ratio": ratio, "artifact_version": state.artifact.version,
                       "dataset": state.artifact.manifest["dataset"], "items": state.n_items,
                       "users": len(state.user_rows), "last_event_seq": state.last_seq,
                       "degraded_channels": svc.engine.degraded_channels(),
@@ -394,6 +434,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.get("/metrics", response_class=_PrometheusText, tags=["admin"])
     async def metrics(svc: Svc):
         """Prometheus text; with several processes, their metrics summed (gauges: the max)."""
+        svc.health()  # the degraded-ratio gauge of this process, as of now
         return _PrometheusText(generate_latest(svc.metrics.collect_registry()))
 
     generated = app.openapi

@@ -103,10 +103,22 @@ def serve_command(
     except LLMRecallError as exc:
         _error(exc)
     if cfg.workers == 1:
+        from llmrecall.serve import connections
+
+        connections.configure(cfg)
         uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level=log_level,
-                    access_log=False, timeout_graceful_shutdown=5)
+                    **_uvicorn_options(cfg))
         return
     _serve_processes(cfg, log_level)
+
+
+def _uvicorn_options(cfg) -> dict:
+    """uvicorn options common to one and several processes: the connection protocol with
+    read deadlines and a connection cap (:mod:`llmrecall.serve.connections`)."""
+    from llmrecall.serve.connections import PROTOCOL
+
+    return {"http": PROTOCOL, "timeout_keep_alive": cfg.keep_alive_timeout_s,
+            "access_log": False, "timeout_graceful_shutdown": 5}
 
 
 def _serve_processes(cfg, log_level: str) -> None:
@@ -119,16 +131,20 @@ def _serve_processes(cfg, log_level: str) -> None:
     import uvicorn
 
     from llmrecall.serve.app import SETTINGS_ENV
-    from llmrecall.serve.metrics import MULTIPROC_ENV
+    from llmrecall.serve.metrics import METRICS_DIR_PREFIX, MULTIPROC_ENV, clean_stale_metrics_dirs
+    from llmrecall.serve.supervision import SUPERVISOR_ENV
 
     os.environ[SETTINGS_ENV] = cfg.model_dump_json()
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())  # workers end when this process does
     own_dir = MULTIPROC_ENV not in os.environ  # a directory the caller chose is left alone
     if own_dir:
-        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="llmrecall-metrics-")
+        # a supervisor killed with SIGKILL could not remove its folder: the next one does.
+        # The owner's pid is in the name, so a running server's folder is never touched
+        clean_stale_metrics_dirs()
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     try:
         uvicorn.run("llmrecall.serve.app:app_from_env", factory=True, workers=cfg.workers,
-                    host=cfg.host, port=cfg.port, log_level=log_level, access_log=False,
-                    timeout_graceful_shutdown=5)
+                    host=cfg.host, port=cfg.port, log_level=log_level, **_uvicorn_options(cfg))
     finally:
         if own_dir:
             shutil.rmtree(os.environ[MULTIPROC_ENV], ignore_errors=True)

@@ -9,6 +9,12 @@ summed; gauges the maximum over live processes).
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
@@ -48,6 +54,18 @@ class Metrics:
                            multiprocess_mode="livemax")
         self.refreshes = Counter("llmrecall_interest_refreshes", "interest refreshes run",
                                  ["outcome"], registry=r)
+        self.answers = Counter(
+            "llmrecall_recall_answers", "recall answers (/v1/recall and /similar)", registry=r)
+        self.degraded_answers = Counter(
+            "llmrecall_recall_degraded_answers", "recall answers that left at least one "
+            "channel out (timeout, error, circuit open)", registry=r)
+        self.degraded_ratio = Gauge(
+            "llmrecall_recall_degraded_ratio", "share of the answers of the last "
+            "health_window_s seconds that left a channel out", registry=r,
+            multiprocess_mode="livemax")
+        self.rejected = Counter(
+            "llmrecall_recall_rejected", "recall requests refused with 503", ["reason"],
+            registry=r)
         self._known_degraded: set[str] = set()
 
     def collect_registry(self) -> CollectorRegistry:
@@ -65,7 +83,70 @@ class Metrics:
             multiprocess.mark_process_dead(os.getpid())
 
     def set_degraded(self, names: list[str]) -> None:
+        """The per-channel ``llmrecall_channel_degraded`` gauges: 1 for ``names``, else 0."""
         now = set(names)
         for name in now | self._known_degraded:
             self.channel_degraded.labels(name).set(1 if name in now else 0)
         self._known_degraded |= now
+
+
+class RecentAnswers:
+    """How many recall answers of the last ``window_s`` seconds left a channel out, counted in
+    one-second buckets (memory: one bucket per second of the window, whatever the load)."""
+
+    def __init__(self, window_s: float, clock=time.monotonic):
+        self.window_s = window_s
+        self.clock = clock
+        self._buckets: deque[list] = deque()  # [second, answers, degraded], oldest first
+
+    def record(self, degraded: bool) -> None:
+        second = int(self.clock())
+        if self._buckets and self._buckets[-1][0] == second:
+            bucket = self._buckets[-1]
+        else:
+            bucket = [second, 0, 0]
+            self._buckets.append(bucket)
+        bucket[1] += 1
+        bucket[2] += int(degraded)
+
+    def counts(self) -> tuple[int, int]:
+        """``(answers, degraded answers)`` of the window."""
+        oldest = self.clock() - self.window_s
+        while self._buckets and self._buckets[0][0] + 1 <= oldest:
+            self._buckets.popleft()
+        return sum(b[1] for b in self._buckets), sum(b[2] for b in self._buckets)
+
+    def ratio(self) -> float:
+        answers, degraded = self.counts()
+        return degraded / answers if answers else 0.0
+
+
+#: name of the metrics folder a multi-process server creates: prefix, owner pid, random part
+METRICS_DIR_PREFIX = "llmrecall-metrics-"
+
+
+def clean_stale_metrics_dirs(root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the metrics folders under ``root`` (default: the temp folder) whose owner, the
+    supervisor pid in the name (``llmrecall-metrics-<pid>-<random>``), is no longer running:
+    a supervisor killed with SIGKILL cannot remove its own. Folders of live owners, and any
+    without an owner pid in the name, are left alone. Returns the folders removed."""
+    base = Path(root if root is not None else tempfile.gettempdir())
+    removed = []
+    for path in sorted(base.glob(METRICS_DIR_PREFIX + "*")):
+        m = re.fullmatch(re.escape(METRICS_DIR_PREFIX) + r"(\d+)-.+", path.name)
+        if m is None or not path.is_dir() or _alive(int(m.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

