@@ -68,7 +68,7 @@ def test_a_bulk_item_write_lands_completely(make_server, text_artifact, tmp_path
     assert r.headers["location"] == ack["status_url"] == f"/v1/jobs/{ack['job_id']}"
     # stored and in the vocabulary at the acknowledgement: events may name the items at once
     assert server.client.post("/v1/events", headers=WRITE, json={"events": [
-        {"user_id": "bulk-fan", "item_id": f"bulk-{N - 1}", "timestamp": 1.0}]}).status_code == 200
+        {"user_id": "bulk-fan", "item_id": f"bulk-{N - 1}", "timestamp": 1e9}]}).status_code == 200
     job = _job(server, ack["job_id"])
     assert job["status"] == "done" and job["indexed"] == N and job["channel_errors"] == []
     assert (job["items"], job["added"], job["updated"]) == (N, N, 0)

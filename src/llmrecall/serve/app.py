@@ -387,7 +387,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         response.headers["location"] = url
         return response
 
-    @app.get("/v1/jobs/{job_id}", response_model=s.JobStatus, tags=["items"])
+    @app.get("/v1/jobs/{job_id}", response_model=s.JobStatus, responses=errors(404, 422),
+             tags=["items"])
     async def job_status(job_id: Annotated[str, Path(min_length=1, max_length=64)], svc: Svc):
         """A bulk item write's indexing: ``indexing`` (``indexed`` of ``items`` so far),
         ``done``, ``failed``, or ``interrupted`` (the process stopped first; the items are
