@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
 import sqlite3
 import threading
 
@@ -65,3 +67,41 @@ def test_failed_group_acknowledges_nothing(tmp_path):
     store.append_events(rows("u", 2)).result()  # the writer goes on after a failed group
     assert store.count_events() == 2
     store.close()
+
+
+
+#: rounds of processes creating one new state file together; with the old connect() about
+#: 1 open in 120 failed, so 4 processes x 60 rounds catch it nearly always
+RACE_PROCESSES, RACE_ROUNDS = 4, 60
+
+
+def _open_new_stores(folder: str, start: multiprocessing.synchronize.Barrier,
+                     failures: multiprocessing.Queue) -> None:
+    failed = []
+    for round_ in range(RACE_ROUNDS):
+        start.wait()  # every process opens this round's new file at the same moment
+        try:
+            Store(f"{folder}/state-{round_}.sqlite").close()
+        except sqlite3.OperationalError as exc:
+            failed.append(str(exc))
+    failures.put(failed)
+
+
+def test_processes_creating_one_state_file_at_once_all_start(tmp_path):
+    # Regression: two separately started --shared-state servers on a new state file failed
+    # with "database is locked": the switch to WAL needs the write lock, and it was asked
+    # for before the busy timeout was set, so a process that lost the race gave up at once.
+    ctx = multiprocessing.get_context("spawn")
+    start, failures = ctx.Barrier(RACE_PROCESSES), ctx.Queue()
+    procs = [ctx.Process(target=_open_new_stores, args=(str(tmp_path), start, failures))
+             for _ in range(RACE_PROCESSES)]
+    for p in procs:
+        p.start()
+    failed = [msg for _ in procs for msg in failures.get(timeout=300)]
+    for p in procs:
+        p.join(timeout=60)
+    assert failed == []
+    assert [p.exitcode for p in procs] == [0] * RACE_PROCESSES
+    con = sqlite3.connect(tmp_path / "state-0.sqlite")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()

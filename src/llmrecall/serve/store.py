@@ -14,13 +14,15 @@ looked.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,12 +145,32 @@ class Change:
     key: str
 
 
+#: how long a connection waits for another process's lock before failing (seconds)
+BUSY_TIMEOUT_S = 10.0
+
+
 def connect(path: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    # the busy timeout is set when the connection opens, before anything asks for a lock
+    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                          check_same_thread=False)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=FULL")
-    con.execute("PRAGMA busy_timeout=10000")
     return con
+
+
+@contextmanager
+def _initialising(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.init-lock`` while one process creates or upgrades
+    the state file. Processes starting together on one new file (separately started
+    ``--shared-state`` servers, ``--workers``) otherwise race: switching to WAL and creating
+    the tables upgrade a read lock to a write lock, and SQLite answers such an upgrade that
+    could deadlock with an immediate "database is locked", without waiting."""
+    with open(path.with_name(path.name + ".init-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Store:
@@ -158,8 +180,9 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = connect(self.path)
-        self._con.executescript(SCHEMA)
+        with _initialising(self.path):
+            self._con = connect(self.path)
+            self._con.executescript(SCHEMA)
         self._read_con: sqlite3.Connection | None = None  # opened on first shared read
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
