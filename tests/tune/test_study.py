@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,6 @@ import optuna
 import pytest
 import scipy.sparse as sp
 from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
 
 from llmrecall.errors import ConfigError
 from llmrecall.tune import study as study_module
@@ -30,6 +30,24 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 def _finished(storage: Path, name: str) -> int:
     s = optuna.load_study(study_name=name, storage=f"sqlite:///{storage}")
     return len(s.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def _finished_read_only(storage: Path, name: str) -> int:
+    """Finished trials of study ``name``, read without creating anything (0 while the study
+    or its tables do not exist yet, or the file is locked)."""
+    if not storage.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{storage}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute(
+                "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) "
+                "WHERE studies.study_name = ? AND trials.state IN ('COMPLETE', 'PRUNED')",
+                (name,)).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0
 
 
 def test_resume_adds_trials_and_keeps_the_best(ml100k, small_config, tmp_path):
@@ -64,12 +82,11 @@ def test_study_survives_a_kill(ml100k, small_config, tmp_path):
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
-            if db.exists():
-                try:
-                    if _finished(db, "k") >= 3:
-                        break
-                except (KeyError, optuna.exceptions.StorageInternalError, SQLAlchemyError):
-                    pass  # study or its tables not created yet, or the file is locked
+            # read the file as it is, read-only: optuna.load_study would create and stamp
+            # the schema itself while the tuning process does too (a UNIQUE-constraint race
+            # that killed the tuner before it could be killed)
+            if _finished_read_only(db, "k") >= 3:
+                break
         assert proc.poll() is None, "the tuning process ended before it could be killed"
     finally:
         proc.send_signal(signal.SIGKILL)
