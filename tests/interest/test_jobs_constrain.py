@@ -4,6 +4,7 @@ from interest_toydata import TITLES, make_dataset
 from pydantic import ValidationError
 
 from llmrecall.errors import ConfigError
+from llmrecall.interest.backends import TextGenerator
 from llmrecall.interest.constrain import TitleTrie, title_grammar
 from llmrecall.interest.jobs import InterestSettings, fewshot_examples, first_title, needs_refresh, parse_list
 
@@ -156,3 +157,24 @@ def test_job_refuses_users_outside_the_dataset(toy, user):
     assert texts[0]
     with pytest.raises(ConfigError, match=f"user {user} is not a dense user id"):
         job.run(np.array([user]))
+
+
+class _ChatOnly(TextGenerator):
+    """A generator without a tokenizer, like a remote chat endpoint."""
+
+    fingerprint = "chat-only"
+
+    def complete(self, prompt, **kwargs):
+        return ""
+
+    def chat(self, messages, **kwargs):
+        return ""
+
+
+def test_constraints_on_a_generator_without_a_tokenizer_are_a_config_error():
+    generator = _ChatOnly()
+    assert not generator.supports_constraints
+    with pytest.raises(ConfigError, match="constrained decoding"):
+        generator.tokenize("Toy Story")
+    with pytest.raises(ConfigError, match="constrained decoding"):
+        _ = generator.newline_token

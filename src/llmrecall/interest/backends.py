@@ -61,15 +61,20 @@ class TextGenerator(ABC):
         """Answer a chat (``[{"role": ..., "content": ...}]``); returns the reply text."""
 
     # constrained decoding (a title trie) needs these; generators with supports_constraints
-    # override them
+    # override them, the others refuse with a configuration error
     def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` without BOS (as it would appear mid-prompt)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot tokenize")
+        raise self._no_constraints()
 
     @property
     def newline_token(self) -> int:
         """The id of the single token that is a newline."""
-        raise NotImplementedError(f"{type(self).__name__} cannot tokenize")
+        raise self._no_constraints()
+
+    def _no_constraints(self) -> ConfigError:
+        return ConfigError(f"{type(self).__name__} has no tokenizer: title-constrained "
+                           "decoding needs a generator that supports constraints (the local "
+                           "llama.cpp model); turn constrained decoding off for this one")
 
 
 class LocalLlamaGenerator(TextGenerator):
