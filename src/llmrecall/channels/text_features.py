@@ -127,3 +127,10 @@ def grown(array: np.ndarray, ids: np.ndarray, rows: np.ndarray | float) -> np.nd
     out[:len(array)] = array
     out[ids] = rows
     return out
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """float32 copy of ``x`` (shape [..., d]) with every vector along the last axis scaled to
+    length 1; an all-zero vector stays zero (its norm is floored at 1e-12)."""
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32)

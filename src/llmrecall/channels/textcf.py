@@ -46,6 +46,7 @@ from llmrecall.channels.text_features import (
     item_text_vectors,
     popularity,
     text_vectors,
+    unit_rows,
 )
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
@@ -266,7 +267,7 @@ class TextCF(Channel):
             if self.propagate_items else z0[n_users:]
         self.text_vectors_ = text
         self.item_layers_ = np.stack(layer_list).astype(np.float32)  # [layers + 1, n_items, dim]
-        self.item_vectors_ = _unit(item_final)
+        self.item_vectors_ = unit_rows(item_final)
         self.item_degree_ = np.asarray(user_items.sum(axis=0)).ravel().astype(np.float32)
         self.popularity_ = popularity(dataset)
         self.mlp_ = mlp
@@ -315,7 +316,7 @@ class TextCF(Channel):
             layers[:, :old.shape[1]] = old
             layers[:, ids[cold]] = image[cold][None]
             layers[0, ids[~cold]] = image[~cold]
-            vectors = grown(self.item_vectors_, ids, _unit(layers[:, ids].mean(axis=0)))
+            vectors = grown(self.item_vectors_, ids, unit_rows(layers[:, ids].mean(axis=0)))
             self.text_vectors_ = grown(self.text_vectors_, ids, text)
             self.item_layers_, self.item_vectors_, self.item_degree_ = layers, vectors, degree
             self.popularity_ = grown(self.popularity_, ids[ids >= len(self.popularity_)], 0.0)
@@ -374,7 +375,7 @@ class TextCF(Channel):
             layers.append(np.asarray(norm @ item_layers[layer]))
         out = np.mean(layers, axis=0)
         out[deg_u == 0] = 0.0
-        return _unit(out)
+        return unit_rows(out)
 
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
         """float32[n, history.n_items] cosine between user and item vectors (-inf for items
@@ -449,7 +450,3 @@ def _batches(rng: np.random.Generator, n: int, size: int):
         order = rng.permutation(n)
         for start in range(0, n, size):
             yield order[start:start + size]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)

@@ -19,7 +19,6 @@ import scipy.sparse as sp
 from llmrecall.errors import DataError
 
 DEFAULT_KS = (10, 20, 50, 100, 200)
-METRICS = ("recall", "hr", "ndcg", "mrr", "coverage")
 
 
 def ranking_metrics(ranked: np.ndarray, targets: sp.csr_matrix, ks=DEFAULT_KS,

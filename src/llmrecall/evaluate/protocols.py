@@ -87,7 +87,7 @@ class EvalTask:
         """float32 CSR [u, n_items], binary: items never ranked for each evaluated user."""
         if self.exclude is not None:
             return self.exclude
-        return _minus(self.history.matrix(self.users), self.targets)
+        return and_not(self.history.matrix(self.users), self.targets)
 
     def describe(self) -> dict:
         return {"users": int(len(self.users)), "targets": int(self.targets.nnz),
@@ -317,11 +317,11 @@ def _task(target_log: Interactions, history: Histories, seen: Histories,
     by_user.data[:] = 1.0
     users = np.flatnonzero(by_user.getnnz(axis=1) > 0).astype(np.int32)
     targets = by_user[users]
-    exclude = _minus(seen.matrix(users), targets)
+    exclude = and_not(seen.matrix(users), targets)
     return EvalTask(users, targets, history, candidate_mask, exclude)
 
 
-def _minus(a: sp.csr_matrix, b: sp.csr_matrix) -> sp.csr_matrix:
+def and_not(a: sp.csr_matrix, b: sp.csr_matrix) -> sp.csr_matrix:
     """Binary ``a AND NOT b`` for binary CSR matrices of one shape (float32 CSR)."""
     out = (a - a.multiply(b)).tocsr().astype(np.float32)
     out.eliminate_zeros()

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
 from llmrecall.evaluate.metrics import DEFAULT_KS, ranking_metrics
-from llmrecall.evaluate.protocols import EvalTask
+from llmrecall.evaluate.protocols import EvalTask, and_not
 
 #: users per recall call; bounds the dense score block a scoring channel allocates
 EVAL_BATCH = 1024
@@ -41,7 +41,7 @@ def rank_task(channel: Channel, task: EvalTask, k: int = 200,
         history_masked = history.multiply(masked)
         # the channel may mask its own history only if no history item is rankable
         channel_masks = history_masked.nnz == history.nnz
-        left = _minus(masked, history_masked) if channel_masks else masked
+        left = and_not(masked, history_masked) if channel_masks else masked
         extra = int(left.getnnz(axis=1).max()) if left.nnz else 0
         ids = channel.recall(users, k + extra, task.history, allowed=task.candidate_mask,
                              exclude_seen=channel_masks).ids
@@ -65,12 +65,6 @@ def _within(matrix: sp.csr_matrix, candidate_mask: np.ndarray | None) -> sp.csr_
     # the element-wise product with a row vector is sparse (a coo_matrix)
     masked = matrix.multiply(candidate_mask[None, :].astype(np.float32))
     out = masked.tocsr()  # type: ignore[attr-defined]
-    out.eliminate_zeros()
-    return out
-
-
-def _minus(a: sp.csr_matrix, b) -> sp.csr_matrix:
-    out = (a - a.multiply(b)).tocsr()
     out.eliminate_zeros()
     return out
 
