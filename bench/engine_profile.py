@@ -45,7 +45,6 @@ def main() -> None:
 
     import faiss
 
-    from llmrecall.channels.history import pin_blas_threads
     from llmrecall.serve.artifacts import load_artifact
     from llmrecall.serve.engine import RecallEngine, RecallQuery
     from llmrecall.serve.live import LiveState
@@ -53,6 +52,7 @@ def main() -> None:
     from llmrecall.serve.service import _freeze_heap
     from llmrecall.serve.settings import ServeSettings
     from llmrecall.serve.store import Store
+    from llmrecall.threads import pin_blas_threads
 
     pin_blas_threads()
     faiss.omp_set_num_threads(1)

@@ -26,9 +26,9 @@ os.environ.setdefault("LLMRECALL_THREADS", "1")
 
 import numpy as np
 
-from llmrecall.channels.history import pin_blas_threads
 from llmrecall.channels.semantic import SemanticItemToItem, build_neighbour_table
 from llmrecall.data.builtin import load_builtin
+from llmrecall.threads import pin_blas_threads
 
 K = 200
 

@@ -3,28 +3,43 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
-# two cores: more BLAS/torch threads than that only add contention
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "2")
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
 
-import numpy as np  # noqa: E402
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.markup import escape  # noqa: E402
-
-from llmrecall.errors import ConfigError, LLMRecallError  # noqa: E402
+from llmrecall.cli_support import check_writable, err
+from llmrecall.cli_support import dataset_from_options as _load_dataset
+from llmrecall.cli_support import fail as _fail
+from llmrecall.errors import ConfigError, LLMRecallError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="llmrecall: recall (candidate generation) with language models.")
 # tables are wide (15 columns): never squeeze them to a pipe's default 80 columns
 console = Console(width=None if Console().is_terminal else 200)
-# messages are single lines however long (a path, a list of problems): never wrap them
-err = Console(stderr=True, soft_wrap=True)
+
+#: commands that apply a thread default of their own when none is given (the service: 1)
+OWN_THREAD_DEFAULT = ("serve",)
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, envvar="LLMRECALL_THREADS", show_envvar=True,
+        help="threads for BLAS, OpenMP and the channels; default: the CPUs this process may "
+             "run on (serve: 1)")] = None,
+) -> None:
+    # applied here, when a command runs, not when the module is imported
+    if threads is not None or ctx.invoked_subcommand not in OWN_THREAD_DEFAULT:
+        from llmrecall.threads import use_threads
+
+        use_threads(threads)
+
 
 DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="built-in dataset name")]
 DataOpt = Annotated[Path | None, typer.Option("--data", help="TOML data spec for your own files")]
@@ -32,62 +47,9 @@ ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="pipeline TOML file, or a packaged config name: default, full")]
 
 
-def _load_dataset(dataset: str | None, data: Path | None):
-    if (dataset is None) == (data is None):
-        raise typer.BadParameter("give exactly one of --dataset NAME or --data SPEC.toml")
-    if dataset is not None:
-        from llmrecall.data.builtin import load_builtin
-
-        return load_builtin(dataset)
-    from llmrecall.data.loaders import load_dataset_toml
-
-    assert data is not None  # exactly one of the two is given (checked above)
-    return load_dataset_toml(data)
-
-
-def _fail(exc: Exception | str) -> None:
-    # escaped: messages quote TOML tables ("[data]") that rich would take for markup
-    err.print(f"[red]error:[/red] {escape(str(exc))}")
-    raise typer.Exit(2)
-
-
 def _say(message: str) -> None:
     """A progress line (dim); ``message`` may hold brackets (names, paths)."""
     err.print(f"[dim]{escape(message)}[/dim]")
-
-
-def check_writable(path: Path, option: str, folder: bool = False) -> None:
-    """Fail now, with one line, if ``path`` (a file, or a folder when ``folder``) cannot be
-    written: a command finds out before it reads data or fits anything, not after.
-
-    Probes by creating (and removing) a temporary file in ``path``'s folder, or in its
-    nearest existing ancestor when that folder does not exist yet (nothing is created
-    there: the command makes the folders when it writes). Permissions alone would not do:
-    root passes every permission check and still cannot write to a read-only file system.
-    """
-    import tempfile
-
-    path = Path(path).expanduser()
-    problem = None
-    if folder and path.exists() and not path.is_dir():
-        problem = f"{path} is not a folder"
-    elif not folder and path.is_dir():
-        problem = f"{path} is a folder"
-    else:
-        probe = path if folder else path.parent
-        probe = probe.absolute()
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir():
-            problem = f"{probe} is not a folder"
-        else:
-            try:
-                with tempfile.TemporaryFile(dir=probe):
-                    pass
-            except OSError as exc:
-                problem = f"cannot create files in {probe} ({exc.strerror or exc})"
-    if problem is not None:
-        _fail(f"cannot write {option} {path}: {problem}")
 
 
 @app.command()

@@ -6,8 +6,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.factors import FactorChannel
-from llmrecall.channels.history import blas_threads, empty_rows
+from llmrecall.channels.history import empty_rows
 from llmrecall.channels.registry import register
+from llmrecall.threads import blas_threads
 
 
 @register

@@ -16,13 +16,13 @@ from llmrecall.channels.history import (
     check_width,
     empty_rows,
     finish_scores,
-    limited_blas,
     weighted_history,
 )
 from llmrecall.channels.neighbors import item_popularity, training_matrix
 from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
+from llmrecall.threads import limited_blas
 
 
 @register

@@ -17,7 +17,6 @@ from llmrecall.channels.history import (
     best_history_item,
     check_width,
     finish_scores,
-    limited_blas,
     weighted_history,
 )
 from llmrecall.channels.neighbors import item_popularity, training_matrix
@@ -25,6 +24,7 @@ from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 from llmrecall.scoring import dot_rows
+from llmrecall.threads import limited_blas
 
 #: (pair, factor) products computed at once when looking for evidence
 _EVIDENCE_CHUNK = 200_000

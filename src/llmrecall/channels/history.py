@@ -6,9 +6,7 @@ Every function works on a block of users at once (no per-user Python loops).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,55 +16,6 @@ from llmrecall.errors import DataError
 
 #: (history item, candidate item) pairs examined per step when looking for evidence
 EVIDENCE_PAIRS_PER_STEP = 2_000_000
-
-
-def blas_threads() -> int:
-    """Threads BLAS/LAPACK may use inside a channel: ``$LLMRECALL_THREADS`` or all cores."""
-    value = os.environ.get("LLMRECALL_THREADS")
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            raise DataError(f"LLMRECALL_THREADS must be an integer, got {value!r}") from None
-    return os.cpu_count() or 1
-
-
-_CONTROLLER = None
-_PINNED = False
-
-
-def _controller():
-    global _CONTROLLER
-    from threadpoolctl import ThreadpoolController
-
-    if _CONTROLLER is None:  # scanning the loaded libraries takes ~4 ms: once per process
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER
-
-
-def pin_blas_threads(threads: int | None = None) -> None:
-    """Set the BLAS thread count for the whole process, once, and make :func:`limited_blas`
-    a no-op from then on.
-
-    For long-running servers whose channels already run on their own threads. Changing the
-    global BLAS setting around every call (what :func:`limited_blas` does) wakes and parks
-    OpenBLAS's worker threads each time; on two cores that cost 2-4 ms of hand-off latency
-    per channel call, several times the call itself (bench/serve_load.py, docs/serving.md).
-    """
-    global _PINNED
-    _controller().limit(limits=threads or blas_threads(), user_api="blas")
-    _PINNED = True
-
-
-@contextmanager
-def limited_blas() -> Iterator[None]:
-    """Cap BLAS threads (see :func:`blas_threads`) so nested parallelism cannot oversubscribe.
-    A no-op once :func:`pin_blas_threads` has fixed the process-wide setting."""
-    if _PINNED:
-        yield
-        return
-    with _controller().limit(limits=blas_threads(), user_api="blas"):
-        yield
 
 
 def check_width(history: Histories, n_fitted_items: int, channel: str) -> int:

@@ -19,12 +19,12 @@ from llmrecall.channels.history import (
     check_width,
     empty_rows,
     finish_scores,
-    limited_blas,
     sparse_lookup,
     weighted_history,
 )
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
+from llmrecall.threads import limited_blas
 
 #: dense entries per similarity column block while pruning (bounds memory to ~32 MB)
 BLOCK_ENTRIES = 8_000_000

@@ -29,7 +29,6 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
-from llmrecall.channels.history import limited_blas
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (
     DEFAULT_EMBEDDER,
@@ -40,12 +39,14 @@ from llmrecall.channels.text_features import (
     popular_rows,
     popularity,
     text_vectors,
+    unit_rows,
 )
 from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 from llmrecall.index import VectorIndex, choose_kind, merge_hits
 from llmrecall.scoring import dot_rows
+from llmrecall.threads import limited_blas
 from llmrecall.topk import topk
 
 #: catalogs up to this size with an exact ("flat") index are searched by one matrix product
@@ -706,7 +707,7 @@ class SemanticUserInterest(_TextIndexChannel):
         multi = (c > 1) & (diversity > self.diversity_threshold) & (distinct >= 2 * c)
         centroids = np.zeros((n, c, emb.shape[2]), np.float32)
         share = np.zeros((n, c), np.float32)
-        centroids[:, 0] = _unit(mean)
+        centroids[:, 0] = unit_rows(mean)
         share[:, 0] = (total > 0)
         if multi.any():
             cm, sm = _weighted_spherical_kmeans(emb[multi], weights[multi], c, self.kmeans_iters)
@@ -726,11 +727,6 @@ class SemanticUserInterest(_TextIndexChannel):
         weights = share[row, slot] ** self.share_power
         return self._query(row, centroids[row, slot], weights.astype(np.float32),
                            evidence[row, slot], batch, k, history, allowed, exclude_seen)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
 def _distinct_counts(items: np.ndarray) -> np.ndarray:
@@ -770,7 +766,7 @@ def _weighted_spherical_kmeans(emb: np.ndarray, weights: np.ndarray, c: int,
         assign = np.argmax(np.einsum("nld,ncd->nlc", emb, centroids), axis=2)  # [n, L]
         onehot = (assign[..., None] == np.arange(c)) * weights[..., None]  # [n, L, c]
         sums = np.einsum("nlc,nld->ncd", onehot, emb)
-        centroids = np.where(np.linalg.norm(sums, axis=2, keepdims=True) > 0, _unit(sums), centroids)
+        centroids = np.where(np.linalg.norm(sums, axis=2, keepdims=True) > 0, unit_rows(sums), centroids)
     assign = np.argmax(np.einsum("nld,ncd->nlc", emb, centroids), axis=2)
     onehot = (assign[..., None] == np.arange(c)) * weights[..., None]
     share = onehot.sum(axis=1) / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)

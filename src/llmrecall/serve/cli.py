@@ -7,16 +7,11 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "2")
-# serving multiplies small matrices: one BLAS thread per channel call avoids oversubscription
-# (recall batches and channels already run on their own threads)
+import typer
+from rich.console import Console
+from rich.markup import escape
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.markup import escape  # noqa: E402
-
-from llmrecall.errors import LLMRecallError  # noqa: E402
+from llmrecall.errors import LLMRecallError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build serving artifacts and run the recall service.")
@@ -40,14 +35,16 @@ def build_command(
     plugin: PluginOpt = None,
 ) -> None:
     """Fit the pipeline on all data and write a new artifact version (CURRENT points to it)."""
-    from llmrecall.cli import _load_dataset, check_writable
+    from llmrecall.cli_support import check_writable, dataset_from_options
     from llmrecall.config import load_config
     from llmrecall.serve.artifacts import build
+    from llmrecall.threads import use_threads
 
+    use_threads()  # $LLMRECALL_THREADS, or the CPUs this process may run on
     check_writable(out, "--out", folder=True)
     try:
         _import_plugins(plugin)
-        ds = _load_dataset(dataset, data)
+        ds = dataset_from_options(dataset, data)
         cfg = load_config(config)
         path = build(ds, cfg, out, progress=lambda n, s: err.print(
             f"[dim]fitted {escape(n)} in {s:.1f}s[/dim]"))
@@ -85,7 +82,12 @@ def serve_command(
     """Run the HTTP recall service over an artifact (SIGHUP or POST /v1/admin/reload reloads)."""
     import uvicorn
 
-    os.environ.setdefault("LLMRECALL_THREADS", "1")
+    from llmrecall.threads import THREADS_ENV, use_threads
+
+    # serving multiplies small matrices, and requests already run in batches on their own
+    # threads: one BLAS thread per channel call unless a thread count is given
+    os.environ.setdefault(THREADS_ENV, "1")
+    use_threads()
 
     from llmrecall.serve.app import create_app
     from llmrecall.serve.artifacts import check_artifact

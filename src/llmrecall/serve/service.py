@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from llmrecall.channels.history import blas_threads, pin_blas_threads
 from llmrecall.serve.artifacts import load_artifact
 from llmrecall.serve.engine import RecallAnswer, RecallEngine, RecallQuery
 from llmrecall.serve.live import LiveState
@@ -38,6 +37,7 @@ from llmrecall.serve.metrics import Metrics, RecentAnswers
 from llmrecall.serve.refresh import InterestRefreshWorker, load_refresher
 from llmrecall.serve.settings import ServeSettings
 from llmrecall.serve.store import Change, EventRows, ItemRow, Job, Store
+from llmrecall.threads import blas_threads, pin_blas_threads
 
 log = logging.getLogger(__name__)
 
