@@ -132,3 +132,17 @@ def test_evaluate_checks_cutoffs_before_splitting_or_fitting(tmp_path):
     with pytest.raises(ConfigError, match="channel_k = 100"):
         evaluate(load_builtin("ml-100k"), "loo", load_config(path), progress=said.append)
     assert said == []
+
+
+def test_the_old_spelling_neighbours_is_refused_naming_neighbors(tmp_path):
+    # regression: llm_knowledge spelt its parameter `neighbours` while itemcf and swing spell
+    # `neighbors`; the old key is refused with the new one in the message
+    path = tmp_path / "old.toml"
+    path.write_text('[[channels]]\nkind = "llm_knowledge"\nparams = { neighbours = 50 }\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    for fragment in (str(path), "[[channels]] #1", "params.neighbours", "use `neighbors`"):
+        assert fragment in message, message
+    cfg = parse_config({"channels": [{"kind": "llm_knowledge", "params": {"neighbors": 50}}]})
+    assert cfg.channels[0].params == {"neighbors": 50}

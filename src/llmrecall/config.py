@@ -56,7 +56,7 @@ CHANNEL_PARAM_BOUNDS: dict[str, dict[str, dict[str, float]]] = {
     "search_query": {"recent_queries": {"ge": 1}, "per_text_k": {"ge": 1}, "rrf_k": {"gt": 0}},
     "llm_interest": {"max_users": {"ge": 1}, "per_text_k": {"ge": 1}, "rrf_k": {"gt": 0},
                      "refresh_min_changed": {"ge": 0}},
-    "llm_knowledge": {"max_items": {"ge": 1}, "rrf_k": {"gt": 0}, "neighbours": {"ge": 1},
+    "llm_knowledge": {"max_items": {"ge": 1}, "rrf_k": {"gt": 0}, "neighbors": {"ge": 1},
                       "history_length": {"ge": 1}},
 }
 
@@ -265,7 +265,10 @@ def param_bounds(kind: str) -> dict[str, dict[str, float]]:
 
 
 def validate_channel_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Check ``params`` against the constructor of channel ``kind``; returns them coerced."""
+    """Check ``params`` against the constructor of channel ``kind``; returns them coerced.
+    A parameter that was renamed is refused with a message naming its new name."""
+    from llmrecall.channels.registry import RENAMED_PARAMS
+
     try:
         model = _params_model(kind)
     except ValueError as exc:
@@ -273,9 +276,15 @@ def validate_channel_params(kind: str, params: dict[str, Any]) -> dict[str, Any]
     try:
         validated = model.model_validate(params)
     except ValidationError as exc:
-        raise ParamsError(kind, [{"loc": e["loc"], "msg": _bound_words(e["msg"]),
-                                  "input": e.get("input"), "type": e["type"]}
-                                 for e in exc.errors()]) from None
+        renamed = RENAMED_PARAMS.get(kind, {})
+        problems = []
+        for e in exc.errors():
+            message = _bound_words(e["msg"])
+            if e["type"] == "extra_forbidden" and len(e["loc"]) == 1 and e["loc"][0] in renamed:
+                message = f"renamed: use `{renamed[str(e['loc'][0])]}`"
+            problems.append({"loc": e["loc"], "msg": message, "input": e.get("input"),
+                             "type": e["type"]})
+        raise ParamsError(kind, problems) from None
     return {k: getattr(validated, k) for k in params}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from llmrecall.channels import Channel
+from llmrecall.channels.registry import load_channel
 from llmrecall.data.dataset import Dataset, Histories, Interactions
 
 from .lm_data import make_dataset
@@ -107,7 +108,7 @@ class LMChannelContract:
                 [arrays[k] for k in arrays.files]
         meta = json.loads((tmp_path / "ch" / "params.json").read_text())
         assert meta["kind"] == channel.kind
-        loaded = Channel.load(tmp_path / "ch")
+        loaded = load_channel(tmp_path / "ch")
         assert type(loaded) is type(channel)
         users = np.arange(data.n_users, dtype=np.int32)
         a, b = channel.recall(users, 10, h, explain=True), loaded.recall(users, 10, h, explain=True)

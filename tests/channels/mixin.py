@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from llmrecall.channels.base import Channel
+from llmrecall.channels.registry import load_channel
 from llmrecall.data.dataset import Catalog, Dataset, Histories, Interactions
 from llmrecall.data.vocab import Vocabulary
 from llmrecall.errors import NotFittedError
@@ -207,7 +208,7 @@ class ChannelContract:
         fitted.save(tmp_path / "artifact")
         with np.load(tmp_path / "artifact" / "state.npz", allow_pickle=False) as npz:
             assert npz.files, "nothing was saved"
-        loaded = Channel.load(tmp_path / "artifact")
+        loaded = load_channel(tmp_path / "artifact")
         assert type(loaded) is type(fitted) and loaded.get_params() == fitted.get_params()
         history = data.histories()
         users = np.arange(N_USERS)

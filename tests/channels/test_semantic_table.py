@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from llmrecall.channels import Channel, semantic
+from llmrecall.channels import semantic
+from llmrecall.channels.registry import load_channel
 from llmrecall.channels.semantic import (
     SemanticItemToItem,
     build_neighbour_table,
@@ -257,7 +258,7 @@ def test_table_is_rebuilt_at_load_not_saved(tmp_path):
     with np.load(tmp_path / "i2i" / "state.npz") as state:
         assert set(state.files) == {"item_vectors_", "popularity_"}
     assert json.loads((tmp_path / "i2i" / "params.json").read_text())["params"]["table_width"] == 30
-    loaded = Channel.load(tmp_path / "i2i")
+    loaded = load_channel(tmp_path / "i2i")
     assert_same_table(loaded.neighbour_table, channel.neighbour_table)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llmrecall.channels.base import Channel
+from llmrecall.channels.registry import load_channel
 from llmrecall.channels.semantic import SemanticItemToItem, SemanticUserInterest
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.errors import ConfigError, DataError
@@ -42,7 +42,7 @@ def test_fit_vectors_with_index_params(cls, tmp_path):
     got = channel.recall(users, 10, h)
     assert (topic[got.ids] == (users % 30)[:, None]).mean() >= 0.95
     assert not any(np.isin(got.ids[u], h.of(u)).any() for u in users)
-    loaded = Channel.load(channel.save(tmp_path / "ch"))
+    loaded = load_channel(channel.save(tmp_path / "ch"))
     assert loaded.index_params == params and loaded.index.hnsw_m == 12
     np.testing.assert_array_equal(loaded.recall(users, 10, h).ids, got.ids)
 

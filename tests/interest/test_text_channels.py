@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from interest_toydata import make_dataset
 
-from llmrecall.channels.base import Channel
 from llmrecall.channels.interest import InterestChannel, select_users
 from llmrecall.channels.knowledge import KnowledgeChannel
+from llmrecall.channels.registry import load_channel
 from llmrecall.channels.search import SearchQueryChannel, recent_queries
 from llmrecall.errors import ConfigError, NotFittedError
 from llmrecall.interest.knowledge import clean_keywords, enrich_dataset
@@ -55,7 +55,7 @@ def test_interest_excludes_seen_and_respects_allowed(toy):
 
 def test_interest_save_load_round_trip(toy, tmp_path):
     channel = interest_channel(toy, {0: ["Godfather"], 2: ["Alien", "Titanic"]})
-    loaded = Channel.load(channel.save(tmp_path / "interest"))
+    loaded = load_channel(channel.save(tmp_path / "interest"))
     history = toy.histories()
     a = channel.recall(np.array([0, 2]), 4, history)
     b = loaded.recall(np.array([0, 2]), 4, history)
@@ -146,3 +146,24 @@ def test_production_example_config_builds_the_channels():
     assert interest.settings["constrain"] == "none"
     channel_class("llm_knowledge")(**kinds["llm_knowledge"].params)
     channel_class("search_query")(**kinds["search_query"].params)
+
+
+def test_knowledge_artifact_saved_with_the_old_neighbours_name_still_loads(tmp_path):
+    # the parameter (and its learned table) was renamed `neighbours` -> `neighbors`; an
+    # artifact written before the rename loads and recalls the same
+    import json
+
+    toy = make_dataset([[3], [4]])
+    channel = KnowledgeChannel(knowledge=False, embedder=None, neighbors=4).fit(toy)
+    folder = channel.save(tmp_path / "knowledge")
+    meta = json.loads((folder / "params.json").read_text())
+    meta["params"]["neighbours"] = meta["params"].pop("neighbors")
+    (folder / "params.json").write_text(json.dumps(meta))
+    with np.load(folder / "state.npz") as npz:
+        arrays = {("neighbours_" if k == "neighbors_" else k): npz[k] for k in npz.files}
+    np.savez(folder / "state.npz", **arrays)
+    loaded = load_channel(folder)
+    assert loaded.neighbors == 4
+    history = toy.histories()
+    users = np.array([0, 1])
+    assert np.array_equal(loaded.recall(users, 5, history).ids, channel.recall(users, 5, history).ids)

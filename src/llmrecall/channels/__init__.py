@@ -16,8 +16,8 @@ from llmrecall.channels.itemcf import ItemCF  # noqa: E402
 
 # built-in channels: importing a module registers its kind
 from llmrecall.channels.popularity import Popularity  # noqa: E402
-from llmrecall.channels.registry import channel_class, known_kinds, register
+from llmrecall.channels.registry import channel_class, known_kinds, load_channel, register
 from llmrecall.channels.swing import Swing  # noqa: E402
 
 __all__ = ["ALS", "BPR", "Candidates", "Channel", "EASE", "ItemCF", "Popularity", "Swing",
-           "channel_class", "known_kinds", "register"]
+           "channel_class", "known_kinds", "load_channel", "register"]

@@ -117,7 +117,8 @@ class Channel(ABC):
     Subclasses set ``kind`` (the registry name), store hyperparameters in ``__init__``, and
     implement :meth:`fit` plus either :meth:`score` (dense scoring; the base class does the
     masking and top-k) or :meth:`recall` itself. Artifacts are saved with :meth:`save` as
-    ``params.json`` + ``state.npz`` — never pickles.
+    ``params.json`` + ``state.npz`` — never pickles — and read back with
+    :func:`~llmrecall.channels.registry.load_channel`.
     """
 
     kind: ClassVar[str] = "channel"
@@ -236,7 +237,8 @@ class Channel(ABC):
             setattr(self, key, value)
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``params.json`` and ``state.npz`` under ``directory`` (created)."""
+        """Write ``params.json`` and ``state.npz`` under ``directory`` (created); read back
+        with :func:`llmrecall.channels.registry.load_channel`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         params = {"kind": self.kind, "params": self.get_params()}
@@ -251,17 +253,6 @@ class Channel(ABC):
     def load_state(self, directory: Path) -> None:
         """Inverse of :meth:`save_state`."""
         self.set_state(_load_npz(directory / "state.npz"))
-
-    @classmethod
-    def load(cls, directory: str | Path) -> Channel:
-        """Inverse of :meth:`save`; the class is looked up by its ``kind``."""
-        from llmrecall.channels.registry import channel_class
-
-        directory = Path(directory)
-        meta = json.loads((directory / "params.json").read_text())
-        channel = channel_class(meta["kind"])(**meta["params"])
-        channel.load_state(directory)
-        return channel
 
     def _check_fitted(self) -> None:
         if not any(k.endswith("_") and not k.startswith("_") for k in vars(self)):

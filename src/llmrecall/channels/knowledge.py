@@ -3,7 +3,7 @@
 ``fit`` optionally generates item knowledge (keywords, themes, audience; see
 :mod:`llmrecall.interest.knowledge`), builds one text per item, and precomputes for every
 item its nearest items by hybrid dense + BM25 text matching. ``recall`` merges the
-neighbour lists of the user's ``history_length`` most recent items (RRF, newer items
+neighbor lists of the user's ``history_length`` most recent items (RRF, newer items
 weigh more through their position), so no model runs on the request path. Evidence is the
 history item that led to each candidate.
 
@@ -40,8 +40,8 @@ class KnowledgeChannel(Channel):
         max_items: generate knowledge for at most this many items (seeded sample; the rest
             keep plain text); None: all.
         embedder, embedding_cache, dense_weight, lexical_weight, rrf_k: hybrid matching.
-        neighbours: nearest items kept per item.
-        history_length: recent history items whose neighbours are merged.
+        neighbors: nearest items kept per item.
+        history_length: recent history items whose neighbors are merged.
         merge: "rrf" or "round_robin".
     """
 
@@ -52,7 +52,7 @@ class KnowledgeChannel(Channel):
                  generator: dict | None = None, store_path: str | None = None,
                  max_items: int | None = None, embedder: str | None = "default",
                  embedding_cache: str | None = None, dense_weight: float = 1.0,
-                 lexical_weight: float = 1.0, rrf_k: float = 60.0, neighbours: int = 100,
+                 lexical_weight: float = 1.0, rrf_k: float = 60.0, neighbors: int = 100,
                  history_length: int = 10, merge: Merge = "rrf", seed: int = 0,
                  name: str | None = None):
         super().__init__(name)
@@ -63,11 +63,11 @@ class KnowledgeChannel(Channel):
         self.max_items = max_items
         self.embedder, self.embedding_cache = embedder, embedding_cache
         self.dense_weight, self.lexical_weight, self.rrf_k = dense_weight, lexical_weight, rrf_k
-        self.neighbours, self.history_length, self.merge = neighbours, history_length, merge
+        self.neighbors, self.history_length, self.merge = neighbors, history_length, merge
         self.seed = seed
         KnowledgeSettings(**self.settings)
-        if neighbours < 1 or history_length < 1:
-            raise ConfigError("llm_knowledge: neighbours and history_length must be >= 1")
+        if neighbors < 1 or history_length < 1:
+            raise ConfigError("llm_knowledge: neighbors and history_length must be >= 1")
         self._generator_obj: TextGenerator | None = None
         self._embedder_obj: Any = None
         self._knowledge_texts: list[str] | None = None
@@ -104,14 +104,19 @@ class KnowledgeChannel(Channel):
         embedder = cached_embedder(self._embedder_obj or self.embedder, self.embedding_cache)
         matcher = HybridMatcher(texts, embedder, dense_weight=self.dense_weight,
                                 lexical_weight=self.lexical_weight,
-                                per_text_k=min(self.neighbours + 1, dataset.n_items),
+                                per_text_k=min(self.neighbors + 1, dataset.n_items),
                                 rrf_k=self.rrf_k)
         ids, _ = matcher.match(texts)
-        # an item is not its own neighbour
+        # an item is not its own neighbor
         ids = np.where(ids == np.arange(len(ids))[:, None], -1, ids)
-        self.neighbours_ = ids.astype(np.int32)
+        self.neighbors_ = ids.astype(np.int32)
         self.item_texts_ = np.asarray(texts, dtype=str)
         return self
+
+    def set_state(self, arrays: dict[str, Any]) -> None:
+        # artifacts saved before the parameter was renamed hold the table as `neighbours_`
+        super().set_state({("neighbors_" if key == "neighbours_" else key): value
+                           for key, value in arrays.items()})
 
     def recall(self, users: np.ndarray, k: int, history: Histories, *,
                allowed: np.ndarray | None = None, exclude_seen: bool = True,
@@ -119,7 +124,7 @@ class KnowledgeChannel(Channel):
         self._check_fitted()
         users = np.asarray(users, dtype=np.int32)
         recent, _ = history.recent(users, self.history_length)  # int32[n, L], -1 left padded
-        n_known = len(self.neighbours_)
+        n_known = len(self.neighbors_)
         rows, cols = np.nonzero((recent >= 0) & (recent < n_known))
         items = recent[rows, cols]
         # position 0 = most recent: the merge treats earlier texts as stronger in round-robin,
@@ -127,7 +132,7 @@ class KnowledgeChannel(Channel):
         age = (self.history_length - 1) - cols
         weight = 1.0 / (1.0 + 0.1 * age)
         ids, scores, evidence = merge_user_texts(
-            rows, age, items, self.neighbours_[items], len(users), k, method=self.merge,
+            rows, age, items, self.neighbors_[items], len(users), k, method=self.merge,
             rrf_k=self.rrf_k, users=users, history=history, exclude_seen=exclude_seen,
             allowed=allowed, text_weight=weight)
         return Candidates(ids, scores, evidence, "item")

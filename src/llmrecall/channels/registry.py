@@ -1,10 +1,26 @@
-"""Channel registry: ``kind`` name -> class, so configs and artifacts can name channels."""
+"""Channel registry: ``kind`` name -> class, so configs and artifacts can name channels.
+
+The built-in kinds are registered by importing the ``llmrecall.channels`` package, whose
+``__init__`` imports every channel module; Python runs a package's ``__init__`` before any of
+its modules, so by the time this one can be called they are all here. (This module imports
+no channel module itself: they import it, to register.)
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from llmrecall.channels.base import Channel
 
 _REGISTRY: dict[str, type[Channel]] = {}
+
+#: kind -> {old parameter name: new name}. A config file still using an old name is refused
+#: with a message naming the new one (:mod:`llmrecall.config`); a saved channel whose
+#: ``params.json`` holds it is loaded under the new name (:func:`load_channel`).
+RENAMED_PARAMS: dict[str, dict[str, str]] = {
+    "llm_knowledge": {"neighbours": "neighbors"},
+}
 
 
 def register(cls: type[Channel]) -> type[Channel]:
@@ -16,8 +32,6 @@ def register(cls: type[Channel]) -> type[Channel]:
 
 
 def channel_class(kind: str) -> type[Channel]:
-    import llmrecall.channels  # noqa: F401  (imports every built-in channel module)
-
     try:
         return _REGISTRY[kind]
     except KeyError:
@@ -25,6 +39,16 @@ def channel_class(kind: str) -> type[Channel]:
 
 
 def known_kinds() -> list[str]:
-    import llmrecall.channels  # noqa: F401
-
     return sorted(_REGISTRY)
+
+
+def load_channel(directory: str | Path) -> Channel:
+    """Inverse of :meth:`Channel.save`: the class is looked up by the ``kind`` saved in
+    ``params.json``, built with the saved parameters, and given the saved state."""
+    directory = Path(directory)
+    meta = json.loads((directory / "params.json").read_text())
+    renamed = RENAMED_PARAMS.get(meta["kind"], {})
+    params = {renamed.get(name, name): value for name, value in meta["params"].items()}
+    channel = channel_class(meta["kind"])(**params)
+    channel.load_state(directory)
+    return channel

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from llmrecall.channels.base import Channel
+from llmrecall.channels.registry import load_channel
 from llmrecall.config import PipelineConfig, load_config
 from llmrecall.data.dataset import Catalog, Dataset, Histories, Interactions
 from llmrecall.data.vocab import Vocabulary
@@ -166,7 +166,7 @@ def load_artifact(path: str | Path) -> Artifact:
                         path=str(folder / "config.toml"))
     pipeline = RecallPipeline(config)
     for name in list(pipeline.channels):
-        channel = pipeline.channels[name] = Channel.load(folder / "channels" / name)
+        channel = pipeline.channels[name] = load_channel(folder / "channels" / name)
         channel.name = name
         for key, value in vars(channel).items():
             # a Fortran-ordered state array (e.g. from a LAPACK solve) is copied by every
