@@ -200,7 +200,7 @@ def cmd_knowledge(args) -> dict:
     for name, params in variants:
         for use in (False, True):
             channel = KnowledgeChannel(knowledge=use, embedding_cache=emb_cache,
-                                       neighbours=ds.n_items, **params)
+                                       neighbors=ds.n_items, **params)
             channel.use(knowledge_texts=knowledge).fit(split.train)
             metrics = evaluate_channel(channel, task, 200, KS)
             results["channels"][f"{name} / knowledge={use}"] = metrics
