@@ -18,8 +18,6 @@ from llmrecall.cli import app
 from llmrecall.evaluate.ranks import load_ranks, popularity_buckets, sidecar_path, target_ranks
 from llmrecall.evaluate.report_html import Run, complementarity, overlap
 
-pytestmark = pytest.mark.slow
-
 #: a second, quick pipeline for the cold-items evaluation
 COLD = """
 [fusion]
@@ -68,6 +66,7 @@ def evaluated(tmp_path_factory):
     return folder, default, cold
 
 
+@pytest.mark.slow  # evaluates ml-100k
 def test_evaluate_writes_the_json_as_before_and_a_sidecar_beside_it(evaluated):
     folder, default, _cold = evaluated
     report = json.loads(default.read_text())
@@ -88,6 +87,7 @@ def test_evaluate_writes_the_json_as_before_and_a_sidecar_beside_it(evaluated):
     assert sidecar_path(default).stat().st_size < 100_000  # compact
 
 
+@pytest.mark.slow  # evaluates ml-100k
 def test_curves_equal_the_results_json_at_every_reported_k(evaluated):
     folder, default, _cold = evaluated
     report = json.loads(default.read_text())
@@ -109,6 +109,7 @@ def test_curves_equal_the_results_json_at_every_reported_k(evaluated):
     assert fused["y"] == sorted(fused["y"])  # recall@K never falls as K grows
 
 
+@pytest.mark.slow  # evaluates ml-100k
 def test_segments_partition_the_users_and_targets(evaluated):
     folder, default, _cold = evaluated
     report = json.loads(default.read_text())
@@ -125,6 +126,7 @@ def test_segments_partition_the_users_and_targets(evaluated):
     assert popularity["x"] == ["head", "torso", "tail"]
 
 
+@pytest.mark.slow  # evaluates ml-100k
 def test_coverage_and_timings_are_the_json_s(evaluated):
     folder, default, _cold = evaluated
     report = json.loads(default.read_text())
@@ -140,6 +142,7 @@ def test_coverage_and_timings_are_the_json_s(evaluated):
     assert "default · fused@50" in head["x"]
 
 
+@pytest.mark.slow  # evaluates ml-100k
 def test_report_opens_without_a_network(evaluated):
     folder, _default, _cold = evaluated
     text = (folder / "one.html").read_text(encoding="utf-8")
@@ -149,6 +152,7 @@ def test_report_opens_without_a_network(evaluated):
     assert len(_figures(folder / "one.html")) >= 9
 
 
+@pytest.mark.slow  # evaluates ml-100k
 def test_two_results_files_give_two_labelled_series(evaluated, tmp_path):
     _folder, default, cold = evaluated
     out = tmp_path / "both.html"
@@ -180,6 +184,7 @@ def test_two_results_files_give_two_labelled_series(evaluated, tmp_path):
     assert {t["meta"]["run"] for t in _figures(out)["recall-curves"]["data"]} == {"default", "cold"}
 
 
+@pytest.mark.slow  # evaluates ml-100k
 def test_broken_inputs_fail_with_one_clear_line(evaluated, tmp_path):
     _folder, default, cold = evaluated
     out = tmp_path / "r.html"
@@ -208,6 +213,7 @@ def test_broken_inputs_fail_with_one_clear_line(evaluated, tmp_path):
     fails(lonely, says="not a ranks file")
 
 
+@pytest.mark.slow  # evaluates ml-100k
 def test_without_plotly_both_commands_say_what_to_install_before_any_work(evaluated, tmp_path,
                                                                          monkeypatch):
     _folder, default, _cold = evaluated
@@ -221,6 +227,7 @@ def test_without_plotly_both_commands_say_what_to_install_before_any_work(evalua
         assert "fitted" not in result.output and not out.exists()
 
 
+@pytest.mark.slow  # evaluates ml-100k
 def test_evaluate_report_alone_writes_only_the_html(tmp_path):
     cfg = tmp_path / "quick.toml"
     cfg.write_text(COLD)
