@@ -59,23 +59,91 @@ def evaluate(
     seed: int = 0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the JSON report here")] = None,
     split: Annotated[str, typer.Option(help="test (report) or valid (tuning)")] = "test",
+    html: Annotated[Path | None, typer.Option(
+        "--report", help="also write the HTML report (charts) here")] = None,
 ) -> None:
-    """Split, fit every channel, recall, fuse and print Recall/NDCG per channel and fused."""
+    """Split, fit every channel, recall, fuse and print Recall/NDCG per channel and fused.
+
+    With --output X.json, the per-target ranks the HTML report is drawn from go to
+    X.ranks.npz beside it (`llmrecall report X.json` reads both).
+    """
     from llmrecall.config import load_config
-    from llmrecall.evaluate.experiment import evaluate as run_evaluate
+    from llmrecall.evaluate.experiment import run_experiment
     from llmrecall.report import rich_table
 
     if output is not None:
         check_writable(output, "--output")
+    if html is not None:
+        from llmrecall.evaluate.report_html import require_plotly
+
+        check_writable(html, "--report")
+        try:
+            require_plotly()
+        except LLMRecallError as exc:
+            _fail(exc)
+    kept: dict = {}
     try:
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
-        report = run_evaluate(ds, protocol, cfg, seed=seed, on=split, progress=_say)
+        report, _pipeline, data_split = run_experiment(
+            ds, protocol, cfg, seed=seed, on=split, progress=_say,
+            on_lists=lambda lists, fused: kept.update(lists=lists, fused=fused))
     except LLMRecallError as exc:
         _fail(exc)
     console.print(rich_table(report))
     if output is not None:
         _write_text(output, json.dumps(report, indent=2))
+    if output is not None or html is not None:
+        from llmrecall.evaluate.ranks import build_ranks, save_ranks, sidecar_path
+
+        ranks = build_ranks(report, data_split, kept["lists"], kept["fused"])
+        if output is not None:
+            try:
+                save_ranks(sidecar_path(output), ranks)
+            except OSError as exc:
+                _fail(f"cannot write {sidecar_path(output)}: {exc.strerror or exc}")
+            err.print(f"wrote {escape(str(sidecar_path(output)))}")
+        if html is not None:
+            from llmrecall.evaluate.report_html import run_from_memory, write_report
+
+            label = output.stem if output is not None else f"{report['dataset']} {protocol}"
+            try:
+                write_report([run_from_memory(label, report, ranks)], html)
+            except LLMRecallError as exc:
+                _fail(exc)
+            except OSError as exc:
+                _fail(f"cannot write {html}: {exc.strerror or exc}")
+            err.print(f"wrote {escape(str(html))}")
+
+
+@app.command("report")
+def report_command(
+    results: Annotated[list[Path], typer.Argument(help=(
+        "results JSON files of `llmrecall evaluate -o` (each with its .ranks.npz beside it)"))],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the HTML file to write")],
+    k: Annotated[int, typer.Option("-k", min=1, help=(
+        "cut-off of the complementarity, segment and bias charts"))] = 50,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="series name of each results file, in order (default: file names)")] = None,
+) -> None:
+    """Write one self-contained HTML file of interactive charts for one or more evaluations:
+    recall/NDCG curves, channel complementarity, recall by user and item segment, coverage
+    and popularity bias, cold vs warm items, timings (docs/report.md)."""
+    from llmrecall.evaluate.report_html import load_run, require_plotly, unique_labels, write_report
+
+    check_writable(out, "--out")
+    if label and len(label) != len(results):
+        _fail(f"--label given {len(label)} times for {len(results)} results files")
+    names = list(label) if label else unique_labels(results)
+    try:
+        require_plotly()
+        runs = [load_run(path, name) for path, name in zip(results, names)]
+        write_report(runs, out, k)
+    except LLMRecallError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror or exc}")
+    err.print(f"wrote {escape(str(out))}")
 
 
 @app.command()

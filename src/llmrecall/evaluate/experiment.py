@@ -57,13 +57,20 @@ def fuse_task(pipeline: RecallPipeline, lists: ChannelLists, k: int) -> np.ndarr
 def score_lists(pipeline: RecallPipeline, lists: ChannelLists, n_items: int,
                 ks=DEFAULT_KS) -> tuple[dict[str, dict[str, float]], float]:
     """Metrics per channel and for ``fused``; also the fusion wall time in seconds."""
+    results, fusion_seconds, _fused = _score_and_fuse(pipeline, lists, n_items, ks)
+    return results, fusion_seconds
+
+
+def _score_and_fuse(pipeline: RecallPipeline, lists: ChannelLists, n_items: int, ks,
+                    ) -> tuple[dict[str, dict[str, float]], float, np.ndarray]:
+    """As :func:`score_lists`, also returning the fused ids int32[u, max(ks)]."""
     targets = lists.task.targets
     results = {name: ranking_metrics(c.ids, targets, ks, n_items) for name, c in lists.lists.items()}
     start = time.perf_counter()
     fused = fuse_task(pipeline, lists, max(ks))
     fusion_seconds = time.perf_counter() - start
     results["fused"] = ranking_metrics(fused, targets, ks, n_items)
-    return results, fusion_seconds
+    return results, fusion_seconds, fused
 
 
 def evaluate(dataset: Dataset, protocol: str, config: PipelineConfig, *, seed: int = 0,
@@ -85,9 +92,15 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
                    ks=DEFAULT_KS, on: str = "test",
                    progress: Callable[[str], None] | None = None,
                    split: Split | None = None, models=None,
+                   on_lists: Callable[[ChannelLists, np.ndarray], None] | None = None,
                    ) -> tuple[dict, RecallPipeline, Split]:
     """As :func:`evaluate`, also returning the fitted pipeline and the split (the pipeline
-    is fitted on ``split.train`` and can recall from any fresher history)."""
+    is fitted on ``split.train`` and can recall from any fresher history).
+
+    ``on_lists``, if given, is called once the lists are scored with every channel's lists
+    and the fused ids int32[u, max(ks)] (the lists the report's metrics were computed from;
+    :func:`llmrecall.evaluate.ranks.build_ranks` turns them into the HTML report's data).
+    """
     say = progress or (lambda _msg: None)
     # every channel's own list is scored at every cut-off: a short list fails here, not
     # after the split, the fits and the recalls
@@ -104,7 +117,9 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
     lists = recall_task(pipeline, task)
     for name, s in lists.recall_seconds.items():
         say(f"recalled {name} in {s:.1f}s")
-    results, fusion_seconds = score_lists(pipeline, lists, split.dataset.n_items, ks)
+    results, fusion_seconds, fused = _score_and_fuse(pipeline, lists, split.dataset.n_items, ks)
+    if on_lists is not None:
+        on_lists(lists, fused)
     reference = None
     if protocol == "cold-items":
         # no history says anything about a new item: read the channels against chance
