@@ -306,7 +306,7 @@ def tune_prompts(
     from rich.table import Table
 
     from llmrecall.evaluate.protocols import make_split
-    from llmrecall.interest.backends import LocalLlamaGenerator
+    from llmrecall.lm.generators import get_generator
     from llmrecall.tune.interest_prompts import (
         DEFAULT_VARIANT,
         binomial_se,
@@ -338,13 +338,9 @@ def tune_prompts(
             default = [v for v in starting if v.name == DEFAULT_VARIANT]
             starting = default + [v for v in own if v.name != DEFAULT_VARIANT]
         split = make_split(ds, protocol, seed)
-        generator = LocalLlamaGenerator(threads=threads)
-        proposer = None
-        if rounds:
-            from llmrecall.lm.generators import get_generator
-
-            proposer = GeneratorProposer(get_generator("default", threads=threads),
-                                         per_round=proposals)
+        # one generator (one model load) writes the interest texts and proposes templates
+        generator = get_generator("default", threads=threads)
+        proposer = GeneratorProposer(generator, per_round=proposals) if rounds else None
         store = store or output.with_name(f"{output.name}.generations.sqlite")
         # only the train part and the validation task go further: test stays here, unread
         search = search_interest_prompts(

@@ -21,9 +21,9 @@ from llmrecall.channels.interest import InterestChannel
 from llmrecall.data.dataset import Dataset
 from llmrecall.errors import ConfigError
 from llmrecall.evaluate.protocols import EvalTask
-from llmrecall.interest.backends import TextGenerator
 from llmrecall.interest.jobs import InterestSettings
-from llmrecall.interest.prompts import fewshot_template
+from llmrecall.lm.generators import Generator
+from llmrecall.lm.prompts import fewshot_template
 from llmrecall.tune.prompts import (
     GeneratorProposer,
     PromptSearch,
@@ -86,7 +86,7 @@ def variant_settings(variant: PromptVariant, noun: str) -> dict[str, Any]:
 
 
 def search_interest_prompts(
-        train: Dataset, valid: EvalTask, variants: list[PromptVariant], generator: TextGenerator,
+        train: Dataset, valid: EvalTask, variants: list[PromptVariant], generator: Generator,
         *, noun: str = "items", metric: str = "recall@50", max_users: int | None = 50,
         seed: int = 0, rounds: int = 0, proposer: GeneratorProposer | None = None,
         output: str | Path | None = None, store_path: str | Path | None = None,
