@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from llmrecall.channels.interest import InterestChannel
 from llmrecall.data.dataset import Dataset
 from llmrecall.errors import ConfigError
@@ -28,6 +26,7 @@ from llmrecall.tune.prompts import (
     GeneratorProposer,
     PromptSearch,
     PromptVariant,
+    ScoredVariant,
     channel_scorer,
     optimise_prompts,
 )
@@ -133,11 +132,6 @@ def search_interest_prompts(
                             progress=say)
 
 
-def default_row(search: PromptSearch) -> Any:
+def default_row(search: PromptSearch) -> ScoredVariant | None:
     """The scored default variant of ``search`` (None when it was not among the variants)."""
     return next((s for s in search.scored if s.variant.name == DEFAULT_VARIANT), None)
-
-
-def binomial_se(value: float, n: int) -> float:
-    """Standard error of a recall measured on ``n`` users with one target each."""
-    return float(np.sqrt(max(value * (1 - value), 0.0) / n)) if n else float("nan")
