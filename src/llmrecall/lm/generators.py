@@ -190,7 +190,6 @@ class ConstrainedDecoding(ABC):
         ``grammar`` (GBNF text)."""
 
 
-
 def constrained_decoder(generator: Generator) -> ConstrainedDecoding:
     """``generator`` as a :class:`ConstrainedDecoding`, or a ConfigError that says what to do.
 
