@@ -26,9 +26,9 @@ from llmrecall.channels.interest import InterestChannel  # noqa: E402
 from llmrecall.data.builtin import load_builtin  # noqa: E402
 from llmrecall.evaluate.protocols import EvalTask, make_split  # noqa: E402
 from llmrecall.evaluate.runner import evaluate_channel  # noqa: E402
-from llmrecall.interest.backends import LocalLlamaGenerator  # noqa: E402
 from llmrecall.interest.jobs import InterestJob, InterestSettings  # noqa: E402
-from llmrecall.interest.store import GenerationStore  # noqa: E402
+from llmrecall.lm.cache import LMCache  # noqa: E402
+from llmrecall.lm.generators import get_generator  # noqa: E402
 
 KS = (10, 20, 50, 100, 200)
 #: llama.cpp threads: 1, because on a busy 2-core machine two threads wait on each other
@@ -90,7 +90,7 @@ def cmd_steps(args) -> dict:
     split = make_split(ds, "loo", 0)
     task = sample_task(split.valid, args.users)
     raw_users = ds.users.raw(task.users)
-    generator = LocalLlamaGenerator(threads=THREADS)
+    generator = get_generator("local", threads=THREADS)
     store_path = str(DEV / "interest_store.sqlite")
     emb_cache = str(DEV / "lm_cache.sqlite")
     results: dict = {"dataset": "ml-100k", "protocol": "loo", "split": "valid", "seed": 0,
@@ -150,7 +150,7 @@ def grammar_timing(train, task, generator, n_users: int) -> dict:
                                        "temperature": 0.8 if mode == "grammar" else 0.0,
                                        "dedupe": True, "forbid_history": True})
         t0 = time.perf_counter()
-        job = InterestJob(train, generator, settings, GenerationStore())
+        job = InterestJob(train, generator, settings, LMCache(":memory:"))
         build = time.perf_counter() - t0
         texts, stats = job.run(users)
         out[mode] = {"build_seconds": build,
@@ -173,8 +173,8 @@ def cmd_knowledge(args) -> dict:
     split = make_split(ds, "cold-items", 0)
     task = split.test
     new_items = np.flatnonzero(task.candidate_mask)
-    generator = LocalLlamaGenerator(threads=THREADS)
-    store = GenerationStore(DEV / "knowledge_store.sqlite")
+    generator = get_generator("local", threads=THREADS)
+    store = LMCache(DEV / "knowledge_store.sqlite")
     knowledge, stats = generate_knowledge(split.train, generator, new_items,
                                           KnowledgeSettings(noun_one="movie"), store)
     results: dict = {"dataset": "ml-100k", "protocol": "cold-items", "split": "test", "seed": 0,
@@ -223,7 +223,7 @@ def cmd_cold(args) -> dict:
     ds = load_builtin("ml-100k")
     split = make_split(ds, "cold-items", 0)
     task = sample_task(split.test, args.users)
-    generator = LocalLlamaGenerator(threads=THREADS)
+    generator = get_generator("local", threads=THREADS)
     settings = {**BASE, **dict(STEPS)[args.step]}
     results = {"dataset": "ml-100k", "protocol": "cold-items", "split": "test", "seed": 0,
                "users": int(len(task.users)), "settings": settings,
@@ -235,7 +235,7 @@ def cmd_cold(args) -> dict:
     results["llm_interest"] = evaluate_channel(channel, task, 200, KS)
     texts = [t for u in task.users for t in channel.texts_of(int(u))]
     new_titles = {ds.catalog.titles[i] for i in np.flatnonzero(task.candidate_mask)}
-    from llmrecall.interest.prompts import display_title
+    from llmrecall.lm.prompts import display_title
     new_display = {display_title(t) for t in new_titles}
     results["generated_titles_that_are_new_items"] = float(
         np.mean([t in new_display for t in texts])) if texts else 0.0

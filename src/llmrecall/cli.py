@@ -336,15 +336,10 @@ def tune_prompts(
     from rich.table import Table
 
     from llmrecall.evaluate.protocols import make_split
-    from llmrecall.interest.backends import LocalLlamaGenerator
-    from llmrecall.tune.interest_prompts import (
-        DEFAULT_VARIANT,
-        binomial_se,
-        default_row,
-        interest_variants,
-        search_interest_prompts,
-    )
+    from llmrecall.lm.generators import get_generator
+    from llmrecall.tune.interest_prompts import DEFAULT_VARIANT, interest_variants, search_interest_prompts
     from llmrecall.tune.objective import parse_metric
+    from llmrecall.tune.prompt_report import prompt_report
     from llmrecall.tune.prompts import GeneratorProposer, PromptVariant
 
     if output.suffix == ".txt":
@@ -368,13 +363,9 @@ def tune_prompts(
             default = [v for v in starting if v.name == DEFAULT_VARIANT]
             starting = default + [v for v in own if v.name != DEFAULT_VARIANT]
         split = make_split(ds, protocol, seed)
-        generator = LocalLlamaGenerator(threads=threads)
-        proposer = None
-        if rounds:
-            from llmrecall.lm.generators import get_generator
-
-            proposer = GeneratorProposer(get_generator("default", threads=threads),
-                                         per_round=proposals)
+        # one generator (one model load) writes the interest texts and proposes templates
+        generator = get_generator("default", threads=threads)
+        proposer = GeneratorProposer(generator, per_round=proposals) if rounds else None
         store = store or output.with_name(f"{output.name}.generations.sqlite")
         # only the train part and the validation task go further: test stays here, unread
         search = search_interest_prompts(
@@ -386,31 +377,19 @@ def tune_prompts(
     except LLMRecallError as exc:
         _fail(exc)
     n = int(min(users, len(split.valid.users)))
-    best, default = search.best, default_row(search)
+    report = prompt_report(search, metric=metric, users=n, protocol=protocol, seed=seed,
+                           rejected_proposals=0 if proposer is None else proposer.rejected)
     table = Table(title=f"prompt search: validation {metric}, {n} users (±: binomial SE)")
     for col in ("variant", "version", "round", metric, "±", "seconds", ""):
         table.add_column(col, justify="left" if col in ("variant", "version", "") else "right")
-    for s in search.scored:
-        mark = " ".join(m for m, on in (("best", s is best), ("default", s is default)) if on)
-        table.add_row(s.variant.name, s.variant.version, str(s.round), f"{s.score:.4f}",
-                      f"{binomial_se(s.score, n):.4f}", f"{s.seconds:.0f}", mark)
+    for row in report.rows:
+        table.add_row(row.name, row.version, str(row.round), f"{row.score:.4f}", f"{row.se:.4f}",
+                      f"{row.seconds:.0f}", row.mark)
     console.print(table)
-    summary = {"metric": metric, "users": n, "protocol": protocol, "seed": seed,
-               "best": {"name": best.variant.name, "version": best.variant.version,
-                        "score": best.score, "se": binomial_se(best.score, n)},
-               "default": None if default is None else {
-                   "name": default.variant.name, "version": default.variant.version,
-                   "score": default.score, "se": binomial_se(default.score, n)},
-               "rejected_proposals": 0 if proposer is None else proposer.rejected,
-               **search.as_dict()}
     side = output.with_name(f"{output.name}.search.json")
-    _write_text(side, json.dumps(summary, indent=2, ensure_ascii=False), quiet=True)
-    if default is not None:
-        diff_se = float(np.hypot(summary["best"]["se"], summary["default"]["se"]))
-        err.print(f"best {best.variant.name} {best.score:.4f} vs default {default.score:.4f} "
-                  f"(difference {best.score - default.score:+.4f} ± {diff_se:.4f}, "
-                  f"{'more' if best.score - default.score > 2 * diff_se else 'not more'} than "
-                  f"two standard errors); "
+    _write_text(side, json.dumps(report.summary, indent=2, ensure_ascii=False), quiet=True)
+    if report.comparison is not None:
+        err.print(f"{report.comparison.sentence()}; "
                   f"{'saved' if search.saved else 'kept the saved template (it scored at least as well)'} "
                   f"{escape(str(search.path))}; wrote {escape(str(side))}")
 

@@ -4,9 +4,16 @@ from interest_toydata import TITLES, make_dataset
 from pydantic import ValidationError
 
 from llmrecall.errors import ConfigError
-from llmrecall.interest.backends import TextGenerator
 from llmrecall.interest.constrain import TitleTrie, title_grammar
-from llmrecall.interest.jobs import InterestSettings, fewshot_examples, first_title, needs_refresh, parse_list
+from llmrecall.interest.jobs import InterestSettings, fewshot_examples, needs_refresh
+from llmrecall.lm.generators import (
+    ConstrainedDecoding,
+    Generator,
+    LlamaCppGenerator,
+    OpenAIChatGenerator,
+    constrained_decoder,
+)
+from llmrecall.lm.parse import first_title, parse_lines
 
 
 def char_tokenize(text: str) -> list[int]:
@@ -77,7 +84,7 @@ def test_needs_refresh_looks_at_the_recent_window_only():
 
 def test_parsers():
     answer = "Here are five:\n1. Alien\n2) \"Titanic\"\n- Heat\n\n"
-    assert parse_list(answer) == ["Alien", "Titanic", "Heat"]
+    assert parse_lines(answer) == ["Alien", "Titanic", "Heat"]
     assert first_title(" The Big Boss; The Big Boss\nmore") == "The Big Boss"
 
 
@@ -131,17 +138,16 @@ def test_training_pairs_come_from_training_sequences():
         training_pairs(make_dataset([[0], [1]]), 5)
 
 
-class _EchoGenerator:
+class _EchoGenerator(Generator):
     """A chat-only generator: answers every request with the same two titles."""
 
-    fingerprint = "echo"
-    supports_constraints = False
+    name, model = "echo", "echo"
 
     def complete(self, prompt, **_):
         raise AssertionError("the naive prompt only chats")
 
-    def chat(self, messages, **_):
-        return "1. Alien\n2. Titanic"
+    def _chat(self, conversations, max_tokens, temperature, json_schema, **_):
+        return ["1. Alien\n2. Titanic" for _ in conversations]
 
 
 @pytest.mark.parametrize("user", [-1, 4])
@@ -159,22 +165,29 @@ def test_job_refuses_users_outside_the_dataset(toy, user):
         job.run(np.array([user]))
 
 
-class _ChatOnly(TextGenerator):
+class _ChatOnly(Generator):
     """A generator without a tokenizer, like a remote chat endpoint."""
 
-    fingerprint = "chat-only"
+    name, model = "chat-only", "chat-only"
 
-    def complete(self, prompt, **kwargs):
-        return ""
-
-    def chat(self, messages, **kwargs):
-        return ""
+    def _chat(self, conversations, max_tokens, temperature, json_schema, **_):
+        return ["" for _ in conversations]
 
 
-def test_constraints_on_a_generator_without_a_tokenizer_are_a_config_error():
+@pytest.mark.parametrize("constrain", ["trie", "grammar"])
+def test_constraints_on_a_generator_without_a_tokenizer_are_a_config_error(toy, constrain):
+    from llmrecall.interest.jobs import InterestJob
+
     generator = _ChatOnly()
-    assert not generator.supports_constraints
-    with pytest.raises(ConfigError, match="constrained decoding"):
-        generator.tokenize("Toy Story")
-    with pytest.raises(ConfigError, match="constrained decoding"):
-        _ = generator.newline_token
+    assert not isinstance(generator, ConstrainedDecoding)
+    with pytest.raises(ConfigError, match="cannot constrain decoding.*constrain = 'none'"):
+        constrained_decoder(generator)
+    with pytest.raises(ConfigError, match="title-constrained decoding"):
+        InterestJob(toy, generator, InterestSettings(constrain=constrain, n_examples=0))
+    # without constraints the same generator drives the job
+    InterestJob(toy, generator, InterestSettings(constrain="none", n_examples=0))
+
+
+def test_constrained_decoding_is_declared_by_the_backends_that_have_it():
+    assert issubclass(LlamaCppGenerator, ConstrainedDecoding)
+    assert not issubclass(OpenAIChatGenerator, ConstrainedDecoding)

@@ -11,14 +11,14 @@ import pytest
 from llmrecall.channels.interest import InterestChannel
 from llmrecall.errors import ConfigError
 from llmrecall.interest.jobs import InterestJob, InterestSettings
-from llmrecall.interest.prompts import (
+from llmrecall.lm.cache import LMCache
+from llmrecall.lm.prompts import (
     display_title,
     fewshot_blocks,
     fewshot_prompt,
     fewshot_template,
     history_inline,
 )
-from llmrecall.interest.store import GenerationStore
 
 CHAT = ("A person recently chose these movies:\n$history\n"
         "List $count other movies they would enjoy, one per line.")
@@ -53,13 +53,13 @@ def test_template_is_validated_and_keys_the_cache():
 def test_real_generator_follows_the_template(tmp_path):
     from llmrecall.data.builtin import load_builtin
     from llmrecall.evaluate.protocols import make_split
-    from llmrecall.interest.backends import LocalLlamaGenerator
+    from llmrecall.lm.generators import get_generator
 
     train = make_split(load_builtin("ml-100k"), "loo", 0).train
-    generator = LocalLlamaGenerator(threads=1)
+    generator = get_generator("local", threads=1)
     users = np.array([0, 1], np.int32)
     base = dict(noun="movies", n_texts=3, history_length=6, n_examples=1)
-    store = GenerationStore(tmp_path / "g.sqlite")
+    store = LMCache(tmp_path / "g.sqlite")
     # the shipped prompt written out as a template: the same prompt, so the same titles
     # (greedy, trie-constrained), but stored under its own key
     shipped, _ = InterestJob(train, generator, InterestSettings(**base), store).run(users)

@@ -1,15 +1,15 @@
 import pytest
 
 from llmrecall.errors import ConfigError
-from llmrecall.interest.prompts import (
+from llmrecall.lm.cache import LMCache, content_key
+from llmrecall.lm.prompts import (
     display_title,
     fewshot_prompt,
     knowledge_messages,
+    load_template,
     naive_messages,
     normalise_title,
-    template,
 )
-from llmrecall.interest.store import GenerationStore, content_key
 
 
 @pytest.mark.parametrize("raw, shown", [
@@ -33,11 +33,11 @@ def test_normalise_title_ignores_case_numbering_and_article_order():
 def test_templates_exist_in_both_languages_and_fill():
     for language in ("en", "zh"):
         for name in ("next_naive", "next_fewshot", "next_profile", "item_keywords"):
-            assert template(name, language).strip()
+            assert load_template(name, language).text.strip()
     with pytest.raises(ConfigError, match="language"):
-        template("next_naive", "fr")
+        load_template("next_naive", "fr")
     with pytest.raises(ConfigError, match="no prompt template"):
-        template("does_not_exist")
+        load_template("does_not_exist")
 
 
 def test_fewshot_prompt_ends_where_the_title_goes():
@@ -51,14 +51,14 @@ def test_fewshot_prompt_ends_where_the_title_goes():
 
 def test_store_round_trip_and_subjects(tmp_path):
     path = tmp_path / "gen.sqlite"
-    store = GenerationStore(path)
+    store = LMCache(path)
     key = content_key("a", 1, {"x": [1, 2]})
     assert key == content_key("a", 1, {"x": [1, 2]}) != content_key("a", 2, {"x": [1, 2]})
-    store.put_many([(key, ["one", "二"])])
+    store.put_text_lists([(key, ["one", "二"])])
     store.put_subjects("scope", [("u1", [3, 4], ["t"])])
     store.close()
-    again = GenerationStore(path)
-    assert again.get_many([key, "missing"]) == {key: ["one", "二"]}
+    again = LMCache(path)
+    assert again.get_text_lists([key, "missing"]) == {key: ["one", "二"]}
     assert again.get_subjects("scope") == {"u1": ([3, 4], ["t"])}
     assert again.get_subjects("other") == {}
     assert again.size_bytes() > 0

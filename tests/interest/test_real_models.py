@@ -11,10 +11,10 @@ from llmrecall.data.builtin import load_builtin
 from llmrecall.data.dataset import SearchLog
 from llmrecall.evaluate.protocols import EvalTask, make_split
 from llmrecall.evaluate.runner import evaluate_channel
-from llmrecall.interest.backends import LocalLlamaGenerator, make_generator
 from llmrecall.interest.jobs import InterestJob, InterestSettings
-from llmrecall.interest.prompts import display_title
-from llmrecall.interest.store import GenerationStore
+from llmrecall.lm.cache import LMCache
+from llmrecall.lm.generators import ConstrainedDecoding, get_generator, make_generator
+from llmrecall.lm.prompts import display_title
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def ml100k_train():
 
 
 def test_trie_constrained_generation_writes_new_real_titles(ml100k_train):
-    generator = LocalLlamaGenerator(threads=2)
+    generator = get_generator("local", threads=2)
     settings = InterestSettings(noun="movies", n_texts=3, history_length=6, n_examples=1,
                                 constrain="trie")
     job = InterestJob(ml100k_train, generator, settings)
@@ -40,7 +40,7 @@ def test_trie_constrained_generation_writes_new_real_titles(ml100k_train):
 
 
 def test_fit_reuses_stored_text_until_the_history_moves(ml100k_train, tmp_path):
-    generator = LocalLlamaGenerator(threads=2)
+    generator = get_generator("local", threads=2)
     settings = dict(noun="movies", n_texts=2, history_length=4, n_examples=1, constrain="trie")
     users = ml100k_train.users.raw(np.array([1, 2]))
     store = str(tmp_path / "interest.sqlite")
@@ -75,17 +75,16 @@ def test_search_channel_finds_searched_titles_with_the_real_embedder():
 
 
 def test_openai_compatible_endpoint_drives_the_same_job(ml100k_train):
-    from llmrecall.lm import get_generator
     from llmrecall.lm.server import create_app, start_in_thread
 
     server = start_in_thread(create_app(None, get_generator("default", threads=2)))
     try:
         generator = make_generator({"backend": "openai", "base_url": server.url,
                                     "model": "SmolLM2-135M-Instruct.Q4_1"})
-        assert not generator.supports_constraints
+        assert not isinstance(generator, ConstrainedDecoding)
         settings = InterestSettings(noun="movies", n_texts=2, history_length=4, n_examples=1,
                                     constrain="none", temperature=0.0, max_tokens=16)
-        texts, stats = InterestJob(ml100k_train, generator, settings, GenerationStore()).run(
+        texts, stats = InterestJob(ml100k_train, generator, settings, LMCache(":memory:")).run(
             np.array([0, 1]))
         assert stats.generated == 2
         assert all(isinstance(t, str) and t.strip() for v in texts.values() for t in v)

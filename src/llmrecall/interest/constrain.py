@@ -84,10 +84,6 @@ class TitleTrie:
     def __len__(self) -> int:
         return len(self.titles)
 
-    @property
-    def n_nodes(self) -> int:
-        return len(self._children)
-
     def title_id(self, title: str) -> int:
         """Id of ``title`` (whitespace-normalised), -1 when it is not in the trie."""
         return self._title_id.get(" ".join(str(title).split()), -1)

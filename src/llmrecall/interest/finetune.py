@@ -2,7 +2,7 @@
 
 Training pairs come from the *training* split only: for a user with items i_1..i_n, the
 prompt shows titles i_{t-L}..i_{t-1} in the few-shot format of
-:func:`llmrecall.interest.prompts.fewshot_prompt` (no examples) and the target is
+:func:`llmrecall.lm.prompts.fewshot_prompt` (no examples) and the target is
 `` <title of i_t>\\n``; the loss covers the target tokens only.
 
 SmolLM2 ships only as GGUF here; transformers de-quantizes it to float32 (needs the
@@ -20,8 +20,8 @@ import numpy as np
 
 from llmrecall.data.dataset import Dataset
 from llmrecall.errors import ConfigError
-from llmrecall.interest.backends import DEFAULT_MODEL_FILE, default_model_path
-from llmrecall.interest.prompts import display_title, fewshot_prompt
+from llmrecall.lm.generators import smollm2_path
+from llmrecall.lm.prompts import display_title, fewshot_prompt
 
 
 def training_pairs(dataset: Dataset, n_pairs: int, history_length: int = 8, noun: str = "movies",
@@ -81,7 +81,7 @@ def lora_finetune(pairs: list[tuple[str, str]], *, steps: int = 20, batch_size: 
         raise ConfigError("no training pairs")
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    path = Path(gguf_path) if gguf_path else default_model_path()
+    path = Path(gguf_path) if gguf_path else smollm2_path()
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
@@ -136,4 +136,4 @@ def lora_finetune(pairs: list[tuple[str, str]], *, steps: int = 20, batch_size: 
                           float(np.mean(tokens)), losses, adapter_dir)
 
 
-__all__ = ["DEFAULT_MODEL_FILE", "FinetuneReport", "lora_finetune", "training_pairs"]
+__all__ = ["FinetuneReport", "lora_finetune", "training_pairs"]

@@ -2,7 +2,7 @@
 
 For each user the job reads the most recent titles, asks a generator for (a) hypothetical
 next items — catalog titles when decoding is constrained — and optionally (b) a one-sentence
-interest profile, cleans the answers, and stores them (see :mod:`llmrecall.interest.store`).
+interest profile, cleans the answers, and stores them (in an :class:`~llmrecall.lm.cache.LMCache`).
 A user whose history has barely changed since the last run keeps the stored text
 (:func:`needs_refresh`); identical prompts are answered from the content-addressed cache.
 
@@ -13,8 +13,8 @@ dedupe, history titles forbidden) -> decoding constrained to catalog titles.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import re
 import string
 import time
 from collections.abc import Callable
@@ -26,9 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
-from llmrecall.interest.backends import TextGenerator
 from llmrecall.interest.constrain import TitleTrie, title_grammar
-from llmrecall.interest.prompts import (
+from llmrecall.lm.cache import LMCache, content_key
+from llmrecall.lm.errors import GenerationParseError
+from llmrecall.lm.generators import ConstrainedDecoding, Generator, LlamaCppGenerator, constrained_decoder
+from llmrecall.lm.parse import ListRules, delimit_list, first_title, parse_lines
+from llmrecall.lm.parse import parse_list as lm_parse_list
+from llmrecall.lm.prompts import (
     display_title,
     fewshot_blocks,
     fewshot_prompt,
@@ -37,10 +41,6 @@ from llmrecall.interest.prompts import (
     normalise_title,
     profile_messages,
 )
-from llmrecall.interest.store import GenerationStore, content_key
-from llmrecall.lm.errors import GenerationParseError
-from llmrecall.lm.parse import ListRules, delimit_list
-from llmrecall.lm.parse import parse_list as lm_parse_list
 
 #: users written to the store per transaction
 WRITE_BATCH = 5
@@ -177,22 +177,16 @@ def fewshot_examples(histories: Histories, titles: list[str], n: int, length: in
 
 
 _ARTICLES = {"The", "A", "An", "Il", "La", "Le", "Les", "Das", "Der", "Die", "El", "Los"}
-_NUMBERING = re.compile(r"^\s*(\d+[.)]|[-*•])\s*")
 
 
-def parse_list(text: str) -> list[str]:
-    """Lines of a free-text answer, numbering and bullets removed, headers (``...:``) dropped."""
-    out = []
-    for line in text.splitlines():
-        line = _NUMBERING.sub("", line).strip().strip('"').strip()
-        if line and not line.endswith(":"):
-            out.append(line)
-    return out
-
-
-def first_title(text: str) -> str:
-    """The first title in a continuation (up to a newline or semicolon)."""
-    return re.split(r"[\n;]", text, maxsplit=1)[0].strip().strip('"').strip()
+def store_fingerprint(generator: Generator) -> str:
+    """How interest and item-knowledge keys name a generator: the llama.cpp backend by its
+    GGUF file name and size, any other backend as ``lm|`` + its fingerprint. Spelled as these
+    stores always spelled it, so text generated before is found again."""
+    if isinstance(generator, LlamaCppGenerator):
+        path = generator.model_path
+        return f"llama.cpp|{path.name}|{path.stat().st_size}"
+    return f"lm|{generator.fingerprint}"
 
 
 @dataclass
@@ -214,24 +208,28 @@ class InterestJob:
 
     Args:
         dataset: the training data (its histories are what the prompts show).
-        generator: any :class:`~llmrecall.interest.backends.TextGenerator`.
+        generator: any :class:`~llmrecall.lm.generators.Generator`; constrained decoding
+            (``constrain`` "trie" or "grammar") needs one with
+            :class:`~llmrecall.lm.generators.ConstrainedDecoding` (the local llama.cpp model).
         settings: :class:`InterestSettings`.
-        store: where texts are cached; an in-memory store when None.
+        store: where texts are cached; an in-memory cache when None.
     """
 
-    def __init__(self, dataset: Dataset, generator: TextGenerator,
-                 settings: InterestSettings | None = None, store: GenerationStore | None = None):
+    def __init__(self, dataset: Dataset, generator: Generator,
+                 settings: InterestSettings | None = None, store: LMCache | None = None):
         self.dataset = dataset
         self.generator = generator
         self.settings = settings or InterestSettings()
-        self.store = store or GenerationStore()
+        self.store = store or LMCache(":memory:")
         self.histories = dataset.histories()
         self.titles = [display_title(t) for t in dataset.catalog.titles]
-        self.scope = self.settings.scope(generator.fingerprint)
+        self.fingerprint = store_fingerprint(generator)
+        self.scope = self.settings.scope(self.fingerprint)
         s = self.settings
-        if s.constrain != "none" and not generator.supports_constraints:
-            raise ConfigError(f"the generator {generator.fingerprint!r} cannot constrain "
-                              f"decoding; set constrain = 'none'")
+        #: the generator as a constrained decoder, when the settings constrain decoding
+        self._decoder: ConstrainedDecoding | None = None
+        if s.constrain != "none":
+            self._decoder = constrained_decoder(generator)
         if s.constrain != "none" and s.prompt != "fewshot":
             raise ConfigError("constrained decoding needs the few-shot completion prompt")
         self._examples = fewshot_examples(self.histories, self.titles, s.n_examples,
@@ -239,7 +237,9 @@ class InterestJob:
         self._trie: TitleTrie | None = None
         self._grammar: str | None = None
         if s.constrain == "trie":
-            self._trie = TitleTrie(self.titles, generator.tokenize, generator.newline_token)
+            assert self._decoder is not None
+            self._trie = TitleTrie(self.titles, self._decoder.tokenize,
+                                   self._decoder.newline_token)
         elif s.constrain == "grammar":
             self._grammar = title_grammar(self.titles)
 
@@ -268,20 +268,20 @@ class InterestJob:
         seen = {normalise_title(self.titles[i]) for i in items} if s.forbid_history else set()
         texts: list[str] = []
         if s.profile:
-            profile = self.generator.chat(profile_messages(recent, s.noun, s.language),
+            profile = self.generator.chat([profile_messages(recent, s.noun, s.language)],
                                           max_tokens=s.profile_tokens, temperature=0.0,
-                                          repeat_penalty=s.repeat_penalty, seed=s.seed)
+                                          repeat_penalty=s.repeat_penalty, seed=s.seed)[0]
             profile = " ".join(profile.split())
             if profile:
                 texts.append(profile)
         if s.template is not None and s.prompt == "naive":
             return texts + self._chat_template(recent, user, seen)
         if s.prompt == "naive":
-            answer = self.generator.chat(naive_messages(recent, s.noun, s.language),
+            answer = self.generator.chat([naive_messages(recent, s.noun, s.language)],
                                          max_tokens=s.max_tokens * s.n_texts,
                                          temperature=s.temperature,
-                                         repeat_penalty=s.repeat_penalty, seed=s.seed)
-            return texts + self._clean(parse_list(answer), seen)[:s.n_texts]
+                                         repeat_penalty=s.repeat_penalty, seed=s.seed)[0]
+            return texts + self._clean(parse_lines(answer), seen)[:s.n_texts]
         if s.template is not None:
             prompt = string.Template(s.template).substitute(
                 history=history_inline(recent), count=s.n_texts,
@@ -293,10 +293,13 @@ class InterestJob:
         proposals: list[str] = []
         # free sampling may repeat itself; a few extra draws fill the list after cleaning
         attempts = s.n_texts * (3 if (s.dedupe or s.forbid_history) else 1)
+        complete: Callable[..., str] = self.generator.complete
+        if self._grammar is not None:
+            assert self._decoder is not None
+            complete = functools.partial(self._decoder.complete, grammar=self._grammar)
         for attempt in range(attempts):
-            out = self.generator.complete(
-                prompt, max_tokens=s.max_tokens, temperature=s.temperature, stop=["\n"],
-                repeat_penalty=s.repeat_penalty, seed=s.seed + attempt, grammar=self._grammar)
+            out = complete(prompt, max_tokens=s.max_tokens, temperature=s.temperature,
+                           stop=["\n"], repeat_penalty=s.repeat_penalty, seed=s.seed + attempt)
             title = first_title(out)
             if title:
                 proposals.append(title)
@@ -313,10 +316,10 @@ class InterestJob:
         message = string.Template(s.template).substitute(
             history=delimit_list(recent, "item"), count=s.n_texts,
             examples=fewshot_blocks(self._examples_for(user), s.language))
-        answer = self.generator.chat([{"role": "user", "content": message.strip()}],
+        answer = self.generator.chat([[{"role": "user", "content": message.strip()}]],
                                      max_tokens=s.max_tokens * s.n_texts,
                                      temperature=s.temperature, repeat_penalty=s.repeat_penalty,
-                                     seed=s.seed)
+                                     seed=s.seed)[0]
         try:
             items = lm_parse_list(answer, ListRules(max_items=max(s.n_texts * 3, 10)),
                                   what="interest answer")
@@ -327,8 +330,8 @@ class InterestJob:
     def _constrained(self, prompt: str, items: np.ndarray) -> list[str]:
         """n distinct catalog titles, each decoded through the trie; the user's own and the
         already written titles are banned, so even greedy decoding moves on to the next."""
-        s, trie = self.settings, self._trie
-        assert trie is not None
+        s, trie, decoder = self.settings, self._trie, self._decoder
+        assert trie is not None and decoder is not None
         banned = {trie.title_id(self.titles[i]) for i in items} if s.forbid_history else set()
         banned.discard(-1)
         out: list[str] = []
@@ -336,7 +339,7 @@ class InterestJob:
         for attempt in range(s.n_texts):
             if len(banned) >= len(trie):
                 break
-            text = self.generator.complete(
+            text = decoder.complete(
                 prompt, max_tokens=s.max_tokens, temperature=s.temperature, stop=["\n"],
                 repeat_penalty=s.repeat_penalty, seed=s.seed + attempt,
                 processor=trie.processor(banned, avoid))
@@ -377,7 +380,7 @@ class InterestJob:
         stats = JobStats(users=len(users))
         raw_ids = self.dataset.users.raw(users)
         stored = self.store.get_subjects(self.scope)
-        fingerprint = self.generator.fingerprint
+        fingerprint = self.fingerprint
         settings = s.cache_fields()
         out: dict[int, list[str]] = {}
         pending_subjects: list[tuple[str, list[int], list[str]]] = []
@@ -393,7 +396,7 @@ class InterestJob:
                 stats.reused += 1
                 continue
             key = content_key(fingerprint, settings, items.tolist(), self._examples)
-            cached = self.store.get_many([key])
+            cached = self.store.get_text_lists([key])
             if key in cached:
                 texts = cached[key]
                 stats.cache_hits += 1
@@ -408,12 +411,12 @@ class InterestJob:
             out[user] = texts
             pending_subjects.append((raw, recent, texts))
             if len(pending_subjects) >= WRITE_BATCH:
-                self.store.put_many(pending_cache)
+                self.store.put_text_lists(pending_cache, fingerprint)
                 self.store.put_subjects(self.scope, pending_subjects)
                 pending_subjects, pending_cache = [], []
             if progress is not None:
                 progress(n + 1, len(users))
-        self.store.put_many(pending_cache)
+        self.store.put_text_lists(pending_cache, fingerprint)
         self.store.put_subjects(self.scope, pending_subjects)
         stats.seconds = time.perf_counter() - start
         return out, stats

@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmrecall.data.dataset import Catalog, Dataset
 from llmrecall.errors import DataError
-from llmrecall.interest.backends import TextGenerator
-from llmrecall.interest.prompts import knowledge_messages, template
-from llmrecall.interest.store import GenerationStore, content_key
+from llmrecall.interest.jobs import store_fingerprint
+from llmrecall.lm.cache import LMCache, content_key
+from llmrecall.lm.generators import Generator
+from llmrecall.lm.prompts import knowledge_messages, load_template
 
 #: catalog column holding the generated knowledge
 KNOWLEDGE_FIELD = "keywords"
@@ -77,28 +78,30 @@ class KnowledgeStats:
     per_item_seconds: list[float] = field(default_factory=list)
 
 
-def generate_knowledge(dataset: Dataset, generator: TextGenerator, items: np.ndarray | None = None,
+def generate_knowledge(dataset: Dataset, generator: Generator, items: np.ndarray | None = None,
                        settings: KnowledgeSettings | None = None,
-                       store: GenerationStore | None = None) -> tuple[list[str], KnowledgeStats]:
+                       store: LMCache | None = None) -> tuple[list[str], KnowledgeStats]:
     """Knowledge text for ``items`` (dense ids; all items when None).
 
     Returns a list with one string per catalog item (empty for items not asked for or with no
     usable answer) and :class:`KnowledgeStats`.
     """
     settings = settings or KnowledgeSettings()
-    store = store or GenerationStore()
+    store = store or LMCache(":memory:")
     items = np.arange(dataset.n_items) if items is None else np.asarray(items)
     if len(items) and (items.min() < 0 or items.max() >= dataset.n_items):
         raise DataError(f"item ids must be in [0, {dataset.n_items}) for knowledge generation")
     titles, cats = dataset.catalog.titles, dataset.catalog.categories
-    version = template("item_keywords", settings.language)
+    # the template's full text (not its hash) in the key, as these keys have always had it
+    version = load_template("item_keywords", settings.language).text
+    fingerprint = store_fingerprint(generator)
     out = [""] * dataset.n_items
     stats = KnowledgeStats(items=len(items))
     start = time.perf_counter()
     # raw answers are stored; cleaning happens on read, so it can change without regenerating
-    keys = {int(i): content_key("knowledge-raw", generator.fingerprint, version,
+    keys = {int(i): content_key("knowledge-raw", fingerprint, version,
                                 settings.model_dump(), titles[i], cats[i]) for i in items}
-    cached = store.get_many(list(keys.values()))
+    cached = store.get_text_lists(list(keys.values()))
     pending = []
     for item in items.tolist():
         key = keys[item]
@@ -108,19 +111,19 @@ def generate_knowledge(dataset: Dataset, generator: TextGenerator, items: np.nda
             stats.cache_hits += 1
         elif titles[item].strip():
             t0 = time.perf_counter()
-            answer = generator.chat(knowledge_messages(titles[item], cats[item], settings.noun_one,
-                                                       settings.language),
+            answer = generator.chat([knowledge_messages(titles[item], cats[item],
+                                                        settings.noun_one, settings.language)],
                                     max_tokens=settings.max_tokens, temperature=0.0,
-                                    repeat_penalty=settings.repeat_penalty)
+                                    repeat_penalty=settings.repeat_penalty)[0]
             stats.per_item_seconds.append(time.perf_counter() - t0)
             out[item] = clean_keywords(answer, titles[item], settings.max_keywords)
             stats.generated += 1
             pending.append((key, [answer]))
             if len(pending) >= WRITE_BATCH:
-                store.put_many(pending)
+                store.put_text_lists(pending, fingerprint)
                 pending = []
         stats.empty += int(not out[item])
-    store.put_many(pending)
+    store.put_text_lists(pending, fingerprint)
     stats.seconds = time.perf_counter() - start
     return out, stats
 

@@ -1,12 +1,13 @@
-"""The language-model layer: embedders, generators, prompt templates, a persistent cache,
-untrusted-text handling, a scrubber for remote calls, and ``lm-serve``.
+"""The language-model layer: embedders, generators (constrained decoding where the backend
+has it), prompt templates, a persistent cache, untrusted-text handling, a scrubber for remote
+calls, and ``lm-serve``. Every other package (the interest jobs included) uses these.
 
 Local packaged models are the default and nothing leaves the machine unless a remote
 (OpenAI-compatible) endpoint is configured. Heavy imports (torch, llama.cpp) happen only when
 a backend that needs them is built.
 """
 
-from llmrecall.lm.cache import LMCache, cache_key
+from llmrecall.lm.cache import LMCache, cache_key, content_key
 from llmrecall.lm.cached import CachedEmbedder, CachedGenerator
 from llmrecall.lm.config import CacheConfig, EmbedderConfig, GeneratorConfig, LMConfig
 from llmrecall.lm.embedders import DEFAULT_EMBEDDER, Embedder, OpenAIEmbedder, get_embedder
@@ -17,7 +18,15 @@ from llmrecall.lm.errors import (
                                  LMError,
                                  MalformedResponseError,
 )
-from llmrecall.lm.generators import Generator, OpenAIChatGenerator, get_generator
+from llmrecall.lm.generators import (
+                                 ConstrainedDecoding,
+                                 Generator,
+                                 LlamaCppGenerator,
+                                 OpenAIChatGenerator,
+                                 constrained_decoder,
+                                 get_generator,
+                                 make_generator,
+)
 from llmrecall.lm.parse import (
                                  delimit,
                                  delimit_list,
@@ -33,10 +42,11 @@ from llmrecall.lm.scrub import Scrubber
 
 __all__ = [
     "BackendUnavailableError", "CacheConfig", "CachedEmbedder", "CachedGenerator",
-    "DEFAULT_EMBEDDER", "Embedder", "EmbedderConfig", "EndpointError", "GenerationParseError",
-    "Generator", "GeneratorConfig", "LMCache", "LMConfig", "LMError", "MalformedResponseError",
-    "OpenAIChatGenerator", "OpenAIEmbedder", "PromptTemplate", "Scrubber", "available_templates",
-    "cache_key", "delimit", "delimit_list", "get_embedder", "get_generator", "list_schema",
-    "load_template",
+    "ConstrainedDecoding", "DEFAULT_EMBEDDER", "Embedder", "EmbedderConfig", "EndpointError",
+    "GenerationParseError", "Generator", "GeneratorConfig", "LMCache", "LMConfig", "LMError",
+    "LlamaCppGenerator", "MalformedResponseError", "OpenAIChatGenerator", "OpenAIEmbedder",
+    "PromptTemplate", "Scrubber", "available_templates", "cache_key", "constrained_decoder",
+    "content_key", "delimit", "delimit_list", "get_embedder", "get_generator", "list_schema",
+    "load_template", "make_generator",
     "parse_interests", "parse_knowledge", "parse_list", "parse_queries", "parse_titles",
 ]

@@ -103,8 +103,10 @@ class CachedGenerator(Generator):
 
     The key covers the backend fingerprint, the template version (``template=`` or
     :meth:`generate_from_template`), the full conversation and the parameters
-    (``max_tokens``, ``temperature``, ``json_schema``). With ``temperature > 0`` a cached
-    sample is reused: pass ``sample=i`` to ask for a different stored sample.
+    (``max_tokens``, ``temperature``, ``json_schema``, and ``repeat_penalty`` / ``seed`` when
+    they are not the defaults, so keys written before those options existed stay valid). With
+    ``temperature > 0`` a cached sample is reused: pass ``sample=i`` to ask for a different
+    stored sample.
     """
 
     def __init__(self, generator: Generator, cache: LMCache, commit_every: int = 32,
@@ -122,11 +124,13 @@ class CachedGenerator(Generator):
 
     def generate(self, prompts: Sequence[str], max_tokens: int = 256, temperature: float = 0.0,
                  json_schema: dict | None = None, *, template: PromptTemplate | str = "",
-                 sample: int = 0) -> list[str]:
+                 sample: int = 0, repeat_penalty: float = 1.0,
+                 seed: int | None = None) -> list[str]:
         if isinstance(prompts, str):
             raise TypeError("generate() takes a list of prompts, not one string")
         return self.chat([[{"role": "user", "content": p}] for p in prompts], max_tokens,
-                         temperature, json_schema, template=template, sample=sample)
+                         temperature, json_schema, template=template, sample=sample,
+                         repeat_penalty=repeat_penalty, seed=seed)
 
     def generate_from_template(self, template: PromptTemplate, values: Sequence[dict],
                                max_tokens: int = 256, temperature: float = 0.0,
@@ -137,10 +141,17 @@ class CachedGenerator(Generator):
 
     def chat(self, conversations: Sequence[Sequence[Message]], max_tokens: int = 256,
              temperature: float = 0.0, json_schema: dict | None = None, *,
-             template: PromptTemplate | str = "", sample: int = 0) -> list[str]:
+             template: PromptTemplate | str = "", sample: int = 0, repeat_penalty: float = 1.0,
+             seed: int | None = None) -> list[str]:
         version = template.id if isinstance(template, PromptTemplate) else str(template)
-        params = {"max_tokens": max_tokens, "temperature": temperature,
-                  "json_schema": json_schema, "sample": sample}
+        params: dict = {"max_tokens": max_tokens, "temperature": temperature,
+                        "json_schema": json_schema, "sample": sample}
+        sampling: dict = {}
+        if repeat_penalty != 1.0:
+            sampling["repeat_penalty"] = repeat_penalty
+        if seed is not None:
+            sampling["seed"] = seed
+        params.update(sampling)
         conversations = [list(c) for c in conversations]
         keys = [cache_key("generation", self.fingerprint, version,
                           _conversation_text(c), params) for c in conversations]
@@ -154,15 +165,17 @@ class CachedGenerator(Generator):
             for s in range(0, len(missing), self.commit_every):
                 group = missing[s:s + self.commit_every]
                 outputs = self.inner.chat([by_key[k] for k in group], max_tokens, temperature,
-                                          json_schema)
+                                          json_schema, **sampling)
                 self.cache.put_generations(self.fingerprint, version, zip(group, outputs))
                 found.update(zip(group, outputs))
                 self.misses += len(group)
                 advance(len(group))
         return [found[k] for k in keys]
 
-    def _chat(self, conversations, max_tokens, temperature, json_schema):
-        return self.chat(conversations, max_tokens, temperature, json_schema)
+    def _chat(self, conversations, max_tokens, temperature, json_schema, *,
+              repeat_penalty=1.0, seed=None):
+        return self.chat(conversations, max_tokens, temperature, json_schema,
+                         repeat_penalty=repeat_penalty, seed=seed)
 
     def close(self) -> None:
         self.inner.close()

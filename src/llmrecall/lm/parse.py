@@ -10,6 +10,9 @@ Coming out (:func:`parse_list` and the typed wrappers): small models answer with
 lists, bullets, JSON wrapped in code fences or followed by chatter, duplicates, and sometimes
 garbage. The parser repairs the common shapes, rejects what is not usable, caps length and
 count, and dedupes (case- and width-insensitive), or raises :class:`GenerationParseError`.
+:func:`parse_lines` and :func:`first_title` are the plain readers of the interest job's
+shipped prompts (every line of a chat answer; the first title of a completion), kept as they
+are so what those prompts produce does not change.
 """
 
 from __future__ import annotations
@@ -257,6 +260,28 @@ def parse_list(text: str, rules: ListRules = ListRules(), *, what: str = "items"
     if not out:
         raise GenerationParseError(f"no usable {what} in generated text: {text[:120]!r}")
     return out
+
+
+_NUMBERING = re.compile(r"^\s*(\d+[.)]|[-*•])\s*")
+
+
+def parse_lines(text: str) -> list[str]:
+    """Lines of a free-text answer, numbering and bullets removed, headers (``...:``) dropped.
+
+    No repair, no caps, no dedupe (unlike :func:`parse_list`): the reader of the interest
+    job's shipped chat prompt, whose caller cleans and dedupes the titles itself.
+    """
+    out = []
+    for line in text.splitlines():
+        line = _NUMBERING.sub("", line).strip().strip('"').strip()
+        if line and not line.endswith(":"):
+            out.append(line)
+    return out
+
+
+def first_title(text: str) -> str:
+    """The first title in a completion (up to a newline or semicolon), quotes stripped."""
+    return re.split(r"[\n;]", text, maxsplit=1)[0].strip().strip('"').strip()
 
 
 def parse_interests(text: str) -> list[str]:

@@ -15,19 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from llmrecall.channels.interest import InterestChannel
 from llmrecall.data.dataset import Dataset
 from llmrecall.errors import ConfigError
 from llmrecall.evaluate.protocols import EvalTask
-from llmrecall.interest.backends import TextGenerator
 from llmrecall.interest.jobs import InterestSettings
-from llmrecall.interest.prompts import fewshot_template
+from llmrecall.lm.generators import Generator
+from llmrecall.lm.prompts import fewshot_template
 from llmrecall.tune.prompts import (
     GeneratorProposer,
     PromptSearch,
     PromptVariant,
+    ScoredVariant,
     channel_scorer,
     optimise_prompts,
 )
@@ -86,7 +85,7 @@ def variant_settings(variant: PromptVariant, noun: str) -> dict[str, Any]:
 
 
 def search_interest_prompts(
-        train: Dataset, valid: EvalTask, variants: list[PromptVariant], generator: TextGenerator,
+        train: Dataset, valid: EvalTask, variants: list[PromptVariant], generator: Generator,
         *, noun: str = "items", metric: str = "recall@50", max_users: int | None = 50,
         seed: int = 0, rounds: int = 0, proposer: GeneratorProposer | None = None,
         output: str | Path | None = None, store_path: str | Path | None = None,
@@ -133,11 +132,6 @@ def search_interest_prompts(
                             progress=say)
 
 
-def default_row(search: PromptSearch) -> Any:
+def default_row(search: PromptSearch) -> ScoredVariant | None:
     """The scored default variant of ``search`` (None when it was not among the variants)."""
     return next((s for s in search.scored if s.variant.name == DEFAULT_VARIANT), None)
-
-
-def binomial_se(value: float, n: int) -> float:
-    """Standard error of a recall measured on ``n`` users with one target each."""
-    return float(np.sqrt(max(value * (1 - value), 0.0) / n)) if n else float("nan")
