@@ -29,6 +29,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
+from llmrecall.channels.capabilities import AddsItems, AnswersQueries, CachesUsers
 from llmrecall.channels.history import limited_blas
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (
@@ -41,7 +42,7 @@ from llmrecall.channels.text_features import (
     popularity,
     text_vectors,
 )
-from llmrecall.channels.user_cache import UserStateCache, cached_user_states
+from llmrecall.channels.user_cache import cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 from llmrecall.index import VectorIndex, choose_kind, merge_hits
@@ -76,7 +77,7 @@ def _check_index_params(channel: str, params: dict | None) -> dict | None:
     return dict(params)
 
 
-class _TextIndexChannel(Channel):
+class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
     """Shared parts: embed the catalog, index it, save the index with faiss, run queries.
 
     Thread safety: a serving process calls :meth:`add_items` on one thread while recalls run
@@ -640,7 +641,7 @@ class SemanticItemToItem(_TextIndexChannel):
 
 
 @register
-class SemanticUserInterest(_TextIndexChannel):
+class SemanticUserInterest(_TextIndexChannel, CachesUsers):
     """Items closest to the user's interest vectors in text-embedding space.
 
     The last ``recent`` history embeddings, weighted by ``recency_decay**age``, form one
@@ -663,7 +664,6 @@ class SemanticUserInterest(_TextIndexChannel):
     """
 
     kind: ClassVar[str] = "semantic_user"
-    user_cache: UserStateCache | None = None
     evidence_template: ClassVar[str] = "matches your interest in things like {evidence}"
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 50,
