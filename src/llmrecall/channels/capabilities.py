@@ -106,8 +106,8 @@ class AddsItems(ABC):
         Guarantees: when it returns, the next recall (and query) can return the items, as
         far as the channel can place an item from its text alone (``sasrec`` with
         ``text_init`` other than ``"fuse"`` has no text to go on and changes nothing);
-        adding the same ``(id, text)`` again changes no answer (replays are safe); an empty
-        call does nothing. Deleting an item is the caller's ``allowed`` mask, not a call
+        adding the same ``(id, text)`` again gives the same answers, up to float rounding
+        (replays are safe); an empty call does nothing. Deleting an item is the caller's ``allowed`` mask, not a call
         here.
 
         Raises:
