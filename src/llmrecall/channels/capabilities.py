@@ -104,11 +104,11 @@ class AddsItems(ABC):
                 Categories: a, b``), as ``fit`` read the catalog.
 
         Guarantees: when it returns, the next recall (and query) can return the items, as
-        far as the channel can place an item from its text alone (``sasrec`` with
-        ``text_init`` other than ``"fuse"`` has no text to go on and changes nothing);
+        far as the channel can place an item from its text alone (``sasrec`` changes
+        nothing unless ``text_init="fuse"``);
         adding the same ``(id, text)`` again gives the same answers, up to float rounding
-        (replays are safe); an empty call does nothing. Deleting an item is the caller's ``allowed`` mask, not a call
-        here.
+        (replays are safe); an empty call does nothing. Deleting an item is the caller's
+        ``allowed`` mask, not a call here.
 
         Raises:
             Anything, on failure: the service logs it, counts

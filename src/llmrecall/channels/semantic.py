@@ -13,10 +13,11 @@ items nobody has interacted with are retrievable. Both keep the top-``k`` exact:
 in the merged top ``k`` is in the top ``k`` of the query that scored it best, so fetching ``k``
 hits per query (after exclusions) loses nothing.
 
-Serving hooks (called by :mod:`llmrecall.serve`): :meth:`~_TextIndexChannel.add_items` embeds
-items created or edited at run time and puts them in the index at once (so they are
-recalled, used as history evidence and found as similar items before any retraining), and
-:meth:`~_TextIndexChannel.recall_query` answers free-text queries from the same index.
+Serving capabilities (:mod:`llmrecall.channels.capabilities`, used by :mod:`llmrecall.serve`):
+:meth:`~_TextIndexChannel.add_items` (``AddsItems``) embeds items created or edited at run
+time and puts them in the index at once (so they are recalled, used as history evidence and
+found as similar items before any retraining), and :meth:`~_TextIndexChannel.recall_query`
+(``AnswersQueries``) answers free-text queries from the same index.
 """
 
 from __future__ import annotations
