@@ -11,11 +11,22 @@ user's unseen community items first.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from llmrecall.channels.base import Channel
+from llmrecall.channels.base import Candidates, Channel
+from llmrecall.channels.capabilities import (
+    AddsItems,
+    AnswersQueries,
+    CachesUsers,
+    RefreshesInterests,
+    UsesEmbedder,
+    UsesGenerator,
+)
 from llmrecall.channels.registry import load_channel
+from llmrecall.channels.user_cache import UserStateCache
 from llmrecall.data.dataset import Catalog, Dataset, Histories, Interactions
 from llmrecall.data.vocab import Vocabulary
 from llmrecall.errors import NotFittedError
@@ -54,15 +65,151 @@ def popularity_ranking(dataset: Dataset) -> np.ndarray:
     return np.lexsort((np.arange(dataset.n_items), -counts))
 
 
-class ChannelContract:
+class _Reached(BaseException):
+    """Raised by a :class:`_Spy` when a channel touches it (a BaseException, so no
+    ``except Exception`` on the way swallows it)."""
+
+
+class _Spy:
+    """A stand-in backend: any attribute access raises :class:`_Reached` naming it, which
+    proves that ``fit`` reached the object handed over by ``use()``."""
+
+    def __init__(self, label: str):
+        object.__setattr__(self, "_label", label)
+
+    def __getattr__(self, name: str):
+        raise _Reached(self._label)
+
+
+def _check_padded(got: Candidates, rows: int, k: int, n_items: int) -> None:
+    """Shapes, dtypes and padding of a query answer: each row's valid ids (in the catalog,
+    distinct, best first) come first, then -1 / -inf."""
+    assert got.ids.shape == got.scores.shape == (rows, k)
+    assert got.ids.dtype == np.int32 and got.scores.dtype == np.float32
+    valid = got.ids >= 0
+    assert (np.isfinite(got.scores) == valid).all()
+    assert (np.diff(valid.astype(int), axis=1) <= 0).all(), "padding only at the end"
+    assert (got.ids[valid] < n_items).all()
+    for r in range(rows):
+        row = got.ids[r][valid[r]]
+        assert len(np.unique(row)) == len(row), "duplicate candidates"
+        assert (np.diff(got.scores[r][valid[r]]) <= 0).all(), "not best first"
+
+
+class CapabilityContract:
+    """The checks of each optional capability (:mod:`llmrecall.channels.capabilities`) a
+    channel declares. For a capability it does not declare, the channel must not have the
+    capability's method either: the service calls only declared ones, so an undeclared
+    ``add_items`` would silently never run.
+
+    A subclass defines ``make_channel`` and a ``data`` fixture; the checks of the serving
+    capabilities also use its ``fitted`` fixture (requested only when declared)."""
+
+    def make_channel(self) -> Channel:
+        raise AssertionError("test classes define make_channel()")
+
+    def test_capability_answers_queries(self, request, data):
+        if not isinstance(self.make_channel(), AnswersQueries):
+            assert not hasattr(self.make_channel(), "recall_query")
+            return
+        fitted = request.getfixturevalue("fitted")
+        query = data.catalog.texts()[0]  # community A's first item
+        got = fitted.recall_query([query, None, "  "], 5)
+        _check_padded(got, 3, 5, data.n_items)
+        assert (got.ids[0] >= 0).all() and (got.ids[1:] == -1).all(), "no query: no filler"
+        assert (got.ids[0, :3] // PER_COMMUNITY == 0).all(), "the query's own community first"
+        _check_padded(fitted.recall_query([query], data.n_items + 5), 1, data.n_items + 5,
+                      data.n_items)
+        allowed = np.ones(data.n_items, bool)
+        allowed[got.ids[0, :2]] = False
+        masked = fitted.recall_query([query], 5, allowed)
+        assert not np.isin(masked.ids, got.ids[0, :2]).any()
+        assert isinstance(fitted.query_source, str) and fitted.query_source
+
+    def test_capability_adds_items(self, request, data, tmp_path):
+        if not isinstance(self.make_channel(), AddsItems):
+            assert not hasattr(self.make_channel(), "add_items")
+            return
+        fitted = request.getfixturevalue("fitted")
+        channel = load_channel(fitted.save(tmp_path / "copy"))  # the class's channel stays as fitted
+        assert isinstance(channel, AddsItems)
+        new = data.n_items
+        history = with_extra(data, [], [], N_USERS, new + 1)
+        users = np.arange(N_USERS)
+        before = channel.recall(users, new + 1, history)
+        assert not (before.ids == new).any()
+        channel.add_items(np.zeros(0, np.int32), [])
+        np.testing.assert_array_equal(channel.recall(users, new + 1, history).ids, before.ids)
+        # about community A (no exact twin of an item: a tie could then go either way)
+        text = " ".join(data.catalog.texts()[:2])
+        channel.add_items(np.array([new], np.int32), [text])
+        after = channel.recall(users, new + 1, history)
+        a_users = community(users) == 0
+        assert (after.ids[a_users] == new).any(axis=1).all(), "the new item is recallable"
+        if isinstance(channel, AnswersQueries):
+            assert new in channel.recall_query([text], 3).ids
+        # a replay (the service's start-up) changes no answer (semantic_i2i recomputes
+        # neighbour-table rows in another product shape: scores may move by an ulp)
+        channel.add_items(np.array([new], np.int32), [text])
+        again = channel.recall(users, new + 1, history)
+        np.testing.assert_array_equal(again.ids, after.ids)
+        np.testing.assert_allclose(again.scores, after.scores, rtol=1e-6)
+
+    def test_capability_caches_users(self, request, data):
+        if not isinstance(self.make_channel(), CachesUsers):
+            assert not hasattr(self.make_channel(), "user_cache")
+            return
+        fitted = request.getfixturevalue("fitted")
+        assert fitted.user_cache is None, "offline: no cache"
+        history = data.histories()
+        versioned = replace(history, versions=np.arange(len(history.indptr) - 1, dtype=np.int64))
+        users = np.arange(N_USERS)
+        plain = fitted.recall(users, 8, history, explain=True)
+        cache = fitted.user_cache = UserStateCache(10 * N_USERS)
+        try:
+            first = fitted.recall(users, 8, versioned, explain=True)
+            misses = cache.misses
+            second = fitted.recall(users, 8, versioned, explain=True)
+        finally:
+            del fitted.user_cache  # back to the class default, None
+        assert misses > 0 and cache.misses == misses and cache.hits >= N_USERS
+        for got in (first, second):  # bit-identical with and without the cache
+            np.testing.assert_array_equal(got.ids, plain.ids)
+            np.testing.assert_array_equal(got.scores, plain.scores)
+            if plain.evidence is not None:
+                np.testing.assert_array_equal(got.evidence, plain.evidence)
+
+    def test_capability_refreshes_interests(self, request):
+        if not isinstance(self.make_channel(), RefreshesInterests):
+            assert not hasattr(self.make_channel(), "refresh_interest")
+            return
+        fitted = request.getfixturevalue("fitted")
+        assert fitted.refresh_interest("0", ["0", "1"]) is None
+
+    def test_capability_uses_backends(self, data):
+        channel = self.make_channel()
+        if not isinstance(channel, UsesEmbedder):
+            assert not hasattr(channel, "use")
+            return
+        assert channel.use() is channel
+        if isinstance(channel, UsesGenerator):
+            # the generator is what fit needs first
+            assert channel.use(generator=_Spy("generator"), embedder=_Spy("embedder")) is channel
+            expected = "generator"
+        else:
+            assert channel.use(embedder=_Spy("embedder")) is channel
+            expected = "embedder"
+        with pytest.raises(_Reached) as reached:
+            channel.fit(data)
+        assert reached.value.args == (expected,)
+
+
+class ChannelContract(CapabilityContract):
     """Inherit and define ``make_channel``; set ``personalised = False`` for channels that
     rank every user alike, and ``min_recall_at_50`` for the ml-100k check."""
 
     personalised = True
     min_recall_at_50: float = 0.0
-
-    def make_channel(self) -> Channel:
-        raise AssertionError("test classes define make_channel()")
 
     def ml100k_channel(self) -> Channel:
         """The channel the slow ml-100k check fits: default hyperparameters."""

@@ -10,10 +10,11 @@ import pytest
 
 from llmrecall.channels.als import ALS
 from llmrecall.channels.bpr import BPR
+from llmrecall.channels.capabilities import attach_user_caches
 from llmrecall.channels.semantic import SemanticItemToItem, SemanticUserInterest
 from llmrecall.channels.sequential import SASRec
 from llmrecall.channels.textcf import TextCF
-from llmrecall.channels.user_cache import UserStateCache, attach_user_caches, cached_user_states
+from llmrecall.channels.user_cache import UserStateCache, cached_user_states
 from llmrecall.data.dataset import Histories
 from llmrecall.errors import ConfigError, DataError
 

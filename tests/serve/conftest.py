@@ -69,6 +69,17 @@ kind = "test_popularity"
 kind = "test_text_broken"
 """
 
+#: a channel with the text hooks' methods but no declared capability, before a declaring one
+UNDECLARED_CONFIG = """
+seed = 0
+[[channels]]
+kind = "test_popularity"
+[[channels]]
+kind = "test_text_undeclared"
+[[channels]]
+kind = "test_text"
+"""
+
 #: the language-model channels that implement the service's text hooks (textcf kept short:
 #: its fit is the slow part; the item texts' embeddings come from the shared LM cache)
 LM_CONFIG = """
@@ -129,6 +140,11 @@ def text_artifact(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def text_broken_artifact(tmp_path_factory) -> Path:
     return _build(tmp_path_factory, "text-broken", TEXT_BROKEN_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def undeclared_artifact(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory, "undeclared", UNDECLARED_CONFIG)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
+from llmrecall.channels.capabilities import AddsItems, AnswersQueries, RefreshesInterests
 from llmrecall.channels.registry import _REGISTRY, register
 from llmrecall.data.dataset import Dataset, Histories
 
@@ -101,8 +102,8 @@ class TestSlow(Channel):
         return np.zeros((len(users), history.n_items), np.float32)
 
 
-class TestText(Channel):
-    """Stands in for a text-embedding channel: implements the two serving hooks.
+class TestText(Channel, AnswersQueries, AddsItems, RefreshesInterests):
+    """Stands in for a text-embedding channel: declares the serving capabilities.
 
     ``add_items(ids, texts)`` remembers items added after fit (as a semantic channel adds
     their vectors to its index); ``recall_query(texts, k, allowed)`` returns remembered items
@@ -136,7 +137,7 @@ class TestText(Channel):
                 fh.write(json.dumps({"user": user_id, "n": len(history_items),
                                      "by": "channel"}) + "\n")
 
-    def recall_query(self, texts, k, allowed):
+    def recall_query(self, texts, k, allowed=None):
         from llmrecall.channels.base import Candidates
 
         ids = np.full((len(texts), k), -1, np.int32)
@@ -148,16 +149,51 @@ class TestText(Channel):
         return Candidates(ids, scores)
 
 
+class TestTextUndeclared(Channel):
+    """Has the methods of the text hooks (``add_items``, ``recall_query``,
+    ``refresh_interest``) but declares none of the capabilities: the service must call none
+    of them (a method name alone is not a declaration)."""
+
+    kind = "test_text_undeclared"
+
+    def fit(self, dataset: Dataset) -> TestTextUndeclared:
+        self.n_items_ = np.array([dataset.n_items])
+        return self
+
+    def recall(self, users, k, history, **kwargs):
+        from llmrecall.channels.base import Candidates
+
+        n = len(users)
+        return Candidates(np.full((n, k), -1, np.int32), np.full((n, k), -np.inf, np.float32))
+
+    def add_items(self, ids: np.ndarray, texts: list[str]) -> None:
+        raise AssertionError("add_items called on a channel that does not declare AddsItems")
+
+    def refresh_interest(self, user_id: str, history_items: list[str]) -> None:
+        path = os.environ.get("SERVE_TEST_REFRESH_LOG")
+        if path:
+            with open(path, "a") as fh:
+                fh.write(json.dumps({"user": user_id, "n": len(history_items),
+                                     "by": "undeclared"}) + "\n")
+
+    def recall_query(self, texts, k, allowed=None):
+        from llmrecall.channels.base import Candidates
+
+        ids = np.zeros((len(texts), k), np.int32)  # item 0 for every query
+        return Candidates(ids, np.zeros((len(texts), k), np.float32))
+
+
 class TestTextBroken(TestText):
     """A text channel whose query hook always fails (the service then falls back to BM25)."""
 
     kind = "test_text_broken"
 
-    def recall_query(self, texts, k, allowed):
+    def recall_query(self, texts, k, allowed=None):
         raise RuntimeError("this query hook always fails")
 
 
-for _cls in (TestPopularity, TestCooccurrence, TestFailing, TestSlow, TestText, TestTextBroken):
+for _cls in (TestPopularity, TestCooccurrence, TestFailing, TestSlow, TestText, TestTextBroken,
+             TestTextUndeclared):
     _register(_cls)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
+from llmrecall.channels.capabilities import CachesUsers
 from llmrecall.channels.history import (
     best_history_item,
     check_width,
@@ -20,7 +21,7 @@ from llmrecall.channels.history import (
     weighted_history,
 )
 from llmrecall.channels.neighbors import item_popularity, training_matrix
-from llmrecall.channels.user_cache import UserStateCache, cached_user_states
+from llmrecall.channels.user_cache import cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 from llmrecall.scoring import dot_rows
@@ -30,7 +31,7 @@ from llmrecall.threads import limited_blas
 _EVIDENCE_CHUNK = 200_000
 
 
-class FactorChannel(Channel):
+class FactorChannel(Channel, CachesUsers):
     """Base of the factor channels.
 
     Learned state: ``user_factors_`` float32[n_users, f'], ``item_factors_`` float32[n_items,
@@ -45,7 +46,6 @@ class FactorChannel(Channel):
     """
 
     in_process = True  # see Channel.in_process
-    user_cache: UserStateCache | None = None
 
     evidence_template = "fits your taste profile; closest to {evidence}"
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from llmrecall.channels.base import DEFAULT_BLOCK, Candidates, Channel
+from llmrecall.channels.capabilities import UsesGenerator
 from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
@@ -130,7 +131,7 @@ class UserTextsChannel(Channel):
 
 
 @register
-class InterestChannel(UserTextsChannel):
+class InterestChannel(UserTextsChannel, UsesGenerator):
     """LLM-written interests -> hybrid retrieval -> merged per user.
 
     Args:

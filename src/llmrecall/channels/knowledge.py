@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from llmrecall.channels.base import DEFAULT_BLOCK, Candidates, Channel
+from llmrecall.channels.capabilities import UsesGenerator
 from llmrecall.channels.interest import catalog_texts
 from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, Histories
@@ -29,7 +30,7 @@ from llmrecall.lm.generators import Generator, make_generator
 
 
 @register
-class KnowledgeChannel(Channel):
+class KnowledgeChannel(Channel, UsesGenerator):
     """Text item-to-item over LLM-enriched catalog text.
 
     Args:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from llmrecall.channels.capabilities import UsesEmbedder
 from llmrecall.channels.interest import UserTextsChannel
 from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, SearchLog
@@ -44,7 +45,7 @@ def recent_queries(log: SearchLog, n_users: int, per_user: int) -> dict[int, lis
 
 
 @register
-class SearchQueryChannel(UserTextsChannel):
+class SearchQueryChannel(UserTextsChannel, UsesEmbedder):
     """Recent search queries -> hybrid retrieval -> merged per user.
 
     Args:

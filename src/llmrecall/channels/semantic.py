@@ -13,10 +13,11 @@ items nobody has interacted with are retrievable. Both keep the top-``k`` exact:
 in the merged top ``k`` is in the top ``k`` of the query that scored it best, so fetching ``k``
 hits per query (after exclusions) loses nothing.
 
-Serving hooks (called by :mod:`llmrecall.serve`): :meth:`~_TextIndexChannel.add_items` embeds
-items created or edited at run time and puts them in the index at once (so they are
-recalled, used as history evidence and found as similar items before any retraining), and
-:meth:`~_TextIndexChannel.recall_query` answers free-text queries from the same index.
+Serving capabilities (:mod:`llmrecall.channels.capabilities`, used by :mod:`llmrecall.serve`):
+:meth:`~_TextIndexChannel.add_items` (``AddsItems``) embeds items created or edited at run
+time and puts them in the index at once (so they are recalled, used as history evidence and
+found as similar items before any retraining), and :meth:`~_TextIndexChannel.recall_query`
+(``AnswersQueries``) answers free-text queries from the same index.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
+from llmrecall.channels.capabilities import AddsItems, AnswersQueries, CachesUsers
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (
     DEFAULT_EMBEDDER,
@@ -41,7 +43,7 @@ from llmrecall.channels.text_features import (
     text_vectors,
     unit_rows,
 )
-from llmrecall.channels.user_cache import UserStateCache, cached_user_states
+from llmrecall.channels.user_cache import cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 from llmrecall.index import VectorIndex, choose_kind, merge_hits
@@ -77,7 +79,7 @@ def _check_index_params(channel: str, params: dict | None) -> dict | None:
     return dict(params)
 
 
-class _TextIndexChannel(Channel):
+class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
     """Shared parts: embed the catalog, index it, save the index with faiss, run queries.
 
     Thread safety: a serving process calls :meth:`add_items` on one thread while recalls run
@@ -641,7 +643,7 @@ class SemanticItemToItem(_TextIndexChannel):
 
 
 @register
-class SemanticUserInterest(_TextIndexChannel):
+class SemanticUserInterest(_TextIndexChannel, CachesUsers):
     """Items closest to the user's interest vectors in text-embedding space.
 
     The last ``recent`` history embeddings, weighted by ``recency_decay**age``, form one
@@ -664,7 +666,6 @@ class SemanticUserInterest(_TextIndexChannel):
     """
 
     kind: ClassVar[str] = "semantic_user"
-    user_cache: UserStateCache | None = None
     evidence_template: ClassVar[str] = "matches your interest in things like {evidence}"
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 50,

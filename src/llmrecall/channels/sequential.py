@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from llmrecall.channels.base import Channel
+from llmrecall.channels.capabilities import AddsItems, CachesUsers
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (
     DEFAULT_EMBEDDER,
@@ -43,7 +44,7 @@ from llmrecall.channels.text_features import (
     popularity,
     text_vectors,
 )
-from llmrecall.channels.user_cache import UserStateCache, cached_user_states
+from llmrecall.channels.user_cache import cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 from llmrecall.scoring import dot_rows
@@ -134,7 +135,7 @@ def _build_model(n_items: int, dim: int, blocks: int, heads: int, max_len: int, 
 
 
 @register
-class SASRec(Channel):
+class SASRec(Channel, AddsItems, CachesUsers):
     """Next-item transformer recalling all items for the user's recent sequence.
 
     Args:
@@ -154,7 +155,6 @@ class SASRec(Channel):
     """
 
     in_process = True  # see Channel.in_process
-    user_cache: UserStateCache | None = None
 
     kind: ClassVar[str] = "sasrec"
     evidence_template: ClassVar[str] = "often follows {evidence}"

@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
+from llmrecall.channels.capabilities import AddsItems, CachesUsers
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (
     DEFAULT_EMBEDDER,
@@ -48,7 +49,7 @@ from llmrecall.channels.text_features import (
     text_vectors,
     unit_rows,
 )
-from llmrecall.channels.user_cache import UserStateCache, cached_user_states
+from llmrecall.channels.user_cache import cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
 from llmrecall.scoring import dot_rows
@@ -148,7 +149,7 @@ def _propagate_fn():
 
 
 @register
-class TextCF(Channel):
+class TextCF(Channel, AddsItems, CachesUsers):
     """Frozen item text embeddings -> MLP -> light graph propagation, trained with InfoNCE.
 
     Args:
@@ -178,7 +179,6 @@ class TextCF(Channel):
     """
 
     in_process = True  # see Channel.in_process
-    user_cache: UserStateCache | None = None
 
     kind: ClassVar[str] = "textcf"
     evidence_template: ClassVar[str] = "liked by people who liked {evidence}"

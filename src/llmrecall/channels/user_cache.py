@@ -15,15 +15,17 @@ time (``add_items`` installs a grown model or item table). The channel therefore
 to a lookup with the *same* context object (``is``); a lookup with another context empties
 the cache first, and a store computed under a context that is no longer current is dropped.
 
-Offline code never attaches a cache (``channel.user_cache is None``), so evaluation runs the
-exact same code path as before.
+A channel that keeps such state declares
+:class:`~llmrecall.channels.capabilities.CachesUsers`; the service gives each of them a cache
+(:func:`~llmrecall.channels.capabilities.attach_user_caches`). Offline code never attaches a
+cache (``channel.user_cache is None``), so evaluation runs the exact same code path as before.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import cast
 
 import numpy as np
@@ -166,15 +168,3 @@ def cached_user_states(cache: UserStateCache | None, users: np.ndarray, history:
             arr[miss] = fresh[j]
     return out
 
-
-def attach_user_caches(channels: Iterable, max_users: int) -> int:
-    """Give every channel that declares a ``user_cache`` attribute a fresh cache of
-    ``max_users`` rows (0 = none: every channel's cache is removed). Returns how many
-    channels got one. Called once per loaded artifact, so a reload starts empty."""
-    attached = 0
-    for channel in channels:
-        if not hasattr(channel, "user_cache"):
-            continue
-        channel.user_cache = UserStateCache(max_users) if max_users > 0 else None
-        attached += max_users > 0
-    return attached

@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.channels.base import Candidates
+from llmrecall.channels.capabilities import AnswersQueries
 from llmrecall.data.dataset import Histories
 from llmrecall.fusion import ChannelWeight, fuse
 from llmrecall.serve import sources
@@ -442,15 +443,16 @@ class RecallEngine:
 
 
 def _query_channels_of(pipeline, names: list[str]) -> list[str]:
-    """The channels among ``names`` that answer free-text queries, one per distinct
+    """The channels among ``names`` that answer free-text queries (declare
+    :class:`~llmrecall.channels.capabilities.AnswersQueries`), one per distinct
     ``query_source`` (e.g. both semantic channels search the same embeddings of the same
     catalog: asking both would fuse one list twice and double the query's weight)."""
     out, seen = [], set()
     for name in names:
         channel = pipeline.channels[name]
-        if not hasattr(channel, "recall_query"):
+        if not isinstance(channel, AnswersQueries):
             continue
-        source = getattr(channel, "query_source", None) or name
+        source = channel.query_source
         if source not in seen:
             seen.add(source)
             out.append(name)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from llmrecall.channels.user_cache import attach_user_caches
+from llmrecall.channels.capabilities import attach_user_caches
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.serve.artifacts import Artifact
 from llmrecall.serve.store import StoredState
@@ -150,8 +150,9 @@ class LiveState:
     """Artifact + stored state, replayed; see the module docstring for the threading rules.
 
     ``user_cache_users`` > 0 gives the artifact's channels that keep per-user state
-    (``user_cache``) a fresh :class:`~llmrecall.channels.user_cache.UserStateCache` of that
-    many users: the caches live exactly as long as this state's history versions.
+    (:class:`~llmrecall.channels.capabilities.CachesUsers`) a fresh
+    :class:`~llmrecall.channels.user_cache.UserStateCache` of that many users: the caches
+    live exactly as long as this state's history versions.
     """
 
     def __init__(self, artifact: Artifact, stored: StoredState, user_cache_users: int = 0):

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from llmrecall.channels.capabilities import AddsItems, AnswersQueries, RefreshesInterests
 from llmrecall.serve.artifacts import load_artifact
 from llmrecall.serve.engine import RecallAnswer, RecallEngine, RecallQuery
 from llmrecall.serve.live import LiveState
@@ -511,47 +512,49 @@ class Service:
     # ---- helpers ---------------------------------------------------------------------
     def _refresher(self):
         """The configured refresher, else one calling ``refresh_interest(user_id, items)`` on
-        the first channel that has it (an LLM interest channel), else None (no refreshes).
-        The channel is looked up at each call, so a reload switches to the new artifact's."""
+        the first channel that declares
+        :class:`~llmrecall.channels.capabilities.RefreshesInterests` (an LLM interest
+        channel), else None (no refreshes). The channel is looked up at each call, so a
+        reload switches to the new artifact's."""
         if self.settings.refresher:
             return load_refresher(self.settings.refresher)
-        if not any(hasattr(ch, "refresh_interest")
+        if not any(isinstance(ch, RefreshesInterests)
                    for ch in self.live.artifact.pipeline.channels.values()):
             return None
 
         def refresh(user_id: str, history_items: list[str]) -> None:
             for channel in self.live.artifact.pipeline.channels.values():
-                hook = getattr(channel, "refresh_interest", None)
-                if hook is not None:
-                    hook(user_id, history_items)
+                if isinstance(channel, RefreshesInterests):
+                    channel.refresh_interest(user_id, history_items)
                     return
 
         return refresh
 
     def _attach_new_items(self, state: LiveState) -> None:
         """Items added, or artifact items edited, after the artifact was built reach channels
-        that index item text (``add_items``); then channels answering query text are warmed
-        up, so the first real query does not pay the embedding model's load (a second or
-        more) under the request deadline."""
+        that index item text (:class:`~llmrecall.channels.capabilities.AddsItems`); then
+        channels answering query text (``AnswersQueries``) are warmed up, so the first real
+        query does not pay the embedding model's load (a second or more) under the request
+        deadline."""
         fitted = len(state.artifact.items)
         built = np.asarray(state.artifact.catalog.texts(), dtype=object)
         edited = np.flatnonzero(np.asarray(state.texts[:fitted], dtype=object) != built)
         self._notify_channels(state, np.concatenate(
             [edited, np.arange(fitted, state.n_items)]).astype(np.int32))
         for name, channel in state.artifact.pipeline.channels.items():
-            hook = getattr(channel, "recall_query", None)
-            if hook is None:
+            if not isinstance(channel, AnswersQueries):
                 continue
             try:
-                hook(["warm-up"], 1, None)
+                channel.recall_query(["warm-up"], 1, None)
             except Exception:
                 log.exception("channel %r could not answer a warm-up query", name)
                 self.metrics.channel_errors.labels(name, "query").inc()
 
     def _notify_channels(self, state: LiveState, ids: np.ndarray) -> set[str]:
-        """Call ``add_items(ids int32[n], texts list[str])`` on channels that have it (text
-        embedding channels add the vectors to their index), all ids in one call per channel
-        (the embedding is batched; the LM cache makes the second channel's lookup free).
+        """Call ``add_items(ids int32[n], texts list[str])`` on the channels that declare
+        :class:`~llmrecall.channels.capabilities.AddsItems` (text embedding channels add the
+        vectors to their index), all ids in one call per channel (the embedding is batched;
+        the LM cache makes the second channel's lookup free).
         A failure is logged: the item stays stored and reachable through the other channels.
         Returns the names of the channels that failed."""
         failed: set[str] = set()
@@ -560,11 +563,10 @@ class Service:
         with self._index_lock:
             texts = [state.texts[i] for i in ids.tolist()]  # the latest, under the lock
             for name, channel in state.artifact.pipeline.channels.items():
-                hook = getattr(channel, "add_items", None)
-                if hook is None:
+                if not isinstance(channel, AddsItems):
                     continue
                 try:
-                    hook(ids, texts)
+                    channel.add_items(ids, texts)
                 except Exception:
                     log.exception("channel %r could not add %d items", name, len(ids))
                     self.metrics.channel_errors.labels(name, "add_items").inc()
