@@ -226,7 +226,35 @@ def _channel_errors(metrics: str) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def _wait_ready(servers, url: str, backends: list[str] | None, workers: int) -> None:
+    """Until every server process answers /healthz (each behind the balancer, or the
+    ``workers`` of one server: a fresh connection each time), then the balancer itself."""
+    import httpx
+
+    ready: set[str] = set()  # processes that answered
+    for base in backends or [url]:
+        want = workers if backends is None else 1
+        while len(ready) < want:
+            try:
+                r = httpx.get(base + "/healthz", timeout=1)
+                if r.status_code == 200:
+                    ready.add(r.headers.get("x-llmrecall-process", "single"))
+                    continue
+            except httpx.HTTPError:
+                pass
+            if any(p.poll() is not None for p in servers):
+                raise SystemExit("a server failed to start")
+            time.sleep(0.1)
+        ready = set()
+    while True:  # the balancer itself
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-1m")
     parser.add_argument("--config", default=None, help="pipeline TOML (default: built-in classic)")
@@ -251,6 +279,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="run each step this many times; print the median and min-max")
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    parser = _parser()
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -284,27 +317,7 @@ def main() -> None:
         import psutil
 
         t = time.perf_counter()
-        ready: set[str] = set()  # processes that answered (fresh connection each time)
-        for base in backends or [url]:
-            want = args.workers if backends is None else 1
-            while len(ready) < want:
-                try:
-                    r = httpx.get(base + "/healthz", timeout=1)
-                    if r.status_code == 200:
-                        ready.add(r.headers.get("x-llmrecall-process", "single"))
-                        continue
-                except httpx.HTTPError:
-                    pass
-                if any(p.poll() is not None for p in servers):
-                    raise SystemExit("a server failed to start")
-                time.sleep(0.1)
-            ready = set()
-        while True:  # the balancer itself
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        _wait_ready(servers, url, backends, args.workers)
         start_s = time.perf_counter() - t
         for u in users[:50 * args.workers]:  # warm-up, spread over the processes
             httpx.post(url + "/v1/recall", json={"user_id": u, "k": args.k})

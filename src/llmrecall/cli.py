@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -152,9 +151,17 @@ def recall(
     dataset: DatasetOpt = None, data: DataOpt = None, config: ConfigOpt = None,
     k: Annotated[int, typer.Option("-k", min=1, max=5000)] = 20,
     explain: Annotated[bool, typer.Option("--explain/--no-explain")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the service's JSON answer "
+                                                         "instead of a table")] = False,
+    history: Annotated[list[str] | None, typer.Option(
+        "--history", help="raw item id added to the user's history, oldest first (repeatable)")] = None,
+    category: Annotated[list[str] | None, typer.Option(
+        "--category", help="only items in this category (repeatable: any of them)")] = None,
+    deny: Annotated[list[str] | None, typer.Option(
+        "--deny", help="raw item id never to return (repeatable)")] = None,
 ) -> None:
-    """Fit on all data and print one user's candidates, each with why it was recalled."""
+    """Fit on all data and print one user's candidates, each with why it was recalled: the
+    service's answer (POST /v1/recall, same code) for this user, history and filters."""
     from llmrecall.config import load_config
     from llmrecall.pipeline import RecallPipeline
 
@@ -164,44 +171,51 @@ def recall(
         pipeline = RecallPipeline(cfg).fit(ds)
     except LLMRecallError as exc:
         _fail(exc)
-    _print_user(pipeline, ds, user, k, explain, as_json)
+    _print_user(pipeline, ds, user, k, explain, as_json,
+                {"history": history or [], "filters": {"categories": category or [],
+                                                       "deny_items": deny or []}})
 
 
-def _print_user(pipeline, ds, user: str, k: int, explain: bool, as_json: bool = False) -> None:
+def _print_user(pipeline, ds, user: str, k: int, explain: bool, as_json: bool = False,
+                extra: dict | None = None) -> None:
+    """``user``'s candidates from ``pipeline`` over ``ds``'s histories, answered as the
+    service answers a ``POST /v1/recall`` with ``extra`` (history, filters) in its body
+    (:class:`~llmrecall.serve.request.LocalRecall`)."""
     from rich.table import Table
 
-    from llmrecall.explain import explain_row
+    from llmrecall.serve.request import LocalRecall
+    from llmrecall.serve.schemas import RecallRequest
 
-    history = ds.histories()
-    index = int(ds.users.lookup([user])[0])
-    if index < 0:
-        err.print(f"[yellow]user {escape(repr(user))} is unknown: answering from an empty "
-                  f"history[/yellow]")
-        index = ds.n_users  # one past the known users: an empty history row
-        history = _with_empty_user(history)
-    result = pipeline.recall(np.array([index], np.int32), history, k, explain=explain)
-    rows = explain_row(result.fused, 0, ds, pipeline)
+    local = LocalRecall(ds, pipeline)
+    try:
+        req = RecallRequest.model_validate({"user_id": user, "k": k, "explain": explain,
+                                            **(extra or {})})
+        resolved, body = local.answer(req)
+    except (LLMRecallError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        _fail(exc)
+    finally:
+        local.close()
+    if not body["known_user"]:
+        err.print(f"[yellow]user {escape(repr(user))} is unknown: answering as for a new "
+                  f"user[/yellow]")
+    if body["ignored_history_items"]:
+        err.print(f"[yellow]unknown history items ignored: "
+                  f"{escape(', '.join(body['ignored_history_items']))}[/yellow]")
     if as_json:
-        console.print_json(json.dumps([r.as_dict() for r in rows]))
+        console.print_json(json.dumps(body))
         return
-    recent = history.of(index)[-5:]
-    titles = ds.catalog.titles
-    console.print(f"[bold]user {escape(user)}[/bold]: {len(history.of(index))} interactions; "
-                  "latest: " + escape("; ".join(titles[i] for i in recent[::-1])))
+    items = resolved.query.history.items
+    titles = local.state.titles
+    console.print(f"[bold]user {escape(user)}[/bold]: {len(items)} interactions; latest: "
+                  + escape("; ".join(titles[i] for i in items[-5:][::-1])))
     table = Table(title=escape(f"top {k} candidates for user {user}"))
     for col in ("#", "item", "title", "score", "why"):
         table.add_column(col)
-    for r in rows:
-        why = "\n".join(f"{x.channel} #{x.rank}: {x.text}" for x in r.reasons)
-        table.add_row(str(r.rank), escape(r.item_id), escape(r.title), f"{r.score:.4f}",
-                      escape(why))
+    for rank, c in enumerate(body["candidates"], 1):
+        why = "\n".join(f"{r['channel']} #{r['rank']}: {r['why']}" for r in c.get("reasons", []))
+        table.add_row(str(rank), escape(c["item_id"]), escape(c["title"]), f"{c['score']:.4f}",
+                      escape(why or ", ".join(c["channels"])))
     console.print(table)
-
-
-def _with_empty_user(history):
-    from dataclasses import replace
-
-    return replace(history, indptr=np.append(history.indptr, history.indptr[-1]))
 
 
 @app.command()

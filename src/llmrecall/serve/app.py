@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Path, Query, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -30,6 +30,7 @@ from llmrecall.serve import schemas as s
 from llmrecall.serve import sources
 from llmrecall.serve.engine import RecallQuery
 from llmrecall.serve.live import UserHistory
+from llmrecall.serve.request import InvalidRequest, known_channels
 from llmrecall.serve.service import Overloaded, Service
 from llmrecall.serve.settings import ServeSettings
 from llmrecall.serve.store import EventRows, ItemRow
@@ -149,304 +150,63 @@ def app_from_env() -> FastAPI:
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
-    """The FastAPI app; the service starts in its lifespan (artifact load, replay)."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        service = Service(settings)
-        await service.start()
-        app.state.service = service
-        loop = asyncio.get_running_loop()
-        try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
-                service.reload_logged("on SIGHUP")))
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            pass
-        try:
-            yield
-        finally:
-            await service.stop()
-            service.metrics.process_exited()
-
-    app = FastAPI(title="llmrecall", version="1", lifespan=lifespan,
+    """The FastAPI app; the service starts in its lifespan (artifact load, replay). The
+    routes are the module's :data:`router`; they find the service in ``app.state``."""
+    app = FastAPI(title="llmrecall", version="1", lifespan=_lifespan,
                   description="Online recall (candidate generation) over versioned artifacts, "
                               "with real-time events and item updates.")
+    app.state.settings = settings
     app.add_middleware(_Guard, settings=settings)
     app.add_middleware(_RawPath)  # outermost: _Guard sees the route the router matched
-
-    async def require_key(
-            key: Annotated[str | None, Security(_KEY_HEADER)],
-            bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]) -> None:
-        expected = app.state.service.api_key
-        if expected is None:
-            raise ApiError(403, "writes_disabled",
-                           f"write endpoints are disabled: set the API key in ${settings.api_key_env}",
-                           "X-API-Key")
-        got = key if key is not None else (bearer.credentials if bearer is not None else None)
-        if not got:
-            raise ApiError(401, "unauthorized", "an API key is required (X-API-Key header)", "X-API-Key")
-        if not hmac.compare_digest(got.encode(), expected.encode()):
-            raise ApiError(403, "forbidden", "the API key is not valid", "X-API-Key")
-
-    Write = [Depends(require_key)]
-
-    def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-        """OpenAPI responses for the error statuses a route can answer."""
-        return {code: {"model": s.ErrorBody, "description": _ERRORS[code]} for code in codes}
-
-    written = (401, 403, 422)  # every write: the key, and the fields
-
-    # ---- exception handlers -------------------------------------------------------------
-    @app.exception_handler(ApiError)
-    async def _api_error(_req: Request, exc: ApiError):
-        return _json({"error": exc.error, "message": exc.message, "field": exc.field}, exc.status)
-
-    @app.exception_handler(Overloaded)
-    async def _overloaded(_req: Request, exc: Overloaded):
-        response = _json({"error": "overloaded", "message": str(exc), "field": None}, 503)
-        response.headers["retry-after"] = str(settings.overload_retry_after_s)
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_req: Request, exc: RequestValidationError):
-        problems = [_problem(e) for e in exc.errors()]
-        first = problems[0] if problems else {"field": "body", "message": "invalid request"}
-        return _json({"error": "invalid_request", "field": first["field"],
-                      "message": f"{first['field']}: {first['message']}", "problems": problems}, 422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException):
-        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
-            # the body could not be read as JSON text at all (FastAPI answers 400)
-            why = ("not valid UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError)
-                   else "not valid JSON")
-            return _json({"error": "invalid_request", "field": "body",
-                          "message": f"body: {why}"}, 422)
-        response = _json({"error": "http_error", "message": str(exc.detail), "field": None},
-                         exc.status_code)
-        response.headers.update(exc.headers or {})  # 405: Allow
-        return response
-
-    @app.exception_handler(Exception)
-    async def _internal(_req: Request, exc: Exception):
-        log.error("unhandled error", exc_info=exc)
-        return _json({"error": "internal", "message": f"internal error: {type(exc).__name__}",
-                      "field": None}, 500)
-
-    # ---- recall -------------------------------------------------------------------------
-    @app.post("/v1/recall", response_model=s.RecallResponse, responses=errors(413, 422),
-              tags=["recall"])
-    async def recall(req: s.RecallRequest, svc: Svc):
-        """Candidates for a user (or an anonymous history / query), fused across channels."""
-        state = svc.live
-        if req.k > settings.max_k:
-            raise ApiError(422, "invalid_request", f"k: at most {settings.max_k}", "k")
-        if req.user_id is None and not req.history and not req.query:
-            raise ApiError(422, "invalid_request", "give user_id, history or query", "user_id")
-        pipeline = state.artifact.pipeline
-        only = None
-        if req.channels is not None:
-            known = set(pipeline.channels) | {sources.LIVE_POPULARITY, sources.LIVE_COVISIT,
-                                              sources.QUERY_LEXICAL}
-            for i, name in enumerate(req.channels):
-                if name not in known:
-                    raise ApiError(422, "invalid_request",
-                                   f"unknown channel {name!r}; known: {sorted(known)}",
-                                   f"channels[{i}]")
-            only = tuple(sorted(set(req.channels)))
-        row = state.row_for(req.user_id) if req.user_id is not None else None
-        history = state.history(row)
-        ignored: list[str] = []
-        if req.history:
-            idx = state.items.lookup(req.history)
-            ignored = [req.history[i] for i in np.flatnonzero(idx < 0)]
-            extra = idx[idx >= 0]
-            if len(extra):
-                start = float(history.times[-1]) + 1 if len(history) else 0.0
-                history = UserHistory(
-                    np.concatenate([history.items, extra]).astype(np.int32),
-                    np.concatenate([history.times, start + np.arange(len(extra), dtype=np.float64)]),
-                    np.concatenate([history.weights, np.ones(len(extra), np.float32)]))
-        allowed = None
-        if req.filters.categories or req.filters.deny_items:
-            allowed = state.allowed.copy()
-            if req.filters.categories:
-                allowed &= state.category_mask(req.filters.categories)
-            if req.filters.deny_items:
-                deny = state.items.lookup(req.filters.deny_items)
-                allowed[deny[deny >= 0]] = False
-        query = RecallQuery(state, row, history, req.k, req.query, only, allowed, req.explain,
-                            adhoc=bool(req.history) and row is not None,
-                            query_only=row is None and len(history) == 0 and bool(req.query))
-        answer = await svc.recall(query)
-        return _json({"user_id": req.user_id, "known_user": row is not None,
-                      "history_length": len(history), "candidates": answer.candidates,
-                      "degraded": answer.degraded, "channel_counts": answer.channel_counts,
-                      "ignored_history_items": ignored,
-                      "artifact_version": state.artifact.version})
-
-    @app.get("/v1/items/{item_id:rawid}/similar", response_model=s.SimilarResponse,
-             responses=errors(404, 422), tags=["recall"])
-    async def similar(item_id: PathId, svc: Svc,
-                      k: Annotated[int, Query(ge=1, description="at most max_k")] = 20):
-        """Item-to-item neighbours from the item-to-item channels, with evidence. An item
-        they know nothing of (no events, no text match) gets popular items instead, named
-        ``live_popularity``; they rank after every real neighbour."""
-        state = svc.live
-        if k > settings.max_k:
-            raise ApiError(422, "invalid_request", f"k: at most {settings.max_k}", "k")
-        index = _item_index(state, item_id)
-        pipeline = state.artifact.pipeline
-        wanted = set(settings.similar_channels)
-        names = [n for n, ch in pipeline.channels.items() if n in wanted or ch.kind in wanted]
-        if sources.LIVE_COVISIT in wanted:
-            names.append(sources.LIVE_COVISIT)
-        history = UserHistory(np.asarray([index], np.int32), np.zeros(1), np.ones(1, np.float32))
-        answer = await svc.recall(RecallQuery(state, None, history, k, None, tuple(sorted(names)),
-                                              None, True, popular_fill=True))
-        return _json({"item_id": item_id, "neighbours": answer.candidates,
-                      "degraded": answer.degraded})
-
-    # ---- events and users -----------------------------------------------------------------
-    @app.post("/v1/events", response_model=s.EventAck, dependencies=Write,
-              responses=errors(*written, 413), tags=["events"])
-    async def events(batch: s.EventBatch, svc: Svc):
-        """Store a batch of feedback durably (all or nothing), then make it count at once."""
-        evs = batch.events
-        if len(evs) > settings.max_events_per_batch:
-            raise ApiError(413, "too_large", f"at most {settings.max_events_per_batch} events "
-                           "per batch", "events")
-        now = time.time()
-        lowest, highest = settings.min_event_timestamp, now + settings.max_event_future_s
-        for i, e in enumerate(evs):
-            if e.timestamp is not None and not lowest <= e.timestamp <= highest:
-                raise ApiError(422, "invalid_request", f"events[{i}].timestamp: {e.timestamp!r} "
-                               f"is outside the accepted window: seconds since the epoch from "
-                               f"{_utc(lowest)} to {settings.max_event_future_s:g} s after now "
-                               f"({_utc(highest)}); milliseconds are 1000 times too large",
-                               f"events[{i}].timestamp")
-        state = svc.live
-        item_ids = [e.item_id for e in evs]
-        idx = state.items.lookup(item_ids)
-        if (idx < 0).any():
-            i = int(np.argmax(idx < 0))
-            raise ApiError(422, "invalid_request", f"events[{i}].item_id: unknown item "
-                           f"{item_ids[i]!r} (PUT /v1/items first)", f"events[{i}].item_id")
-        rows = EventRows([e.user_id for e in evs], item_ids, [e.type for e in evs],
-                         [now if e.timestamp is None else e.timestamp for e in evs],
-                         [e.weight for e in evs])
-        first, last = await svc.add_events(rows, idx)
-        return _json({"accepted": len(evs), "first_seq": first, "last_seq": last})
-
-    @app.get("/v1/users/{user_id:rawid}/history", response_model=s.UserHistoryResponse,
-             responses=errors(422), tags=["users"])
-    async def user_history(user_id: PathId, svc: Svc):
-        """The live history the service recalls from (artifact + acknowledged events)."""
-        state = svc.live
-        row = state.row_for(user_id)
-        h = state.history(row)
-        raw = state.items.raw(h.items)
-        return _json({"user_id": user_id, "known_user": row is not None,
-                      "history": [{"item_id": r, "timestamp": t, "weight": w}
-                                  for r, t, w in zip(raw, h.times.tolist(), h.weights.tolist())]})
-
-    @app.delete("/v1/users/{user_id:rawid}", response_model=s.EraseAck, dependencies=Write,
-                responses=errors(*written), tags=["users"])
-    async def erase_user(user_id: PathId, svc: Svc):
-        """Erase the user's events and live history everywhere; they recall as new afterwards."""
-        n = await svc.erase_user(user_id)
-        return _json({"user_id": user_id, "erased_events": n})
-
-    # ---- items -----------------------------------------------------------------------------
-    @app.put("/v1/items", response_model=s.ItemAck, dependencies=Write,
-             responses={**errors(*written, 413), 202: {"model": s.ItemJobAck}},
-             tags=["items"])
-    async def put_items(batch: s.ItemBatch, svc: Svc):
-        """Add or update items (stored durably before the answer); re-adding undeletes.
-
-        Up to ``items_sync_max`` items: 200 once every channel has indexed them, so they are
-        recallable at once by all channels. More: 202 once stored and in the vocabulary,
-        with a ``job_id``; the channels index them in the background and
-        ``GET /v1/jobs/{job_id}`` says when they are done."""
-        if len(batch.items) > settings.max_items_per_batch:
-            raise ApiError(413, "too_large", f"at most {settings.max_items_per_batch} items "
-                           "per batch", "items")
-        seen: dict[str, int] = {}
-        for i, it in enumerate(batch.items):
-            if it.item_id in seen:
-                raise ApiError(422, "invalid_request", f"items[{i}].item_id: {it.item_id!r} "
-                               f"repeats items[{seen[it.item_id]}]", f"items[{i}].item_id")
-            seen[it.item_id] = i
-        added, updated, job_id = await svc.put_items(
-            [ItemRow(it.item_id, it.title, it.text, list(it.categories)) for it in batch.items])
-        if job_id is None:
-            return _json({"added": added, "updated": updated})
-        url = f"/v1/jobs/{job_id}"
-        response = _json({"added": added, "updated": updated, "job_id": job_id,
-                          "status": "indexing", "items": len(batch.items), "status_url": url}, 202)
-        response.headers["location"] = url
-        return response
-
-    @app.get("/v1/jobs/{job_id}", response_model=s.JobStatus, responses=errors(404, 422),
-             tags=["items"])
-    async def job_status(job_id: Annotated[str, Path(min_length=1, max_length=64)], svc: Svc):
-        """A bulk item write's indexing: ``indexing`` (``indexed`` of ``items`` so far),
-        ``done``, ``failed``, or ``interrupted`` (the process stopped first; the items are
-        stored and indexed by every process started since)."""
-        record = svc.job(job_id)
-        if record is None:
-            raise ApiError(404, "not_found", f"unknown job {job_id!r}", "job_id")
-        return _json(record)
-
-    @app.delete("/v1/items/{item_id:rawid}", response_model=s.ItemDeleteAck, dependencies=Write,
-                responses=errors(*written, 404), tags=["items"])
-    async def delete_item(item_id: PathId, svc: Svc):
-        """Never return this item again (until it is PUT again)."""
-        index = _item_index(svc.live, item_id, allow_deleted=True)
-        await svc.delete_item(index, item_id)
-        return _json({"item_id": item_id, "deleted": True})
-
-    # ---- operations ----------------------------------------------------------------------
-    @app.post("/v1/admin/reload", response_model=s.ReloadAck, dependencies=Write,
-              responses=errors(401, 403, 500), tags=["admin"])
-    async def reload(svc: Svc):
-        """Load the artifact named by CURRENT fully, replay state, swap atomically."""
-        try:
-            version, previous, seconds = await svc.reload()
-        except Exception as exc:  # the old state keeps serving
-            raise ApiError(500, "reload_failed", f"reload failed, still serving the previous "
-                           f"artifact: {exc}") from None
-        return _json({"artifact_version": version, "previous_version": previous,
-                      "seconds": seconds})
-
-    @app.get("/healthz", response_model=s.Health, tags=["admin"])
-    async def healthz(svc: Svc):
-        """Always 200 while the process serves; ``status`` is ``degraded`` while too many
-        recent answers left a channel out (``health_degraded_ratio``), else ``ok``."""
-        state = svc.live
-        status, answers, ratio = svc.health()
-        return _json({"status": status, "recent_answers": answers,
-                      "recent_degraded_ratio": ratio, "artifact_version": state.artifact.version,
-                      "dataset": state.artifact.manifest["dataset"], "items": state.n_items,
-                      "users": len(state.user_rows), "last_event_seq": state.last_seq,
-                      "degraded_channels": svc.engine.degraded_channels(),
-                      "channels": list(state.artifact.pipeline.channels)})
-
-    @app.get("/metrics", response_class=_PrometheusText, tags=["admin"])
-    async def metrics(svc: Svc):
-        """Prometheus text; with several processes, their metrics summed (gauges: the max)."""
-        svc.health()  # the degraded-ratio gauge of this process, as of now
-        return _PrometheusText(generate_latest(svc.metrics.collect_registry()))
-
+    for error, handler in _HANDLERS.items():
+        app.add_exception_handler(error, handler)
+    app.include_router(router)
     generated = app.openapi
 
     def openapi() -> dict:
         service = getattr(app.state, "service", None)
         return _state_limits(copy.deepcopy(generated()), settings,
-                             None if service is None else _known_channels(service.state))
+                             None if service is None else sorted(known_channels(service.state)))
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    service = Service(app.state.settings)
+    await service.start()
+    app.state.service = service
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
+            service.reload_logged("on SIGHUP")))
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        await service.stop()
+        service.metrics.process_exited()
+
+
+async def _require_key(
+        request: Request,
+        key: Annotated[str | None, Security(_KEY_HEADER)],
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]) -> None:
+    expected = request.app.state.service.api_key
+    if expected is None:
+        raise ApiError(403, "writes_disabled", "write endpoints are disabled: set the API key "
+                       f"in ${request.app.state.settings.api_key_env}", "X-API-Key")
+    got = key if key is not None else (bearer.credentials if bearer is not None else None)
+    if not got:
+        raise ApiError(401, "unauthorized", "an API key is required (X-API-Key header)", "X-API-Key")
+    if not hmac.compare_digest(got.encode(), expected.encode()):
+        raise ApiError(403, "forbidden", "the API key is not valid", "X-API-Key")
+
+
+_WRITE = [Depends(_require_key)]
+_WRITTEN = (401, 403, 422)  # every write: the key, and the fields
 
 
 _ERRORS = {
@@ -461,9 +221,238 @@ _ERRORS = {
 }
 
 
-def _known_channels(state) -> list[str]:
-    return sorted(set(state.artifact.pipeline.channels)
-                  | {sources.LIVE_POPULARITY, sources.LIVE_COVISIT, sources.QUERY_LEXICAL})
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the error statuses a route can answer."""
+    return {code: {"model": s.ErrorBody, "description": _ERRORS[code]} for code in codes}
+
+
+# ---- exception handlers -----------------------------------------------------------------------
+async def _api_error(_req: Request, exc: Exception):
+    assert isinstance(exc, ApiError)
+    return _json({"error": exc.error, "message": exc.message, "field": exc.field}, exc.status)
+
+
+async def _invalid_request(_req: Request, exc: Exception):
+    assert isinstance(exc, InvalidRequest)
+    return _json({"error": "invalid_request", "message": exc.message, "field": exc.field}, 422)
+
+
+async def _overloaded(req: Request, exc: Exception):
+    response = _json({"error": "overloaded", "message": str(exc), "field": None}, 503)
+    response.headers["retry-after"] = str(req.app.state.settings.overload_retry_after_s)
+    return response
+
+
+async def _validation(_req: Request, exc: Exception):
+    assert isinstance(exc, RequestValidationError)
+    problems = [_problem(e) for e in exc.errors()]
+    first = problems[0] if problems else {"field": "body", "message": "invalid request"}
+    return _json({"error": "invalid_request", "field": first["field"],
+                  "message": f"{first['field']}: {first['message']}", "problems": problems}, 422)
+
+
+async def _http(_req: Request, exc: Exception):
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # the body could not be read as JSON text at all (FastAPI answers 400)
+        why = ("not valid UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError)
+               else "not valid JSON")
+        return _json({"error": "invalid_request", "field": "body",
+                      "message": f"body: {why}"}, 422)
+    response = _json({"error": "http_error", "message": str(exc.detail), "field": None},
+                     exc.status_code)
+    response.headers.update(exc.headers or {})  # 405: Allow
+    return response
+
+
+async def _internal(_req: Request, exc: Exception):
+    log.error("unhandled error", exc_info=exc)
+    return _json({"error": "internal", "message": f"internal error: {type(exc).__name__}",
+                  "field": None}, 500)
+
+
+_HANDLERS = {ApiError: _api_error, InvalidRequest: _invalid_request, Overloaded: _overloaded,
+             RequestValidationError: _validation, StarletteHTTPException: _http,
+             Exception: _internal}
+
+#: every route of the API; each reads the service (and its settings) from ``app.state``
+router = APIRouter()
+
+
+# ---- recall -----------------------------------------------------------------------------------
+@router.post("/v1/recall", response_model=s.RecallResponse, responses=_responses(413, 422),
+             tags=["recall"])
+async def recall(req: s.RecallRequest, svc: Svc):
+    """Candidates for a user (or an anonymous history / query), fused across channels."""
+    return _json(await svc.recall_request(req))
+
+
+@router.get("/v1/items/{item_id:rawid}/similar", response_model=s.SimilarResponse,
+            responses=_responses(404, 422), tags=["recall"])
+async def similar(item_id: PathId, svc: Svc,
+                  k: Annotated[int, Query(ge=1, description="at most max_k")] = 20):
+    """Item-to-item neighbours from the item-to-item channels, with evidence. An item
+    they know nothing of (no events, no text match) gets popular items instead, named
+    ``live_popularity``; they rank after every real neighbour."""
+    state, settings = svc.live, svc.settings
+    if k > settings.max_k:
+        raise ApiError(422, "invalid_request", f"k: at most {settings.max_k}", "k")
+    index = _item_index(state, item_id)
+    pipeline = state.artifact.pipeline
+    wanted = set(settings.similar_channels)
+    names = [n for n, ch in pipeline.channels.items() if n in wanted or ch.kind in wanted]
+    if sources.LIVE_COVISIT in wanted:
+        names.append(sources.LIVE_COVISIT)
+    history = UserHistory(np.asarray([index], np.int32), np.zeros(1), np.ones(1, np.float32))
+    answer = await svc.recall(RecallQuery(state, None, history, k, None, tuple(sorted(names)),
+                                          None, True, popular_fill=True))
+    return _json({"item_id": item_id, "neighbours": answer.candidates,
+                  "degraded": answer.degraded})
+
+
+# ---- events and users -------------------------------------------------------------------------
+@router.post("/v1/events", response_model=s.EventAck, dependencies=_WRITE,
+             responses=_responses(*_WRITTEN, 413), tags=["events"])
+async def events(batch: s.EventBatch, svc: Svc):
+    """Store a batch of feedback durably (all or nothing), then make it count at once."""
+    evs, settings = batch.events, svc.settings
+    if len(evs) > settings.max_events_per_batch:
+        raise ApiError(413, "too_large", f"at most {settings.max_events_per_batch} events "
+                       "per batch", "events")
+    now = time.time()
+    _check_timestamps(evs, settings, now)
+    state = svc.live
+    item_ids = [e.item_id for e in evs]
+    idx = state.items.lookup(item_ids)
+    if (idx < 0).any():
+        i = int(np.argmax(idx < 0))
+        raise ApiError(422, "invalid_request", f"events[{i}].item_id: unknown item "
+                       f"{item_ids[i]!r} (PUT /v1/items first)", f"events[{i}].item_id")
+    rows = EventRows([e.user_id for e in evs], item_ids, [e.type for e in evs],
+                     [now if e.timestamp is None else e.timestamp for e in evs],
+                     [e.weight for e in evs])
+    first, last = await svc.add_events(rows, idx)
+    return _json({"accepted": len(evs), "first_seq": first, "last_seq": last})
+
+
+def _check_timestamps(evs: list[s.Event], settings: ServeSettings, now: float) -> None:
+    """422 for the first event whose timestamp is outside the accepted window."""
+    lowest, highest = settings.min_event_timestamp, now + settings.max_event_future_s
+    for i, e in enumerate(evs):
+        if e.timestamp is not None and not lowest <= e.timestamp <= highest:
+            raise ApiError(422, "invalid_request", f"events[{i}].timestamp: {e.timestamp!r} "
+                           f"is outside the accepted window: seconds since the epoch from "
+                           f"{_utc(lowest)} to {settings.max_event_future_s:g} s after now "
+                           f"({_utc(highest)}); milliseconds are 1000 times too large",
+                           f"events[{i}].timestamp")
+
+
+@router.get("/v1/users/{user_id:rawid}/history", response_model=s.UserHistoryResponse,
+            responses=_responses(422), tags=["users"])
+async def user_history(user_id: PathId, svc: Svc):
+    """The live history the service recalls from (artifact + acknowledged events)."""
+    state = svc.live
+    row = state.row_for(user_id)
+    h = state.history(row)
+    raw = state.items.raw(h.items)
+    return _json({"user_id": user_id, "known_user": row is not None,
+                  "history": [{"item_id": r, "timestamp": t, "weight": w}
+                              for r, t, w in zip(raw, h.times.tolist(), h.weights.tolist())]})
+
+
+@router.delete("/v1/users/{user_id:rawid}", response_model=s.EraseAck, dependencies=_WRITE,
+               responses=_responses(*_WRITTEN), tags=["users"])
+async def erase_user(user_id: PathId, svc: Svc):
+    """Erase the user's events and live history everywhere; they recall as new afterwards."""
+    n = await svc.erase_user(user_id)
+    return _json({"user_id": user_id, "erased_events": n})
+
+
+# ---- items ------------------------------------------------------------------------------------
+@router.put("/v1/items", response_model=s.ItemAck, dependencies=_WRITE,
+            responses={**_responses(*_WRITTEN, 413), 202: {"model": s.ItemJobAck}},
+            tags=["items"])
+async def put_items(batch: s.ItemBatch, svc: Svc):
+    """Add or update items (stored durably before the answer); re-adding undeletes.
+
+    Up to ``items_sync_max`` items: 200 once every channel has indexed them, so they are
+    recallable at once by all channels. More: 202 once stored and in the vocabulary,
+    with a ``job_id``; the channels index them in the background and
+    ``GET /v1/jobs/{job_id}`` says when they are done."""
+    if len(batch.items) > svc.settings.max_items_per_batch:
+        raise ApiError(413, "too_large", f"at most {svc.settings.max_items_per_batch} items "
+                       "per batch", "items")
+    seen: dict[str, int] = {}
+    for i, it in enumerate(batch.items):
+        if it.item_id in seen:
+            raise ApiError(422, "invalid_request", f"items[{i}].item_id: {it.item_id!r} "
+                           f"repeats items[{seen[it.item_id]}]", f"items[{i}].item_id")
+        seen[it.item_id] = i
+    added, updated, job_id = await svc.put_items(
+        [ItemRow(it.item_id, it.title, it.text, list(it.categories)) for it in batch.items])
+    if job_id is None:
+        return _json({"added": added, "updated": updated})
+    url = f"/v1/jobs/{job_id}"
+    response = _json({"added": added, "updated": updated, "job_id": job_id,
+                      "status": "indexing", "items": len(batch.items), "status_url": url}, 202)
+    response.headers["location"] = url
+    return response
+
+
+@router.get("/v1/jobs/{job_id}", response_model=s.JobStatus, responses=_responses(404, 422),
+            tags=["items"])
+async def job_status(job_id: Annotated[str, Path(min_length=1, max_length=64)], svc: Svc):
+    """A bulk item write's indexing: ``indexing`` (``indexed`` of ``items`` so far),
+    ``done``, ``failed``, or ``interrupted`` (the process stopped first; the items are
+    stored and indexed by every process started since)."""
+    record = svc.job(job_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"unknown job {job_id!r}", "job_id")
+    return _json(record)
+
+
+@router.delete("/v1/items/{item_id:rawid}", response_model=s.ItemDeleteAck, dependencies=_WRITE,
+               responses=_responses(*_WRITTEN, 404), tags=["items"])
+async def delete_item(item_id: PathId, svc: Svc):
+    """Never return this item again (until it is PUT again)."""
+    index = _item_index(svc.live, item_id, allow_deleted=True)
+    await svc.delete_item(index, item_id)
+    return _json({"item_id": item_id, "deleted": True})
+
+
+# ---- operations -------------------------------------------------------------------------------
+@router.post("/v1/admin/reload", response_model=s.ReloadAck, dependencies=_WRITE,
+             responses=_responses(401, 403, 500), tags=["admin"])
+async def reload(svc: Svc):
+    """Load the artifact named by CURRENT fully, replay state, swap atomically."""
+    try:
+        version, previous, seconds = await svc.reload()
+    except Exception as exc:  # the old state keeps serving
+        raise ApiError(500, "reload_failed", f"reload failed, still serving the previous "
+                       f"artifact: {exc}") from None
+    return _json({"artifact_version": version, "previous_version": previous,
+                  "seconds": seconds})
+
+
+@router.get("/healthz", response_model=s.Health, tags=["admin"])
+async def healthz(svc: Svc):
+    """Always 200 while the process serves; ``status`` is ``degraded`` while too many
+    recent answers left a channel out (``health_degraded_ratio``), else ``ok``."""
+    state = svc.live
+    status, answers, ratio = svc.health()
+    return _json({"status": status, "recent_answers": answers,
+                  "recent_degraded_ratio": ratio, "artifact_version": state.artifact.version,
+                  "dataset": state.artifact.manifest["dataset"], "items": state.n_items,
+                  "users": len(state.user_rows), "last_event_seq": state.last_seq,
+                  "degraded_channels": svc.engine.degraded_channels(),
+                  "channels": list(state.artifact.pipeline.channels)})
+
+
+@router.get("/metrics", response_class=_PrometheusText, tags=["admin"])
+async def metrics(svc: Svc):
+    """Prometheus text; with several processes, their metrics summed (gauges: the max)."""
+    svc.health()  # the degraded-ratio gauge of this process, as of now
+    return _PrometheusText(generate_latest(svc.metrics.collect_registry()))
 
 
 def _state_limits(spec: dict, settings: ServeSettings, channels: list[str] | None) -> dict:

@@ -33,6 +33,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -45,6 +46,9 @@ from llmrecall.serve import sources
 from llmrecall.serve.live import COVISIT_WINDOW, LiveState, UserHistory
 from llmrecall.serve.metrics import Metrics
 from llmrecall.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from llmrecall.pipeline import RecallPipeline
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +140,125 @@ class ChannelGuard:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+@dataclass(slots=True)
+class GroupPlan:
+    """Stage 1 of a group's recall (:func:`plan_group`): what the later stages read.
+
+    ``rows`` (int64[n]) are the queries' history rows, anonymous ones given fresh rows past
+    every known user, and ``users`` the same as int32; ``history`` holds row ``rows[i]`` =
+    query i's history. ``allowed`` (bool[n_items]) is the group's item mask: its length
+    fixes the item width of the batch (items added while it runs are left for the next
+    one). ``channel_mask`` is what the channels get: None when nothing is filtered.
+    ``names`` are the pipeline channels to call (none for a query-only group) and
+    ``text_channels`` those among the selected that answer query text."""
+
+    queries: list[RecallQuery]
+    state: LiveState
+    pipeline: RecallPipeline
+    allowed: np.ndarray
+    channel_mask: np.ndarray | None
+    k_max: int
+    rows: np.ndarray
+    users: np.ndarray
+    history: Histories
+    names: list[str]
+    text_channels: list[str]
+    texts: list[str | None]
+    has_text: bool  # some query has text
+
+    @property
+    def n_items(self) -> int:
+        return len(self.allowed)
+
+    @property
+    def only(self) -> tuple[str, ...] | None:
+        return self.queries[0].only
+
+    @property
+    def explain(self) -> bool:
+        return self.queries[0].explain
+
+    @property
+    def query_only(self) -> bool:
+        return self.queries[0].query_only
+
+    @property
+    def popular_fill(self) -> bool:
+        return self.queries[0].popular_fill
+
+    def wants(self, source: str) -> bool:
+        """Whether the group's channel selection includes ``source`` (everything without one)."""
+        only = self.queries[0].only
+        return only is None or source in only
+
+
+def plan_group(queries: list[RecallQuery]) -> GroupPlan:
+    """The plan of one group of queries sharing their options (``RecallQuery.group_key``)."""
+    first = queries[0]
+    state, pipeline = first.state, first.state.artifact.pipeline
+    # the mask fixes the item width of this batch: items added while it runs (the
+    # service thread grows the arrays, mask last) are left for the next batch
+    allowed = first.allowed if first.allowed is not None else state.allowed
+    rows = np.empty(len(queries), np.int64)
+    anon = state.next_row
+    for i, q in enumerate(queries):
+        if q.row is None:
+            rows[i], anon = anon, anon + 1
+        else:
+            rows[i] = q.row
+    history = _batch_histories(rows, [q.history for q in queries], len(allowed),
+                               [_version(q) for q in queries])
+    names = [n for n in pipeline.channels if first.only is None or n in first.only]
+    text_channels = _query_channels_of(pipeline, names)
+    if first.query_only:  # history channels would only repeat popularity
+        names = []
+    texts = [q.query_text for q in queries]
+    return GroupPlan(queries, state, pipeline, allowed,
+                     None if first.allowed is None and state.allows_all else allowed,
+                     max(q.k for q in queries), rows, rows.astype(np.int32), history, names,
+                     text_channels, texts, any(texts))
+
+
+@dataclass(slots=True)
+class Gathered:
+    """What the stages of one group gather: candidate lists by source name (in the order
+    fusion sees them), seconds by source, and the names left out of the answer."""
+
+    lists: dict[str, Candidates] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Calls:
+    """How :meth:`RecallEngine._collect` files a kind of channel call: the suffix of its
+    list name, its metric reasons, and whether a success resets the breaker and keeps only
+    the channel's own entries."""
+
+    suffix: str
+    timeout: str
+    error: str
+    own: bool
+
+
+_CHANNEL = _Calls("", "timeout", "error", True)
+_QUERY = _Calls(":query", "query_timeout", "query", False)
+
+
+def fusion_weights(pipeline: RecallPipeline, settings: ServeSettings,
+                   lists: dict[str, Candidates], k_max: int) -> dict[str, ChannelWeight]:
+    """The pipeline's channel weights, the live sources' from the settings, and
+    ``query_weight`` (with ``query_min_slots`` places, at most ``k_max``) for every text
+    match in ``lists`` (BM25, or an embedding channel's query hook)."""
+    weights = dict(pipeline.weights)
+    weights.update(settings.live_weights())
+    for name in lists:
+        if name == sources.QUERY_LEXICAL or name.endswith(":query"):
+            weights[name] = ChannelWeight(settings.query_weight, None,
+                                          min(settings.query_min_slots, k_max))
+    return weights
+
+
 class RecallEngine:
     """Answers groups of :class:`RecallQuery` (see the module docstring)."""
 
@@ -178,141 +301,174 @@ class RecallEngine:
         return out  # type: ignore[return-value]
 
     def _recall_group(self, queries: list[RecallQuery]) -> list[RecallAnswer]:
-        first = queries[0]
-        state, pipeline = first.state, first.state.artifact.pipeline
-        # the mask fixes the item width of this batch: items added while it runs (the
-        # service thread grows the arrays, mask last) are left for the next batch
-        allowed = first.allowed if first.allowed is not None else state.allowed
-        n_items = len(allowed)
-        k_max = max(q.k for q in queries)
-        rows = np.empty(len(queries), np.int64)
-        anon = state.next_row
-        for i, q in enumerate(queries):
-            if q.row is None:
-                rows[i], anon = anon, anon + 1
-            else:
-                rows[i] = q.row
-        history = _batch_histories(rows, [q.history for q in queries], n_items,
-                                   [_version(q) for q in queries])
-        names = [n for n in pipeline.channels if first.only is None or n in first.only]
-        text_channels = _query_channels_of(pipeline, names)
-        if first.query_only:  # history channels would only repeat popularity
-            names = []
-        degraded: list[str] = []
-        seconds: dict[str, float] = {}
+        """One group through the stages (module docstring): plan, channels started, live
+        sources meanwhile, channels awaited and text-query hooks run under the one deadline,
+        fusion, one answer per query."""
+        plan = plan_group(queries)
+        got = Gathered()
         start = time.perf_counter()
-
-        # pipeline channels, each on its own pool, all under one deadline
-        channel_mask = None if first.allowed is None and state.allows_all else allowed
-        futures: dict[str, Future] = {}
-        users = rows.astype(np.int32)
-        for name in names:
-            guard = self.guard(name)
-            if not guard.available():
-                degraded.append(name)
-                self.metrics.channel_errors.labels(name, "circuit_open").inc()
-                continue
-            channel = pipeline.channels[name]
-            kc = max(pipeline.channel_k(name), k_max)
-            if self.settings.inline_channels and channel.in_process:
-                futures[name] = _run_inline(start, self.settings.channel_budget_ms, _timed,
-                                            channel.recall, users, kc, history,
-                                            allowed=channel_mask, explain=first.explain)
-                continue
-            futures[name] = guard.executor.submit(
-                _timed, channel.recall, users, kc, history, allowed=channel_mask,
-                explain=first.explain)
-        texts = [q.query_text for q in queries]
-
-        # live sources run here meanwhile; like channels, a failing one is left out
-        lists: dict[str, Candidates] = {}
-        seen = history.matrix(rows)
-        only = first.only
-
-        def live(name: str, make) -> None:
-            t = time.perf_counter()
-            try:
-                lists[name] = make()
-            except Exception as exc:
-                self.failures.failed(name, exc)
-                degraded.append(name)
-                self.metrics.channel_errors.labels(name, "error").inc()
-                return
-            seconds[name] = time.perf_counter() - t
-
-        if only is None or sources.LIVE_POPULARITY in only:
-            live(sources.LIVE_POPULARITY, lambda: sources.popularity(
-                state.popularity[:n_items], seen, self.settings.live_k, allowed))
-        if (only is None or sources.LIVE_COVISIT in only) and not first.query_only:
-            recent_items, _ = history.recent(rows, COVISIT_WINDOW * 2)
-
-            def covisit() -> Candidates:
-                parts = state.covisit.matrices()
-                recent = _rows_matrix(recent_items, parts[0].shape[0])
-                return sources.covisit(parts, recent, seen, self.settings.live_k, allowed,
-                                       first.explain)
-
-            live(sources.LIVE_COVISIT, covisit)
-        if any(texts) and not text_channels and (only is None or sources.QUERY_LEXICAL in only):
-            live(sources.QUERY_LEXICAL, lambda: state.lexical().recall(
-                texts, seen, max(self.settings.live_k, k_max), allowed))
-
         deadline = start + self.settings.channel_budget_ms / 1000.0
-        wait(list(futures.values()), timeout=max(0.0, deadline - time.perf_counter()))
-        for name, fut in futures.items():
-            guard = self.guards[name]
-            if not fut.done():
-                fut.cancel()
-                degraded.append(name)
-                guard.record(False)
-                self.metrics.channel_errors.labels(name, "timeout").inc()
-                continue
-            try:
-                cand, took = fut.result()
-            except Exception as exc:  # a broken channel must not fail the request
-                self.failures.failed(name, exc)
-                degraded.append(name)
-                guard.record(False)
-                self.metrics.channel_errors.labels(name, "error").inc()
-                continue
-            guard.record(True)
-            lists[name] = cand.own()  # never named for its fallback entries
-            seconds[name] = took
-        if any(texts) and text_channels:
-            self._query_channels(text_channels, pipeline, texts, k_max, allowed, lists,
-                                 degraded, seconds, deadline)
-            if not any(name.endswith(":query") for name in lists) and (
-                    only is None or sources.QUERY_LEXICAL in only):
-                # every embedding channel failed on the query: BM25 still matches its words
-                live(sources.QUERY_LEXICAL, lambda: state.lexical().recall(
-                    texts, seen, max(self.settings.live_k, k_max), allowed))
-        for name, took in seconds.items():
+        pending = self._start_channels(plan, start, got)
+        seen = plan.history.matrix(plan.rows)  # computed while pooled channels run
+        self._live_sources(plan, seen, got)
+        self._collect(pending, deadline, got, _CHANNEL)
+        if plan.has_text and plan.text_channels:
+            self._query_text(plan, seen, deadline, got)
+        for name, took in got.seconds.items():
             self.metrics.channel_seconds.labels(name).observe(took)
         self.metrics.set_degraded(self.degraded_channels())
 
         t = time.perf_counter()
-        weights = dict(pipeline.weights)
-        weights.update(self.settings.live_weights())
-        for name in lists:  # text matches (BM25 or an embedding channel's query hook)
-            if name == sources.QUERY_LEXICAL or name.endswith(":query"):
-                weights[name] = ChannelWeight(self.settings.query_weight, None,
-                                              min(self.settings.query_min_slots, k_max))
-        if not lists and only is None:
-            lists[sources.LIVE_POPULARITY] = sources.popularity(
-                state.popularity[:n_items], seen, k_max, allowed)
-        rrf_k = pipeline.config.fusion.rrf_k
-        fused = fuse(lists, k_max, weights=weights, rrf_k=rrf_k, allowed=allowed) if lists else None
-        if first.popular_fill:
-            fused = self._fill_popular(fused, lists, weights, rrf_k, state, seen, n_items,
-                                       allowed, [q.k for q in queries])
+        fused = self._fuse(plan, seen, got)
         if fused is None:  # nothing selected answered: an empty list, not an error
-            return [RecallAnswer([], sorted(set(degraded)), {}, seconds) for _ in queries]
-        seconds["fusion"] = time.perf_counter() - t
-        counts = {name: (c.ids >= 0).sum(axis=1) for name, c in lists.items()}
+            return [RecallAnswer([], sorted(set(got.degraded)), {}, got.seconds) for _ in queries]
+        got.seconds["fusion"] = time.perf_counter() - t
+        return self._answers(plan, fused, got)
+
+    # stage 2: pipeline channels, each inline or on its own pool, all under one deadline
+    def _start_channels(self, plan: GroupPlan, start: float, got: Gathered) -> dict[str, Future]:
+        """Each of ``plan.names`` started: run now on this thread (``inline_channels`` and an
+        in-process channel; not run once the budget since ``start`` is spent) or submitted
+        to its pool. A channel whose breaker is open is not called: it is degraded at once.
+        Returns ``{name: Future of (Candidates, seconds)}`` for :meth:`_collect`."""
+        futures: dict[str, Future] = {}
+        settings, pipeline = self.settings, plan.pipeline
+        for name in plan.names:
+            guard = self.guard(name)
+            if not guard.available():
+                got.degraded.append(name)
+                self.metrics.channel_errors.labels(name, "circuit_open").inc()
+                continue
+            channel = pipeline.channels[name]
+            kc = max(pipeline.channel_k(name), plan.k_max)
+            if settings.inline_channels and channel.in_process:
+                futures[name] = _run_inline(start, settings.channel_budget_ms, _timed,
+                                            channel.recall, plan.users, kc, plan.history,
+                                            allowed=plan.channel_mask, explain=plan.explain)
+                continue
+            futures[name] = guard.executor.submit(
+                _timed, channel.recall, plan.users, kc, plan.history, allowed=plan.channel_mask,
+                explain=plan.explain)
+        return futures
+
+    def _collect(self, futures: dict[str, Future], deadline: float, got: Gathered,
+                 kind: _Calls) -> None:
+        """Wait for ``futures`` until ``deadline`` (a ``time.perf_counter()`` value), then
+        put each answer in ``got`` under ``name + kind.suffix``; one not done is cancelled
+        and one that raised is logged (:class:`FailureLog`): both are degraded, counted
+        (``kind.timeout`` / ``kind.error``) and recorded by the channel's breaker."""
+        wait(list(futures.values()), timeout=max(0.0, deadline - time.perf_counter()))
+        for name, fut in futures.items():
+            guard = self.guards[name]
+            label = name + kind.suffix
+            if not fut.done():
+                fut.cancel()
+                got.degraded.append(label)
+                guard.record(False)
+                self.metrics.channel_errors.labels(name, kind.timeout).inc()
+                continue
+            try:
+                cand, took = fut.result()
+            except Exception as exc:  # a broken channel must not fail the request
+                self.failures.failed(label, exc)
+                got.degraded.append(label)
+                guard.record(False)
+                self.metrics.channel_errors.labels(name, kind.error).inc()
+                continue
+            if kind.own:
+                guard.record(True)
+                cand = cand.own()  # never named for its fallback entries
+            got.lists[label] = cand
+            got.seconds[label] = took
+
+    # stage 3: live sources, on this thread while pooled channels run
+    def _live_sources(self, plan: GroupPlan, seen: sp.csr_matrix, got: Gathered) -> None:
+        """The live sources ``plan`` selects: popularity, co-visits (not for a query-only
+        group) and BM25 over the query text when no channel answers text queries."""
+        state, live_k = plan.state, self.settings.live_k
+        if plan.wants(sources.LIVE_POPULARITY):
+            self._live(got, sources.LIVE_POPULARITY, lambda: sources.popularity(
+                state.popularity[:plan.n_items], seen, live_k, plan.allowed))
+        if plan.wants(sources.LIVE_COVISIT) and not plan.query_only:
+            recent_items, _ = plan.history.recent(plan.rows, COVISIT_WINDOW * 2)
+
+            def covisit() -> Candidates:
+                parts = state.covisit.matrices()
+                recent = _rows_matrix(recent_items, parts[0].shape[0])
+                return sources.covisit(parts, recent, seen, live_k, plan.allowed, plan.explain)
+
+            self._live(got, sources.LIVE_COVISIT, covisit)
+        if plan.has_text and not plan.text_channels and plan.wants(sources.QUERY_LEXICAL):
+            self._lexical(plan, seen, got)
+
+    def _live(self, got: Gathered, name: str, make) -> None:
+        """``make()`` answered as source ``name``; like a channel, one that raises is left
+        out (logged, degraded, counted)."""
+        t = time.perf_counter()
+        try:
+            got.lists[name] = make()
+        except Exception as exc:
+            self.failures.failed(name, exc)
+            got.degraded.append(name)
+            self.metrics.channel_errors.labels(name, "error").inc()
+            return
+        got.seconds[name] = time.perf_counter() - t
+
+    def _lexical(self, plan: GroupPlan, seen: sp.csr_matrix, got: Gathered) -> None:
+        k = max(self.settings.live_k, plan.k_max)
+        self._live(got, sources.QUERY_LEXICAL, lambda: plan.state.lexical().recall(
+            plan.texts, seen, k, plan.allowed))
+
+    # stage 2b: text-query hooks, after the channels, under the same deadline
+    def _query_text(self, plan: GroupPlan, seen: sp.csr_matrix, deadline: float,
+                    got: Gathered) -> None:
+        """``plan.text_channels`` answer the query text (``recall_query(texts, k, allowed)
+        -> Candidates``, listed as ``<name>:query``) under the same guard rules and the
+        request's ``deadline``: they run at once, each on its pool, and are awaited
+        together until the deadline; none is started once it has passed (the channels
+        before them may have spent it all). When none answers, BM25 still matches the
+        query's words (``query_lexical``, if selected)."""
+        futures: dict[str, Future] = {}
+        for name in plan.text_channels:
+            if time.perf_counter() >= deadline:
+                got.degraded.append(f"{name}:query")
+                self.metrics.channel_errors.labels(name, "query_timeout").inc()
+                continue
+            channel = plan.pipeline.channels[name]
+            assert isinstance(channel, AnswersQueries)  # the plan lists only declared ones
+            hook = channel.recall_query
+            futures[name] = self.guard(name).executor.submit(_timed, hook, plan.texts,
+                                                             plan.k_max, plan.allowed)
+        self._collect(futures, deadline, got, _QUERY)
+        if not any(name.endswith(":query") for name in got.lists) and plan.wants(
+                sources.QUERY_LEXICAL):
+            # every embedding channel failed on the query: BM25 still matches its words
+            self._lexical(plan, seen, got)
+
+    # stage 4: fusion
+    def _fuse(self, plan: GroupPlan, seen: sp.csr_matrix, got: Gathered):
+        """``got.lists`` fused (``FusedCandidates`` of ``plan.k_max`` columns), or None when
+        no list answered. With nothing answered and no channel selection, the answer is
+        live popularity; ``popular_fill`` groups get their short rows completed."""
+        weights = fusion_weights(plan.pipeline, self.settings, got.lists, plan.k_max)
+        if not got.lists and plan.only is None:
+            got.lists[sources.LIVE_POPULARITY] = sources.popularity(
+                plan.state.popularity[:plan.n_items], seen, plan.k_max, plan.allowed)
+        rrf_k = plan.pipeline.config.fusion.rrf_k
+        fused = (fuse(got.lists, plan.k_max, weights=weights, rrf_k=rrf_k, allowed=plan.allowed)
+                 if got.lists else None)
+        if plan.popular_fill:
+            fused = self._fill_popular(fused, got.lists, weights, rrf_k, plan.state, seen,
+                                       plan.n_items, plan.allowed, [q.k for q in plan.queries])
+        return fused
+
+    # stage 5: one answer per query
+    def _answers(self, plan: GroupPlan, fused, got: Gathered) -> list[RecallAnswer]:
+        counts = {name: (c.ids >= 0).sum(axis=1) for name, c in got.lists.items()}
         for name, c in counts.items():
             self.metrics.channel_candidates.labels(name).observe(float(c.mean()) if len(c) else 0.0)
-        return [self._answer(fused, r, q, state, degraded, counts, seconds)
-                for r, q in enumerate(queries)]
+        return [self._answer(fused, r, q, plan.state, got.degraded, counts, got.seconds)
+                for r, q in enumerate(plan.queries)]
 
     def _fill_popular(self, fused, lists: dict[str, Candidates], weights: dict, rrf_k: float,
                       state: LiveState, seen: sp.csr_matrix, n_items: int,
@@ -346,41 +502,6 @@ class RecallEngine:
                                                                   -np.inf).astype(np.float32))
         weights[sources.LIVE_POPULARITY] = ChannelWeight(weight)
         return fuse(lists, max(ks), weights=weights, rrf_k=rrf_k, allowed=allowed)
-
-    def _query_channels(self, names, pipeline, texts, k, allowed, lists, degraded, seconds,
-                        deadline: float):
-        """Channels with a ``recall_query(texts, k, allowed) -> Candidates`` hook (text
-        embedding channels) answer the query text, under the same guard rules and the
-        request's ``deadline`` (a ``time.perf_counter()`` value): they run at once, each on
-        its pool, and are awaited together until the deadline; none is started once it has
-        passed (the channels before them may have spent it all)."""
-        futures: dict[str, Future] = {}
-        for name in names:
-            if time.perf_counter() >= deadline:
-                degraded.append(f"{name}:query")
-                self.metrics.channel_errors.labels(name, "query_timeout").inc()
-                continue
-            futures[name] = self.guard(name).executor.submit(
-                _timed, pipeline.channels[name].recall_query, texts, k, allowed)
-        wait(list(futures.values()), timeout=max(0.0, deadline - time.perf_counter()))
-        for name, fut in futures.items():
-            guard = self.guards[name]
-            if not fut.done():
-                fut.cancel()
-                degraded.append(f"{name}:query")
-                guard.record(False)
-                self.metrics.channel_errors.labels(name, "query_timeout").inc()
-                continue
-            try:
-                cand, took = fut.result()
-            except Exception as exc:
-                self.failures.failed(f"{name}:query", exc)
-                degraded.append(f"{name}:query")
-                guard.record(False)
-                self.metrics.channel_errors.labels(name, "query").inc()
-                continue
-            lists[f"{name}:query"] = cand
-            seconds[f"{name}:query"] = took
 
     def _answer(self, fused, r: int, q: RecallQuery, state: LiveState, degraded: list[str],
                 counts: dict[str, np.ndarray], seconds: dict[str, float]) -> RecallAnswer:

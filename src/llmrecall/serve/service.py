@@ -36,6 +36,8 @@ from llmrecall.serve.engine import RecallAnswer, RecallEngine, RecallQuery
 from llmrecall.serve.live import LiveState
 from llmrecall.serve.metrics import Metrics, RecentAnswers
 from llmrecall.serve.refresh import InterestRefreshWorker, load_refresher
+from llmrecall.serve.request import resolve_recall
+from llmrecall.serve.schemas import RecallRequest
 from llmrecall.serve.settings import ServeSettings
 from llmrecall.serve.store import Change, EventRows, ItemRow, Job, Store
 from llmrecall.threads import blas_threads, pin_blas_threads
@@ -257,6 +259,13 @@ class Service:
             self._inflight -= 1
         self._note_answer(answer)
         return answer
+
+    async def recall_request(self, req: RecallRequest) -> dict:
+        """The ``/v1/recall`` response body for ``req``, resolved against the live state
+        (:func:`~llmrecall.serve.request.resolve_recall`: raises
+        :class:`~llmrecall.serve.request.InvalidRequest`) and answered from the next batch."""
+        resolved = resolve_recall(self.live, req, self.settings.max_k)
+        return resolved.body(await self.recall(resolved.query))
 
     def _note_answer(self, answer: RecallAnswer) -> None:
         degraded = bool(answer.degraded)
