@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from llmrecall import progress
 from llmrecall.cli_support import check_writable, err
 from llmrecall.cli_support import dataset_from_options as _load_dataset
 from llmrecall.cli_support import fail as _fail
@@ -23,6 +24,8 @@ console = Console(width=None if Console().is_terminal else 200)
 
 #: commands that apply a thread default of their own when none is given (the service: 1)
 OWN_THREAD_DEFAULT = ("serve",)
+#: long-running services: their log is their output, so they show no progress of their own
+NO_PROGRESS = ("serve", "lm-serve")
 
 
 @app.callback()
@@ -32,12 +35,19 @@ def _global_options(
         "--threads", min=1, envvar="LLMRECALL_THREADS", show_envvar=True,
         help="threads for BLAS, OpenMP and the channels; default: the CPUs this process may "
              "run on (serve: 1)")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", envvar="LLMRECALL_QUIET", show_envvar=True,
+        help="no progress bars or stage lines on stderr, only errors (results are unchanged)")
+    ] = False,
 ) -> None:
     # applied here, when a command runs, not when the module is imported
     if threads is not None or ctx.invoked_subcommand not in OWN_THREAD_DEFAULT:
         from llmrecall.threads import use_threads
 
         use_threads(threads)
+    # bars on a terminal, one line per stage otherwise; put back when the command ends
+    previous = progress.configure(quiet or ctx.invoked_subcommand in NO_PROGRESS)
+    ctx.call_on_close(lambda: progress.set_reporter(previous))
 
 
 DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="built-in dataset name")]
@@ -47,8 +57,15 @@ ConfigOpt = Annotated[Path | None, typer.Option(
 
 
 def _say(message: str) -> None:
-    """A progress line (dim); ``message`` may hold brackets (names, paths)."""
-    err.print(f"[dim]{escape(message)}[/dim]")
+    """A message about the work (dim on a terminal; none with --quiet); ``message`` is plain
+    text, brackets and all."""
+    progress.note(message)
+
+
+def _tell(markup: str) -> None:
+    """A result line on stderr (a summary the tables do not hold); none with --quiet."""
+    if progress.reporter() is not progress.SILENT:
+        err.print(markup)
 
 
 @app.command()
@@ -101,7 +118,7 @@ def evaluate(
                 save_ranks(sidecar_path(output), ranks)
             except OSError as exc:
                 _fail(f"cannot write {sidecar_path(output)}: {exc.strerror or exc}")
-            err.print(f"wrote {escape(str(sidecar_path(output)))}")
+            _say(f"wrote {sidecar_path(output)}")
         if html is not None:
             from llmrecall.evaluate.report_html import run_from_memory, write_report
 
@@ -112,7 +129,7 @@ def evaluate(
                 _fail(exc)
             except OSError as exc:
                 _fail(f"cannot write {html}: {exc.strerror or exc}")
-            err.print(f"wrote {escape(str(html))}")
+            _say(f"wrote {html}")
 
 
 @app.command("report")
@@ -142,7 +159,7 @@ def report_command(
         _fail(exc)
     except OSError as exc:
         _fail(f"cannot write {out}: {exc.strerror or exc}")
-    err.print(f"wrote {escape(str(out))}")
+    _say(f"wrote {out}")
 
 
 @app.command()
@@ -298,13 +315,13 @@ def tune(
                                  max_users=max_users, split=split, models=models,
                                  min_gain=min_gain)
         _write_text(output, tuned.to_toml(), quiet=True)
-        err.print(f"validation {report['metric']}: untuned {_fmt(report['baseline_value'])}, "
-                  f"tuned {_fmt(report['best_value'])} ({report['trials']['complete']} complete, "
-                  f"{report['trials']['pruned']} pruned trials in the study, "
-                  f"{report['seconds']:.0f}s this run); wrote {escape(str(output))}")
+        _tell(f"validation {report['metric']}: untuned {_fmt(report['baseline_value'])}, "
+              f"tuned {_fmt(report['best_value'])} ({report['trials']['complete']} complete, "
+              f"{report['trials']['pruned']} pruned trials in the study, "
+              f"{report['seconds']:.0f}s this run); wrote {escape(str(output))}")
         if report["kept_baseline"] and report["best_value"] != report["baseline_value"]:
-            err.print(f"kept the untuned config: the best trial's gain is below the noise "
-                      f"floor {report['min_gain']:.4f} (--min-gain)")
+            _tell(f"kept the untuned config: the best trial's gain is below the noise "
+                  f"floor {report['min_gain']:.4f} (--min-gain)")
         comparison = compare_on_test(ds, protocol, cfg, tuned, metric, seed=seed,
                                      progress=_say,
                                      split=split, models=models)
@@ -403,9 +420,9 @@ def tune_prompts(
     side = output.with_name(f"{output.name}.search.json")
     _write_text(side, json.dumps(report.summary, indent=2, ensure_ascii=False), quiet=True)
     if report.comparison is not None:
-        err.print(f"{report.comparison.sentence()}; "
-                  f"{'saved' if search.saved else 'kept the saved template (it scored at least as well)'} "
-                  f"{escape(str(search.path))}; wrote {escape(str(side))}")
+        _tell(f"{report.comparison.sentence()}; "
+              f"{'saved' if search.saved else 'kept the saved template (it scored at least as well)'} "
+              f"{escape(str(search.path))}; wrote {escape(str(side))}")
 
 
 def _write_text(path: Path, text: str, quiet: bool = False) -> None:
@@ -417,7 +434,7 @@ def _write_text(path: Path, text: str, quiet: bool = False) -> None:
     except OSError as exc:
         _fail(f"cannot write {path}: {exc.strerror or exc}")
     if not quiet:
-        err.print(f"wrote {escape(str(path))}")
+        _say(f"wrote {path}")
 
 
 def _fmt(value) -> str:

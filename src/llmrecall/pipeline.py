@@ -17,6 +17,7 @@ from llmrecall.config import ChannelConfig, PipelineConfig
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 from llmrecall.fusion import ChannelWeight, FusedCandidates, fuse
+from llmrecall.progress import task as progress_task
 from llmrecall.topk import fit_mask
 
 
@@ -94,10 +95,12 @@ class RecallPipeline:
         configs = {c.channel_name: c for c in self.config.enabled_channels}
         for name, channel in self.channels.items():
             start = time.perf_counter()
-            if models is None:
-                channel.fit(dataset)
-            else:
-                self.channels[name] = models.get(configs[name], self.config.seed)
+            # a channel that counts its own steps continues this stage (same description)
+            with progress_task(f"fit {name}"):
+                if models is None:
+                    channel.fit(dataset)
+                else:
+                    self.channels[name] = models.get(configs[name], self.config.seed)
             self.fit_seconds[name] = time.perf_counter() - start
             if progress is not None:
                 progress(name, self.fit_seconds[name])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
-from llmrecall.channels.factors import FactorChannel
+from llmrecall.channels.factors import FactorChannel, each_iteration
 from llmrecall.channels.history import empty_rows
 from llmrecall.channels.registry import register
 from llmrecall.threads import blas_threads
@@ -37,9 +39,10 @@ class ALS(FactorChannel):
             alpha=float(self.alpha), iterations=int(self.iterations),
             random_state=int(self.seed), num_threads=blas_threads())
 
-    def train(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    def train(self, matrix: sp.csr_matrix, on_iteration: Callable[[], None] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray]:
         model = self._model()
-        model.fit(matrix, show_progress=False)
+        model.fit(matrix, show_progress=False, callback=each_iteration(on_iteration))
         return model.user_factors, model.item_factors
 
     def _solver(self):

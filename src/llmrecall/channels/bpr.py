@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
-from llmrecall.channels.factors import FactorChannel
+from llmrecall.channels.factors import FactorChannel, each_iteration
 from llmrecall.channels.history import empty_rows
 from llmrecall.channels.registry import register
 
@@ -29,14 +31,15 @@ class BPR(FactorChannel):
         super().__init__(factors, regularization, iterations, seed, name)
         self.learning_rate = learning_rate
 
-    def train(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    def train(self, matrix: sp.csr_matrix, on_iteration: Callable[[], None] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray]:
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         model = BayesianPersonalizedRanking(
             factors=int(self.factors), learning_rate=float(self.learning_rate),
             regularization=float(self.regularization), iterations=int(self.iterations),
             random_state=int(self.seed), num_threads=1)
-        model.fit(matrix, show_progress=False)
+        model.fit(matrix, show_progress=False, callback=each_iteration(on_iteration))
         return model.user_factors, model.item_factors
 
     def evidence_factors(self) -> np.ndarray:

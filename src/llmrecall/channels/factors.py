@@ -8,10 +8,12 @@ differently (:meth:`FactorChannel.user_vectors`).
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
+from llmrecall import progress
 from llmrecall.channels.base import Channel
 from llmrecall.channels.capabilities import CachesUsers
 from llmrecall.channels.history import (
@@ -29,6 +31,13 @@ from llmrecall.threads import limited_blas
 
 #: (pair, factor) products computed at once when looking for evidence
 _EVIDENCE_CHUNK = 200_000
+
+def each_iteration(on_iteration: Callable[[], None] | None):
+    """``on_iteration`` as implicit's ``fit(callback=...)``, which passes the iteration,
+    its seconds and a loss (None: no callback, as implicit's default)."""
+    if on_iteration is None:
+        return None
+    return lambda *_: on_iteration()
 
 
 class FactorChannel(Channel, CachesUsers):
@@ -58,9 +67,10 @@ class FactorChannel(Channel, CachesUsers):
         self.seed = seed
 
     @abstractmethod
-    def train(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    def train(self, matrix: sp.csr_matrix, on_iteration: Callable[[], None] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray]:
         """Fit implicit on the binary float32 CSR [n_users, n_items]; return the user and
-        item factors as float32 arrays."""
+        item factors as float32 arrays. ``on_iteration`` is called after each iteration."""
 
     @abstractmethod
     def user_vectors(self, users: np.ndarray, hist: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +93,9 @@ class FactorChannel(Channel, CachesUsers):
         # implicit parallelises itself; BLAS threads on top of it only oversubscribe
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=1, user_api="blas"):
-            users, items = self.train(matrix)
+        with threadpool_limits(limits=1, user_api="blas"), progress.task(
+                f"fit {self.name}", int(self.iterations), "iteration") as bar:
+            users, items = self.train(matrix, bar.advance)
         self.user_factors_ = np.ascontiguousarray(users, dtype=np.float32)
         self.item_factors_ = np.ascontiguousarray(items, dtype=np.float32)
         self.popularity_ = item_popularity(matrix)

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from llmrecall import progress
 from llmrecall.channels.base import Channel
 from llmrecall.channels.capabilities import AddsItems, CachesUsers
 from llmrecall.channels.registry import register
@@ -209,14 +210,16 @@ class SASRec(Channel, AddsItems, CachesUsers):
                                       weight_decay=self.weight_decay)
         sampled = n_items > self.full_softmax_limit
         model.train()
-        for _ in range(self.epochs):
-            order = rng.permutation(len(windows))
-            for start in range(0, len(windows), self.batch_size):
-                batch = torch.from_numpy(windows[order[start:start + self.batch_size]])
-                loss = self._loss(model, batch, n_items, sampled, rng)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        with progress.task(f"fit {self.name}", self.epochs, "epoch") as bar:
+            for _ in range(self.epochs):
+                order = rng.permutation(len(windows))
+                for start in range(0, len(windows), self.batch_size):
+                    batch = torch.from_numpy(windows[order[start:start + self.batch_size]])
+                    loss = self._loss(model, batch, n_items, sampled, rng)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                bar.advance()
         model.eval()
         self.model_ = model
         self.n_items_ = n_items

@@ -58,7 +58,7 @@ def text_vectors(texts: list[str], embedder: str = DEFAULT_EMBEDDER,
 def _cached_embedder(embedder: str, cache_path: str):
     from llmrecall.lm import CachedEmbedder, LMCache, get_embedder
 
-    return CachedEmbedder(get_embedder(embedder), LMCache(cache_path), progress=False)
+    return CachedEmbedder(get_embedder(embedder), LMCache(cache_path), progress=None)
 
 
 # ---- what every text channel does for users and items it cannot place -------------------

@@ -35,6 +35,7 @@ from typing import ClassVar, cast
 import numpy as np
 import scipy.sparse as sp
 
+from llmrecall import progress
 from llmrecall.channels.base import Channel
 from llmrecall.channels.capabilities import AddsItems, CachesUsers
 from llmrecall.channels.registry import register
@@ -240,21 +241,23 @@ class TextCF(Channel, AddsItems, CachesUsers):
         if self.max_steps:
             steps = min(steps, self.max_steps)
         batches = _batches(rng, len(pairs_u), self.batch_size)
-        for _ in range(steps):
-            take = next(batches)
-            z0, items0 = layer0()
-            z = propagate.apply(z0, adjacency, self.layers)
-            u = torch.nn.functional.normalize(z[pairs_u[take]], dim=1)
-            item_side = z[n_users:] if self.propagate_items else items0
-            i = torch.nn.functional.normalize(item_side[pairs_i[take]], dim=1)
-            logits = u @ i.T / self.tau
-            # the same item twice in a batch is not a negative of itself
-            same = torch.from_numpy(pairs_i[take][:, None] == pairs_i[take][None, :])
-            logits = logits.masked_fill(same.fill_diagonal_(False), -1e9)
-            loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(take)))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        with progress.task(f"fit {self.name}", steps, "step") as bar:
+            for _ in range(steps):
+                take = next(batches)
+                z0, items0 = layer0()
+                z = propagate.apply(z0, adjacency, self.layers)
+                u = torch.nn.functional.normalize(z[pairs_u[take]], dim=1)
+                item_side = z[n_users:] if self.propagate_items else items0
+                i = torch.nn.functional.normalize(item_side[pairs_i[take]], dim=1)
+                logits = u @ i.T / self.tau
+                # the same item twice in a batch is not a negative of itself
+                same = torch.from_numpy(pairs_i[take][:, None] == pairs_i[take][None, :])
+                logits = logits.masked_fill(same.fill_diagonal_(False), -1e9)
+                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(take)))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                bar.advance()
         mlp.eval()
         with torch.no_grad():
             z0 = layer0()[0].numpy()

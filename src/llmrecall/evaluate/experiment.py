@@ -19,6 +19,7 @@ from llmrecall.evaluate.metrics import DEFAULT_KS, ranking_metrics
 from llmrecall.evaluate.protocols import EvalTask, Split, make_split
 from llmrecall.evaluate.runner import rank_task
 from llmrecall.pipeline import RecallPipeline
+from llmrecall.progress import task as progress_task
 
 
 @dataclass
@@ -42,7 +43,8 @@ def recall_task(pipeline: RecallPipeline, task: EvalTask,
         if only is not None and name not in only:
             continue
         start = time.perf_counter()
-        ids = rank_task(channel, task, pipeline.channel_k(name))
+        with progress_task(f"recall {name}", len(task.users), "user") as bar:
+            ids = rank_task(channel, task, pipeline.channel_k(name), on_batch=bar.advance)
         seconds[name] = time.perf_counter() - start
         ranks = np.broadcast_to(-np.arange(ids.shape[1], dtype=np.float32), ids.shape)
         lists[name] = Candidates(ids, np.where(ids >= 0, ranks, -np.inf).astype(np.float32))
@@ -80,6 +82,8 @@ def evaluate(dataset: Dataset, protocol: str, config: PipelineConfig, *, seed: i
     """Evaluate ``config`` on ``dataset`` under ``protocol``; returns the report dict.
 
     ``on`` is "test" (the reported numbers) or "valid" (what tuning may look at).
+    ``progress`` is called with one-line messages (the split's size); each channel's fit and
+    recall is a stage of :mod:`llmrecall.progress` (a bar or a line, as the command chose).
     ``split``: ``make_split(dataset, protocol, seed)`` if already made; ``models``: a
     :class:`llmrecall.tune.store.FittedChannels` on ``split.train`` whose fitted channels
     are reused (see :meth:`RecallPipeline.fit`).
@@ -111,12 +115,10 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
     split_seconds = time.perf_counter() - start
     say(f"split {protocol}: {len(split.train.interactions):,} train interactions, "
         f"{len(split.test.users):,} test users")
-    pipeline = RecallPipeline(config).fit(
-        split.train, progress=lambda name, s: say(f"fitted {name} in {s:.1f}s"), models=models)
+    # each channel's fit and recall is a stage of llmrecall.progress (its line or bar)
+    pipeline = RecallPipeline(config).fit(split.train, models=models)
     task = split.test if on == "test" else split.valid
     lists = recall_task(pipeline, task)
-    for name, s in lists.recall_seconds.items():
-        say(f"recalled {name} in {s:.1f}s")
     results, fusion_seconds, fused = _score_and_fuse(pipeline, lists, split.dataset.n_items, ks)
     if on_lists is not None:
         on_lists(lists, fused)

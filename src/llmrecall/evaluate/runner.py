@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -14,7 +16,8 @@ EVAL_BATCH = 1024
 
 
 def rank_task(channel: Channel, task: EvalTask, k: int = 200,
-              batch: int = EVAL_BATCH) -> np.ndarray:
+              batch: int = EVAL_BATCH,
+              on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """The channel's top-``k`` list for every user of ``task``, with the task's masking.
 
     The channel recalls from ``task.history`` restricted to ``task.candidate_mask``; the items
@@ -25,7 +28,7 @@ def rank_task(channel: Channel, task: EvalTask, k: int = 200,
     every history item is to be masked (the usual case); otherwise it is asked with
     ``exclude_seen=False``. Either way it returns ``k`` plus the batch's largest number of
     remaining masked candidates, and those are dropped here, so the result equals the top-``k``
-    over the unmasked candidates.
+    over the unmasked candidates. ``on_batch(n)`` is called after each batch of ``n`` users.
 
     Returns:
         int32[u, k] dense item ids, best first, padded with -1; row i is ``task.users[i]``.
@@ -53,6 +56,8 @@ def rank_task(channel: Channel, task: EvalTask, k: int = 200,
             order = np.argsort(~keep, axis=1, kind="stable")
             ids = np.take_along_axis(np.where(keep, ids, -1), order, axis=1)
         out[rows] = ids[:, :k]
+        if on_batch is not None:
+            on_batch(len(users))
     return out
 
 

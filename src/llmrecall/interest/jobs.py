@@ -41,6 +41,7 @@ from llmrecall.lm.prompts import (
     normalise_title,
     profile_messages,
 )
+from llmrecall.progress import task
 
 #: users written to the store per transaction
 WRITE_BATCH = 5
@@ -385,37 +386,41 @@ class InterestJob:
         out: dict[int, list[str]] = {}
         pending_subjects: list[tuple[str, list[int], list[str]]] = []
         pending_cache: list[tuple[str, list[str]]] = []
-        for n, (user, raw) in enumerate(zip(np.asarray(users).tolist(), raw_ids)):
-            if raw is None:  # raw() maps ids outside the user vocabulary to None
-                raise ConfigError(f"user {user} is not a dense user id of the dataset")
-            items = self.histories.of(user)
-            recent = items[-s.history_length:].tolist()
-            if raw in stored and not needs_refresh(stored[raw][0], recent, window=s.history_length,
-                                                   min_changed=refresh_min_changed):
-                out[user] = stored[raw][1]
-                stats.reused += 1
-                continue
-            key = content_key(fingerprint, settings, items.tolist(), self._examples)
-            cached = self.store.get_text_lists([key])
-            if key in cached:
-                texts = cached[key]
-                stats.cache_hits += 1
-            else:
-                t0 = time.perf_counter()
-                texts = self.generate_user(user)
-                stats.per_user_seconds.append(time.perf_counter() - t0)
-                stats.generated += 1
-                stats.generated_texts += len(texts)
-                pending_cache.append((key, texts))
-            stats.empty += int(not texts)
-            out[user] = texts
-            pending_subjects.append((raw, recent, texts))
-            if len(pending_subjects) >= WRITE_BATCH:
-                self.store.put_text_lists(pending_cache, fingerprint)
-                self.store.put_subjects(self.scope, pending_subjects)
-                pending_subjects, pending_cache = [], []
-            if progress is not None:
-                progress(n + 1, len(users))
+        with task("generate interests", len(users), "user") as bar:
+            for n, (user, raw) in enumerate(zip(np.asarray(users).tolist(), raw_ids)):
+                if raw is None:  # raw() maps ids outside the user vocabulary to None
+                    raise ConfigError(f"user {user} is not a dense user id of the dataset")
+                items = self.histories.of(user)
+                recent = items[-s.history_length:].tolist()
+                if raw in stored and not needs_refresh(stored[raw][0], recent,
+                                                       window=s.history_length,
+                                                       min_changed=refresh_min_changed):
+                    out[user] = stored[raw][1]
+                    stats.reused += 1
+                    bar.advance()
+                    continue
+                key = content_key(fingerprint, settings, items.tolist(), self._examples)
+                cached = self.store.get_text_lists([key])
+                if key in cached:
+                    texts = cached[key]
+                    stats.cache_hits += 1
+                else:
+                    t0 = time.perf_counter()
+                    texts = self.generate_user(user)
+                    stats.per_user_seconds.append(time.perf_counter() - t0)
+                    stats.generated += 1
+                    stats.generated_texts += len(texts)
+                    pending_cache.append((key, texts))
+                stats.empty += int(not texts)
+                out[user] = texts
+                pending_subjects.append((raw, recent, texts))
+                if len(pending_subjects) >= WRITE_BATCH:
+                    self.store.put_text_lists(pending_cache, fingerprint)
+                    self.store.put_subjects(self.scope, pending_subjects)
+                    pending_subjects, pending_cache = [], []
+                bar.advance()
+                if progress is not None:
+                    progress(n + 1, len(users))
         self.store.put_text_lists(pending_cache, fingerprint)
         self.store.put_subjects(self.scope, pending_subjects)
         stats.seconds = time.perf_counter() - start

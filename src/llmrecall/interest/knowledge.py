@@ -21,6 +21,7 @@ from llmrecall.interest.jobs import store_fingerprint
 from llmrecall.lm.cache import LMCache, content_key
 from llmrecall.lm.generators import Generator
 from llmrecall.lm.prompts import knowledge_messages, load_template
+from llmrecall.progress import task
 
 #: catalog column holding the generated knowledge
 KNOWLEDGE_FIELD = "keywords"
@@ -103,26 +104,28 @@ def generate_knowledge(dataset: Dataset, generator: Generator, items: np.ndarray
                                 settings.model_dump(), titles[i], cats[i]) for i in items}
     cached = store.get_text_lists(list(keys.values()))
     pending = []
-    for item in items.tolist():
-        key = keys[item]
-        if key in cached:
-            raw = cached[key][0] if cached[key] else ""
-            out[item] = clean_keywords(raw, titles[item], settings.max_keywords)
-            stats.cache_hits += 1
-        elif titles[item].strip():
-            t0 = time.perf_counter()
-            answer = generator.chat([knowledge_messages(titles[item], cats[item],
-                                                        settings.noun_one, settings.language)],
-                                    max_tokens=settings.max_tokens, temperature=0.0,
-                                    repeat_penalty=settings.repeat_penalty)[0]
-            stats.per_item_seconds.append(time.perf_counter() - t0)
-            out[item] = clean_keywords(answer, titles[item], settings.max_keywords)
-            stats.generated += 1
-            pending.append((key, [answer]))
-            if len(pending) >= WRITE_BATCH:
-                store.put_text_lists(pending, fingerprint)
-                pending = []
-        stats.empty += int(not out[item])
+    with task("generate knowledge", len(items), "item") as bar:
+        for item in items.tolist():
+            key = keys[item]
+            if key in cached:
+                raw = cached[key][0] if cached[key] else ""
+                out[item] = clean_keywords(raw, titles[item], settings.max_keywords)
+                stats.cache_hits += 1
+            elif titles[item].strip():
+                t0 = time.perf_counter()
+                answer = generator.chat([knowledge_messages(titles[item], cats[item],
+                                                            settings.noun_one, settings.language)],
+                                        max_tokens=settings.max_tokens, temperature=0.0,
+                                        repeat_penalty=settings.repeat_penalty)[0]
+                stats.per_item_seconds.append(time.perf_counter() - t0)
+                out[item] = clean_keywords(answer, titles[item], settings.max_keywords)
+                stats.generated += 1
+                pending.append((key, [answer]))
+                if len(pending) >= WRITE_BATCH:
+                    store.put_text_lists(pending, fingerprint)
+                    pending = []
+            stats.empty += int(not out[item])
+            bar.advance()
     store.put_text_lists(pending, fingerprint)
     stats.seconds = time.perf_counter() - start
     return out, stats

@@ -43,7 +43,7 @@ def cached_embedder(spec: Any, cache_path: str | None):
         return embedder
     from llmrecall.lm import CachedEmbedder, LMCache
 
-    return CachedEmbedder(embedder, LMCache(cache_path), progress=False)
+    return CachedEmbedder(embedder, LMCache(cache_path), progress=None)
 
 
 def rrf_lists(lists: Sequence[tuple[np.ndarray, float]], k: int, rrf_k: float

@@ -3,8 +3,9 @@
 :class:`CachedEmbedder` and :class:`CachedGenerator` look every input up in an
 :class:`~llmrecall.lm.cache.LMCache` first, compute only the missing keys, and write results
 back in groups of ``commit_every`` (one transaction each). A job that is interrupted keeps
-every group it finished; the next run computes only what is still missing. Long runs show a
-rich progress bar (on a terminal, or when ``progress=True`` is forced).
+every group it finished; the next run computes only what is still missing. Long runs report
+their progress through :mod:`llmrecall.progress` (a bar on a terminal under the command
+line; ``progress=True`` forces a rich bar, ``progress=False`` shows nothing).
 """
 
 from __future__ import annotations
@@ -21,29 +22,17 @@ from llmrecall.lm.prompts import PromptTemplate
 
 
 @contextmanager
-def _progress(enabled: bool | None, total: int, description: str):
-    """Yields ``advance(n)``; a rich progress bar when enabled (None = only on a terminal)."""
+def _progress(enabled: bool | None, total: int, description: str, unit: str):
+    """Yields ``advance(n)``: the process-wide progress reporter's bar (None), none (False),
+    or rich bars on stderr whatever the process chose (True)."""
     if enabled is False or total == 0:
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    console = Console(stderr=True)
-    if enabled is None and not console.is_terminal:
-        yield lambda n: None
-        return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                  transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+    from llmrecall import progress
+
+    with progress.task(description, total, unit,
+                       reporter=progress.Bars() if enabled else None) as bar:
+        yield bar.advance
 
 
 class CachedEmbedder(Embedder):
@@ -81,7 +70,7 @@ class CachedEmbedder(Embedder):
         for k, t in zip(keys, texts):
             first_text.setdefault(k, t)
         self.hits += len(keys) - sum(1 for k in keys if k not in found)
-        with _progress(self.progress, len(missing), f"embed {self.name}") as advance:
+        with _progress(self.progress, len(missing), f"embed {self.name}", "text") as advance:
             for s in range(0, len(missing), self.commit_every):
                 group = missing[s:s + self.commit_every]
                 vectors = self.inner.embed([first_text[k] for k in group], kind=kind)
@@ -161,7 +150,8 @@ class CachedGenerator(Generator):
         for k, c in zip(keys, conversations):
             by_key.setdefault(k, c)
         self.hits += sum(1 for k in keys if k in found)
-        with _progress(self.progress, len(missing), f"generate {self.name}") as advance:
+        with _progress(self.progress, len(missing), f"generate {self.name}",
+                       "prompt") as advance:
             for s in range(0, len(missing), self.commit_every):
                 group = missing[s:s + self.commit_every]
                 outputs = self.inner.chat([by_key[k] for k in group], max_tokens, temperature,

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from llmrecall import progress
 from llmrecall.errors import LLMRecallError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -41,18 +42,19 @@ def build_command(
     from llmrecall.threads import use_threads
 
     use_threads()  # $LLMRECALL_THREADS, or the CPUs this process may run on
+    if not progress.configured():  # `python -m llmrecall.serve build`: `llmrecall` chose none
+        progress.configure()
     check_writable(out, "--out", folder=True)
     try:
         _import_plugins(plugin)
         ds = dataset_from_options(dataset, data)
         cfg = load_config(config)
-        path = build(ds, cfg, out, progress=lambda n, s: err.print(
-            f"[dim]fitted {escape(n)} in {s:.1f}s[/dim]"))
+        path = build(ds, cfg, out)  # each channel's fit is a stage of llmrecall.progress
     except LLMRecallError as exc:
         _error(exc)
     except OSError as exc:  # checked above, but the disk may fill up while writing
         _error(f"cannot write the artifact under {out}: {exc}")
-    err.print(f"wrote {escape(str(path))}")
+    progress.note(f"wrote {path}")
 
 
 def _error(exc: Exception | str) -> None:

@@ -104,7 +104,8 @@ def tune(dataset: Dataset, protocol: str, config: PipelineConfig, trials: int,
         timeout: stop starting trials after this many seconds.
         max_users: tune on a seeded sample of at most this many validation users.
         stages: fractions of validation users after which a trial may be pruned.
-        progress: show a progress bar with the best value so far.
+        progress: report the trials (with the best value so far) through
+            :mod:`llmrecall.progress`; False: nothing, and optuna's own log left as it is.
         split: ``make_split(dataset, protocol, seed)`` if already made (to share it, and
             ``models``, with :func:`~llmrecall.tune.compare.compare_on_test`).
         models: fitted channels on ``split.train`` to reuse and fill.
@@ -231,22 +232,21 @@ def _optimize(study: optuna.Study, objective, trials: int, timeout: float | None
     if not progress:
         study.optimize(objective, n_trials=trials, timeout=timeout, gc_after_trial=False)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from llmrecall.progress import task
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    columns = (TextColumn("tuning {task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("best {task.fields[best]}"), TextColumn("{task.fields[last]}"),
-               TimeElapsedColumn())
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(metric, total=trials, best=_best_text(study), last="")
+    with task(f"tune {metric}", trials, "trial") as bar:
+        bar.set_status(f"best {_best_text(study)}")
 
         def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             state = "pruned" if trial.state == TrialState.PRUNED else (
                 f"last {trial.value:.4f}" if trial.value is not None else trial.state.name.lower())
-            bar.update(task, advance=1, best=_best_text(study), last=state)
+            bar.advance()
+            bar.set_status(f"best {_best_text(study)}, {state}")
 
         study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[callback],
                        gc_after_trial=False)
+        bar.set_status(f"best {_best_text(study)}")
 
 
 def _best_text(study: optuna.Study) -> str:
