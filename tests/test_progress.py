@@ -254,7 +254,7 @@ def test_stdout_json_is_the_same_on_a_terminal_a_pipe_and_with_quiet(quick):
     assert [line.split(":")[0] for line in piped.stderr.splitlines()] == [
         "fit popularity", "fit itemcf", "fit als"]
     assert quiet.stderr == ""
-    rows = json.loads(piped.stdout)
+    rows = json.loads(piped.stdout)["candidates"]  # the service's answer body
     assert len(rows) == 10 and rows[0]["item_id"]
     assert tty_out == piped.stdout == quiet.stdout
 
