@@ -402,6 +402,28 @@ def _fmt(value) -> str:
 
 
 @app.command()
+def synth(
+    users: Annotated[int, typer.Option("--users", min=1, help="distinct users")],
+    items: Annotated[int, typer.Option("--items", min=2, help="distinct items")],
+    events: Annotated[int, typer.Option("--events", min=1, help="interactions in all")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write")],
+    seed: int = 0,
+) -> None:
+    """Write a seeded synthetic log for scale tests: power-law popularity and activity,
+    sessions, titles and categories; OUT/data.toml reads it with --data."""
+    from llmrecall.data.synth import synthesize
+
+    check_writable(out, "--out", folder=True)
+    try:
+        summary = synthesize(out, users=users, items=items, events=events, seed=seed)
+    except LLMRecallError as exc:
+        _fail(exc)
+    err.print(f"wrote {summary.events:,} events of {summary.users:,} users on "
+              f"{summary.items:,} items in {summary.files} files; read it with "
+              f"--data {escape(str(summary.spec))}")
+
+
+@app.command()
 def datasets() -> None:
     """List the built-in datasets and their sizes."""
     from llmrecall.data.builtin import BUILTIN, load_builtin
