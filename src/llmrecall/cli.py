@@ -30,6 +30,8 @@ DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="built-i
 DataOpt = Annotated[Path | None, typer.Option("--data", help="TOML data spec for your own files")]
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="pipeline TOML file, or a packaged config name: default, full")]
+EngineOpt = Annotated[str | None, typer.Option(
+    "--engine", help="local | ray (default: the config's [engine] kind, else local)")]
 
 
 def _load_dataset(dataset: str | None, data: Path | None):
@@ -97,9 +99,11 @@ def evaluate(
     seed: int = 0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="write the JSON report here")] = None,
     split: Annotated[str, typer.Option(help="test (report) or valid (tuning)")] = "test",
+    engine: EngineOpt = None,
 ) -> None:
     """Split, fit every channel, recall, fuse and print Recall/NDCG per channel and fused."""
     from llmrecall.config import load_config
+    from llmrecall.engine import engine_for
     from llmrecall.evaluate.experiment import evaluate as run_evaluate
     from llmrecall.report import rich_table
 
@@ -108,7 +112,8 @@ def evaluate(
     try:
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
-        report = run_evaluate(ds, protocol, cfg, seed=seed, on=split, progress=_say)
+        with engine_for(engine, cfg):
+            report = run_evaluate(ds, protocol, cfg, seed=seed, on=split, progress=_say)
     except LLMRecallError as exc:
         _fail(exc)
     console.print(rich_table(report))
@@ -221,6 +226,7 @@ def tune(
         help="keep the untuned config unless the best trial beats it on validation by this "
              "much (default: one standard error of the metric; 0: any gain)")] = None,
     seed: int = 0,
+    engine: EngineOpt = None,
 ) -> None:
     """Tune fusion and channel parameters on validation; write the tuned TOML; compare on test.
 
@@ -228,7 +234,10 @@ def tune(
     configs are evaluated on test, once, and compared channel by channel (printed, and
     written as JSON next to the output: <output stem>.comparison.json).
     """
+    from contextlib import ExitStack
+
     from llmrecall.config import load_config
+    from llmrecall.engine import engine_for
     from llmrecall.evaluate.protocols import make_split
     from llmrecall.tune.compare import compare_on_test, comparison_table
     from llmrecall.tune.space import is_space
@@ -239,12 +248,14 @@ def tune(
     check_writable(output, "--output")
     if storage is not None:
         check_writable(storage, "--storage")
+    stack = ExitStack()  # the engine, closed when the command is done
     try:
         if not is_space(space):  # as tune() would, but before the data is loaded
             raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
         metric = metric or default_metric(cfg)
+        stack.enter_context(engine_for(engine, cfg))
         # one split and one set of fitted channels for tuning and the test comparison: the
         # comparison fits only what tuning changed
         split = make_split(ds, protocol, seed)
@@ -266,6 +277,8 @@ def tune(
                                      split=split, models=models)
     except LLMRecallError as exc:
         _fail(exc)
+    finally:
+        stack.close()
     console.print(comparison_table(comparison))
     side = output.with_name(f"{output.stem}.comparison.json")
     _write_text(side, json.dumps({"tuning": report, **comparison}, indent=2, default=str))

@@ -38,10 +38,13 @@ def build_command(
     data: Annotated[Path | None, typer.Option("--data", help="TOML data spec")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="pipeline TOML")] = None,
     plugin: PluginOpt = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="local | ray (default: the config's [engine] kind, else local)")] = None,
 ) -> None:
     """Fit the pipeline on all data and write a new artifact version (CURRENT points to it)."""
     from llmrecall.cli import _load_dataset, check_writable
     from llmrecall.config import load_config
+    from llmrecall.engine import engine_for
     from llmrecall.serve.artifacts import build
 
     check_writable(out, "--out", folder=True)
@@ -49,8 +52,9 @@ def build_command(
         _import_plugins(plugin)
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
-        path = build(ds, cfg, out, progress=lambda n, s: err.print(
-            f"[dim]fitted {escape(n)} in {s:.1f}s[/dim]"))
+        with engine_for(engine, cfg):
+            path = build(ds, cfg, out, progress=lambda n, s: err.print(
+                f"[dim]fitted {escape(n)} in {s:.1f}s[/dim]"))
     except LLMRecallError as exc:
         _error(exc)
     except OSError as exc:  # checked above, but the disk may fill up while writing
