@@ -148,3 +148,19 @@ def test_cli_evaluate_engine_ray_reports_what_local_reports(cluster, ml100k, tmp
     local, remote = json.loads(out_local.read_text()), json.loads(out_ray.read_text())
     assert local["results"] == remote["results"]
     assert local["config_hash"] == remote["config_hash"]  # the engine is not in the hash
+
+
+def test_histories_sharded_on_the_cluster_equal_one_process(cluster, tmp_path):
+    from llmrecall.data.spec import DataSpec
+    from llmrecall.data.synth import synthesize
+    from llmrecall.engine.cooccurrence import _shuffle_local
+    from llmrecall.engine.histories import build_histories, read_histories
+
+    summary = synthesize(tmp_path / "log", users=300, items=100, events=6_000, seed=1,
+                         block_events=1_500)
+    spec = DataSpec.from_toml(summary.spec).interactions
+    here = build_histories(spec, tmp_path / "here", _shuffle_local, 3)
+    there = build_histories(spec, tmp_path / "there", RayEngine(partitions=2).shuffle, 3)
+    assert here == there and len(here) == 300
+    assert read_histories(tmp_path / "here").sort("user").equals(
+        read_histories(tmp_path / "there").sort("user"))

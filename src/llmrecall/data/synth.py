@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+import polars as pl
 
 from llmrecall.errors import ConfigError
 
@@ -143,8 +142,8 @@ def synthesize(out: str | Path, *, users: int, items: int, events: int, seed: in
                      genre_items, genre_share, session_length, focus)
         files += 1
         user_start = user_end
-    pq.write_table(pa.table({"item": [f"i{i}" for i in range(items)], "title": titles,
-                             "category": categories}), out / "items.parquet")
+    pl.DataFrame({"item": [f"i{i}" for i in range(items)], "title": titles,
+                  "category": categories}).write_parquet(out / "items.parquet")
     spec = out / "data.toml"
     spec.write_text(
         f'[data]\nname = "synth-{users}u-{items}i-{events}e-s{seed}"\n\n'
@@ -187,9 +186,6 @@ def _write_block(path: Path, first: int, last: int, counts: np.ndarray,
     item[in_genre] = genre_items[np.minimum(pos, len(genre_items) - 1)]
     item[~in_genre] = np.minimum(np.searchsorted(global_cdf, u[~in_genre], "right"),
                                  len(global_cdf) - 1)
-    table = pa.table({
-        "user": pa.array(np.char.add("u", user.astype(str)).astype(object), pa.string()),
-        "item": pa.array(np.char.add("i", item.astype(str)).astype(object), pa.string()),
-        "ts": pa.array(ts, pa.int64()),
-    })
-    pq.write_table(table, path)
+    pl.DataFrame({"user": user, "item": item, "ts": ts}).select(
+        pl.format("u{}", "user").alias("user"), pl.format("i{}", "item").alias("item"),
+        pl.col("ts")).write_parquet(path)

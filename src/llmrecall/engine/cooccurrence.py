@@ -304,7 +304,7 @@ def swing_similarity(channel, dataset, matrix: sp.csr_matrix, shuffle: Callable,
               for s in range(0, len(log), chunk)]
     cap = int(channel.max_users_per_item)
     recent = shuffle(
-        lambda x: swing_map_log(*x, n_partitions),
+        lambda x: swing_map_log(x[0], x[1], x[2], x[3], n_partitions),
         inputs, lambda p, part: swing_recent_users(part, cap, n_users), n_partitions)
     user_weight = swing_user_weights(matrix, channel.user_power)
     alpha = float(channel.alpha)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,8 @@ class RayEngine(Engine):
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address is None and num_cpus is not None:
                 kwargs["num_cpus"] = num_cpus
-            ray.init(address=address, **kwargs)
+            # "local": a new instance on this machine, never one found running here
+            ray.init(address=address or "local", **kwargs)
             self._started = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.partitions = partitions or max(1, cpus)
@@ -97,7 +99,7 @@ class RayEngine(Engine):
         returns (Ray moves them between nodes; nothing passes through the driver)."""
         map_ref, reduce_ref = ray.put(map_fn), ray.put(reduce_fn)
         mapper = self._map.options(num_returns=n_partitions, max_retries=MAX_RETRIES)
-        outs = [mapper.remote(map_ref, x, n_partitions) for x in inputs]
+        outs: list[Any] = [mapper.remote(map_ref, x, n_partitions) for x in inputs]
         if n_partitions == 1:
             outs = [[o] for o in outs]
         refs = [self._reduce.remote(reduce_ref, p, *[o[p] for o in outs])
@@ -153,3 +155,61 @@ class RayEngine(Engine):
         self._task_refs = {}
         if self._started and ray.is_initialized():
             ray.shutdown()
+
+
+# --- catalog embedding on an actor pool ---------------------------------------------------
+
+
+class _EmbedActor:
+    """One copy of the model; embeds shards into the shared shard folder."""
+
+    def __init__(self, make_embedder: Callable, root: str, n: int, shard_size: int):
+        from llmrecall.engine.embed import ShardedVectors
+
+        self.embedder = make_embedder()
+        self.store = ShardedVectors(root, self.embedder.fingerprint, n, shard_size)
+
+    def fingerprint(self) -> str:
+        return self.embedder.fingerprint
+
+    def run(self, shard: int, texts: list[str]) -> int:
+        """Embed and store one shard (``texts`` are that shard's texts only)."""
+        self.store.write(shard, texts, self.embedder.embed(texts, "passage"))
+        return shard
+
+
+def embed_catalog(texts: Sequence[str], make_embedder: Callable, root: str | os.PathLike,
+                  shard_size: int | None = None, actors: int = 2,
+                  cpus_per_actor: float = 1.0) -> tuple[np.ndarray, int]:
+    """float32[n, dim] vectors of ``texts``: the shards missing under ``root`` are embedded
+    by a pool of ``actors`` actors (one model each), the rest are read back. An actor that
+    dies is restarted and its shard retried; a job killed outright is resumed by running
+    it again (done shards are kept). Returns the vectors and the shards computed now.
+
+    ``root`` must be reachable at the same path from every node (see
+    :mod:`llmrecall.engine.embed`)."""
+    from ray.util import ActorPool
+
+    from llmrecall.engine.embed import SHARD_SIZE, ShardedVectors
+
+    shard_size = shard_size or SHARD_SIZE
+    texts = list(texts)
+    actor_cls: Any = ray.remote(_EmbedActor).options(
+        num_cpus=cpus_per_actor, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
+    pool: list[Any] = [actor_cls.remote(make_embedder, str(root), len(texts), shard_size)
+                       for _ in range(max(1, actors))]
+    try:
+        fingerprint: str = ray.get(pool[0].fingerprint.remote())
+        store = ShardedVectors(Path(root), fingerprint, len(texts), shard_size)
+        todo = store.missing(texts)
+
+        def submit(actor, shard):
+            lo, hi = store.bounds(shard)
+            return actor.run.remote(shard, texts[lo:hi])
+
+        done = list(ActorPool(pool).map_unordered(submit, todo))
+        assert sorted(done) == todo
+        return store.load(), len(todo)
+    finally:
+        for actor in pool:
+            ray.kill(actor)
