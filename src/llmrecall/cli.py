@@ -54,6 +54,8 @@ DatasetOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="built-i
 DataOpt = Annotated[Path | None, typer.Option("--data", help="TOML data spec for your own files")]
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="pipeline TOML file, or a packaged config name: default, full")]
+EngineOpt = Annotated[str | None, typer.Option(
+    "--engine", help="local | ray (default: the config's [engine] kind, else local)")]
 
 
 def _say(message: str) -> None:
@@ -77,6 +79,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="test (report) or valid (tuning)")] = "test",
     html: Annotated[Path | None, typer.Option(
         "--report", help="also write the HTML report (charts) here")] = None,
+    engine: EngineOpt = None,
 ) -> None:
     """Split, fit every channel, recall, fuse and print Recall/NDCG per channel and fused.
 
@@ -84,6 +87,7 @@ def evaluate(
     X.ranks.npz beside it (`llmrecall report X.json` reads both).
     """
     from llmrecall.config import load_config
+    from llmrecall.engine import engine_for
     from llmrecall.evaluate.experiment import run_experiment
     from llmrecall.report import rich_table
 
@@ -101,9 +105,10 @@ def evaluate(
     try:
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
-        report, _pipeline, data_split = run_experiment(
-            ds, protocol, cfg, seed=seed, on=split, progress=_say,
-            on_lists=lambda lists, fused: kept.update(lists=lists, fused=fused))
+        with engine_for(engine, cfg):
+            report, _pipeline, data_split = run_experiment(
+                ds, protocol, cfg, seed=seed, on=split, progress=_say,
+                on_lists=lambda lists, fused: kept.update(lists=lists, fused=fused))
     except LLMRecallError as exc:
         _fail(exc)
     console.print(rich_table(report))
@@ -282,6 +287,7 @@ def tune(
         help="keep the untuned config unless the best trial beats it on validation by this "
              "much (default: one standard error of the metric; 0: any gain)")] = None,
     seed: int = 0,
+    engine: EngineOpt = None,
 ) -> None:
     """Tune fusion and channel parameters on validation; write the tuned TOML; compare on test.
 
@@ -289,7 +295,10 @@ def tune(
     configs are evaluated on test, once, and compared channel by channel (printed, and
     written as JSON next to the output: <output stem>.comparison.json).
     """
+    from contextlib import ExitStack
+
     from llmrecall.config import load_config
+    from llmrecall.engine import engine_for
     from llmrecall.evaluate.protocols import make_split
     from llmrecall.tune.compare import compare_on_test, comparison_table
     from llmrecall.tune.space import is_space
@@ -300,12 +309,14 @@ def tune(
     check_writable(output, "--output")
     if storage is not None:
         check_writable(storage, "--storage")
+    stack = ExitStack()  # the engine, closed when the command is done
     try:
         if not is_space(space):  # as tune() would, but before the data is loaded
             raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
         metric = metric or default_metric(cfg)
+        stack.enter_context(engine_for(engine, cfg))
         # one split and one set of fitted channels for tuning and the test comparison: the
         # comparison fits only what tuning changed
         split = make_split(ds, protocol, seed)
@@ -327,6 +338,8 @@ def tune(
                                      split=split, models=models)
     except LLMRecallError as exc:
         _fail(exc)
+    finally:
+        stack.close()
     console.print(comparison_table(comparison))
     side = output.with_name(f"{output.stem}.comparison.json")
     _write_text(side, json.dumps({"tuning": report, **comparison}, indent=2, default=str))
@@ -439,6 +452,28 @@ def _write_text(path: Path, text: str, quiet: bool = False) -> None:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def synth(
+    users: Annotated[int, typer.Option("--users", min=1, help="distinct users")],
+    items: Annotated[int, typer.Option("--items", min=2, help="distinct items")],
+    events: Annotated[int, typer.Option("--events", min=1, help="interactions in all")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write")],
+    seed: int = 0,
+) -> None:
+    """Write a seeded synthetic log for scale tests: power-law popularity and activity,
+    sessions, titles and categories; OUT/data.toml reads it with --data."""
+    from llmrecall.data.synth import synthesize
+
+    check_writable(out, "--out", folder=True)
+    try:
+        summary = synthesize(out, users=users, items=items, events=events, seed=seed)
+    except LLMRecallError as exc:
+        _fail(exc)
+    err.print(f"wrote {summary.events:,} events of {summary.users:,} users on "
+              f"{summary.items:,} items in {summary.files} files; read it with "
+              f"--data {escape(str(summary.spec))}")
 
 
 @app.command()

@@ -105,6 +105,15 @@ class FilterConfig(_Strict):
     deny_items: list[str] = Field(default_factory=list, description="raw item ids never returned")
 
 
+class EngineConfig(_Strict):
+    """Where the offline jobs run (``[engine]``): ``local`` (this process) or ``ray``.
+    Not part of the config hash: the engine changes where the work runs, not the result."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description=(
+        "Ray cluster: 'auto', 'host:port' or 'ray://host:port'; unset: start one here"))
+
+
 class PipelineConfig(_Strict):
     """The whole recall pipeline."""
 
@@ -116,6 +125,7 @@ class PipelineConfig(_Strict):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     lm: dict[str, Any] = Field(default_factory=dict, description="language-model layer settings")
+    engine: EngineConfig | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> PipelineConfig:
@@ -156,7 +166,8 @@ class PipelineConfig(_Strict):
 
     def config_hash(self) -> str:
         """sha256 (16 hex chars) of the canonical JSON form: equal configs, equal hash."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.model_dump(mode="json", exclude={"engine"}), sort_keys=True,
+                               separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def to_toml(self) -> str:

@@ -15,6 +15,7 @@ from llmrecall.channels.base import Candidates, Channel
 from llmrecall.channels.registry import channel_class
 from llmrecall.config import ChannelConfig, PipelineConfig
 from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.engine import current_engine
 from llmrecall.errors import ConfigError
 from llmrecall.fusion import ChannelWeight, FusedCandidates, fuse
 from llmrecall.progress import task as progress_task
@@ -98,7 +99,7 @@ class RecallPipeline:
             # a channel that counts its own steps continues this stage (same description)
             with progress_task(f"fit {name}"):
                 if models is None:
-                    channel.fit(dataset)
+                    current_engine().fit_channel(channel, dataset)
                 else:
                     self.channels[name] = models.get(configs[name], self.config.seed)
             self.fit_seconds[name] = time.perf_counter() - start

@@ -61,25 +61,53 @@ def pruned_similarity(n_items: int, neighbors: int,
     """
     if neighbors < 1:
         raise ConfigError(f"neighbors must be >= 1, got {neighbors}")
+    parts = [prune_block(column_block(cols), cols, neighbors)
+             for cols in column_blocks(n_items)]
+    return assemble_pruned(n_items, parts)
+
+
+def column_blocks(n_items: int) -> list[np.ndarray]:
+    """The candidate-column blocks (int64[b] each, ascending, covering ``0..n_items-1``)
+    that :func:`pruned_similarity` prunes one at a time: ``BLOCK_ENTRIES // n_items``
+    columns each, so a dense block stays near ``BLOCK_ENTRIES`` entries."""
     width = max(1, BLOCK_ENTRIES // max(n_items, 1))
-    rows_out, cols_out, vals_out = [], [], []
+    return [np.arange(start, min(start + width, n_items)) for start in range(0, n_items, width)]
+
+
+def prune_block(block: np.ndarray, cols: np.ndarray,
+                neighbors: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top ``neighbors`` positive entries of each column of one dense block.
+
+    Args:
+        block: float[n_items, b] similarity of every item to the candidates ``cols``
+            (cast to float32 here; the diagonal is cleared here).
+        cols: int64[b] the candidates' item ids.
+    Returns:
+        ``(rows, cols, values)`` of the kept entries (int64, int64, float32). Each column
+        is selected on its own (``argpartition`` per column), so a column's kept entries
+        depend only on that column's values: any process holding the same column keeps
+        the same entries.
+    """
+    block = np.array(block, dtype=np.float32, copy=True)
+    n_items = block.shape[0]
     keep = min(neighbors, n_items)
-    for start in range(0, n_items, width):
-        cols = np.arange(start, min(start + width, n_items))
-        block = np.asarray(column_block(cols), dtype=np.float32)
-        block[cols, np.arange(len(cols))] = 0.0  # an item is not its own neighbour
-        if keep < n_items:
-            top = np.argpartition(-block, keep - 1, axis=0)[:keep]
-        else:
-            top = np.broadcast_to(np.arange(n_items)[:, None], block.shape)
-        vals = np.take_along_axis(block, top, axis=0)
-        positive = vals > 0
-        rows_out.append(top[positive])
-        cols_out.append(np.broadcast_to(cols[None, :], top.shape)[positive])
-        vals_out.append(vals[positive])
-    rows = np.concatenate(rows_out) if rows_out else np.zeros(0, np.int64)
-    cols = np.concatenate(cols_out) if cols_out else np.zeros(0, np.int64)
-    vals = np.concatenate(vals_out) if vals_out else np.zeros(0, np.float32)
+    block[cols, np.arange(len(cols))] = 0.0  # an item is not its own neighbour
+    if keep < n_items:
+        top = np.argpartition(-block, keep - 1, axis=0)[:keep]
+    else:
+        top = np.broadcast_to(np.arange(n_items)[:, None], block.shape)
+    vals = np.take_along_axis(block, top, axis=0)
+    positive = vals > 0
+    return (top[positive], np.broadcast_to(cols[None, :], top.shape)[positive],
+            vals[positive])
+
+
+def assemble_pruned(n_items: int,
+                    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> sp.csr_matrix:
+    """float32 CSR [n_items, n_items] from :func:`prune_block` outputs (any order)."""
+    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    vals = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
     similarity = sp.csr_matrix((vals, (rows, cols)), shape=(n_items, n_items), dtype=np.float32)
     similarity.sort_indices()
     return similarity
@@ -118,14 +146,20 @@ class ItemNeighborChannel(Channel):
         """The pruned similarity (see :func:`pruned_similarity`) from the binary training
         matrix ``matrix`` float32 CSR [n_users, n_items]."""
 
-    def fit(self, dataset: Dataset) -> ItemNeighborChannel:
+    def fit(self, dataset: Dataset, similarity: Callable[..., sp.csr_matrix] | None = None,
+            ) -> ItemNeighborChannel:
+        """Fit on ``dataset``. ``similarity(channel, dataset, matrix)``, when given, computes
+        the pruned similarity in place of :meth:`similarity` (a distributed engine's
+        map-shuffle-reduce; it must return the same matrix)."""
         for field in ("history_length", "position_half_life", "time_half_life"):
             value = getattr(self, field)
             if value is not None and value <= 0:
                 raise ConfigError(f"{self.kind} {field} must be positive or None, got {value}")
         matrix = training_matrix(dataset)
         with limited_blas():
-            self.similarity_ = self.similarity(dataset, matrix).tocsr().astype(np.float32)
+            computed = (self.similarity(dataset, matrix) if similarity is None
+                        else similarity(self, dataset, matrix))
+            self.similarity_ = computed.tocsr().astype(np.float32)
         self.popularity_ = item_popularity(matrix)
         return self
 

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from llmrecall.data.dataset import DEFAULT_EVENT, Catalog, Dataset, Interactions, SearchLog
-from llmrecall.data.spec import DataSpec, InteractionsSpec, ItemsSpec, SearchesSpec
+from llmrecall.data.spec import DataSpec, InteractionsSpec, ItemsSpec, SearchesSpec, table_files
 from llmrecall.data.vocab import Vocabulary
 from llmrecall.errors import DataError
 
@@ -104,7 +104,11 @@ def _csv_reader(text: str, fmt: str):
 
 
 def _read_table(path: Path, fmt: str, needed: list[str]) -> _Table:
-    """Read ``needed`` columns of one file; every failure becomes a located DataError."""
+    """Read ``needed`` columns of one file, or of every file of a folder or glob (see
+    :func:`~llmrecall.data.spec.table_files`); every failure becomes a located DataError."""
+    files = table_files(path)
+    if files is not None:
+        return _read_many(path, files, fmt, needed)
     if not path.exists():
         raise DataError("file not found", path=str(path))
     if not path.is_file():
@@ -144,6 +148,22 @@ def _read_table(path: Path, fmt: str, needed: list[str]) -> _Table:
         raise DataError(f"missing {what} {missing[0]!r}; {what}s found: {found}",
                         path=str(path), line=None if fmt == "parquet" else 1, column=missing[0])
     return _Table(path, fmt, table.frame.select([*dict.fromkeys(needed), _ROW]), text)
+
+
+def _read_many(path: Path, files: list[Path], fmt: str, needed: list[str]) -> _Table:
+    """The files of a folder or glob, read one by one and concatenated in name order (the
+    order a time-less log is taken to be in). A problem in one file names that file and
+    its line; the returned table has no text, so later errors name the row counted over
+    all the files together."""
+    if not files:
+        raise DataError(f"no {fmt} files match", path=str(path))
+    tables = [_read_table(f, fmt, needed) for f in files]
+    frames = [t.frame.drop(_ROW) for t in tables]
+    try:
+        frame = pl.concat(frames, how="vertical_relaxed")
+    except pl.exceptions.PolarsError as exc:
+        raise DataError(f"the files do not share one schema: {exc}", path=str(path)) from None
+    return _Table(path, fmt, frame.with_row_index(_ROW), None)
 
 
 def _decode_utf8(raw: bytes, path: Path, fmt: str) -> str:

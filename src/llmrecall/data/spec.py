@@ -42,6 +42,23 @@ SUFFIX_FORMATS: dict[str, str] = {
 _RESERVED_CATALOG_COLUMNS = ("title", "category")
 
 
+def table_files(path: Path) -> list[Path] | None:
+    """The files a table path names when it names several, in name order: every file of a
+    folder (hidden files and names starting with ``_`` left out, as Spark and Hive write
+    ``_SUCCESS`` markers), or the matches of a glob (``*``, ``?`` or ``[`` in the path).
+    None for a plain file path."""
+    text = str(path)
+    if any(c in text for c in "*?["):
+        anchor = Path(path.anchor) if path.is_absolute() else Path(".")
+        pattern = str(path.relative_to(anchor)) if path.is_absolute() else text
+        return sorted(p for p in anchor.glob(pattern) if p.is_file())
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*")
+                      if p.is_file() and not any(part.startswith((".", "_"))
+                                                 for part in p.relative_to(path).parts))
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,10 +72,13 @@ class _TableSpec(_Strict):
 
     @property
     def resolved_format(self) -> str:
-        """The declared format, else the one the file suffix implies."""
+        """The declared format, else the one the file suffix implies (for a folder or a
+        glob: the suffix of its first file)."""
         if self.format is not None:
             return self.format
-        fmt = SUFFIX_FORMATS.get(self.path.suffix.lower())
+        files = table_files(self.path)
+        suffix_of = files[0] if files else self.path
+        fmt = SUFFIX_FORMATS.get(suffix_of.suffix.lower())
         if fmt is None:
             raise ConfigError(f"{self.path}: cannot tell the format from the suffix "
                               f"{self.path.suffix!r}; set format to one of "

@@ -15,9 +15,9 @@ import numpy as np
 from llmrecall.channels.base import Candidates
 from llmrecall.config import PipelineConfig
 from llmrecall.data.dataset import Dataset
+from llmrecall.engine import current_engine
 from llmrecall.evaluate.metrics import DEFAULT_KS, ranking_metrics
 from llmrecall.evaluate.protocols import EvalTask, Split, make_split
-from llmrecall.evaluate.runner import rank_task
 from llmrecall.pipeline import RecallPipeline
 from llmrecall.progress import task as progress_task
 
@@ -36,7 +36,7 @@ def recall_task(pipeline: RecallPipeline, task: EvalTask,
     """Each channel's ranked list for every user of ``task``, with the task's masking.
 
     Fusion only reads ranks, so the lists carry rank-derived scores (-rank), not the
-    channels' own scores.
+    channels' own scores. The ranking runs on the current engine (:mod:`llmrecall.engine`).
     """
     lists, seconds = {}, {}
     for name, channel in pipeline.channels.items():
@@ -44,7 +44,8 @@ def recall_task(pipeline: RecallPipeline, task: EvalTask,
             continue
         start = time.perf_counter()
         with progress_task(f"recall {name}", len(task.users), "user") as bar:
-            ids = rank_task(channel, task, pipeline.channel_k(name), on_batch=bar.advance)
+            ids = current_engine().rank_task(channel, task, pipeline.channel_k(name),
+                                             on_batch=bar.advance)
         seconds[name] = time.perf_counter() - start
         ranks = np.broadcast_to(-np.arange(ids.shape[1], dtype=np.float32), ids.shape)
         lists[name] = Candidates(ids, np.where(ids >= 0, ranks, -np.inf).astype(np.float32))

@@ -34,10 +34,13 @@ def build_command(
     data: Annotated[Path | None, typer.Option("--data", help="TOML data spec")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="pipeline TOML")] = None,
     plugin: PluginOpt = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="local | ray (default: the config's [engine] kind, else local)")] = None,
 ) -> None:
     """Fit the pipeline on all data and write a new artifact version (CURRENT points to it)."""
     from llmrecall.cli_support import check_writable, dataset_from_options
     from llmrecall.config import load_config
+    from llmrecall.engine import engine_for
     from llmrecall.serve.artifacts import build
     from llmrecall.threads import use_threads
 
@@ -49,7 +52,8 @@ def build_command(
         _import_plugins(plugin)
         ds = dataset_from_options(dataset, data)
         cfg = load_config(config)
-        path = build(ds, cfg, out)  # each channel's fit is a stage of llmrecall.progress
+        with engine_for(engine, cfg):
+            path = build(ds, cfg, out)  # each channel's fit is a stage of llmrecall.progress
     except LLMRecallError as exc:
         _error(exc)
     except OSError as exc:  # checked above, but the disk may fill up while writing

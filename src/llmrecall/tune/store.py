@@ -21,9 +21,9 @@ import numpy as np
 from llmrecall.channels.base import Channel
 from llmrecall.config import ChannelConfig
 from llmrecall.data.dataset import Dataset
+from llmrecall.engine import current_engine
 from llmrecall.errors import ConfigError
 from llmrecall.evaluate.protocols import EvalTask
-from llmrecall.evaluate.runner import rank_task
 from llmrecall.pipeline import build_channel
 from llmrecall.tune.space import constructor_defaults
 
@@ -74,7 +74,8 @@ class FittedChannels:
             self._models.move_to_end(key)
             return channel
         start = time.perf_counter()
-        channel = build_channel(config, seed).fit(self.train)
+        channel = build_channel(config, seed)
+        current_engine().fit_channel(channel, self.train)
         self.fits += 1
         self.fit_seconds += time.perf_counter() - start
         self._models[key] = channel
@@ -130,7 +131,7 @@ class ChannelStore:
             channel = self.models.get(config, seed)
             self.stats.fits += self.models.fits - fits
             self.stats.fit_seconds += self.models.fit_seconds - seconds
-            ids = rank_task(channel, self.chunks[chunk], k)
+            ids = current_engine().rank_task(channel, self.chunks[chunk], k)
             self.stats.recalls += 1
             self._remember(key, chunk, ids)
         return ids

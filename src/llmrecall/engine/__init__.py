@@ -1,0 +1,99 @@
+"""Where the batch jobs run: in this process (``local``, the default) or on a Ray cluster.
+
+An :class:`Engine` answers the two questions the offline jobs (evaluate, tune, build) ask
+of it: *fit this channel on this dataset* and *rank every user of this task with this
+channel*. The local engine does both in-process, exactly as the code always did; the Ray
+engine (:mod:`llmrecall.engine.ray_engine`, imported only when asked for, so ``import
+llmrecall`` never imports Ray) runs ItemCF/Swing co-occurrence as a map-shuffle-reduce and
+the all-user recall as one task per block of users, with the same answers.
+
+The engine in use is set for a block of code with :func:`use_engine`; library code asks
+:func:`current_engine`. See docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from llmrecall.errors import ConfigError
+
+ENGINES = ("local", "ray")
+
+
+class Engine:
+    """The in-process engine: fit and rank here, one process (the embedded default)."""
+
+    kind = "local"
+
+    def fit_channel(self, channel: Any, dataset: Any) -> None:
+        """Fit ``channel`` on ``dataset`` (its interactions are the training data)."""
+        channel.fit(dataset)
+
+    def rank_task(self, channel: Any, task: Any, k: int,
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """int32[u, k] the channel's top-``k`` for every user of the evaluation ``task``
+        (:func:`llmrecall.evaluate.runner.rank_task`); ``on_batch(n)`` is called as each
+        block of ``n`` users is done (progress)."""
+        from llmrecall.evaluate.runner import rank_task
+
+        return rank_task(channel, task, k, on_batch=on_batch)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    def close(self) -> None:
+        """Release what the engine holds (a cluster connection)."""
+
+
+_current: Engine = Engine()
+
+
+def current_engine() -> Engine:
+    """The engine the offline jobs use now (the local one unless :func:`use_engine` says)."""
+    return _current
+
+
+@contextmanager
+def use_engine(engine: Engine) -> Iterator[Engine]:
+    """Run the block with ``engine`` as :func:`current_engine`; the previous one after."""
+    global _current
+    previous, _current = _current, engine
+    try:
+        yield engine
+    finally:
+        _current = previous
+
+
+def make_engine(kind: str = "local", address: str | None = None, **options: Any) -> Engine:
+    """An engine by name: ``local``, or ``ray`` connected to ``address`` (``"auto"``, a
+    ``host:port`` or ``ray://host:port``; None starts a Ray instance on this machine)."""
+    if kind == "local":
+        return Engine()
+    if kind == "ray":
+        try:
+            from llmrecall.engine.ray_engine import RayEngine
+        except ImportError as exc:
+            raise ConfigError(f"engine 'ray' needs Ray: pip install 'llmrecall[ray]' ({exc})") from None
+        return RayEngine(address=address, **options)
+    raise ConfigError(f"engine must be one of {', '.join(ENGINES)}; got {kind!r}")
+
+
+@contextmanager
+def engine_for(kind: str | None, config: Any = None,
+               address: str | None = None) -> Iterator[Engine]:
+    """The engine a command runs on, current for the block and closed after: ``kind``
+    (the ``--engine`` option) else the config's ``[engine] kind`` else local; ``address``
+    else the config's ``[engine] address``."""
+    section = getattr(config, "engine", None)
+    kind = kind or (section.kind if section is not None else "local")
+    address = address or (section.address if section is not None else None)
+    engine = make_engine(kind, address)
+    try:
+        with use_engine(engine):
+            yield engine
+    finally:
+        engine.close()

@@ -1,0 +1,219 @@
+"""The Ray engine: co-occurrence fits and all-user recall as Ray tasks.
+
+* ItemCF / Swing: the map-shuffle-reduce of :mod:`llmrecall.engine.cooccurrence`, each map
+  a task with one return per partition (the shuffle), each reduce a task taking its piece
+  of every map. The neighbour lists are identical to the in-process fit.
+* Every other channel is fitted on the driver (EASE's Gram matrix, ALS/BPR through
+  ``implicit``, SASRec: single-node, see docs/scale-out.md).
+* All-user recall: the fitted channel and the task are put in the object store once; one
+  task per block of users (a multiple of the evaluator's batch, so every batch is the one
+  the local run scores) returns that block's lists.
+
+Faults: a task whose worker dies (killed, out of memory, its node lost) is run again by
+Ray (``max_retries``); map outputs lost with a node are rebuilt from their lineage. Every
+task is a pure function of its inputs, so a retried job gives the same output.
+
+Where the driver still holds the data: the :class:`~llmrecall.data.dataset.Dataset` (the
+dense int32/float64 log, 16 bytes an event, and the vocabularies), the training matrix
+slices it sends to the maps, the pruned similarity it assembles (``n_items * neighbors``
+entries) and the ranked lists it gathers (``users * k`` int32).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from llmrecall.engine import Engine
+from llmrecall.engine.cooccurrence import concat, itemcf_similarity, swing_similarity
+from llmrecall.evaluate.runner import EVAL_BATCH
+
+#: retries of a task whose worker died (SIGKILL, OOM, node lost)
+MAX_RETRIES = 4
+
+
+def _apply_map(fn: Callable, item: Any, n_partitions: int):
+    parts = fn(item)
+    return tuple(parts) if n_partitions > 1 else parts[0]
+
+
+def _apply_reduce(fn: Callable, partition: int, *parts):
+    return fn(partition, concat(parts))
+
+
+def _rank_block(channel, task, start: int, stop: int, k: int) -> np.ndarray:
+    from llmrecall.evaluate.protocols import EvalTask
+    from llmrecall.evaluate.runner import rank_task
+
+    rows = slice(start, stop)
+    sub = EvalTask(task.users[rows], task.targets[rows], task.history, task.candidate_mask,
+                   None if task.exclude is None else task.exclude[rows])
+    return rank_task(channel, sub, k)
+
+
+class RayEngine(Engine):
+    """Runs the co-occurrence fits and the all-user recall on a Ray cluster.
+
+    Args:
+        address: ``"auto"``, ``host:port`` or ``ray://host:port`` of a running cluster;
+            None starts a local Ray instance (or reuses the one this process started).
+        partitions: shuffle partitions (reducers) per stage; default: the cluster's CPUs.
+        user_block: users per recall task (a multiple of ``EVAL_BATCH`` keeps every batch
+            the one the local run scores).
+        matrix_block: users per ItemCF map task.
+    """
+
+    kind = "ray"
+
+    def __init__(self, address: str | None = None, partitions: int | None = None,
+                 user_block: int = 4 * EVAL_BATCH, matrix_block: int = 20_000,
+                 num_cpus: int | None = None):
+        self._started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address is None and num_cpus is not None:
+                kwargs["num_cpus"] = num_cpus
+            # "local": a new instance on this machine, never one found running here
+            ray.init(address=address or "local", **kwargs)
+            self._started = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.partitions = partitions or max(1, cpus)
+        self.user_block = max(1, user_block)
+        self.matrix_block = matrix_block
+        self._map = ray.remote(_apply_map)
+        self._reduce = ray.remote(_apply_reduce).options(max_retries=MAX_RETRIES)
+        self._rank = ray.remote(_rank_block).options(max_retries=MAX_RETRIES)
+        self._task_refs: dict[int, tuple[Any, Any]] = {}
+
+    # --- the shuffle ------------------------------------------------------------------
+
+    def shuffle(self, map_fn: Callable, inputs: Sequence[Any], reduce_fn: Callable,
+                n_partitions: int) -> list[Any]:
+        """``reduce_fn(p, concat(piece p of every map_fn(x)))`` for each partition p: the
+        maps run as tasks with one return per partition, each reduce a task fed those
+        returns (Ray moves them between nodes; nothing passes through the driver)."""
+        map_ref, reduce_ref = ray.put(map_fn), ray.put(reduce_fn)
+        mapper = self._map.options(num_returns=n_partitions, max_retries=MAX_RETRIES)
+        outs: list[Any] = [mapper.remote(map_ref, x, n_partitions) for x in inputs]
+        if n_partitions == 1:
+            outs = [[o] for o in outs]
+        refs = [self._reduce.remote(reduce_ref, p, *[o[p] for o in outs])
+                for p in range(n_partitions)]
+        return ray.get(refs)
+
+    def similarity(self, channel, dataset, matrix):
+        """The pruned similarity of an ItemCF or Swing ``channel`` (``fit``'s hook)."""
+        if channel.kind == "itemcf":
+            return itemcf_similarity(channel, dataset, matrix, self.shuffle, self.partitions,
+                                     self.matrix_block)
+        return swing_similarity(channel, dataset, matrix, self.shuffle, self.partitions,
+                                self.matrix_block)
+
+    # --- the Engine contract ----------------------------------------------------------
+
+    def fit_channel(self, channel: Any, dataset: Any) -> None:
+        from llmrecall.channels.itemcf import ItemCF
+        from llmrecall.channels.swing import Swing
+
+        # exact classes: a subclass may compute its similarity otherwise
+        if type(channel) in (ItemCF, Swing):
+            channel.fit(dataset, similarity=self.similarity)
+        else:
+            channel.fit(dataset)
+
+    def rank_task(self, channel: Any, task: Any, k: int,
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        n = len(task.users)
+        if n <= self.user_block:
+            return super().rank_task(channel, task, k, on_batch=on_batch)
+        task_ref = self._task_ref(task)
+        channel_ref = ray.put(channel)
+        starts = range(0, n, self.user_block)
+        refs = [self._rank.remote(channel_ref, task_ref, s, min(s + self.user_block, n), k)
+                for s in starts]
+        blocks = ray.get(refs)
+        if on_batch is not None:
+            on_batch(n)
+        return np.concatenate(blocks) if blocks else np.zeros((0, k), np.int32)
+
+    def _task_ref(self, task):
+        # one copy of a task (history, targets) in the object store for all its channels
+        held = self._task_refs.get(id(task))
+        if held is None or held[0] is not task:
+            held = (task, ray.put(task))
+            self._task_refs = {id(task): held}
+        return held[1]
+
+    def describe(self) -> dict[str, Any]:
+        resources = ray.cluster_resources()
+        return {"kind": self.kind, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+                "cpus": resources.get("CPU", 0), "partitions": self.partitions,
+                "pid": os.getpid()}
+
+    def close(self) -> None:
+        self._task_refs = {}
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+
+
+# --- catalog embedding on an actor pool ---------------------------------------------------
+
+
+class _EmbedActor:
+    """One copy of the model; embeds shards into the shared shard folder."""
+
+    def __init__(self, make_embedder: Callable, root: str, n: int, shard_size: int):
+        from llmrecall.engine.embed import ShardedVectors
+
+        self.embedder = make_embedder()
+        self.store = ShardedVectors(root, self.embedder.fingerprint, n, shard_size)
+
+    def fingerprint(self) -> str:
+        return self.embedder.fingerprint
+
+    def run(self, shard: int, texts: list[str]) -> int:
+        """Embed and store one shard (``texts`` are that shard's texts only)."""
+        self.store.write(shard, texts, self.embedder.embed(texts, "passage"))
+        return shard
+
+
+def embed_catalog(texts: Sequence[str], make_embedder: Callable, root: str | os.PathLike,
+                  shard_size: int | None = None, actors: int = 2,
+                  cpus_per_actor: float = 1.0) -> tuple[np.ndarray, int]:
+    """float32[n, dim] vectors of ``texts``: the shards missing under ``root`` are embedded
+    by a pool of ``actors`` actors (one model each), the rest are read back. An actor that
+    dies is restarted and its shard retried; a job killed outright is resumed by running
+    it again (done shards are kept). Returns the vectors and the shards computed now.
+
+    ``root`` must be reachable at the same path from every node (see
+    :mod:`llmrecall.engine.embed`)."""
+    from ray.util import ActorPool
+
+    from llmrecall.engine.embed import SHARD_SIZE, ShardedVectors
+
+    shard_size = shard_size or SHARD_SIZE
+    texts = list(texts)
+    actor_cls: Any = ray.remote(_EmbedActor).options(
+        num_cpus=cpus_per_actor, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
+    pool: list[Any] = [actor_cls.remote(make_embedder, str(root), len(texts), shard_size)
+                       for _ in range(max(1, actors))]
+    try:
+        fingerprint: str = ray.get(pool[0].fingerprint.remote())
+        store = ShardedVectors(Path(root), fingerprint, len(texts), shard_size)
+        todo = store.missing(texts)
+
+        def submit(actor, shard):
+            lo, hi = store.bounds(shard)
+            return actor.run.remote(shard, texts[lo:hi])
+
+        done = list(ActorPool(pool).map_unordered(submit, todo))
+        assert sorted(done) == todo
+        return store.load(), len(todo)
+    finally:
+        for actor in pool:
+            ray.kill(actor)

@@ -1,0 +1,46 @@
+"""The engine setting: parsed from [engine], left out of the config hash, chosen by name;
+the package imports no cluster library unless the Ray engine is asked for."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from llmrecall.config import parse_config
+from llmrecall.engine import Engine, current_engine, engine_for, make_engine, use_engine
+from llmrecall.errors import ConfigError
+
+BASE = {"channels": [{"kind": "itemcf"}]}
+
+
+def test_engine_table_parses_and_leaves_the_hash_alone():
+    with_engine = parse_config({**BASE, "engine": {"kind": "ray", "address": "auto"}})
+    assert with_engine.engine is not None and with_engine.engine.kind == "ray"
+    assert with_engine.config_hash() == parse_config(BASE).config_hash()
+    with pytest.raises(ConfigError):
+        parse_config({**BASE, "engine": {"kind": "spark"}})
+
+
+def test_unknown_engine_is_a_config_error():
+    with pytest.raises(ConfigError, match="local, ray"):
+        make_engine("spark")
+
+
+def test_use_engine_restores_the_previous_engine():
+    before = current_engine()
+    inner = Engine()
+    with use_engine(inner):
+        assert current_engine() is inner
+    assert current_engine() is before
+    with engine_for("local", parse_config(BASE)) as engine:
+        assert current_engine() is engine and engine.kind == "local"
+
+
+def test_importing_the_package_does_not_import_ray():
+    code = ("import sys, llmrecall, llmrecall.cli, llmrecall.pipeline, llmrecall.engine, "
+            "llmrecall.engine.cooccurrence, llmrecall.engine.embed, llmrecall.engine.histories, "
+            "llmrecall.evaluate.experiment; print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

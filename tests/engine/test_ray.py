@@ -1,0 +1,166 @@
+"""The Ray engine on a real two-node cluster on this machine (loopback addresses only):
+the same candidate lists as the in-process run, also when a worker is SIGKILLed mid-job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+from llmrecall.config import load_config  # noqa: E402
+from llmrecall.data.builtin import load_builtin  # noqa: E402
+from llmrecall.engine import Engine, ray_engine, use_engine  # noqa: E402
+from llmrecall.engine.ray_engine import RayEngine  # noqa: E402
+from llmrecall.evaluate.experiment import recall_task  # noqa: E402
+from llmrecall.evaluate.protocols import make_split  # noqa: E402
+from llmrecall.pipeline import RecallPipeline  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# the workers cannot import this test module: its helpers travel by value
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+DETERMINISTIC = """
+[fusion]
+k = 50
+channel_k = 200
+
+[[channels]]
+kind = "popularity"
+
+[[channels]]
+kind = "itemcf"
+
+[[channels]]
+kind = "swing"
+[channels.params]
+max_users_per_item = 40
+
+[[channels]]
+kind = "ease"
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two Ray nodes, a head on 127.0.0.2 and a worker node on 127.0.0.3, one CPU each."""
+    if ray.is_initialized():
+        ray.shutdown()
+    c = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "node_ip_address": "127.0.0.2", "include_dashboard": False})
+    c.add_node(num_cpus=1, node_ip_address="127.0.0.3")
+    ray.init(address=c.address, log_to_driver=False)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ml100k(tmp_path_factory):
+    config_path = tmp_path_factory.mktemp("cfg") / "deterministic.toml"
+    config_path.write_text(DETERMINISTIC)
+    dataset = load_builtin("ml-100k")
+    split = make_split(dataset, "loo", 0)
+    config = load_config(config_path)
+    with use_engine(Engine()):
+        local = recall_task(RecallPipeline(config).fit(split.train), split.test)
+    return config_path, config, split, local
+
+
+def _lists(engine, config, split):
+    with use_engine(engine):
+        return recall_task(RecallPipeline(config).fit(split.train), split.test)
+
+
+def test_two_nodes_on_loopback(cluster):
+    alive = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
+    assert sorted(alive) == ["127.0.0.2", "127.0.0.3"]
+
+
+def test_ray_lists_identical_to_local_for_deterministic_channels(cluster, ml100k):
+    _, config, split, local = ml100k
+    engine = RayEngine(partitions=3, user_block=200)  # 943 users: 5 recall tasks
+    remote = _lists(engine, config, split)
+    assert set(remote.lists) == {"popularity", "itemcf", "swing", "ease"}
+    for name, candidates in local.lists.items():
+        assert np.array_equal(candidates.ids, remote.lists[name].ids), name
+    assert engine.describe()["nodes"] == 2
+
+
+def _kill_first_call(fn, marker):
+    """``fn`` whose first call, in whatever worker runs it, SIGKILLs that worker."""
+    def wrapped(*args, **kwargs):
+        if not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+def test_worker_killed_mid_job_same_output(cluster, ml100k, tmp_path):
+    """A worker SIGKILLed in a shuffle map, another in a reduce and another in a recall
+    task: Ray reruns the lost tasks and the lists are the in-process ones."""
+    _, config, split, local = ml100k
+
+    class KillingEngine(RayEngine):
+        def shuffle(self, map_fn, inputs, reduce_fn, n_partitions):
+            return super().shuffle(_kill_first_call(map_fn, str(tmp_path / "map")), inputs,
+                                   _kill_first_call(reduce_fn, str(tmp_path / "reduce")),
+                                   n_partitions)
+
+    engine = KillingEngine(partitions=2, user_block=300)
+    engine._rank = ray.remote(_kill_first_call(ray_engine._rank_block, str(tmp_path / "rank"))
+                              ).options(max_retries=ray_engine.MAX_RETRIES)
+    remote = _lists(engine, config, split)
+    for name, candidates in local.lists.items():
+        assert np.array_equal(candidates.ids, remote.lists[name].ids), name
+    for step in ("map", "reduce", "rank"):
+        killed = int((tmp_path / step).read_text())
+        assert killed != os.getpid()  # a worker died, not this process
+
+
+def test_cli_evaluate_engine_ray_reports_what_local_reports(cluster, ml100k, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmrecall.cli import app
+
+    config_path = ml100k[0]
+    ray_config = tmp_path / "ray.toml"
+    ray_config.write_text(config_path.read_text()
+                          + f'\n[engine]\nkind = "ray"\naddress = "{cluster.address}"\n')
+    runner = CliRunner()
+    out_local, out_ray = tmp_path / "local.json", tmp_path / "ray.json"
+    first = runner.invoke(app, ["evaluate", "-d", "ml-100k", "-c", str(config_path),
+                                "--engine", "local", "-o", str(out_local)])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ["evaluate", "-d", "ml-100k", "-c", str(ray_config),
+                                 "-o", str(out_ray)])
+    assert second.exit_code == 0, second.output
+    local, remote = json.loads(out_local.read_text()), json.loads(out_ray.read_text())
+    assert local["results"] == remote["results"]
+    assert local["config_hash"] == remote["config_hash"]  # the engine is not in the hash
+
+
+def test_histories_sharded_on_the_cluster_equal_one_process(cluster, tmp_path):
+    from llmrecall.data.spec import DataSpec
+    from llmrecall.data.synth import synthesize
+    from llmrecall.engine.cooccurrence import _shuffle_local
+    from llmrecall.engine.histories import build_histories, read_histories
+
+    summary = synthesize(tmp_path / "log", users=300, items=100, events=6_000, seed=1,
+                         block_events=1_500)
+    spec = DataSpec.from_toml(summary.spec).interactions
+    here = build_histories(spec, tmp_path / "here", _shuffle_local, 3)
+    there = build_histories(spec, tmp_path / "there", RayEngine(partitions=2).shuffle, 3)
+    assert here == there and len(here) == 300
+    assert read_histories(tmp_path / "here").sort("user").equals(
+        read_histories(tmp_path / "there").sort("user"))
