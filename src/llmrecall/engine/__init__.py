@@ -13,40 +13,16 @@ The engine in use is set for a block of code with :func:`use_engine`; library co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-
+from llmrecall.engine.local import Engine
 from llmrecall.errors import ConfigError
 
+__all__ = ["ENGINES", "Engine", "current_engine", "engine_for", "make_engine", "use_engine"]
+
 ENGINES = ("local", "ray")
-
-
-class Engine:
-    """The in-process engine: fit and rank here, one process (the embedded default)."""
-
-    kind = "local"
-
-    def fit_channel(self, channel: Any, dataset: Any) -> None:
-        """Fit ``channel`` on ``dataset`` (its interactions are the training data)."""
-        channel.fit(dataset)
-
-    def rank_task(self, channel: Any, task: Any, k: int,
-                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """int32[u, k] the channel's top-``k`` for every user of the evaluation ``task``
-        (:func:`llmrecall.evaluate.runner.rank_task`); ``on_batch(n)`` is called as each
-        block of ``n`` users is done (progress)."""
-        from llmrecall.evaluate.runner import rank_task
-
-        return rank_task(channel, task, k, on_batch=on_batch)
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind}
-
-    def close(self) -> None:
-        """Release what the engine holds (a cluster connection)."""
 
 
 _current: Engine = Engine()

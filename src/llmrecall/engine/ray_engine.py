@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from llmrecall.engine import Engine
 from llmrecall.engine.cooccurrence import concat, itemcf_similarity, swing_similarity
+from llmrecall.engine.local import Engine
 from llmrecall.evaluate.runner import EVAL_BATCH
 
 #: retries of a task whose worker died (SIGKILL, OOM, node lost)
