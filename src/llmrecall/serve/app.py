@@ -161,6 +161,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     for error, handler in _HANDLERS.items():
         app.add_exception_handler(error, handler)
     app.include_router(router)
+    from llmrecall.serve import ui  # here: its routes use the "rawid" convertor registered above
+
+    app.include_router(ui.router)  # the inspector page, /ui (docs/serving.md)
     generated = app.openapi
 
     def openapi() -> dict:
