@@ -173,6 +173,9 @@ def recall(
     dataset: DatasetOpt = None, data: DataOpt = None, config: ConfigOpt = None,
     k: Annotated[int, typer.Option("-k", min=1, max=5000)] = 20,
     explain: Annotated[bool, typer.Option("--explain/--no-explain")] = True,
+    all_reasons: Annotated[bool, typer.Option(
+        "--all-reasons", help="a reason from every channel that proposed a candidate, not "
+                              "only from the 3 that added most to its score")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the service's JSON answer "
                                                          "instead of a table")] = False,
     history: Annotated[list[str] | None, typer.Option(
@@ -195,7 +198,8 @@ def recall(
         _fail(exc)
     _print_user(pipeline, ds, user, k, explain, as_json,
                 {"history": history or [], "filters": {"categories": category or [],
-                                                       "deny_items": deny or []}})
+                                                       "deny_items": deny or []},
+                 **({"max_reasons": None} if all_reasons else {})})
 
 
 def _print_user(pipeline, ds, user: str, k: int, explain: bool, as_json: bool = False,

@@ -49,6 +49,8 @@ class FusedCandidates:
         evidence: int32[n, k, C] each channel's evidence for the candidate, -1 if none.
         evidence_kinds: per channel, "item", "text" or "none".
         evidence_texts: per channel, the texts that "text" evidence indexes (or None).
+        weights: float64[C] the weight each channel was fused with (None: not recorded).
+        rrf_k: the RRF damping constant the lists were fused with.
     """
 
     ids: np.ndarray
@@ -58,6 +60,17 @@ class FusedCandidates:
     evidence: np.ndarray
     evidence_kinds: list[str]
     evidence_texts: list[list[str] | None]
+    weights: np.ndarray | None = None
+    rrf_k: float = 60.0
+
+    def contributions(self, row: int) -> np.ndarray:
+        """float32[k, C]: what each channel added to the fused score of each candidate of
+        user ``row`` (``weight / (rrf_k + rank + 1)``, computed as :func:`fuse` does; 0 where
+        the channel did not propose the candidate or its rank was past its quota)."""
+        ranks = self.ranks[row]
+        weights = np.ones(len(self.channels)) if self.weights is None else self.weights
+        value = (weights[None, :] / (self.rrf_k + np.maximum(ranks, 0) + 1.0)).astype(np.float32)
+        return np.where(ranks >= 0, value, np.float32(0.0))
 
     def sources(self, row: int, col: int) -> list[tuple[str, int, int]]:
         """(channel, rank, evidence) for each channel that proposed candidate [row, col]."""
@@ -119,7 +132,9 @@ def fuse(lists: Mapping[str, Candidates], k: int, *,
     return FusedCandidates(
         np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), names,
         np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
-        [lists[nm].evidence_kind for nm in names], [lists[nm].evidence_text for nm in names])
+        [lists[nm].evidence_kind for nm in names], [lists[nm].evidence_text for nm in names],
+        np.array([weights.get(nm, ChannelWeight()).weight for nm in names], np.float64),
+        float(rrf_k))
 
 
 #: cells of the dense [users, items] fusion block (16M float32 = 64 MB)

@@ -188,7 +188,7 @@ def test_every_named_channel_really_proposed_the_candidate(server, data, ml100k)
     users += ["ev-user-0", "ev-user-1", "ev-cold-a", "ev-cold-b"]
     for user in users:
         request = {"user_id": str(user), "k": 40}
-        ans = post(server, **request, explain=True)
+        ans = post(server, **request, explain=True, max_reasons=None)
         history = {h["item_id"] for h in c.get(f"/v1/users/{user}/history").json()["history"]}
         assert ans["history_length"] == len(history)
         checked += _check(server, cache, request, ans["candidates"], history)
@@ -196,7 +196,7 @@ def test_every_named_channel_really_proposed_the_candidate(server, data, ml100k)
                  list(rng.choice(ml100k.items.ids, 3, replace=False))]
     for items in histories:
         request = {"history": [str(i) for i in items], "k": 40}
-        ans = post(server, **request, explain=True)
+        ans = post(server, **request, explain=True, max_reasons=None)
         checked += _check(server, cache, request, ans["candidates"], set(request["history"]))
     # /similar answers as recall over the one-item history with the item-to-item channels
     items = [zero, rare, popular, "ev-new-quiet", "ev-new-watched"]

@@ -729,6 +729,60 @@ class SemanticUserInterest(_TextIndexChannel, CachesUsers):
         return self._query(row, centroids[row, slot], weights.astype(np.float32),
                            evidence[row, slot], batch, k, history, allowed, exclude_seen)
 
+    def recall(self, users: np.ndarray, k: int, history: Histories, *,
+               allowed: np.ndarray | None = None, exclude_seen: bool = True,
+               explain: bool = False, block: int = 512) -> Candidates:
+        """See :meth:`_TextIndexChannel.recall`; the evidence of each candidate is the history
+        item that adds most to its score (:meth:`member_evidence`), not the one nearest the
+        interest, which would be the same item for every candidate of that interest."""
+        out = super().recall(users, k, history, allowed=allowed, exclude_seen=exclude_seen,
+                             explain=explain, block=block)
+        if explain and len(out.ids):
+            users = np.asarray(users, dtype=np.int32)
+            # rows per step: the [rows, k, d] candidate vectors stay near 16 MB
+            step = max(1, 4_000_000 // max(out.ids.shape[1] * self.item_vectors_.shape[1], 1))
+            out.evidence = np.concatenate([
+                self.member_evidence(users[s:s + step], out.ids[s:s + step], history)
+                for s in range(0, len(users), step)])
+        return out
+
+    def member_evidence(self, batch: np.ndarray, ids: np.ndarray,
+                        history: Histories) -> np.ndarray:
+        """int32[n, k]: for each candidate of ``ids`` (int32[n, k], -1 padded), the history
+        item contributing most to its score, -1 where none is known.
+
+        A candidate's score is ``share**share_power * cos(interest, e_c)`` for its best
+        interest, and an interest is the weighted mean of its history items' unit vectors,
+        so ``cos(interest, e_c)`` is proportional to ``sum_h w_h * (e_h . e_c)`` over the
+        interest's items: the evidence is the argmax of ``w_h * (e_h . e_c)`` over the items
+        of the interest that scores the candidate best (an item belongs to the interest it is
+        nearest to; with one interest, the whole recent history).
+        """
+        vectors = self.item_vectors_
+        centroids, share, _ = cached_user_states(
+            self.user_cache, batch, history, vectors,
+            lambda pos: self.interests(batch[pos], history))
+        items, weights = self._recent(batch, history)
+        known = (ids >= 0) & (ids < len(vectors))
+        cand = vectors[np.where(known, ids, 0)]  # [n, k, d]
+        emb = vectors[np.maximum(items, 0)]  # [n, L, d]
+        # the interest scoring each candidate best (as the merge by max in _query)
+        boost = np.where(share > 0, share ** self.share_power, 0.0)  # [n, C]
+        per_interest = np.einsum("nkd,ncd->nkc", cand, centroids) * boost[:, None, :]
+        per_interest[np.broadcast_to((share <= 0)[:, None, :], per_interest.shape)] = -np.inf
+        best = np.argmax(per_interest, axis=2)  # [n, k]
+        # each history item's interest: the nearest one in use
+        near = np.einsum("nld,ncd->nlc", emb, centroids)
+        near[np.broadcast_to((share <= 0)[:, None, :], near.shape)] = -np.inf
+        member_of = np.argmax(near, axis=2)  # [n, L]
+        gain = np.einsum("nkd,nld->nkl", cand, emb) * weights[:, None, :]
+        usable = (items >= 0)[:, None, :] & (member_of[:, None, :] == best[:, :, None])
+        gain = np.where(usable, gain, -np.inf)
+        pick = np.argmax(gain, axis=2)
+        found = np.take_along_axis(gain, pick[..., None], axis=2)[..., 0] > 0
+        chosen = np.take_along_axis(items, pick, axis=1)
+        return np.where(known & found, chosen, -1).astype(np.int32)
+
 
 def _distinct_counts(items: np.ndarray) -> np.ndarray:
     """int64[n] number of distinct non-negative ids per row of int32[n, L]."""

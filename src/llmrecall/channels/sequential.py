@@ -158,7 +158,13 @@ class SASRec(Channel, AddsItems, CachesUsers):
     in_process = True  # see Channel.in_process
 
     kind: ClassVar[str] = "sasrec"
-    evidence_template: ClassVar[str] = "often follows {evidence}"
+    evidence_template: ClassVar[str] = ("predicted from your recent sequence, in which it "
+                                        "attends most to {evidence}")
+
+    def explain(self, evidence_label: str | None) -> str:
+        if evidence_label:
+            return self.evidence_template.format(evidence=evidence_label)
+        return "predicted from your recent sequence"
 
     def __init__(self, text_init: str = "fuse", embedder: str = DEFAULT_EMBEDDER, dim: int = 64,
                  blocks: int = 2, heads: int = 1, max_len: int = 50, dropout: float = 0.2,
@@ -331,10 +337,47 @@ class SASRec(Channel, AddsItems, CachesUsers):
             self.model_, self.n_items_, self.popularity_ = model, n_items, popularity_
 
     def evidence(self, users: np.ndarray, ids: np.ndarray, history: Histories) -> np.ndarray:
-        """int32[n, k]: the user's most recent item (the sequence the candidates continue);
-        -1 for a user without history."""
-        last, _ = history.recent(users, 1)
-        return np.where(ids >= 0, last[:, :1], -1).astype(np.int32)
+        """int32[n, k]: the history item the sequence vector attends to most
+        (:meth:`attention`), the same for every candidate of a user: the network scores
+        every candidate from one vector, so no history item is more the reason for one
+        candidate than for another. -1 for a user without usable history."""
+        items, weights = self.attention(users, history)
+        best = np.take_along_axis(items, np.argmax(weights, axis=1)[:, None], axis=1)
+        has = np.asarray((weights > 0).any(axis=1))[:, None]
+        return np.where((ids >= 0) & has, best, -1).astype(np.int32)
+
+    def attention(self, users: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray]:
+        """What the last position of the last block attends to.
+
+        Returns ``items int32[n, max_len]`` (the recent sequence :meth:`score` reads,
+        right-aligned, -1 padded) and ``weights float32[n, max_len]``: the last block's
+        self-attention weights at the final position, averaged over heads, 0 at padding
+        (padded positions are zero vectors the network may still attend to; they are not
+        history). Computed with the layers of the fitted model in eval mode, as recall runs
+        it.
+        """
+        torch = _torch()
+        with self._lock:
+            model, known = self.model_, self.n_items_
+        n_items = min(known, history.n_items)
+        items, _ = history.recent(users, self.max_len)
+        items = np.where(items < n_items, items, -1).astype(np.int32)
+        seq = torch.from_numpy(np.where(items >= 0, items.astype(np.int64) + 1, 0))
+        length = seq.shape[1]
+        causal = model.causal[:length, :length]
+        with torch.no_grad():
+            table = self._item_table(model)
+            x = table[seq] * math.sqrt(self.dim) + model.positions.weight[-length:]
+            x = x * (seq > 0).unsqueeze(-1)  # as forward(): dropout is off in eval mode
+            layers = list(model.encoder.layers)
+            for layer in layers[:-1]:
+                x = layer(x, src_mask=causal, is_causal=True)
+            last = layers[-1]
+            h = last.norm1(x)  # norm_first: attention reads the normalised input
+            _, attn = last.self_attn(h, h, h, attn_mask=causal, need_weights=True,
+                                     average_attn_weights=True)
+        weights = attn[:, -1, :].numpy().astype(np.float32)
+        return items, np.where(items >= 0, weights, 0.0).astype(np.float32)
 
     # ---- persistence: state.npz for arrays, model.safetensors for the network ---------
     def state(self) -> dict[str, np.ndarray]:

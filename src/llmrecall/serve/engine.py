@@ -66,6 +66,7 @@ class RecallQuery:
     only: tuple[str, ...] | None = None
     allowed: np.ndarray | None = None  # per-request mask (already includes deletions)
     explain: bool = False
+    max_reasons: int | None = None  # reasons per candidate when explaining (None: every channel)
     adhoc: bool = False  # a known user's history extended by the request: answered alone
     query_only: bool = False  # no user, no history: text matches lead, popularity fills
     popular_fill: bool = False  # fewer than k from the channels: live popularity completes
@@ -518,9 +519,10 @@ class RecallEngine:
                                                  fused.scores[r, :n_valid].tolist(), codes)]
         if q.explain:
             pipeline = state.artifact.pipeline
-            for col, cand in enumerate(out):
-                cand["reasons"] = [self._reason(fused, r, col, c, state, pipeline)
-                                   for c in np.flatnonzero(present[col])]
+            for col, (cand, order, gain) in enumerate(zip(out, *reason_order(fused, r, n_valid,
+                                                                             q.max_reasons))):
+                cand["reasons"] = [self._reason(fused, r, col, int(c), state, pipeline,
+                                                float(gain[c])) for c in order]
         return RecallAnswer(out, sorted(set(degraded)),
                             {n: int(c[r]) for n, c in counts.items()}, seconds)
 
@@ -543,7 +545,8 @@ class RecallEngine:
         return table
 
     @staticmethod
-    def _reason(fused, r: int, col: int, c: int | np.integer, state: LiveState, pipeline) -> dict:
+    def _reason(fused, r: int, col: int, c: int, state: LiveState, pipeline,
+                contribution: float) -> dict:
         name = fused.channels[c]
         ev = int(fused.evidence[r, col, c])
         kind = fused.evidence_kinds[c]
@@ -560,7 +563,23 @@ class RecallEngine:
             template = sources.EXPLANATIONS.get(name, "recalled by {name}")
             why = template.format(evidence=label or "your history", name=name)
         return {"channel": name, "rank": int(fused.ranks[r, col, c]) + 1, "why": why,
-                "evidence_item": evidence_item}
+                "evidence_item": evidence_item, "contribution": contribution}
+
+
+def reason_order(fused, r: int, n_valid: int, max_reasons: int | None
+                 ) -> tuple[list[np.ndarray], np.ndarray]:
+    """The channels to give as reasons for the first ``n_valid`` candidates of row ``r``:
+    per candidate, int64[<= max_reasons] channel positions by contribution to the fused
+    score, largest first (ties: the order fusion saw the channels in), only channels that
+    proposed the candidate (None: all of them); and float32[n_valid, C] the contributions
+    (:meth:`~llmrecall.fusion.FusedCandidates.contributions`)."""
+    gain = fused.contributions(r)[:n_valid]
+    present = fused.ranks[r, :n_valid] >= 0
+    # stable sort on -gain: equal contributions keep the channel order
+    order = np.argsort(-gain, axis=1, kind="stable")
+    keep = np.take_along_axis(present, order, axis=1)
+    out = [row[k][:max_reasons] for row, k in zip(order, keep)]
+    return out, gain
 
 
 def _query_channels_of(pipeline, names: list[str]) -> list[str]:

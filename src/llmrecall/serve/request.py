@@ -66,7 +66,7 @@ def resolve_recall(state: LiveState, req: RecallRequest, max_k: int) -> Resolved
     row = state.row_for(req.user_id) if req.user_id is not None else None
     history, ignored = extended_history(state, row, req.history)
     query = RecallQuery(state, row, history, req.k, req.query, only, filter_mask(state, req.filters),
-                        req.explain, adhoc=bool(req.history) and row is not None,
+                        req.explain, req.max_reasons, adhoc=bool(req.history) and row is not None,
                         query_only=row is None and len(history) == 0 and bool(req.query))
     return ResolvedRecall(req, query, ignored)
 

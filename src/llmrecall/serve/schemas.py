@@ -110,13 +110,20 @@ class RecallRequest(_Body):
     channels: list[Label] | None = Field(None, max_length=64, description="only these channels")
     filters: RecallFilters = Field(default_factory=RecallFilters)
     explain: bool = Field(False, description="say why each candidate was recalled")
+    max_reasons: int | None = Field(
+        3, ge=1, le=64, description="with explain: the reasons given per candidate, those of "
+        "the channels that added most to its fused score, largest first; null: one for every "
+        "channel that proposed it")
 
 
 class Reason(BaseModel):
     channel: str
     rank: int = Field(description="1-based rank in that channel's list")
     why: str
-    evidence_item: str | None = None
+    evidence_item: str | None = Field(None, description="the history item the reason names, "
+                                      "if any")
+    contribution: float | None = Field(None, description=(
+        "what the channel added to the candidate's fused score: weight / (rrf_k + rank)"))
 
 
 class Candidate(BaseModel):
