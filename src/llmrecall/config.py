@@ -90,7 +90,10 @@ class ChannelConfig(_Strict):
 class FusionConfig(_Strict):
     """How channel lists become one list."""
 
-    method: Literal["rrf"] = "rrf"
+    #: "rrf": weighted reciprocal-rank fusion with the channels' hand-set weights;
+    #: "learned": a table learned on the validation split, never below its best channel
+    #: there (llmrecall.fusion_learn; the channels' weights are then not used)
+    method: Literal["rrf", "learned"] = "rrf"
     rrf_k: float = Field(60.0, gt=0)
     k: int = Field(200, ge=1, le=5000, description="length of the fused list")
     channel_k: int = Field(400, ge=1, le=5000, description="default candidates per channel")

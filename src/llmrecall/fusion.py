@@ -10,8 +10,10 @@ Everything is vectorised over the batch: no per-user Python loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -50,7 +52,8 @@ class FusedCandidates:
         evidence_kinds: per channel, "item", "text" or "none".
         evidence_texts: per channel, the texts that "text" evidence indexes (or None).
         weights: float64[C] the weight each channel was fused with (None: not recorded).
-        rrf_k: the RRF damping constant the lists were fused with.
+        rrf_k: the RRF damping constant the lists were fused with (None: fused by a learned
+            table, whose per-channel contributions are not recorded).
     """
 
     ids: np.ndarray
@@ -61,12 +64,14 @@ class FusedCandidates:
     evidence_kinds: list[str]
     evidence_texts: list[list[str] | None]
     weights: np.ndarray | None = None
-    rrf_k: float = 60.0
+    rrf_k: float | None = 60.0
 
     def contributions(self, row: int) -> np.ndarray:
         """float32[k, C]: what each channel added to the fused score of each candidate of
         user ``row`` (``weight / (rrf_k + rank + 1)``, computed as :func:`fuse` does; 0 where
         the channel did not propose the candidate or its rank was past its quota)."""
+        if self.rrf_k is None:
+            raise ValueError("per-channel contributions are recorded for RRF fusion only")
         ranks = self.ranks[row]
         weights = np.ones(len(self.channels)) if self.weights is None else self.weights
         value = (weights[None, :] / (self.rrf_k + np.maximum(ranks, 0) + 1.0)).astype(np.float32)
@@ -123,25 +128,47 @@ def fuse(lists: Mapping[str, Candidates], k: int, *,
     if n_items is None:
         n_items = max(int(lists[nm].ids.max(initial=-1)) for nm in names) + 1
     n_items = max(n_items, 1)
+
+    def rrf(_rows: slice) -> _Contribution:
+        return lambda _name, w, _users, ranks: (w.weight / (rrf_k + ranks + 1.0)).astype(np.float32)
+
+    return _fuse_blocks(lists, k, weights, rrf, allowed, seen, n_items, rrf_k)
+
+
+#: what a channel's candidate adds to its fused score: (channel name, its ChannelWeight,
+#: int64[m] rows within the block, int64[m] 0-based ranks) -> float32[m]
+_Contribution = Callable[[str, ChannelWeight, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _fuse_blocks(lists: Mapping[str, Candidates], k: int, weights: Mapping[str, ChannelWeight],
+                 contribution: Callable[[slice], _Contribution], allowed: np.ndarray | None,
+                 seen: Sequence[np.ndarray] | None, n_items: int,
+                 rrf_k: float | None = None) -> FusedCandidates:
+    """:func:`fuse`'s rule with the per-candidate contribution given by ``contribution(rows)``
+    for each block ``rows`` of users (RRF for :func:`fuse`, a learned table for
+    :class:`LearnedFusion`). ``rrf_k`` is recorded for explanations (None: not RRF)."""
+    names = list(lists)
+    n = lists[names[0]].ids.shape[0]
     # users per dense block: the block is n_block x n_items float32 cells
     block = max(1, _BLOCK_CELLS // n_items)
     parts = [_fuse_block({nm: c.row_slice(slice(s, s + block)) for nm, c in lists.items()},
-                         k, weights, rrf_k, allowed,
+                         k, weights, contribution(slice(s, s + block)), allowed,
                          None if seen is None else seen[s:s + block], n_items)
-             for s in range(0, n, block)] or [_fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items)]
+             for s in range(0, n, block)] or [
+        _fuse_block(lists, k, weights, contribution(slice(0, 0)), allowed, seen, n_items)]
     return FusedCandidates(
         np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), names,
         np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
         [lists[nm].evidence_kind for nm in names], [lists[nm].evidence_text for nm in names],
         np.array([weights.get(nm, ChannelWeight()).weight for nm in names], np.float64),
-        float(rrf_k))
+        None if rrf_k is None else float(rrf_k))
 
 
 #: cells of the dense [users, items] fusion block (16M float32 = 64 MB)
 _BLOCK_CELLS = 1 << 24
 
 
-def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
+def _fuse_block(lists, k, weights, contribution: _Contribution, allowed, seen, n_items):
     """Fuse one block of users on a dense [n, n_items] score grid (scatter, then top-k)."""
     names = list(lists)
     n = lists[names[0]].ids.shape[0]
@@ -161,7 +188,7 @@ def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
         keys = rows.astype(np.int64) * n_items + ids[keep]
         keys_per_channel.append((keys, ranks.astype(np.int32), cand, kc, keep))
         # one channel lists an item at most once, so a plain fancy-index add is exact
-        score[keys] += (w.weight / (rrf_k + ranks + 1.0)).astype(np.float32)
+        score[keys] += contribution(name, w, rows, ranks)
         proposed[keys] = True
         guaranteed.append(keys[ranks < w.min_slots])
     score = score.reshape(n, n_items)
@@ -201,3 +228,133 @@ def _fuse_block(lists, k, weights, rrf_k, allowed, seen, n_items):
         lookup[keys] = -1
     return ids, fused_score, ranks_out, evidence_out
 
+
+
+# ---- learned fusion -------------------------------------------------------------------------
+
+#: format of a saved :class:`LearnedFusion` (``params.json`` + ``table.npz``)
+LEARNED_FORMAT = 1
+
+
+@dataclass
+class LearnedFusion:
+    """Fusion by a table learned on the validation split, guarded by its best channel.
+
+    A candidate's fused score is the float32 sum, over the channels that propose it, of
+    ``table[h, c, min(r, R - 1)]`` (channel ``c``, 0-based rank ``r``, user history-length
+    bucket ``h``): RRF's rule with a learned contribution per (bucket, channel, rank) instead
+    of ``weight / (rrf_k + r + 1)``. :func:`llmrecall.fusion_learn.fit_learned_fusion` fits
+    it and chooses the guard.
+
+    The guard: the ``reference`` channel's first ``prefix`` candidates come first, in that
+    channel's order, then the learned order fills the list. Their score carries a bonus
+    ``step * (prefix - r)`` with ``step`` larger than twice any learned sum, so the rule above
+    (score descending) produces exactly that order. ``prefix = 0``: the learned list alone;
+    ``prefix >= k``: the reference channel's list.
+
+    Attributes:
+        channels: channel names, the order of ``table``'s axis 1.
+        table: float32[H, C, R] contribution of a candidate by bucket, channel and rank
+            (relative to the channel not proposing it, which adds nothing).
+        length_edges: int64[H - 1] ascending; a user with history length ``n`` is in bucket
+            ``searchsorted(length_edges, n, side="right")``.
+        reference: the guard's channel (None: no guard).
+        prefix: how many of the reference channel's first candidates lead the list.
+        step: the bonus step (see above).
+        report: the fit's validation numbers (JSON-ready), kept for reading, not used here.
+    """
+
+    channels: list[str]
+    table: np.ndarray
+    length_edges: np.ndarray
+    reference: str | None = None
+    prefix: int = 0
+    step: float = 0.0
+    report: dict = field(default_factory=dict)
+
+    def buckets(self, history_lengths: np.ndarray) -> np.ndarray:
+        """int64[n] history-length bucket of each user."""
+        return np.searchsorted(self.length_edges, np.asarray(history_lengths), side="right")
+
+    def fuse(self, lists: Mapping[str, Candidates | np.ndarray], k: int, *,
+             history_lengths: np.ndarray,
+             weights: Mapping[str, ChannelWeight] | None = None,
+             allowed: np.ndarray | None = None, seen: Sequence[np.ndarray] | None = None,
+             n_items: int | None = None) -> FusedCandidates:
+        """The top-``k`` fused list of each user, as :func:`fuse` builds it (eligibility,
+        ``quota`` and ``min_slots`` of ``weights``, order by score then item id), with the
+        learned contribution and the guard's bonus as the score.
+
+        Args:
+            lists: channel name -> :class:`Candidates` (or int32[n, k_c] ids) for n users;
+                channels the model was not fitted with are left out.
+            history_lengths: int[n] each user's history length (its bucket's table row).
+            weights, allowed, seen, n_items: as for :func:`fuse` (``weight`` itself is not
+                used: the table replaces it; ``weight = 0`` still leaves a channel out).
+        Returns:
+            :class:`FusedCandidates` whose ``channels`` are the known channels of ``lists``.
+        """
+        known: dict[str, Candidates] = {
+            nm: c if isinstance(c, Candidates) else _ids_only(c)
+            for nm, c in lists.items() if nm in self.channels}
+        if not known:
+            raise ValueError("LearnedFusion.fuse() got none of the channels it was fitted with: "
+                             f"{self.channels}")
+        names = list(known)
+        n = known[names[0]].ids.shape[0]
+        lengths = np.asarray(history_lengths)
+        if lengths.shape != (n,):
+            raise ValueError(f"history_lengths has shape {lengths.shape}, expected ({n},)")
+        if n_items is None:
+            n_items = max(int(known[nm].ids.max(initial=-1)) for nm in names) + 1
+        n_items = max(n_items, 1)
+        bucket = self.buckets(lengths)
+        index = {nm: self.channels.index(nm) for nm in names}
+        width = self.table.shape[2]
+
+        def learned(rows: slice) -> _Contribution:
+            block_bucket = bucket[rows]
+
+            def contribution(name: str, _w: ChannelWeight, users: np.ndarray,
+                             ranks: np.ndarray) -> np.ndarray:
+                value = self.table[block_bucket[users], index[name], np.minimum(ranks, width - 1)]
+                if name == self.reference and self.prefix > 0:
+                    value = value + np.where(ranks < self.prefix,
+                                             self.step * (self.prefix - ranks), 0.0)
+                return value.astype(np.float32)
+            return contribution
+
+        return _fuse_blocks(known, k, weights or {}, learned, allowed, seen, n_items)
+
+    # ---- persistence: params.json + table.npz, no pickle ------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``params.json`` and ``table.npz`` under ``directory`` (created)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        params = {"format": LEARNED_FORMAT, "kind": "learned", "channels": self.channels,
+                  "reference": self.reference, "prefix": self.prefix, "step": self.step,
+                  "report": self.report}
+        (directory / "params.json").write_text(json.dumps(params, indent=2))
+        np.savez(directory / "table.npz", table=self.table.astype(np.float32),
+                 length_edges=self.length_edges.astype(np.int64))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LearnedFusion:
+        """Read what :meth:`save` wrote."""
+        directory = Path(directory)
+        params = json.loads((directory / "params.json").read_text())
+        if params.get("format") != LEARNED_FORMAT:
+            raise ValueError(f"{directory}: learned fusion format {params.get('format')!r}, "
+                             f"expected {LEARNED_FORMAT}")
+        with np.load(directory / "table.npz", allow_pickle=False) as npz:
+            table, edges = npz["table"], npz["length_edges"]
+        return cls(list(params["channels"]), table, edges, params["reference"],
+                   int(params["prefix"]), float(params["step"]), params.get("report", {}))
+
+
+def _ids_only(ids: np.ndarray) -> Candidates:
+    """Candidates with rank-derived scores from ids int32[n, k] (-1 padded)."""
+    ids = np.asarray(ids, np.int32)
+    ranks = np.broadcast_to(-np.arange(ids.shape[1], dtype=np.float32), ids.shape)
+    return Candidates(ids, np.where(ids >= 0, ranks, -np.inf).astype(np.float32))

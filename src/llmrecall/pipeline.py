@@ -17,7 +17,7 @@ from llmrecall.config import ChannelConfig, PipelineConfig
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.engine import current_engine
 from llmrecall.errors import ConfigError
-from llmrecall.fusion import ChannelWeight, FusedCandidates, fuse
+from llmrecall.fusion import ChannelWeight, FusedCandidates, LearnedFusion, fuse
 from llmrecall.progress import task as progress_task
 from llmrecall.topk import fit_mask
 
@@ -74,6 +74,9 @@ class RecallPipeline:
         self.fit_seconds: dict[str, float] = {}
         self.dataset_: Dataset | None = None
         self.allowed_: np.ndarray | None = None
+        #: the fitted fusion of ``[fusion] method = "learned"`` (set by
+        #: :func:`llmrecall.evaluate.experiment.fit_fusion` or :meth:`LearnedFusion.load`)
+        self.fusion_model_: LearnedFusion | None = None
 
     @property
     def weights(self) -> dict[str, ChannelWeight]:
@@ -125,9 +128,22 @@ class RecallPipeline:
         return lists, seconds
 
     def fuse(self, lists: dict[str, Candidates], k: int | None = None,
-             allowed: np.ndarray | None = None) -> FusedCandidates:
-        return fuse(lists, k or self.config.fusion.k, weights=self.weights,
-                    rrf_k=self.config.fusion.rrf_k, allowed=_and_masks(self.allowed_, allowed))
+             allowed: np.ndarray | None = None, *,
+             history_lengths: np.ndarray | None = None) -> FusedCandidates:
+        """The fused top-``k`` of ``lists`` by the configured method. ``history_lengths``
+        (int[n], each user's history length) is needed by ``method = "learned"`` only."""
+        k = k or self.config.fusion.k
+        allowed = _and_masks(self.allowed_, allowed)
+        if self.config.fusion.method == "learned":
+            if self.fusion_model_ is None:
+                raise ConfigError('[fusion] method = "learned" needs a fitted fusion: fit it on '
+                                  "a validation split (llmrecall.evaluate.experiment.fit_fusion)")
+            if history_lengths is None:
+                raise ValueError('[fusion] method = "learned" needs each user\'s history length')
+            return self.fusion_model_.fuse(lists, k, history_lengths=history_lengths,
+                                           weights=self.weights, allowed=allowed)
+        return fuse(lists, k, weights=self.weights, rrf_k=self.config.fusion.rrf_k,
+                    allowed=allowed)
 
     def recall(self, users: np.ndarray, history: Histories, k: int | None = None, *,
                allowed: np.ndarray | None = None, explain: bool = False,
@@ -136,7 +152,8 @@ class RecallPipeline:
         lists, seconds = self.recall_channels(users, history, allowed=allowed,
                                               explain=explain, only=only)
         start = time.perf_counter()
-        fused = self.fuse(lists, k, allowed)
+        fused = self.fuse(lists, k, allowed,
+                          history_lengths=history.lengths()[np.asarray(users, np.int64)])
         seconds["fusion"] = time.perf_counter() - start
         return RecallResult(fused, lists, seconds)
 

@@ -18,6 +18,8 @@ from llmrecall.data.dataset import Dataset
 from llmrecall.engine import current_engine
 from llmrecall.evaluate.metrics import DEFAULT_KS, ranking_metrics
 from llmrecall.evaluate.protocols import EvalTask, Split, make_split
+from llmrecall.fusion import LearnedFusion
+from llmrecall.fusion_learn import fit_learned_fusion
 from llmrecall.pipeline import RecallPipeline
 from llmrecall.progress import task as progress_task
 
@@ -54,7 +56,27 @@ def recall_task(pipeline: RecallPipeline, task: EvalTask,
 
 def fuse_task(pipeline: RecallPipeline, lists: ChannelLists, k: int) -> np.ndarray:
     """Fused ids int32[u, k] for the task's users."""
-    return pipeline.fuse(lists.lists, k, allowed=lists.task.candidate_mask).ids
+    task = lists.task
+    return pipeline.fuse(lists.lists, k, allowed=task.candidate_mask,
+                         history_lengths=task.history.lengths()[task.users]).ids
+
+
+def fit_fusion(pipeline: RecallPipeline, valid: ChannelLists | EvalTask,
+               k: int | None = None) -> LearnedFusion:
+    """Fit ``[fusion] method = "learned"`` on validation lists and attach it to ``pipeline``.
+
+    ``valid`` is the validation task (its lists are recalled here) or its
+    :class:`ChannelLists`; the pipeline's channels must be fitted on the data before it (a
+    split's ``train``). The guard compares at every cut-off of
+    :data:`~llmrecall.fusion_learn.GUARD_KS` up to ``k`` (default ``[fusion] k``).
+    """
+    lists = valid if isinstance(valid, ChannelLists) else recall_task(pipeline, valid)
+    task = lists.task
+    model = fit_learned_fusion({nm: c.ids for nm, c in lists.lists.items()}, task.targets,
+                               task.history.lengths()[task.users], task.n_items,
+                               k=k or pipeline.config.fusion.k, seed=pipeline.config.seed)
+    pipeline.fusion_model_ = model
+    return model
 
 
 def score_lists(pipeline: RecallPipeline, lists: ChannelLists, n_items: int,
@@ -119,7 +141,17 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
     # each channel's fit and recall is a stage of llmrecall.progress (its line or bar)
     pipeline = RecallPipeline(config).fit(split.train, models=models)
     task = split.test if on == "test" else split.valid
-    lists = recall_task(pipeline, task)
+    fusion_report = None
+    if config.fusion.method == "learned":
+        # learned on the validation lists; on="valid" then scores it in-sample (its guard's
+        # out-of-fold numbers are in the report's "fusion" entry)
+        start_fusion = time.perf_counter()
+        valid_lists = recall_task(pipeline, split.valid)
+        fusion_report = {**fit_fusion(pipeline, valid_lists, max(ks)).report,
+                         "fit_seconds": time.perf_counter() - start_fusion}
+        say(f"learned fusion: {fusion_report['reference']} first {fusion_report['prefix']}, "
+            f"then the learned list ({fusion_report['fit_seconds']:.1f}s)")
+    lists = valid_lists if on == "valid" and fusion_report is not None else recall_task(pipeline, task)
     results, fusion_seconds, fused = _score_and_fuse(pipeline, lists, split.dataset.n_items, ks)
     if on_lists is not None:
         on_lists(lists, fused)
@@ -138,6 +170,7 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
         "users_evaluated": int(len(task.users)),
         "results": results,
         **({"reference": reference} if reference is not None else {}),
+        **({"fusion": fusion_report} if fusion_report is not None else {}),
         "timings": {
             "split_seconds": split_seconds,
             "fit_seconds": dict(pipeline.fit_seconds),

@@ -1,0 +1,296 @@
+"""Fit a :class:`~llmrecall.fusion.LearnedFusion` on the validation split, and guard it.
+
+**The model.** For each validation user, the candidates are the union of the channels'
+lists. A candidate's score is a sum over the channels that propose it of a learned function
+of its rank there, ``A[c, bucket(r)] + s[c] * log(1 + r)`` (rank buckets
+:data:`RANK_EDGES`; the log term orders candidates within a bucket), plus the same terms
+again per history-length bucket of the user (shrunk towards the shared ones by the L2
+penalty). The parameters maximise the likelihood of the user's validation target under a
+softmax over the user's candidate union (a conditional logit: it learns to rank the target
+among exactly the candidates fusion chooses from), with an L2 penalty, by L-BFGS (scipy).
+Unions above :data:`MAX_ROWS_PER_USER` candidates are subsampled, with the usual
+log(1 / sampling rate) correction on the sampled negatives; at most :data:`MAX_FIT_USERS`
+users are used per fit. The fitted function is tabulated per (bucket, channel, rank), so
+applying it is RRF's scatter with a table lookup (:meth:`LearnedFusion.fuse`).
+
+**The guard.** The validation users are split into :data:`FOLDS` folds; each fold's learned
+lists come from a model fitted on the other folds (out-of-fold). Candidate answers are "the
+first ``m`` candidates of channel ``c``, then the learned list" for every channel ``c`` and
+``m`` in :data:`PREFIXES` and ``k`` (``m = 0``: the learned list; ``m = k``: channel ``c``
+alone). On the out-of-fold lists, the guard keeps the answer with the highest recall summed
+over the cut-offs among those at least as good as the best single channel at **every**
+cut-off (the best channel may differ per cut-off); if none is, among those at least as good
+as the reference channel (the best by summed recall) at every cut-off, which ``m = k``
+always is. So, on the validation users, out of fold, the fused list is by construction never
+below that reference channel at any cut-off, and never below any channel when some answer
+achieves it. The final table is refitted on all validation users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import minimize
+
+from llmrecall.channels.base import Candidates
+from llmrecall.fusion import LearnedFusion
+
+#: cut-offs the guard compares at
+GUARD_KS = (10, 20, 50, 100, 200)
+#: upper edges of the rank buckets: bucket b holds ranks in [RANK_EDGES[b-1], RANK_EDGES[b])
+RANK_EDGES = np.array([1, 2, 3, 5, 10, 20, 50, 100, 200, 400], np.int64)
+#: history-length buckets (edges at the validation users' length terciles)
+LENGTH_BUCKETS = 3
+#: how many of the guard channel's first candidates may lead the list (plus ``k``: all)
+PREFIXES = (0, 5, 10, 20, 50, 100, 150)
+#: folds of the out-of-fold guard lists
+FOLDS = 2
+#: users per fit (a random subset above this)
+MAX_FIT_USERS = 3000
+#: candidates per user in a fit (the target plus a uniform sample of the others above this)
+MAX_ROWS_PER_USER = 200
+#: L2 penalty on the shared terms, and on the per-length-bucket terms
+L2_SHARED, L2_BUCKET = 1.0, 4.0
+
+
+def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp.csr_matrix,
+                       history_lengths: np.ndarray, n_items: int, *, k: int = 200,
+                       ks: Sequence[int] = GUARD_KS, seed: int = 0) -> LearnedFusion:
+    """Learn fusion from validation lists and choose its guard (see the module text).
+
+    Args:
+        lists: channel name -> int32[u, k_c] candidate ids (or :class:`Candidates`) of the u
+            validation users, best first, -1 padded, masked as the task masks them.
+        targets: CSR [u, n_items]; row i is user i's validation targets (at least one).
+        history_lengths: int[u] each user's history length when recalled.
+        n_items: catalog size.
+        k: length of the fused list the guard checks (cut-offs above it are dropped).
+        seed: seed of the folds and samples (the fit is deterministic given it).
+    Returns:
+        the fitted :class:`LearnedFusion`; its ``report`` holds the out-of-fold recalls of
+        every channel, of the learned list and of the guarded list at each cut-off.
+    """
+    names = list(lists)
+    if not names:
+        raise ValueError("fit_learned_fusion() needs at least one channel's lists")
+    ids = {nm: np.asarray(c.ids if isinstance(c, Candidates) else c, np.int32)
+           for nm, c in lists.items()}
+    targets = sp.csr_matrix(targets)
+    u = targets.shape[0]
+    lengths = np.asarray(history_lengths, np.int64)
+    if lengths.shape != (u,) or any(a.shape[0] != u for a in ids.values()):
+        raise ValueError("lists, targets and history_lengths must have one row per user")
+    ks = sorted(c for c in ks if c <= k) or [k]
+    width = max(a.shape[1] for a in ids.values())
+    edges = np.unique(np.quantile(lengths, np.linspace(0, 1, LENGTH_BUCKETS + 1)[1:-1])
+                      .astype(np.int64)) if u else np.zeros(0, np.int64)
+    rng = np.random.default_rng(seed)
+    fold = rng.permutation(u) % FOLDS
+    learned_oof = np.full((u, k), -1, np.int32)
+    for f in range(FOLDS):
+        train, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        table = _fit_table(ids, targets, lengths, edges, train, n_items, width, rng)
+        learned_oof[held] = LearnedFusion(names, table, edges).fuse(
+            {nm: a[held] for nm, a in ids.items()}, k, history_lengths=lengths[held],
+            n_items=n_items).ids
+    table = _fit_table(ids, targets, lengths, edges, np.arange(u), n_items, width, rng)
+    reference, prefix, report = _guard(learned_oof, ids, targets, n_items, k, ks)
+    # the bonus step exceeds twice the largest possible learned sum (see LearnedFusion)
+    largest = float(np.abs(table).max(axis=2).sum(axis=1).max(initial=0.0))
+    return LearnedFusion(names, table, edges, reference, prefix, 2.0 * largest + 1.0, report)
+
+
+# ---- the model ------------------------------------------------------------------------------
+
+def _rank_bucket(ranks: np.ndarray) -> np.ndarray:
+    """Rank bucket of 0-based ranks (``len(RANK_EDGES)`` for ranks past the last edge)."""
+    return np.searchsorted(RANK_EDGES, ranks, side="right")
+
+
+_ABSENT = len(RANK_EDGES) + 1  # the bucket index of "not proposed" (its terms stay 0)
+_NB = _ABSENT + 1
+
+
+def _candidate_rows(ids: Mapping[str, np.ndarray], users: np.ndarray, n_items: int,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the channels' candidates of ``users``: (keys int64[N] = row * n_items +
+    item, sorted; ranks int32[N, C], -1 where the channel does not propose it)."""
+    n = len(users)
+    parts, ranks_parts = [], []
+    for a in ids.values():
+        sub = a[users]
+        keep = (sub >= 0) & (sub < n_items)
+        rows, ranks = np.nonzero(keep)
+        parts.append(rows.astype(np.int64) * n_items + sub[keep])
+        ranks_parts.append(ranks.astype(np.int32))
+    keys, inverse = np.unique(np.concatenate(parts) if parts else np.zeros(0, np.int64),
+                              return_inverse=True)
+    ranks_out = np.full((len(keys), len(parts)), -1, np.int32)
+    start = 0
+    for c, r in enumerate(ranks_parts):
+        ranks_out[inverse[start:start + len(r)], c] = r
+        start += len(r)
+    del n
+    return keys, ranks_out
+
+
+def _is_target(keys: np.ndarray, targets: sp.csr_matrix, n_items: int) -> np.ndarray:
+    """bool per key (row * n_items + item): is the item one of row's targets."""
+    t = targets.tocsr()
+    t_keys = np.repeat(np.arange(t.shape[0], dtype=np.int64), np.diff(t.indptr)) * n_items \
+        + t.indices
+    t_keys.sort()
+    pos = np.minimum(np.searchsorted(t_keys, keys), max(len(t_keys) - 1, 0))
+    return (t_keys[pos] == keys) if len(t_keys) else np.zeros(len(keys), bool)
+
+
+def _fit_table(ids: Mapping[str, np.ndarray], targets: sp.csr_matrix, lengths: np.ndarray,
+               edges: np.ndarray, users: np.ndarray, n_items: int, width: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """Fit the model on ``users`` (indices into the rows); returns table float32[H, C, width]."""
+    C, H = len(ids), len(edges) + 1
+    if len(users) > MAX_FIT_USERS:
+        users = np.sort(rng.choice(users, MAX_FIT_USERS, replace=False))
+    keys, ranks = _candidate_rows(ids, users, n_items)
+    row = keys // n_items
+    label = _is_target(users[row].astype(np.int64) * n_items + keys % n_items, targets, n_items)
+    # only users whose target is among the candidates carry information for a softmax
+    has = np.bincount(row[label], minlength=len(users)) > 0
+    keep = has[row]
+    row, ranks, label = row[keep], ranks[keep], label[keep]
+    # subsample the negatives of large unions; the target (label) is always kept
+    order = np.lexsort((np.where(label, -1.0, rng.random(len(row))), row))
+    row, ranks, label = row[order], ranks[order], label[order]
+    size = np.bincount(row, minlength=len(users))
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    place = np.arange(len(row)) - start[row]
+    n_pos = np.bincount(row[label], minlength=len(users))
+    kept = place < np.maximum(MAX_ROWS_PER_USER, n_pos[row] + 1)
+    kept_neg = np.bincount(row[kept & ~label], minlength=len(users))
+    all_neg = size - n_pos
+    offset = np.where(label, 0.0, np.log(np.maximum(all_neg, 1) / np.maximum(kept_neg, 1))[row])
+    row, ranks, label, offset = row[kept], ranks[kept], label[kept], offset[kept]
+    if not len(row):  # no validation target among any candidate: nothing to learn
+        return np.zeros((H, C, width), np.float32)
+    # segments: rows of one user are contiguous (sorted by row above)
+    seg_start = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    seg_of = np.cumsum(np.r_[True, row[1:] != row[:-1]]) - 1
+    pos_weight = np.where(label, 1.0 / np.bincount(seg_of[label])[seg_of], 0.0)
+    h = np.searchsorted(edges, lengths[users[row]], side="right")
+    present = ranks >= 0
+    bucket = np.where(present, _rank_bucket(np.maximum(ranks, 0)), _ABSENT)
+    logr = np.where(present, np.log1p(np.maximum(ranks, 0)), 0.0)
+    # the design matrix: per proposing channel, its rank bucket's shared and per-length-bucket
+    # indicator, and log(1 + rank) on its shared and per-length-bucket slope
+    sizes = (C * _NB, H * C * _NB, C, H * C)
+    base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    r_idx, c_idx = np.nonzero(present)
+    b, hh = bucket[r_idx, c_idx], h[r_idx]
+    lg = logr[r_idx, c_idx]
+    design = sp.csr_matrix(
+        (np.concatenate([np.ones(2 * len(r_idx)), lg, lg]),
+         (np.tile(r_idx, 4),
+          np.concatenate([base[0] + c_idx * _NB + b, base[1] + (hh * C + c_idx) * _NB + b,
+                          base[2] + c_idx, base[3] + hh * C + c_idx]))),
+        shape=(len(row), sum(sizes)))
+    design_t = design.T.tocsr()
+    penalty = np.concatenate([np.full(sizes[0], L2_SHARED), np.full(sizes[1], L2_BUCKET),
+                              np.full(sizes[2], L2_SHARED), np.full(sizes[3], L2_BUCKET)])
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = design @ theta + offset
+        zmax = np.maximum.reduceat(z, seg_start)
+        e = np.exp(z - zmax[seg_of])
+        total = np.add.reduceat(e, seg_start)
+        value = float(np.sum(np.log(total) + zmax) - np.sum(pos_weight * z))
+        g = e / total[seg_of] - pos_weight  # d value / d z
+        # the terms no candidate uses (the "absent" buckets) keep gradient 0 and stay at 0
+        value += 0.5 * float(np.sum(penalty * theta * theta))
+        return value, design_t @ g + penalty * theta
+
+    result = minimize(loss, np.zeros(sum(sizes)), jac=True, method="L-BFGS-B",
+                      options={"maxiter": 150})
+    a, ah, s, sh = np.split(result.x, base[1:])
+    r = np.arange(width)
+    rb, lr = _rank_bucket(r), np.log1p(r)
+    table = (a.reshape(C, _NB)[None, :, rb] + ah.reshape(H, C, _NB)[:, :, rb]
+             + (s[None, :, None] + sh.reshape(H, C)[:, :, None]) * lr[None, None, :])
+    return table.astype(np.float32)
+
+
+# ---- the guard ------------------------------------------------------------------------------
+
+def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_matrix,
+           n_items: int, k: int, ks: Sequence[int]) -> tuple[str | None, int, dict]:
+    """Choose (reference channel, prefix) on the out-of-fold ``learned`` lists int32[u, k]."""
+    u = targets.shape[0]
+    weight = 1.0 / np.maximum(np.diff(targets.indptr), 1) / max(u, 1)  # recall's per-user weight
+    rows = np.arange(u, dtype=np.int64)[:, None] * n_items
+
+    def hits(lst: np.ndarray) -> np.ndarray:
+        return (_is_target((rows + np.maximum(lst, 0)).ravel(), targets, n_items)
+                .reshape(lst.shape) & (lst >= 0))
+
+    def recall(found_at: np.ndarray) -> np.ndarray:  # found_at: [u, len(ks)] hit counts
+        return weight @ found_at
+
+    learned_hits = hits(learned)
+    ks_arr = np.asarray(ks)
+    channel_recall, options = {}, []
+    for name, a in ids.items():
+        ref = np.full((u, k), -1, np.int32)
+        ref[:, :min(k, a.shape[1])] = a[:, :k]
+        ref_cum = np.cumsum(hits(ref), axis=1)
+        channel_recall[name] = recall(ref_cum[:, ks_arr - 1])
+        # each learned entry's 0-based place in this channel's list (-1: not in it)
+        ref_keys = (rows + np.maximum(ref, 0))[ref >= 0]
+        ref_rank = np.broadcast_to(np.arange(k), ref.shape)[ref >= 0]
+        order = np.argsort(ref_keys)
+        ref_keys, ref_rank = ref_keys[order], ref_rank[order]
+        l_keys = (rows + np.maximum(learned, 0)).ravel()
+        at = np.minimum(np.searchsorted(ref_keys, l_keys), max(len(ref_keys) - 1, 0))
+        found = (ref_keys[at] == l_keys) if len(ref_keys) else np.zeros(len(l_keys), bool)
+        place = np.where(found & (learned.ravel() >= 0), ref_rank[at] if len(ref_rank) else -1,
+                         -1).reshape(learned.shape)
+        for m in sorted({*(p for p in PREFIXES if p < k), k}):
+            m_eff = (ref[:, :m] >= 0).sum(axis=1)  # the prefix may be shorter than m
+            taken = (place >= 0) & (place < m)
+            kept = ~taken
+            new_place = np.cumsum(kept, axis=1) - 1
+            got = np.empty((u, len(ks)))
+            for j, cut in enumerate(ks):
+                head = ref_cum[:, min(cut, m) - 1] if m > 0 else np.zeros(u)
+                fill = (learned_hits & kept & (new_place < (cut - m_eff)[:, None])).sum(axis=1)
+                got[:, j] = head + fill
+            options.append((name, m, recall(got)))
+    best = np.max([r for r in channel_recall.values()], axis=0)
+    by_sum = max(channel_recall, key=lambda nm: float(channel_recall[nm].sum()))
+    tolerance = 1e-12
+
+    def pick(floor: np.ndarray, among) -> tuple[str, int, np.ndarray] | None:
+        fit = [o for o in among if np.all(o[2] >= floor - tolerance)]
+        # the most recall in all; then the shortest prefix (most of the learned list)
+        return max(fit, key=lambda o: (float(o[2].sum()), -o[1]), default=None)
+
+    chosen = pick(best, options)
+    criterion = "every channel"
+    if chosen is None:
+        criterion = "reference channel"
+        chosen = pick(channel_recall[by_sum], [o for o in options if o[0] == by_sum])
+    assert chosen is not None  # m = k reproduces the reference channel exactly
+    name, m, fused = chosen
+    learned_only = next(o[2] for o in options if o[1] == 0)
+
+    def as_dict(r: np.ndarray) -> dict[str, float]:
+        return {str(c): round(float(x), 6) for c, x in zip(ks, r, strict=True)}
+
+    report = {
+        "guard_ks": list(ks), "validation_users": int(u), "criterion": criterion,
+        "reference": name, "prefix": int(m),
+        "out_of_fold_recall": {"fused": as_dict(fused), "learned": as_dict(learned_only),
+                               "best_channel": as_dict(best),
+                               **{f"channel:{nm}": as_dict(r) for nm, r in channel_recall.items()}},
+    }
+    return (name if m > 0 else None), int(m), report
