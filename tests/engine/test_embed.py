@@ -71,7 +71,8 @@ def test_actor_pool_same_vectors_with_an_actor_killed(tmp_path):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a new instance of its own, never a cluster already running on the machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         marker = str(tmp_path / "killed")
         vectors, computed = embed_on_ray(

@@ -759,9 +759,10 @@ class SemanticUserInterest(_TextIndexChannel, CachesUsers):
         nearest to; with one interest, the whole recent history).
         """
         vectors = self.item_vectors_
+        # the states recall() just read or stored: a second read, not counted as a lookup
         centroids, share, _ = cached_user_states(
             self.user_cache, batch, history, vectors,
-            lambda pos: self.interests(batch[pos], history))
+            lambda pos: self.interests(batch[pos], history), count=False)
         items, weights = self._recent(batch, history)
         known = (ids >= 0) & (ids < len(vectors))
         cand = vectors[np.where(known, ids, 0)]  # [n, k, d]

@@ -68,9 +68,10 @@ class UserStateCache:
         with self._lock:
             self._rows.clear()
 
-    def lookup(self, rows: np.ndarray, versions: np.ndarray,
-               context: object = None) -> tuple[np.ndarray, list[Payload | None]]:
-        """Cached payloads of ``rows`` (int[n]) at ``versions`` (int64[n]).
+    def lookup(self, rows: np.ndarray, versions: np.ndarray, context: object = None,
+               count: bool = True) -> tuple[np.ndarray, list[Payload | None]]:
+        """Cached payloads of ``rows`` (int[n]) at ``versions`` (int64[n]); ``count=False``
+        leaves ``hits``/``misses`` alone (a second read within one recall, e.g. for evidence).
 
         Returns ``hit bool[n]`` and a list of n payloads (None where ``hit`` is False). A
         row hits only when its stored version equals the asked one, the version is not -1
@@ -90,9 +91,10 @@ class UserStateCache:
                 if entry is not None and entry[0] == version:
                     self._rows.move_to_end(row)
                     hit[i], out[i] = True, entry[1]
-            n_hit = int(hit.sum())
-            self.hits += n_hit
-            self.misses += len(rows) - n_hit
+            if count:
+                n_hit = int(hit.sum())
+                self.hits += n_hit
+                self.misses += len(rows) - n_hit
         return hit, out
 
     def store(self, rows: np.ndarray, versions: np.ndarray, payloads: Payload,
@@ -127,7 +129,8 @@ def row_versions(history: Histories, users: np.ndarray) -> np.ndarray | None:
 
 
 def cached_user_states(cache: UserStateCache | None, users: np.ndarray, history: Histories,
-                       context: object, compute: Callable[[np.ndarray], Payload]) -> Payload:
+                       context: object, compute: Callable[[np.ndarray], Payload],
+                       count: bool = True) -> Payload:
     """``compute(users)``, answered from ``cache`` where possible.
 
     Args:
@@ -139,6 +142,8 @@ def cached_user_states(cache: UserStateCache | None, users: np.ndarray, history:
         compute: maps positions int64[m] into ``users`` to a tuple of arrays, each with m
             rows, row i depending only on user ``users[pos[i]]``'s history (so a sub-batch
             gives the same rows as the whole batch).
+        count: False for a second read of the same users within one recall (evidence): the
+            cache's hit/miss counters then measure recalls, not reads.
     Returns:
         The tuple ``compute(all positions)`` returns: cached rows filled from the cache, the
         misses computed as one sub-batch.
@@ -147,7 +152,7 @@ def cached_user_states(cache: UserStateCache | None, users: np.ndarray, history:
     versions = None if cache is None else row_versions(history, users)
     if cache is None or versions is None or not (versions >= 0).any():
         return compute(np.arange(len(users)))
-    hit, cached = cache.lookup(users, versions, context)
+    hit, cached = cache.lookup(users, versions, context, count=count)
     miss = np.flatnonzero(~hit)
     fresh = compute(miss) if len(miss) else None
     if fresh is not None:
