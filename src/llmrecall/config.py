@@ -37,6 +37,7 @@ CHANNEL_PARAM_BOUNDS: dict[str, dict[str, dict[str, float]]] = {
               "neighbors": {"ge": 1}, "history_length": {"ge": 1},
               "position_half_life": {"gt": 0}, "time_half_life": {"gt": 0}},
     "ease": {"regularization": {"gt": 0}, "max_items": {"ge": 1}},
+    "edlae": {"l2": {"gt": 0}, "dropout": {"ge": 0, "lt": 1}, "max_items": {"ge": 1}},
     "als": {"factors": {"ge": 1}, "regularization": {"ge": 0}, "alpha": {"gt": 0},
             "iterations": {"ge": 1}},
     "bpr": {"factors": {"ge": 1}, "regularization": {"ge": 0}, "learning_rate": {"gt": 0},

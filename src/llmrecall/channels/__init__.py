@@ -12,6 +12,7 @@ from llmrecall.channels.als import ALS  # noqa: E402
 from llmrecall.channels.base import Candidates, Channel
 from llmrecall.channels.bpr import BPR  # noqa: E402
 from llmrecall.channels.ease import EASE  # noqa: E402
+from llmrecall.channels.edlae import EDLAE  # noqa: E402
 from llmrecall.channels.itemcf import ItemCF  # noqa: E402
 
 # built-in channels: importing a module registers its kind
@@ -19,5 +20,5 @@ from llmrecall.channels.popularity import Popularity  # noqa: E402
 from llmrecall.channels.registry import channel_class, known_kinds, load_channel, register
 from llmrecall.channels.swing import Swing  # noqa: E402
 
-__all__ = ["ALS", "BPR", "Candidates", "Channel", "EASE", "ItemCF", "Popularity", "Swing",
+__all__ = ["ALS", "BPR", "Candidates", "Channel", "EASE", "EDLAE", "ItemCF", "Popularity", "Swing",
            "channel_class", "known_kinds", "load_channel", "register"]

@@ -7,6 +7,8 @@ thousand items (ml-1m: 3,706 items, 55 MB), heavy beyond ~20k.
 
 from __future__ import annotations
 
+from typing import Self
+
 import numpy as np
 import scipy.linalg
 
@@ -55,11 +57,20 @@ class EASE(Channel):
         self.regularization = regularization
         self.max_items = max_items
 
-    def fit(self, dataset: Dataset) -> EASE:
+    def _check_params(self) -> None:
+        """Raise ConfigError for hyperparameters :meth:`fit` cannot use."""
         if self.regularization <= 0:
             raise ConfigError(f"ease regularization must be > 0, got {self.regularization}")
+
+    def _penalty(self, counts: np.ndarray) -> float | np.ndarray:
+        """What is added to the Gram matrix's diagonal, given ``counts`` float64[m] (that
+        diagonal: each modelled item's training interactions): lambda for every item."""
+        return float(self.regularization)
+
+    def fit(self, dataset: Dataset) -> Self:
+        self._check_params()
         if self.max_items is not None and self.max_items < 1:
-            raise ConfigError(f"ease max_items must be >= 1 or None, got {self.max_items}")
+            raise ConfigError(f"{self.kind} max_items must be >= 1 or None, got {self.max_items}")
         matrix = training_matrix(dataset)
         popularity = item_popularity(matrix)
         n_items = matrix.shape[1]
@@ -70,8 +81,9 @@ class EASE(Channel):
         sub = matrix[:, modelled]
         with limited_blas():
             gram = (sub.T @ sub).toarray().astype(np.float64)
-            gram[np.diag_indices_from(gram)] += float(self.regularization)
-            # Cholesky inverse: the Gram matrix plus lam*I is symmetric positive definite
+            gram[np.diag_indices_from(gram)] += self._penalty(np.diag(gram).copy())
+            # Cholesky inverse: the Gram matrix plus a positive diagonal is symmetric positive
+            # definite
             inverse = scipy.linalg.cho_solve(scipy.linalg.cho_factor(gram, overwrite_a=True),
                                              np.eye(gram.shape[0]), overwrite_b=True)
         weights = -inverse / np.diag(inverse)[None, :]

@@ -56,6 +56,10 @@ CHANNEL_SPACES: dict[str, tuple[Grid, ...]] = {
     "ease": (
         Grid("regularization", (20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)),
     ),
+    "edlae": (
+        Grid("l2", (20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)),
+        Grid("dropout", (0.0, 0.1, 0.25, 0.4, 0.55)),
+    ),
     "als": (
         Grid("factors", (32, 64, 128, 256)),
         Grid("regularization", (0.001, 0.01, 0.1, 1.0, 10.0)),
