@@ -150,3 +150,46 @@ def test_ml100k_learned_fusion_never_below_best_channel_on_validation(ml100k):
         own = ranking_metrics(cand.ids[:, :200], targets, GUARD_KS, n)
         for k in GUARD_KS:
             assert got[f"recall@{k}"] >= own[f"recall@{k}"], (name, k)
+
+
+def test_learned_contributions_are_the_table_values_and_sum_to_the_score(monkeypatch):
+    """Explanations order reasons by ``FusedCandidates.contributions``: for learned fusion
+    they are recorded per candidate (the table value of the candidate's bucket, channel and
+    rank, plus the guard's bonus), in every block of users alike."""
+    from llmrecall import fusion
+
+    lists, targets, lengths = _synthetic(n_users=120)
+    model = fit_learned_fusion(lists, targets, lengths, N_ITEMS, k=100)
+    model.prefix, model.reference = 7, "good"
+    monkeypatch.setattr(fusion, "_BLOCK_CELLS", 25 * N_ITEMS)  # several blocks of 25 users
+    fused = model.fuse(lists, 100, history_lengths=lengths, n_items=N_ITEMS)
+    assert fused.rrf_k is None and fused.contrib is not None
+    bucket = model.buckets(lengths)
+    width = model.table.shape[2]
+    for row in range(0, 120, 13):
+        gain = fused.contributions(row)
+        ranks = fused.ranks[row]
+        want = np.zeros_like(gain)
+        for c, name in enumerate(fused.channels):
+            r = ranks[:, c]
+            value = model.table[bucket[row], model.channels.index(name), np.minimum(
+                np.maximum(r, 0), width - 1)]
+            if name == model.reference:
+                value = value + np.where(r < model.prefix, model.step * (model.prefix - r), 0.0)
+            want[:, c] = np.where(r >= 0, value.astype(np.float32), 0.0)
+        np.testing.assert_array_equal(gain, want)
+        valid = fused.ids[row] >= 0
+        np.testing.assert_allclose(gain[valid].sum(axis=1), fused.scores[row, valid], rtol=1e-6)
+
+
+def test_rrf_records_no_contributions_array():
+    """RRF's contributions follow from the ranks: nothing more is stored or computed."""
+    from llmrecall.fusion import fuse
+
+    lists, _targets, _lengths = _synthetic(n_users=20)
+    fused = fuse({nm: fusion_learn.Candidates(a, -np.arange(a.shape[1], dtype=np.float32)[None]
+                                              .repeat(a.shape[0], 0)) for nm, a in lists.items()},
+                 50)
+    assert fused.contrib is None and fused.rrf_k == 60.0
+    gain = fused.contributions(0)
+    assert gain.shape == (50, 3) and np.all(gain[fused.ranks[0] < 0] == 0)

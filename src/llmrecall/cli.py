@@ -186,14 +186,15 @@ def recall(
         "--deny", help="raw item id never to return (repeatable)")] = None,
 ) -> None:
     """Fit on all data and print one user's candidates, each with why it was recalled: the
-    service's answer (POST /v1/recall, same code) for this user, history and filters."""
+    service's answer (POST /v1/recall, same code) for this user, history and filters.
+    A learned fusion (`[fusion] method = "learned"`) is fitted first, as `build` fits it."""
     from llmrecall.config import load_config
-    from llmrecall.pipeline import RecallPipeline
+    from llmrecall.serve.artifacts import fit_pipeline
 
     try:
         ds = _load_dataset(dataset, data)
         cfg = load_config(config)
-        pipeline = RecallPipeline(cfg).fit(ds)
+        pipeline = fit_pipeline(ds, cfg)
     except LLMRecallError as exc:
         _fail(exc)
     _print_user(pipeline, ds, user, k, explain, as_json,

@@ -53,7 +53,11 @@ class FusedCandidates:
         evidence_texts: per channel, the texts that "text" evidence indexes (or None).
         weights: float64[C] the weight each channel was fused with (None: not recorded).
         rrf_k: the RRF damping constant the lists were fused with (None: fused by a learned
-            table, whose per-channel contributions are not recorded).
+            table, whose per-channel contributions are ``contrib``).
+        contrib: float32[n, k, C] what each channel added to each candidate's fused score,
+            0 where it did not propose it; recorded when the contribution is not RRF's
+            (:class:`LearnedFusion`: the table value, plus the guard's bonus for the
+            reference channel), None for RRF, whose contributions follow from ``ranks``.
     """
 
     ids: np.ndarray
@@ -65,11 +69,15 @@ class FusedCandidates:
     evidence_texts: list[list[str] | None]
     weights: np.ndarray | None = None
     rrf_k: float | None = 60.0
+    contrib: np.ndarray | None = None
 
     def contributions(self, row: int) -> np.ndarray:
         """float32[k, C]: what each channel added to the fused score of each candidate of
-        user ``row`` (``weight / (rrf_k + rank + 1)``, computed as :func:`fuse` does; 0 where
-        the channel did not propose the candidate or its rank was past its quota)."""
+        user ``row`` (``contrib[row]`` when recorded; else RRF's ``weight / (rrf_k + rank +
+        1)``, computed as :func:`fuse` does); 0 where the channel did not propose the
+        candidate or its rank was past its quota."""
+        if self.contrib is not None:
+            return self.contrib[row]
         if self.rrf_k is None:
             raise ValueError("per-channel contributions are recorded for RRF fusion only")
         ranks = self.ranks[row]
@@ -146,38 +154,46 @@ def _fuse_blocks(lists: Mapping[str, Candidates], k: int, weights: Mapping[str, 
                  rrf_k: float | None = None) -> FusedCandidates:
     """:func:`fuse`'s rule with the per-candidate contribution given by ``contribution(rows)``
     for each block ``rows`` of users (RRF for :func:`fuse`, a learned table for
-    :class:`LearnedFusion`). ``rrf_k`` is recorded for explanations (None: not RRF)."""
+    :class:`LearnedFusion`). ``rrf_k`` is recorded for explanations (None: not RRF, and
+    then each candidate's per-channel contributions are recorded instead)."""
     names = list(lists)
     n = lists[names[0]].ids.shape[0]
+    record = rrf_k is None  # RRF's contributions follow from the ranks: nothing to record
     # users per dense block: the block is n_block x n_items float32 cells
     block = max(1, _BLOCK_CELLS // n_items)
     parts = [_fuse_block({nm: c.row_slice(slice(s, s + block)) for nm, c in lists.items()},
                          k, weights, contribution(slice(s, s + block)), allowed,
-                         None if seen is None else seen[s:s + block], n_items)
+                         None if seen is None else seen[s:s + block], n_items, record)
              for s in range(0, n, block)] or [
-        _fuse_block(lists, k, weights, contribution(slice(0, 0)), allowed, seen, n_items)]
+        _fuse_block(lists, k, weights, contribution(slice(0, 0)), allowed, seen, n_items,
+                    record)]
     return FusedCandidates(
         np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), names,
         np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
         [lists[nm].evidence_kind for nm in names], [lists[nm].evidence_text for nm in names],
         np.array([weights.get(nm, ChannelWeight()).weight for nm in names], np.float64),
-        None if rrf_k is None else float(rrf_k))
+        None if rrf_k is None else float(rrf_k),
+        np.concatenate([p[4] for p in parts]) if record else None)
 
 
 #: cells of the dense [users, items] fusion block (16M float32 = 64 MB)
 _BLOCK_CELLS = 1 << 24
 
 
-def _fuse_block(lists, k, weights, contribution: _Contribution, allowed, seen, n_items):
-    """Fuse one block of users on a dense [n, n_items] score grid (scatter, then top-k)."""
+def _fuse_block(lists, k, weights, contribution: _Contribution, allowed, seen, n_items,
+                record: bool = False):
+    """Fuse one block of users on a dense [n, n_items] score grid (scatter, then top-k).
+    Returns (ids, scores, ranks, evidence, contributions float32[n, k, C] if ``record``
+    else None)."""
     names = list(lists)
     n = lists[names[0]].ids.shape[0]
     flat_size = n * n_items
     score = np.zeros(flat_size, np.float32)
     proposed = np.zeros(flat_size, bool)
     guaranteed = []  # flat cells at a guaranteed position of some channel
-    # (keys, ranks, candidates, kc, keep) per channel
-    keys_per_channel: list[tuple[np.ndarray, np.ndarray, Candidates, int, np.ndarray]] = []
+    # (keys, ranks, candidates, kc, contribution values if recorded) per channel
+    keys_per_channel: list[tuple[np.ndarray, np.ndarray, Candidates, int,
+                                 np.ndarray | None]] = []
     for name in names:
         cand = lists[name]
         w = weights.get(name, ChannelWeight())
@@ -186,9 +202,11 @@ def _fuse_block(lists, k, weights, contribution: _Contribution, allowed, seen, n
         keep = (ids >= 0) & (ids < n_items) & (w.weight > 0)
         rows, ranks = np.nonzero(keep)
         keys = rows.astype(np.int64) * n_items + ids[keep]
-        keys_per_channel.append((keys, ranks.astype(np.int32), cand, kc, keep))
+        value = contribution(name, w, rows, ranks)
+        keys_per_channel.append((keys, ranks.astype(np.int32), cand, kc,
+                                 value if record else None))
         # one channel lists an item at most once, so a plain fancy-index add is exact
-        score[keys] += contribution(name, w, rows, ranks)
+        score[keys] += value
         proposed[keys] = True
         guaranteed.append(keys[ranks < w.min_slots])
     score = score.reshape(n, n_items)
@@ -216,8 +234,9 @@ def _fuse_block(lists, k, weights, contribution: _Contribution, allowed, seen, n
     C = len(names)
     ranks_out = np.full((n, ids.shape[1], C), -1, np.int32)
     evidence_out = np.full((n, ids.shape[1], C), -1, np.int32)
+    contrib_out = np.zeros((n, ids.shape[1], C), np.float32) if record else None
     lookup = np.full(flat_size, -1, np.int32)
-    for c, (keys, ranks, cand, kc, _keep) in enumerate(keys_per_channel):
+    for c, (keys, ranks, cand, kc, recorded) in enumerate(keys_per_channel):
         lookup[keys] = ranks
         r = np.where(valid, lookup[out_keys], -1)
         ranks_out[:, :, c] = r
@@ -225,8 +244,14 @@ def _fuse_block(lists, k, weights, contribution: _Contribution, allowed, seen, n
             ev = cand.evidence[:, :kc]
             rows = np.broadcast_to(np.arange(n)[:, None], r.shape)
             evidence_out[:, :, c] = np.where(r >= 0, ev[rows, np.maximum(r, 0)], -1)
+        if contrib_out is not None and recorded is not None and kc > 0:
+            # the value each candidate got from this channel, by (row, its rank there)
+            by_rank = np.zeros((n, kc), np.float32)
+            by_rank[keys // n_items, ranks] = recorded
+            rows = np.broadcast_to(np.arange(n)[:, None], r.shape)
+            contrib_out[:, :, c] = np.where(r >= 0, by_rank[rows, np.maximum(r, 0)], 0.0)
         lookup[keys] = -1
-    return ids, fused_score, ranks_out, evidence_out
+    return ids, fused_score, ranks_out, evidence_out, contrib_out
 
 
 

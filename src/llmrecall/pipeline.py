@@ -77,6 +77,8 @@ class RecallPipeline:
         #: the fitted fusion of ``[fusion] method = "learned"`` (set by
         #: :func:`llmrecall.evaluate.experiment.fit_fusion` or :meth:`LearnedFusion.load`)
         self.fusion_model_: LearnedFusion | None = None
+        #: seconds spent fitting ``fusion_model_`` (its validation fit included), if here
+        self.fusion_seconds_ = 0.0
 
     @property
     def weights(self) -> dict[str, ChannelWeight]:

@@ -10,6 +10,8 @@ Layout of an artifact root ``OUT`` written by :func:`build`::
         users.json, items.json       vocabularies: raw ids in dense-index order
         catalog.parquet              item metadata, row i = dense item i
         histories.npz                CSR histories (indptr, items, times, weights)
+        fusion/params.json           + table.npz: the learned fusion, only for
+                                     ``[fusion] method = "learned"`` (LearnedFusion.save)
 
 A version folder is written under a temporary name and renamed into place, then ``CURRENT``
 is replaced with ``os.replace``: a reader sees either the old or the new version, never a
@@ -33,6 +35,7 @@ from llmrecall.config import PipelineConfig, load_config
 from llmrecall.data.dataset import Catalog, Dataset, Histories, Interactions
 from llmrecall.data.vocab import Vocabulary
 from llmrecall.errors import DataError
+from llmrecall.fusion import LearnedFusion
 from llmrecall.pipeline import RecallPipeline, allowed_mask
 
 #: bumped whenever the layout above changes incompatibly
@@ -60,15 +63,47 @@ class Artifact:
         return self.manifest["version"]
 
 
+#: the split whose validation task a learned fusion is fitted on
+FUSION_PROTOCOL = "loo"
+
+
+def fit_pipeline(dataset: Dataset, config: PipelineConfig, progress=None) -> RecallPipeline:
+    """``config``'s pipeline fitted on all of ``dataset``, as served.
+
+    With ``[fusion] method = "learned"`` the fusion is fitted first, as ``evaluate`` fits it:
+    the channels on the :data:`FUSION_PROTOCOL` split's train part (seed ``config.seed``),
+    then :func:`~llmrecall.evaluate.experiment.fit_fusion` on its validation task. The
+    channels are then refitted on all data; the fitted table maps (history-length bucket,
+    channel, rank) to a score, so it applies unchanged to the refitted channels' lists.
+    The pipeline's ``fusion_model_`` holds it (``fusion_seconds_`` its fit time).
+    """
+    model, fusion_seconds = None, 0.0
+    if config.fusion.method == "learned":
+        from llmrecall.evaluate.experiment import fit_fusion
+        from llmrecall.evaluate.protocols import make_split
+
+        start = time.perf_counter()
+        split = make_split(dataset, FUSION_PROTOCOL, config.seed)
+        on_train = RecallPipeline(config).fit(split.train)
+        model = fit_fusion(on_train, split.valid)
+        fusion_seconds = time.perf_counter() - start
+    pipeline = RecallPipeline(config).fit(dataset, progress=progress)
+    pipeline.fusion_model_ = model
+    pipeline.fusion_seconds_ = fusion_seconds
+    return pipeline
+
+
 def build(dataset: Dataset, config: PipelineConfig, out_dir: str | Path,
           progress=None) -> Path:
     """Fit ``config``'s pipeline on ``dataset`` and write a new artifact version under ``out_dir``.
 
-    Returns the path of the version folder; ``out_dir/CURRENT`` names it afterwards.
+    With ``[fusion] method = "learned"`` the fitted fusion is written under ``fusion/``
+    (:func:`fit_pipeline` says how it is fitted). Returns the path of the version folder;
+    ``out_dir/CURRENT`` names it afterwards.
     """
     root = Path(out_dir)
     (root / "versions").mkdir(parents=True, exist_ok=True)
-    pipeline = RecallPipeline(config).fit(dataset, progress=progress)
+    pipeline = fit_pipeline(dataset, config, progress=progress)
     created = time.time()
     version = (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(created))
                + f"-{config.config_hash()}-{uuid.uuid4().hex[:6]}")
@@ -76,6 +111,8 @@ def build(dataset: Dataset, config: PipelineConfig, out_dir: str | Path,
     tmp.mkdir()
     for name, channel in pipeline.channels.items():
         channel.save(tmp / "channels" / name)
+    if pipeline.fusion_model_ is not None:
+        pipeline.fusion_model_.save(tmp / "fusion")
     (tmp / "config.toml").write_text(config.to_toml())
     (tmp / "users.json").write_text(json.dumps(dataset.users.ids))
     (tmp / "items.json").write_text(json.dumps(dataset.items.ids))
@@ -97,6 +134,12 @@ def build(dataset: Dataset, config: PipelineConfig, out_dir: str | Path,
         "channels": {name: ch.kind for name, ch in pipeline.channels.items()},
         "fit_seconds": pipeline.fit_seconds,
     }
+    if pipeline.fusion_model_ is not None:
+        report = pipeline.fusion_model_.report
+        manifest["fusion"] = {"method": "learned", "protocol": FUSION_PROTOCOL,
+                              "reference": report.get("reference"),
+                              "prefix": report.get("prefix"),
+                              "fit_seconds": pipeline.fusion_seconds_}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
     final = root / "versions" / version
     _fsync_tree(tmp)
@@ -173,6 +216,8 @@ def load_artifact(path: str | Path) -> Artifact:
             # sparse @ dense product; serving wants C order once, at load
             if key.endswith("_") and isinstance(value, np.ndarray) and not value.flags.c_contiguous:
                 setattr(channel, key, np.ascontiguousarray(value))
+    if config.fusion.method == "learned":
+        pipeline.fusion_model_ = _load_fusion(folder, list(pipeline.channels))
     users = Vocabulary(json.loads((folder / "users.json").read_text()))
     items = Vocabulary(json.loads((folder / "items.json").read_text()))
     catalog = Catalog(pl.read_parquet(folder / "catalog.parquet"),
@@ -187,6 +232,24 @@ def load_artifact(path: str | Path) -> Artifact:
     pipeline.dataset_ = Dataset(manifest["dataset"], users, items, empty, catalog)
     pipeline.allowed_ = allowed_mask(pipeline.dataset_, config)
     return Artifact(folder, manifest, config, pipeline, users, items, catalog, histories)
+
+
+def _load_fusion(folder: Path, channels: list[str]) -> LearnedFusion:
+    """The learned fusion saved under ``folder/fusion``; a :class:`DataError` if it is
+    missing, unreadable, or fitted on other channels than the artifact's."""
+    where = folder / "fusion"
+    if not (where / "params.json").is_file() or not (where / "table.npz").is_file():
+        raise DataError('[fusion] method = "learned" but the artifact holds no fitted fusion '
+                        "(fusion/params.json, fusion/table.npz): rebuild it with "
+                        "`llmrecall build`", path=str(where))
+    try:
+        model = LearnedFusion.load(where)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"cannot read the learned fusion: {exc}", path=str(where)) from None
+    if sorted(model.channels) != sorted(channels):
+        raise DataError(f"the learned fusion was fitted on channels {model.channels}, the "
+                        f"artifact has {channels}: rebuild it", path=str(where))
+    return model
 
 
 def _fsync_dir(path: Path) -> None:

@@ -41,7 +41,8 @@ import scipy.sparse as sp
 from llmrecall.channels.base import Candidates
 from llmrecall.channels.capabilities import AnswersQueries
 from llmrecall.data.dataset import Histories
-from llmrecall.fusion import ChannelWeight, fuse
+from llmrecall.errors import ConfigError
+from llmrecall.fusion import ChannelWeight, FusedCandidates, LearnedFusion, fuse
 from llmrecall.serve import sources
 from llmrecall.serve.live import COVISIT_WINDOW, LiveState, UserHistory
 from llmrecall.serve.metrics import Metrics
@@ -449,15 +450,22 @@ class RecallEngine:
     # stage 4: fusion
     def _fuse(self, plan: GroupPlan, seen: sp.csr_matrix, got: Gathered):
         """``got.lists`` fused (``FusedCandidates`` of ``plan.k_max`` columns), or None when
-        no list answered. With nothing answered and no channel selection, the answer is
-        live popularity; ``popular_fill`` groups get their short rows completed."""
+        no list answered: by the artifact's learned fusion for user recall with
+        ``[fusion] method = "learned"`` (:func:`_learned_model`), else by RRF. With nothing
+        answered and no channel selection, the answer is live popularity; ``popular_fill``
+        groups get their short rows completed."""
         weights = fusion_weights(plan.pipeline, self.settings, got.lists, plan.k_max)
         if not got.lists and plan.only is None:
             got.lists[sources.LIVE_POPULARITY] = sources.popularity(
                 plan.state.popularity[:plan.n_items], seen, plan.k_max, plan.allowed)
         rrf_k = plan.pipeline.config.fusion.rrf_k
-        fused = (fuse(got.lists, plan.k_max, weights=weights, rrf_k=rrf_k, allowed=plan.allowed)
-                 if got.lists else None)
+        model = _learned_model(plan, got.lists)
+        fused: FusedCandidates | None
+        if model is not None:
+            fused = _learned_fuse(model, plan, got.lists, weights)
+        else:
+            fused = (fuse(got.lists, plan.k_max, weights=weights, rrf_k=rrf_k,
+                          allowed=plan.allowed) if got.lists else None)
         if plan.popular_fill:
             fused = self._fill_popular(fused, got.lists, weights, rrf_k, plan.state, seen,
                                        plan.n_items, plan.allowed, [q.k for q in plan.queries])
@@ -564,6 +572,69 @@ class RecallEngine:
             why = template.format(evidence=label or "your history", name=name)
         return {"channel": name, "rank": int(fused.ranks[r, col, c]) + 1, "why": why,
                 "evidence_item": evidence_item, "contribution": contribution}
+
+
+def _learned_model(plan: GroupPlan, lists: dict[str, Candidates]) -> LearnedFusion | None:
+    """The pipeline's learned fusion if it fuses this group's ``lists``, else None (RRF).
+
+    ``[fusion] method = "learned"`` fuses user recall: a group with a user or a history
+    whose lists include some channel the model was fitted on. It scores those channels
+    only: the sources it was not fitted with (live ones, query-text matches) were not in
+    the validation lists its table and guard were chosen on, so they only complete rows it
+    leaves short (:func:`_learned_fuse`). Item neighbours (``popular_fill``), query-only
+    groups and groups where none of its channels answered are fused by RRF."""
+    pipeline = plan.pipeline
+    if pipeline.config.fusion.method != "learned" or plan.popular_fill or plan.query_only:
+        return None
+    model = pipeline.fusion_model_
+    if model is None:
+        raise ConfigError('[fusion] method = "learned" needs a fitted fusion: build the '
+                          "artifact with `llmrecall build`")
+    return model if any(name in model.channels for name in lists) else None
+
+
+def _learned_fuse(model: LearnedFusion, plan: GroupPlan, lists: dict[str, Candidates],
+                  weights: dict[str, ChannelWeight]) -> FusedCandidates:
+    """``lists`` fused by ``model`` (the channels it was fitted on), each row it leaves
+    short of ``plan.k_max`` completed from the other sources (live ones, query-text
+    matches) fused by RRF, ranked after every learned candidate: e.g. a new user whose
+    history channels have nothing of their own still gets live popularity. A filler's
+    score is below the row's last learned score (and below 0), in the fillers' RRF order;
+    its contributions are its RRF ones."""
+    fused = model.fuse(lists, plan.k_max, history_lengths=plan.history.lengths()[plan.rows],
+                       weights=weights, allowed=plan.allowed)
+    others = {name: c for name, c in lists.items() if name not in model.channels}
+    have = (fused.ids >= 0).sum(axis=1)
+    short = np.flatnonzero(have < plan.k_max)
+    if not others or not len(short):
+        return fused
+    fill = fuse(others, plan.k_max, weights=weights, rrf_k=plan.pipeline.config.fusion.rrf_k,
+                allowed=plan.allowed)
+    n, k, c1 = fused.ids.shape[0], fused.ids.shape[1], len(fused.channels)
+    c2 = len(fill.channels)
+    ids, scores = fused.ids.copy(), fused.scores.copy()
+    ranks = np.concatenate([fused.ranks, np.full((n, k, c2), -1, np.int32)], axis=2)
+    evidence = np.concatenate([fused.evidence, np.full((n, k, c2), -1, np.int32)], axis=2)
+    assert fused.contrib is not None  # learned fusion records its contributions
+    contrib = np.concatenate([fused.contrib, np.zeros((n, k, c2), np.float32)], axis=2)
+    for row in short.tolist():  # rare: rows whose channels had fewer than k candidates
+        h = int(have[row])
+        cand = fill.ids[row]
+        take = np.flatnonzero((cand >= 0) & ~np.isin(cand, ids[row, :h]))[:k - h]
+        if not len(take):
+            continue
+        at = slice(h, h + len(take))
+        base = min(float(scores[row, h - 1]) if h else 0.0, 0.0) - 1.0
+        ids[row, at] = cand[take]
+        scores[row, at] = base - (fill.scores[row, take[0]] - fill.scores[row, take])
+        ranks[row, at, c1:] = fill.ranks[row, take]
+        evidence[row, at, c1:] = fill.evidence[row, take]
+        contrib[row, at, c1:] = fill.contributions(row)[take]
+    assert fused.weights is not None and fill.weights is not None
+    return FusedCandidates(ids, scores, fused.channels + fill.channels, ranks, evidence,
+                           fused.evidence_kinds + fill.evidence_kinds,
+                           fused.evidence_texts + fill.evidence_texts,
+                           np.concatenate([fused.weights, fill.weights]), None, contrib)
 
 
 def reason_order(fused, r: int, n_valid: int, max_reasons: int | None
