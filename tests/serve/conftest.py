@@ -179,6 +179,19 @@ def postgres():
 
 
 @pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of the test alone (one it may stop and start again)."""
+    why = pg.unavailable()
+    if why is not None:
+        if in_ci():
+            pytest.fail(f"{why}: CI must run the PostgreSQL tests")
+        pytest.skip(why)
+    server = pg.PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def pg_dsn(postgres) -> str:
     """A fresh database of the session's PostgreSQL server."""
     return postgres.create_database()
