@@ -52,8 +52,8 @@ from llmrecall.serve.store import (
     ItemRow,
     Job,
     StoreUnavailable,
-    open_store,
 )
+from llmrecall.serve.stores import open_store
 from llmrecall.threads import blas_threads, pin_blas_threads
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ looked.
 
 :class:`StateStore` is what the service needs of a store; :class:`Store` (this module) and
 :class:`~llmrecall.serve.pgstore.PostgresStore` (replicas over one PostgreSQL) implement it,
-and :func:`open_store` picks one from the serve settings.
+and :func:`llmrecall.serve.stores.open_store` picks one from the serve settings.
 """
 
 from __future__ import annotations
@@ -29,12 +29,9 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from llmrecall.serve.settings import ServeSettings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -191,17 +188,6 @@ class StateStore(Protocol):
 
     def describe(self) -> dict:
         """``{"kind", "available"}`` for /healthz (no secrets)."""
-
-
-def open_store(settings: ServeSettings) -> StateStore:
-    """The store the settings name: PostgreSQL when ``[state] postgres_dsn`` is set, else the
-    SQLite file."""
-    dsn = settings.state.resolved_postgres_dsn()
-    if dsn is not None:
-        from llmrecall.serve.pgstore import PostgresStore
-
-        return PostgresStore(dsn, connect_timeout_s=settings.state.postgres_connect_timeout_s)
-    return Store(settings.resolved_state_path())
 
 
 #: how long a connection waits for another process's lock before failing (seconds)
