@@ -22,6 +22,8 @@ WRITE = {"X-API-Key": API_KEY}
 sys.path.insert(0, str(HERE))
 import serve_plugins  # noqa: E402,F401  (registers the test channel kinds here too)
 
+from . import pg  # noqa: E402
+
 MAIN_CONFIG = """
 seed = 0
 [fusion]
@@ -158,11 +160,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """A real ``llmrecall.serve serve`` process on 127.0.0.1."""
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
-    def __init__(self, artifact: Path, state: Path, *extra: str, env: dict | None = None):
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the session (tests/serve/pg.py); skipped without one,
+    failed under CI (``.ci/run`` installs the Debian package)."""
+    why = pg.unavailable()
+    if why is not None:
+        if in_ci():
+            pytest.fail(f"{why}: CI must run the PostgreSQL tests")
+        pytest.skip(why)
+    server = pg.PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of the test alone (one it may stop and start again)."""
+    why = pg.unavailable()
+    if why is not None:
+        if in_ci():
+            pytest.fail(f"{why}: CI must run the PostgreSQL tests")
+        pytest.skip(why)
+    server = pg.PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_dsn(postgres) -> str:
+    """A fresh database of the session's PostgreSQL server."""
+    return postgres.create_database()
+
+
+class Server:
+    """A real ``llmrecall.serve serve`` process on 127.0.0.1. ``state`` is a SQLite file, or
+    a PostgreSQL DSN (then the log goes to ``log``)."""
+
+    def __init__(self, artifact: Path, state: Path | str, *extra: str, env: dict | None = None,
+                 log: Path | None = None):
         self.artifact, self.state, self.extra = artifact, state, extra
+        self.log_path = log or Path(state).with_suffix(".log")
         self.env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HERE}",
                     "LLMRECALL_API_KEY": API_KEY, "OMP_NUM_THREADS": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -171,7 +213,7 @@ class Server:
     def start(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(self.state.with_suffix(".log"), "ab")
+        self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "llmrecall.serve", "serve", str(self.artifact),
              "--port", str(self.port), "--state", str(self.state), "--plugin", "serve_plugins",
@@ -181,7 +223,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: "
-                                   + self.state.with_suffix(".log").read_text()[-3000:])
+                                   + self.log_path.read_text()[-3000:])
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     self.client = httpx.Client(base_url=self.url, timeout=30)
@@ -214,8 +256,11 @@ class Server:
 def make_server(tmp_path):
     servers: list[Server] = []
 
-    def make(artifact: Path, *extra: str, state: Path | None = None, env: dict | None = None) -> Server:
-        server = Server(artifact, state or tmp_path / f"state{len(servers)}.sqlite", *extra, env=env)
+    def make(artifact: Path, *extra: str, state: Path | str | None = None,
+             env: dict | None = None) -> Server:
+        server = Server(artifact, state or tmp_path / f"state{len(servers)}.sqlite", *extra,
+                        env=env, log=tmp_path / f"server{len(servers)}.log"
+                        if isinstance(state, str) else None)
         servers.append(server)
         return server
 

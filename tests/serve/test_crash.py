@@ -87,3 +87,72 @@ def test_erasure_and_catalog_changes_survive_restart(make_server, artifact, tmp_
     for body in ({"user_id": "13", "k": 300}, {"query": "star wars", "k": 50}):
         got = again.client.post("/v1/recall", json=body).json()["candidates"]
         assert "50" not in [c["item_id"] for c in got]
+
+
+def _histories(server, users) -> dict[str, set[float]]:
+    return {u: {h["timestamp"] for h in server.client.get(f"/v1/users/{u}/history").json()["history"]}
+            for u in users}
+
+
+@pytest.mark.slow
+def test_replica_killed_under_load_loses_no_acknowledged_event_postgres(make_server, artifact,
+                                                                        pg_dsn):
+    """Two replicas over one PostgreSQL, writers on both; one replica is SIGKILLed mid-stream:
+    the other keeps acknowledging, and every acknowledged event (through either) is in the
+    survivor's answers and in those of the killed replica once restarted."""
+    a = make_server(artifact, state=pg_dsn)
+    b = make_server(artifact, state=pg_dsn)
+    items = ["50", "181", "172", "1", "127", "100", "258", "286", "288", "294"]
+    acked: list[list[dict]] = []
+    acked_by_b: list[int] = [0]
+    sent: list[list[dict]] = []
+    stop = threading.Event()
+
+    def writer(worker: int) -> None:
+        server = (a, b)[worker % 2]
+        client = httpx.Client(base_url=server.url, timeout=10)
+        n = 0
+        while not stop.is_set():
+            batch = [{"user_id": f"pgcrash-{worker}-{(n + j) % 7}", "item_id": items[(n + j) % len(items)],
+                      "timestamp": 1e9 + worker * 1e6 + n + j} for j in range(25)]
+            n += 25
+            sent.append(batch)
+            try:
+                r = client.post("/v1/events", json={"events": batch}, headers=WRITE)
+            except httpx.HTTPError:
+                break  # the replica died mid-request: not acknowledged
+            if r.status_code == 200:
+                acked.append(batch)
+                if server is b:
+                    acked_by_b[0] += 1
+        client.close()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    while len(acked) < 40:
+        time.sleep(0.02)
+    a.kill()  # mid-stream: its writers are still sending
+    after_kill = acked_by_b[0]
+    deadline = time.monotonic() + 60
+    while acked_by_b[0] < after_kill + 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert acked_by_b[0] >= after_kill + 20, "the surviving replica stopped acknowledging"
+
+    users = sorted({e["user_id"] for batch in sent for e in batch})
+    restarted = make_server(artifact, state=pg_dsn)
+    for server in (b, restarted):
+        stamps = _histories(server, users)
+        for batch in acked:
+            for e in batch:
+                assert e["timestamp"] in stamps[e["user_id"]], f"acknowledged event lost: {e}"
+        for batch in sent:  # all or nothing: no batch is half stored
+            present = [e["timestamp"] in stamps[e["user_id"]] for e in batch]
+            assert all(present) or not any(present)
+    user = acked[0][0]["user_id"]
+    answer = b.client.post("/v1/recall", json={"user_id": user, "k": 50}).json()
+    own = {e["item_id"] for batch in acked for e in batch if e["user_id"] == user}
+    assert answer["known_user"] and not own & {c["item_id"] for c in answer["candidates"]}

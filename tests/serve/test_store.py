@@ -1,4 +1,5 @@
-"""SQLite state store: durable group commits, all-or-nothing batches."""
+"""State stores (SQLite, and PostgreSQL where a server can be started): durable group
+commits, all-or-nothing batches."""
 
 from __future__ import annotations
 
@@ -12,29 +13,44 @@ import pytest
 from llmrecall.serve.store import EventRows, ItemRow, Store
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_store(request, tmp_path):
+    """A function opening the test's store (again: the same database or file)."""
+    if request.param == "sqlite":
+        return lambda: Store(tmp_path / "s.sqlite")
+    from llmrecall.serve.pgstore import PostgresStore
+
+    dsn = request.getfixturevalue("pg_dsn")
+    return lambda: PostgresStore(dsn)
+
+
 def rows(user: str, n: int, start: float = 0.0) -> EventRows:
     return EventRows([user] * n, [f"i{j}" for j in range(n)], ["view"] * n,
                      [start + j for j in range(n)], [1.0] * n)
 
 
-def test_events_items_erasures_round_trip(tmp_path):
-    store = Store(tmp_path / "s.sqlite")
+def test_events_items_erasures_round_trip(open_store, tmp_path):
+    store = open_store()
     assert store.append_events(rows("u1", 3)).result() == (1, 3)
     assert store.append_events(rows("u2", 2, 10)).result() == (4, 5)
     store.upsert_items([ItemRow("x", "Title X", "text", ["a"])]).result()
     store.delete_item("y", "Title Y").result()
     assert store.erase_user("u1").result() == 3
     store.close()
-    state = Store(tmp_path / "s.sqlite").read_all()
+    again = open_store()
+    state = again.read_all()
+    again.close()
     assert state.event_user == ["u2", "u2"] and state.event_seq.tolist() == [4, 5]
     assert state.items == [("x", "Title X", "text", ["a"], False), ("y", "Title Y", "", [], True)]
     assert state.erased == {"u1"}
+    if not isinstance(again, Store):
+        return
     con = sqlite3.connect(tmp_path / "s.sqlite")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_concurrent_batches_share_commits(tmp_path):
-    store = Store(tmp_path / "s.sqlite")
+def test_concurrent_batches_share_commits(open_store):
+    store = open_store()
     futures, lock = [], threading.Lock()
 
     def submit(w):
@@ -58,10 +74,15 @@ def test_concurrent_batches_share_commits(tmp_path):
     store.close()
 
 
-def test_failed_group_acknowledges_nothing(tmp_path):
-    store = Store(tmp_path / "s.sqlite")
+def test_failed_group_acknowledges_nothing(open_store):
+    store = open_store()
     bad = EventRows(["u"], ["i"], ["view"], [None], [1.0])  # NOT NULL violation
-    with pytest.raises(sqlite3.IntegrityError):
+    integrity: type[Exception] = sqlite3.IntegrityError
+    if not isinstance(store, Store):
+        import psycopg
+
+        integrity = psycopg.IntegrityError
+    with pytest.raises(integrity):
         store.append_events(bad).result()
     assert store.count_events() == 0
     store.append_events(rows("u", 2)).result()  # the writer goes on after a failed group

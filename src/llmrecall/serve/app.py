@@ -33,7 +33,7 @@ from llmrecall.serve.live import UserHistory
 from llmrecall.serve.request import InvalidRequest, known_channels
 from llmrecall.serve.service import Overloaded, Service
 from llmrecall.serve.settings import ServeSettings
-from llmrecall.serve.store import EventRows, ItemRow
+from llmrecall.serve.store import EventRows, ItemRow, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,14 @@ async def _overloaded(req: Request, exc: Exception):
     return response
 
 
+async def _store_unavailable(req: Request, exc: Exception):
+    # the write was not acknowledged: the client retries it (it may have been stored when
+    # the connection broke during the commit; events then count twice)
+    response = _json({"error": "state_unavailable", "message": str(exc), "field": None}, 503)
+    response.headers["retry-after"] = str(req.app.state.settings.state.unavailable_retry_after_s)
+    return response
+
+
 async def _validation(_req: Request, exc: Exception):
     assert isinstance(exc, RequestValidationError)
     problems = [_problem(e) for e in exc.errors()]
@@ -275,6 +283,7 @@ async def _internal(_req: Request, exc: Exception):
 
 
 _HANDLERS = {ApiError: _api_error, InvalidRequest: _invalid_request, Overloaded: _overloaded,
+             StoreUnavailable: _store_unavailable,
              RequestValidationError: _validation, StarletteHTTPException: _http,
              Exception: _internal}
 
@@ -447,6 +456,7 @@ async def healthz(svc: Svc):
                   "recent_degraded_ratio": ratio, "artifact_version": state.artifact.version,
                   "dataset": state.artifact.manifest["dataset"], "items": state.n_items,
                   "users": len(state.user_rows), "last_event_seq": state.last_seq,
+                  "state_store": svc.store.describe(),
                   "degraded_channels": svc.engine.degraded_channels(),
                   "channels": list(state.artifact.pipeline.channels)})
 

@@ -73,7 +73,10 @@ def serve_command(
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
     port: Annotated[int | None, typer.Option(help="port")] = None,
     api_key_env: Annotated[str | None, typer.Option(help="env var holding the write API key")] = None,
-    state: Annotated[Path | None, typer.Option(help="SQLite state file (default: DIR/state.sqlite)")] = None,
+    state: Annotated[str | None, typer.Option(
+        help="SQLite state file (default: DIR/state.sqlite), or a PostgreSQL URL "
+        "(postgresql://user@host/db, or '$VAR' naming an environment variable holding one): "
+        "replicas over one database")] = None,
     settings: Annotated[Path | None, typer.Option(help="TOML file with a \\[serve] table")] = None,
     channel_budget_ms: Annotated[float | None, typer.Option(help="per-request channel deadline")] = None,
     refresher: Annotated[str | None, typer.Option(help="'module:factory' interest refresher")] = None,
@@ -97,11 +100,14 @@ def serve_command(
 
     from llmrecall.serve.app import create_app
     from llmrecall.serve.artifacts import check_artifact
-    from llmrecall.serve.settings import load_settings
+    from llmrecall.serve.settings import is_postgres_dsn, load_settings
 
+    postgres = state is not None and is_postgres_dsn(state)
     try:
         cfg = load_settings(settings, artifact_dir=artifact_dir, host=host, port=port,
-                            api_key_env=api_key_env, state_path=state,
+                            api_key_env=api_key_env,
+                            state_path=Path(state) if state and not postgres else None,
+                            postgres_dsn=state if postgres else None,
                             channel_budget_ms=channel_budget_ms, refresher=refresher,
                             plugins=plugin or None, workers=workers,
                             shared_state=shared_state)

@@ -284,5 +284,7 @@ class Health(BaseModel):
     items: int
     users: int
     last_event_seq: int
+    state_store: dict = Field(description="the durable state: kind (sqlite | postgres) and "
+                              "available (PostgreSQL: the change listener is connected)")
     degraded_channels: list[str]
     channels: list[str]

@@ -12,6 +12,13 @@ applies the log in order up to and including its own change (:meth:`Service.sync
 request first applies whatever other processes committed since it last looked (one
 ``PRAGMA data_version`` read when nothing did). So an acknowledged write is seen by the
 next request whichever process answers it.
+
+Replicas over PostgreSQL (``[state] postgres_dsn``) work the same way, with the store's
+LISTEN/NOTIFY listener standing in for ``PRAGMA data_version``: a notification bumps the
+store's data version and wakes :meth:`Service._follow_changes`, which applies the change at
+once (not only on the next request). While the database is unreachable, writes fail
+(:class:`~llmrecall.serve.store.StoreUnavailable`, answered 503) and recall answers from
+what the process holds.
 """
 
 from __future__ import annotations
@@ -39,7 +46,14 @@ from llmrecall.serve.refresh import InterestRefreshWorker, load_refresher
 from llmrecall.serve.request import resolve_recall
 from llmrecall.serve.schemas import RecallRequest
 from llmrecall.serve.settings import ServeSettings
-from llmrecall.serve.store import Change, EventRows, ItemRow, Job, Store
+from llmrecall.serve.store import (
+    Change,
+    EventRows,
+    ItemRow,
+    Job,
+    StoreUnavailable,
+)
+from llmrecall.serve.stores import open_store
 from llmrecall.threads import blas_threads, pin_blas_threads
 
 log = logging.getLogger(__name__)
@@ -103,7 +117,7 @@ class Service:
             importlib.import_module(module)
         self.metrics = Metrics()
         self.engine = RecallEngine(settings, self.metrics)
-        self.store = Store(settings.resolved_state_path())
+        self.store = open_store(settings)
         self.api_key = settings.api_key()
         self.state: LiveState | None = None
         self._engine_thread = ThreadPoolExecutor(max_workers=settings.engine_threads,
@@ -123,6 +137,9 @@ class Service:
         self._change_seq = 0
         self._seen_data_version: int | None = None
         self._sync_lock: asyncio.Lock | None = None
+        self._changed: asyncio.Event | None = None  # set by the store's change notifications
+        self._follower: asyncio.Task | None = None
+        self._unavailable_logged = 0.0
         # channel indexing of put items: one batch at a time, texts read under the lock (so
         # the last text written is the one indexed, whichever write's indexing runs last)
         self._index_lock = threading.Lock()
@@ -158,7 +175,18 @@ class Service:
         await asyncio.to_thread(self._attach_new_items, state)
         self.state = state
         self._change_seq = stored.change_seq
-        await self.sync()  # whatever other processes committed while this one loaded
+        # whatever other processes committed while this one loaded, before the app takes
+        # requests (a store that cannot be read fails the start: never healthy while behind)
+        await self._sync_once()
+        if self.shared and self.settings.state.postgres_dsn:
+            loop = asyncio.get_running_loop()
+            changed = self._changed = asyncio.Event()
+
+            def notified() -> None:  # on the store's listener thread
+                loop.call_soon_threadsafe(changed.set)
+
+            self.store.watch(notified)
+            self._follower = asyncio.create_task(self._follow_changes())
         self.metrics.items.set(state.n_items)
         self.refresh = InterestRefreshWorker(
             self._refresher(), self._raw_history, self.settings.refresh_min_events,
@@ -169,6 +197,10 @@ class Service:
         _freeze_heap()
 
     async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
         for task in list(self._indexing):  # a job cut short reads "interrupted" afterwards
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -462,7 +494,28 @@ class Service:
     async def sync(self) -> None:
         """Apply, in log order, every change committed since this process last looked (by
         any process, this one included). Only when the state is shared; when nothing was
-        committed it costs one ``PRAGMA data_version`` read."""
+        committed it costs one ``PRAGMA data_version`` read (with PostgreSQL: one counter
+        read). A store that cannot be read is logged (at most once a minute) and the process
+        answers from what it holds; the changes are applied once it can be read again."""
+        try:
+            await self._sync_once()
+        except StoreUnavailable as exc:
+            now = time.monotonic()
+            if now - self._unavailable_logged > 60:
+                self._unavailable_logged = now
+                log.warning("cannot read the state's change log, answering from the state "
+                            "held: %s", exc)
+
+    async def _follow_changes(self) -> None:
+        """Apply other processes' changes as soon as the store says there are some."""
+        assert self._changed is not None
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            await self.sync()
+
+    async def _sync_once(self) -> None:
+        """:meth:`sync`; raises StoreUnavailable when the store cannot be read."""
         if not self.shared or self.state is None:
             return
         if self.store.data_version() == self._seen_data_version:

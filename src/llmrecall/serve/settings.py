@@ -12,6 +12,38 @@ from llmrecall.errors import ConfigError
 from llmrecall.fusion import ChannelWeight
 
 
+class StateSettings(BaseModel):
+    """Where the durable state lives (the ``[state]`` TOML table). Default: the SQLite file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    postgres_dsn: str | None = Field(
+        None, description="PostgreSQL connection string (postgresql://user@host:port/db): the "
+        "state of replicas over one database (docs/serving.md, PostgreSQL state). A value "
+        "'$NAME' reads it from the environment variable NAME; a password is best given by "
+        "libpq's PGPASSWORD or ~/.pgpass rather than in the string")
+    postgres_connect_timeout_s: float = Field(
+        3.0, ge=2, le=60, description="how long a connection to PostgreSQL may take to open")
+    unavailable_retry_after_s: int = Field(
+        1, ge=0, description="the Retry-After (seconds) of a write answered 503 because the "
+        "state store is unreachable")
+
+    def resolved_postgres_dsn(self) -> str | None:
+        dsn = self.postgres_dsn
+        if dsn and dsn.startswith("$"):
+            value = os.environ.get(dsn[1:], "")
+            if not value:
+                raise ConfigError(f"[state] postgres_dsn names the environment variable "
+                                  f"{dsn[1:]}, which is not set")
+            return value
+        return dsn or None
+
+
+def is_postgres_dsn(value: str) -> bool:
+    """Whether a ``--state`` value names PostgreSQL (a URL, or ``$VAR`` holding one)."""
+    return value.startswith(("postgres://", "postgresql://", "$"))
+
+
 class ServeSettings(BaseModel):
     """How the recall service runs. Every field can be set in a ``[serve]`` TOML table."""
 
@@ -122,9 +154,13 @@ class ServeSettings(BaseModel):
         5, ge=1, description="new events before a user's interest text is refreshed")
     refresher: str | None = Field(None, description="'module:callable' interest refresher factory")
     plugins: list[str] = Field(default_factory=list, description="modules imported at start (extra channels)")
+    state: StateSettings = Field(default_factory=StateSettings,
+                                 description="the [state] table: where the state is stored")
 
     @property
     def shares_state(self) -> bool:
+        if self.state.postgres_dsn:  # replicas: every other one writes the same database
+            return True
         return self.workers > 1 if self.shared_state is None else self.shared_state
 
     def resolved_state_path(self) -> Path:
@@ -141,14 +177,20 @@ class ServeSettings(BaseModel):
 
 
 def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:
-    """Settings from a TOML file's ``[serve]`` table (optional) with ``overrides`` on top
-    (None values are ignored)."""
+    """Settings from a TOML file's ``[serve]`` and ``[state]`` tables (optional) with
+    ``overrides`` on top (None values are ignored; ``postgres_dsn`` goes to ``[state]``)."""
     raw: dict = {}
     if path is not None:
         try:
-            raw = dict(tomllib.loads(Path(path).read_text()).get("serve", {}))
+            doc = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read serve settings: {exc}") from None
+        raw = dict(doc.get("serve", {}))
+        if "state" in doc:
+            raw["state"] = dict(doc["state"])
+    dsn = overrides.pop("postgres_dsn", None)
+    if dsn is not None:
+        raw["state"] = {**raw.get("state", {}), "postgres_dsn": dsn}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return ServeSettings.model_validate(raw)

@@ -10,6 +10,10 @@ that lets several server processes share one state file. A process that did not 
 change finds it with :meth:`Store.changes_since` and applies it (``serve.sync``); ``PRAGMA
 data_version`` tells it, in microseconds, whether anything was committed since it last
 looked.
+
+:class:`StateStore` is what the service needs of a store; :class:`Store` (this module) and
+:class:`~llmrecall.serve.pgstore.PostgresStore` (replicas over one PostgreSQL) implement it,
+and :func:`llmrecall.serve.stores.open_store` picks one from the serve settings.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -143,6 +148,46 @@ class Change:
     lo: int
     hi: int
     key: str
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (its database is down or the connection broke): a write
+    that fails with this was not acknowledged (answered 503 with ``Retry-After``), and a
+    write whose commit was cut off may or may not be stored (the client retries)."""
+
+
+class StateStore(Protocol):
+    """What the service needs of a durable state store. Writes return a Future that resolves
+    once the write is committed durably (and fails with the group's error otherwise, or
+    :class:`StoreUnavailable`); the change-log reads are called from one thread."""
+
+    commits: int
+
+    def append_events(self, rows: EventRows) -> Future: ...
+    def upsert_items(self, items: list[ItemRow], job: Job | None = None) -> Future: ...
+    def update_job(self, job_id: str, indexed: int, status: str = "indexing",
+                   channel_errors: Collection[str] = ()) -> Future: ...
+    def request_reload(self, version: str) -> Future: ...
+    def delete_item(self, item_id: str, known_title: str = "") -> Future: ...
+    def erase_user(self, user_id: str) -> Future: ...
+    def close(self) -> None: ...
+    def read_all(self) -> StoredState: ...
+    def data_version(self) -> int: ...
+    def changes_since(self, seq: int) -> list[Change]: ...
+    def events_between(self, lo: int, hi: int) -> tuple[np.ndarray, EventRows]: ...
+    def items_by_id(self, item_ids: list[str]) -> list[ItemRow]: ...
+    def job(self, job_id: str) -> dict | None: ...
+    def job_of_change(self, seq: int) -> tuple[str, str] | None: ...
+    def count_events(self) -> int: ...
+    def event_types(self, user_id: str) -> dict[tuple[str, float], str]: ...
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from any thread) whenever another process may have committed a
+        change; a store without notifications never calls it (readers poll
+        :meth:`data_version`)."""
+
+    def describe(self) -> dict:
+        """``{"kind", "available"}`` for /healthz (no secrets)."""
 
 
 #: how long a connection waits for another process's lock before failing (seconds)
@@ -380,6 +425,27 @@ class Store:
             return con.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         finally:
             con.close()
+
+    def event_types(self, user_id: str) -> dict[tuple[str, float], str]:
+        """``{(item id, timestamp): event type}`` of the user's stored events (any thread:
+        its own connection)."""
+        if not self.path.exists():
+            return {}
+        con = connect(self.path)
+        try:
+            rows = con.execute("SELECT item_id, ts, event FROM events WHERE user_id = ? "
+                               "ORDER BY seq", (user_id,)).fetchall()
+        except sqlite3.Error:
+            return {}
+        finally:
+            con.close()
+        return {(item, float(ts)): event for item, ts, event in rows}
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Nothing to watch: processes sharing the file poll :meth:`data_version`."""
+
+    def describe(self) -> dict:
+        return {"kind": "sqlite", "available": True}
 
 
 def _insert_events(cur: sqlite3.Cursor, rows: EventRows) -> tuple[int, int]:

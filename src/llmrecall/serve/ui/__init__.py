@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,6 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader
-
-from llmrecall.serve.store import connect
 
 HERE = Path(__file__).resolve().parent
 
@@ -102,22 +99,6 @@ async def _api(request: Request, method: str, path: str, query: dict | None = No
     return status, orjson.loads(b"".join(chunks) or b"null")
 
 
-def _event_types(store_path: Path, user_id: str) -> dict[tuple[str, float], str]:
-    """``{(item id, timestamp): event type}`` of the user's stored events (the events
-    acknowledged by the service; the artifact's own history carries no type)."""
-    if not store_path.exists():
-        return {}
-    con = connect(store_path)
-    try:
-        rows = con.execute("SELECT item_id, ts, event FROM events WHERE user_id = ? "
-                           "ORDER BY seq", (user_id,)).fetchall()
-    except sqlite3.Error:
-        return {}
-    finally:
-        con.close()
-    return {(item, float(ts)): event for item, ts, event in rows}
-
-
 def _error(status: int, body: Any) -> str:
     if isinstance(body, dict) and "message" in body:
         return f"{status}: {body['message']}"
@@ -143,7 +124,7 @@ async def _history(request: Request, user_id: str) -> dict:
         return {"error": _error(status, body), "entries": [], "total": 0}
     state = service.live
     entries = body["history"]
-    types = await asyncio.to_thread(_event_types, service.store.path, user_id)
+    types = await asyncio.to_thread(service.store.event_types, user_id)
     index = state.items.lookup([e["item_id"] for e in entries]).tolist()
     rows = []
     for e, i in zip(entries, index):
