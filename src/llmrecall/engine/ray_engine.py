@@ -3,8 +3,10 @@
 * ItemCF / Swing: the map-shuffle-reduce of :mod:`llmrecall.engine.cooccurrence`, each map
   a task with one return per partition (the shuffle), each reduce a task taking its piece
   of every map. The neighbour lists are identical to the in-process fit.
+* SASRec: data-parallel training with Ray Train's ``TorchTrainer`` (DDP on CPU workers,
+  gloo), :func:`train_sasrec`; the fitted channel is the one a local fit gives.
 * Every other channel is fitted on the driver (EASE's Gram matrix, ALS/BPR through
-  ``implicit``, SASRec: single-node, see docs/scale-out.md).
+  ``implicit``, textcf: single-node, see docs/scale-out.md).
 * All-user recall: the fitted channel and the task are put in the object store once; one
   task per block of users (a multiple of the evaluator's batch, so every batch is the one
   the local run scores) returns that block's lists.
@@ -66,13 +68,19 @@ class RayEngine(Engine):
         user_block: users per recall task (a multiple of ``EVAL_BATCH`` keeps every batch
             the one the local run scores).
         matrix_block: users per ItemCF map task.
+        train_workers: Ray Train workers for SASRec (default: the cluster's CPUs, at least
+            1); ``train_cpus`` CPUs each.
+        train_storage: where Ray Train keeps the run and the trained network's checkpoint:
+            a path every node can reach (a shared file system); default a temporary
+            folder on this machine, removed after each fit.
     """
 
     kind = "ray"
 
     def __init__(self, address: str | None = None, partitions: int | None = None,
                  user_block: int = 4 * EVAL_BATCH, matrix_block: int = 20_000,
-                 num_cpus: int | None = None):
+                 num_cpus: int | None = None, train_workers: int | None = None,
+                 train_cpus: float = 1.0, train_storage: str | None = None):
         self._started = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -85,6 +93,9 @@ class RayEngine(Engine):
         self.partitions = partitions or max(1, cpus)
         self.user_block = max(1, user_block)
         self.matrix_block = matrix_block
+        self.train_workers = train_workers or max(1, cpus)
+        self.train_cpus = train_cpus
+        self.train_storage = train_storage
         self._map = ray.remote(_apply_map)
         self._reduce = ray.remote(_apply_reduce).options(max_retries=MAX_RETRIES)
         self._rank = ray.remote(_rank_block).options(max_retries=MAX_RETRIES)
@@ -118,11 +129,14 @@ class RayEngine(Engine):
 
     def fit_channel(self, channel: Any, dataset: Any) -> None:
         from llmrecall.channels.itemcf import ItemCF
+        from llmrecall.channels.sequential import SASRec
         from llmrecall.channels.swing import Swing
 
-        # exact classes: a subclass may compute its similarity otherwise
+        # exact classes: a subclass may compute its similarity (or train) otherwise
         if type(channel) in (ItemCF, Swing):
             channel.fit(dataset, similarity=self.similarity)
+        elif type(channel) is SASRec:
+            channel.fit(dataset, train=self.train_sasrec)
         else:
             channel.fit(dataset)
 
@@ -149,6 +163,11 @@ class RayEngine(Engine):
             self._task_refs = {id(task): held}
         return held[1]
 
+    def train_sasrec(self, channel, model, windows: np.ndarray, n_items: int):
+        """``SASRec.fit``'s ``train`` hook: :func:`train_sasrec` on ``train_workers``."""
+        return train_sasrec(channel, model, windows, n_items, self.train_workers,
+                            self.train_cpus, self.train_storage)
+
     def describe(self) -> dict[str, Any]:
         resources = ray.cluster_resources()
         return {"kind": self.kind, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
@@ -159,6 +178,90 @@ class RayEngine(Engine):
         self._task_refs = {}
         if self._started and ray.is_initialized():
             ray.shutdown()
+
+
+# --- SASRec: data-parallel training with Ray Train -----------------------------------------
+
+
+def _sasrec_worker(config: dict) -> None:
+    """One Ray Train worker: the driver's initial network, DDP-wrapped, trained on this
+    worker's rows of every batch (:meth:`SASRec.train_epochs`); rank 0 reports the trained
+    state as a checkpoint (safetensors, no pickle)."""
+    import tempfile
+
+    import ray.train
+    import torch
+    from ray.train.torch import prepare_model
+    from safetensors.torch import save_file
+
+    from llmrecall.channels.sequential import _build_model
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    channel = config["channel_type"](**config["params"])
+    torch.set_num_threads(min(channel.threads, 2))
+    # dropout differs between workers (each its own rows); the order and the negatives come
+    # from the numpy generator, seeded alike everywhere
+    torch.manual_seed(channel.seed + rank)
+    state = {k: torch.from_numpy(np.array(v)) for k, v in ray.get(config["initial"]).items()}
+    text = state["text"][1:].numpy() if "text" in state else None
+    net = _build_model(config["n_items"], channel.dim, channel.blocks, channel.heads,
+                       channel.max_len, channel.dropout, text, channel.text_init)
+    net.load_state_dict(state)
+    model = prepare_model(net) if world > 1 else net
+    windows = ray.get(config["windows"])
+    channel.train_epochs(model, windows, config["n_items"],
+                         np.random.default_rng(channel.seed), rank=rank, world=world)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+            save_file(tensors, os.path.join(folder, "model.safetensors"))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({"epochs": channel.epochs}, checkpoint=checkpoint)
+
+
+def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int = 2,
+                 cpus_per_worker: float = 1.0, storage: str | None = None):
+    """Train SASRec's initialised ``model`` data-parallel on ``workers`` Ray Train workers
+    (``TorchTrainer``, DDP over gloo on CPUs) and return it with the trained weights.
+
+    Every worker starts from ``model``'s weights and runs the channel's own loop
+    (:meth:`~llmrecall.channels.sequential.SASRec.train_epochs`) on its rows of each batch:
+    the same epochs, batches, optimizer and seed as one process, the gradients averaged
+    across workers. The result equals the one-process fit in distribution, not bit for
+    bit (dropout masks and float summation differ). ``windows`` go to the object store once
+    (read zero-copy by the workers of a node)."""
+    import shutil
+    import tempfile
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from safetensors.torch import load_file
+
+    folder = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="llmrecall-train-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        initial = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        config = {"channel_type": type(channel), "params": channel.get_params(),
+                  "initial": ray.put(initial), "n_items": n_items,
+                  "windows": ray.put(windows)}
+        trainer = TorchTrainer(
+            _sasrec_worker, train_loop_config=config,
+            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=ScalingConfig(num_workers=max(1, workers), use_gpu=False,
+                                         resources_per_worker={"CPU": cpus_per_worker}),
+            run_config=RunConfig(storage_path=str(folder), name=f"sasrec-{channel.name}"))
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"sasrec {channel.name}: Ray Train returned no checkpoint "
+                               f"({result.error})")
+        with result.checkpoint.as_directory() as done:
+            model.load_state_dict(load_file(os.path.join(done, "model.safetensors")))
+        return model
+    finally:
+        if storage is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- catalog embedding on an actor pool ---------------------------------------------------
