@@ -204,3 +204,74 @@ def test_sasrec_data_parallel_recall_within_noise_of_local(cluster, tmp_path):
     users = split.valid.users[:50]
     np.testing.assert_array_equal(again.score(users, split.valid.history),
                                   remote.score(users, split.valid.history))
+
+
+INTEREST = dict(noun="movies", n_texts=2, history_length=4, n_examples=1)
+
+
+def test_interests_on_an_actor_pool_equal_the_local_job_and_resume(cluster, tmp_path):
+    """The packaged SmolLM2, trie-constrained: 6 users on 2 actors (one model each, one
+    on each node) give the one-process job's texts; the texts land in the shared store,
+    and a rerun generates nothing."""
+    from functools import partial
+
+    from llmrecall.interest.jobs import InterestJob, InterestSettings
+    from llmrecall.lm.cache import LMCache
+    from llmrecall.lm.generators import get_generator
+
+    train = make_split(load_builtin("ml-100k"), "loo", 0).train
+    settings = InterestSettings(**INTEREST, constrain="trie")
+    users = np.arange(6)
+    local, _ = InterestJob(train, get_generator("local", threads=1), settings,
+                           LMCache(":memory:")).run(users)
+    store = LMCache(tmp_path / "interests.sqlite")
+    make = partial(get_generator, "local", threads=1)
+    remote, report = ray_engine.generate_interests(train, make, settings, users, store,
+                                                   actors=2, cpus_per_actor=0.5,
+                                                   shard_size=2)
+    assert remote == local and sum(map(len, local.values())) == 12
+    assert report["generated"] == 6 and report["completion_tokens"] > 0
+    assert report["seconds_per_1000_users"] > 0
+    stored = store.get_subjects(settings.scope(f"llama.cpp|{_smollm2_name()}"))
+    assert {stored[r][1] == local[u] for u, r in zip(users, train.users.raw(users))} == {True}
+    again, report = ray_engine.generate_interests(train, make, settings, users, store,
+                                                  actors=1, cpus_per_actor=0.5)
+    assert again == local and report["generated"] == 0 and report["reused"] == 6
+
+
+def _smollm2_name() -> str:
+    from llmrecall.lm.generators import smollm2_path
+
+    path = smollm2_path()
+    return f"{path.name}|{path.stat().st_size}"
+
+
+def test_interests_through_an_endpoint_with_bounded_concurrency(cluster):
+    """lm-serve on 127.0.0.1 serving SmolLM2; 3 client actors (3 requests in flight at
+    most) give the texts the one-process job gets through the same endpoint. One chat
+    request a user (``naive``): the few-shot prompt's repeated greedy draws differ only by
+    the server's numerics, which depend on the prompt it evaluated before (llama.cpp reuses
+    the shared prefix), so their order, not the job, would decide them."""
+    from functools import partial
+
+    from llmrecall.interest.jobs import InterestJob, InterestSettings
+    from llmrecall.lm.cache import LMCache
+    from llmrecall.lm.generators import get_generator, make_generator
+    from llmrecall.lm.server import create_app, start_in_thread
+
+    train = make_split(load_builtin("ml-100k"), "loo", 0).train
+    settings = InterestSettings(**INTEREST, prompt="naive", constrain="none", max_tokens=16)
+    users = np.arange(5)
+    server = start_in_thread(create_app(None, get_generator("default", threads=1)))
+    try:
+        spec = {"backend": "openai", "base_url": server.url,
+                "model": "SmolLM2-135M-Instruct.Q4_1"}
+        local, _ = InterestJob(train, make_generator(spec), settings,
+                               LMCache(":memory:")).run(users)
+        remote, report = ray_engine.generate_interests(
+            train, partial(make_generator, spec), settings, users, LMCache(":memory:"),
+            actors=3, cpus_per_actor=0.01, shard_size=1)
+    finally:
+        server.stop()
+    assert remote == local and sum(map(len, local.values())) >= 1
+    assert report["generated"] == 5 and report["prompt_tokens"] > 0

@@ -320,3 +320,214 @@ def embed_catalog(texts: Sequence[str], make_embedder: Callable, root: str | os.
     finally:
         for actor in pool:
             ray.kill(actor)
+
+
+# --- LLM generation (interests, item knowledge) on an actor pool ---------------------------
+
+#: users (or items) per generation task: what a killed job may have to redo
+GENERATE_SHARD = 8
+
+
+class _GenerateActor:
+    """One generator (a local model, loaded once, or a client of an OpenAI-compatible
+    endpoint: one request in flight per actor) running the one-process jobs on shards."""
+
+    def __init__(self, make_generator: Callable, dataset: Any):
+        self.generator = make_generator()
+        self.dataset = dataset
+        self._interest_jobs: dict[str, Any] = {}
+
+    def fingerprint(self) -> str:
+        from llmrecall.interest.jobs import store_fingerprint
+
+        return store_fingerprint(self.generator)
+
+    def usage(self) -> tuple[int, int, int]:
+        u = self.generator.usage
+        return u.prompt_tokens, u.completion_tokens, u.calls
+
+    def interests(self, settings: Any, users: list[int]) -> tuple[dict, list, list, dict]:
+        """``InterestJob.run`` on ``users`` against a store in memory: the texts, the rows
+        the job wrote there (for the driver to write to the shared store) and its stats."""
+        from dataclasses import asdict
+
+        from llmrecall.interest.jobs import InterestJob
+
+        store = _recording_store()
+        job = self._interest_jobs.get(settings.model_dump_json())
+        if job is None:  # the trie and examples are built once per settings
+            job = InterestJob(self.dataset, self.generator, settings)
+            self._interest_jobs = {settings.model_dump_json(): job}
+        job.store = store
+        out, stats = job.run(np.asarray(users, np.int64))
+        return out, store.text_lists, store.subjects, asdict(stats)
+
+    def knowledge(self, settings: Any, items: list[int]) -> tuple[list, dict]:
+        from dataclasses import asdict
+
+        from llmrecall.interest.knowledge import generate_knowledge
+
+        store = _recording_store()
+        _, stats = generate_knowledge(self.dataset, self.generator, np.asarray(items, np.int64),
+                                      settings, store)
+        return store.text_lists, asdict(stats)
+
+
+def _recording_store():
+    from llmrecall.lm.cache import LMCache
+
+    class RecordingStore(LMCache):
+        """An in-memory cache that also keeps what was written, for the driver."""
+
+        def __init__(self):
+            super().__init__(":memory:")
+            self.text_lists: list[tuple[str, list[str]]] = []
+            self.subjects: list[tuple[str, list[int], list[str]]] = []
+
+        def put_text_lists(self, items, fingerprint="", template=""):
+            items = list(items)
+            self.text_lists.extend(items)
+            return super().put_text_lists(items, fingerprint, template)
+
+        def put_subjects(self, scope, rows):
+            rows = list(rows)
+            self.subjects.extend(rows)
+            return super().put_subjects(scope, rows)
+
+    return RecordingStore()
+
+
+
+def _generate_pool(make_generator: Callable, dataset: Any, actors: int,
+                   cpus_per_actor: float) -> list[Any]:
+    actor_cls: Any = ray.remote(_GenerateActor).options(
+        num_cpus=cpus_per_actor, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
+    dataset_ref = ray.put(dataset)
+    return [actor_cls.remote(make_generator, dataset_ref) for _ in range(max(1, actors))]
+
+
+def _usage(pool: list[Any]) -> dict[str, int]:
+    totals = np.sum([ray.get(a.usage.remote()) for a in pool], axis=0).tolist()
+    return dict(zip(("prompt_tokens", "completion_tokens", "calls"), map(int, totals)))
+
+
+def generate_interests(dataset: Any, make_generator: Callable, settings: Any, users: Any,
+                       store: Any, actors: int = 2, cpus_per_actor: float = 1.0,
+                       shard_size: int = GENERATE_SHARD,
+                       refresh_min_changed: int = 3) -> tuple[dict[int, list[str]], dict]:
+    """Interest texts for ``users`` (dense ids) generated on a pool of ``actors`` actors,
+    each with its own ``make_generator()`` (a local model, loaded once per actor, or an
+    OpenAI-compatible client: then ``actors`` is the bound on requests in flight, and
+    ``cpus_per_actor`` can be small).
+
+    Each actor runs :meth:`InterestJob.run <llmrecall.interest.jobs.InterestJob.run>` on
+    shards of ``shard_size`` users; the driver writes each shard's texts to ``store`` (the
+    shared :class:`~llmrecall.lm.cache.LMCache` the channels and the service read) as it
+    comes back, so a killed job, run again, generates only the users not yet stored (users
+    whose stored text is still fresh, :func:`~llmrecall.interest.jobs.needs_refresh`, are
+    not sent). The texts are the one-process job's: the same job code, prompts and
+    generator per user. Returns ``({user: texts}, report)``: users, generated, reused,
+    seconds, tokens and, per 1,000 generated users, seconds and tokens."""
+    import time
+
+    from ray.util import ActorPool
+
+    from llmrecall.interest.jobs import InterestSettings, needs_refresh
+
+    settings = settings or InterestSettings()
+    start = time.perf_counter()
+    users = [int(u) for u in np.asarray(users).tolist()]
+    pool = _generate_pool(make_generator, dataset, actors, cpus_per_actor)
+    try:
+        fingerprint: str = ray.get(pool[0].fingerprint.remote())
+        scope = settings.scope(fingerprint)
+        stored = store.get_subjects(scope)
+        histories = dataset.histories()
+        raws = dataset.users.raw(np.asarray(users, np.int64))
+        out: dict[int, list[str]] = {}
+        todo = []
+        for user, raw in zip(users, raws):
+            recent = histories.of(user)[-settings.history_length:].tolist()
+            if raw in stored and not needs_refresh(stored[raw][0], recent,
+                                                   window=settings.history_length,
+                                                   min_changed=refresh_min_changed):
+                out[user] = stored[raw][1]
+            else:
+                todo.append(user)
+        shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
+        generated = cache_hits = 0
+        results = ActorPool(pool).map_unordered(
+            lambda actor, shard: actor.interests.remote(settings, shard), shards)
+        for texts, text_lists, subjects, stats in results:
+            store.put_text_lists(text_lists, fingerprint)
+            store.put_subjects(scope, subjects)
+            out.update(texts)
+            generated += stats["generated"]
+            cache_hits += stats["cache_hits"]
+        tokens = _usage(pool)
+    finally:
+        for actor in pool:
+            ray.kill(actor)
+    seconds = time.perf_counter() - start
+    return {u: out[u] for u in users}, _cost("users", len(users), generated,
+                                              len(users) - len(todo), cache_hits, seconds,
+                                              tokens, actors)
+
+
+def generate_knowledge(dataset: Any, make_generator: Callable, settings: Any = None,
+                       items: Any = None, store: Any = None, actors: int = 2,
+                       cpus_per_actor: float = 1.0,
+                       shard_size: int = GENERATE_SHARD) -> tuple[list[str], dict]:
+    """Item knowledge (:func:`llmrecall.interest.knowledge.generate_knowledge`) for
+    ``items`` (all when None) on a pool of generator actors: only the items whose raw
+    answer is not in ``store`` yet are sent, in shards; each shard's answers are written to
+    ``store`` as they come back (resumable). Returns one cleaned string per catalog item
+    and the cost report (as :func:`generate_interests`, per 1,000 items)."""
+    import time
+
+    from ray.util import ActorPool
+
+    from llmrecall.interest.knowledge import KnowledgeSettings, clean_keywords, knowledge_keys
+    from llmrecall.lm.cache import LMCache
+
+    settings = settings or KnowledgeSettings()
+    store = store if store is not None else LMCache(":memory:")
+    start = time.perf_counter()
+    items = np.arange(dataset.n_items) if items is None else np.asarray(items)
+    titles = dataset.catalog.titles
+    pool = _generate_pool(make_generator, dataset, actors, cpus_per_actor)
+    try:
+        fingerprint: str = ray.get(pool[0].fingerprint.remote())
+        keys = knowledge_keys(dataset, items, settings, fingerprint)
+        cached = store.get_text_lists(list(keys.values()))
+        todo = [i for i in items.tolist() if keys[i] not in cached and titles[i].strip()]
+        shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
+        generated = 0
+        results = ActorPool(pool).map_unordered(
+            lambda actor, shard: actor.knowledge.remote(settings, shard), shards)
+        for text_lists, stats in results:
+            store.put_text_lists(text_lists, fingerprint)
+            generated += stats["generated"]
+        tokens = _usage(pool)
+    finally:
+        for actor in pool:
+            ray.kill(actor)
+    cached = store.get_text_lists(list(keys.values()))
+    out = [""] * dataset.n_items
+    for item, key in keys.items():
+        if key in cached:
+            raw = cached[key][0] if cached[key] else ""
+            out[item] = clean_keywords(raw, titles[item], settings.max_keywords)
+    seconds = time.perf_counter() - start
+    return out, _cost("items", len(items), generated, len(items) - len(todo), 0, seconds,
+                      tokens, actors)
+
+
+def _cost(unit: str, n: int, generated: int, reused: int, cache_hits: int, seconds: float,
+          tokens: dict[str, int], actors: int) -> dict[str, Any]:
+    per = 1000.0 / generated if generated else 0.0
+    return {unit: n, "generated": generated, "reused": reused, "cache_hits": cache_hits,
+            "actors": actors, "seconds": seconds, **tokens,
+            f"seconds_per_1000_{unit}": seconds * per,
+            f"tokens_per_1000_{unit}": (tokens["prompt_tokens"] + tokens["completion_tokens"])
+            * per}
