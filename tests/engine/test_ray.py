@@ -275,3 +275,55 @@ def test_interests_through_an_endpoint_with_bounded_concurrency(cluster):
         server.stop()
     assert remote == local and sum(map(len, local.values())) >= 1
     assert report["generated"] == 5 and report["prompt_tokens"] > 0
+
+
+def test_worker_node_killed_mid_job_same_output(cluster, ml100k, tmp_path):
+    """The worker node (its raylet, object store and workers) SIGKILLed while a task runs
+    on it: the node is declared dead, its tasks and the shuffle outputs it held are rerun
+    on the head node, and the lists are the in-process ones. A replacement node joins
+    after, for the tests that follow."""
+    import threading
+    import time
+
+    _, config, split, local = ml100k
+    marker = tmp_path / "on-node"
+    victim = next(n for n in cluster.worker_nodes if n.node_ip_address == "127.0.0.3")
+
+    def stall_on_victim(fn):
+        """``fn``, but its first call on 127.0.0.3 marks it and waits to be killed."""
+        def wrapped(*args, **kwargs):
+            if ray.util.get_node_ip_address() == "127.0.0.3" and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                time.sleep(120)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    class StallingEngine(RayEngine):
+        def shuffle(self, map_fn, inputs, reduce_fn, n_partitions):
+            return super().shuffle(stall_on_victim(map_fn), inputs, stall_on_victim(reduce_fn),
+                                   n_partitions)
+
+    killed = threading.Event()
+
+    def killer():
+        deadline = time.monotonic() + 300
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if marker.exists():
+            cluster.remove_node(victim, allow_graceful=False)  # SIGKILL, raylet included
+            killed.set()
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        engine = StallingEngine(partitions=4, user_block=200)
+        remote = _lists(engine, config, split)
+        thread.join(timeout=5)
+        assert killed.is_set()
+        assert [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] == ["127.0.0.2"]
+        for name, candidates in local.lists.items():
+            assert np.array_equal(candidates.ids, remote.lists[name].ids), name
+    finally:
+        thread.join(timeout=300)
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.3")
+        cluster.wait_for_nodes()
