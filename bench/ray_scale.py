@@ -10,7 +10,13 @@ one on a Ray instance with ``--workers`` CPUs started on this machine. Jobs:
 * ``itemcf`` / ``swing``: fit (``neighbors=100``; Swing ``max_users_per_item=50``);
 * ``recall``: ItemCF's top-100 for every user (``loo`` test task: one held-out item each);
 * ``embed``: the titles of the first ``--embed-items`` items with the ``--embedder`` model
-  (the sharded cache starts empty; Ray: one actor, one model, per worker).
+  (the sharded cache starts empty; Ray: one actor, one model, per worker);
+* ``sasrec``: one epoch of SASRec (ids only, ``dim=64``, ``max_len=50``, batch 128, full
+  softmax); Ray: ``TorchTrainer`` with ``--workers`` DDP workers (gloo), one CPU each.
+
+``--builtin ml-1m`` runs the jobs on a built-in dataset instead of synthetic logs:
+
+    python bench/ray_scale.py --builtin ml-1m --jobs sasrec
 
 Memory: the largest resident set of the driver process alone, and the largest sum over the
 driver and every process it started (Ray's raylet, GCS, object store and workers), sampled
@@ -64,7 +70,12 @@ def run_job(data: str, job: str, engine_kind: str, workers: int, embed_items: in
     from llmrecall.engine import make_engine
 
     start = time.perf_counter()
-    dataset = load_dataset_toml(Path(data) / "data.toml")
+    if (Path(data) / "data.toml").exists():
+        dataset = load_dataset_toml(Path(data) / "data.toml")
+    else:
+        from llmrecall.data.builtin import load_builtin
+
+        dataset = load_builtin(data)
     load_seconds = time.perf_counter() - start
     task = None
     if job == "recall":
@@ -92,6 +103,12 @@ def run_job(data: str, job: str, engine_kind: str, workers: int, embed_items: in
         ids = engine.rank_task(channel, task, 100)
         detail["users"] = int(len(ids))
         detail["checksum"] = int(np.asarray(ids, np.int64).sum() % 1_000_003)
+    elif job == "sasrec":
+        from llmrecall.channels.sequential import SASRec
+
+        sasrec = SASRec(text_init="none", epochs=1)
+        engine.fit_channel(sasrec, dataset)
+        detail["epochs"] = 1
     elif job == "embed":
         from functools import partial
 
@@ -139,6 +156,7 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["local", "ray"])
     parser.add_argument("--embed-items", type=int, default=2000)
     parser.add_argument("--embedder", default="default")
+    parser.add_argument("--builtin", default=None, help="a built-in dataset (ml-1m)")
     parser.add_argument("--data-root", default=os.path.join(tempfile.gettempdir(), "synth"))
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--one", nargs=3, metavar=("DATA", "JOB", "ENGINE"),
@@ -152,9 +170,9 @@ def main() -> None:
     from llmrecall.data.synth import synthesize
 
     rows = []
-    for events in args.events:
-        data = Path(args.data_root) / f"e{events}-i{args.items}"
-        if not (data / "data.toml").exists():
+    for events in [0] if args.builtin else args.events:
+        data = Path(args.builtin or Path(args.data_root) / f"e{events}-i{args.items}")
+        if not args.builtin and not (data / "data.toml").exists():
             start = time.perf_counter()
             synthesize(data, users=max(1, events // 20), items=args.items, events=events, seed=0)
             print(f"synth {events:,} events: {time.perf_counter() - start:.1f}s", file=sys.stderr)

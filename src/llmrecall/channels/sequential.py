@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -189,7 +190,11 @@ class SASRec(Channel, AddsItems, CachesUsers):
         self._table_cache: tuple[Any, Any] | None = None  # (model, its item table), see _item_table
 
     # ---- training --------------------------------------------------------------------
-    def fit(self, dataset: Dataset) -> SASRec:
+    def fit(self, dataset: Dataset, train: Callable[..., Any] | None = None) -> SASRec:
+        """Train on ``dataset``'s histories. ``train(channel, model, windows, n_items)``,
+        when given, trains the initialised ``model`` elsewhere and returns the trained
+        network (the Ray engine's data-parallel training, which runs
+        :meth:`train_epochs` on each worker); None trains here."""
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         torch.manual_seed(self.seed)
@@ -212,26 +217,48 @@ class SASRec(Channel, AddsItems, CachesUsers):
         windows = training_windows(dataset.histories(), self.max_len)
         if len(windows) == 0:
             raise DataError("sasrec: no user has two or more interactions to learn from")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr,
-                                      weight_decay=self.weight_decay)
-        sampled = n_items > self.full_softmax_limit
-        model.train()
-        with progress.task(f"fit {self.name}", self.epochs, "epoch") as bar:
-            for _ in range(self.epochs):
-                order = rng.permutation(len(windows))
-                for start in range(0, len(windows), self.batch_size):
-                    batch = torch.from_numpy(windows[order[start:start + self.batch_size]])
-                    loss = self._loss(model, batch, n_items, sampled, rng)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                bar.advance()
+        if train is None:
+            with progress.task(f"fit {self.name}", self.epochs, "epoch") as bar:
+                self.train_epochs(model, windows, n_items, rng, on_epoch=bar.advance)
+        else:
+            model = train(self, model, windows, n_items)
         model.eval()
         self.model_ = model
         self.n_items_ = n_items
         self.popularity_ = popularity(dataset)
         self._n_base = n_items
         return self
+
+    def train_epochs(self, model, windows: np.ndarray, n_items: int, rng: np.random.Generator,
+                     rank: int = 0, world: int = 1,
+                     on_epoch: Callable[[], None] | None = None) -> None:
+        """``epochs`` epochs of AdamW on ``model`` (in place) over ``windows``
+        (int64[w, max_len + 1], :func:`training_windows`), batches in ``rng``'s order.
+
+        Data-parallel (``world`` > 1 workers, ``model`` wrapped in DistributedDataParallel,
+        every worker seeded alike so all draw the same order and negatives): worker
+        ``rank`` takes rows ``rank::world`` of each batch, so the workers' rows together are
+        the one-process batch and there are as many optimizer steps; DDP averages the
+        gradients. A last batch with fewer rows than workers is taken whole by each (equal
+        gradients: their average is the batch's)."""
+        torch = _torch()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr,
+                                      weight_decay=self.weight_decay)
+        sampled = n_items > self.full_softmax_limit
+        model.train()
+        for _ in range(self.epochs):
+            order = rng.permutation(len(windows))
+            for start in range(0, len(windows), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                if len(rows) >= world:
+                    rows = rows[rank::world]
+                batch = torch.from_numpy(windows[rows])
+                loss = self._loss(model, batch, n_items, sampled, rng)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            if on_epoch is not None:
+                on_epoch()
 
     def _loss(self, model, batch, n_items: int, sampled: bool, rng: np.random.Generator):
         """Next-item cross-entropy over every non-padded position of ``batch``
@@ -241,7 +268,7 @@ class SASRec(Channel, AddsItems, CachesUsers):
         hidden = model(inputs)
         keep = (inputs > 0) & (targets > 0)
         hidden, targets = hidden[keep], targets[keep]
-        table = model.items()
+        table = getattr(model, "module", model).items()  # DDP wraps the network in .module
         if not sampled:
             logits = hidden @ table[1:].T  # [t, n_items]
             return torch.nn.functional.cross_entropy(logits, targets - 1)

@@ -3,8 +3,10 @@
 * ItemCF / Swing: the map-shuffle-reduce of :mod:`llmrecall.engine.cooccurrence`, each map
   a task with one return per partition (the shuffle), each reduce a task taking its piece
   of every map. The neighbour lists are identical to the in-process fit.
+* SASRec: data-parallel training with Ray Train's ``TorchTrainer`` (DDP on CPU workers,
+  gloo), :func:`train_sasrec`; the fitted channel is the one a local fit gives.
 * Every other channel is fitted on the driver (EASE's Gram matrix, ALS/BPR through
-  ``implicit``, SASRec: single-node, see docs/scale-out.md).
+  ``implicit``, textcf: single-node, see docs/scale-out.md).
 * All-user recall: the fitted channel and the task are put in the object store once; one
   task per block of users (a multiple of the evaluator's batch, so every batch is the one
   the local run scores) returns that block's lists.
@@ -66,13 +68,19 @@ class RayEngine(Engine):
         user_block: users per recall task (a multiple of ``EVAL_BATCH`` keeps every batch
             the one the local run scores).
         matrix_block: users per ItemCF map task.
+        train_workers: Ray Train workers for SASRec (default: the cluster's CPUs, at least
+            1); ``train_cpus`` CPUs each.
+        train_storage: where Ray Train keeps the run and the trained network's checkpoint:
+            a path every node can reach (a shared file system); default a temporary
+            folder on this machine, removed after each fit.
     """
 
     kind = "ray"
 
     def __init__(self, address: str | None = None, partitions: int | None = None,
                  user_block: int = 4 * EVAL_BATCH, matrix_block: int = 20_000,
-                 num_cpus: int | None = None):
+                 num_cpus: int | None = None, train_workers: int | None = None,
+                 train_cpus: float = 1.0, train_storage: str | None = None):
         self._started = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -85,6 +93,9 @@ class RayEngine(Engine):
         self.partitions = partitions or max(1, cpus)
         self.user_block = max(1, user_block)
         self.matrix_block = matrix_block
+        self.train_workers = train_workers or max(1, cpus)
+        self.train_cpus = train_cpus
+        self.train_storage = train_storage
         self._map = ray.remote(_apply_map)
         self._reduce = ray.remote(_apply_reduce).options(max_retries=MAX_RETRIES)
         self._rank = ray.remote(_rank_block).options(max_retries=MAX_RETRIES)
@@ -118,11 +129,14 @@ class RayEngine(Engine):
 
     def fit_channel(self, channel: Any, dataset: Any) -> None:
         from llmrecall.channels.itemcf import ItemCF
+        from llmrecall.channels.sequential import SASRec
         from llmrecall.channels.swing import Swing
 
-        # exact classes: a subclass may compute its similarity otherwise
+        # exact classes: a subclass may compute its similarity (or train) otherwise
         if type(channel) in (ItemCF, Swing):
             channel.fit(dataset, similarity=self.similarity)
+        elif type(channel) is SASRec:
+            channel.fit(dataset, train=self.train_sasrec)
         else:
             channel.fit(dataset)
 
@@ -149,6 +163,11 @@ class RayEngine(Engine):
             self._task_refs = {id(task): held}
         return held[1]
 
+    def train_sasrec(self, channel, model, windows: np.ndarray, n_items: int):
+        """``SASRec.fit``'s ``train`` hook: :func:`train_sasrec` on ``train_workers``."""
+        return train_sasrec(channel, model, windows, n_items, self.train_workers,
+                            self.train_cpus, self.train_storage)
+
     def describe(self) -> dict[str, Any]:
         resources = ray.cluster_resources()
         return {"kind": self.kind, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
@@ -159,6 +178,90 @@ class RayEngine(Engine):
         self._task_refs = {}
         if self._started and ray.is_initialized():
             ray.shutdown()
+
+
+# --- SASRec: data-parallel training with Ray Train -----------------------------------------
+
+
+def _sasrec_worker(config: dict) -> None:
+    """One Ray Train worker: the driver's initial network, DDP-wrapped, trained on this
+    worker's rows of every batch (:meth:`SASRec.train_epochs`); rank 0 reports the trained
+    state as a checkpoint (safetensors, no pickle)."""
+    import tempfile
+
+    import ray.train
+    import torch
+    from ray.train.torch import prepare_model
+    from safetensors.torch import save_file
+
+    from llmrecall.channels.sequential import _build_model
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    channel = config["channel_type"](**config["params"])
+    torch.set_num_threads(min(channel.threads, 2))
+    # dropout differs between workers (each its own rows); the order and the negatives come
+    # from the numpy generator, seeded alike everywhere
+    torch.manual_seed(channel.seed + rank)
+    state = {k: torch.from_numpy(np.array(v)) for k, v in ray.get(config["initial"]).items()}
+    text = state["text"][1:].numpy() if "text" in state else None
+    net = _build_model(config["n_items"], channel.dim, channel.blocks, channel.heads,
+                       channel.max_len, channel.dropout, text, channel.text_init)
+    net.load_state_dict(state)
+    model = prepare_model(net) if world > 1 else net
+    windows = ray.get(config["windows"])
+    channel.train_epochs(model, windows, config["n_items"],
+                         np.random.default_rng(channel.seed), rank=rank, world=world)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+            save_file(tensors, os.path.join(folder, "model.safetensors"))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({"epochs": channel.epochs}, checkpoint=checkpoint)
+
+
+def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int = 2,
+                 cpus_per_worker: float = 1.0, storage: str | None = None):
+    """Train SASRec's initialised ``model`` data-parallel on ``workers`` Ray Train workers
+    (``TorchTrainer``, DDP over gloo on CPUs) and return it with the trained weights.
+
+    Every worker starts from ``model``'s weights and runs the channel's own loop
+    (:meth:`~llmrecall.channels.sequential.SASRec.train_epochs`) on its rows of each batch:
+    the same epochs, batches, optimizer and seed as one process, the gradients averaged
+    across workers. The result equals the one-process fit in distribution, not bit for
+    bit (dropout masks and float summation differ). ``windows`` go to the object store once
+    (read zero-copy by the workers of a node)."""
+    import shutil
+    import tempfile
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from safetensors.torch import load_file
+
+    folder = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="llmrecall-train-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        initial = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        config = {"channel_type": type(channel), "params": channel.get_params(),
+                  "initial": ray.put(initial), "n_items": n_items,
+                  "windows": ray.put(windows)}
+        trainer = TorchTrainer(
+            _sasrec_worker, train_loop_config=config,
+            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=ScalingConfig(num_workers=max(1, workers), use_gpu=False,
+                                         resources_per_worker={"CPU": cpus_per_worker}),
+            run_config=RunConfig(storage_path=str(folder), name=f"sasrec-{channel.name}"))
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"sasrec {channel.name}: Ray Train returned no checkpoint "
+                               f"({result.error})")
+        with result.checkpoint.as_directory() as done:
+            model.load_state_dict(load_file(os.path.join(done, "model.safetensors")))
+        return model
+    finally:
+        if storage is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- catalog embedding on an actor pool ---------------------------------------------------
@@ -217,3 +320,214 @@ def embed_catalog(texts: Sequence[str], make_embedder: Callable, root: str | os.
     finally:
         for actor in pool:
             ray.kill(actor)
+
+
+# --- LLM generation (interests, item knowledge) on an actor pool ---------------------------
+
+#: users (or items) per generation task: what a killed job may have to redo
+GENERATE_SHARD = 8
+
+
+class _GenerateActor:
+    """One generator (a local model, loaded once, or a client of an OpenAI-compatible
+    endpoint: one request in flight per actor) running the one-process jobs on shards."""
+
+    def __init__(self, make_generator: Callable, dataset: Any):
+        self.generator = make_generator()
+        self.dataset = dataset
+        self._interest_jobs: dict[str, Any] = {}
+
+    def fingerprint(self) -> str:
+        from llmrecall.interest.jobs import store_fingerprint
+
+        return store_fingerprint(self.generator)
+
+    def usage(self) -> tuple[int, int, int]:
+        u = self.generator.usage
+        return u.prompt_tokens, u.completion_tokens, u.calls
+
+    def interests(self, settings: Any, users: list[int]) -> tuple[dict, list, list, dict]:
+        """``InterestJob.run`` on ``users`` against a store in memory: the texts, the rows
+        the job wrote there (for the driver to write to the shared store) and its stats."""
+        from dataclasses import asdict
+
+        from llmrecall.interest.jobs import InterestJob
+
+        store = _recording_store()
+        job = self._interest_jobs.get(settings.model_dump_json())
+        if job is None:  # the trie and examples are built once per settings
+            job = InterestJob(self.dataset, self.generator, settings)
+            self._interest_jobs = {settings.model_dump_json(): job}
+        job.store = store
+        out, stats = job.run(np.asarray(users, np.int64))
+        return out, store.text_lists, store.subjects, asdict(stats)
+
+    def knowledge(self, settings: Any, items: list[int]) -> tuple[list, dict]:
+        from dataclasses import asdict
+
+        from llmrecall.interest.knowledge import generate_knowledge
+
+        store = _recording_store()
+        _, stats = generate_knowledge(self.dataset, self.generator, np.asarray(items, np.int64),
+                                      settings, store)
+        return store.text_lists, asdict(stats)
+
+
+def _recording_store():
+    from llmrecall.lm.cache import LMCache
+
+    class RecordingStore(LMCache):
+        """An in-memory cache that also keeps what was written, for the driver."""
+
+        def __init__(self):
+            super().__init__(":memory:")
+            self.text_lists: list[tuple[str, list[str]]] = []
+            self.subjects: list[tuple[str, list[int], list[str]]] = []
+
+        def put_text_lists(self, items, fingerprint="", template=""):
+            items = list(items)
+            self.text_lists.extend(items)
+            return super().put_text_lists(items, fingerprint, template)
+
+        def put_subjects(self, scope, rows):
+            rows = list(rows)
+            self.subjects.extend(rows)
+            return super().put_subjects(scope, rows)
+
+    return RecordingStore()
+
+
+
+def _generate_pool(make_generator: Callable, dataset: Any, actors: int,
+                   cpus_per_actor: float) -> list[Any]:
+    actor_cls: Any = ray.remote(_GenerateActor).options(
+        num_cpus=cpus_per_actor, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
+    dataset_ref = ray.put(dataset)
+    return [actor_cls.remote(make_generator, dataset_ref) for _ in range(max(1, actors))]
+
+
+def _usage(pool: list[Any]) -> dict[str, int]:
+    totals = np.sum([ray.get(a.usage.remote()) for a in pool], axis=0).tolist()
+    return dict(zip(("prompt_tokens", "completion_tokens", "calls"), map(int, totals)))
+
+
+def generate_interests(dataset: Any, make_generator: Callable, settings: Any, users: Any,
+                       store: Any, actors: int = 2, cpus_per_actor: float = 1.0,
+                       shard_size: int = GENERATE_SHARD,
+                       refresh_min_changed: int = 3) -> tuple[dict[int, list[str]], dict]:
+    """Interest texts for ``users`` (dense ids) generated on a pool of ``actors`` actors,
+    each with its own ``make_generator()`` (a local model, loaded once per actor, or an
+    OpenAI-compatible client: then ``actors`` is the bound on requests in flight, and
+    ``cpus_per_actor`` can be small).
+
+    Each actor runs :meth:`InterestJob.run <llmrecall.interest.jobs.InterestJob.run>` on
+    shards of ``shard_size`` users; the driver writes each shard's texts to ``store`` (the
+    shared :class:`~llmrecall.lm.cache.LMCache` the channels and the service read) as it
+    comes back, so a killed job, run again, generates only the users not yet stored (users
+    whose stored text is still fresh, :func:`~llmrecall.interest.jobs.needs_refresh`, are
+    not sent). The texts are the one-process job's: the same job code, prompts and
+    generator per user. Returns ``({user: texts}, report)``: users, generated, reused,
+    seconds, tokens and, per 1,000 generated users, seconds and tokens."""
+    import time
+
+    from ray.util import ActorPool
+
+    from llmrecall.interest.jobs import InterestSettings, needs_refresh
+
+    settings = settings or InterestSettings()
+    start = time.perf_counter()
+    users = [int(u) for u in np.asarray(users).tolist()]
+    pool = _generate_pool(make_generator, dataset, actors, cpus_per_actor)
+    try:
+        fingerprint: str = ray.get(pool[0].fingerprint.remote())
+        scope = settings.scope(fingerprint)
+        stored = store.get_subjects(scope)
+        histories = dataset.histories()
+        raws = dataset.users.raw(np.asarray(users, np.int64))
+        out: dict[int, list[str]] = {}
+        todo = []
+        for user, raw in zip(users, raws):
+            recent = histories.of(user)[-settings.history_length:].tolist()
+            if raw in stored and not needs_refresh(stored[raw][0], recent,
+                                                   window=settings.history_length,
+                                                   min_changed=refresh_min_changed):
+                out[user] = stored[raw][1]
+            else:
+                todo.append(user)
+        shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
+        generated = cache_hits = 0
+        results = ActorPool(pool).map_unordered(
+            lambda actor, shard: actor.interests.remote(settings, shard), shards)
+        for texts, text_lists, subjects, stats in results:
+            store.put_text_lists(text_lists, fingerprint)
+            store.put_subjects(scope, subjects)
+            out.update(texts)
+            generated += stats["generated"]
+            cache_hits += stats["cache_hits"]
+        tokens = _usage(pool)
+    finally:
+        for actor in pool:
+            ray.kill(actor)
+    seconds = time.perf_counter() - start
+    return {u: out[u] for u in users}, _cost("users", len(users), generated,
+                                              len(users) - len(todo), cache_hits, seconds,
+                                              tokens, actors)
+
+
+def generate_knowledge(dataset: Any, make_generator: Callable, settings: Any = None,
+                       items: Any = None, store: Any = None, actors: int = 2,
+                       cpus_per_actor: float = 1.0,
+                       shard_size: int = GENERATE_SHARD) -> tuple[list[str], dict]:
+    """Item knowledge (:func:`llmrecall.interest.knowledge.generate_knowledge`) for
+    ``items`` (all when None) on a pool of generator actors: only the items whose raw
+    answer is not in ``store`` yet are sent, in shards; each shard's answers are written to
+    ``store`` as they come back (resumable). Returns one cleaned string per catalog item
+    and the cost report (as :func:`generate_interests`, per 1,000 items)."""
+    import time
+
+    from ray.util import ActorPool
+
+    from llmrecall.interest.knowledge import KnowledgeSettings, clean_keywords, knowledge_keys
+    from llmrecall.lm.cache import LMCache
+
+    settings = settings or KnowledgeSettings()
+    store = store if store is not None else LMCache(":memory:")
+    start = time.perf_counter()
+    items = np.arange(dataset.n_items) if items is None else np.asarray(items)
+    titles = dataset.catalog.titles
+    pool = _generate_pool(make_generator, dataset, actors, cpus_per_actor)
+    try:
+        fingerprint: str = ray.get(pool[0].fingerprint.remote())
+        keys = knowledge_keys(dataset, items, settings, fingerprint)
+        cached = store.get_text_lists(list(keys.values()))
+        todo = [i for i in items.tolist() if keys[i] not in cached and titles[i].strip()]
+        shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
+        generated = 0
+        results = ActorPool(pool).map_unordered(
+            lambda actor, shard: actor.knowledge.remote(settings, shard), shards)
+        for text_lists, stats in results:
+            store.put_text_lists(text_lists, fingerprint)
+            generated += stats["generated"]
+        tokens = _usage(pool)
+    finally:
+        for actor in pool:
+            ray.kill(actor)
+    cached = store.get_text_lists(list(keys.values()))
+    out = [""] * dataset.n_items
+    for item, key in keys.items():
+        if key in cached:
+            raw = cached[key][0] if cached[key] else ""
+            out[item] = clean_keywords(raw, titles[item], settings.max_keywords)
+    seconds = time.perf_counter() - start
+    return out, _cost("items", len(items), generated, len(items) - len(todo), 0, seconds,
+                      tokens, actors)
+
+
+def _cost(unit: str, n: int, generated: int, reused: int, cache_hits: int, seconds: float,
+          tokens: dict[str, int], actors: int) -> dict[str, Any]:
+    per = 1000.0 / generated if generated else 0.0
+    return {unit: n, "generated": generated, "reused": reused, "cache_hits": cache_hits,
+            "actors": actors, "seconds": seconds, **tokens,
+            f"seconds_per_1000_{unit}": seconds * per,
+            f"tokens_per_1000_{unit}": (tokens["prompt_tokens"] + tokens["completion_tokens"])
+            * per}

@@ -93,15 +93,11 @@ def generate_knowledge(dataset: Dataset, generator: Generator, items: np.ndarray
     if len(items) and (items.min() < 0 or items.max() >= dataset.n_items):
         raise DataError(f"item ids must be in [0, {dataset.n_items}) for knowledge generation")
     titles, cats = dataset.catalog.titles, dataset.catalog.categories
-    # the template's full text (not its hash) in the key, as these keys have always had it
-    version = load_template("item_keywords", settings.language).text
     fingerprint = store_fingerprint(generator)
     out = [""] * dataset.n_items
     stats = KnowledgeStats(items=len(items))
     start = time.perf_counter()
-    # raw answers are stored; cleaning happens on read, so it can change without regenerating
-    keys = {int(i): content_key("knowledge-raw", fingerprint, version,
-                                settings.model_dump(), titles[i], cats[i]) for i in items}
+    keys = knowledge_keys(dataset, items, settings, fingerprint)
     cached = store.get_text_lists(list(keys.values()))
     pending = []
     with task("generate knowledge", len(items), "item") as bar:
@@ -129,6 +125,18 @@ def generate_knowledge(dataset: Dataset, generator: Generator, items: np.ndarray
     store.put_text_lists(pending, fingerprint)
     stats.seconds = time.perf_counter() - start
     return out, stats
+
+
+def knowledge_keys(dataset: Dataset, items: np.ndarray, settings: KnowledgeSettings,
+                   fingerprint: str) -> dict[int, str]:
+    """``{item: store key}`` of each item's raw answer (:func:`store_fingerprint` names the
+    generator). Raw answers are stored; cleaning happens on read, so it can change without
+    regenerating."""
+    titles, cats = dataset.catalog.titles, dataset.catalog.categories
+    # the template's full text (not its hash) in the key, as these keys have always had it
+    version = load_template("item_keywords", settings.language).text
+    return {int(i): content_key("knowledge-raw", fingerprint, version,
+                                settings.model_dump(), titles[i], cats[i]) for i in items}
 
 
 def enrich_dataset(dataset: Dataset, knowledge: list[str]) -> Dataset:
