@@ -115,15 +115,11 @@ def evaluate(
     if output is not None:
         _write_text(output, json.dumps(report, indent=2))
     if output is not None or html is not None:
-        from llmrecall.evaluate.ranks import build_ranks, save_ranks, sidecar_path
+        from llmrecall.evaluate.ranks import build_ranks
 
         ranks = build_ranks(report, data_split, kept["lists"], kept["fused"])
         if output is not None:
-            try:
-                save_ranks(sidecar_path(output), ranks)
-            except OSError as exc:
-                _fail(f"cannot write {sidecar_path(output)}: {exc.strerror or exc}")
-            _say(f"wrote {sidecar_path(output)}")
+            _write_ranks(output, ranks)
         if html is not None:
             from llmrecall.evaluate.report_html import run_from_memory, write_report
 
@@ -135,6 +131,17 @@ def evaluate(
             except OSError as exc:
                 _fail(f"cannot write {html}: {exc.strerror or exc}")
             _say(f"wrote {html}")
+
+
+def _write_ranks(output: Path, ranks) -> None:
+    """The per-target ranks (``llmrecall report`` draws from them) beside ``output``."""
+    from llmrecall.evaluate.ranks import save_ranks, sidecar_path
+
+    try:
+        save_ranks(sidecar_path(output), ranks)
+    except OSError as exc:
+        _fail(f"cannot write {sidecar_path(output)}: {exc.strerror or exc}")
+    _say(f"wrote {sidecar_path(output)}")
 
 
 @app.command("report")
@@ -260,14 +267,21 @@ def demo(
     from llmrecall.report import rich_table
 
     check_writable(output, "--output")
+    kept: dict = {}
     try:
         cfg = load_config(config)
         ds = load_builtin(dataset)
-        report, pipeline, _split = run_experiment(ds, "loo", cfg, progress=_say)
+        report, pipeline, data_split = run_experiment(
+            ds, "loo", cfg, progress=_say,
+            on_lists=lambda lists, fused: kept.update(lists=lists, fused=fused))
     except LLMRecallError as exc:
         _fail(exc)
     console.print(rich_table(report))
     _write_text(output, json.dumps(report, indent=2))
+    from llmrecall.evaluate.ranks import build_ranks
+
+    # the ranks beside the JSON: `llmrecall report results/demo.json` draws the charts
+    _write_ranks(output, build_ranks(report, data_split, kept["lists"], kept["fused"]))
     # the pipeline was fitted on the train split; it recalls from the user's full, fresh
     # history — the same thing the service does between two model builds
     _print_user(pipeline, ds, user or ds.users.ids[0], 10, True)

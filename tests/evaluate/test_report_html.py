@@ -275,3 +275,18 @@ def test_complementarity_counts_fused_hits_only_one_channel_holds():
     # a's hits@5: {0, 1, 3}; b's: {1, 2}
     assert names == ["a", "b"] and shared == [[3, 1], [1, 2]]
     assert jaccard[0][1] == pytest.approx(1 / 4)
+
+
+@pytest.mark.slow  # runs the main job on ml-100k
+def test_the_demo_results_feed_the_report(tmp_path):
+    """`llmrecall demo` (the main job) writes the ranks beside its JSON, so its results are
+    drawn like evaluate's (it used to write the JSON alone, which `report` refused)."""
+    output = tmp_path / "demo.json"
+    result = _run("demo", "-c", "default", "-o", output)
+    assert result.exit_code == 0, result.output
+    assert sidecar_path(output).exists()
+    result = _run("report", output, "--out", tmp_path / "demo.html")
+    assert result.exit_code == 0, result.output
+    report = json.loads(output.read_text())
+    fused = _trace(_figures(tmp_path / "demo.html")["recall-curves"], "demo · fused")
+    assert fused["y"][49] == report["results"]["fused"]["recall@50"]
