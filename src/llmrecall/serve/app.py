@@ -363,11 +363,9 @@ def _check_timestamps(evs: list[s.Event], settings: ServeSettings, now: float) -
             responses=_responses(422), tags=["users"])
 async def user_history(user_id: PathId, svc: Svc):
     """The live history the service recalls from (artifact + acknowledged events)."""
-    state = svc.live
-    row = state.row_for(user_id)
-    h = state.history(row)
+    state, known, h = await svc.user_history(user_id)
     raw = state.items.raw(h.items)
-    return _json({"user_id": user_id, "known_user": row is not None,
+    return _json({"user_id": user_id, "known_user": known,
                   "history": [{"item_id": r, "timestamp": t, "weight": w}
                               for r, t, w in zip(raw, h.times.tolist(), h.weights.tolist())]})
 
@@ -456,7 +454,8 @@ async def healthz(svc: Svc):
                   "recent_degraded_ratio": ratio, "artifact_version": state.artifact.version,
                   "dataset": state.artifact.manifest["dataset"], "items": state.n_items,
                   "users": len(state.user_rows), "last_event_seq": state.last_seq,
-                  "state_store": svc.store.describe(),
+                  "state_store": svc.store.describe() | (
+                      {"redis": svc.hot.describe()} if svc.hot is not None else {}),
                   "degraded_channels": svc.engine.degraded_channels(),
                   "channels": list(state.artifact.pipeline.channels)})
 
