@@ -433,10 +433,13 @@ async def delete_item(item_id: PathId, svc: Svc):
 # ---- operations -------------------------------------------------------------------------------
 @router.post("/v1/admin/reload", response_model=s.ReloadAck, dependencies=_WRITE,
              responses=_responses(401, 403, 500), tags=["admin"])
-async def reload(svc: Svc):
-    """Load the artifact named by CURRENT fully, replay state, swap atomically."""
+async def reload(svc: Svc, announce: Annotated[bool, Query(
+        description="false: reload this process only, not the others sharing the state (a "
+        "rolling rollout reloads each replica in turn)")] = True):
+    """Load the artifact named by CURRENT fully, replay state, swap atomically. Other
+    processes sharing the state load it too, unless ``announce=false``."""
     try:
-        version, previous, seconds = await svc.reload()
+        version, previous, seconds = await svc.reload(announce=announce)
     except Exception as exc:  # the old state keeps serving
         raise ApiError(500, "reload_failed", f"reload failed, still serving the previous "
                        f"artifact: {exc}") from None
