@@ -22,7 +22,7 @@ WRITE = {"X-API-Key": API_KEY}
 sys.path.insert(0, str(HERE))
 import serve_plugins  # noqa: E402,F401  (registers the test channel kinds here too)
 
-from . import pg  # noqa: E402
+from . import pg, redis_server  # noqa: E402
 
 MAIN_CONFIG = """
 seed = 0
@@ -187,6 +187,20 @@ def own_postgres():
             pytest.fail(f"{why}: CI must run the PostgreSQL tests")
         pytest.skip(why)
     server = pg.PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis():
+    """A Redis server of the test alone (tests/serve/redis_server.py; one it may stop and
+    start again); skipped without one, failed under CI (``.ci/run`` installs it)."""
+    why = redis_server.unavailable()
+    if why is not None:
+        if in_ci():
+            pytest.fail(f"{why}: CI must run the Redis tests")
+        pytest.skip(why)
+    server = redis_server.RedisServer()
     yield server
     server.close()
 

@@ -363,11 +363,9 @@ def _check_timestamps(evs: list[s.Event], settings: ServeSettings, now: float) -
             responses=_responses(422), tags=["users"])
 async def user_history(user_id: PathId, svc: Svc):
     """The live history the service recalls from (artifact + acknowledged events)."""
-    state = svc.live
-    row = state.row_for(user_id)
-    h = state.history(row)
+    state, known, h = await svc.user_history(user_id)
     raw = state.items.raw(h.items)
-    return _json({"user_id": user_id, "known_user": row is not None,
+    return _json({"user_id": user_id, "known_user": known,
                   "history": [{"item_id": r, "timestamp": t, "weight": w}
                               for r, t, w in zip(raw, h.times.tolist(), h.weights.tolist())]})
 
@@ -435,10 +433,13 @@ async def delete_item(item_id: PathId, svc: Svc):
 # ---- operations -------------------------------------------------------------------------------
 @router.post("/v1/admin/reload", response_model=s.ReloadAck, dependencies=_WRITE,
              responses=_responses(401, 403, 500), tags=["admin"])
-async def reload(svc: Svc):
-    """Load the artifact named by CURRENT fully, replay state, swap atomically."""
+async def reload(svc: Svc, announce: Annotated[bool, Query(
+        description="false: reload this process only, not the others sharing the state (a "
+        "rolling rollout reloads each replica in turn)")] = True):
+    """Load the artifact named by CURRENT fully, replay state, swap atomically. Other
+    processes sharing the state load it too, unless ``announce=false``."""
     try:
-        version, previous, seconds = await svc.reload()
+        version, previous, seconds = await svc.reload(announce=announce)
     except Exception as exc:  # the old state keeps serving
         raise ApiError(500, "reload_failed", f"reload failed, still serving the previous "
                        f"artifact: {exc}") from None
@@ -456,7 +457,8 @@ async def healthz(svc: Svc):
                   "recent_degraded_ratio": ratio, "artifact_version": state.artifact.version,
                   "dataset": state.artifact.manifest["dataset"], "items": state.n_items,
                   "users": len(state.user_rows), "last_event_seq": state.last_seq,
-                  "state_store": svc.store.describe(),
+                  "state_store": svc.store.describe() | (
+                      {"redis": svc.hot.describe()} if svc.hot is not None else {}),
                   "degraded_channels": svc.engine.degraded_channels(),
                   "channels": list(state.artifact.pipeline.channels)})
 

@@ -77,6 +77,9 @@ def serve_command(
         help="SQLite state file (default: DIR/state.sqlite), or a PostgreSQL URL "
         "(postgresql://user@host/db, or '$VAR' naming an environment variable holding one): "
         "replicas over one database")] = None,
+    redis: Annotated[str | None, typer.Option(
+        help="Redis URL (redis://host:6379/0, or '$VAR'): every replica over PostgreSQL "
+        "answers with the events any replica acknowledged at once (a cache; optional)")] = None,
     settings: Annotated[Path | None, typer.Option(help="TOML file with a \\[serve] table")] = None,
     channel_budget_ms: Annotated[float | None, typer.Option(help="per-request channel deadline")] = None,
     refresher: Annotated[str | None, typer.Option(help="'module:factory' interest refresher")] = None,
@@ -107,7 +110,7 @@ def serve_command(
         cfg = load_settings(settings, artifact_dir=artifact_dir, host=host, port=port,
                             api_key_env=api_key_env,
                             state_path=Path(state) if state and not postgres else None,
-                            postgres_dsn=state if postgres else None,
+                            postgres_dsn=state if postgres else None, redis_url=redis,
                             channel_budget_ms=channel_budget_ms, refresher=refresher,
                             plugins=plugin or None, workers=workers,
                             shared_state=shared_state)

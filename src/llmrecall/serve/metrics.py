@@ -46,6 +46,9 @@ class Metrics:
             "llmrecall_recall_batch_size", "queries answered together", buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r)
         self.events = Counter("llmrecall_events", "events acknowledged", registry=r)
+        self.recent_merged = Counter(
+            "llmrecall_redis_recent_events", "events another replica acknowledged that an "
+            "answer took from Redis before the change feed brought them", registry=r)
         self.event_batches = Counter("llmrecall_event_batches", "event batches acknowledged",
                                      registry=r)
         self.errors = Counter("llmrecall_http_errors", "error responses", ["route", "status"],

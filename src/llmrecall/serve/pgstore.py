@@ -101,6 +101,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX jobs_change ON jobs(change_seq);
     """,
+    # the state's identity: caches outside the database (Redis) are keyed by it, so a
+    # recreated database never meets the previous one's sequence numbers
+    """
+    CREATE TABLE state_identity (id TEXT NOT NULL);
+    INSERT INTO state_identity(id) SELECT md5(random()::text || clock_timestamp()::text);
+    """,
 ]
 
 #: seconds between reconnection attempts of the listener while the database is down
@@ -145,6 +151,9 @@ class PostgresStore:
         with _unavailable():
             self._con: psycopg.Connection | None = self._connect()
             self.schema_version = migrate(self._con)
+            row = self._con.execute("SELECT id FROM state_identity").fetchone()
+        assert row is not None
+        self.state_id: str = row[0]
         self._writer_pid = self._con.info.backend_pid
         self._read_con: psycopg.Connection | None = None
         self._version = 0  # data_version(): own commits + others' notifications
@@ -337,15 +346,17 @@ class PostgresStore:
                                 "ORDER BY ord").fetchall()
             erased = {r[0] for r in con.execute("SELECT user_id FROM erasures")}
             change_seq = con.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+            events_hi = con.execute("SELECT COALESCE(MAX(hi), 0) FROM changes "
+                                    "WHERE kind = 'events'").fetchone()
             con.commit()
-        assert change_seq is not None
+        assert change_seq is not None and events_hi is not None
         return StoredState(
             event_seq=np.fromiter((r[0] for r in ev), np.int64, len(ev)),
             event_user=[r[1] for r in ev], event_item=[r[2] for r in ev],
             event_ts=np.fromiter((r[3] for r in ev), np.float64, len(ev)),
             event_weight=np.fromiter((r[4] for r in ev), np.float32, len(ev)),
             items=[(r[0], r[1], r[2], json.loads(r[3]), bool(r[4])) for r in items],
-            erased=erased, change_seq=int(change_seq[0]))
+            erased=erased, change_seq=int(change_seq[0]), events_hi=int(events_hi[0]))
 
     @contextmanager
     def _reading(self) -> Iterator[psycopg.Connection]:

@@ -11,6 +11,7 @@ the user's history with the request's items and builds the filter mask;
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,31 +45,42 @@ class ResolvedRecall:
     request: RecallRequest
     query: RecallQuery
     ignored: list[str]
+    recent: int = 0  # the user's events read from Redis (not applied here yet) it counted
 
     def body(self, answer: RecallAnswer) -> dict:
         """The ``/v1/recall`` response (``RecallResponse``) for the engine's ``answer``."""
-        return {"user_id": self.request.user_id, "known_user": self.query.row is not None,
+        known = self.query.row is not None or self.recent > 0
+        return {"user_id": self.request.user_id, "known_user": known,
                 "history_length": len(self.query.history), "candidates": answer.candidates,
                 "degraded": answer.degraded, "channel_counts": answer.channel_counts,
                 "ignored_history_items": self.ignored,
                 "artifact_version": self.query.state.artifact.version}
 
 
-def resolve_recall(state: LiveState, req: RecallRequest, max_k: int) -> ResolvedRecall:
+def resolve_recall(state: LiveState, req: RecallRequest, max_k: int,
+                   recent: Sequence[tuple[int, str, float, float]] = ()) -> ResolvedRecall:
     """``req`` as the engine's query over ``state``. Raises :class:`InvalidRequest` for a
     ``k`` over ``max_k``, a request without user, history or query, or an unknown channel
-    name."""
+    name. ``recent``: the user's events acknowledged by any replica, from Redis
+    (:meth:`~llmrecall.serve.hotstate.RecentEvents.since`); those ``state`` has not applied
+    yet join the user's history for this answer."""
     if req.k > max_k:
         raise InvalidRequest(f"k: at most {max_k}", "k")
     if req.user_id is None and not req.history and not req.query:
         raise InvalidRequest("give user_id, history or query", "user_id")
     only = _selection(state, req.channels)
     row = state.row_for(req.user_id) if req.user_id is not None else None
-    history, ignored = extended_history(state, row, req.history)
+    base, added = state.history(row), 0
+    if recent:
+        from llmrecall.serve.hotstate import with_recent
+
+        base, added = with_recent(state, base, recent)
+    history, ignored = extended_history(state, row, req.history, base)
+    adhoc = (bool(req.history) or added > 0) and row is not None
     query = RecallQuery(state, row, history, req.k, req.query, only, filter_mask(state, req.filters),
-                        req.explain, req.max_reasons, adhoc=bool(req.history) and row is not None,
+                        req.explain, req.max_reasons, adhoc=adhoc,
                         query_only=row is None and len(history) == 0 and bool(req.query))
-    return ResolvedRecall(req, query, ignored)
+    return ResolvedRecall(req, query, ignored, added)
 
 
 def _selection(state: LiveState, channels: list[str] | None) -> tuple[str, ...] | None:
@@ -89,13 +101,13 @@ def known_channels(state: LiveState) -> set[str]:
         sources.LIVE_POPULARITY, sources.LIVE_COVISIT, sources.QUERY_LEXICAL}
 
 
-def extended_history(state: LiveState, row: int | None,
-                     items: list[str]) -> tuple[UserHistory, list[str]]:
-    """Row ``row``'s live history (empty for None) followed by the known ``items`` (raw
-    ids, oldest first), and the unknown ones. The added events get weight 1 and times one
-    second apart after the history's last (from 0 for an empty history): only their order
-    matters to the channels."""
-    history = state.history(row)
+def extended_history(state: LiveState, row: int | None, items: list[str],
+                     base: UserHistory | None = None) -> tuple[UserHistory, list[str]]:
+    """Row ``row``'s live history (empty for None; ``base`` instead when given) followed by
+    the known ``items`` (raw ids, oldest first), and the unknown ones. The added events get
+    weight 1 and times one second apart after the history's last (from 0 for an empty
+    history): only their order matters to the channels."""
+    history = state.history(row) if base is None else base
     if not items:
         return history, []
     idx = state.items.lookup(items)

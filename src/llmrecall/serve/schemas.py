@@ -285,6 +285,8 @@ class Health(BaseModel):
     users: int
     last_event_seq: int
     state_store: dict = Field(description="the durable state: kind (sqlite | postgres) and "
-                              "available (PostgreSQL: the change listener is connected)")
+                              "available (PostgreSQL: the change listener is connected); with "
+                              "[state] redis_url also redis: {kind, available} (available: "
+                              "false while its circuit breaker is open)")
     degraded_channels: list[str]
     channels: list[str]

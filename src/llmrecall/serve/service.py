@@ -19,6 +19,12 @@ store's data version and wakes :meth:`Service._follow_changes`, which applies th
 once (not only on the next request). While the database is unreachable, writes fail
 (:class:`~llmrecall.serve.store.StoreUnavailable`, answered 503) and recall answers from
 what the process holds.
+
+With ``[state] redis_url`` the replicas also share each user's recently acknowledged events
+through Redis (:mod:`llmrecall.serve.hotstate`): the acknowledging replica writes them after
+the commit, and a recall merges the ones its feed has not delivered yet, so the very next
+answer from any replica has them. Redis is a cache: down, it is skipped (circuit breaker)
+and answers come from the feed-fed state alone.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ import numpy as np
 from llmrecall.channels.capabilities import AddsItems, AnswersQueries, RefreshesInterests
 from llmrecall.serve.artifacts import load_artifact
 from llmrecall.serve.engine import RecallAnswer, RecallEngine, RecallQuery
-from llmrecall.serve.live import LiveState
+from llmrecall.serve.hotstate import RecentEvents, with_recent
+from llmrecall.serve.live import LiveState, UserHistory
 from llmrecall.serve.metrics import Metrics, RecentAnswers
 from llmrecall.serve.refresh import InterestRefreshWorker, load_refresher
 from llmrecall.serve.request import resolve_recall
@@ -118,6 +125,7 @@ class Service:
         self.metrics = Metrics()
         self.engine = RecallEngine(settings, self.metrics)
         self.store = open_store(settings)
+        self.hot: RecentEvents | None = None  # Redis, with [state] redis_url (in start())
         self.api_key = settings.api_key()
         self.state: LiveState | None = None
         self._engine_thread = ThreadPoolExecutor(max_workers=settings.engine_threads,
@@ -168,11 +176,21 @@ class Service:
         self._writes_idle.set()
         self._reload_lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
+        redis_url = self.settings.state.resolved_redis_url()
+        if redis_url is not None:
+            cfg = self.settings.state
+            self.hot = RecentEvents(redis_url, getattr(self.store, "state_id", "sqlite"),
+                                    timeout_s=cfg.redis_timeout_ms / 1000.0,
+                                    retry_s=cfg.redis_retry_s, ttl_s=cfg.redis_ttl_s)
+            if not await self.hot.ping():  # not fatal: a cache, used once it answers
+                log.warning("Redis at the configured redis_url does not answer; starting "
+                            "without it (it is tried again every %.1fs)", cfg.redis_retry_s)
         artifact = await asyncio.to_thread(load_artifact, self.settings.artifact_dir)
         stored = await asyncio.to_thread(self.store.read_all)
         state = await asyncio.to_thread(LiveState, artifact, stored,
                                         self.settings.user_cache_users)
         await asyncio.to_thread(self._attach_new_items, state)
+        self._note_events_hi(state, stored.events_hi)
         self.state = state
         self._change_seq = stored.change_seq
         # whatever other processes committed while this one loaded, before the app takes
@@ -213,6 +231,8 @@ class Service:
         self.engine.shutdown()
         self._engine_thread.shutdown(wait=False, cancel_futures=True)
         self.store.close()
+        if self.hot is not None:
+            await self.hot.close()
 
     async def reload(self, announce: bool = True) -> tuple[str, str, float]:
         """Load the artifact fully, replay the stored state into it, then swap one reference.
@@ -234,6 +254,7 @@ class Service:
                 state = await asyncio.to_thread(LiveState, artifact, stored,
                                                 self.settings.user_cache_users)
                 await asyncio.to_thread(self._attach_new_items, state)
+                self._note_events_hi(state, stored.events_hi)
                 previous = self.state.artifact.version if self.state else ""
                 assert self._sync_lock is not None
                 async with self._sync_lock:
@@ -296,8 +317,29 @@ class Service:
         """The ``/v1/recall`` response body for ``req``, resolved against the live state
         (:func:`~llmrecall.serve.request.resolve_recall`: raises
         :class:`~llmrecall.serve.request.InvalidRequest`) and answered from the next batch."""
-        resolved = resolve_recall(self.live, req, self.settings.max_k)
+        recent: list = []
+        if self.hot is not None and req.user_id is not None:
+            # what any replica acknowledged and the feed has not brought here yet; read
+            # before the state is (its applied sequence may pass some of it meanwhile:
+            # resolve_recall keeps only what is still beyond it)
+            recent = await self.hot.since(req.user_id, self.live.last_seq)
+        resolved = resolve_recall(self.live, req, self.settings.max_k, recent)
+        if resolved.recent and self.hot is not None:
+            self.hot.merged += resolved.recent
+            self.metrics.recent_merged.inc(resolved.recent)
         return resolved.body(await self.recall(resolved.query))
+
+    async def user_history(self, user_id: str) -> tuple[LiveState, bool, UserHistory]:
+        """``(state, known, history)``: the user's live history in ``state`` (the current
+        one), with the events any replica acknowledged that this one has not applied yet
+        (Redis, as in recall)."""
+        recent: list = []
+        if self.hot is not None:
+            recent = await self.hot.since(user_id, self.live.last_seq)
+        state = self.live
+        row = state.row_for(user_id)
+        history, added = with_recent(state, state.history(row), recent)
+        return state, row is not None or added > 0, history
 
     def _note_answer(self, answer: RecallAnswer) -> None:
         degraded = bool(answer.degraded)
@@ -383,6 +425,9 @@ class Service:
             if self.shared:  # applied in log order, with other processes' changes
                 await self.sync()
                 changed = list(dict.fromkeys(rows.user_id))
+                if self.hot is not None:  # committed: every replica's next answer has it
+                    await self.hot.record(first, rows.user_id, rows.item_id, rows.ts,
+                                          rows.weight)
             else:
                 changed = state.apply_events(first, list(rows.user_id), items,
                                              np.asarray(rows.ts, np.float64),
@@ -485,6 +530,8 @@ class Service:
             n = await asyncio.wrap_future(self.store.erase_user(user_id))
             if self.shared:
                 await self.sync()
+                if self.hot is not None:
+                    await self.hot.forget(user_id)
             else:
                 state.erase_user(user_id)
                 self.refresh.forget(user_id)
@@ -541,6 +588,7 @@ class Service:
             state.apply_events(int(change.lo), [u for u, k in zip(rows.user_id, known) if k],
                                items[known], np.asarray(rows.ts, np.float64)[known],
                                np.asarray(rows.weight, np.float32)[known], seqs=seqs[known])
+            self._note_events_hi(state, int(change.hi))
         elif change.kind == "items":
             item_rows = self.store.items_by_id(json.loads(change.key))
             job = self.store.job_of_change(change.seq)
@@ -572,6 +620,14 @@ class Service:
             log.exception("reload %s failed; still serving the previous artifact", why)
 
     # ---- helpers ---------------------------------------------------------------------
+    def _note_events_hi(self, state: LiveState, hi: int) -> None:
+        """With Redis: every event up to ``hi`` is applied to ``state`` or gone (erased, or
+        of an item unknown here), so none of them may come back from Redis. ``last_seq``
+        alone stops at the last event *applied*: an erased user's events at the end of the
+        log would stay beyond it and return from Redis until newer events pass them."""
+        if self.hot is not None and hi > state.last_seq:
+            state.last_seq = hi
+
     def _refresher(self):
         """The configured refresher, else one calling ``refresh_interest(user_id, items)`` on
         the first channel that declares

@@ -6,7 +6,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmrecall.errors import ConfigError
 from llmrecall.fusion import ChannelWeight
@@ -27,16 +27,45 @@ class StateSettings(BaseModel):
     unavailable_retry_after_s: int = Field(
         1, ge=0, description="the Retry-After (seconds) of a write answered 503 because the "
         "state store is unreachable")
+    redis_url: str | None = Field(
+        None, description="Redis URL (redis://host:6379/0): each user's recently acknowledged "
+        "events, so every replica answers with the events any replica acknowledged before the "
+        "PostgreSQL change feed delivers them (docs/serving.md, Redis hot state). Needs "
+        "postgres_dsn; a cache only: recall and writes go on without it. '$NAME' reads it from "
+        "the environment variable NAME")
+    redis_timeout_ms: float = Field(
+        50.0, gt=0, le=5000, description="how long one Redis call (connect, read or write) "
+        "may take before it counts as failed")
+    redis_retry_s: float = Field(
+        1.0, gt=0, le=300, description="after a failed Redis call, Redis is not called for "
+        "this long (circuit breaker); then one call tries again")
+    redis_ttl_s: float = Field(
+        300.0, ge=1, description="a user's recent events expire from Redis this long after "
+        "their last write (they only bridge the change feed's delay)")
+
+    @model_validator(mode="after")
+    def _redis_needs_postgres(self) -> StateSettings:
+        if self.redis_url and not self.postgres_dsn:
+            raise ValueError("[state] redis_url needs postgres_dsn: Redis caches what "
+                             "replicas over PostgreSQL acknowledged")
+        return self
 
     def resolved_postgres_dsn(self) -> str | None:
-        dsn = self.postgres_dsn
-        if dsn and dsn.startswith("$"):
-            value = os.environ.get(dsn[1:], "")
-            if not value:
-                raise ConfigError(f"[state] postgres_dsn names the environment variable "
-                                  f"{dsn[1:]}, which is not set")
-            return value
-        return dsn or None
+        return _from_env("postgres_dsn", self.postgres_dsn)
+
+    def resolved_redis_url(self) -> str | None:
+        return _from_env("redis_url", self.redis_url)
+
+
+def _from_env(name: str, value: str | None) -> str | None:
+    """``value``, or the environment variable it names as ``$NAME`` (a secret)."""
+    if value and value.startswith("$"):
+        got = os.environ.get(value[1:], "")
+        if not got:
+            raise ConfigError(f"[state] {name} names the environment variable "
+                              f"{value[1:]}, which is not set")
+        return got
+    return value or None
 
 
 def is_postgres_dsn(value: str) -> bool:
@@ -178,7 +207,8 @@ class ServeSettings(BaseModel):
 
 def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:
     """Settings from a TOML file's ``[serve]`` and ``[state]`` tables (optional) with
-    ``overrides`` on top (None values are ignored; ``postgres_dsn`` goes to ``[state]``)."""
+    ``overrides`` on top (None values are ignored; ``postgres_dsn`` and ``redis_url`` go to
+    ``[state]``)."""
     raw: dict = {}
     if path is not None:
         try:
@@ -188,9 +218,10 @@ def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:
         raw = dict(doc.get("serve", {}))
         if "state" in doc:
             raw["state"] = dict(doc["state"])
-    dsn = overrides.pop("postgres_dsn", None)
-    if dsn is not None:
-        raw["state"] = {**raw.get("state", {}), "postgres_dsn": dsn}
+    for key in ("postgres_dsn", "redis_url"):
+        value = overrides.pop(key, None)
+        if value is not None:
+            raw["state"] = {**raw.get("state", {}), key: value}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return ServeSettings.model_validate(raw)

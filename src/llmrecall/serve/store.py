@@ -137,6 +137,9 @@ class StoredState:
     items: list[tuple[str, str, str, list[str], bool]]  # id, title, text, categories, deleted
     erased: set[str]
     change_seq: int = 0  # the last change this snapshot includes
+    # the highest event sequence number handed out up to this snapshot, erased events
+    # included (0: not known; the PostgreSQL store fills it)
+    events_hi: int = 0
 
 
 @dataclass(frozen=True)
