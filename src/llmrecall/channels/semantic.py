@@ -218,11 +218,14 @@ class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
             # artifact keep searching theirs while this one is built and rolled out
             collection = params.pop("collection", None) or \
                 f"llmrecall_{re.sub(r'[^A-Za-z0-9_]', '_', self.name)}_{uuid.uuid4().hex[:12]}"
-            index = MilvusIndex(vectors.shape[1], params.pop("uri"), collection, replace=True,
-                                **params)
+            milvus = MilvusIndex(vectors.shape[1], params.pop("uri"), collection, replace=True,
+                                 **params)
+            milvus.add(np.arange(len(vectors), dtype=np.int64), vectors)
+            milvus.flush()  # the bulk load: sealed and indexed before the first search
+            index = milvus
         else:
             index = VectorIndex(vectors.shape[1], kind, **(self.index_params or {}))
-        index.add(np.arange(len(vectors), dtype=np.int64), vectors)
+            index.add(np.arange(len(vectors), dtype=np.int64), vectors)
         self._index = index
 
     @property

@@ -212,6 +212,12 @@ class MilvusIndex:
                     zip(ids[s:s + WRITE_BATCH].tolist(), vectors[s:s + WRITE_BATCH])]
             self._client.upsert(self.collection, rows)
 
+    def flush(self) -> None:
+        """Seal what was added so far into indexed segments. Until then Milvus searches new
+        rows by brute force in growing segments (on Milvus Lite ~200 ms a query at 5,000 x
+        384, ~30 ms after the flush); call after a bulk load, not after each small add."""
+        self._client.flush(self.collection)
+
     def _present(self, ids: np.ndarray) -> np.ndarray:
         """The ``ids`` (distinct int64) that are in the collection."""
         found: list[int] = []
