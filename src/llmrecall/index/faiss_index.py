@@ -103,7 +103,7 @@ class VectorIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert ``vectors`` float32[n, dim] under ``ids`` int64[n]; existing ids are replaced."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
-        vectors = self._check_vectors(vectors, "vectors")
+        vectors = check_vectors(vectors, self.dim, "vectors")
         if len(ids) != len(vectors):
             raise DataError(f"add: {len(ids)} ids for {len(vectors)} vectors")
         if (ids < 0).any():
@@ -183,7 +183,7 @@ class VectorIndex:
             ``ids int64[q, k]`` (padded -1) and ``scores float32[q, k]`` (padded -inf),
             best first.
         """
-        queries = self._check_vectors(queries, "queries")
+        queries = check_vectors(queries, self.dim, "queries")
         q = len(queries)
         ids_out = np.full((q, max(k, 0)), -1, np.int64)
         scores_out = np.full((q, max(k, 0)), -np.inf, np.float32)
@@ -265,14 +265,6 @@ class VectorIndex:
             keys = np.sort(keys)
         return keys, np.bincount(rows, minlength=q)
 
-    def _check_vectors(self, x: np.ndarray, what: str) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise DataError(f"{what} must have shape [n, {self.dim}], got {list(x.shape)}")
-        if not np.isfinite(x).all():
-            raise DataError(f"{what} contain NaN or infinite values")
-        return x
-
     # ---- persistence -----------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """``index.faiss`` (faiss.write_index), ``index.json`` and ``deleted.npy``."""
@@ -299,6 +291,17 @@ class VectorIndex:
         self._index = faiss.read_index(str(directory / "index.faiss"))
         self._deleted = np.load(directory / "deleted.npy", allow_pickle=False).astype(np.int64)
         return self
+
+
+def check_vectors(x: np.ndarray, dim: int, what: str) -> np.ndarray:
+    """``x`` as C-contiguous float32[n, dim]; a DataError naming ``what`` for another shape or
+    a NaN / infinite value (every vector index checks its input with this)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise DataError(f"{what} must have shape [n, {dim}], got {list(x.shape)}")
+    if not np.isfinite(x).all():
+        raise DataError(f"{what} contain NaN or infinite values")
+    return x
 
 
 def _pair_keys(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:

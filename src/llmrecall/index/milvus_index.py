@@ -47,7 +47,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.errors import ConfigError, DataError
-from llmrecall.index.faiss_index import VectorIndex, _pair_keys
+from llmrecall.index.faiss_index import VectorIndex, _pair_keys, check_vectors
 
 #: the environment variable holding the server token (never stored in an artifact)
 TOKEN_ENV = "LLMRECALL_MILVUS_TOKEN"
@@ -200,7 +200,7 @@ class MilvusIndex:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert ``vectors`` float32[n, dim] under ``ids`` int64[n]; existing ids are replaced."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
-        vectors = self._check_vectors(vectors, "vectors")
+        vectors = check_vectors(vectors, self.dim, "vectors")
         if len(ids) != len(vectors):
             raise DataError(f"add: {len(ids)} ids for {len(vectors)} vectors")
         if (ids < 0).any():
@@ -264,7 +264,7 @@ class MilvusIndex:
             ``ids int64[q, k]`` (padded -1) and ``scores float32[q, k]`` (padded -inf), best
             first.
         """
-        queries = self._check_vectors(queries, "queries")
+        queries = check_vectors(queries, self.dim, "queries")
         q = len(queries)
         ids_out = np.full((q, max(k, 0)), -1, np.int64)
         scores_out = np.full((q, max(k, 0)), -np.inf, np.float32)
@@ -338,14 +338,6 @@ class MilvusIndex:
         ids[:len(hits)] = [h["id"] for h in hits]
         scores[:len(hits)] = [h["distance"] for h in hits]
         return ids, scores
-
-    def _check_vectors(self, x: np.ndarray, what: str) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise DataError(f"{what} must have shape [n, {self.dim}], got {list(x.shape)}")
-        if not np.isfinite(x).all():
-            raise DataError(f"{what} contain NaN or infinite values")
-        return x
 
     # ---- persistence -----------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

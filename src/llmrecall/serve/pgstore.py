@@ -37,13 +37,13 @@ import numpy as np
 import psycopg
 
 from llmrecall.serve.store import (
-    MAX_GROUP,
     Change,
     EventRows,
     ItemRow,
     Job,
     StoredState,
     StoreUnavailable,
+    next_group,
 )
 
 log = logging.getLogger(__name__)
@@ -230,20 +230,7 @@ class PostgresStore:
         return fut
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group = [first]
-            while len(group) < MAX_GROUP:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # finish this group, then stop
-                    break
-                group.append(nxt)
+        while (group := next_group(self._queue)) is not None:
             try:
                 results = self._commit(group)
             except Exception as exc:  # the whole group failed: nobody is acknowledged

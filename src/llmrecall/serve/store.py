@@ -93,6 +93,27 @@ CHANGE_KINDS = ("events", "items", "delete_item", "erase_user", "reload")
 MAX_GROUP = 256
 
 
+def next_group(writes: queue.Queue) -> list | None:
+    """The next group of writes to commit in one transaction (group commit): the first
+    queued one (waiting for it) and whatever else is queued already, up to ``MAX_GROUP``.
+    None once ``close()`` has queued its stop mark (``None``) and no write is left before it.
+    Shared by the SQLite and PostgreSQL stores' writer threads."""
+    first = writes.get()
+    if first is None:
+        return None
+    group = [first]
+    while len(group) < MAX_GROUP:
+        try:
+            nxt = writes.get_nowait()
+        except queue.Empty:
+            break
+        if nxt is None:
+            writes.put(None)  # finish this group, then stop
+            break
+        group.append(nxt)
+    return group
+
+
 @dataclass(frozen=True)
 class EventRows:
     """A validated batch of events (parallel lists, raw ids)."""
@@ -300,20 +321,7 @@ class Store:
         return fut
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            group = [first]
-            while len(group) < MAX_GROUP:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # finish this group, then stop
-                    break
-                group.append(nxt)
+        while (group := next_group(self._queue)) is not None:
             results: list = []
             cur = self._con.cursor()
             try:
