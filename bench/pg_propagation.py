@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,39 +29,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "serve"))
+sys.path.insert(0, str(ROOT / "bench"))
 import pg  # noqa: E402
-
-CONFIG = """
-seed = 0
-[[channels]]
-kind = "popularity"
-[[channels]]
-kind = "itemcf"
-"""
-KEY = "bench-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(artifact: Path, state: str, env: dict, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmrecall.serve", "serve", str(artifact),
-                             "--port", str(port), "--state", state, *extra], env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("server did not become healthy")
+from replica_servers import CONFIG, KEY, serve  # noqa: E402
 
 
 def measure(a_url: str, b_url: str, n: int, tag: str) -> list[float]:
@@ -109,14 +78,14 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         dsn = server.create_database()
-        a, a_url = _serve(artifact, dsn, env)
-        b, b_url = _serve(artifact, dsn, env)
+        a, a_url = serve(artifact, dsn, env)
+        b, b_url = serve(artifact, dsn, env)
         procs += [a, b]
         measure(a_url, b_url, args.events, "postgres")
         if args.sqlite:
             state = str(work / "state.sqlite")
-            c, c_url = _serve(artifact, state, env, "--shared-state")
-            d, d_url = _serve(artifact, state, env, "--shared-state")
+            c, c_url = serve(artifact, state, env, "--shared-state")
+            d, d_url = serve(artifact, state, env, "--shared-state")
             procs += [c, d]
             measure(c_url, d_url, args.events, "sqlite")
     finally:

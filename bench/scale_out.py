@@ -23,7 +23,6 @@ import asyncio
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,41 +33,12 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "serve"))
+sys.path.insert(0, str(ROOT / "bench"))
 import pg  # noqa: E402
 import redis_server  # noqa: E402
+from replica_servers import CONFIG, KEY, serve  # noqa: E402
 
-CONFIG = """
-seed = 0
-[[channels]]
-kind = "popularity"
-[[channels]]
-kind = "itemcf"
-"""
-KEY = "bench-key"
 ITEMS = [str(i) for i in range(1, 1001)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(artifact: Path, state: str, env: dict, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmrecall.serve", "serve", str(artifact),
-                             "--port", str(port), "--state", state, *extra], env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("server did not become healthy")
 
 
 async def _events(urls: list[str], concurrency: int, batch: int, duration: float) -> dict:
@@ -148,7 +118,7 @@ def main() -> None:
     def start(n: int, state: str, *extra: str) -> list[str]:
         urls = []
         for _ in range(n):
-            proc, url = _serve(artifact, state, env, *extra)
+            proc, url = serve(artifact, state, env, *extra)
             procs.append(proc)
             urls.append(url)
         return urls
