@@ -58,6 +58,16 @@ class TestEDLAE(ChannelContract):
         return EDLAE(l2=2.0, dropout=0.3)
 
 
+class TestEDLAEUserWeighted(ChannelContract):
+    min_recall_at_50 = 0.35
+
+    def make_channel(self):
+        return EDLAE(l2=2.0, dropout=0.3, user_power=0.3)
+
+    def ml100k_channel(self):
+        return EDLAE(user_power=0.3)
+
+
 class TestALS(ChannelContract):
     min_recall_at_50 = 0.33
 

@@ -11,6 +11,7 @@ from typing import Self
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 
 from llmrecall.channels.base import Channel
 from llmrecall.channels.history import (
@@ -67,6 +68,11 @@ class EASE(Channel):
         diagonal: each modelled item's training interactions): lambda for every item."""
         return float(self.regularization)
 
+    def _user_weights(self, sub) -> np.ndarray | None:
+        """Per-user row weights float64[n_users] for the Gram matrix, given the training
+        matrix over the modelled items (``sub``, CSR [n_users, m]); None: every user 1."""
+        return None
+
     def fit(self, dataset: Dataset) -> Self:
         self._check_params()
         if self.max_items is not None and self.max_items < 1:
@@ -79,8 +85,11 @@ class EASE(Channel):
         else:
             modelled = np.arange(n_items)
         sub = matrix[:, modelled]
+        weights_u = self._user_weights(sub)
         with limited_blas():
-            gram = (sub.T @ sub).toarray().astype(np.float64)
+            # each user's squared loss weighted by weights_u ** 2: X^T diag(w^2) X
+            weighted = sub if weights_u is None else sp.diags(weights_u) @ sub
+            gram = (weighted.T @ weighted).toarray().astype(np.float64)
             gram[np.diag_indices_from(gram)] += self._penalty(np.diag(gram).copy())
             # Cholesky inverse: the Gram matrix plus a positive diagonal is symmetric positive
             # definite
