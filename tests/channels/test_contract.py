@@ -3,8 +3,7 @@
 ``min_recall_at_50``: test Recall@50 on ml-100k (chronological leave-one-out, default
 hyperparameters) measured at 0.198 popularity, 0.434 itemcf, 0.342 itemcf as RecBole ItemKNN,
 0.389 swing, 0.391 ease, 0.397 edlae, 0.394 edlae with user_power 0.3, 0.372 als, 0.327 bpr;
-the thresholds sit about 10%
-below.
+the thresholds sit about 10% below.
 """
 
 from llmrecall.channels import ALS, BPR, EASE, EDLAE, ItemCF, Popularity, Swing
