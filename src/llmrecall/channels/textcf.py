@@ -15,6 +15,9 @@ whatever the batch; ``max_steps`` bounds the total number of steps (and so the f
 large data. Large batches (AlphaRec uses 4096) cover an epoch in fewer steps, but the
 in-batch logits cost batch² per step: on ml-100k, 400 steps at 4096 took ~5× the time of 400
 steps at 2048 on CPU.
+The Ray engine trains it data-parallel (``fit``'s ``train`` hook: every worker runs
+:meth:`TextCF.train_steps` on its anchors of each batch, over the whole graph; see
+docs/scale-out.md).
 
 At recall time the user's representation is recomputed from the history passed in (fresh
 events count, new users work) using the fitted item layers; items are scored by cosine.
