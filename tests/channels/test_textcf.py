@@ -9,7 +9,7 @@ from llmrecall.channels.textcf import TextCF
 from llmrecall.errors import ConfigError
 
 from .lm_contract import LMChannelContract
-from .lm_data import COLD, N_SINGLE, topic_of, user_topics
+from .lm_data import COLD, N_SINGLE, make_dataset, topic_of, user_topics
 
 
 class TestTextCF(LMChannelContract):
@@ -101,3 +101,77 @@ class TestTextCFColdSetting(TestTextCF):
 def test_bad_parameters(bad):
     with pytest.raises(ConfigError):
         TextCF(**bad)
+
+
+def _small_graph(channel: TextCF, seed: int = 0):
+    """A random TrainingGraph: 12 users, 9 items, 16-d text (no embedder needed)."""
+    import scipy.sparse as sp
+
+    from llmrecall.channels.textcf import TrainingGraph, _bipartite, _normalised
+
+    rng = np.random.default_rng(seed)
+    rows = sp.csr_matrix((rng.random((12, 9)) < 0.45).astype(np.float32))
+    text = rng.normal(size=(9, 16)).astype(np.float32)
+    mean_rows = channel._history_weights(None, np.arange(12), 9, rows)
+    user_text = np.asarray(mean_rows @ text, np.float32) if channel.user_init == "text" else None
+    coo = rows.tocoo()
+    return TrainingGraph(text, user_text, mean_rows, _bipartite(_normalised(rows)),
+                         coo.row.astype(np.int64), coo.col.astype(np.int64))
+
+
+def _gradients(channel, mlp, graph, take, rank, world):
+    from llmrecall.channels.textcf import _layer0
+
+    mlp.zero_grad()
+    channel._loss(_layer0(mlp, graph, channel.user_init), graph, take, rank, world).backward()
+    return [p.grad.clone() for p in mlp.parameters()]
+
+
+@pytest.mark.parametrize("settings", [{}, {"user_init": "items", "propagate_items": False}])
+def test_data_parallel_anchors_average_to_the_batch_gradient(settings):
+    """What the Ray Train workers compute: worker r's anchors r::world of a batch, each
+    against every item of the batch. The mean of the workers' gradients (what DDP applies)
+    is the one-process gradient of the batch, repeated items in the batch included."""
+    import torch
+
+    from llmrecall.channels.textcf import _mlp
+
+    channel = TextCF(dim=8, hidden=16, **settings)
+    graph = _small_graph(channel)
+    torch.manual_seed(0)
+    mlp = _mlp(16, 16, 8)
+    take = np.random.default_rng(1).permutation(len(graph.pairs_u))[:12]
+    assert len(set(graph.pairs_i[take])) < len(take)  # some item twice: the mask counts
+    whole = _gradients(channel, mlp, graph, take, 0, 1)
+    for world in (2, 3):
+        parts = [_gradients(channel, mlp, graph, take, r, world) for r in range(world)]
+        for g, *p in zip(whole, *parts):
+            torch.testing.assert_close(torch.stack(p).mean(0), g, rtol=1e-5, atol=1e-6)
+    # a batch with fewer pairs than workers: each worker takes it whole
+    short = take[:2]
+    np.testing.assert_array_equal(
+        _gradients(channel, mlp, graph, short, 2, 3)[0].numpy(),
+        _gradients(channel, mlp, graph, short, 0, 1)[0].numpy())
+
+
+def test_train_hook_gets_the_initial_mlp_and_its_result_is_kept(lm_cache):
+    """``fit(train=...)`` hands the hook the initialised MLP and the graph; a hook that runs
+    the channel's own steps in one process gives the plain fit exactly."""
+    from llmrecall.channels.textcf import _layer0
+
+    data = make_dataset()
+    params = dict(dim=16, hidden=32, epochs=3, batch_size=64, lr=3e-3)
+    plain = TextCF(**params).fit(data)
+    seen = []
+
+    def train(channel, mlp, graph):
+        seen.append(graph)
+        channel.train_steps(_layer0(mlp, graph, channel.user_init), graph,
+                            np.random.default_rng(channel.seed))
+        return mlp
+
+    hooked = TextCF(**params).fit(data, train=train)
+    assert len(seen) == 1 and seen[0].n_users == data.n_users
+    assert len(seen[0].pairs_u) == data.histories().matrix().nnz
+    np.testing.assert_array_equal(hooked.item_vectors_, plain.item_vectors_)
+    np.testing.assert_array_equal(hooked.item_layers_, plain.item_layers_)

@@ -15,6 +15,9 @@ whatever the batch; ``max_steps`` bounds the total number of steps (and so the f
 large data. Large batches (AlphaRec uses 4096) cover an epoch in fewer steps, but the
 in-batch logits cost batch² per step: on ml-100k, 400 steps at 4096 took ~5× the time of 400
 steps at 2048 on CPU.
+The Ray engine trains it data-parallel (``fit``'s ``train`` hook: every worker runs
+:meth:`TextCF.train_steps` on its anchors of each batch, over the whole graph; see
+docs/scale-out.md).
 
 At recall time the user's representation is recomputed from the history passed in (fresh
 events count, new users work) using the fitted item layers; items are scored by cosine.
@@ -28,9 +31,12 @@ nothing to propagate; every layer slot of such an item holds its MLP image (see
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -111,6 +117,7 @@ def _light_propagation(adjacency: sp.csr_matrix, z: np.ndarray, layers: int) -> 
     return (out / (layers + 1)).astype(np.float32)
 
 
+@functools.cache
 def _sparse_matmul_fn():
     """Autograd ``A @ x`` for a constant scipy CSR ``A`` (backward ``Aᵀ @ grad``)."""
     import torch  # not via _torch(): a base class must be a static name
@@ -129,6 +136,7 @@ def _sparse_matmul_fn():
     return SparseMatmul
 
 
+@functools.cache
 def _propagate_fn():
     """Autograd wrapper of :func:`_light_propagation`. Â is symmetric, so the propagation
     operator is too and its backward is the same propagation of the gradient; doing it
@@ -147,6 +155,61 @@ def _propagate_fn():
             return torch.from_numpy(g), None, None
 
     return Propagate
+
+
+@dataclass
+class TrainingGraph:
+    """What textcf's training steps read (built by :meth:`TextCF.fit` on the driver; the
+    Ray engine ships it whole to every worker, since every step propagates over all of it).
+
+    Attributes:
+        text: float32[n_items, t] frozen item text embeddings.
+        user_text: float32[n_users, t] each user's history-weighted mean text
+            (``user_init="text"``), else None.
+        mean_rows: float32 CSR [n_users, n_items] the history weights
+            (:meth:`TextCF._history_weights`).
+        adjacency: float32 CSR [n_users + n_items]^2, the normalised bipartite graph.
+        pairs_u, pairs_i: int64[nnz] the training (user, item) pairs, in CSR order.
+    """
+
+    text: np.ndarray
+    user_text: np.ndarray | None
+    mean_rows: sp.csr_matrix
+    adjacency: sp.csr_matrix
+    pairs_u: np.ndarray
+    pairs_i: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return self.mean_rows.shape[0]
+
+
+def _layer0(mlp, graph: TrainingGraph, user_init: str):
+    """A module whose ``forward()`` is layer 0 of every node: ``(z0, items)`` with
+    z0 float32[n_users + n_items, dim] (users first) and items float32[n_items, dim] (the
+    MLP image of the text). One forward a step, so that DistributedDataParallel can wrap it;
+    the graph's arrays are plain attributes, not buffers (DDP would broadcast buffers every
+    step)."""
+    import torch  # not via _torch(): a base class must be a static name
+
+    matmul = _sparse_matmul_fn()
+    text_t = torch.from_numpy(graph.text)
+    user_text = None if graph.user_text is None else torch.from_numpy(graph.user_text)
+    mean_rows = graph.mean_rows
+    mean_rows_t = mean_rows.T.tocsr() if user_init != "text" else None
+
+    class Layer0(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = mlp
+
+        def forward(self):
+            items = self.mlp(text_t)
+            users = self.mlp(user_text) if user_init == "text" \
+                else matmul.apply(items, mean_rows, mean_rows_t)
+            return torch.cat([users, items]), items
+
+    return Layer0()
 
 
 @register
@@ -208,7 +271,11 @@ class TextCF(Channel, AddsItems, CachesUsers):
         # group with _arrays(), so one recall never mixes old and grown arrays
         self._lock = threading.Lock()
 
-    def fit(self, dataset: Dataset) -> TextCF:
+    def fit(self, dataset: Dataset, train: Callable[..., Any] | None = None) -> TextCF:
+        """Train on ``dataset``'s interactions. ``train(channel, mlp, graph)``, when given,
+        trains the initialised ``mlp`` elsewhere on ``graph`` (:class:`TrainingGraph`) and
+        returns the trained network (the Ray engine's data-parallel training, which runs
+        :meth:`train_steps` on each worker); None trains here."""
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         torch.manual_seed(self.seed)
@@ -221,43 +288,20 @@ class TextCF(Channel, AddsItems, CachesUsers):
             raise DataError("textcf: the training data has no interactions")
         adjacency = _bipartite(_normalised(user_items))
         n_users = user_items.shape[0]
-        propagate, matmul = _propagate_fn(), _sparse_matmul_fn()
-        text_t = torch.from_numpy(text)
         mean_rows = self._history_weights(history, np.arange(n_users), len(text), user_items)
-        mean_rows_t = mean_rows.T.tocsr()
         # the same history weights recall uses (user_vectors), so training and recall agree
-        user_text = torch.from_numpy(np.asarray(mean_rows @ text, dtype=np.float32))
+        user_text = np.asarray(mean_rows @ text, dtype=np.float32) \
+            if self.user_init == "text" else None
+        graph = TrainingGraph(text, user_text, mean_rows, adjacency,
+                              coo.row.astype(np.int64), coo.col.astype(np.int64))
         mlp = _mlp(text.shape[1], self.hidden, self.dim)
-        optimizer = torch.optim.Adam(mlp.parameters(), lr=self.lr)
-        pairs_u, pairs_i = coo.row.astype(np.int64), coo.col.astype(np.int64)
-
-        def layer0():
-            items = mlp(text_t)
-            users = mlp(user_text) if self.user_init == "text" \
-                else matmul.apply(items, mean_rows, mean_rows_t)
-            return torch.cat([users, items]), items
-
-        steps = self.epochs * -(-len(pairs_u) // self.batch_size)
-        if self.max_steps:
-            steps = min(steps, self.max_steps)
-        batches = _batches(rng, len(pairs_u), self.batch_size)
-        with progress.task(f"fit {self.name}", steps, "step") as bar:
-            for _ in range(steps):
-                take = next(batches)
-                z0, items0 = layer0()
-                z = propagate.apply(z0, adjacency, self.layers)
-                u = torch.nn.functional.normalize(z[pairs_u[take]], dim=1)
-                item_side = z[n_users:] if self.propagate_items else items0
-                i = torch.nn.functional.normalize(item_side[pairs_i[take]], dim=1)
-                logits = u @ i.T / self.tau
-                # the same item twice in a batch is not a negative of itself
-                same = torch.from_numpy(pairs_i[take][:, None] == pairs_i[take][None, :])
-                logits = logits.masked_fill(same.fill_diagonal_(False), -1e9)
-                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(take)))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                bar.advance()
+        if train is None:
+            with progress.task(f"fit {self.name}", self.total_steps(graph), "step") as bar:
+                self.train_steps(_layer0(mlp, graph, self.user_init), graph, rng,
+                                 on_step=bar.advance)
+        else:
+            mlp = train(self, mlp, graph)
+        layer0 = _layer0(mlp, graph, self.user_init)
         mlp.eval()
         with torch.no_grad():
             z0 = layer0()[0].numpy()
@@ -276,6 +320,59 @@ class TextCF(Channel, AddsItems, CachesUsers):
         self.mlp_ = mlp
         self._n_base = dataset.n_items
         return self
+
+    def total_steps(self, graph: TrainingGraph) -> int:
+        """Optimiser steps of a fit: ``epochs`` passes over the pairs in batches of
+        ``batch_size``, at most ``max_steps`` (when > 0)."""
+        steps = self.epochs * -(-len(graph.pairs_u) // self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def train_steps(self, layer0, graph: TrainingGraph, rng: np.random.Generator,
+                    rank: int = 0, world: int = 1,
+                    on_step: Callable[[], None] | None = None) -> None:
+        """:meth:`total_steps` steps of Adam on ``layer0`` (:func:`_layer0`, its MLP trained
+        in place), batches of pairs in ``rng``'s order.
+
+        Data-parallel (``world`` > 1 workers, ``layer0`` wrapped in DistributedDataParallel,
+        every worker seeded alike so all draw the same batches): worker ``rank`` takes the
+        anchors ``rank::world`` of each batch, each against every item of the batch (the
+        one-process negatives), so the workers' anchors together are the one-process batch
+        and there are as many optimizer steps; DDP averages the workers' mean losses'
+        gradients, which is the batch's when the anchors split evenly. A last batch with
+        fewer pairs than workers is taken whole by each (equal gradients)."""
+        torch = _torch()
+        optimizer = torch.optim.Adam(layer0.parameters(), lr=self.lr)
+        batches = _batches(rng, len(graph.pairs_u), self.batch_size)
+        for _ in range(self.total_steps(graph)):
+            loss = self._loss(layer0, graph, next(batches), rank, world)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if on_step is not None:
+                on_step()
+
+    def _loss(self, layer0, graph: TrainingGraph, take: np.ndarray, rank: int = 0,
+              world: int = 1):
+        """InfoNCE of the batch ``take`` (int64[b] indices of pairs) over worker ``rank``'s
+        anchors (all ``b`` when ``world`` is 1): each anchor user's cosine logits against
+        every item of the batch, the anchor's own item the target."""
+        torch = _torch()
+        z0, items0 = layer0()
+        z = _propagate_fn().apply(z0, graph.adjacency, self.layers)
+        anchors = np.arange(len(take))
+        if len(take) >= world:
+            anchors = anchors[rank::world]
+        batch_items = graph.pairs_i[take]
+        u = torch.nn.functional.normalize(z[graph.pairs_u[take[anchors]]], dim=1)
+        item_side = z[graph.n_users:] if self.propagate_items else items0
+        i = torch.nn.functional.normalize(item_side[batch_items], dim=1)
+        logits = u @ i.T / self.tau
+        # the same item twice in a batch is not a negative of itself
+        same = torch.from_numpy(batch_items[anchors][:, None] == batch_items[None, :])
+        target = torch.from_numpy(anchors)
+        same[torch.arange(len(anchors)), target] = False
+        logits = logits.masked_fill(same, -1e9)
+        return torch.nn.functional.cross_entropy(logits, target)
 
     def _arrays(self) -> tuple[np.ndarray, ...]:
         """One consistent group ``(text_vectors_, item_layers_, item_vectors_, item_degree_,

@@ -3,10 +3,11 @@
 * ItemCF / Swing: the map-shuffle-reduce of :mod:`llmrecall.engine.cooccurrence`, each map
   a task with one return per partition (the shuffle), each reduce a task taking its piece
   of every map. The neighbour lists are identical to the in-process fit.
-* SASRec: data-parallel training with Ray Train's ``TorchTrainer`` (DDP on CPU workers,
-  gloo), :func:`train_sasrec`; the fitted channel is the one a local fit gives.
+* SASRec and textcf: data-parallel training with Ray Train's ``TorchTrainer`` (DDP on CPU
+  workers, gloo), :func:`train_sasrec` and :func:`train_textcf`; the fitted channel is the
+  one a local fit gives.
 * Every other channel is fitted on the driver (EASE's Gram matrix, ALS/BPR through
-  ``implicit``, textcf: single-node, see docs/scale-out.md).
+  ``implicit``: single-node, see docs/scale-out.md).
 * All-user recall: the fitted channel and the task are put in the object store once; one
   task per block of users (a multiple of the evaluator's batch, so every batch is the one
   the local run scores) returns that block's lists.
@@ -68,7 +69,7 @@ class RayEngine(Engine):
         user_block: users per recall task (a multiple of ``EVAL_BATCH`` keeps every batch
             the one the local run scores).
         matrix_block: users per ItemCF map task.
-        train_workers: Ray Train workers for SASRec (default: the cluster's CPUs, at least
+        train_workers: Ray Train workers for SASRec and textcf (default: the cluster's CPUs, at least
             1); ``train_cpus`` CPUs each.
         train_storage: where Ray Train keeps the run and the trained network's checkpoint:
             a path every node can reach (a shared file system); default a temporary
@@ -131,12 +132,15 @@ class RayEngine(Engine):
         from llmrecall.channels.itemcf import ItemCF
         from llmrecall.channels.sequential import SASRec
         from llmrecall.channels.swing import Swing
+        from llmrecall.channels.textcf import TextCF
 
         # exact classes: a subclass may compute its similarity (or train) otherwise
         if type(channel) in (ItemCF, Swing):
             channel.fit(dataset, similarity=self.similarity)
         elif type(channel) is SASRec:
             channel.fit(dataset, train=self.train_sasrec)
+        elif type(channel) is TextCF:
+            channel.fit(dataset, train=self.train_textcf)
         else:
             channel.fit(dataset)
 
@@ -168,6 +172,11 @@ class RayEngine(Engine):
         return train_sasrec(channel, model, windows, n_items, self.train_workers,
                             self.train_cpus, self.train_storage)
 
+    def train_textcf(self, channel, mlp, graph):
+        """``TextCF.fit``'s ``train`` hook: :func:`train_textcf` on ``train_workers``."""
+        return train_textcf(channel, mlp, graph, self.train_workers, self.train_cpus,
+                            self.train_storage)
+
     def describe(self) -> dict[str, Any]:
         resources = ray.cluster_resources()
         return {"kind": self.kind, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
@@ -180,19 +189,33 @@ class RayEngine(Engine):
             ray.shutdown()
 
 
-# --- SASRec: data-parallel training with Ray Train -----------------------------------------
+# --- SASRec and textcf: data-parallel training with Ray Train --------------------------------
+
+
+def _report_state(module, rank: int, metrics: dict) -> None:
+    """Ray Train's report of a worker: rank 0 attaches ``module``'s trained state as a
+    checkpoint (safetensors, no pickle); the others report the metrics only."""
+    import tempfile
+
+    import ray.train
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+            save_file(tensors, os.path.join(folder, "model.safetensors"))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def _sasrec_worker(config: dict) -> None:
     """One Ray Train worker: the driver's initial network, DDP-wrapped, trained on this
     worker's rows of every batch (:meth:`SASRec.train_epochs`); rank 0 reports the trained
     state as a checkpoint (safetensors, no pickle)."""
-    import tempfile
-
     import ray.train
     import torch
     from ray.train.torch import prepare_model
-    from safetensors.torch import save_file
 
     from llmrecall.channels.sequential import _build_model
 
@@ -212,13 +235,63 @@ def _sasrec_worker(config: dict) -> None:
     windows = ray.get(config["windows"])
     channel.train_epochs(model, windows, config["n_items"],
                          np.random.default_rng(channel.seed), rank=rank, world=world)
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0:
-            tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-            save_file(tensors, os.path.join(folder, "model.safetensors"))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({"epochs": channel.epochs}, checkpoint=checkpoint)
+    _report_state(net, rank, {"epochs": channel.epochs})
+
+
+def _textcf_worker(config: dict) -> None:
+    """One Ray Train worker of textcf: the driver's initial MLP, its layer-0 module
+    DDP-wrapped, trained on this worker's anchors of every batch
+    (:meth:`TextCF.train_steps`); rank 0 reports the trained MLP as a checkpoint."""
+    import ray.train
+    import torch
+    from ray.train.torch import prepare_model
+
+    from llmrecall.channels.textcf import _layer0, _mlp
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    channel = config["channel_type"](**config["params"])
+    torch.set_num_threads(min(channel.threads, 2))
+    graph = ray.get(config["graph"])  # read-only, zero-copy from the node's object store
+    mlp = _mlp(graph.text.shape[1], channel.hidden, channel.dim)
+    mlp.load_state_dict({k: torch.from_numpy(np.array(v))
+                         for k, v in ray.get(config["initial"]).items()})
+    layer0 = _layer0(mlp, graph, channel.user_init)
+    model = prepare_model(layer0) if world > 1 else layer0
+    # the batches come from the numpy generator, seeded alike everywhere (no dropout)
+    channel.train_steps(model, graph, np.random.default_rng(channel.seed), rank=rank,
+                        world=world)
+    _report_state(mlp, rank, {"steps": channel.total_steps(graph)})
+
+
+def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, workers: int,
+                      cpus_per_worker: float, storage: str | None) -> dict[str, Any]:
+    """Run ``worker`` on ``workers`` Ray Train workers (``TorchTrainer``, DDP over gloo on
+    CPUs) and return the state dict (name -> tensor) that rank 0 reported."""
+    import shutil
+    import tempfile
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from safetensors.torch import load_file
+
+    folder = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="llmrecall-train-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        trainer = TorchTrainer(
+            worker, train_loop_config=config,
+            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=ScalingConfig(num_workers=max(1, workers), use_gpu=False,
+                                         resources_per_worker={"CPU": cpus_per_worker}),
+            run_config=RunConfig(storage_path=str(folder), name=name))
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"{name}: Ray Train returned no checkpoint ({result.error})")
+        with result.checkpoint.as_directory() as done:
+            return load_file(os.path.join(done, "model.safetensors"))
+    finally:
+        if storage is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int = 2,
@@ -232,36 +305,34 @@ def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int
     across workers. The result equals the one-process fit in distribution, not bit for
     bit (dropout masks and float summation differ). ``windows`` go to the object store once
     (read zero-copy by the workers of a node)."""
-    import shutil
-    import tempfile
+    initial = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    config = {"channel_type": type(channel), "params": channel.get_params(),
+              "initial": ray.put(initial), "n_items": n_items, "windows": ray.put(windows)}
+    model.load_state_dict(_train_on_workers(_sasrec_worker, config, f"sasrec-{channel.name}",
+                                            workers, cpus_per_worker, storage))
+    return model
 
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from safetensors.torch import load_file
 
-    folder = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="llmrecall-train-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        initial = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-        config = {"channel_type": type(channel), "params": channel.get_params(),
-                  "initial": ray.put(initial), "n_items": n_items,
-                  "windows": ray.put(windows)}
-        trainer = TorchTrainer(
-            _sasrec_worker, train_loop_config=config,
-            torch_config=TorchConfig(backend="gloo"),
-            scaling_config=ScalingConfig(num_workers=max(1, workers), use_gpu=False,
-                                         resources_per_worker={"CPU": cpus_per_worker}),
-            run_config=RunConfig(storage_path=str(folder), name=f"sasrec-{channel.name}"))
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"sasrec {channel.name}: Ray Train returned no checkpoint "
-                               f"({result.error})")
-        with result.checkpoint.as_directory() as done:
-            model.load_state_dict(load_file(os.path.join(done, "model.safetensors")))
-        return model
-    finally:
-        if storage is None:
-            shutil.rmtree(folder, ignore_errors=True)
+def train_textcf(channel, mlp, graph, workers: int = 2, cpus_per_worker: float = 1.0,
+                 storage: str | None = None):
+    """Train textcf's initialised ``mlp`` data-parallel on ``workers`` Ray Train workers
+    (``TorchTrainer``, DDP over gloo on CPUs) and return it with the trained weights.
+
+    Every worker starts from ``mlp``'s weights and runs the channel's own steps
+    (:meth:`~llmrecall.channels.textcf.TextCF.train_steps`) with its anchors of each
+    batch against all of the batch's items: the same steps, batches, negatives, optimizer
+    and seed as one process, the gradients averaged across workers. There is no dropout,
+    so the result differs from the one-process fit only by float summation (grouped
+    otherwise, and amplified over the steps). ``graph``
+    (:class:`~llmrecall.channels.textcf.TrainingGraph`) goes to the object store once and
+    every worker reads all of it (zero-copy on a node): each step propagates over the whole
+    graph."""
+    initial = {k: v.detach().numpy() for k, v in mlp.state_dict().items()}
+    config = {"channel_type": type(channel), "params": channel.get_params(),
+              "initial": ray.put(initial), "graph": ray.put(graph)}
+    mlp.load_state_dict(_train_on_workers(_textcf_worker, config, f"textcf-{channel.name}",
+                                          workers, cpus_per_worker, storage))
+    return mlp
 
 
 # --- catalog embedding on an actor pool ---------------------------------------------------
