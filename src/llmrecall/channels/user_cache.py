@@ -303,7 +303,8 @@ class UserStateCache:
             if payload is None:
                 rest[i] = key
                 continue
-            template = template or payload
+            if template is None:
+                template = payload
             hit[i], out[i] = True, payload
             got.append((int(rows[i]), int(versions[i]), payload))
         if count:
