@@ -14,7 +14,9 @@ for a few hundred random users, three ways:
   round trip, a history digest and a decode instead of the transformer pass);
 - ``in-process hit``: the state in the process's own cache (every later recall).
 
-Prints the median and p90 per way (ms per recall) and the states' size in Redis. One run, one process.
+The four are timed one after the other for each user (miss, computed, hit, in-process
+hit). Prints the median and p90 per way
+(ms per recall) and the states' size in Redis. One run, one process.
 
     PYTHONPATH=src python bench/user_state_redis.py          # --users 300 --dim 64 --max-len 50
 """
@@ -34,6 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
 import redis_server  # noqa: E402
+
+WAYS = ("computed", "redis miss", "redis hit", "in-process hit")
 
 
 def main() -> None:
@@ -67,35 +71,41 @@ def main() -> None:
     try:
         shared = SharedUserStates(server.url, "bench", timeout_s=0.05)
         cache = UserStateCache(10_000)
+        client = shared._client
 
-        def timed(history, before=None) -> np.ndarray:
-            out = []
-            for u in users:
-                if before is not None:
-                    before()
-                s = time.perf_counter()
-                channel.recall(np.array([u]), args.k, history)
-                out.append(time.perf_counter() - s)
-            return np.asarray(out) * 1000
+        def one(u, history) -> float:
+            t = time.perf_counter()
+            channel.recall(np.array([u]), args.k, history)
+            return (time.perf_counter() - t) * 1000
 
-        for u in users[:20]:  # warm-up: lazy tables, first allocations
+        for u in users[:20]:  # warm-up: lazy tables, the model digest, first allocations
             channel.recall(np.array([u]), args.k, plain)
-        computed = timed(plain)  # no cache attached (user_cache is None): offline path
         channel.user_cache = cache
         shared.attach([("sasrec", channel)], "bench", plain.n_users)
-        missed = timed(versioned, cache.clear)  # fills Redis (local misses, Redis misses)
-        stored = cache.shared_misses
-        redis_hit = timed(versioned, cache.clear)
-        assert cache.shared_hits == len(users), "every timed user must be a Redis hit"
-        local_hit = timed(versioned)
-        memory = shared._client.info("memory")["used_memory"] - \
-            shared._client.info("memory").get("used_memory_startup", 0)
+        for u in users[:20]:
+            channel.recall(np.array([u]), args.k, versioned)
+        client.flushdb()
+        # the four ways one after the other for each user, so that the machine's load, which
+        # drifts over a run, weighs on all of them alike
+        ms: dict[str, list[float]] = {w: [] for w in WAYS}
+        for u in users:
+            cache.clear()
+            ms["redis miss"].append(one(u, versioned))  # MGET finds nothing; computed; SET
+            channel.user_cache = None
+            ms["computed"].append(one(u, plain))  # no cache attached: the offline path
+            channel.user_cache = cache
+            cache.clear()
+            ms["redis hit"].append(one(u, versioned))
+            ms["in-process hit"].append(one(u, versioned))
+        assert cache.shared_hits == len(users), "every third recall must be a Redis hit"
+        stored = len(users)
+        info = client.info("memory")
+        memory = info["used_memory"] - info.get("used_memory_startup", 0)
         print(f"{len(users)} users, k={args.k}, batch 1; {stored} states stored, Redis "
               f"memory used above start: {memory / max(stored, 1):.0f} bytes per state")
         print(f"{'way':16s} {'median ms':>10s} {'p90 ms':>8s}")
-        for name, ms in (("computed", computed), ("redis miss", missed), ("redis hit", redis_hit),
-                         ("in-process hit", local_hit)):
-            print(f"{name:16s} {np.median(ms):10.3f} {np.percentile(ms, 90):8.3f}")
+        for name in WAYS:
+            print(f"{name:16s} {np.median(ms[name]):10.3f} {np.percentile(ms[name], 90):8.3f}")
         shared.close()
     finally:
         channel.user_cache = None
