@@ -257,11 +257,33 @@ def test_garbage_in_redis_is_a_miss(redis, ml100k, als):
     client.set(keys[1], values[2])  # another key's (valid) value
     client.set(keys[2], values[3][:-4])  # truncated
     client.set(keys[3], b"")
+    # well-formed, tagged for its key, but not the channel's layout (a 3-vector)
+    client.set(keys[4], encode_payload(keys[4], (np.zeros(3, np.float32), np.array(True))))
     client.close()
 
     b = Replica(als, redis.url, ml100k.n_users)
     _identical(b.recall(users, h), als.recall(users, K, replace(h, versions=None), explain=True))
-    assert b.computed == 4 and b.cache.shared_hits == len(users) - 4
+    assert b.computed == 5 and b.cache.shared_hits == len(users) - 5
+
+
+def test_a_value_of_another_layout_with_nothing_to_vet_it_is_recomputed(redis, ml100k, als):
+    """The only shared value of a batch has another layout, and the rest of the batch is
+    computed: the value is caught against the computed rows, computed too and replaced."""
+    import redis as redis_py
+
+    h = _versioned(ml100k.histories(), 0)
+    users = _users(ml100k, 2)
+    a = Replica(als, redis.url, ml100k.n_users)
+    a.recall(users[:1], h)
+    client = redis_py.Redis.from_url(redis.url)
+    (key,) = client.scan_iter(match="llmrecall:test-state:user:*")
+    client.set(key, encode_payload(key, (np.zeros(3, np.float32), np.array(True))))
+
+    b = Replica(als, redis.url, ml100k.n_users)
+    _identical(b.recall(users, h), als.recall(users, K, replace(h, versions=None), explain=True))
+    assert b.computed == 1 + 2  # the new user, then both once the value was found wrong
+    assert decode_payload(key, client.get(key))[0].shape == (32,)  # replaced by the right one
+    client.close()
 
 
 def test_redis_that_never_answers_is_a_miss_within_the_timeout(ml100k, als):

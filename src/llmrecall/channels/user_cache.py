@@ -281,39 +281,43 @@ class UserStateCache:
 
     def fetch_shared(self, rows: np.ndarray, versions: np.ndarray, history: Histories,
                      context: object, hit: np.ndarray, out: list[Payload | None],
-                     count: bool = True) -> dict[int, bytes]:
+                     count: bool = True) -> tuple[dict[int, bytes], list[int]]:
         """Fill the in-process misses of a :meth:`lookup` (``hit``, ``out``, changed in place)
-        from the shared level, and keep what it had in process. Returns the shared key of
-        every position still to compute (none for version -1 or an unshareable context)."""
+        from the shared level, and keep what it had in process.
+
+        Returns the shared key of every position asked (none for version -1 or an
+        unshareable context) and the positions the shared level answered. A value is checked
+        against the layout (dtypes, shapes) of the in-process hits, or of the first value
+        when there are none (see :func:`cached_user_states` for the last check)."""
         shared = self.shared
         ask = np.flatnonzero(~hit & (np.asarray(versions) >= 0))
         if shared is None or not len(ask):
-            return {}
+            return {}, []
         keys = self.shared_keys(rows, ask, history, context)
         if keys is None:
-            return {}
+            return {}, []
         raws = shared.fetch(keys)
         template = next((p for p in out if p is not None), None)
-        got, rest = [], {}
+        got, answered = [], []
         for i, key, raw in zip(ask.tolist(), keys, raws):
             payload = None if raw is None else decode_payload(key, raw)
             if payload is not None and template is not None and not _same_layout(payload,
                                                                                   template):
                 payload = None  # well-formed but not this channel's layout: a miss
             if payload is None:
-                rest[i] = key
                 continue
             if template is None:
                 template = payload
             hit[i], out[i] = True, payload
+            answered.append(i)
             got.append((int(rows[i]), int(versions[i]), payload))
         if count:
             with self._lock:
                 self.shared_hits += len(got)
-                self.shared_misses += len(rest)
+                self.shared_misses += len(ask) - len(got)
         if got:
             self._keep(got, context)
-        return rest
+        return dict(zip(ask.tolist(), keys)), answered
 
     def give_shared(self, keys: dict[int, bytes], positions: np.ndarray,
                     payloads: Payload) -> None:
@@ -361,10 +365,19 @@ def cached_user_states(cache: UserStateCache | None, users: np.ndarray, history:
         return compute(np.arange(len(users)))
     hit, cached = cache.lookup(users, versions, context, count=count)
     # the shared level (Redis, in the service) answers what this process lacks
-    keys = cache.fetch_shared(users, versions, history, context, hit, cached, count) \
-        if cache.shared is not None else {}
+    keys, answered = cache.fetch_shared(users, versions, history, context, hit, cached,
+                                        count) if cache.shared is not None else ({}, [])
     miss = np.flatnonzero(~hit)
     fresh = compute(miss) if len(miss) else None
+    if fresh is not None and answered:
+        # shared values no in-process row could vet: a well-formed value of another layout
+        # (written by something else) is computed too, and replaced in the shared level
+        row = tuple(np.asarray(a)[0] for a in fresh)
+        wrong = [i for i in answered if not _same_layout(cast(Payload, cached[i]), row)]
+        if wrong:
+            hit[wrong] = False
+            miss = np.flatnonzero(~hit)
+            fresh = compute(miss)
     if fresh is not None:
         cache.store(users[miss], versions[miss], fresh, context)
         cache.give_shared(keys, miss, fresh)
