@@ -149,7 +149,10 @@ class CachesUsers:
     The channel computes its user side (a vector, a sequence state, interest clusters)
     through :func:`~llmrecall.channels.user_cache.cached_user_states` with ``user_cache`` as
     the cache, passing as context the arrays it read besides the history (so a model or
-    item table replaced by :meth:`AddsItems.add_items` never serves old entries).
+    item table replaced by :meth:`AddsItems.add_items` never serves old entries). With the
+    service's Redis level behind the cache, the context's *content* is digested into the
+    shared key (:func:`~llmrecall.channels.user_cache.context_digest`: arrays, tuples of
+    them or a torch module), so it must change whenever anything the state reads changes.
 
     Guarantee: with a cache attached, every recall answers exactly (bit-identically) as
     without one. Offline ``user_cache`` is None and nothing is cached: evaluation runs the

@@ -33,6 +33,7 @@ from llmrecall.serve.live import UserHistory
 from llmrecall.serve.request import InvalidRequest, known_channels
 from llmrecall.serve.service import Overloaded, Service
 from llmrecall.serve.settings import ServeSettings
+from llmrecall.serve.shared_states import user_cache_counts
 from llmrecall.serve.store import EventRows, ItemRow, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -447,6 +448,15 @@ async def reload(svc: Svc, announce: Annotated[bool, Query(
                   "seconds": seconds})
 
 
+def _user_state_health(svc, state) -> dict:
+    """``user_states``: the Redis level of the per-user channel caches, and each cache's
+    hit/miss counts in process and in Redis (llmrecall.serve.shared_states)."""
+    if svc.user_states is None:
+        return {}
+    return {"user_states": svc.user_states.describe() | {
+        "channels": user_cache_counts(state.artifact.pipeline.channels.items())}}
+
+
 @router.get("/healthz", response_model=s.Health, tags=["admin"])
 async def healthz(svc: Svc):
     """Always 200 while the process serves; ``status`` is ``degraded`` while too many
@@ -458,7 +468,8 @@ async def healthz(svc: Svc):
                   "dataset": state.artifact.manifest["dataset"], "items": state.n_items,
                   "users": len(state.user_rows), "last_event_seq": state.last_seq,
                   "state_store": svc.store.describe() | (
-                      {"redis": svc.hot.describe()} if svc.hot is not None else {}),
+                      {"redis": svc.hot.describe()} if svc.hot is not None else {}) | (
+                      _user_state_health(svc, state)),
                   "degraded_channels": svc.engine.degraded_channels(),
                   "channels": list(state.artifact.pipeline.channels)})
 

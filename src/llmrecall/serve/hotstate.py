@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
+from llmrecall.serve.breaker import Breaker
 from llmrecall.serve.live import LiveState, UserHistory
-
-log = logging.getLogger(__name__)
 
 #: events kept per user (the newest by sequence number)
 RECENT_EVENTS = 200
@@ -64,32 +61,22 @@ class RecentEvents:
         self._client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        self._open_until = 0.0  # breaker open (Redis skipped) until this monotonic time
-        self._failing = False
-        self.failures = 0  # calls that failed (the breaker opened after each)
+        self._breaker = Breaker(retry_s, "answering from the change feed alone")
         self.merged = 0  # events read from Redis that counted in an answer
 
-    # ---- breaker ---------------------------------------------------------------------
+    # ---- breaker (llmrecall.serve.breaker) ----------------------------------------------
     @property
     def available(self) -> bool:
         """False while the breaker is open (the last call failed)."""
-        return not self._failing
+        return self._breaker.available
+
+    @property
+    def failures(self) -> int:
+        """Calls that failed (the breaker opened after each)."""
+        return self._breaker.failures
 
     def _skip(self) -> bool:
-        return self._failing and time.monotonic() < self._open_until
-
-    def _failed(self, what: str, exc: BaseException) -> None:
-        self.failures += 1
-        self._open_until = time.monotonic() + self.retry_s
-        if not self._failing:
-            log.warning("Redis %s failed (%s: %s); answering from the change feed alone, "
-                        "next try in %.1fs", what, type(exc).__name__, exc, self.retry_s)
-        self._failing = True
-
-    def _succeeded(self) -> None:
-        if self._failing:
-            log.warning("Redis is answering again")
-        self._failing = False
+        return self._breaker.skip()
 
     async def _call(self, what: str, coro):
         """``await coro`` within the timeout; None (and the breaker opened) on failure."""
@@ -98,9 +85,9 @@ class RecentEvents:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # down, refused, timed out, protocol error: a miss
-            self._failed(what, exc)
+            self._breaker.failed(what, exc)
             return None
-        self._succeeded()
+        self._breaker.succeeded()
         return result
 
     # ---- writes (after the commit, before the acknowledgement) ------------------------

@@ -287,6 +287,9 @@ class Health(BaseModel):
     state_store: dict = Field(description="the durable state: kind (sqlite | postgres) and "
                               "available (PostgreSQL: the change listener is connected); with "
                               "[state] redis_url also redis: {kind, available} (available: "
-                              "false while its circuit breaker is open)")
+                              "false while its circuit breaker is open) and user_states: "
+                              "{available, failures, channels: {name: {hits, misses, "
+                              "redis_hits, redis_misses}}} (the Redis level of the per-user "
+                              "channel caches)")
     degraded_channels: list[str]
     channels: list[str]

@@ -24,7 +24,8 @@ With ``[state] redis_url`` the replicas also share each user's recently acknowle
 through Redis (:mod:`llmrecall.serve.hotstate`): the acknowledging replica writes them after
 the commit, and a recall merges the ones its feed has not delivered yet, so the very next
 answer from any replica has them. Redis is a cache: down, it is skipped (circuit breaker)
-and answers come from the feed-fed state alone.
+and answers come from the feed-fed state alone. The channels' per-user states are shared the
+same way (:mod:`llmrecall.serve.shared_states`): Redis behind each in-process user cache.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from llmrecall.serve.refresh import InterestRefreshWorker, load_refresher
 from llmrecall.serve.request import resolve_recall
 from llmrecall.serve.schemas import RecallRequest
 from llmrecall.serve.settings import ServeSettings
+from llmrecall.serve.shared_states import SharedUserStates
 from llmrecall.serve.store import (
     Change,
     EventRows,
@@ -126,6 +128,7 @@ class Service:
         self.engine = RecallEngine(settings, self.metrics)
         self.store = open_store(settings)
         self.hot: RecentEvents | None = None  # Redis, with [state] redis_url (in start())
+        self.user_states: SharedUserStates | None = None  # Redis behind the user caches
         self.api_key = settings.api_key()
         self.state: LiveState | None = None
         self._engine_thread = ThreadPoolExecutor(max_workers=settings.engine_threads,
@@ -185,10 +188,16 @@ class Service:
             if not await self.hot.ping():  # not fatal: a cache, used once it answers
                 log.warning("Redis at the configured redis_url does not answer; starting "
                             "without it (it is tried again every %.1fs)", cfg.redis_retry_s)
+            if self.settings.user_cache_users > 0:
+                self.user_states = SharedUserStates(
+                    redis_url, getattr(self.store, "state_id", "sqlite"),
+                    timeout_s=cfg.redis_timeout_ms / 1000.0, retry_s=cfg.redis_retry_s,
+                    ttl_s=cfg.redis_user_state_ttl_s)
         artifact = await asyncio.to_thread(load_artifact, self.settings.artifact_dir)
         stored = await asyncio.to_thread(self.store.read_all)
         state = await asyncio.to_thread(LiveState, artifact, stored,
                                         self.settings.user_cache_users)
+        self._share_user_states(state)
         await asyncio.to_thread(self._attach_new_items, state)
         self._note_events_hi(state, stored.events_hi)
         self.state = state
@@ -233,6 +242,14 @@ class Service:
         self.store.close()
         if self.hot is not None:
             await self.hot.close()
+        if self.user_states is not None:
+            self.user_states.close()
+
+    def _share_user_states(self, state: LiveState) -> None:
+        """Redis behind the new state's user caches (with ``[state] redis_url``)."""
+        if self.user_states is not None:
+            self.user_states.attach(state.artifact.pipeline.channels.items(),
+                                    state.artifact.version, state.n_fitted_users)
 
     async def reload(self, announce: bool = True) -> tuple[str, str, float]:
         """Load the artifact fully, replay the stored state into it, then swap one reference.
@@ -253,6 +270,7 @@ class Service:
                 stored = await asyncio.to_thread(self.store.read_all)
                 state = await asyncio.to_thread(LiveState, artifact, stored,
                                                 self.settings.user_cache_users)
+                self._share_user_states(state)
                 await asyncio.to_thread(self._attach_new_items, state)
                 self._note_events_hi(state, stored.events_hi)
                 previous = self.state.artifact.version if self.state else ""

@@ -42,6 +42,10 @@ class StateSettings(BaseModel):
     redis_ttl_s: float = Field(
         300.0, ge=1, description="a user's recent events expire from Redis this long after "
         "their last write (they only bridge the change feed's delay)")
+    redis_user_state_ttl_s: float = Field(
+        3600.0, ge=1, description="a per-user channel state (SASRec's sequence vector, "
+        "semantic_user's interests, ...) expires from Redis this long after its write "
+        "(docs/serving.md, Redis hot state)")
 
     @model_validator(mode="after")
     def _redis_needs_postgres(self) -> StateSettings:
