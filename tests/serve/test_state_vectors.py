@@ -182,3 +182,48 @@ def test_bad_or_unreachable_vectors_is_a_config_error(vectors_artifact, tmp_path
         port = s.getsockname()[1]
     with pytest.raises(ConfigError, match=r"\[state\] vectors: cannot connect to Milvus"):
         _start(_settings(vectors_artifact, tmp_path / "s.sqlite", f"milvus://127.0.0.1:{port}"))
+
+
+def test_replicas_filling_together_share_the_first_complete_collection(tmp_path, monkeypatch):
+    """Replica A is still filling its copy when replica B completes and names its own: A's
+    alias is refused, A drops its copy and searches B's; nothing half-filled is ever named."""
+    from types import SimpleNamespace
+
+    from llmrecall.channels.semantic import SemanticUserInterest
+    from llmrecall.index.milvus_index import MilvusIndex, _client
+    from llmrecall.serve import vectors as vectors_module
+    from llmrecall.serve.settings import StateSettings
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+
+    def replica():
+        channel = SemanticUserInterest(index_kind="flat").fit_vectors(x, np.ones(300, np.float32))
+        channel.name = "semantic_user"
+        return SimpleNamespace(version="v1", pipeline=SimpleNamespace(
+            channels={"semantic_user": channel}))
+
+    state = StateSettings(vectors=f"milvus://{tmp_path / 'race.db'}")
+    a, b = replica(), replica()
+    flush = MilvusIndex.flush
+    order: list[str] = []
+
+    def flush_while_b_completes(self):
+        if not order:  # A's fill: B starts, fills and names its copy meanwhile
+            order.append("a-filling")
+            order.append(("b", vectors_module.attach_vectors(b, state)))
+        flush(self)
+
+    monkeypatch.setattr(MilvusIndex, "flush", flush_while_b_completes)
+    got_a = vectors_module.attach_vectors(a, state)
+    (_, got_b), = [o for o in order if isinstance(o, tuple)]
+    assert [g.filled for g in got_b] == [True] and [g.filled for g in got_a] == [False]
+    assert got_a[0].collection == got_b[0].collection
+    # A's copy is gone; the one collection left is B's, named by the alias
+    client = _client(state.resolved_vectors())
+    assert len(client.list_collections()) == 1
+    assert client.describe_alias(got_a[0].collection)["collection_name"] == \
+        client.list_collections()[0]
+    index_a = a.pipeline.channels["semantic_user"].index
+    assert index_a.kind == "milvus" and len(index_a) == 300
