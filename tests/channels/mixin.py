@@ -22,6 +22,7 @@ from llmrecall.channels.capabilities import (
     AnswersQueries,
     CachesUsers,
     RefreshesInterests,
+    SearchesVectors,
     UsesEmbedder,
     UsesGenerator,
 )
@@ -29,7 +30,8 @@ from llmrecall.channels.registry import load_channel
 from llmrecall.channels.user_cache import UserStateCache
 from llmrecall.data.dataset import Catalog, Dataset, Histories, Interactions
 from llmrecall.data.vocab import Vocabulary
-from llmrecall.errors import NotFittedError
+from llmrecall.errors import DataError, NotFittedError
+from llmrecall.index import VectorIndex
 
 N_USERS, N_ITEMS, PER_COMMUNITY, TAKEN = 120, 20, 10, 5
 
@@ -178,6 +180,44 @@ class CapabilityContract:
             np.testing.assert_array_equal(got.scores, plain.scores)
             if plain.evidence is not None:
                 np.testing.assert_array_equal(got.evidence, plain.evidence)
+
+    def test_capability_searches_vectors(self, request, data, tmp_path):
+        if not isinstance(self.make_channel(), SearchesVectors):
+            assert not hasattr(self.make_channel(), "use_index")
+            return
+        fitted = request.getfixturevalue("fitted")
+        channel = load_channel(fitted.save(tmp_path / "copy"))  # the class's channel stays as fitted
+        assert isinstance(channel, SearchesVectors)
+        ids, vectors = channel.indexed_vectors()
+        assert ids.dtype == np.int64 and vectors.dtype == np.float32
+        np.testing.assert_array_equal(ids, np.sort(channel.index.ids))
+        assert vectors.shape == (len(ids), channel.index.dim)
+        users = np.arange(N_USERS)
+        history = data.histories()
+        before = channel.recall(users, 8, history, explain=True)
+        query = data.catalog.texts()[0]
+        before_query = channel.recall_query([query], 5) \
+            if isinstance(channel, AnswersQueries) else None
+        # another index holding the same vectors (the service's Milvus collection)
+        other = VectorIndex(vectors.shape[1], "flat")
+        other.add(ids, vectors)
+        channel.use_index(other)
+        assert channel.index is other
+        after = channel.recall(users, 8, history, explain=True)
+        np.testing.assert_array_equal(after.ids, before.ids)
+        np.testing.assert_allclose(after.scores, before.scores, rtol=1e-6)
+        if before_query is not None:
+            np.testing.assert_array_equal(channel.recall_query([query], 5).ids, before_query.ids)
+        if isinstance(channel, AddsItems):  # later additions go into the new index
+            channel.add_items(np.array([data.n_items], np.int32), [query])
+            assert len(other) == len(ids) + 1
+        short = VectorIndex(vectors.shape[1], "flat")
+        short.add(ids[:1], vectors[:1])
+        with pytest.raises(DataError, match="fewer"):
+            channel.use_index(short)
+        wrong_dim = VectorIndex(vectors.shape[1] + 1, "flat")
+        with pytest.raises(DataError, match="dim"):
+            channel.use_index(wrong_dim)
 
     def test_capability_refreshes_interests(self, request):
         if not isinstance(self.make_channel(), RefreshesInterests):

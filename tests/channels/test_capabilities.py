@@ -19,6 +19,7 @@ from llmrecall.channels.capabilities import (
     AnswersQueries,
     CachesUsers,
     RefreshesInterests,
+    SearchesVectors,
     UsesEmbedder,
     UsesGenerator,
     attach_user_caches,
@@ -40,6 +41,7 @@ DECLARED: dict[type, set[str]] = {
     CachesUsers: {"als", "bpr", "textcf", "sasrec", "semantic_user"},
     UsesEmbedder: {"llm_interest", "llm_knowledge", "search_query"},
     UsesGenerator: {"llm_interest", "llm_knowledge"},
+    SearchesVectors: {"semantic_i2i", "semantic_user"},
 }
 
 

@@ -19,6 +19,7 @@ docs/architecture.md ("Channel capabilities").
 | :class:`AddsItems` | ``add_items`` | the service, items added or edited at run time |
 | :class:`RefreshesInterests` | ``refresh_interest`` | the service's refresh worker |
 | :class:`CachesUsers` | ``user_cache`` | the service, at artifact load (:func:`attach_user_caches`) |
+| :class:`SearchesVectors` | ``indexed_vectors``, ``use_index`` | the service: ``[state] vectors`` |
 | :class:`UsesEmbedder` | ``use(embedder=)`` | prompt search, benchmarks |
 | :class:`UsesGenerator` | ``use(generator=, embedder=)`` | prompt search, benchmarks |
 """
@@ -35,6 +36,7 @@ from llmrecall.channels.base import Candidates
 from llmrecall.channels.user_cache import UserStateCache
 
 if TYPE_CHECKING:
+    from llmrecall.index.base import VectorSearch
     from llmrecall.lm.generators import Generator
 
 
@@ -185,8 +187,40 @@ class UsesGenerator(UsesEmbedder):
 
 
 #: every capability, for the checks that each is declared where it should be
+class SearchesVectors(ABC):
+    """Recalls by searching a vector index (:class:`~llmrecall.index.base.VectorSearch`)
+    whose ids are dense item ids, and can be pointed at another index holding the same
+    vectors: the service's ``[state] vectors`` setting moves the search into a shared Milvus
+    collection without rebuilding the artifact (:mod:`llmrecall.serve.vectors`).
+
+    Guarantee: after ``use_index(other)`` with ``other`` holding exactly
+    :meth:`indexed_vectors`, recall and queries answer from ``other`` and every later
+    :meth:`AddsItems.add_items` writes to it; with an exact index the answers are the
+    channel's exact answers (the same ids; scores up to float rounding).
+    """
+
+    #: the channel's name (``Channel.name``)
+    name: str
+
+    @property
+    @abstractmethod
+    def index(self) -> VectorSearch:
+        """The index the channel searches now."""
+
+    @abstractmethod
+    def indexed_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """``ids int64[n]`` (ascending) and ``vectors float32[n, d]``: what the index
+        holds, read without searching it (a copy the caller may keep)."""
+
+    @abstractmethod
+    def use_index(self, index: VectorSearch) -> None:
+        """Search ``index`` from now on. It must hold :meth:`indexed_vectors` (same ids,
+        same dimension); a :class:`~llmrecall.errors.DataError` otherwise. Safe while
+        recalls run: a recall uses either the old index or the new one."""
+
+
 CAPABILITIES: tuple[type, ...] = (AnswersQueries, AddsItems, RefreshesInterests, CachesUsers,
-                                  UsesEmbedder, UsesGenerator)
+                                  UsesEmbedder, UsesGenerator, SearchesVectors)
 
 
 def attach_user_caches(channels: Iterable[object], max_users: int) -> int:

@@ -32,7 +32,12 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from llmrecall.channels.base import Candidates, Channel
-from llmrecall.channels.capabilities import AddsItems, AnswersQueries, CachesUsers
+from llmrecall.channels.capabilities import (
+    AddsItems,
+    AnswersQueries,
+    CachesUsers,
+    SearchesVectors,
+)
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (
     DEFAULT_EMBEDDER,
@@ -88,7 +93,7 @@ def _check_index_params(channel: str, params: dict | None, kind: str = "auto") -
     return dict(params)
 
 
-class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
+class _TextIndexChannel(Channel, AnswersQueries, AddsItems, SearchesVectors):
     """Shared parts: embed the catalog, index it (FAISS, or a Milvus collection with
     ``index_kind="milvus"``), save the index, run queries.
 
@@ -203,7 +208,7 @@ class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
         if rows and k:
             queries = text_vectors(list(asked.values()), self.embedder, kind="query")
             with self._lock:
-                hit, sims = self._index.search(queries, k, allowed=allowed)
+                hit, sims = self._index.search(queries, k, allowed=self._search_mask(allowed))
             ids[rows], scores[rows] = hit, np.where(hit >= 0, sims, -np.inf)
         return Candidates(ids, scores)
 
@@ -235,6 +240,47 @@ class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
         self._check_fitted()
         return self._index
 
+    def indexed_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """``ids int64[n]`` ascending and ``vectors float32[n, d]``: the index's contents,
+        read from ``item_vectors_`` (row i = id i; :meth:`add_items` keeps both in step)
+        instead of from the index (an IVF index cannot give its vectors back)."""
+        self._check_fitted()
+        with self._lock:
+            ids = np.asarray(self._index.ids, np.int64)
+            vectors = self.item_vectors_
+        return ids, np.ascontiguousarray(vectors[ids], np.float32)
+
+    def use_index(self, index: VectorSearch) -> None:
+        """Search ``index`` from now on (see :class:`SearchesVectors`); it must hold the
+        ids of :meth:`indexed_vectors` at the same dimension."""
+        self._check_fitted()
+        if index.dim != self.item_vectors_.shape[1]:
+            raise DataError(f"{self.name}: the new index holds vectors of dim {index.dim}, "
+                            f"the channel's are {self.item_vectors_.shape[1]}")
+        with self._lock:
+            # more is fine: a collection shared by replicas may already hold items added at
+            # run time (they are added here too, idempotently, by the service's replay)
+            if len(index) < len(self._index):
+                raise DataError(f"{self.name}: the new index holds {len(index)} vectors, "
+                                f"fewer than the channel's {len(self._index)}")
+            self._index = index
+
+    def _search_mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
+        """The ``allowed`` mask to search with. A Milvus collection may be shared with other
+        processes (replicas with ``[state] vectors``, or serving one artifact built with
+        ``index_kind="milvus"``), which add items this channel has not seen yet: their ids
+        are past the end of ``item_vectors_`` and must not come back, so the mask is cut to
+        the channel's items. A FAISS index holds only what this channel added: unchanged."""
+        if self._index.kind != "milvus":
+            return allowed
+        n = len(self.item_vectors_)
+        mask = np.ones(n, bool)
+        if allowed is not None:
+            m = min(n, len(allowed))
+            mask[m:] = False
+            mask[:m] = np.asarray(allowed, bool)[:m]
+        return mask
+
     def save_state(self, directory: Path) -> None:
         super().save_state(directory)
         self._index.save(directory / "index")
@@ -254,7 +300,8 @@ class _TextIndexChannel(Channel, AnswersQueries, AddsItems):
         else:
             exclude = history.matrix(batch)[owner] if exclude_seen and len(owner) else None
             with self._lock:
-                ids, sims = self._index.search(queries, k, exclude=exclude, allowed=allowed)
+                ids, sims = self._index.search(queries, k, exclude=exclude,
+                                               allowed=self._search_mask(allowed))
             scored = np.where(ids >= 0, sims * weights[:, None], -np.inf).astype(np.float32)
             top, vals, ev = merge_hits(owner, ids, scored, evidence, len(batch), k)
         return self._with_fallback(owner, top, vals, ev, k, allowed)

@@ -80,6 +80,10 @@ def serve_command(
     redis: Annotated[str | None, typer.Option(
         help="Redis URL (redis://host:6379/0, or '$VAR'): every replica over PostgreSQL "
         "answers with the events any replica acknowledged at once (a cache; optional)")] = None,
+    vectors: Annotated[str | None, typer.Option(
+        help="Milvus URI (milvus://host:port, http://host:port, or '$VAR'; milvus://PATH.db "
+        "for Milvus Lite, one process): the semantic channels search a Milvus collection "
+        "shared by the replicas instead of the artifact's FAISS index")] = None,
     settings: Annotated[Path | None, typer.Option(help="TOML file with a \\[serve] table")] = None,
     channel_budget_ms: Annotated[float | None, typer.Option(help="per-request channel deadline")] = None,
     refresher: Annotated[str | None, typer.Option(help="'module:factory' interest refresher")] = None,
@@ -111,12 +115,14 @@ def serve_command(
                             api_key_env=api_key_env,
                             state_path=Path(state) if state and not postgres else None,
                             postgres_dsn=state if postgres else None, redis_url=redis,
+                            vectors=vectors,
                             channel_budget_ms=channel_budget_ms, refresher=refresher,
                             plugins=plugin or None, workers=workers,
                             shared_state=shared_state)
         # before anything is created (the state file defaults to DIR/state.sqlite) and
         # before uvicorn starts: a wrong folder is one line, not a startup traceback
         check_artifact(cfg.artifact_dir)
+        cfg.state.resolved_vectors()  # an unset '$VAR' is one line too
     except LLMRecallError as exc:
         _error(exc)
     if cfg.workers == 1:

@@ -20,6 +20,10 @@ once (not only on the next request). While the database is unreachable, writes f
 (:class:`~llmrecall.serve.store.StoreUnavailable`, answered 503) and recall answers from
 what the process holds.
 
+With ``[state] vectors`` the semantic channels of every replica search one Milvus collection
+per artifact and channel instead of their in-process FAISS index
+(:mod:`llmrecall.serve.vectors`).
+
 With ``[state] redis_url`` the replicas also share each user's recently acknowledged events
 through Redis (:mod:`llmrecall.serve.hotstate`): the acknowledging replica writes them after
 the commit, and a recall merges the ones its feed has not delivered yet, so the very next
@@ -45,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from llmrecall.channels.capabilities import AddsItems, AnswersQueries, RefreshesInterests
-from llmrecall.serve.artifacts import load_artifact
+from llmrecall.serve.artifacts import Artifact, load_artifact
 from llmrecall.serve.engine import RecallAnswer, RecallEngine, RecallQuery
 from llmrecall.serve.hotstate import RecentEvents, with_recent
 from llmrecall.serve.live import LiveState, UserHistory
@@ -63,6 +67,7 @@ from llmrecall.serve.store import (
     StoreUnavailable,
 )
 from llmrecall.serve.stores import open_store
+from llmrecall.serve.vectors import Attached, attach_vectors
 from llmrecall.threads import blas_threads, pin_blas_threads
 
 log = logging.getLogger(__name__)
@@ -129,6 +134,8 @@ class Service:
         self.store = open_store(settings)
         self.hot: RecentEvents | None = None  # Redis, with [state] redis_url (in start())
         self.user_states: SharedUserStates | None = None  # Redis behind the user caches
+        # the channels searching Milvus collections, with [state] vectors (at each load)
+        self.vectors: list[Attached] = []
         self.api_key = settings.api_key()
         self.state: LiveState | None = None
         self._engine_thread = ThreadPoolExecutor(max_workers=settings.engine_threads,
@@ -193,7 +200,7 @@ class Service:
                     redis_url, getattr(self.store, "state_id", "sqlite"),
                     timeout_s=cfg.redis_timeout_ms / 1000.0, retry_s=cfg.redis_retry_s,
                     ttl_s=cfg.redis_user_state_ttl_s)
-        artifact = await asyncio.to_thread(load_artifact, self.settings.artifact_dir)
+        artifact = await asyncio.to_thread(self._load_artifact)
         stored = await asyncio.to_thread(self.store.read_all)
         state = await asyncio.to_thread(LiveState, artifact, stored,
                                         self.settings.user_cache_users)
@@ -222,6 +229,14 @@ class Service:
         self._batchers = [asyncio.create_task(self._run_batches())
                           for _ in range(self.settings.engine_threads)]
         _freeze_heap()
+
+    def _load_artifact(self) -> Artifact:
+        """The artifact, with its vector search moved into Milvus under ``[state] vectors``
+        (:func:`~llmrecall.serve.vectors.attach_vectors`) before anything searches it or
+        the run-time items are replayed into it."""
+        artifact = load_artifact(self.settings.artifact_dir)
+        self.vectors = attach_vectors(artifact, self.settings.state)
+        return artifact
 
     async def stop(self) -> None:
         if self._follower is not None:
@@ -263,7 +278,7 @@ class Service:
             and self._writes_idle is not None
         async with self._reload_lock:
             start = time.perf_counter()
-            artifact = await asyncio.to_thread(load_artifact, self.settings.artifact_dir)
+            artifact = await asyncio.to_thread(self._load_artifact)
             self._writes_open.clear()
             try:
                 await self._writes_idle.wait()

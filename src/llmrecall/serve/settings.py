@@ -47,6 +47,45 @@ class StateSettings(BaseModel):
         "semantic_user's interests, ...) expires from Redis this long after its write "
         "(docs/serving.md, Redis hot state)")
 
+    vectors: str | None = Field(
+        None, description="Milvus URI (milvus://host:port or http(s)://host:port; a Milvus "
+        "Lite file milvus://PATH.db for one process): every channel that searches a vector "
+        "index (semantic_i2i, semantic_user) searches a Milvus collection instead of the "
+        "artifact's FAISS index, filled at load from the vectors the artifact holds and "
+        "shared by every replica of the same artifact; items added at run time go into it "
+        "(docs/serving.md, Vector search in Milvus). '$NAME' reads it from the environment "
+        "variable NAME; a server's token comes from LLMRECALL_MILVUS_TOKEN. Default: FAISS "
+        "in-process")
+    vectors_index_type: str = Field(
+        "auto", description="the Milvus index of those collections: 'auto' = the kind of "
+        "each channel's index in the artifact (flat -> FLAT, hnsw -> HNSW with its M, "
+        "efConstruction and ef_search, ivf -> IVF_FLAT with its nlist and nprobe), or "
+        "FLAT, HNSW, IVF_FLAT, AUTOINDEX with vectors_build_params / vectors_search_params")
+    vectors_build_params: dict = Field(
+        default_factory=dict, description="Milvus index build parameters when "
+        "vectors_index_type is not 'auto' (HNSW: M, efConstruction; IVF_FLAT: nlist)")
+    vectors_search_params: dict = Field(
+        default_factory=dict, description="Milvus search parameters when "
+        "vectors_index_type is not 'auto' (HNSW: ef; IVF_FLAT: nprobe)")
+
+    @model_validator(mode="after")
+    def _vectors_uri(self) -> StateSettings:
+        from llmrecall.index.milvus_index import INDEX_TYPES, parse_uri
+
+        if self.vectors and not self.vectors.startswith("$"):
+            try:  # a typo fails here, not at the first connection
+                parse_uri(self.vectors)
+            except ConfigError as exc:
+                raise ValueError(f"[state] vectors: {exc}") from None
+        if self.vectors_index_type not in ("auto", *INDEX_TYPES):
+            raise ValueError(f"[state] vectors_index_type {self.vectors_index_type!r}: "
+                             f"expected 'auto' or one of {list(INDEX_TYPES)}")
+        if self.vectors_index_type == "auto" and (self.vectors_build_params
+                                                  or self.vectors_search_params):
+            raise ValueError("[state] vectors_build_params / vectors_search_params need an "
+                             "explicit vectors_index_type ('auto' copies the artifact's)")
+        return self
+
     @model_validator(mode="after")
     def _redis_needs_postgres(self) -> StateSettings:
         if self.redis_url and not self.postgres_dsn:
@@ -59,6 +98,19 @@ class StateSettings(BaseModel):
 
     def resolved_redis_url(self) -> str | None:
         return _from_env("redis_url", self.redis_url)
+
+    def resolved_vectors(self) -> str | None:
+        """The Milvus URI of ``vectors`` (``$NAME`` read from the environment), checked;
+        None when unset. A :class:`ConfigError` naming the setting otherwise."""
+        from llmrecall.index.milvus_index import parse_uri
+
+        value = _from_env("vectors", self.vectors)
+        if value is None:
+            return None
+        try:
+            return parse_uri(value)
+        except ConfigError as exc:
+            raise ConfigError(f"[state] vectors: {exc}") from None
 
 
 def _from_env(name: str, value: str | None) -> str | None:
@@ -190,6 +242,15 @@ class ServeSettings(BaseModel):
     state: StateSettings = Field(default_factory=StateSettings,
                                  description="the [state] table: where the state is stored")
 
+    @model_validator(mode="after")
+    def _lite_vectors_one_process(self) -> ServeSettings:
+        vectors = self.state.vectors or ""
+        if self.workers > 1 and vectors.endswith(".db"):
+            raise ValueError("[state] vectors names a Milvus Lite file, which one process "
+                             "opens at a time: with workers > 1 use a Milvus server "
+                             "(milvus://host:port)")
+        return self
+
     @property
     def shares_state(self) -> bool:
         if self.state.postgres_dsn:  # replicas: every other one writes the same database
@@ -211,8 +272,8 @@ class ServeSettings(BaseModel):
 
 def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:
     """Settings from a TOML file's ``[serve]`` and ``[state]`` tables (optional) with
-    ``overrides`` on top (None values are ignored; ``postgres_dsn`` and ``redis_url`` go to
-    ``[state]``)."""
+    ``overrides`` on top (None values are ignored; ``postgres_dsn``, ``redis_url`` and
+    ``vectors`` go to ``[state]``)."""
     raw: dict = {}
     if path is not None:
         try:
@@ -222,7 +283,7 @@ def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:
         raw = dict(doc.get("serve", {}))
         if "state" in doc:
             raw["state"] = dict(doc["state"])
-    for key in ("postgres_dsn", "redis_url"):
+    for key in ("postgres_dsn", "redis_url", "vectors"):
         value = overrides.pop(key, None)
         if value is not None:
             raw["state"] = {**raw.get("state", {}), key: value}
