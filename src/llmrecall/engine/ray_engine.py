@@ -130,6 +130,7 @@ class RayEngine(Engine):
         """``reduce_fn(p, concat(piece p of every map_fn(x)))`` for each partition p: the
         maps run as tasks with one return per partition, each reduce a task fed those
         returns (Ray moves them between nodes; nothing passes through the driver)."""
+        self._release_embedders()
         map_ref, reduce_ref = ray.put(map_fn), ray.put(reduce_fn)
         mapper = self._map.options(num_returns=n_partitions, max_retries=MAX_RETRIES)
         outs: list[Any] = [mapper.remote(map_ref, x, n_partitions) for x in inputs]
@@ -166,7 +167,6 @@ class RayEngine(Engine):
             else:
                 channel.fit(dataset)
         finally:
-            # the embedding actors hold CPUs the recall tasks and the next fit need
             self._release_embedders()
 
     def rank_task(self, channel: Any, task: Any, k: int,
@@ -174,6 +174,7 @@ class RayEngine(Engine):
         n = len(task.users)
         if n <= self.user_block:
             return super().rank_task(channel, task, k, on_batch=on_batch)
+        self._release_embedders()
         task_ref = self._task_ref(task)
         channel_ref = ray.put(channel)
         starts = range(0, n, self.user_block)
@@ -194,11 +195,13 @@ class RayEngine(Engine):
 
     def train_sasrec(self, channel, model, windows: np.ndarray, n_items: int):
         """``SASRec.fit``'s ``train`` hook: :func:`train_sasrec` on ``train_workers``."""
+        self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
         return train_sasrec(channel, model, windows, n_items, self.train_workers,
                             self.train_cpus, self.train_storage)
 
     def train_textcf(self, channel, mlp, graph):
         """``TextCF.fit``'s ``train`` hook: :func:`train_textcf` on ``train_workers``."""
+        self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
         return train_textcf(channel, mlp, graph, self.train_workers, self.train_cpus,
                             self.train_storage)
 
@@ -206,8 +209,9 @@ class RayEngine(Engine):
 
     def embedder(self, name: str) -> PoolEmbedder:
         """The embedder ``name`` run on a pool of ``actors`` actors (one model each, started
-        at the first batch and stopped after each channel fit): the batches the local
-        embedder would embed, embedded by the actors."""
+        at the first batch; stopped after each channel fit and before any other job of the
+        engine needs the cluster's CPUs): the batches the local embedder would embed,
+        embedded by the actors."""
         held = self._embedders.get(name)
         if held is None:
             held = self._embedders[name] = PoolEmbedder(
@@ -215,6 +219,8 @@ class RayEngine(Engine):
         return held
 
     def _release_embedders(self) -> None:
+        # the embedding actors hold CPUs; every other job of the engine (tasks, Ray Train
+        # workers, generator actors) releases them first, so none waits for idle actors
         for embedder in self._embedders.values():
             embedder.release()
 
@@ -228,6 +234,7 @@ class RayEngine(Engine):
         if is_loaded(generator):
             return super().generate_interests(dataset, generator, settings, users, store,
                                               refresh_min_changed)
+        self._release_embedders()
         texts, report = generate_interests(dataset, generator, settings, users, store,
                                            actors=self.actors, cpus_per_actor=self.actor_cpus,
                                            refresh_min_changed=refresh_min_changed)
@@ -246,6 +253,7 @@ class RayEngine(Engine):
 
         if is_loaded(generator):
             return super().generate_knowledge(dataset, generator, items, settings, store)
+        self._release_embedders()
         texts, report = generate_knowledge(dataset, generator, settings, items, store,
                                            actors=self.actors, cpus_per_actor=self.actor_cpus)
         self.pool_work["generated_items"] += report["generated"]
