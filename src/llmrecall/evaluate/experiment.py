@@ -110,7 +110,7 @@ def generation_report(pipeline: RecallPipeline) -> dict[str, dict]:
             continue
         summary = {k: v for k, v in asdict(stats).items()
                    if k not in ("per_user_seconds", "per_item_seconds", "cost")}
-        out[name] = {**summary, **stats.cost}
+        out[name] = {**summary, **getattr(stats, "cost", {})}  # stats pickled before `cost`
     return out
 
 
