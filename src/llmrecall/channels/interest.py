@@ -13,6 +13,7 @@ candidate's ``evidence`` points at the one that matched it best.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -21,8 +22,9 @@ from llmrecall.channels.base import DEFAULT_BLOCK, Candidates, Channel
 from llmrecall.channels.capabilities import UsesGenerator
 from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.engine.local import current_engine
 from llmrecall.errors import ConfigError
-from llmrecall.interest.jobs import InterestJob, InterestSettings, JobStats
+from llmrecall.interest.jobs import InterestSettings, JobStats
 from llmrecall.interest.matching import HybridMatcher, Merge, cached_embedder, merge_user_texts
 from llmrecall.lm.cache import LMCache
 from llmrecall.lm.generators import Generator, make_generator
@@ -195,12 +197,13 @@ class InterestChannel(UserTextsChannel, UsesGenerator):
 
     def fit(self, dataset: Dataset) -> InterestChannel:
         settings = InterestSettings(**self.settings)
-        generator = self._generator_obj or make_generator(self.generator)
+        # a shared generator runs here; a configured one is built where the engine runs it
+        generator = self._generator_obj or partial(make_generator, dict(self.generator))
         store = LMCache(self.store_path or ":memory:")
         try:
             users = select_users(dataset, self.max_users, self.users, self.seed)
-            job = InterestJob(dataset, generator, settings, store)
-            texts, self.job_stats = job.run(users, refresh_min_changed=self.refresh_min_changed)
+            texts, self.job_stats = current_engine().generate_interests(
+                dataset, generator, settings, users, store, self.refresh_min_changed)
         finally:
             store.close()
         self.set_texts(dataset, texts)

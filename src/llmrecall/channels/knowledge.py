@@ -13,6 +13,7 @@ that measures what the enrichment brings.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,8 +23,9 @@ from llmrecall.channels.capabilities import UsesGenerator
 from llmrecall.channels.interest import catalog_texts
 from llmrecall.channels.registry import register
 from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.engine.local import current_engine
 from llmrecall.errors import ConfigError
-from llmrecall.interest.knowledge import KnowledgeSettings, KnowledgeStats, enrich_dataset, generate_knowledge
+from llmrecall.interest.knowledge import KnowledgeSettings, KnowledgeStats, enrich_dataset
 from llmrecall.interest.matching import HybridMatcher, Merge, cached_embedder, merge_user_texts
 from llmrecall.lm.cache import LMCache
 from llmrecall.lm.generators import Generator, make_generator
@@ -91,9 +93,10 @@ class KnowledgeChannel(Channel, UsesGenerator):
             items = np.sort(rng.choice(dataset.n_items, self.max_items, replace=False))
         store = LMCache(self.store_path or ":memory:")
         try:
-            texts, self.knowledge_stats = generate_knowledge(
-                dataset, self._generator_obj or make_generator(self.generator), items,
-                KnowledgeSettings(**self.settings), store)
+            # a shared generator runs here; a configured one is built where the engine runs it
+            generator = self._generator_obj or partial(make_generator, dict(self.generator))
+            texts, self.knowledge_stats = current_engine().generate_knowledge(
+                dataset, generator, items, KnowledgeSettings(**self.settings), store)
         finally:
             store.close()
         return texts

@@ -3,7 +3,9 @@
 :func:`item_text_vectors` is the one entry point the channels use: it turns a dataset's
 catalog into ``float32[n_items, d]`` L2-normalised vectors with a named embedder from
 :mod:`llmrecall.lm` (``get_embedder``), looked up in and written to the persistent LM cache
-(SQLite) so a catalog is embedded once, not once per channel or per run.
+(SQLite) so a catalog is embedded once, not once per channel or per run. The model runs
+where the current engine says (:meth:`llmrecall.engine.Engine.embedder`: in this process,
+or on the Ray engine's actor pool); the cache is this process's either way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.engine.local import Engine, current_engine
 from llmrecall.errors import DataError
 from llmrecall.topk import topk
 
@@ -50,15 +53,18 @@ def item_text_vectors(dataset: Dataset, embedder: str = DEFAULT_EMBEDDER) -> np.
 def text_vectors(texts: list[str], embedder: str = DEFAULT_EMBEDDER,
                  kind: str = "passage") -> np.ndarray:
     """float32[len(texts), d] L2-normalised vectors through the persistent LM cache."""
-    return np.ascontiguousarray(_cached_embedder(embedder, str(lm_cache_path())).embed(
+    return np.ascontiguousarray(_cached_embedder(embedder, str(lm_cache_path()),
+                                                 current_engine()).embed(
         list(texts), kind=kind), dtype=np.float32)
 
 
 @lru_cache(maxsize=8)
-def _cached_embedder(embedder: str, cache_path: str):
-    from llmrecall.lm import CachedEmbedder, LMCache, get_embedder
+def _cached_embedder(embedder: str, cache_path: str, engine: Engine):
+    # the engine runs the model (here, or on its actor pool); the cache is read and written
+    # here either way, so both engines fill and find the same entries
+    from llmrecall.lm import CachedEmbedder, LMCache
 
-    return CachedEmbedder(get_embedder(embedder), LMCache(cache_path), progress=None)
+    return CachedEmbedder(engine.embedder(embedder), LMCache(cache_path), progress=None)
 
 
 # ---- what every text channel does for users and items it cannot place -------------------

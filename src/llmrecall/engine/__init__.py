@@ -17,31 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from llmrecall.engine.local import Engine
+from llmrecall.engine.local import Engine, current_engine, use_engine
 from llmrecall.errors import ConfigError
 
 __all__ = ["ENGINES", "Engine", "current_engine", "engine_for", "make_engine", "use_engine"]
 
 ENGINES = ("local", "ray")
-
-
-_current: Engine = Engine()
-
-
-def current_engine() -> Engine:
-    """The engine the offline jobs use now (the local one unless :func:`use_engine` says)."""
-    return _current
-
-
-@contextmanager
-def use_engine(engine: Engine) -> Iterator[Engine]:
-    """Run the block with ``engine`` as :func:`current_engine`; the previous one after."""
-    global _current
-    previous, _current = _current, engine
-    try:
-        yield engine
-    finally:
-        _current = previous
 
 
 def make_engine(kind: str = "local", address: str | None = None, **options: Any) -> Engine:

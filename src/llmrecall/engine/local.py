@@ -1,12 +1,21 @@
 """The in-process engine (``local``, the embedded default): the base every engine extends.
 
 It lives in its own module so an engine (:mod:`llmrecall.engine.ray_engine`) can extend it
-without importing the package that chooses between engines (no import circle).
+without importing the package that chooses between engines (no import circle); the engine
+in use (:func:`current_engine`, :func:`use_engine`) is kept here too, so the channels can
+ask for it without importing the package that imports the Ray engine.
+
+Besides fitting and ranking, the engine is where the language-model work of a fit runs:
+the embedder a text channel embeds with (:meth:`Engine.embedder`) and the generation of
+interests and item knowledge (:meth:`Engine.generate_interests`,
+:meth:`Engine.generate_knowledge`). Here all of it runs in this process, as the channels
+always did.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -30,8 +39,66 @@ class Engine:
 
         return rank_task(channel, task, k, on_batch=on_batch)
 
+    def embedder(self, name: str) -> Any:
+        """The embedder ``name`` (:func:`llmrecall.lm.get_embedder`, default options) that
+        the channels embed item and query texts with: here the process-wide instance."""
+        from llmrecall.lm.embedders import get_embedder
+
+        return get_embedder(name)
+
+    def generate_interests(self, dataset: Any, generator: Any, settings: Any, users: Any,
+                           store: Any, refresh_min_changed: int = 3) -> tuple[dict, Any]:
+        """Interest texts for ``users`` (dense ids): :meth:`InterestJob.run
+        <llmrecall.interest.jobs.InterestJob.run>` writing to ``store`` (an
+        :class:`~llmrecall.lm.cache.LMCache`). ``generator`` is a loaded generator
+        (a :class:`~llmrecall.lm.generators.Generator`, or anything with its ``chat``) or a
+        function of no arguments that builds one. Returns ``({user: texts}, JobStats)``."""
+        from llmrecall.interest.jobs import InterestJob
+
+        job = InterestJob(dataset, _loaded(generator), settings, store)
+        return job.run(users, refresh_min_changed=refresh_min_changed)
+
+    def generate_knowledge(self, dataset: Any, generator: Any, items: Any, settings: Any,
+                           store: Any) -> tuple[list[str], Any]:
+        """Item knowledge for ``items`` (dense ids; None: all):
+        :func:`llmrecall.interest.knowledge.generate_knowledge` writing to ``store``;
+        ``generator`` as for :meth:`generate_interests`. Returns one string per catalog
+        item and the ``KnowledgeStats``."""
+        from llmrecall.interest.knowledge import generate_knowledge
+
+        return generate_knowledge(dataset, _loaded(generator), items, settings, store)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind}
 
     def close(self) -> None:
         """Release what the engine holds (a cluster connection)."""
+
+
+def is_loaded(generator: Any) -> bool:
+    """Whether ``generator`` is a loaded generator (anything with ``chat``), not a factory."""
+    return hasattr(generator, "chat")
+
+
+def _loaded(generator: Any) -> Any:
+    """A generator: ``generator`` itself when loaded, else what the factory builds."""
+    return generator if is_loaded(generator) else generator()
+
+
+_current: Engine = Engine()
+
+
+def current_engine() -> Engine:
+    """The engine the offline jobs use now (the local one unless :func:`use_engine` says)."""
+    return _current
+
+
+@contextmanager
+def use_engine(engine: Engine) -> Iterator[Engine]:
+    """Run the block with ``engine`` as :func:`current_engine`; the previous one after."""
+    global _current
+    previous, _current = _current, engine
+    try:
+        yield engine
+    finally:
+        _current = previous

@@ -1,4 +1,5 @@
-"""The Ray engine: co-occurrence fits and all-user recall as Ray tasks.
+"""The Ray engine: co-occurrence fits and all-user recall as Ray tasks, language-model work
+on actor pools.
 
 * ItemCF / Swing: the map-shuffle-reduce of :mod:`llmrecall.engine.cooccurrence`, each map
   a task with one return per partition (the shuffle), each reduce a task taking its piece
@@ -11,6 +12,12 @@
 * All-user recall: the fitted channel and the task are put in the object store once; one
   task per block of users (a multiple of the evaluator's batch, so every batch is the one
   the local run scores) returns that block's lists.
+* Embedding and generation for the text channels: the channels ask the engine for their
+  embedder (:meth:`RayEngine.embedder`: a :class:`PoolEmbedder`, the one-process batches
+  embedded by a pool of actors) and for interests and item knowledge
+  (:meth:`RayEngine.generate_interests`, :meth:`RayEngine.generate_knowledge`: a pool of
+  generator actors); the driver reads and writes the LM cache, so the vectors and texts
+  are the local engine's and land where a local run finds them.
 
 Faults: a task whose worker dies (killed, out of memory, its node lost) is run again by
 Ray (``max_retries``); map outputs lost with a node are rebuilt from their lineage. Every
@@ -25,7 +32,9 @@ entries) and the ranked lists it gathers (``users * k`` int32).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +42,9 @@ import numpy as np
 import ray
 
 from llmrecall.engine.cooccurrence import concat, itemcf_similarity, swing_similarity
-from llmrecall.engine.local import Engine
+from llmrecall.engine.local import Engine, is_loaded
 from llmrecall.evaluate.runner import EVAL_BATCH
+from llmrecall.lm.embedders import Embedder
 
 #: retries of a task whose worker died (SIGKILL, OOM, node lost)
 MAX_RETRIES = 4
@@ -74,6 +84,12 @@ class RayEngine(Engine):
         train_storage: where Ray Train keeps the run and the trained network's checkpoint:
             a path every node can reach (a shared file system); default a temporary
             folder on this machine, removed after each fit.
+        actors: embedding and generator actors per pool (default: the cluster's CPUs, at
+            least 1); ``actor_cpus`` CPUs each (a pool of endpoint clients can ask for
+            less).
+
+    ``pool_work`` counts what the pools did: ``embedded_texts`` (texts an embedding actor
+    embedded), ``generated_users`` and ``generated_items`` (written by generator actors).
     """
 
     kind = "ray"
@@ -81,7 +97,8 @@ class RayEngine(Engine):
     def __init__(self, address: str | None = None, partitions: int | None = None,
                  user_block: int = 4 * EVAL_BATCH, matrix_block: int = 20_000,
                  num_cpus: int | None = None, train_workers: int | None = None,
-                 train_cpus: float = 1.0, train_storage: str | None = None):
+                 train_cpus: float = 1.0, train_storage: str | None = None,
+                 actors: int | None = None, actor_cpus: float = 1.0):
         self._started = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -101,6 +118,10 @@ class RayEngine(Engine):
         self._reduce = ray.remote(_apply_reduce).options(max_retries=MAX_RETRIES)
         self._rank = ray.remote(_rank_block).options(max_retries=MAX_RETRIES)
         self._task_refs: dict[int, tuple[Any, Any]] = {}
+        self.actors = actors or max(1, cpus)
+        self.actor_cpus = actor_cpus
+        self._embedders: dict[str, PoolEmbedder] = {}
+        self.pool_work: Counter[str] = Counter()
 
     # --- the shuffle ------------------------------------------------------------------
 
@@ -109,6 +130,7 @@ class RayEngine(Engine):
         """``reduce_fn(p, concat(piece p of every map_fn(x)))`` for each partition p: the
         maps run as tasks with one return per partition, each reduce a task fed those
         returns (Ray moves them between nodes; nothing passes through the driver)."""
+        self._release_embedders()
         map_ref, reduce_ref = ray.put(map_fn), ray.put(reduce_fn)
         mapper = self._map.options(num_returns=n_partitions, max_retries=MAX_RETRIES)
         outs: list[Any] = [mapper.remote(map_ref, x, n_partitions) for x in inputs]
@@ -134,21 +156,25 @@ class RayEngine(Engine):
         from llmrecall.channels.swing import Swing
         from llmrecall.channels.textcf import TextCF
 
-        # exact classes: a subclass may compute its similarity (or train) otherwise
-        if type(channel) in (ItemCF, Swing):
-            channel.fit(dataset, similarity=self.similarity)
-        elif type(channel) is SASRec:
-            channel.fit(dataset, train=self.train_sasrec)
-        elif type(channel) is TextCF:
-            channel.fit(dataset, train=self.train_textcf)
-        else:
-            channel.fit(dataset)
+        try:
+            # exact classes: a subclass may compute its similarity (or train) otherwise
+            if type(channel) in (ItemCF, Swing):
+                channel.fit(dataset, similarity=self.similarity)
+            elif type(channel) is SASRec:
+                channel.fit(dataset, train=self.train_sasrec)
+            elif type(channel) is TextCF:
+                channel.fit(dataset, train=self.train_textcf)
+            else:
+                channel.fit(dataset)
+        finally:
+            self._release_embedders()
 
     def rank_task(self, channel: Any, task: Any, k: int,
                   on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         n = len(task.users)
         if n <= self.user_block:
             return super().rank_task(channel, task, k, on_batch=on_batch)
+        self._release_embedders()
         task_ref = self._task_ref(task)
         channel_ref = ray.put(channel)
         starts = range(0, n, self.user_block)
@@ -169,13 +195,73 @@ class RayEngine(Engine):
 
     def train_sasrec(self, channel, model, windows: np.ndarray, n_items: int):
         """``SASRec.fit``'s ``train`` hook: :func:`train_sasrec` on ``train_workers``."""
+        self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
         return train_sasrec(channel, model, windows, n_items, self.train_workers,
                             self.train_cpus, self.train_storage)
 
     def train_textcf(self, channel, mlp, graph):
         """``TextCF.fit``'s ``train`` hook: :func:`train_textcf` on ``train_workers``."""
+        self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
         return train_textcf(channel, mlp, graph, self.train_workers, self.train_cpus,
                             self.train_storage)
+
+    # --- language-model work on actor pools --------------------------------------------
+
+    def embedder(self, name: str) -> PoolEmbedder:
+        """The embedder ``name`` run on a pool of ``actors`` actors (one model each, started
+        at the first batch; stopped after each channel fit and before any other job of the
+        engine needs the cluster's CPUs): the batches the local embedder would embed,
+        embedded by the actors."""
+        held = self._embedders.get(name)
+        if held is None:
+            held = self._embedders[name] = PoolEmbedder(
+                partial(_named_embedder, name), self.actors, self.actor_cpus, self.pool_work)
+        return held
+
+    def _release_embedders(self) -> None:
+        # the embedding actors hold CPUs; every other job of the engine (tasks, Ray Train
+        # workers, generator actors) releases them first, so none waits for idle actors
+        for embedder in self._embedders.values():
+            embedder.release()
+
+    def generate_interests(self, dataset: Any, generator: Any, settings: Any, users: Any,
+                           store: Any, refresh_min_changed: int = 3) -> tuple[dict, Any]:
+        """:func:`generate_interests` on ``actors`` generator actors, each building its own
+        generator with the factory ``generator``; a generator already loaded here runs
+        here (it cannot travel). The ``JobStats`` carry the pool's report in ``cost``."""
+        from llmrecall.interest.jobs import JobStats
+
+        if is_loaded(generator):
+            return super().generate_interests(dataset, generator, settings, users, store,
+                                              refresh_min_changed)
+        self._release_embedders()
+        texts, report = generate_interests(dataset, generator, settings, users, store,
+                                           actors=self.actors, cpus_per_actor=self.actor_cpus,
+                                           refresh_min_changed=refresh_min_changed)
+        self.pool_work["generated_users"] += report["generated"]
+        return texts, JobStats(users=report["users"], generated=report["generated"],
+                               reused=report["reused"], cache_hits=report["cache_hits"],
+                               empty=report["empty"],
+                               generated_texts=report["generated_texts"],
+                               seconds=report["seconds"], cost=report)
+
+    def generate_knowledge(self, dataset: Any, generator: Any, items: Any, settings: Any,
+                           store: Any) -> tuple[list[str], Any]:
+        """:func:`generate_knowledge` on ``actors`` generator actors (as
+        :meth:`generate_interests`); the ``KnowledgeStats`` carry the pool's report."""
+        from llmrecall.interest.knowledge import KnowledgeStats
+
+        if is_loaded(generator):
+            return super().generate_knowledge(dataset, generator, items, settings, store)
+        self._release_embedders()
+        texts, report = generate_knowledge(dataset, generator, settings, items, store,
+                                           actors=self.actors, cpus_per_actor=self.actor_cpus)
+        self.pool_work["generated_items"] += report["generated"]
+        asked = range(dataset.n_items) if items is None else np.asarray(items).tolist()
+        return texts, KnowledgeStats(items=report["items"], generated=report["generated"],
+                                     cache_hits=report["reused"],
+                                     empty=sum(1 for i in asked if not texts[i]),
+                                     seconds=report["seconds"], cost=report)
 
     def describe(self) -> dict[str, Any]:
         resources = ray.cluster_resources()
@@ -185,6 +271,7 @@ class RayEngine(Engine):
 
     def close(self) -> None:
         self._task_refs = {}
+        self._release_embedders()
         if self._started and ray.is_initialized():
             ray.shutdown()
 
@@ -339,21 +426,123 @@ def train_textcf(channel, mlp, graph, workers: int = 2, cpus_per_worker: float =
 
 
 class _EmbedActor:
-    """One copy of the model; embeds shards into the shared shard folder."""
+    """One copy of the model: embeds shards into the shared shard folder (``root``), or
+    batches for the driver (:class:`PoolEmbedder`)."""
 
-    def __init__(self, make_embedder: Callable, root: str, n: int, shard_size: int):
+    def __init__(self, make_embedder: Callable, root: str | None = None, n: int = 0,
+                 shard_size: int = 0):
         from llmrecall.engine.embed import ShardedVectors
 
         self.embedder = make_embedder()
-        self.store = ShardedVectors(root, self.embedder.fingerprint, n, shard_size)
+        self.store = (None if root is None else
+                      ShardedVectors(root, self.embedder.fingerprint, n, shard_size))
 
     def fingerprint(self) -> str:
         return self.embedder.fingerprint
 
+    def describe(self) -> dict[str, Any]:
+        """What the driver's stand-in needs: name, model, fingerprint, dim, batch size."""
+        e = self.embedder
+        return {"name": e.name, "model": e.model, "fingerprint": e.fingerprint,
+                "dim": e.dim, "batch_size": e.batch_size}
+
     def run(self, shard: int, texts: list[str]) -> int:
         """Embed and store one shard (``texts`` are that shard's texts only)."""
+        assert self.store is not None
         self.store.write(shard, texts, self.embedder.embed(texts, "passage"))
         return shard
+
+    def batch(self, texts: list[str], kind: str) -> np.ndarray:
+        """float32[len(texts), dim], any norm: the model's output for one batch, as the
+        embedder's own ``_embed_all`` gives it (normalised once, by the driver)."""
+        return self.embedder._embed_all(texts, kind)
+
+
+def _embed_pool(make_embedder: Callable, actors: int, cpus_per_actor: float,
+                *args: Any) -> list[Any]:
+    actor_cls: Any = ray.remote(_EmbedActor).options(
+        num_cpus=cpus_per_actor, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
+    return [actor_cls.remote(make_embedder, *args) for _ in range(max(1, actors))]
+
+
+def _named_embedder(name: str) -> Embedder:
+    from llmrecall.lm.embedders import get_embedder
+
+    return get_embedder(name)
+
+
+class PoolEmbedder(Embedder):
+    """An :class:`~llmrecall.lm.embedders.Embedder` whose batches are embedded by a pool of
+    actors, each holding one model (``make_embedder()``), started at the first use and
+    stopped by :meth:`release` (started again when used after).
+
+    ``embed`` cuts the texts into the very batches of ``batch_size`` the one-process
+    embedder would (``Embedder._embed_all``), sends them to the actors in parallel and
+    normalises the concatenated output once, as the one-process embedder does: the vectors
+    are the one-process ones bit for bit (each batch is the same model call on the same
+    texts). Wrapped in :class:`~llmrecall.lm.CachedEmbedder` on the driver, the texts
+    already in the driver's LM cache are not sent and the new vectors are written there.
+    ``work["embedded_texts"]`` counts the texts the actors embedded."""
+
+    def __init__(self, make_embedder: Callable[[], Embedder], actors: int,
+                 cpus_per_actor: float, work: Counter[str] | None = None):
+        self.make_embedder = make_embedder
+        self.n_actors, self.cpus_per_actor = max(1, actors), cpus_per_actor
+        self.work = work if work is not None else Counter()
+        self._pool: list[Any] = []
+        self._about: dict[str, Any] | None = None
+
+    def _actors(self) -> list[Any]:
+        if not self._pool:
+            self._pool = _embed_pool(self.make_embedder, self.n_actors, self.cpus_per_actor)
+        return self._pool
+
+    def _describe(self) -> dict[str, Any]:
+        if self._about is None:
+            self._about = ray.get(self._actors()[0].describe.remote())
+        return self._about
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._describe()["name"]
+
+    @property
+    def model(self) -> str:  # type: ignore[override]
+        return self._describe()["model"]
+
+    @property
+    def batch_size(self) -> int:  # type: ignore[override]
+        return self._describe()["batch_size"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self._describe()["fingerprint"]
+
+    @property
+    def dim(self) -> int:
+        return self._describe()["dim"]
+
+    def _embed_all(self, texts: list[str], kind: Any) -> np.ndarray:
+        from ray.util import ActorPool
+
+        size = self.batch_size
+        batches = [texts[s:s + size] for s in range(0, len(texts), size)]
+        parts = list(ActorPool(self._actors()).map(
+            lambda actor, batch: actor.batch.remote(batch, kind), batches))
+        self.work["embedded_texts"] += len(texts)
+        return np.concatenate(parts, axis=0)
+
+    def _embed_batch(self, texts: list[str], kind: Any) -> np.ndarray:
+        return self._embed_all(texts, kind)
+
+    def release(self) -> None:
+        """Stop the actors (their CPUs go back to the cluster); the next use starts them."""
+        pool, self._pool = self._pool, []
+        for actor in pool:
+            ray.kill(actor)
+
+    def close(self) -> None:
+        self.release()
 
 
 def embed_catalog(texts: Sequence[str], make_embedder: Callable, root: str | os.PathLike,
@@ -372,10 +561,8 @@ def embed_catalog(texts: Sequence[str], make_embedder: Callable, root: str | os.
 
     shard_size = shard_size or SHARD_SIZE
     texts = list(texts)
-    actor_cls: Any = ray.remote(_EmbedActor).options(
-        num_cpus=cpus_per_actor, max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
-    pool: list[Any] = [actor_cls.remote(make_embedder, str(root), len(texts), shard_size)
-                       for _ in range(max(1, actors))]
+    pool = _embed_pool(make_embedder, actors, cpus_per_actor, str(root), len(texts),
+                       shard_size)
     try:
         fingerprint: str = ray.get(pool[0].fingerprint.remote())
         store = ShardedVectors(Path(root), fingerprint, len(texts), shard_size)
@@ -526,7 +713,7 @@ def generate_interests(dataset: Any, make_generator: Callable, settings: Any, us
             else:
                 todo.append(user)
         shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
-        generated = cache_hits = 0
+        generated = cache_hits = empty = generated_texts = 0
         results = ActorPool(pool).map_unordered(
             lambda actor, shard: actor.interests.remote(settings, shard), shards)
         for texts, text_lists, subjects, stats in results:
@@ -535,14 +722,17 @@ def generate_interests(dataset: Any, make_generator: Callable, settings: Any, us
             out.update(texts)
             generated += stats["generated"]
             cache_hits += stats["cache_hits"]
+            empty += stats["empty"]
+            generated_texts += stats["generated_texts"]
         tokens = _usage(pool)
     finally:
         for actor in pool:
             ray.kill(actor)
     seconds = time.perf_counter() - start
-    return {u: out[u] for u in users}, _cost("users", len(users), generated,
-                                              len(users) - len(todo), cache_hits, seconds,
-                                              tokens, actors)
+    report = _cost("users", len(users), generated, len(users) - len(todo), cache_hits, seconds,
+                   tokens, actors)
+    return {u: out[u] for u in users}, {**report, "empty": empty,
+                                         "generated_texts": generated_texts}
 
 
 def generate_knowledge(dataset: Any, make_generator: Callable, settings: Any = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -98,6 +98,22 @@ def _score_and_fuse(pipeline: RecallPipeline, lists: ChannelLists, n_items: int,
     return results, fusion_seconds, fused
 
 
+def generation_report(pipeline: RecallPipeline) -> dict[str, dict]:
+    """What each channel that generated text in its fit did (``llm_interest``'s interests,
+    ``llm_knowledge``'s item knowledge): users or items asked, generated, reused, seconds;
+    generated on a pool (the Ray engine), also its actors, tokens, and seconds and tokens
+    per 1,000 generated users or items. Empty when no channel generated."""
+    out: dict[str, dict] = {}
+    for name, channel in pipeline.channels.items():
+        stats = getattr(channel, "job_stats", None) or getattr(channel, "knowledge_stats", None)
+        if stats is None:
+            continue
+        summary = {k: v for k, v in asdict(stats).items()
+                   if k not in ("per_user_seconds", "per_item_seconds", "cost")}
+        out[name] = {**summary, **getattr(stats, "cost", {})}  # stats pickled before `cost`
+    return out
+
+
 def evaluate(dataset: Dataset, protocol: str, config: PipelineConfig, *, seed: int = 0,
              ks=DEFAULT_KS, on: str = "test",
              progress: Callable[[str], None] | None = None, split: Split | None = None,
@@ -171,6 +187,7 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
         "results": results,
         **({"reference": reference} if reference is not None else {}),
         **({"fusion": fusion_report} if fusion_report is not None else {}),
+        **({"generation": generation} if (generation := generation_report(pipeline)) else {}),
         "timings": {
             "split_seconds": split_seconds,
             "fit_seconds": dict(pipeline.fit_seconds),

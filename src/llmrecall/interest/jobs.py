@@ -19,7 +19,7 @@ import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -202,6 +202,9 @@ class JobStats:
     seconds: float = 0.0
     generated_texts: int = 0
     per_user_seconds: list[float] = field(default_factory=list)
+    #: what a generation pool reported (actors, tokens, seconds and tokens per 1,000
+    #: users; see :func:`llmrecall.engine.ray_engine.generate_interests`); empty here
+    cost: dict[str, Any] = field(default_factory=dict)
 
 
 class InterestJob:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -77,6 +78,9 @@ class KnowledgeStats:
     empty: int = 0
     seconds: float = 0.0
     per_item_seconds: list[float] = field(default_factory=list)
+    #: what a generation pool reported (actors, tokens, seconds and tokens per 1,000
+    #: items; see :func:`llmrecall.engine.ray_engine.generate_knowledge`); empty here
+    cost: dict[str, Any] = field(default_factory=dict)
 
 
 def generate_knowledge(dataset: Dataset, generator: Generator, items: np.ndarray | None = None,

@@ -27,12 +27,14 @@ QUERY_BLOCK = 1024
 
 def resolve_embedder(spec: Any):
     """An embedder object (anything with ``embed(texts, kind=...)``) or a backend name for
-    :func:`llmrecall.lm.get_embedder`; None disables dense matching."""
+    :func:`llmrecall.lm.get_embedder`, run by the current engine
+    (:meth:`llmrecall.engine.Engine.embedder`: in this process, or on the Ray engine's
+    actor pool); None disables dense matching."""
     if spec is None or hasattr(spec, "embed"):
         return spec
-    from llmrecall.lm import get_embedder
+    from llmrecall.engine.local import current_engine
 
-    return get_embedder(str(spec))
+    return current_engine().embedder(str(spec))
 
 
 def cached_embedder(spec: Any, cache_path: str | None):
