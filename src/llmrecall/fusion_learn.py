@@ -18,12 +18,15 @@ lists come from a model fitted on the other folds (out-of-fold). Candidate answe
 first ``m`` candidates of channel ``c``, then the learned list" for every channel ``c`` and
 ``m`` in :data:`PREFIXES` and ``k`` (``m = 0``: the learned list; ``m = k``: channel ``c``
 alone). On the out-of-fold lists, the guard keeps the answer with the highest recall summed
-over the cut-offs among those at least as good as the best single channel at **every**
-cut-off (the best channel may differ per cut-off); if none is, among those at least as good
-as the reference channel (the best by summed recall) at every cut-off, which ``m = k``
-always is. So, on the validation users, out of fold, the fused list is by construction never
-below that reference channel at any cut-off, and never below any channel when some answer
-achieves it. The final table is refitted on all validation users.
+over the cut-offs among those that beat the best single channel at **every** cut-off (the
+best channel may differ per cut-off) by at least :data:`GUARD_Z` standard errors of the
+paired per-user difference; if none does, among those that beat the reference channel (the
+best by summed recall) so at every cut-off, which ``m = k`` always does (it *is* the
+reference: difference and standard error 0). So, on the validation users, out of fold, the
+fused list is by construction never below that reference channel at any cut-off, and where
+it differs from it, it is ahead by more than the validation set's noise: a gain of a user or
+two on validation is no reason to expect one on test. The final table is refitted on all
+validation users.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ RANK_EDGES = np.array([1, 2, 3, 5, 10, 20, 50, 100, 200, 400], np.int64)
 LENGTH_BUCKETS = 3
 #: how many of the guard channel's first candidates may lead the list (plus ``k``: all)
 PREFIXES = (0, 5, 10, 20, 50, 100, 150)
+#: standard errors (of the paired per-user difference, out of fold) by which an answer must
+#: beat the best channel at a cut-off: a validation gain smaller than the validation set's
+#: own noise is not evidence that the learned list will hold its place on test
+GUARD_Z = 1.0
 #: folds of the out-of-fold guard lists
 FOLDS = 2
 #: users per fit (a random subset above this)
@@ -223,27 +230,52 @@ def _fit_table(ids: Mapping[str, np.ndarray], targets: sp.csr_matrix, lengths: n
 # ---- the guard ------------------------------------------------------------------------------
 
 def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_matrix,
-           n_items: int, k: int, ks: Sequence[int]) -> tuple[str | None, int, dict]:
-    """Choose (reference channel, prefix) on the out-of-fold ``learned`` lists int32[u, k]."""
+           n_items: int, k: int, ks: Sequence[int],
+           z: float | None = None) -> tuple[str | None, int, dict]:
+    """Choose (reference channel, prefix) on the out-of-fold ``learned`` lists int32[u, k].
+
+    An answer passes at a cut-off when its recall exceeds the floor's (the best channel
+    there) by at least ``z`` standard errors of the paired per-user difference; an answer
+    that equals the floor user by user has a difference and a standard error of 0, so the
+    reference channel itself (``m = k``) always passes against itself. ``z``: None reads
+    :data:`GUARD_Z`.
+    """
+    z = GUARD_Z if z is None else float(z)
     u = targets.shape[0]
-    weight = 1.0 / np.maximum(np.diff(targets.indptr), 1) / max(u, 1)  # recall's per-user weight
+    per_user = 1.0 / np.maximum(np.diff(targets.indptr), 1)  # recall's per-user weight
     rows = np.arange(u, dtype=np.int64)[:, None] * n_items
+    ks_arr = np.asarray(ks)
 
     def hits(lst: np.ndarray) -> np.ndarray:
         return (_is_target((rows + np.maximum(lst, 0)).ravel(), targets, n_items)
                 .reshape(lst.shape) & (lst >= 0))
 
     def recall(found_at: np.ndarray) -> np.ndarray:  # found_at: [u, len(ks)] hit counts
-        return weight @ found_at
+        return per_user @ found_at / max(u, 1)
 
     learned_hits = hits(learned)
-    ks_arr = np.asarray(ks)
-    channel_recall, options = {}, []
+    refs, ref_cums, channel_found = {}, {}, {}
     for name, a in ids.items():
         ref = np.full((u, k), -1, np.int32)
         ref[:, :min(k, a.shape[1])] = a[:, :k]
-        ref_cum = np.cumsum(hits(ref), axis=1)
-        channel_recall[name] = recall(ref_cum[:, ks_arr - 1])
+        refs[name], ref_cums[name] = ref, np.cumsum(hits(ref), axis=1)
+        channel_found[name] = ref_cums[name][:, ks_arr - 1]  # [u, len(ks)] hits at each cut
+    channel_recall = {nm: recall(f) for nm, f in channel_found.items()}
+    names = list(ids)
+    best_at = np.argmax([channel_recall[nm] for nm in names], axis=0)  # per cut-off
+    best_found = np.stack([channel_found[names[b]][:, j] for j, b in enumerate(best_at)], 1)
+    best = recall(best_found)
+    by_sum = max(channel_recall, key=lambda nm: float(channel_recall[nm].sum()))
+
+    def clears(got: np.ndarray, floor_found: np.ndarray) -> np.ndarray:
+        """bool[len(ks)]: ``got``'s recall is ``z`` paired standard errors above the floor."""
+        diff = (got - floor_found) * per_user[:, None]  # per-user recall difference
+        margin = z * diff.std(axis=0, ddof=1) / np.sqrt(u) if u > 1 else np.zeros(len(ks))
+        return diff.mean(axis=0) >= margin - 1e-12
+
+    options = []
+    for name in names:
+        ref, ref_cum = refs[name], ref_cums[name]
         # each learned entry's 0-based place in this channel's list (-1: not in it)
         ref_keys = (rows + np.maximum(ref, 0))[ref >= 0]
         ref_rank = np.broadcast_to(np.arange(k), ref.shape)[ref >= 0]
@@ -264,23 +296,21 @@ def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_m
                 head = ref_cum[:, min(cut, m) - 1] if m > 0 else np.zeros(u)
                 fill = (learned_hits & kept & (new_place < (cut - m_eff)[:, None])).sum(axis=1)
                 got[:, j] = head + fill
-            options.append((name, m, recall(got)))
-    best = np.max([r for r in channel_recall.values()], axis=0)
-    by_sum = max(channel_recall, key=lambda nm: float(channel_recall[nm].sum()))
-    tolerance = 1e-12
+            options.append((name, m, recall(got), bool(clears(got, best_found).all()),
+                            bool(clears(got, channel_found[by_sum]).all())))
 
-    def pick(floor: np.ndarray, among) -> tuple[str, int, np.ndarray] | None:
-        fit = [o for o in among if np.all(o[2] >= floor - tolerance)]
+    def pick(among) -> tuple[str, int, np.ndarray] | None:
         # the most recall in all; then the shortest prefix (most of the learned list)
-        return max(fit, key=lambda o: (float(o[2].sum()), -o[1]), default=None)
+        chosen = max(among, key=lambda o: (float(o[2].sum()), -o[1]), default=None)
+        return None if chosen is None else chosen[:3]
 
-    chosen = pick(best, options)
+    picked = pick([o for o in options if o[3]])
     criterion = "every channel"
-    if chosen is None:
+    if picked is None:
         criterion = "reference channel"
-        chosen = pick(channel_recall[by_sum], [o for o in options if o[0] == by_sum])
-    assert chosen is not None  # m = k reproduces the reference channel exactly
-    name, m, fused = chosen
+        picked = pick([o for o in options if o[0] == by_sum and o[4]])
+    assert picked is not None  # m = k reproduces the reference channel exactly
+    name, m, fused = picked
     learned_only = next(o[2] for o in options if o[1] == 0)
 
     def as_dict(r: np.ndarray) -> dict[str, float]:
@@ -288,7 +318,7 @@ def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_m
 
     report = {
         "guard_ks": list(ks), "validation_users": int(u), "criterion": criterion,
-        "reference": name, "prefix": int(m),
+        "margin_z": float(z), "reference": name, "prefix": int(m),
         "out_of_fold_recall": {"fused": as_dict(fused), "learned": as_dict(learned_only),
                                "best_channel": as_dict(best),
                                **{f"channel:{nm}": as_dict(r) for nm, r in channel_recall.items()}},
