@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from llmrecall.channels.capabilities import CachesUsers
 from llmrecall.channels.user_cache import UserStateCache
 from llmrecall.serve.breaker import Breaker
 
@@ -74,7 +75,7 @@ class SharedUserStates:
         below ``stable_rows`` are the artifact's users. Returns how many got it."""
         n = 0
         for name, channel in channels:
-            cache = getattr(channel, "user_cache", None)
+            cache = channel.user_cache if isinstance(channel, CachesUsers) else None
             if isinstance(cache, UserStateCache):
                 cache.share_through(self, self.prefix(artifact_version, name), stable_rows)
                 n += 1
@@ -95,7 +96,7 @@ def user_cache_counts(channels: Iterable[tuple[str, object]]) -> dict[str, dict[
     those the shared level answered (``redis_hits``) or not (``redis_misses``)."""
     out = {}
     for name, channel in channels:
-        cache = getattr(channel, "user_cache", None)
+        cache = channel.user_cache if isinstance(channel, CachesUsers) else None
         if isinstance(cache, UserStateCache):
             out[name] = {"hits": cache.hits, "misses": cache.misses,
                          "redis_hits": cache.shared_hits, "redis_misses": cache.shared_misses}
