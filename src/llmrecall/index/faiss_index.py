@@ -102,14 +102,7 @@ class VectorIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert ``vectors`` float32[n, dim] under ``ids`` int64[n]; existing ids are replaced."""
-        ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
-        vectors = check_vectors(vectors, self.dim, "vectors")
-        if len(ids) != len(vectors):
-            raise DataError(f"add: {len(ids)} ids for {len(vectors)} vectors")
-        if (ids < 0).any():
-            raise DataError("add: ids must be >= 0 (-1 is the padding id)")
-        if len(np.unique(ids)) != len(ids):
-            raise DataError("add: ids repeat within one call")
+        ids, vectors = check_additions(ids, vectors, self.dim)
         if len(ids) == 0:
             return
         if self._index.ntotal:
@@ -302,6 +295,22 @@ def check_vectors(x: np.ndarray, dim: int, what: str) -> np.ndarray:
     if not np.isfinite(x).all():
         raise DataError(f"{what} contain NaN or infinite values")
     return x
+
+
+def check_additions(ids: np.ndarray, vectors: np.ndarray,
+                    dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids int64[n], vectors float32[n, dim])`` of one ``add`` call, checked alike by every
+    vector index: a DataError for mismatched lengths, a negative id (-1 is the padding id),
+    an id repeated within the call, or what :func:`check_vectors` refuses."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+    vectors = check_vectors(vectors, dim, "vectors")
+    if len(ids) != len(vectors):
+        raise DataError(f"add: {len(ids)} ids for {len(vectors)} vectors")
+    if (ids < 0).any():
+        raise DataError("add: ids must be >= 0 (-1 is the padding id)")
+    if len(np.unique(ids)) != len(ids):
+        raise DataError("add: ids repeat within one call")
+    return ids, vectors
 
 
 def _pair_keys(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:

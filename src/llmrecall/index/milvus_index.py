@@ -47,7 +47,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.errors import ConfigError, DataError
-from llmrecall.index.faiss_index import VectorIndex, _pair_keys, check_vectors
+from llmrecall.index.faiss_index import VectorIndex, _pair_keys, check_additions, check_vectors
 
 #: the environment variable holding the server token (never stored in an artifact)
 TOKEN_ENV = "LLMRECALL_MILVUS_TOKEN"
@@ -199,14 +199,7 @@ class MilvusIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Insert ``vectors`` float32[n, dim] under ``ids`` int64[n]; existing ids are replaced."""
-        ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
-        vectors = check_vectors(vectors, self.dim, "vectors")
-        if len(ids) != len(vectors):
-            raise DataError(f"add: {len(ids)} ids for {len(vectors)} vectors")
-        if (ids < 0).any():
-            raise DataError("add: ids must be >= 0 (-1 is the padding id)")
-        if len(np.unique(ids)) != len(ids):
-            raise DataError("add: ids repeat within one call")
+        ids, vectors = check_additions(ids, vectors, self.dim)
         for s in range(0, len(ids), WRITE_BATCH):
             rows = [{"id": int(i), "vector": v} for i, v in
                     zip(ids[s:s + WRITE_BATCH].tolist(), vectors[s:s + WRITE_BATCH])]

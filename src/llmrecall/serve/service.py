@@ -189,7 +189,8 @@ class Service:
         redis_url = self.settings.state.resolved_redis_url()
         if redis_url is not None:
             cfg = self.settings.state
-            self.hot = RecentEvents(redis_url, getattr(self.store, "state_id", "sqlite"),
+            namespace = getattr(self.store, "state_id", "sqlite")  # the deployment's identity
+            self.hot = RecentEvents(redis_url, namespace,
                                     timeout_s=cfg.redis_timeout_ms / 1000.0,
                                     retry_s=cfg.redis_retry_s, ttl_s=cfg.redis_ttl_s)
             if not await self.hot.ping():  # not fatal: a cache, used once it answers
@@ -197,7 +198,7 @@ class Service:
                             "without it (it is tried again every %.1fs)", cfg.redis_retry_s)
             if self.settings.user_cache_users > 0:
                 self.user_states = SharedUserStates(
-                    redis_url, getattr(self.store, "state_id", "sqlite"),
+                    redis_url, namespace,
                     timeout_s=cfg.redis_timeout_ms / 1000.0, retry_s=cfg.redis_retry_s,
                     ttl_s=cfg.redis_user_state_ttl_s)
         artifact = await asyncio.to_thread(self._load_artifact)
