@@ -40,7 +40,7 @@ def _save_task(out: dict, prefix: str, task, lists) -> None:
 def make_lists(args) -> None:
     from llmrecall.config import load_config
     from llmrecall.data.builtin import load_builtin
-    from llmrecall.evaluate.experiment import recall_task
+    from llmrecall.evaluate.experiment import recall_task, training_report
     from llmrecall.evaluate.protocols import make_split
     from llmrecall.pipeline import RecallPipeline
 
@@ -58,7 +58,10 @@ def make_lists(args) -> None:
         _save_task(out, prefix, task, lists)
     meta = {"dataset": args.dataset, "config": str(args.config), "protocol": args.protocol,
             "seed": args.seed, "n_items": dataset.n_items, "config_toml": config.to_toml(),
-            "fit_seconds": pipeline.fit_seconds, "seconds": time.perf_counter() - start}
+            "fit_seconds": pipeline.fit_seconds, "training": training_report(pipeline),
+            "seconds": time.perf_counter() - start}
+    if meta["training"]:
+        print(f"training: {meta['training']}", flush=True)
     out["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **out)

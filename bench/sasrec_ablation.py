@@ -28,6 +28,8 @@ from llmrecall.data.builtin import load_builtin  # noqa: E402
 from llmrecall.evaluate import evaluate_channel, make_split  # noqa: E402
 
 KS = (10, 50, 200)
+#: what each run records and the summary reports: Recall@K at KS, and NDCG@10
+COLUMNS = ("R@10", "N@10", "R@50", "R@200")
 
 
 def _value(text: str):
@@ -51,9 +53,12 @@ def run(dataset_name: str, seeds: list[int], modes: list[str], params: dict) -> 
             fit_s = time.perf_counter() - start
             metrics = evaluate_channel(channel, split.test, k=max(KS), ks=KS)
             row = {"seed": seed, "mode": mode, "fit_s": round(fit_s, 1),
-                   **{f"R@{k}": metrics[f"recall@{k}"] for k in KS}}
+                   **{f"R@{k}": metrics[f"recall@{k}"] for k in KS},
+                   "N@10": metrics["ndcg@10"]}
+            if channel.stopping_ is not None:  # early stopping: epochs run, best epoch
+                row["training"] = channel.stopping_.summary()
             runs.append(row)
-            print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) and k.startswith("R@")
+            print("  " + "  ".join(f"{k}={v:.4f}" if isinstance(v, float) and k[:2] in ("R@", "N@")
                                    else f"{k}={v}" for k, v in row.items()), flush=True)
     return {"dataset": dataset_name, "params": params, "users": int(len(split.test.users)),
             "runs": runs, "summary": summarise(runs, modes)}
@@ -65,14 +70,14 @@ def summarise(runs: list[dict], modes: list[str]) -> dict:
     seeds = sorted({r["seed"] for r in runs})
     for mode in modes:
         row = {}
-        for k in KS:
-            vals = np.array([by[mode, s][f"R@{k}"] for s in seeds])
-            row[f"R@{k}"] = {"mean": float(vals.mean()),
-                             "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+        for col in COLUMNS:
+            vals = np.array([by[mode, s][col] for s in seeds])
+            row[col] = {"mean": float(vals.mean()),
+                        "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
             if mode != "none" and "none" in modes:
-                diff = vals - np.array([by["none", s][f"R@{k}"] for s in seeds])
-                row[f"R@{k}"]["vs_none"] = float(diff.mean())
-                row[f"R@{k}"]["wins"] = f"{int((diff > 0).sum())}/{len(diff)}"
+                diff = vals - np.array([by["none", s][col] for s in seeds])
+                row[col]["vs_none"] = float(diff.mean())
+                row[col]["wins"] = f"{int((diff > 0).sum())}/{len(diff)}"
         row["fit_s"] = float(np.median([by[mode, s]["fit_s"] for s in seeds]))
         out[mode] = row
     return out
@@ -81,11 +86,11 @@ def summarise(runs: list[dict], modes: list[str]) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"{result['dataset']} · loo · {result['users']:,} users · "
              f"seeds {sorted({r['seed'] for r in result['runs']})}",
-             "", "| text_init | " + " | ".join(f"R@{k} mean ± sd" for k in KS)
+             "", "| text_init | " + " | ".join(f"{col} mean ± sd" for col in COLUMNS)
              + " | vs none (R@50) | fit s (median) |",
-             "|---|" + "---|" * (len(KS) + 2)]
+             "|---|" + "---|" * (len(COLUMNS) + 2)]
     for mode, row in result["summary"].items():
-        cells = [f"{row[f'R@{k}']['mean']:.4f} ± {row[f'R@{k}']['sd']:.4f}" for k in KS]
+        cells = [f"{row[col]['mean']:.4f} ± {row[col]['sd']:.4f}" for col in COLUMNS]
         vs = row["R@50"].get("vs_none")
         vs_cell = "—" if vs is None else f"{vs:+.4f} ({row['R@50']['wins']} seeds)"
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {vs_cell} | {row['fit_s']:.0f} |")

@@ -86,6 +86,8 @@ def test_channel_parameter_ranges_fail_at_load_naming_file_table_and_field(tmp_p
     ("bpr", {"iterations": 0}),
     ("bpr", {"regularization": -0.1}),
     ("popularity", {"half_life": -5.0}),
+    ("sasrec", {"patience": -1}),
+    ("sasrec", {"holdout_users": 0}),
 ])
 def test_out_of_range_channel_parameters_are_config_errors(kind, params):
     with pytest.raises(ConfigError) as info:
@@ -146,3 +148,14 @@ def test_the_old_spelling_neighbours_is_refused_naming_neighbors(tmp_path):
         assert fragment in message, message
     cfg = parse_config({"channels": [{"kind": "llm_knowledge", "params": {"neighbors": 50}}]})
     assert cfg.channels[0].params == {"neighbors": 50}
+
+
+def test_every_config_in_the_repository_loads():
+    """The configs the docs run (configs/*.toml) are valid: a renamed parameter fails here,
+    not an hour into a benchmark."""
+    from pathlib import Path
+
+    paths = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    assert len(paths) >= 5
+    for path in paths:
+        assert load_config(path).channels, path

@@ -50,7 +50,7 @@ CHANNEL_PARAM_BOUNDS: dict[str, dict[str, dict[str, float]]] = {
     "sasrec": {"dim": {"ge": 1}, "blocks": {"ge": 1}, "heads": {"ge": 1}, "max_len": {"ge": 1},
                "dropout": {"ge": 0, "lt": 1}, "epochs": {"ge": 1}, "batch_size": {"ge": 1},
                "lr": {"gt": 0}, "weight_decay": {"ge": 0}, "negatives": {"ge": 1},
-               "threads": {"ge": 1}},
+               "patience": {"ge": 0}, "holdout_users": {"ge": 1}, "threads": {"ge": 1}},
     "textcf": {"dim": {"ge": 1}, "hidden": {"ge": 1}, "layers": {"ge": 0}, "tau": {"gt": 0},
                "epochs": {"ge": 1}, "batch_size": {"ge": 1}, "lr": {"gt": 0},
                "max_steps": {"ge": 0}, "recency_decay": {"gt": 0, "le": 1}, "recent": {"ge": 1},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llmrecall.channels.early_stop import HeldOutNext, newest_window_rows
 from llmrecall.channels.sequential import SASRec, training_windows
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.errors import ConfigError
@@ -85,3 +86,86 @@ def test_bad_parameters():
         SASRec(text_init="both")
     with pytest.raises(ConfigError, match="divisible"):
         SASRec(dim=30, heads=4)
+
+
+# ---- early stopping on held-out next items ------------------------------------------------
+
+def test_held_out_next_masks_exactly_the_newest_target_of_each_chosen_user():
+    log = Interactions.build(user=[0] * 7 + [1, 1, 1, 2, 2], item=[1, 2, 3, 4, 5, 6, 7, 2, 9, 2, 3, 4],
+                             time=np.arange(12))
+    h = Histories.from_interactions(log, 3, 10)
+    w = training_windows(h, 3)
+    before = w.copy()
+    held = HeldOutNext.take(w, h.lengths(), 3, 10, np.random.default_rng(0), "recall@1", 2)
+    # users 0 and 1 have 3+ items (user 2 has two): their newest windows are rows 0 and 2
+    np.testing.assert_array_equal(held.targets, [7, 2])
+    np.testing.assert_array_equal(held.sequences, [before[0, :3], before[2, :3]])
+    changed = np.argwhere(w != before)
+    np.testing.assert_array_equal(changed, [[0, 3], [2, 3]])
+    assert (w[[0, 2], 3] == 0).all()  # padding: the loss skips it
+    # user 1 had item 2 before its target 2: a repeat stays rankable; 9 is excluded
+    seen_of_1 = held.seen_items[held.seen_rows == 1]
+    np.testing.assert_array_equal(np.sort(seen_of_1), [9])
+
+
+def test_newest_window_rows_follow_training_windows():
+    lengths = np.array([7, 1, 2, 0, 12])
+    rows = newest_window_rows(lengths, 3)
+    # windows: user 0 -> 2, user 1 -> 0, user 2 -> 1, user 3 -> 0, user 4 -> 4
+    np.testing.assert_array_equal(rows, [0, -1, 2, -1, 3])
+
+
+def test_early_stopping_keeps_the_best_epoch(lm_cache):
+    data = make_dataset()
+    channel = SASRec(text_init="none", **{**SMALL, "epochs": 40, "lr": 2e-2},
+                     patience=2, holdout_users=25, monitor="recall@1").fit(data)
+    stopping = channel.stopping_
+    assert stopping is not None
+    scores = stopping.scores
+    assert 1 <= len(scores) <= 40
+    assert stopping.best_epoch == int(np.argmax(scores)) + 1  # the first of equal bests
+    stopped_early = len(scores) < 40
+    if stopped_early:
+        assert len(scores) - stopping.best_epoch == 2
+    # the network handed back is the best epoch's: scoring it again gives the best value
+    assert stopping._evaluate(channel.model_) == pytest.approx(max(scores))
+    assert stopping.summary()["best"] == pytest.approx(max(scores), abs=1e-4)
+
+
+def test_early_stopping_off_trains_every_epoch_as_before(lm_cache):
+    data = make_dataset()
+    plain = SASRec(text_init="none", **{**SMALL, "epochs": 3}).fit(data)
+    assert plain.stopping_ is None
+    # the held-out users draw from their own stream: a patient fit that runs all its epochs
+    # follows the same batch order, so only the held-out targets make it differ
+    patient = SASRec(text_init="none", **{**SMALL, "epochs": 3}, patience=5, holdout_users=1).fit(data)
+    assert len(patient.stopping_.scores) == 3
+    users = np.arange(data.n_users, dtype=np.int32)
+    h = data.histories()
+    assert not np.allclose(plain.score(users, h), patient.score(users, h))
+
+
+def test_early_stopping_parameters():
+    with pytest.raises(ConfigError, match="monitor"):
+        SASRec(patience=2, monitor="mrr@10")
+    with pytest.raises(ConfigError, match="monitor"):
+        SASRec(patience=2, monitor="ndcg@0")
+    with pytest.raises(ConfigError, match="patience"):
+        SASRec(patience=-1)
+    with pytest.raises(ConfigError, match="holdout_users"):
+        SASRec(patience=1, holdout_users=0)
+
+
+def test_evaluate_reports_how_an_early_stopped_channel_trained(lm_cache):
+    from llmrecall.config import parse_config
+    from llmrecall.evaluate.experiment import evaluate
+
+    params = {**SMALL, "epochs": 4, "patience": 2, "holdout_users": 10, "text_init": "none"}
+    config = parse_config({"channels": [{"kind": "popularity"},
+                                        {"kind": "sasrec", "params": params}]})
+    report = evaluate(make_dataset(), "loo", config, ks=(5,))
+    training = report["training"]
+    assert list(training) == ["sasrec"]
+    assert training["sasrec"]["monitor"] == "ndcg@10"
+    assert training["sasrec"]["held_out_users"] == 10
+    assert 1 <= training["sasrec"]["best_epoch"] <= training["sasrec"]["epochs_run"] <= 4

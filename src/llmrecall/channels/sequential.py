@@ -17,7 +17,10 @@ text, so a projected new item would not live in the space the model learned; for
 ``add_items`` leaves new items unknown, as they were before.
 
 Trained with full softmax cross-entropy over all items (sampled softmax with shared uniform
-negatives above ``full_softmax_limit`` items). Seeded; torch threads capped at ``threads``.
+negatives above ``full_softmax_limit`` items). ``epochs`` is a fixed count, or with
+``patience`` > 0 the most epochs run: training stops when the ranking metric of held-out next
+items stops improving and keeps the best epoch (:mod:`llmrecall.channels.early_stop`).
+Seeded; torch threads capped at ``threads``.
 Saved as ``params.json`` + ``state.npz`` (popularity fallback) + ``model.safetensors``
 (the network); no pickle.
 """
@@ -35,6 +38,7 @@ import numpy as np
 from llmrecall import progress
 from llmrecall.channels.base import Channel
 from llmrecall.channels.capabilities import AddsItems, CachesUsers
+from llmrecall.channels.early_stop import HeldOutNext, parse_monitor
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (
     DEFAULT_EMBEDDER,
@@ -148,6 +152,12 @@ class SASRec(Channel, AddsItems, CachesUsers):
         epochs, batch_size, lr, weight_decay: training (AdamW).
         full_softmax_limit / negatives: sampled softmax with this many shared negatives
             when the catalog is larger than the limit.
+        patience: 0 trains exactly ``epochs``; above 0, ``epochs`` is the most, and training
+            stops after ``patience`` epochs without a better ``monitor`` on the newest
+            transition of ``holdout_users`` users (taken out of the loss), keeping the best
+            epoch's weights. ``stopping_`` then holds the per-epoch metric.
+        monitor: "ndcg@K" or "recall@K" of the held-out items (full catalog ranked, the
+            user's other items excluded).
         seed, threads: reproducibility and torch threads (at most 2 are used; 1 is fastest
             on a shared machine, where OpenMP spin-waiting makes 2 threads slower).
 
@@ -157,6 +167,7 @@ class SASRec(Channel, AddsItems, CachesUsers):
     """
 
     in_process = True  # see Channel.in_process
+    stopping_: HeldOutNext | None  # set by fit (a fitted attribute: not before)
 
     kind: ClassVar[str] = "sasrec"
     evidence_template: ClassVar[str] = ("predicted from your recent sequence, in which it "
@@ -171,7 +182,8 @@ class SASRec(Channel, AddsItems, CachesUsers):
                  blocks: int = 2, heads: int = 1, max_len: int = 50, dropout: float = 0.2,
                  epochs: int = 30, batch_size: int = 128, lr: float = 2e-3,
                  weight_decay: float = 0.0, full_softmax_limit: int = 50_000,
-                 negatives: int = 1024, seed: int = 0, threads: int = 1,
+                 negatives: int = 1024, patience: int = 0, holdout_users: int = 1000,
+                 monitor: str = "ndcg@10", seed: int = 0, threads: int = 1,
                  name: str | None = None):
         super().__init__(name)
         if text_init not in TEXT_MODES:
@@ -180,10 +192,15 @@ class SASRec(Channel, AddsItems, CachesUsers):
             raise ConfigError(f"sasrec: dim {dim} is not divisible by heads {heads}")
         if min(dim, blocks, heads, max_len, epochs, batch_size) < 1:
             raise ConfigError("sasrec: dim, blocks, heads, max_len, epochs, batch_size must be >= 1")
+        if patience < 0 or holdout_users < 1:
+            raise ConfigError(f"sasrec: patience must be >= 0 and holdout_users >= 1, got "
+                              f"{patience} and {holdout_users}")
+        parse_monitor(monitor)
         self.text_init, self.embedder, self.dim, self.blocks = text_init, embedder, dim, blocks
         self.heads, self.max_len, self.dropout, self.epochs = heads, max_len, dropout, epochs
         self.batch_size, self.lr, self.weight_decay = batch_size, lr, weight_decay
         self.full_softmax_limit, self.negatives = full_softmax_limit, negatives
+        self.patience, self.holdout_users, self.monitor = patience, holdout_users, monitor
         self.seed, self.threads = seed, threads
         # add_items swaps (model_, n_items_, popularity_) together under this lock
         self._lock = threading.Lock()
@@ -214,9 +231,17 @@ class SASRec(Channel, AddsItems, CachesUsers):
                 # where the starting vectors come from (torch's N(0, 1) default is 8x larger
                 # and trains markedly worse)
                 model.id_embedding.weight[1:].normal_(0.0, self.dim ** -0.5)
-        windows = training_windows(dataset.histories(), self.max_len)
+        histories = dataset.histories()
+        windows = training_windows(histories, self.max_len)
         if len(windows) == 0:
             raise DataError("sasrec: no user has two or more interactions to learn from")
+        self.stopping_ = None
+        if self.patience:
+            # its own random stream: the training order and negatives are those of a fit
+            # without early stopping
+            self.stopping_ = HeldOutNext.take(
+                windows, histories.lengths(), self.max_len, self.holdout_users,
+                np.random.default_rng([self.seed, 1]), self.monitor, self.patience)
         if train is None:
             with progress.task(f"fit {self.name}", self.epochs, "epoch") as bar:
                 self.train_epochs(model, windows, n_items, rng, on_epoch=bar.advance)
@@ -240,11 +265,16 @@ class SASRec(Channel, AddsItems, CachesUsers):
         ``rank`` takes rows ``rank::world`` of each batch, so the workers' rows together are
         the one-process batch and there are as many optimizer steps; DDP averages the
         gradients. A last batch with fewer rows than workers is taken whole by each (equal
-        gradients: their average is the batch's)."""
+        gradients: their average is the batch's).
+
+        With early stopping (``stopping_``), every worker scores the same replica of the
+        network after each epoch, so all stop at the same epoch; the best epoch's weights
+        are put back before returning."""
         torch = _torch()
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr,
                                       weight_decay=self.weight_decay)
         sampled = n_items > self.full_softmax_limit
+        net = getattr(model, "module", model)  # DDP wraps the network in .module
         model.train()
         for _ in range(self.epochs):
             order = rng.permutation(len(windows))
@@ -259,6 +289,10 @@ class SASRec(Channel, AddsItems, CachesUsers):
                 optimizer.step()
             if on_epoch is not None:
                 on_epoch()
+            if self.stopping_ is not None and self.stopping_.update(net):
+                break
+        if self.stopping_ is not None:
+            self.stopping_.restore(net)
 
     def _loss(self, model, batch, n_items: int, sampled: bool, rng: np.random.Generator):
         """Next-item cross-entropy over every non-padded position of ``batch``

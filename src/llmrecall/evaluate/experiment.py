@@ -114,6 +114,17 @@ def generation_report(pipeline: RecallPipeline) -> dict[str, dict]:
     return out
 
 
+def training_report(pipeline: RecallPipeline) -> dict[str, dict]:
+    """How each early-stopped channel trained (``sasrec`` with ``patience``): the metric
+    followed, held-out users, epochs run, the best epoch and its value. Empty when none."""
+    out: dict[str, dict] = {}
+    for name, channel in pipeline.channels.items():
+        stopping = getattr(channel, "stopping_", None)
+        if stopping is not None:
+            out[name] = stopping.summary()
+    return out
+
+
 def evaluate(dataset: Dataset, protocol: str, config: PipelineConfig, *, seed: int = 0,
              ks=DEFAULT_KS, on: str = "test",
              progress: Callable[[str], None] | None = None, split: Split | None = None,
@@ -188,6 +199,7 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
         **({"reference": reference} if reference is not None else {}),
         **({"fusion": fusion_report} if fusion_report is not None else {}),
         **({"generation": generation} if (generation := generation_report(pipeline)) else {}),
+        **({"training": training} if (training := training_report(pipeline)) else {}),
         "timings": {
             "split_seconds": split_seconds,
             "fit_seconds": dict(pipeline.fit_seconds),
