@@ -206,6 +206,115 @@ def test_sasrec_data_parallel_recall_within_noise_of_local(cluster, tmp_path):
                                   remote.score(users, split.valid.history))
 
 
+def _train_workers() -> list:
+    """The live Ray Train worker processes (their process title names the actor class)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if "ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return sorted(found, key=lambda p: p.pid)
+
+
+def _kill_a_worker_after(storage, epochs_done: int, killed: dict) -> None:
+    """Wait until a checkpoint folder ``epoch-<epochs_done>`` appears under ``storage``
+    (its upload has begun, and the earlier epoch's checkpoint is registered: reporting it
+    was a barrier the workers passed), then SIGKILL one Ray Train worker; record what was
+    killed, when, and the newest checkpoint folder seen then in ``killed``."""
+    import time
+
+    deadline = time.monotonic() + 300
+    wanted = f"epoch-{epochs_done:05d}"
+    while time.monotonic() < deadline:
+        seen = sorted(p.name for p in storage.glob("*/epoch-*"))
+        if seen and seen[-1] >= wanted:
+            workers = _train_workers()
+            if workers:
+                os.kill(workers[-1].pid, signal.SIGKILL)
+                killed.update(pid=workers[-1].pid, at=time.perf_counter(),
+                              newest=int(seen[-1].split("-")[1]))
+                return
+        time.sleep(0.05)
+
+
+def test_sasrec_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(cluster, tmp_path):
+    """SASRec on Ray Train (2 DDP workers, one on each node): one worker SIGKILLed once
+    the first epoch's checkpoint is registered (the second's is being written); Ray Train
+    starts the workers again, they resume from the latest epoch checkpoint, and the
+    trained weights (and so the lists) are bit for bit those of an uninterrupted Ray fit
+    with the same seed. Bit equality holds because the resumed workers have the
+    uninterrupted run's whole state (weights, AdamW state, the numpy generator, each
+    rank's torch generator) and gloo's all-reduce of two ranks adds two numbers, the same
+    sum in either order."""
+    import threading
+    import time
+
+    import torch
+
+    from llmrecall.channels.sequential import SASRec
+    from llmrecall.evaluate.runner import rank_task
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+    params = dict(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
+
+    def fit(storage):
+        engine = RayEngine(train_workers=2, train_storage=str(storage))
+        channel = SASRec(**params)
+        started = time.perf_counter()
+        with use_engine(engine):
+            engine.fit_channel(channel, split.train)
+        return channel, engine.train_runs[-1], started, time.perf_counter()
+
+    whole, whole_run, _, _ = fit(tmp_path / "whole")
+    assert whole_run["resumed_from"] == 0 and whole_run["epoch"] == params["epochs"]
+
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_after,
+                              args=(tmp_path / "killed", 2, killed), daemon=True)
+    killer.start()
+    resumed, run, started, finished = fit(tmp_path / "killed")
+    killer.join(timeout=10)
+    assert killed and killed["pid"] != os.getpid()
+    # the last attempt resumed from an epoch checkpoint (the first or a later one), not
+    # from the start
+    assert 1 <= run["resumed_from"] <= killed["newest"] < params["epochs"], (run, killed)
+    assert run["epoch"] == params["epochs"]
+
+    mine, theirs = resumed.model_.state_dict(), whole.model_.state_dict()
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key
+    ids_whole = rank_task(whole, split.valid, 50)
+    np.testing.assert_array_equal(rank_task(resumed, split.valid, 50), ids_whole)
+    print(f"\nkill cost: uninterrupted {whole_run['seconds']:.1f} s, killed "
+          f"{run['seconds']:.1f} s; killed {killed['at'] - started:.1f} s into the fit "
+          f"with {killed['newest']} epoch checkpoints written, resumed from epoch "
+          f"{run['resumed_from']}, finished {finished - killed['at']:.1f} s after the kill")
+
+
+def test_sasrec_worker_killed_without_restarts_fails_the_fit(cluster, tmp_path):
+    """``train_max_failures = 0``: the first worker death fails the fit (it raises, and
+    no weights are installed)."""
+    import threading
+
+    from ray.train import TrainingFailedError
+
+    from llmrecall.channels.sequential import SASRec
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+    engine = RayEngine(train_workers=2, train_storage=str(tmp_path), train_max_failures=0)
+    channel = SASRec(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_after, args=(tmp_path, 1, killed),
+                              daemon=True)
+    killer.start()
+    with use_engine(engine), pytest.raises(TrainingFailedError):
+        engine.fit_channel(channel, split.train)
+    killer.join(timeout=10)
+    assert killed and not hasattr(channel, "model_") and engine.train_runs == []
+
+
 TEXTCF = """
 [fusion]
 k = 50

@@ -219,7 +219,8 @@ class SASRec(Channel, AddsItems, CachesUsers):
             raise DataError("sasrec: no user has two or more interactions to learn from")
         if train is None:
             with progress.task(f"fit {self.name}", self.epochs, "epoch") as bar:
-                self.train_epochs(model, windows, n_items, rng, on_epoch=bar.advance)
+                self.train_epochs(model, windows, n_items, rng,
+                                  on_epoch=lambda done, optimizer: bar.advance())
         else:
             model = train(self, model, windows, n_items)
         model.eval()
@@ -229,11 +230,24 @@ class SASRec(Channel, AddsItems, CachesUsers):
         self._n_base = n_items
         return self
 
+    def optimizer(self, model):
+        """The AdamW optimizer :meth:`train_epochs` steps ``model``'s parameters with."""
+        torch = _torch()
+        return torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
     def train_epochs(self, model, windows: np.ndarray, n_items: int, rng: np.random.Generator,
                      rank: int = 0, world: int = 1,
-                     on_epoch: Callable[[], None] | None = None) -> None:
-        """``epochs`` epochs of AdamW on ``model`` (in place) over ``windows``
-        (int64[w, max_len + 1], :func:`training_windows`), batches in ``rng``'s order.
+                     on_epoch: Callable[[int, Any], None] | None = None,
+                     optimizer: Any = None, start_epoch: int = 0) -> None:
+        """Epochs ``start_epoch + 1`` to ``epochs`` of AdamW on ``model`` (in place) over
+        ``windows`` (int64[w, max_len + 1], :func:`training_windows`), batches in ``rng``'s
+        order; ``on_epoch(epochs_done, optimizer)`` after each.
+
+        Resuming (``start_epoch`` > 0): ``model``'s weights, ``optimizer``'s state (default
+        a new :meth:`optimizer`), ``rng``'s state and torch's generator state must be those
+        of the run after ``start_epoch`` epochs (the checkpoint of
+        :mod:`llmrecall.channels.train_state`, written from ``on_epoch``); the epochs run
+        then are the uninterrupted run's, bit for bit.
 
         Data-parallel (``world`` > 1 workers, ``model`` wrapped in DistributedDataParallel,
         every worker seeded alike so all draw the same order and negatives): worker
@@ -242,11 +256,10 @@ class SASRec(Channel, AddsItems, CachesUsers):
         gradients. A last batch with fewer rows than workers is taken whole by each (equal
         gradients: their average is the batch's)."""
         torch = _torch()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr,
-                                      weight_decay=self.weight_decay)
+        optimizer = self.optimizer(model) if optimizer is None else optimizer
         sampled = n_items > self.full_softmax_limit
         model.train()
-        for _ in range(self.epochs):
+        for epoch in range(start_epoch, self.epochs):
             order = rng.permutation(len(windows))
             for start in range(0, len(windows), self.batch_size):
                 rows = order[start:start + self.batch_size]
@@ -258,7 +271,7 @@ class SASRec(Channel, AddsItems, CachesUsers):
                 loss.backward()
                 optimizer.step()
             if on_epoch is not None:
-                on_epoch()
+                on_epoch(epoch + 1, optimizer)
 
     def _loss(self, model, batch, n_items: int, sampled: bool, rng: np.random.Generator):
         """Next-item cross-entropy over every non-padded position of ``batch``

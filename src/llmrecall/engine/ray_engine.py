@@ -43,11 +43,15 @@ import ray
 
 from llmrecall.engine.cooccurrence import concat, itemcf_similarity, swing_similarity
 from llmrecall.engine.local import Engine, is_loaded
+from llmrecall.errors import ConfigError
 from llmrecall.evaluate.runner import EVAL_BATCH
 from llmrecall.lm.embedders import Embedder
 
 #: retries of a task whose worker died (SIGKILL, OOM, node lost)
 MAX_RETRIES = 4
+
+#: Ray Train restarts of a run whose worker died, by default (``train_max_failures``)
+TRAIN_MAX_FAILURES = 2
 
 
 def _apply_map(fn: Callable, item: Any, n_partitions: int):
@@ -83,10 +87,18 @@ class RayEngine(Engine):
             1); ``train_cpus`` CPUs each.
         train_storage: where Ray Train keeps the run and the trained network's checkpoint:
             a path every node can reach (a shared file system); default a temporary
-            folder on this machine, removed after each fit.
+            folder on this machine, removed after each fit. Each fit writes a new run
+            folder there, holding its latest checkpoint.
+        train_max_failures: how many times a Ray Train run whose worker died (killed,
+            out of memory, its node lost) is started again (0: the fit fails at once).
+            SASRec resumes from its last epoch checkpoint; textcf starts over.
         actors: embedding and generator actors per pool (default: the cluster's CPUs, at
             least 1); ``actor_cpus`` CPUs each (a pool of endpoint clients can ask for
             less).
+
+    ``train_runs`` has one entry per Ray Train fit: ``name``, ``seconds`` and rank 0's last
+    metrics (SASRec: ``epoch``, and ``resumed_from``, the epoch its last attempt started
+    from, 0 when no worker died).
 
     ``pool_work`` counts what the pools did: ``embedded_texts`` (texts an embedding actor
     embedded), ``generated_users`` and ``generated_items`` (written by generator actors).
@@ -98,7 +110,10 @@ class RayEngine(Engine):
                  user_block: int = 4 * EVAL_BATCH, matrix_block: int = 20_000,
                  num_cpus: int | None = None, train_workers: int | None = None,
                  train_cpus: float = 1.0, train_storage: str | None = None,
+                 train_max_failures: int = TRAIN_MAX_FAILURES,
                  actors: int | None = None, actor_cpus: float = 1.0):
+        if train_max_failures < 0:
+            raise ConfigError(f"engine: train_max_failures must be >= 0, got {train_max_failures}")
         self._started = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -114,6 +129,8 @@ class RayEngine(Engine):
         self.train_workers = train_workers or max(1, cpus)
         self.train_cpus = train_cpus
         self.train_storage = train_storage
+        self.train_max_failures = train_max_failures
+        self.train_runs: list[dict[str, Any]] = []
         self._map = ray.remote(_apply_map)
         self._reduce = ray.remote(_apply_reduce).options(max_retries=MAX_RETRIES)
         self._rank = ray.remote(_rank_block).options(max_retries=MAX_RETRIES)
@@ -197,13 +214,14 @@ class RayEngine(Engine):
         """``SASRec.fit``'s ``train`` hook: :func:`train_sasrec` on ``train_workers``."""
         self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
         return train_sasrec(channel, model, windows, n_items, self.train_workers,
-                            self.train_cpus, self.train_storage)
+                            self.train_cpus, self.train_storage, self.train_max_failures,
+                            self.train_runs)
 
     def train_textcf(self, channel, mlp, graph):
         """``TextCF.fit``'s ``train`` hook: :func:`train_textcf` on ``train_workers``."""
         self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
         return train_textcf(channel, mlp, graph, self.train_workers, self.train_cpus,
-                            self.train_storage)
+                            self.train_storage, self.train_max_failures, self.train_runs)
 
     # --- language-model work on actor pools --------------------------------------------
 
@@ -296,15 +314,75 @@ def _report_state(module, rank: int, metrics: dict) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def _torch_rng_states(world: int) -> list[Any]:
+    """torch's CPU generator state of every rank, in rank order (a collective: every
+    worker calls it). Each rank draws its own dropout masks, so a resumed run needs each
+    rank's state, not rank 0's alone."""
+    import torch
+
+    state = torch.get_rng_state()
+    if world == 1:
+        return [state]
+    import torch.distributed as dist
+
+    # gloo reduces and gathers int32 everywhere; uint8 support varies across builds
+    gathered = [torch.empty_like(state, dtype=torch.int32) for _ in range(world)]
+    dist.all_gather(gathered, state.to(torch.int32))
+    return [g.to(torch.uint8) for g in gathered]
+
+
+def _report_epoch(module, rng: np.random.Generator, rank: int, world: int, resumed_from: int,
+                  epochs_done: int, optimizer: Any) -> None:
+    """``train_epochs``' ``on_epoch`` on a Ray Train worker: after each epoch, rank 0
+    reports the checkpoint a restarted run resumes from (:mod:`~llmrecall.channels.train_state`:
+    weights, optimizer state, epochs done, the numpy generator and every rank's torch
+    generator; safetensors and JSON, no pickle) in a folder ``epoch-<n>``; the other ranks
+    report the metrics only (a report is a barrier: every rank makes the same ones)."""
+    import tempfile
+
+    import ray.train
+
+    from llmrecall.channels.train_state import save_train_state
+
+    torch_rng = _torch_rng_states(world)
+    metrics = {"epoch": epochs_done, "resumed_from": resumed_from}
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            save_train_state(folder, module, optimizer, epochs_done, rng, torch_rng)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint,
+                         checkpoint_dir_name=f"epoch-{epochs_done:05d}")
+
+
+def _last_train_state():
+    """The :class:`~llmrecall.channels.train_state.TrainState` of the run's latest
+    checkpoint (a worker restarted after a failure), or None on the first attempt."""
+    import ray.train
+
+    from llmrecall.channels.train_state import load_train_state
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_train_state(folder)
+
+
 def _sasrec_worker(config: dict) -> None:
     """One Ray Train worker: the driver's initial network, DDP-wrapped, trained on this
-    worker's rows of every batch (:meth:`SASRec.train_epochs`); rank 0 reports the trained
-    state as a checkpoint (safetensors, no pickle)."""
+    worker's rows of every batch (:meth:`SASRec.train_epochs`); rank 0 reports a
+    checkpoint after every epoch (:func:`_report_epoch`), the last one the trained state.
+
+    Restarted after a worker failure (``train_max_failures``), every worker loads the
+    latest checkpoint and runs the epochs after it, with the state the uninterrupted run
+    had then: the result is that run's."""
     import ray.train
     import torch
     from ray.train.torch import prepare_model
 
     from llmrecall.channels.sequential import _build_model
+    from llmrecall.channels.train_state import restore
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -313,16 +391,23 @@ def _sasrec_worker(config: dict) -> None:
     # dropout differs between workers (each its own rows); the order and the negatives come
     # from the numpy generator, seeded alike everywhere
     torch.manual_seed(channel.seed + rank)
+    rng = np.random.default_rng(channel.seed)
     state = {k: torch.from_numpy(np.array(v)) for k, v in ray.get(config["initial"]).items()}
     text = state["text"][1:].numpy() if "text" in state else None
     net = _build_model(config["n_items"], channel.dim, channel.blocks, channel.heads,
                        channel.max_len, channel.dropout, text, channel.text_init)
-    net.load_state_dict(state)
+    resumed = _last_train_state()
+    net.load_state_dict(state if resumed is None else resumed.weights)
     model = prepare_model(net) if world > 1 else net
+    optimizer = channel.optimizer(model)
+    start = 0
+    if resumed is not None:  # after building: the network's initialisation draws from torch
+        restore(resumed, optimizer, rng, rank)
+        start = resumed.step
     windows = ray.get(config["windows"])
-    channel.train_epochs(model, windows, config["n_items"],
-                         np.random.default_rng(channel.seed), rank=rank, world=world)
-    _report_state(net, rank, {"epochs": channel.epochs})
+    channel.train_epochs(model, windows, config["n_items"], rng, rank=rank, world=world,
+                         optimizer=optimizer, start_epoch=start,
+                         on_epoch=partial(_report_epoch, net, rng, rank, world, start))
 
 
 def _textcf_worker(config: dict) -> None:
@@ -352,28 +437,46 @@ def _textcf_worker(config: dict) -> None:
 
 
 def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, workers: int,
-                      cpus_per_worker: float, storage: str | None) -> dict[str, Any]:
+                      cpus_per_worker: float, storage: str | None, max_failures: int,
+                      runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run ``worker`` on ``workers`` Ray Train workers (``TorchTrainer``, DDP over gloo on
-    CPUs) and return the state dict (name -> tensor) that rank 0 reported."""
+    CPUs) and return the state dict (name -> tensor) of the last checkpoint rank 0 reported.
+
+    A worker that dies (killed, out of memory, its node lost) fails the attempt; Ray Train
+    starts the workers again, at most ``max_failures`` times, and they resume from the
+    latest checkpoint (``ray.train.get_checkpoint``); only that checkpoint is kept. The
+    run's folder under ``storage`` is new for every call (a folder of the same name would
+    make Ray Train resume that earlier run). ``runs``, when given, gets one entry per call:
+    ``name``, ``seconds``, and rank 0's last metrics (for SASRec ``epoch`` and
+    ``resumed_from``, the epoch the last attempt started from: 0 without failure)."""
     import shutil
     import tempfile
+    import time
+    import uuid
 
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from safetensors.torch import load_file
 
     folder = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="llmrecall-train-"))
     folder.mkdir(parents=True, exist_ok=True)
+    run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
     try:
         trainer = TorchTrainer(
             worker, train_loop_config=config,
             torch_config=TorchConfig(backend="gloo"),
             scaling_config=ScalingConfig(num_workers=max(1, workers), use_gpu=False,
                                          resources_per_worker={"CPU": cpus_per_worker}),
-            run_config=RunConfig(storage_path=str(folder), name=name))
+            run_config=RunConfig(storage_path=str(folder), name=run_name,
+                                 failure_config=FailureConfig(max_failures=max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1)))
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"{name}: Ray Train returned no checkpoint ({result.error})")
+        if runs is not None:
+            runs.append({"name": name, "seconds": time.perf_counter() - started,
+                         **(result.metrics or {})})
         with result.checkpoint.as_directory() as done:
             return load_file(os.path.join(done, "model.safetensors"))
     finally:
@@ -382,7 +485,9 @@ def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, w
 
 
 def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int = 2,
-                 cpus_per_worker: float = 1.0, storage: str | None = None):
+                 cpus_per_worker: float = 1.0, storage: str | None = None,
+                 max_failures: int = TRAIN_MAX_FAILURES,
+                 runs: list[dict[str, Any]] | None = None):
     """Train SASRec's initialised ``model`` data-parallel on ``workers`` Ray Train workers
     (``TorchTrainer``, DDP over gloo on CPUs) and return it with the trained weights.
 
@@ -391,17 +496,24 @@ def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int
     the same epochs, batches, optimizer and seed as one process, the gradients averaged
     across workers. The result equals the one-process fit in distribution, not bit for
     bit (dropout masks and float summation differ). ``windows`` go to the object store once
-    (read zero-copy by the workers of a node)."""
+    (read zero-copy by the workers of a node).
+
+    Rank 0 checkpoints every epoch; a run whose worker dies is started again (at most
+    ``max_failures`` times) from the last finished epoch, and its result is the
+    uninterrupted run's (see :func:`_sasrec_worker`). ``runs``: see
+    :func:`_train_on_workers`."""
     initial = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     config = {"channel_type": type(channel), "params": channel.get_params(),
               "initial": ray.put(initial), "n_items": n_items, "windows": ray.put(windows)}
     model.load_state_dict(_train_on_workers(_sasrec_worker, config, f"sasrec-{channel.name}",
-                                            workers, cpus_per_worker, storage))
+                                            workers, cpus_per_worker, storage, max_failures,
+                                            runs))
     return model
 
 
 def train_textcf(channel, mlp, graph, workers: int = 2, cpus_per_worker: float = 1.0,
-                 storage: str | None = None):
+                 storage: str | None = None, max_failures: int = TRAIN_MAX_FAILURES,
+                 runs: list[dict[str, Any]] | None = None):
     """Train textcf's initialised ``mlp`` data-parallel on ``workers`` Ray Train workers
     (``TorchTrainer``, DDP over gloo on CPUs) and return it with the trained weights.
 
@@ -413,12 +525,16 @@ def train_textcf(channel, mlp, graph, workers: int = 2, cpus_per_worker: float =
     otherwise, and amplified over the steps). ``graph``
     (:class:`~llmrecall.channels.textcf.TrainingGraph`) goes to the object store once and
     every worker reads all of it (zero-copy on a node): each step propagates over the whole
-    graph."""
+    graph.
+
+    textcf reports its checkpoint at the end only: a run whose worker dies is started
+    again (at most ``max_failures`` times) from the initial network."""
     initial = {k: v.detach().numpy() for k, v in mlp.state_dict().items()}
     config = {"channel_type": type(channel), "params": channel.get_params(),
               "initial": ray.put(initial), "graph": ray.put(graph)}
     mlp.load_state_dict(_train_on_workers(_textcf_worker, config, f"textcf-{channel.name}",
-                                          workers, cpus_per_worker, storage))
+                                          workers, cpus_per_worker, storage, max_failures,
+                                          runs))
     return mlp
 
 
