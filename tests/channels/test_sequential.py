@@ -113,7 +113,8 @@ def test_resuming_from_an_epoch_checkpoint_equals_the_uninterrupted_fit(tmp_path
         rng = np.random.default_rng(channel.seed)  # fit's generator, not yet drawn from
 
         def checkpoint(done, optimizer):
-            save_train_state(folder, model, optimizer, done, rng, [torch.get_rng_state()])
+            save_train_state(folder, model, optimizer, done, rng.bit_generator.state,
+                             [torch.get_rng_state()])
             if done == 2:
                 raise _Interrupted
 

@@ -217,31 +217,46 @@ def _train_workers() -> list:
     return sorted(found, key=lambda p: p.pid)
 
 
-def _kill_a_worker_after(storage, epochs_done: int, killed: dict) -> None:
-    """Wait until a checkpoint folder ``epoch-<epochs_done>`` appears under ``storage``
-    (its upload has begun, and the earlier epoch's checkpoint is registered: reporting it
-    was a barrier the workers passed), then SIGKILL one Ray Train worker; record what was
-    killed, when, and the newest checkpoint folder seen then in ``killed``."""
+def _registered_checkpoint(storage) -> str | None:
+    """The newest checkpoint Ray Train has registered in a run under ``storage`` (its
+    folder name, ``epoch-<n>`` or ``step-<n>``), read from the checkpoint manager's
+    snapshot that the run's controller writes there at each registration; None before
+    the first. A folder's mere presence is not enough: the controller registers the
+    workers' reports when it next polls them, and a report not registered when a worker
+    dies is lost, whatever was uploaded."""
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+        except (ValueError, KeyError, OSError):  # being rewritten: read it next time
+            return None
+        return latest["checkpoint_dir_name"] if latest else None
+    return None
+
+
+def _kill_a_worker_after(storage, folder: str, killed: dict) -> None:
+    """Wait until Ray Train has registered the checkpoint ``folder`` (or a later one of
+    its kind, ``epoch-<n>`` or ``step-<n>``) of the run under ``storage``, then SIGKILL
+    one Ray Train worker; record what was killed, when, and the number of the newest
+    registered checkpoint then in ``killed``."""
     import time
 
     deadline = time.monotonic() + 300
-    wanted = f"epoch-{epochs_done:05d}"
     while time.monotonic() < deadline:
-        seen = sorted(p.name for p in storage.glob("*/epoch-*"))
-        if seen and seen[-1] >= wanted:
+        registered = _registered_checkpoint(storage)
+        if registered is not None and registered >= folder:
             workers = _train_workers()
             if workers:
                 os.kill(workers[-1].pid, signal.SIGKILL)
                 killed.update(pid=workers[-1].pid, at=time.perf_counter(),
-                              newest=int(seen[-1].split("-")[1]))
+                              registered=int(registered.split("-")[1]))
                 return
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def test_sasrec_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(cluster, tmp_path):
     """SASRec on Ray Train (2 DDP workers, one on each node): one worker SIGKILLed once
-    the first epoch's checkpoint is registered (the second's is being written); Ray Train
-    starts the workers again, they resume from the latest epoch checkpoint, and the
+    the second epoch's checkpoint is registered; Ray Train starts the workers again, they
+    resume from the latest registered epoch checkpoint, and the
     trained weights (and so the lists) are bit for bit those of an uninterrupted Ray fit
     with the same seed. Bit equality holds because the resumed workers have the
     uninterrupted run's whole state (weights, AdamW state, the numpy generator, each
@@ -271,14 +286,14 @@ def test_sasrec_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(clust
 
     killed: dict = {}
     killer = threading.Thread(target=_kill_a_worker_after,
-                              args=(tmp_path / "killed", 2, killed), daemon=True)
+                              args=(tmp_path / "killed", "epoch-00002", killed), daemon=True)
     killer.start()
     resumed, run, started, finished = fit(tmp_path / "killed")
     killer.join(timeout=10)
     assert killed and killed["pid"] != os.getpid()
-    # the last attempt resumed from an epoch checkpoint (the first or a later one), not
-    # from the start
-    assert 1 <= run["resumed_from"] <= killed["newest"] < params["epochs"], (run, killed)
+    # the last attempt resumed from the checkpoint registered before the kill (or a later
+    # one, registered from a survivor's report after it), not from the start
+    assert 2 <= killed["registered"] <= run["resumed_from"] < params["epochs"], (run, killed)
     assert run["epoch"] == params["epochs"]
 
     mine, theirs = resumed.model_.state_dict(), whole.model_.state_dict()
@@ -289,7 +304,7 @@ def test_sasrec_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(clust
     np.testing.assert_array_equal(rank_task(resumed, split.valid, 50), ids_whole)
     print(f"\nkill cost: uninterrupted {whole_run['seconds']:.1f} s, killed "
           f"{run['seconds']:.1f} s; killed {killed['at'] - started:.1f} s into the fit "
-          f"with {killed['newest']} epoch checkpoints written, resumed from epoch "
+          f"with epoch {killed['registered']}'s checkpoint registered, resumed from epoch "
           f"{run['resumed_from']}, finished {finished - killed['at']:.1f} s after the kill")
 
 
@@ -306,7 +321,7 @@ def test_sasrec_worker_killed_without_restarts_fails_the_fit(cluster, tmp_path):
     engine = RayEngine(train_workers=2, train_storage=str(tmp_path), train_max_failures=0)
     channel = SASRec(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
     killed: dict = {}
-    killer = threading.Thread(target=_kill_a_worker_after, args=(tmp_path, 1, killed),
+    killer = threading.Thread(target=_kill_a_worker_after, args=(tmp_path, "epoch-00001", killed),
                               daemon=True)
     killer.start()
     with use_engine(engine), pytest.raises(TrainingFailedError):
@@ -392,6 +407,47 @@ def test_textcf_data_parallel_recall_within_noise_of_local(cluster, tmp_path):
     users = split.valid.users[:50]
     np.testing.assert_array_equal(again.score(users, split.valid.history),
                                   channel.score(users, split.valid.history))
+
+
+def test_textcf_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(cluster, tmp_path):
+    """textcf on Ray Train (2 DDP workers, one on each node), a checkpoint every 10 of its
+    60 steps: one worker SIGKILLed once the step-20 checkpoint is registered; the
+    restarted workers resume from the latest registered checkpoint, inside a pass over
+    the pairs (ml-100k's training pairs make 48 batches of
+    2,048 a pass: steps 10 to 40 are inside the first, 50 inside the second), and the
+    trained MLP and item vectors are bit for bit an uninterrupted Ray fit's (no dropout;
+    two ranks' all-reduce is one addition)."""
+    import threading
+
+    from llmrecall.channels.textcf import TextCF
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+
+    def fit(storage):
+        engine = RayEngine(train_workers=2, train_storage=str(storage),
+                           train_checkpoint_steps=10)
+        channel = TextCF(max_steps=60)
+        with use_engine(engine):
+            engine.fit_channel(channel, split.train)
+        return channel, engine.train_runs[-1]
+
+    whole, whole_run = fit(tmp_path / "whole")
+    assert whole_run["resumed_from"] == 0 and whole_run["step"] == 60
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_after,
+                              args=(tmp_path / "killed", "step-0000020", killed), daemon=True)
+    killer.start()
+    resumed, run = fit(tmp_path / "killed")
+    killer.join(timeout=10)
+    assert killed and killed["pid"] != os.getpid()
+    assert 20 <= killed["registered"] <= run["resumed_from"] < 60, (run, killed)
+    assert run["step"] == 60 and run["resumed_from"] % 10 == 0
+    np.testing.assert_array_equal(resumed.item_vectors_, whole.item_vectors_)
+    for key, value in whole.mlp_.state_dict().items():
+        np.testing.assert_array_equal(resumed.mlp_.state_dict()[key].numpy(), value.numpy())
+    print(f"\ntextcf kill cost: uninterrupted {whole_run['seconds']:.1f} s, killed "
+          f"{run['seconds']:.1f} s; step {killed['registered']}'s checkpoint registered at "
+          f"the kill, resumed from step {run['resumed_from']}")
 
 
 INTEREST = dict(noun="movies", n_texts=2, history_length=4, n_examples=1)

@@ -7,9 +7,9 @@ A checkpoint is a folder of three files:
 * ``optimizer.safetensors``: the optimizer's per-parameter tensors (``state.<i>.<name>``,
   e.g. AdamW's ``exp_avg``, ``exp_avg_sq`` and ``step``) and torch's CPU generator state
   of each data-parallel rank (``torch_rng.<rank>``, uint8);
-* ``train_state.json``: the step count (epochs for SASRec), the optimizer's parameter
-  groups (learning rate, betas, ...) and the numpy generator's
-  ``rng.bit_generator.state``.
+* ``train_state.json``: the step count (epochs for SASRec, optimizer steps for textcf),
+  the optimizer's parameter groups (learning rate, betas, ...) and the numpy generator's
+  ``bit_generator.state`` to resume with.
 
 Restored into freshly built objects (:func:`load_train_state`, then the weights into the
 network and :func:`restore` for the rest), the steps that follow draw the same batches,
@@ -20,7 +20,7 @@ result is that run's, bit for bit (on the same world size and thread count).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,12 @@ class TrainState:
 
 
 def save_train_state(folder: str | Path, module: Any, optimizer: Any, step: int,
-                     rng: np.random.Generator, torch_rng: Sequence[Any]) -> None:
+                     rng_state: Mapping[str, Any], torch_rng: Sequence[Any]) -> None:
     """Write the checkpoint of ``module`` (the bare network) and ``optimizer`` after
-    ``step`` steps, with the numpy generator ``rng`` and the torch generator states
-    ``torch_rng`` (one uint8 tensor per rank, rank order) into ``folder`` (created)."""
+    ``step`` steps, with the numpy generator state a resumed run starts from
+    (``rng_state``, a ``bit_generator.state``: the current one, unless the run draws a
+    pass's order once and resumes inside it) and the torch generator states ``torch_rng``
+    (one uint8 tensor per rank, rank order) into ``folder`` (created)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -63,7 +65,7 @@ def save_train_state(folder: str | Path, module: Any, optimizer: Any, step: int,
                     for rank, state in enumerate(torch_rng)})
     save_file(tensors, str(folder / OPTIMIZER_FILE))
     meta = {"step": int(step), "param_groups": opt["param_groups"],
-            "rng": rng.bit_generator.state}
+            "rng": dict(rng_state)}
     (folder / STATE_FILE).write_text(json.dumps(meta))
 
 

@@ -21,7 +21,10 @@ on actor pools.
 
 Faults: a task whose worker dies (killed, out of memory, its node lost) is run again by
 Ray (``max_retries``); map outputs lost with a node are rebuilt from their lineage. Every
-task is a pure function of its inputs, so a retried job gives the same output.
+task is a pure function of its inputs, so a retried job gives the same output. A Ray
+Train fit whose worker dies is started again (``train_max_failures``) from its last
+checkpoint (SASRec: every epoch; textcf: every ``train_checkpoint_steps`` steps), which
+holds all the state the later steps read: the weights are the uninterrupted fit's.
 
 Where the driver still holds the data: the :class:`~llmrecall.data.dataset.Dataset` (the
 dense int32/float64 log, 16 bytes an event, and the vocabularies), the training matrix
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,9 @@ MAX_RETRIES = 4
 
 #: Ray Train restarts of a run whose worker died, by default (``train_max_failures``)
 TRAIN_MAX_FAILURES = 2
+
+#: textcf's optimizer steps between checkpoints on Ray Train (SASRec: every epoch)
+TEXTCF_CHECKPOINT_STEPS = 50
 
 
 def _apply_map(fn: Callable, item: Any, n_partitions: int):
@@ -91,14 +97,15 @@ class RayEngine(Engine):
             folder there, holding its latest checkpoint.
         train_max_failures: how many times a Ray Train run whose worker died (killed,
             out of memory, its node lost) is started again (0: the fit fails at once).
-            SASRec resumes from its last epoch checkpoint; textcf starts over.
+            SASRec resumes from its last epoch checkpoint, textcf from its last (every
+            ``train_checkpoint_steps`` optimizer steps, default 50, and after the last).
         actors: embedding and generator actors per pool (default: the cluster's CPUs, at
             least 1); ``actor_cpus`` CPUs each (a pool of endpoint clients can ask for
             less).
 
     ``train_runs`` has one entry per Ray Train fit: ``name``, ``seconds`` and rank 0's last
-    metrics (SASRec: ``epoch``, and ``resumed_from``, the epoch its last attempt started
-    from, 0 when no worker died).
+    metrics: ``epoch`` (SASRec) or ``step`` (textcf) done, and ``resumed_from``, the epoch
+    or step its last attempt started from (0 when no worker died).
 
     ``pool_work`` counts what the pools did: ``embedded_texts`` (texts an embedding actor
     embedded), ``generated_users`` and ``generated_items`` (written by generator actors).
@@ -111,9 +118,13 @@ class RayEngine(Engine):
                  num_cpus: int | None = None, train_workers: int | None = None,
                  train_cpus: float = 1.0, train_storage: str | None = None,
                  train_max_failures: int = TRAIN_MAX_FAILURES,
+                 train_checkpoint_steps: int = TEXTCF_CHECKPOINT_STEPS,
                  actors: int | None = None, actor_cpus: float = 1.0):
         if train_max_failures < 0:
             raise ConfigError(f"engine: train_max_failures must be >= 0, got {train_max_failures}")
+        if train_checkpoint_steps < 1:
+            raise ConfigError("engine: train_checkpoint_steps must be >= 1, got "
+                              f"{train_checkpoint_steps}")
         self._started = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -130,6 +141,7 @@ class RayEngine(Engine):
         self.train_cpus = train_cpus
         self.train_storage = train_storage
         self.train_max_failures = train_max_failures
+        self.train_checkpoint_steps = train_checkpoint_steps
         self.train_runs: list[dict[str, Any]] = []
         self._map = ray.remote(_apply_map)
         self._reduce = ray.remote(_apply_reduce).options(max_retries=MAX_RETRIES)
@@ -221,7 +233,8 @@ class RayEngine(Engine):
         """``TextCF.fit``'s ``train`` hook: :func:`train_textcf` on ``train_workers``."""
         self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
         return train_textcf(channel, mlp, graph, self.train_workers, self.train_cpus,
-                            self.train_storage, self.train_max_failures, self.train_runs)
+                            self.train_storage, self.train_max_failures, self.train_runs,
+                            self.train_checkpoint_steps)
 
     # --- language-model work on actor pools --------------------------------------------
 
@@ -297,23 +310,6 @@ class RayEngine(Engine):
 # --- SASRec and textcf: data-parallel training with Ray Train --------------------------------
 
 
-def _report_state(module, rank: int, metrics: dict) -> None:
-    """Ray Train's report of a worker: rank 0 attaches ``module``'s trained state as a
-    checkpoint (safetensors, no pickle); the others report the metrics only."""
-    import tempfile
-
-    import ray.train
-    from safetensors.torch import save_file
-
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0:
-            tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-            save_file(tensors, os.path.join(folder, "model.safetensors"))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
 def _torch_rng_states(world: int) -> list[Any]:
     """torch's CPU generator state of every rank, in rank order (a collective: every
     worker calls it). Each rank draws its own dropout masks, so a resumed run needs each
@@ -331,13 +327,14 @@ def _torch_rng_states(world: int) -> list[Any]:
     return [g.to(torch.uint8) for g in gathered]
 
 
-def _report_epoch(module, rng: np.random.Generator, rank: int, world: int, resumed_from: int,
-                  epochs_done: int, optimizer: Any) -> None:
-    """``train_epochs``' ``on_epoch`` on a Ray Train worker: after each epoch, rank 0
-    reports the checkpoint a restarted run resumes from (:mod:`~llmrecall.channels.train_state`:
-    weights, optimizer state, epochs done, the numpy generator and every rank's torch
-    generator; safetensors and JSON, no pickle) in a folder ``epoch-<n>``; the other ranks
-    report the metrics only (a report is a barrier: every rank makes the same ones)."""
+def _report_train_state(module, rank: int, world: int, metrics: dict[str, Any], step: int,
+                        optimizer: Any, rng_state: Mapping[str, Any], folder_name: str) -> None:
+    """Ray Train's report of a worker after ``step`` steps (epochs): rank 0 attaches the
+    checkpoint a restarted run resumes from (:mod:`~llmrecall.channels.train_state`:
+    ``module``'s weights, the optimizer state, ``step``, the numpy generator state
+    ``rng_state`` and every rank's torch generator; safetensors and JSON, no pickle) in a
+    folder ``folder_name``; the other ranks report ``metrics`` only (a report is a
+    barrier: every rank makes the same ones)."""
     import tempfile
 
     import ray.train
@@ -345,14 +342,34 @@ def _report_epoch(module, rng: np.random.Generator, rank: int, world: int, resum
     from llmrecall.channels.train_state import save_train_state
 
     torch_rng = _torch_rng_states(world)
-    metrics = {"epoch": epochs_done, "resumed_from": resumed_from}
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
-            save_train_state(folder, module, optimizer, epochs_done, rng, torch_rng)
+            save_train_state(folder, module, optimizer, step, rng_state, torch_rng)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint,
-                         checkpoint_dir_name=f"epoch-{epochs_done:05d}")
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=folder_name)
+
+
+def _report_epoch(module, rng: np.random.Generator, rank: int, world: int, resumed_from: int,
+                  epochs_done: int, optimizer: Any) -> None:
+    """SASRec's ``on_epoch`` on a Ray Train worker: the checkpoint after every epoch, in
+    ``epoch-<n>``; metrics ``epoch`` and ``resumed_from`` (the epoch this attempt started
+    from)."""
+    _report_train_state(module, rank, world,
+                        {"epoch": epochs_done, "resumed_from": resumed_from}, epochs_done,
+                        optimizer, rng.bit_generator.state, f"epoch-{epochs_done:05d}")
+
+
+def _report_steps(module, rank: int, world: int, resumed_from: int, every: int, total: int,
+                  steps_done: int, optimizer: Any, rng_state: Mapping[str, Any]) -> None:
+    """textcf's ``on_step`` on a Ray Train worker: the checkpoint after every ``every``
+    steps and after the last (``total``), in ``step-<n>``; metrics ``step`` and
+    ``resumed_from`` (the step this attempt started from)."""
+    if steps_done % every and steps_done != total:
+        return
+    _report_train_state(module, rank, world,
+                        {"step": steps_done, "resumed_from": resumed_from}, steps_done,
+                        optimizer, rng_state, f"step-{steps_done:07d}")
 
 
 def _last_train_state():
@@ -413,12 +430,18 @@ def _sasrec_worker(config: dict) -> None:
 def _textcf_worker(config: dict) -> None:
     """One Ray Train worker of textcf: the driver's initial MLP, its layer-0 module
     DDP-wrapped, trained on this worker's anchors of every batch
-    (:meth:`TextCF.train_steps`); rank 0 reports the trained MLP as a checkpoint."""
+    (:meth:`TextCF.train_steps`); rank 0 reports a checkpoint every
+    ``config["checkpoint_steps"]`` steps and after the last (:func:`_report_steps`).
+
+    Restarted after a worker failure, every worker loads the latest checkpoint and runs
+    the steps after it, drawing the batches the uninterrupted run draws (the generator
+    state of the pass in progress is in the checkpoint): the result is that run's."""
     import ray.train
     import torch
     from ray.train.torch import prepare_model
 
     from llmrecall.channels.textcf import _layer0, _mlp
+    from llmrecall.channels.train_state import restore
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -426,14 +449,24 @@ def _textcf_worker(config: dict) -> None:
     torch.set_num_threads(min(channel.threads, 2))
     graph = ray.get(config["graph"])  # read-only, zero-copy from the node's object store
     mlp = _mlp(graph.text.shape[1], channel.hidden, channel.dim)
+    resumed = _last_train_state()
     mlp.load_state_dict({k: torch.from_numpy(np.array(v))
-                         for k, v in ray.get(config["initial"]).items()})
+                         for k, v in ray.get(config["initial"]).items()}
+                        if resumed is None else resumed.weights)
     layer0 = _layer0(mlp, graph, channel.user_init)
     model = prepare_model(layer0) if world > 1 else layer0
+    optimizer = channel.optimizer(model)
     # the batches come from the numpy generator, seeded alike everywhere (no dropout)
-    channel.train_steps(model, graph, np.random.default_rng(channel.seed), rank=rank,
-                        world=world)
-    _report_state(mlp, rank, {"steps": channel.total_steps(graph)})
+    rng = np.random.default_rng(channel.seed)
+    start = 0
+    if resumed is not None:
+        restore(resumed, optimizer, rng, rank)
+        start = resumed.step
+    total = channel.total_steps(graph)
+    channel.train_steps(model, graph, rng, rank=rank, world=world, optimizer=optimizer,
+                        start_step=start,
+                        on_step=partial(_report_steps, mlp, rank, world, start,
+                                        config["checkpoint_steps"], total))
 
 
 def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, workers: int,
@@ -447,8 +480,8 @@ def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, w
     latest checkpoint (``ray.train.get_checkpoint``); only that checkpoint is kept. The
     run's folder under ``storage`` is new for every call (a folder of the same name would
     make Ray Train resume that earlier run). ``runs``, when given, gets one entry per call:
-    ``name``, ``seconds``, and rank 0's last metrics (for SASRec ``epoch`` and
-    ``resumed_from``, the epoch the last attempt started from: 0 without failure)."""
+    ``name``, ``seconds``, and rank 0's last metrics (``epoch`` or ``step``, and
+    ``resumed_from``, where the last attempt started: 0 without failure)."""
     import shutil
     import tempfile
     import time
@@ -513,7 +546,8 @@ def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int
 
 def train_textcf(channel, mlp, graph, workers: int = 2, cpus_per_worker: float = 1.0,
                  storage: str | None = None, max_failures: int = TRAIN_MAX_FAILURES,
-                 runs: list[dict[str, Any]] | None = None):
+                 runs: list[dict[str, Any]] | None = None,
+                 checkpoint_steps: int = TEXTCF_CHECKPOINT_STEPS):
     """Train textcf's initialised ``mlp`` data-parallel on ``workers`` Ray Train workers
     (``TorchTrainer``, DDP over gloo on CPUs) and return it with the trained weights.
 
@@ -527,11 +561,16 @@ def train_textcf(channel, mlp, graph, workers: int = 2, cpus_per_worker: float =
     every worker reads all of it (zero-copy on a node): each step propagates over the whole
     graph.
 
-    textcf reports its checkpoint at the end only: a run whose worker dies is started
-    again (at most ``max_failures`` times) from the initial network."""
+    Rank 0 checkpoints every ``checkpoint_steps`` steps and after the last; a run whose
+    worker dies is started again (at most ``max_failures`` times) from the last
+    checkpoint, and its result is the uninterrupted run's (see :func:`_textcf_worker`).
+    ``runs``: see :func:`_train_on_workers`."""
+    if checkpoint_steps < 1:
+        raise ConfigError(f"textcf: checkpoint_steps must be >= 1, got {checkpoint_steps}")
     initial = {k: v.detach().numpy() for k, v in mlp.state_dict().items()}
     config = {"channel_type": type(channel), "params": channel.get_params(),
-              "initial": ray.put(initial), "graph": ray.put(graph)}
+              "initial": ray.put(initial), "graph": ray.put(graph),
+              "checkpoint_steps": checkpoint_steps}
     mlp.load_state_dict(_train_on_workers(_textcf_worker, config, f"textcf-{channel.name}",
                                           workers, cpus_per_worker, storage, max_failures,
                                           runs))
