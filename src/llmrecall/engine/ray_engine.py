@@ -321,10 +321,9 @@ def _torch_rng_states(world: int) -> list[Any]:
         return [state]
     import torch.distributed as dist
 
-    # gloo reduces and gathers int32 everywhere; uint8 support varies across builds
-    gathered = [torch.empty_like(state, dtype=torch.int32) for _ in range(world)]
-    dist.all_gather(gathered, state.to(torch.int32))
-    return [g.to(torch.uint8) for g in gathered]
+    gathered = [torch.empty_like(state) for _ in range(world)]  # uint8[5056] each
+    dist.all_gather(gathered, state)
+    return gathered
 
 
 def _report_train_state(module, rank: int, world: int, metrics: dict[str, Any], step: int,
