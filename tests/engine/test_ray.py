@@ -206,14 +206,21 @@ def test_sasrec_data_parallel_recall_within_noise_of_local(cluster, tmp_path):
                                   remote.score(users, split.valid.history))
 
 
-def _train_workers() -> list:
-    """The live Ray Train worker processes (their process title names the actor class)."""
+def _train_workers(cluster) -> list:
+    """The live Ray Train worker processes of ``cluster``: descendants of its raylets
+    (never another cluster's on this machine) whose process title names the actor class."""
     import psutil
 
+    raylets = {process.pid for node in cluster.list_all_nodes()
+               for kind, process in node.live_processes() if kind == "raylet"}
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        if "ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
-            found.append(proc)
+        try:
+            if ("ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or [])
+                    and any(parent.pid in raylets for parent in proc.parents())):
+                found.append(proc)
+        except psutil.Error:  # exited meanwhile
+            continue
     return sorted(found, key=lambda p: p.pid)
 
 
@@ -233,10 +240,10 @@ def _registered_checkpoint(storage) -> str | None:
     return None
 
 
-def _kill_a_worker_after(storage, folder: str, killed: dict) -> None:
+def _kill_a_worker_after(cluster, storage, folder: str, killed: dict) -> None:
     """Wait until Ray Train has registered the checkpoint ``folder`` (or a later one of
     its kind, ``epoch-<n>`` or ``step-<n>``) of the run under ``storage``, then SIGKILL
-    one Ray Train worker; record what was killed, when, and the number of the newest
+    one Ray Train worker of ``cluster``; record what was killed, when, and the number of the newest
     registered checkpoint then in ``killed``."""
     import time
 
@@ -244,11 +251,11 @@ def _kill_a_worker_after(storage, folder: str, killed: dict) -> None:
     while time.monotonic() < deadline:
         registered = _registered_checkpoint(storage)
         if registered is not None and registered >= folder:
-            workers = _train_workers()
+            workers = _train_workers(cluster)
             if workers:
                 os.kill(workers[-1].pid, signal.SIGKILL)
                 killed.update(pid=workers[-1].pid, at=time.perf_counter(),
-                              registered=int(registered.split("-")[1]))
+                              registered=int(registered.split("-")[1]), workers=len(workers))
                 return
         time.sleep(0.02)
 
@@ -286,11 +293,12 @@ def test_sasrec_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(clust
 
     killed: dict = {}
     killer = threading.Thread(target=_kill_a_worker_after,
-                              args=(tmp_path / "killed", "epoch-00002", killed), daemon=True)
+                              args=(cluster, tmp_path / "killed", "epoch-00002", killed),
+                              daemon=True)
     killer.start()
     resumed, run, started, finished = fit(tmp_path / "killed")
     killer.join(timeout=10)
-    assert killed and killed["pid"] != os.getpid()
+    assert killed and killed["workers"] == 2  # the run's two workers, one of them killed
     # the last attempt resumed from the checkpoint registered before the kill (or a later
     # one, registered from a survivor's report after it), not from the start
     assert 2 <= killed["registered"] <= run["resumed_from"] < params["epochs"], (run, killed)
@@ -321,13 +329,14 @@ def test_sasrec_worker_killed_without_restarts_fails_the_fit(cluster, tmp_path):
     engine = RayEngine(train_workers=2, train_storage=str(tmp_path), train_max_failures=0)
     channel = SASRec(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
     killed: dict = {}
-    killer = threading.Thread(target=_kill_a_worker_after, args=(tmp_path, "epoch-00001", killed),
-                              daemon=True)
+    killer = threading.Thread(target=_kill_a_worker_after,
+                              args=(cluster, tmp_path, "epoch-00001", killed), daemon=True)
     killer.start()
     with use_engine(engine), pytest.raises(TrainingFailedError):
         engine.fit_channel(channel, split.train)
     killer.join(timeout=10)
-    assert killed and not hasattr(channel, "model_") and engine.train_runs == []
+    assert killed and killed["workers"] == 2
+    assert not hasattr(channel, "model_") and engine.train_runs == []
 
 
 TEXTCF = """
@@ -435,11 +444,12 @@ def test_textcf_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(clust
     assert whole_run["resumed_from"] == 0 and whole_run["step"] == 60
     killed: dict = {}
     killer = threading.Thread(target=_kill_a_worker_after,
-                              args=(tmp_path / "killed", "step-0000020", killed), daemon=True)
+                              args=(cluster, tmp_path / "killed", "step-0000020", killed),
+                              daemon=True)
     killer.start()
     resumed, run = fit(tmp_path / "killed")
     killer.join(timeout=10)
-    assert killed and killed["pid"] != os.getpid()
+    assert killed and killed["workers"] == 2  # the run's two workers, one of them killed
     assert 20 <= killed["registered"] <= run["resumed_from"] < 60, (run, killed)
     assert run["step"] == 60 and run["resumed_from"] % 10 == 0
     np.testing.assert_array_equal(resumed.item_vectors_, whole.item_vectors_)
