@@ -117,6 +117,9 @@ class EngineConfig(_Strict):
     kind: Literal["local", "ray"] = "local"
     address: str | None = Field(None, description=(
         "Ray cluster: 'auto', 'host:port' or 'ray://host:port'; unset: start one here"))
+    train_max_failures: int = Field(2, ge=0, description=(
+        "ray: restarts of a Ray Train fit (SASRec, textcf) whose worker died; SASRec "
+        "resumes from its last epoch checkpoint. 0: the fit fails at the first death"))
 
 
 class PipelineConfig(_Strict):

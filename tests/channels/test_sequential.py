@@ -169,3 +169,116 @@ def test_evaluate_reports_how_an_early_stopped_channel_trained(lm_cache):
     assert training["sasrec"]["monitor"] == "ndcg@10"
     assert training["sasrec"]["held_out_users"] == 10
     assert 1 <= training["sasrec"]["best_epoch"] <= training["sasrec"]["epochs_run"] <= 4
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["full-softmax", "sampled"])
+def test_resuming_from_an_epoch_checkpoint_equals_the_uninterrupted_fit(tmp_path, sampled):
+    """Training stopped after epoch 2 of 5 and resumed in fresh objects (network, optimizer,
+    generators seeded otherwise) from the checkpoint written then gives the uninterrupted
+    fit's weights bit for bit: the checkpoint holds everything the later epochs read
+    (weights, AdamW state, the numpy order/negatives generator, torch's dropout
+    generator). The checkpoint is safetensors and JSON only."""
+    import torch
+
+    from llmrecall.channels.sequential import _build_model
+    from llmrecall.channels.train_state import load_train_state, restore, save_train_state
+
+    params = dict(text_init="none", dim=16, max_len=6, epochs=5, batch_size=8, dropout=0.2)
+    if sampled:  # 40 items > 10: shared negatives drawn from the numpy generator
+        params.update(full_softmax_limit=10, negatives=7)
+    data = make_dataset()
+    folder = tmp_path / "checkpoint"
+
+    def stopped_after_two_then_resumed(channel, model, windows, n_items):
+        rng = np.random.default_rng(channel.seed)  # fit's generator, not yet drawn from
+
+        def checkpoint(done, optimizer):
+            save_train_state(folder, model, optimizer, done, rng.bit_generator.state,
+                             [torch.get_rng_state()])
+            if done == 2:
+                raise _Interrupted
+
+        with pytest.raises(_Interrupted):
+            channel.train_epochs(model, windows, n_items, rng, on_epoch=checkpoint)
+        # a new start: nothing carried over but the checkpoint's files
+        torch.manual_seed(12345)
+        fresh = _build_model(n_items, channel.dim, channel.blocks, channel.heads,
+                             channel.max_len, channel.dropout, None, channel.text_init)
+        state = load_train_state(folder)
+        fresh.load_state_dict(state.weights)
+        optimizer = channel.optimizer(fresh)
+        rng = np.random.default_rng(999)
+        restore(state, optimizer, rng, rank=0)
+        assert state.step == 2
+        channel.train_epochs(fresh, windows, n_items, rng, optimizer=optimizer,
+                             start_epoch=state.step)
+        return fresh
+
+    resumed = SASRec(**params).fit(data, train=stopped_after_two_then_resumed)
+    whole = SASRec(**params).fit(data)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model.safetensors", "optimizer.safetensors", "train_state.json"]
+    mine, theirs = resumed.model_.state_dict(), whole.model_.state_dict()
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key
+    # and training moved the weights: the equality is not that of two untrained networks
+    untrained = SASRec(**{**params, "lr": 0.0}).fit(data).model_.state_dict()
+    assert not torch.equal(untrained["id_embedding.weight"], theirs["id_embedding.weight"])
+
+
+def test_early_stopped_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_one(tmp_path,
+                                                                                 lm_cache):
+    """A patient fit interrupted after epoch 2 and resumed in fresh objects from the
+    checkpoint (train state + the early stopping state written beside it) runs the same
+    epochs, records the same scores and ends on the same best weights."""
+    import torch
+
+    from llmrecall.channels.sequential import _build_model
+    from llmrecall.channels.train_state import load_train_state, restore, save_train_state
+
+    params = dict(text_init="none", dim=16, max_len=6, epochs=7, batch_size=8, dropout=0.2,
+                  lr=2e-2, patience=2, holdout_users=15)
+    data = make_dataset()
+    folder = tmp_path / "checkpoint"
+
+    def interrupted_then_resumed(channel, model, windows, n_items):
+        rng = np.random.default_rng(channel.seed)
+
+        def checkpoint(done, optimizer):
+            save_train_state(folder, model, optimizer, done, rng.bit_generator.state,
+                             [torch.get_rng_state()])
+            channel.stopping_.save(folder)
+            if done == 2:
+                raise _Interrupted
+
+        with pytest.raises(_Interrupted):
+            channel.train_epochs(model, windows, n_items, rng, on_epoch=checkpoint)
+        stopping = channel.stopping_
+        stopping.scores, stopping.best_epoch = [], 0  # forget: only the files carry on
+        stopping._best_state = None
+        stopping.load(folder)
+        assert len(stopping.scores) == 2
+        torch.manual_seed(12345)
+        fresh = _build_model(n_items, channel.dim, channel.blocks, channel.heads,
+                             channel.max_len, channel.dropout, None, channel.text_init)
+        state = load_train_state(folder)
+        fresh.load_state_dict(state.weights)
+        optimizer = channel.optimizer(fresh)
+        rng = np.random.default_rng(999)
+        restore(state, optimizer, rng, rank=0)
+        channel.train_epochs(fresh, windows, n_items, rng, optimizer=optimizer,
+                             start_epoch=state.step)
+        return fresh
+
+    resumed = SASRec(**params).fit(data, train=interrupted_then_resumed)
+    whole = SASRec(**params).fit(data)
+    assert resumed.stopping_.scores == whole.stopping_.scores
+    assert resumed.stopping_.best_epoch == whole.stopping_.best_epoch
+    mine, theirs = resumed.model_.state_dict(), whole.model_.state_dict()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key

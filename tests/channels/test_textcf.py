@@ -175,3 +175,57 @@ def test_train_hook_gets_the_initial_mlp_and_its_result_is_kept(lm_cache):
     assert len(seen[0].pairs_u) == data.histories().matrix().nnz
     np.testing.assert_array_equal(hooked.item_vectors_, plain.item_vectors_)
     np.testing.assert_array_equal(hooked.item_layers_, plain.item_layers_)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop", [6, 8], ids=["inside-a-pass", "between-passes"])
+def test_resuming_from_a_step_checkpoint_equals_the_uninterrupted_fit(lm_cache, tmp_path,
+                                                                      stop):
+    """Training stopped after ``stop`` of 12 steps (4 batches a pass over the 240 pairs;
+    step 6 is inside the second pass, step 8 between passes) and resumed in fresh objects
+    from the checkpoint written then gives the uninterrupted fit bit for bit: the
+    checkpoint's numpy generator state is the one the current pass's order was drawn
+    from, so the resumed run draws that order again and skips the batches done."""
+    import torch
+
+    from llmrecall.channels.textcf import _layer0, _mlp
+    from llmrecall.channels.train_state import load_train_state, restore, save_train_state
+
+    data = make_dataset()
+    params = dict(dim=16, hidden=32, epochs=3, batch_size=64, lr=3e-3)
+    folder = tmp_path / "checkpoint"
+
+    def stopped_then_resumed(channel, mlp, graph):
+        assert channel.total_steps(graph) == 12 and len(graph.pairs_u) == 240
+
+        def checkpoint(done, optimizer, rng_state):
+            save_train_state(folder, mlp, optimizer, done, rng_state, [torch.get_rng_state()])
+            if done == stop:
+                raise _Interrupted
+
+        with pytest.raises(_Interrupted):
+            channel.train_steps(_layer0(mlp, graph, channel.user_init), graph,
+                                np.random.default_rng(channel.seed), on_step=checkpoint)
+        torch.manual_seed(12345)
+        fresh = _mlp(graph.text.shape[1], channel.hidden, channel.dim)
+        state = load_train_state(folder)
+        fresh.load_state_dict(state.weights)
+        layer0 = _layer0(fresh, graph, channel.user_init)
+        optimizer = channel.optimizer(layer0)
+        rng = np.random.default_rng(999)
+        restore(state, optimizer, rng, rank=0)
+        assert state.step == stop
+        channel.train_steps(layer0, graph, rng, optimizer=optimizer, start_step=state.step)
+        return fresh
+
+    resumed = TextCF(**params).fit(data, train=stopped_then_resumed)
+    whole = TextCF(**params).fit(data)
+    mine, theirs = resumed.mlp_.state_dict(), whole.mlp_.state_dict()
+    for key in theirs:
+        assert torch.equal(mine[key], theirs[key]), key
+    np.testing.assert_array_equal(resumed.item_vectors_, whole.item_vectors_)
+    untrained = TextCF(**{**params, "lr": 0.0}).fit(data)
+    assert not np.array_equal(untrained.item_vectors_, whole.item_vectors_)

@@ -44,3 +44,20 @@ def test_importing_the_package_does_not_import_ray():
             "llmrecall.evaluate.experiment; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_train_max_failures_is_validated_and_reaches_the_ray_engine():
+    """``[engine] train_max_failures``: 2 unless set, never negative (refused when the
+    file is read, and by the engine before it starts Ray), an argument of the Ray engine;
+    the local engine takes none."""
+    from llmrecall.engine import engine_options
+    from llmrecall.engine.ray_engine import RayEngine
+
+    assert parse_config({**BASE, "engine": {"kind": "ray"}}).engine.train_max_failures == 2
+    with pytest.raises(ConfigError, match="train_max_failures"):
+        parse_config({**BASE, "engine": {"kind": "ray", "train_max_failures": -1}})
+    section = parse_config({**BASE, "engine": {"kind": "ray", "train_max_failures": 5}}).engine
+    assert engine_options("ray", section) == {"train_max_failures": 5}
+    assert engine_options("ray", None) == {} and engine_options("local", section) == {}
+    with pytest.raises(ConfigError, match="train_max_failures"):
+        RayEngine(train_max_failures=-1)

@@ -206,6 +206,183 @@ def test_sasrec_data_parallel_recall_within_noise_of_local(cluster, tmp_path):
                                   remote.score(users, split.valid.history))
 
 
+def _train_workers(cluster) -> list:
+    """The live Ray Train worker processes of ``cluster``: descendants of its raylets
+    (never another cluster's on this machine) whose process title names the actor class."""
+    import psutil
+
+    raylets = {process.pid for node in cluster.list_all_nodes()
+               for kind, process in node.live_processes() if kind == "raylet"}
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if ("ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or [])
+                    and any(parent.pid in raylets for parent in proc.parents())):
+                found.append(proc)
+        except psutil.Error:  # exited meanwhile
+            continue
+    return sorted(found, key=lambda p: p.pid)
+
+
+def _registered_checkpoint(storage) -> str | None:
+    """The newest checkpoint Ray Train has registered in a run under ``storage`` (its
+    folder name, ``epoch-<n>`` or ``step-<n>``), read from the checkpoint manager's
+    snapshot that the run's controller writes there at each registration; None before
+    the first. A folder's mere presence is not enough: the controller registers the
+    workers' reports when it next polls them, and a report not registered when a worker
+    dies is lost, whatever was uploaded."""
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]
+        except (ValueError, KeyError, OSError):  # being rewritten: read it next time
+            return None
+        return latest["checkpoint_dir_name"] if latest else None
+    return None
+
+
+def _kill_a_worker_after(cluster, storage, folder: str, killed: dict) -> None:
+    """Wait until Ray Train has registered the checkpoint ``folder`` (or a later one of
+    its kind, ``epoch-<n>`` or ``step-<n>``) of the run under ``storage``, then SIGKILL
+    one Ray Train worker of ``cluster``; record what was killed, when, and the number of the newest
+    registered checkpoint then in ``killed``."""
+    import time
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        registered = _registered_checkpoint(storage)
+        if registered is not None and registered >= folder:
+            workers = _train_workers(cluster)
+            if workers:
+                os.kill(workers[-1].pid, signal.SIGKILL)
+                killed.update(pid=workers[-1].pid, at=time.perf_counter(),
+                              registered=int(registered.split("-")[1]), workers=len(workers))
+                return
+        time.sleep(0.02)
+
+
+def test_sasrec_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(cluster, tmp_path):
+    """SASRec on Ray Train (2 DDP workers, one on each node): one worker SIGKILLed once
+    the second epoch's checkpoint is registered; Ray Train starts the workers again, they
+    resume from the latest registered epoch checkpoint, and the
+    trained weights (and so the lists) are bit for bit those of an uninterrupted Ray fit
+    with the same seed. Bit equality holds because the resumed workers have the
+    uninterrupted run's whole state (weights, AdamW state, the numpy generator, each
+    rank's torch generator) and gloo's all-reduce of two ranks adds two numbers, the same
+    sum in either order."""
+    import threading
+    import time
+
+    import torch
+
+    from llmrecall.channels.sequential import SASRec
+    from llmrecall.evaluate.runner import rank_task
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+    params = dict(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
+
+    def fit(storage):
+        engine = RayEngine(train_workers=2, train_storage=str(storage))
+        channel = SASRec(**params)
+        started = time.perf_counter()
+        with use_engine(engine):
+            engine.fit_channel(channel, split.train)
+        return channel, engine.train_runs[-1], started, time.perf_counter()
+
+    whole, whole_run, _, _ = fit(tmp_path / "whole")
+    assert whole_run["resumed_from"] == 0 and whole_run["epoch"] == params["epochs"]
+
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_after,
+                              args=(cluster, tmp_path / "killed", "epoch-00002", killed),
+                              daemon=True)
+    killer.start()
+    resumed, run, started, finished = fit(tmp_path / "killed")
+    killer.join(timeout=10)
+    assert killed and killed["workers"] == 2  # the run's two workers, one of them killed
+    # the last attempt resumed from the checkpoint registered before the kill (or a later
+    # one, registered from a survivor's report after it), not from the start
+    assert 2 <= killed["registered"] <= run["resumed_from"] < params["epochs"], (run, killed)
+    assert run["epoch"] == params["epochs"]
+
+    mine, theirs = resumed.model_.state_dict(), whole.model_.state_dict()
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key
+    ids_whole = rank_task(whole, split.valid, 50)
+    np.testing.assert_array_equal(rank_task(resumed, split.valid, 50), ids_whole)
+    print(f"\nkill cost: uninterrupted {whole_run['seconds']:.1f} s, killed "
+          f"{run['seconds']:.1f} s; killed {killed['at'] - started:.1f} s into the fit "
+          f"with epoch {killed['registered']}'s checkpoint registered, resumed from epoch "
+          f"{run['resumed_from']}, finished {finished - killed['at']:.1f} s after the kill")
+
+
+def test_early_stopped_sasrec_on_ray_survives_a_kill_and_returns_the_best_epoch(cluster,
+                                                                               tmp_path):
+    """SASRec with early stopping on Ray Train: every worker scores the held-out next items
+    after each epoch, the checkpoints carry the scores and the best weights, and a worker
+    SIGKILLed after the second epoch changes nothing: the resumed fit has the uninterrupted
+    one's per-epoch scores and weights, and those weights are the best epoch's."""
+    import threading
+
+    import torch
+
+    from llmrecall.channels.sequential import SASRec
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+    params = dict(text_init="none", dim=16, max_len=20, epochs=8, seed=0, patience=2,
+                  holdout_users=300, lr=2e-2)
+
+    def fit(storage):
+        engine = RayEngine(train_workers=2, train_storage=str(storage))
+        channel = SASRec(**params)
+        with use_engine(engine):
+            engine.fit_channel(channel, split.train)
+        return channel
+
+    whole = fit(tmp_path / "whole")
+    scores = whole.stopping_.scores
+    assert 1 <= len(scores) <= params["epochs"]
+    assert whole.stopping_.best_epoch == int(np.argmax(scores)) + 1
+    assert whole.stopping_._evaluate(whole.model_) == pytest.approx(max(scores))
+
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_after,
+                              args=(cluster, tmp_path / "killed", "epoch-00002", killed),
+                              daemon=True)
+    killer.start()
+    resumed = fit(tmp_path / "killed")
+    killer.join(timeout=10)
+    assert killed and killed["workers"] == 2
+    assert resumed.stopping_.scores == scores
+    assert resumed.stopping_.best_epoch == whole.stopping_.best_epoch
+    mine, theirs = resumed.model_.state_dict(), whole.model_.state_dict()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key
+
+
+def test_sasrec_worker_killed_without_restarts_fails_the_fit(cluster, tmp_path):
+    """``train_max_failures = 0``: the first worker death fails the fit (it raises, and
+    no weights are installed)."""
+    import threading
+
+    from ray.train import TrainingFailedError
+
+    from llmrecall.channels.sequential import SASRec
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+    engine = RayEngine(train_workers=2, train_storage=str(tmp_path), train_max_failures=0)
+    channel = SASRec(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_after,
+                              args=(cluster, tmp_path, "epoch-00001", killed), daemon=True)
+    killer.start()
+    with use_engine(engine), pytest.raises(TrainingFailedError):
+        engine.fit_channel(channel, split.train)
+    killer.join(timeout=10)
+    assert killed and killed["workers"] == 2
+    assert not hasattr(channel, "model_") and engine.train_runs == []
+
+
 TEXTCF = """
 [fusion]
 k = 50
@@ -283,6 +460,48 @@ def test_textcf_data_parallel_recall_within_noise_of_local(cluster, tmp_path):
     users = split.valid.users[:50]
     np.testing.assert_array_equal(again.score(users, split.valid.history),
                                   channel.score(users, split.valid.history))
+
+
+def test_textcf_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(cluster, tmp_path):
+    """textcf on Ray Train (2 DDP workers, one on each node), a checkpoint every 10 of its
+    60 steps: one worker SIGKILLed once the step-20 checkpoint is registered; the
+    restarted workers resume from the latest registered checkpoint, inside a pass over
+    the pairs (ml-100k's training pairs make 48 batches of
+    2,048 a pass: steps 10 to 40 are inside the first, 50 inside the second), and the
+    trained MLP and item vectors are bit for bit an uninterrupted Ray fit's (no dropout;
+    two ranks' all-reduce is one addition)."""
+    import threading
+
+    from llmrecall.channels.textcf import TextCF
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+
+    def fit(storage):
+        engine = RayEngine(train_workers=2, train_storage=str(storage),
+                           train_checkpoint_steps=10)
+        channel = TextCF(max_steps=60)
+        with use_engine(engine):
+            engine.fit_channel(channel, split.train)
+        return channel, engine.train_runs[-1]
+
+    whole, whole_run = fit(tmp_path / "whole")
+    assert whole_run["resumed_from"] == 0 and whole_run["step"] == 60
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_a_worker_after,
+                              args=(cluster, tmp_path / "killed", "step-0000020", killed),
+                              daemon=True)
+    killer.start()
+    resumed, run = fit(tmp_path / "killed")
+    killer.join(timeout=10)
+    assert killed and killed["workers"] == 2  # the run's two workers, one of them killed
+    assert 20 <= killed["registered"] <= run["resumed_from"] < 60, (run, killed)
+    assert run["step"] == 60 and run["resumed_from"] % 10 == 0
+    np.testing.assert_array_equal(resumed.item_vectors_, whole.item_vectors_)
+    for key, value in whole.mlp_.state_dict().items():
+        np.testing.assert_array_equal(resumed.mlp_.state_dict()[key].numpy(), value.numpy())
+    print(f"\ntextcf kill cost: uninterrupted {whole_run['seconds']:.1f} s, killed "
+          f"{run['seconds']:.1f} s; step {killed['registered']}'s checkpoint registered at "
+          f"the kill, resumed from step {run['resumed_from']}")
 
 
 INTEREST = dict(noun="movies", n_texts=2, history_length=4, n_examples=1)

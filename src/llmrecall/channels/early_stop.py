@@ -16,7 +16,9 @@ of a user's whole sequence.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,9 @@ from llmrecall.errors import ConfigError
 
 #: metrics the monitor can follow: ``"ndcg@K"`` or ``"recall@K"``
 METRICS = ("ndcg", "recall")
+#: what :meth:`HeldOutNext.save` writes into a training checkpoint's folder
+SCORES_FILE = "early_stop.json"
+BEST_FILE = "early_stop_best.safetensors"
 
 
 def parse_monitor(text: str) -> tuple[str, int]:
@@ -101,7 +106,34 @@ class HeldOutNext:
         if self.best_epoch == 0 or value > self.scores[self.best_epoch - 1]:
             self.best_epoch = len(self.scores)
             self._best_state = copy.deepcopy(net.state_dict())
-        return len(self.scores) - self.best_epoch >= self.patience
+        return self.done
+
+    @property
+    def done(self) -> bool:
+        """True once ``patience`` epochs in a row have not improved on the best."""
+        return self.best_epoch > 0 and len(self.scores) - self.best_epoch >= self.patience
+
+    def save(self, folder: str | Path) -> None:
+        """Write the scores so far and the best weights into ``folder`` (a training
+        checkpoint, :mod:`llmrecall.channels.train_state`; JSON and safetensors)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        (folder / SCORES_FILE).write_text(json.dumps({"scores": self.scores,
+                                                      "best_epoch": self.best_epoch}))
+        if self._best_state is not None:
+            save_file({k: v.contiguous() for k, v in self._best_state.items()},
+                      str(folder / BEST_FILE))
+
+    def load(self, folder: str | Path) -> None:
+        """Continue from what :meth:`save` wrote in ``folder`` (a resumed training run)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta = json.loads((folder / SCORES_FILE).read_text())
+        self.scores, self.best_epoch = [float(v) for v in meta["scores"]], int(meta["best_epoch"])
+        best = folder / BEST_FILE
+        self._best_state = load_file(str(best)) if best.is_file() else None
 
     def restore(self, net) -> None:
         """Put the best epoch's weights back into ``net``."""

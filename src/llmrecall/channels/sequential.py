@@ -244,7 +244,8 @@ class SASRec(Channel, AddsItems, CachesUsers):
                 np.random.default_rng([self.seed, 1]), self.monitor, self.patience)
         if train is None:
             with progress.task(f"fit {self.name}", self.epochs, "epoch") as bar:
-                self.train_epochs(model, windows, n_items, rng, on_epoch=bar.advance)
+                self.train_epochs(model, windows, n_items, rng,
+                                  on_epoch=lambda done, optimizer: bar.advance())
         else:
             model = train(self, model, windows, n_items)
         model.eval()
@@ -254,11 +255,24 @@ class SASRec(Channel, AddsItems, CachesUsers):
         self._n_base = n_items
         return self
 
+    def optimizer(self, model):
+        """The AdamW optimizer :meth:`train_epochs` steps ``model``'s parameters with."""
+        torch = _torch()
+        return torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
     def train_epochs(self, model, windows: np.ndarray, n_items: int, rng: np.random.Generator,
                      rank: int = 0, world: int = 1,
-                     on_epoch: Callable[[], None] | None = None) -> None:
-        """``epochs`` epochs of AdamW on ``model`` (in place) over ``windows``
-        (int64[w, max_len + 1], :func:`training_windows`), batches in ``rng``'s order.
+                     on_epoch: Callable[[int, Any], None] | None = None,
+                     optimizer: Any = None, start_epoch: int = 0) -> None:
+        """Epochs ``start_epoch + 1`` to ``epochs`` of AdamW on ``model`` (in place) over
+        ``windows`` (int64[w, max_len + 1], :func:`training_windows`), batches in ``rng``'s
+        order; ``on_epoch(epochs_done, optimizer)`` after each.
+
+        Resuming (``start_epoch`` > 0): ``model``'s weights, ``optimizer``'s state (default
+        a new :meth:`optimizer`), ``rng``'s state and torch's generator state must be those
+        of the run after ``start_epoch`` epochs (the checkpoint of
+        :mod:`llmrecall.channels.train_state`, written from ``on_epoch``); the epochs run
+        then are the uninterrupted run's, bit for bit.
 
         Data-parallel (``world`` > 1 workers, ``model`` wrapped in DistributedDataParallel,
         every worker seeded alike so all draw the same order and negatives): worker
@@ -271,12 +285,13 @@ class SASRec(Channel, AddsItems, CachesUsers):
         network after each epoch, so all stop at the same epoch; the best epoch's weights
         are put back before returning."""
         torch = _torch()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr,
-                                      weight_decay=self.weight_decay)
+        optimizer = self.optimizer(model) if optimizer is None else optimizer
         sampled = n_items > self.full_softmax_limit
         net = getattr(model, "module", model)  # DDP wraps the network in .module
         model.train()
-        for _ in range(self.epochs):
+        for epoch in range(start_epoch, self.epochs):
+            if self.stopping_ is not None and self.stopping_.done:
+                break  # a run resumed from the checkpoint of the epoch that stopped it
             order = rng.permutation(len(windows))
             for start in range(0, len(windows), self.batch_size):
                 rows = order[start:start + self.batch_size]
@@ -287,9 +302,11 @@ class SASRec(Channel, AddsItems, CachesUsers):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+            # scored before on_epoch, so a checkpoint written there holds this epoch's score
+            stop = self.stopping_ is not None and self.stopping_.update(net)
             if on_epoch is not None:
-                on_epoch()
-            if self.stopping_ is not None and self.stopping_.update(net):
+                on_epoch(epoch + 1, optimizer)
+            if stop:
                 break
         if self.stopping_ is not None:
             self.stopping_.restore(net)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -298,7 +298,7 @@ class TextCF(Channel, AddsItems, CachesUsers):
         if train is None:
             with progress.task(f"fit {self.name}", self.total_steps(graph), "step") as bar:
                 self.train_steps(_layer0(mlp, graph, self.user_init), graph, rng,
-                                 on_step=bar.advance)
+                                 on_step=lambda *_: bar.advance())
         else:
             mlp = train(self, mlp, graph)
         layer0 = _layer0(mlp, graph, self.user_init)
@@ -327,11 +327,24 @@ class TextCF(Channel, AddsItems, CachesUsers):
         steps = self.epochs * -(-len(graph.pairs_u) // self.batch_size)
         return min(steps, self.max_steps) if self.max_steps else steps
 
+    def optimizer(self, layer0):
+        """The Adam optimizer :meth:`train_steps` steps ``layer0``'s parameters with."""
+        return _torch().optim.Adam(layer0.parameters(), lr=self.lr)
+
     def train_steps(self, layer0, graph: TrainingGraph, rng: np.random.Generator,
                     rank: int = 0, world: int = 1,
-                    on_step: Callable[[], None] | None = None) -> None:
-        """:meth:`total_steps` steps of Adam on ``layer0`` (:func:`_layer0`, its MLP trained
-        in place), batches of pairs in ``rng``'s order.
+                    on_step: Callable[[int, Any, Mapping[str, Any]], None] | None = None,
+                    optimizer: Any = None, start_step: int = 0) -> None:
+        """Steps ``start_step + 1`` to :meth:`total_steps` of Adam on ``layer0``
+        (:func:`_layer0`, its MLP trained in place), batches of pairs in ``rng``'s order
+        (:class:`_BatchOrder`); ``on_step(steps_done, optimizer, rng_state)`` after each,
+        ``rng_state`` the numpy generator state a run resuming there starts from.
+
+        Resuming (``start_step`` > 0): the MLP's weights, ``optimizer``'s state (default a
+        new :meth:`optimizer`) and ``rng``'s state must be the ones ``on_step`` saw after
+        ``start_step`` steps (the checkpoint of :mod:`llmrecall.channels.train_state`);
+        the steps run then are the uninterrupted run's, bit for bit (no dropout: torch's
+        generator is not read).
 
         Data-parallel (``world`` > 1 workers, ``layer0`` wrapped in DistributedDataParallel,
         every worker seeded alike so all draw the same batches): worker ``rank`` takes the
@@ -340,16 +353,15 @@ class TextCF(Channel, AddsItems, CachesUsers):
         and there are as many optimizer steps; DDP averages the workers' mean losses'
         gradients, which is the batch's when the anchors split evenly. A last batch with
         fewer pairs than workers is taken whole by each (equal gradients)."""
-        torch = _torch()
-        optimizer = torch.optim.Adam(layer0.parameters(), lr=self.lr)
-        batches = _batches(rng, len(graph.pairs_u), self.batch_size)
-        for _ in range(self.total_steps(graph)):
-            loss = self._loss(layer0, graph, next(batches), rank, world)
+        optimizer = self.optimizer(layer0) if optimizer is None else optimizer
+        batches = _BatchOrder(rng, len(graph.pairs_u), self.batch_size)
+        for step in range(start_step, self.total_steps(graph)):
+            loss = self._loss(layer0, graph, batches.take(step), rank, world)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if on_step is not None:
-                on_step()
+                on_step(step + 1, optimizer, batches.resume_state(step + 1))
 
     def _loss(self, layer0, graph: TrainingGraph, take: np.ndarray, rank: int = 0,
               world: int = 1):
@@ -543,10 +555,33 @@ class TextCF(Channel, AddsItems, CachesUsers):
         self._n_base = len(self.item_vectors_)
 
 
-def _batches(rng: np.random.Generator, n: int, size: int):
-    """Endless int64 index batches of ``size``: consecutive slices of fresh permutations of
-    ``range(n)`` (the last slice of a permutation may be shorter)."""
-    while True:
-        order = rng.permutation(n)
-        for start in range(0, n, size):
-            yield order[start:start + size]
+class _BatchOrder:
+    """int64 index batches of ``size``: consecutive slices of fresh permutations of
+    ``range(n)`` drawn from ``rng`` (the last slice of a permutation may be shorter), so
+    batch ``s`` is slice ``s % per_pass`` of the ``s // per_pass``-th permutation.
+
+    :meth:`take` is called with consecutive steps from any start; at a start inside a
+    pass, ``rng`` must be in the state that pass's permutation was drawn from
+    (:meth:`resume_state`): it is drawn again and the batches before ``start`` skipped."""
+
+    def __init__(self, rng: np.random.Generator, n: int, size: int):
+        self.rng, self.n, self.size = rng, n, size
+        self.per_pass = -(-n // size)
+        self._order: np.ndarray | None = None
+        self._drawn_from: Mapping[str, Any] = rng.bit_generator.state
+
+    def take(self, step: int) -> np.ndarray:
+        """The indices of batch ``step`` (int64[size], or fewer at a pass's end)."""
+        slot = step % self.per_pass
+        if self._order is None or slot == 0:
+            self._drawn_from = self.rng.bit_generator.state
+            self._order = self.rng.permutation(self.n)
+        return self._order[slot * self.size:(slot + 1) * self.size]
+
+    def resume_state(self, step: int) -> Mapping[str, Any]:
+        """The generator state to resume at batch ``step`` (the next one :meth:`take`
+        is asked for): the current pass's, inside a pass; the current one, at a pass's
+        start (its permutation is not drawn yet)."""
+        if step % self.per_pass == 0:
+            return self.rng.bit_generator.state
+        return self._drawn_from

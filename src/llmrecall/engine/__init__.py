@@ -20,7 +20,8 @@ from typing import Any
 from llmrecall.engine.local import Engine, current_engine, use_engine
 from llmrecall.errors import ConfigError
 
-__all__ = ["ENGINES", "Engine", "current_engine", "engine_for", "make_engine", "use_engine"]
+__all__ = ["ENGINES", "Engine", "current_engine", "engine_for", "engine_options", "make_engine",
+           "use_engine"]
 
 ENGINES = ("local", "ray")
 
@@ -39,16 +40,26 @@ def make_engine(kind: str = "local", address: str | None = None, **options: Any)
     raise ConfigError(f"engine must be one of {', '.join(ENGINES)}; got {kind!r}")
 
 
+def engine_options(kind: str, section: Any) -> dict[str, Any]:
+    """The ``[engine]`` settings (``section``, None when the config has none) that engine
+    ``kind`` takes as arguments besides the address: ``train_max_failures`` for ``ray``,
+    none for ``local``."""
+    if kind == "ray" and section is not None:
+        return {"train_max_failures": section.train_max_failures}
+    return {}
+
+
 @contextmanager
 def engine_for(kind: str | None, config: Any = None,
                address: str | None = None) -> Iterator[Engine]:
     """The engine a command runs on, current for the block and closed after: ``kind``
     (the ``--engine`` option) else the config's ``[engine] kind`` else local; ``address``
-    else the config's ``[engine] address``."""
+    else the config's ``[engine] address``; the Ray engine's other settings from
+    ``[engine]`` (``train_max_failures``)."""
     section = getattr(config, "engine", None)
     kind = kind or (section.kind if section is not None else "local")
     address = address or (section.address if section is not None else None)
-    engine = make_engine(kind, address)
+    engine = make_engine(kind, address, **engine_options(kind, section))
     try:
         with use_engine(engine):
             yield engine

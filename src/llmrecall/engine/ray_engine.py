@@ -21,7 +21,10 @@ on actor pools.
 
 Faults: a task whose worker dies (killed, out of memory, its node lost) is run again by
 Ray (``max_retries``); map outputs lost with a node are rebuilt from their lineage. Every
-task is a pure function of its inputs, so a retried job gives the same output.
+task is a pure function of its inputs, so a retried job gives the same output. A Ray
+Train fit whose worker dies is started again (``train_max_failures``) from its last
+checkpoint (SASRec: every epoch; textcf: every ``train_checkpoint_steps`` steps), which
+holds all the state the later steps read: the weights are the uninterrupted fit's.
 
 Where the driver still holds the data: the :class:`~llmrecall.data.dataset.Dataset` (the
 dense int32/float64 log, 16 bytes an event, and the vocabularies), the training matrix
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,11 +46,18 @@ import ray
 
 from llmrecall.engine.cooccurrence import concat, itemcf_similarity, swing_similarity
 from llmrecall.engine.local import Engine, is_loaded
+from llmrecall.errors import ConfigError
 from llmrecall.evaluate.runner import EVAL_BATCH
 from llmrecall.lm.embedders import Embedder
 
 #: retries of a task whose worker died (SIGKILL, OOM, node lost)
 MAX_RETRIES = 4
+
+#: Ray Train restarts of a run whose worker died, by default (``train_max_failures``)
+TRAIN_MAX_FAILURES = 2
+
+#: textcf's optimizer steps between checkpoints on Ray Train (SASRec: every epoch)
+TEXTCF_CHECKPOINT_STEPS = 50
 
 
 def _apply_map(fn: Callable, item: Any, n_partitions: int):
@@ -83,10 +93,19 @@ class RayEngine(Engine):
             1); ``train_cpus`` CPUs each.
         train_storage: where Ray Train keeps the run and the trained network's checkpoint:
             a path every node can reach (a shared file system); default a temporary
-            folder on this machine, removed after each fit.
+            folder on this machine, removed after each fit. Each fit writes a new run
+            folder there, holding its latest checkpoint.
+        train_max_failures: how many times a Ray Train run whose worker died (killed,
+            out of memory, its node lost) is started again (0: the fit fails at once).
+            SASRec resumes from its last epoch checkpoint, textcf from its last (every
+            ``train_checkpoint_steps`` optimizer steps, default 50, and after the last).
         actors: embedding and generator actors per pool (default: the cluster's CPUs, at
             least 1); ``actor_cpus`` CPUs each (a pool of endpoint clients can ask for
             less).
+
+    ``train_runs`` has one entry per Ray Train fit: ``name``, ``seconds`` and rank 0's last
+    metrics: ``epoch`` (SASRec) or ``step`` (textcf) done, and ``resumed_from``, the epoch
+    or step its last attempt started from (0 when no worker died).
 
     ``pool_work`` counts what the pools did: ``embedded_texts`` (texts an embedding actor
     embedded), ``generated_users`` and ``generated_items`` (written by generator actors).
@@ -98,7 +117,14 @@ class RayEngine(Engine):
                  user_block: int = 4 * EVAL_BATCH, matrix_block: int = 20_000,
                  num_cpus: int | None = None, train_workers: int | None = None,
                  train_cpus: float = 1.0, train_storage: str | None = None,
+                 train_max_failures: int = TRAIN_MAX_FAILURES,
+                 train_checkpoint_steps: int = TEXTCF_CHECKPOINT_STEPS,
                  actors: int | None = None, actor_cpus: float = 1.0):
+        if train_max_failures < 0:
+            raise ConfigError(f"engine: train_max_failures must be >= 0, got {train_max_failures}")
+        if train_checkpoint_steps < 1:
+            raise ConfigError("engine: train_checkpoint_steps must be >= 1, got "
+                              f"{train_checkpoint_steps}")
         self._started = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -114,6 +140,9 @@ class RayEngine(Engine):
         self.train_workers = train_workers or max(1, cpus)
         self.train_cpus = train_cpus
         self.train_storage = train_storage
+        self.train_max_failures = train_max_failures
+        self.train_checkpoint_steps = train_checkpoint_steps
+        self.train_runs: list[dict[str, Any]] = []
         self._map = ray.remote(_apply_map)
         self._reduce = ray.remote(_apply_reduce).options(max_retries=MAX_RETRIES)
         self._rank = ray.remote(_rank_block).options(max_retries=MAX_RETRIES)
@@ -197,13 +226,15 @@ class RayEngine(Engine):
         """``SASRec.fit``'s ``train`` hook: :func:`train_sasrec` on ``train_workers``."""
         self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
         return train_sasrec(channel, model, windows, n_items, self.train_workers,
-                            self.train_cpus, self.train_storage)
+                            self.train_cpus, self.train_storage, self.train_max_failures,
+                            self.train_runs)
 
     def train_textcf(self, channel, mlp, graph):
         """``TextCF.fit``'s ``train`` hook: :func:`train_textcf` on ``train_workers``."""
         self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
         return train_textcf(channel, mlp, graph, self.train_workers, self.train_cpus,
-                            self.train_storage)
+                            self.train_storage, self.train_max_failures, self.train_runs,
+                            self.train_checkpoint_steps)
 
     # --- language-model work on actor pools --------------------------------------------
 
@@ -279,61 +310,157 @@ class RayEngine(Engine):
 # --- SASRec and textcf: data-parallel training with Ray Train --------------------------------
 
 
-def _report_state(module, rank: int, metrics: dict) -> None:
-    """Ray Train's report of a worker: rank 0 attaches ``module``'s trained state as a
-    checkpoint (safetensors, no pickle); the others report the metrics only."""
+def _torch_rng_states(world: int) -> list[Any]:
+    """torch's CPU generator state of every rank, in rank order (a collective: every
+    worker calls it). Each rank draws its own dropout masks, so a resumed run needs each
+    rank's state, not rank 0's alone."""
+    import torch
+
+    state = torch.get_rng_state()
+    if world == 1:
+        return [state]
+    import torch.distributed as dist
+
+    gathered = [torch.empty_like(state) for _ in range(world)]  # uint8[5056] each
+    dist.all_gather(gathered, state)
+    return gathered
+
+
+def _report_train_state(module, rank: int, world: int, metrics: dict[str, Any], step: int,
+                        optimizer: Any, rng_state: Mapping[str, Any], folder_name: str,
+                        extra: Callable[[str], None] | None = None) -> None:
+    """Ray Train's report of a worker after ``step`` steps (epochs): rank 0 attaches the
+    checkpoint a restarted run resumes from (:mod:`~llmrecall.channels.train_state`:
+    ``module``'s weights, the optimizer state, ``step``, the numpy generator state
+    ``rng_state`` and every rank's torch generator; safetensors and JSON, no pickle) in a
+    folder ``folder_name``, and whatever ``extra(folder)`` writes there (SASRec's early
+    stopping state); the other ranks report ``metrics`` only (a report is a barrier: every
+    rank makes the same ones)."""
     import tempfile
 
     import ray.train
-    from safetensors.torch import save_file
 
+    from llmrecall.channels.train_state import save_train_state
+
+    torch_rng = _torch_rng_states(world)
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if rank == 0:
-            tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-            save_file(tensors, os.path.join(folder, "model.safetensors"))
+            save_train_state(folder, module, optimizer, step, rng_state, torch_rng)
+            if extra is not None:
+                extra(folder)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=folder_name)
+
+
+def _report_epoch(module, rng: np.random.Generator, rank: int, world: int, resumed_from: int,
+                  stopping, epochs_done: int, optimizer: Any) -> None:
+    """SASRec's ``on_epoch`` on a Ray Train worker: the checkpoint after every epoch, in
+    ``epoch-<n>``, with the early stopping state when ``stopping``
+    (:class:`~llmrecall.channels.early_stop.HeldOutNext`) is set; metrics ``epoch`` and
+    ``resumed_from`` (the epoch this attempt started from)."""
+    _report_train_state(module, rank, world,
+                        {"epoch": epochs_done, "resumed_from": resumed_from}, epochs_done,
+                        optimizer, rng.bit_generator.state, f"epoch-{epochs_done:05d}",
+                        None if stopping is None else stopping.save)
+
+
+def _report_steps(module, rank: int, world: int, resumed_from: int, every: int, total: int,
+                  steps_done: int, optimizer: Any, rng_state: Mapping[str, Any]) -> None:
+    """textcf's ``on_step`` on a Ray Train worker: the checkpoint after every ``every``
+    steps and after the last (``total``), in ``step-<n>``; metrics ``step`` and
+    ``resumed_from`` (the step this attempt started from)."""
+    if steps_done % every and steps_done != total:
+        return
+    _report_train_state(module, rank, world,
+                        {"step": steps_done, "resumed_from": resumed_from}, steps_done,
+                        optimizer, rng_state, f"step-{steps_done:07d}")
+
+
+def _last_train_state(extra: Callable[[str], None] | None = None):
+    """The :class:`~llmrecall.channels.train_state.TrainState` of the run's latest
+    checkpoint (a worker restarted after a failure), or None on the first attempt;
+    ``extra(folder)`` reads what :func:`_report_train_state`'s ``extra`` wrote."""
+    import ray.train
+
+    from llmrecall.channels.train_state import load_train_state
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        if extra is not None:
+            extra(folder)
+        return load_train_state(folder)
 
 
 def _sasrec_worker(config: dict) -> None:
     """One Ray Train worker: the driver's initial network, DDP-wrapped, trained on this
-    worker's rows of every batch (:meth:`SASRec.train_epochs`); rank 0 reports the trained
-    state as a checkpoint (safetensors, no pickle)."""
+    worker's rows of every batch (:meth:`SASRec.train_epochs`); rank 0 reports a
+    checkpoint after every epoch (:func:`_report_epoch`), the last one the trained state.
+
+    Restarted after a worker failure (``train_max_failures``), every worker loads the
+    latest checkpoint and runs the epochs after it, with the state the uninterrupted run
+    had then: the result is that run's."""
     import ray.train
     import torch
     from ray.train.torch import prepare_model
 
     from llmrecall.channels.sequential import _build_model
+    from llmrecall.channels.train_state import restore
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     channel = config["channel_type"](**config["params"])
+    # the driver's held-out next items (their targets already masked in the windows); every
+    # worker scores its replica after each epoch and so stops at the same one
+    channel.stopping_ = stopping = config["stopping"]
     torch.set_num_threads(min(channel.threads, 2))
     # dropout differs between workers (each its own rows); the order and the negatives come
     # from the numpy generator, seeded alike everywhere
     torch.manual_seed(channel.seed + rank)
+    rng = np.random.default_rng(channel.seed)
     state = {k: torch.from_numpy(np.array(v)) for k, v in ray.get(config["initial"]).items()}
     text = state["text"][1:].numpy() if "text" in state else None
     net = _build_model(config["n_items"], channel.dim, channel.blocks, channel.heads,
                        channel.max_len, channel.dropout, text, channel.text_init)
-    net.load_state_dict(state)
+    resumed = _last_train_state(None if stopping is None else stopping.load)
+    net.load_state_dict(state if resumed is None else resumed.weights)
     model = prepare_model(net) if world > 1 else net
+    optimizer = channel.optimizer(model)
+    start = 0
+    if resumed is not None:  # after building: the network's initialisation draws from torch
+        restore(resumed, optimizer, rng, rank)
+        start = resumed.step
     windows = ray.get(config["windows"])
-    channel.train_epochs(model, windows, config["n_items"],
-                         np.random.default_rng(channel.seed), rank=rank, world=world)
-    _report_state(net, rank, {"epochs": channel.epochs})
+    channel.train_epochs(model, windows, config["n_items"], rng, rank=rank, world=world,
+                         optimizer=optimizer, start_epoch=start,
+                         on_epoch=partial(_report_epoch, net, rng, rank, world, start, stopping))
+    if stopping is not None:
+        # train_epochs put the best epoch's weights back: the last checkpoint is them, and
+        # its metrics tell the driver how training went
+        _report_train_state(net, rank, world,
+                            {"epoch": len(stopping.scores), "resumed_from": start,
+                             "early_stop": {"scores": stopping.scores,
+                                            "best_epoch": stopping.best_epoch}},
+                            len(stopping.scores), optimizer, rng.bit_generator.state, "best")
 
 
 def _textcf_worker(config: dict) -> None:
     """One Ray Train worker of textcf: the driver's initial MLP, its layer-0 module
     DDP-wrapped, trained on this worker's anchors of every batch
-    (:meth:`TextCF.train_steps`); rank 0 reports the trained MLP as a checkpoint."""
+    (:meth:`TextCF.train_steps`); rank 0 reports a checkpoint every
+    ``config["checkpoint_steps"]`` steps and after the last (:func:`_report_steps`).
+
+    Restarted after a worker failure, every worker loads the latest checkpoint and runs
+    the steps after it, drawing the batches the uninterrupted run draws (the generator
+    state of the pass in progress is in the checkpoint): the result is that run's."""
     import ray.train
     import torch
     from ray.train.torch import prepare_model
 
     from llmrecall.channels.textcf import _layer0, _mlp
+    from llmrecall.channels.train_state import restore
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -341,39 +468,67 @@ def _textcf_worker(config: dict) -> None:
     torch.set_num_threads(min(channel.threads, 2))
     graph = ray.get(config["graph"])  # read-only, zero-copy from the node's object store
     mlp = _mlp(graph.text.shape[1], channel.hidden, channel.dim)
+    resumed = _last_train_state()
     mlp.load_state_dict({k: torch.from_numpy(np.array(v))
-                         for k, v in ray.get(config["initial"]).items()})
+                         for k, v in ray.get(config["initial"]).items()}
+                        if resumed is None else resumed.weights)
     layer0 = _layer0(mlp, graph, channel.user_init)
     model = prepare_model(layer0) if world > 1 else layer0
+    optimizer = channel.optimizer(model)
     # the batches come from the numpy generator, seeded alike everywhere (no dropout)
-    channel.train_steps(model, graph, np.random.default_rng(channel.seed), rank=rank,
-                        world=world)
-    _report_state(mlp, rank, {"steps": channel.total_steps(graph)})
+    rng = np.random.default_rng(channel.seed)
+    start = 0
+    if resumed is not None:
+        restore(resumed, optimizer, rng, rank)
+        start = resumed.step
+    total = channel.total_steps(graph)
+    channel.train_steps(model, graph, rng, rank=rank, world=world, optimizer=optimizer,
+                        start_step=start,
+                        on_step=partial(_report_steps, mlp, rank, world, start,
+                                        config["checkpoint_steps"], total))
 
 
 def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, workers: int,
-                      cpus_per_worker: float, storage: str | None) -> dict[str, Any]:
+                      cpus_per_worker: float, storage: str | None, max_failures: int,
+                      runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run ``worker`` on ``workers`` Ray Train workers (``TorchTrainer``, DDP over gloo on
-    CPUs) and return the state dict (name -> tensor) that rank 0 reported."""
+    CPUs) and return the state dict (name -> tensor) of the last checkpoint rank 0 reported.
+
+    A worker that dies (killed, out of memory, its node lost) fails the attempt; Ray Train
+    starts the workers again, at most ``max_failures`` times, and they resume from the
+    latest checkpoint (``ray.train.get_checkpoint``); only that checkpoint is kept. The
+    run's folder under ``storage`` is new for every call (a folder of the same name would
+    make Ray Train resume that earlier run). ``runs``, when given, gets one entry per call:
+    ``name``, ``seconds``, and rank 0's last metrics (``epoch`` or ``step``, and
+    ``resumed_from``, where the last attempt started: 0 without failure)."""
     import shutil
     import tempfile
+    import time
+    import uuid
 
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from safetensors.torch import load_file
 
     folder = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="llmrecall-train-"))
     folder.mkdir(parents=True, exist_ok=True)
+    run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    started = time.perf_counter()
     try:
         trainer = TorchTrainer(
             worker, train_loop_config=config,
             torch_config=TorchConfig(backend="gloo"),
             scaling_config=ScalingConfig(num_workers=max(1, workers), use_gpu=False,
                                          resources_per_worker={"CPU": cpus_per_worker}),
-            run_config=RunConfig(storage_path=str(folder), name=name))
+            run_config=RunConfig(storage_path=str(folder), name=run_name,
+                                 failure_config=FailureConfig(max_failures=max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1)))
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"{name}: Ray Train returned no checkpoint ({result.error})")
+        if runs is not None:
+            runs.append({"name": name, "seconds": time.perf_counter() - started,
+                         **(result.metrics or {})})
         with result.checkpoint.as_directory() as done:
             return load_file(os.path.join(done, "model.safetensors"))
     finally:
@@ -382,7 +537,9 @@ def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, w
 
 
 def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int = 2,
-                 cpus_per_worker: float = 1.0, storage: str | None = None):
+                 cpus_per_worker: float = 1.0, storage: str | None = None,
+                 max_failures: int = TRAIN_MAX_FAILURES,
+                 runs: list[dict[str, Any]] | None = None):
     """Train SASRec's initialised ``model`` data-parallel on ``workers`` Ray Train workers
     (``TorchTrainer``, DDP over gloo on CPUs) and return it with the trained weights.
 
@@ -391,17 +548,32 @@ def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int
     the same epochs, batches, optimizer and seed as one process, the gradients averaged
     across workers. The result equals the one-process fit in distribution, not bit for
     bit (dropout masks and float summation differ). ``windows`` go to the object store once
-    (read zero-copy by the workers of a node)."""
+    (read zero-copy by the workers of a node).
+
+    Rank 0 checkpoints every epoch; a run whose worker dies is started again (at most
+    ``max_failures`` times) from the last finished epoch, and its result is the
+    uninterrupted run's (see :func:`_sasrec_worker`). ``runs``: see
+    :func:`_train_on_workers`."""
     initial = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    stopping = getattr(channel, "stopping_", None)  # set by fit when patience > 0
     config = {"channel_type": type(channel), "params": channel.get_params(),
-              "initial": ray.put(initial), "n_items": n_items, "windows": ray.put(windows)}
+              "initial": ray.put(initial), "n_items": n_items, "windows": ray.put(windows),
+              "stopping": stopping}
+    calls: list[dict[str, Any]] = [] if runs is None else runs
     model.load_state_dict(_train_on_workers(_sasrec_worker, config, f"sasrec-{channel.name}",
-                                            workers, cpus_per_worker, storage))
+                                            workers, cpus_per_worker, storage, max_failures,
+                                            calls))
+    if stopping is not None:  # the workers' record of the epochs, for the fit's report
+        record = calls[-1]["early_stop"]
+        stopping.scores = [float(v) for v in record["scores"]]
+        stopping.best_epoch = int(record["best_epoch"])
     return model
 
 
 def train_textcf(channel, mlp, graph, workers: int = 2, cpus_per_worker: float = 1.0,
-                 storage: str | None = None):
+                 storage: str | None = None, max_failures: int = TRAIN_MAX_FAILURES,
+                 runs: list[dict[str, Any]] | None = None,
+                 checkpoint_steps: int = TEXTCF_CHECKPOINT_STEPS):
     """Train textcf's initialised ``mlp`` data-parallel on ``workers`` Ray Train workers
     (``TorchTrainer``, DDP over gloo on CPUs) and return it with the trained weights.
 
@@ -413,12 +585,21 @@ def train_textcf(channel, mlp, graph, workers: int = 2, cpus_per_worker: float =
     otherwise, and amplified over the steps). ``graph``
     (:class:`~llmrecall.channels.textcf.TrainingGraph`) goes to the object store once and
     every worker reads all of it (zero-copy on a node): each step propagates over the whole
-    graph."""
+    graph.
+
+    Rank 0 checkpoints every ``checkpoint_steps`` steps and after the last; a run whose
+    worker dies is started again (at most ``max_failures`` times) from the last
+    checkpoint, and its result is the uninterrupted run's (see :func:`_textcf_worker`).
+    ``runs``: see :func:`_train_on_workers`."""
+    if checkpoint_steps < 1:
+        raise ConfigError(f"textcf: checkpoint_steps must be >= 1, got {checkpoint_steps}")
     initial = {k: v.detach().numpy() for k, v in mlp.state_dict().items()}
     config = {"channel_type": type(channel), "params": channel.get_params(),
-              "initial": ray.put(initial), "graph": ray.put(graph)}
+              "initial": ray.put(initial), "graph": ray.put(graph),
+              "checkpoint_steps": checkpoint_steps}
     mlp.load_state_dict(_train_on_workers(_textcf_worker, config, f"textcf-{channel.name}",
-                                          workers, cpus_per_worker, storage))
+                                          workers, cpus_per_worker, storage, max_failures,
+                                          runs))
     return mlp
 
 
