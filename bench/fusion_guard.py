@@ -113,7 +113,7 @@ def score(args) -> None:
     fuse_s = time.perf_counter() - start
     rows["fused (learned, guarded)"] = _recalls(ranking_metrics(learned, test.targets, KS,
                                                                 n_items))
-    best = {f"R@{c}": max(rows[n][f"R@{c}"] for n in test.lists) for c in KS}
+    best = {col: max(rows[n][col] for n in test.lists) for col in (*(f"R@{c}" for c in KS), "N@10")}
     report = {"meta": {k_: v for k_, v in meta.items() if k_ != "config_toml"},
               "test": rows, "best_channel": best, "guard": model.report,
               "fusion_fit_seconds": fit_s, "fusion_apply_seconds": fuse_s,
@@ -131,19 +131,21 @@ def _weight(c):
 
 
 def _recalls(metrics: dict) -> dict[str, float]:
-    return {f"R@{c}": metrics[f"recall@{c}"] for c in KS}
+    """Recall@K at every K of KS, and NDCG@10."""
+    return {**{f"R@{c}": metrics[f"recall@{c}"] for c in KS}, "N@10": metrics["ndcg@10"]}
 
 
 def _print(report: dict) -> None:
     meta = report["meta"]
     print(f"\n{meta['dataset']} · {meta['protocol']} · {meta['config']} · "
           f"{report['test_users']} test users")
-    print("| list | " + " | ".join(f"R@{c}" for c in KS) + " |")
-    print("|---|" + "---|" * len(KS))
+    columns = (*(f"R@{c}" for c in KS), "N@10")
+    print("| list | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
     for name, r in report["test"].items():
-        print(f"| {name} | " + " | ".join(f"{r[f'R@{c}']:.4f}" for c in KS) + " |")
+        print(f"| {name} | " + " | ".join(f"{r[col]:.4f}" for col in columns) + " |")
     print("| best single channel | " + " | ".join(
-        f"{report['best_channel'][f'R@{c}']:.4f}" for c in KS) + " |")
+        f"{report['best_channel'][col]:.4f}" for col in columns) + " |")
     print(f"guard: {json.dumps(report['guard'])}")
     print(f"fusion fit {report['fusion_fit_seconds']:.1f}s, "
           f"apply to test {report['fusion_apply_seconds']:.2f}s")
