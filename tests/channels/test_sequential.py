@@ -184,8 +184,7 @@ def test_resuming_from_an_epoch_checkpoint_equals_the_uninterrupted_fit(tmp_path
     generator). The checkpoint is safetensors and JSON only."""
     import torch
 
-    from llmrecall.channels.sequential import _build_model
-    from llmrecall.channels.train_state import load_train_state, restore, save_train_state
+    from llmrecall.channels.train_state import save_train_state
 
     params = dict(text_init="none", dim=16, max_len=6, epochs=5, batch_size=8, dropout=0.2)
     if sampled:  # 40 items > 10: shared negatives drawn from the numpy generator
@@ -204,19 +203,7 @@ def test_resuming_from_an_epoch_checkpoint_equals_the_uninterrupted_fit(tmp_path
 
         with pytest.raises(_Interrupted):
             channel.train_epochs(model, windows, n_items, rng, on_epoch=checkpoint)
-        # a new start: nothing carried over but the checkpoint's files
-        torch.manual_seed(12345)
-        fresh = _build_model(n_items, channel.dim, channel.blocks, channel.heads,
-                             channel.max_len, channel.dropout, None, channel.text_init)
-        state = load_train_state(folder)
-        fresh.load_state_dict(state.weights)
-        optimizer = channel.optimizer(fresh)
-        rng = np.random.default_rng(999)
-        restore(state, optimizer, rng, rank=0)
-        assert state.step == 2
-        channel.train_epochs(fresh, windows, n_items, rng, optimizer=optimizer,
-                             start_epoch=state.step)
-        return fresh
+        return _resumed_in_fresh_objects(channel, folder, windows, n_items, after=2)
 
     resumed = SASRec(**params).fit(data, train=stopped_after_two_then_resumed)
     whole = SASRec(**params).fit(data)
@@ -238,8 +225,7 @@ def test_early_stopped_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_on
     epochs, records the same scores and ends on the same best weights."""
     import torch
 
-    from llmrecall.channels.sequential import _build_model
-    from llmrecall.channels.train_state import load_train_state, restore, save_train_state
+    from llmrecall.channels.train_state import save_train_state
 
     params = dict(text_init="none", dim=16, max_len=6, epochs=7, batch_size=8, dropout=0.2,
                   lr=2e-2, patience=2, holdout_users=15)
@@ -263,17 +249,7 @@ def test_early_stopped_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_on
         stopping._best_state = None
         stopping.load(folder)
         assert len(stopping.scores) == 2
-        torch.manual_seed(12345)
-        fresh = _build_model(n_items, channel.dim, channel.blocks, channel.heads,
-                             channel.max_len, channel.dropout, None, channel.text_init)
-        state = load_train_state(folder)
-        fresh.load_state_dict(state.weights)
-        optimizer = channel.optimizer(fresh)
-        rng = np.random.default_rng(999)
-        restore(state, optimizer, rng, rank=0)
-        channel.train_epochs(fresh, windows, n_items, rng, optimizer=optimizer,
-                             start_epoch=state.step)
-        return fresh
+        return _resumed_in_fresh_objects(channel, folder, windows, n_items, after=2)
 
     resumed = SASRec(**params).fit(data, train=interrupted_then_resumed)
     whole = SASRec(**params).fit(data)
@@ -282,3 +258,27 @@ def test_early_stopped_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_on
     mine, theirs = resumed.model_.state_dict(), whole.model_.state_dict()
     for key in mine:
         assert torch.equal(mine[key], theirs[key]), key
+
+
+def _resumed_in_fresh_objects(channel, folder, windows, n_items: int, after: int):
+    """A new start of ``channel``'s training from the checkpoint in ``folder`` (written
+    after epoch ``after``): a network built under another torch seed, a new optimizer and a
+    numpy generator seeded otherwise, nothing carried over but the checkpoint's files; the
+    remaining epochs are trained and the network returned."""
+    import torch
+
+    from llmrecall.channels.sequential import _build_model
+    from llmrecall.channels.train_state import load_train_state, restore
+
+    torch.manual_seed(12345)
+    fresh = _build_model(n_items, channel.dim, channel.blocks, channel.heads,
+                         channel.max_len, channel.dropout, None, channel.text_init)
+    state = load_train_state(folder)
+    assert state.step == after
+    fresh.load_state_dict(state.weights)
+    optimizer = channel.optimizer(fresh)
+    rng = np.random.default_rng(999)
+    restore(state, optimizer, rng, rank=0)
+    channel.train_epochs(fresh, windows, n_items, rng, optimizer=optimizer,
+                         start_epoch=state.step)
+    return fresh
