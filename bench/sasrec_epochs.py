@@ -22,8 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from llmrecall.channels.sequential import SASRec, _build_model, _pca_init, training_windows  # noqa: E402
-from llmrecall.channels.text_features import item_text_vectors, popularity  # noqa: E402
+from llmrecall.channels.sequential import SASRec, training_windows  # noqa: E402
 from llmrecall.data.builtin import load_builtin  # noqa: E402
 from llmrecall.evaluate import evaluate_channel, make_split  # noqa: E402
 
@@ -54,19 +53,11 @@ def main() -> None:
     torch.set_num_threads(min(channel.threads, 2))
     torch.manual_seed(channel.seed)
     rng = np.random.default_rng(channel.seed)
-    text = item_text_vectors(train, channel.embedder) if channel.text_init != "none" else None
-    model = _build_model(train.n_items, channel.dim, channel.blocks, channel.heads,
-                         channel.max_len, channel.dropout, text, channel.text_init)
-    with torch.no_grad():  # the initialisations of SASRec.fit
-        if channel.text_init == "init":
-            model.id_embedding.weight[1:] = torch.from_numpy(_pca_init(text, channel.dim))
-        elif channel.text_init == "fuse":
-            model.id_embedding.weight.zero_()
-        else:
-            model.id_embedding.weight[1:].normal_(0.0, channel.dim ** -0.5)
+    model = channel.initial_model(train)  # SASRec.fit's network and initialisation
     windows = training_windows(train.histories(), channel.max_len)
-    channel.model_, channel.n_items_, channel.stopping_ = model, train.n_items, None
-    channel.popularity_, channel._n_base = popularity(train), train.n_items
+    channel.stopping_ = None
+    channel.install(model, train)
+    model.train()
     optimizer = channel.optimizer(model)
     print(f"{args.dataset}: {len(windows):,} training windows; params {params}", flush=True)
     for epoch in range(1, args.epochs + 1):

@@ -217,20 +217,7 @@ class SASRec(Channel, AddsItems, CachesUsers):
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         n_items = dataset.n_items
-        text = item_text_vectors(dataset, self.embedder) if self.text_init != "none" else None
-        model = _build_model(n_items, self.dim, self.blocks, self.heads, self.max_len,
-                             self.dropout, text, self.text_init)
-        with torch.no_grad():
-            if self.text_init == "init":
-                assert text is not None  # computed above whenever text_init != "none"
-                model.id_embedding.weight[1:] = torch.from_numpy(_pca_init(text, self.dim))
-            elif self.text_init == "fuse":
-                model.id_embedding.weight.zero_()
-            else:
-                # the same scale as the text initialisation, so the ablation differs only in
-                # where the starting vectors come from (torch's N(0, 1) default is 8x larger
-                # and trains markedly worse)
-                model.id_embedding.weight[1:].normal_(0.0, self.dim ** -0.5)
+        model = self.initial_model(dataset)
         histories = dataset.histories()
         windows = training_windows(histories, self.max_len)
         if len(windows) == 0:
@@ -248,12 +235,37 @@ class SASRec(Channel, AddsItems, CachesUsers):
                                   on_epoch=lambda done, optimizer: bar.advance())
         else:
             model = train(self, model, windows, n_items)
+        self.install(model, dataset)
+        return self
+
+    def initial_model(self, dataset: Dataset):
+        """The untrained network for ``dataset``'s catalog, its item ids initialised as
+        ``text_init`` says (draws from torch's generator: seed it first)."""
+        torch = _torch()
+        text = item_text_vectors(dataset, self.embedder) if self.text_init != "none" else None
+        model = _build_model(dataset.n_items, self.dim, self.blocks, self.heads, self.max_len,
+                             self.dropout, text, self.text_init)
+        with torch.no_grad():
+            if self.text_init == "init":
+                assert text is not None  # computed above whenever text_init != "none"
+                model.id_embedding.weight[1:] = torch.from_numpy(_pca_init(text, self.dim))
+            elif self.text_init == "fuse":
+                model.id_embedding.weight.zero_()
+            else:
+                # the same scale as the text initialisation, so the ablation differs only in
+                # where the starting vectors come from (torch's N(0, 1) default is 8x larger
+                # and trains markedly worse)
+                model.id_embedding.weight[1:].normal_(0.0, self.dim ** -0.5)
+        return model
+
+    def install(self, model, dataset: Dataset) -> None:
+        """Serve ``model`` (put in eval mode) for ``dataset``'s catalog, the training
+        popularity as the fallback of users without a usable history."""
         model.eval()
         self.model_ = model
-        self.n_items_ = n_items
+        self.n_items_ = dataset.n_items
         self.popularity_ = popularity(dataset)
-        self._n_base = n_items
-        return self
+        self._n_base = dataset.n_items
 
     def optimizer(self, model):
         """The AdamW optimizer :meth:`train_epochs` steps ``model``'s parameters with."""
