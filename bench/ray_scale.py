@@ -54,6 +54,8 @@ def _sampler(stop: threading.Event, peaks: dict) -> None:
                     pass
             peaks["driver"] = max(peaks.get("driver", 0), rss.get(me.pid, 0))
             peaks["tree"] = max(peaks.get("tree", 0), sum(rss.values()))
+            others = [v for pid, v in rss.items() if pid != me.pid]
+            peaks["largest_other"] = max(peaks.get("largest_other", 0), max(others, default=0))
         except psutil.Error:
             pass
         stop.wait(0.1)

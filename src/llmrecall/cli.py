@@ -103,8 +103,11 @@ def evaluate(
             _fail(exc)
     kept: dict = {}
     try:
-        ds = _load_dataset(dataset, data)
         cfg = load_config(config)
+        if cfg.engine is not None and cfg.engine.log == "sharded":
+            _evaluate_sharded(dataset, data, cfg, engine, protocol, seed, split, output, html)
+            return
+        ds = _load_dataset(dataset, data)
         with engine_for(engine, cfg):
             report, _pipeline, data_split = run_experiment(
                 ds, protocol, cfg, seed=seed, on=split, progress=_say,
@@ -131,6 +134,32 @@ def evaluate(
             except OSError as exc:
                 _fail(f"cannot write {html}: {exc.strerror or exc}")
             _say(f"wrote {html}")
+
+
+def _evaluate_sharded(dataset: str | None, data: Path | None, cfg, engine: str | None,
+                      protocol: str, seed: int, split: str, output: Path | None, html: Path | None) -> None:
+    """``evaluate`` with ``[engine] log = "sharded"``: the log is never loaded here
+    (:mod:`llmrecall.engine.sharded`); no per-target ranks, so no HTML report."""
+    from llmrecall.data.spec import DataSpec
+    from llmrecall.engine import engine_for
+    from llmrecall.engine.sharded import evaluate_sharded
+    from llmrecall.report import rich_table
+
+    if data is None or dataset is not None:
+        raise ConfigError('[engine] log = "sharded" reads your files: give --data SPEC.toml '
+                          "(not --dataset)")
+    if html is not None:
+        raise ConfigError('--report needs every target\'s rank in one process; [engine] log = '
+                          '"sharded" keeps none')
+    spec = DataSpec.from_toml(data)
+    with engine_for(engine, cfg, sharded=True) as eng:
+        report = evaluate_sharded(spec, cfg, protocol, engine=eng, on=split, seed=seed,
+                                  work_dir=cfg.engine.work_dir if cfg.engine else None,
+                                  name=spec.name or data.stem, progress=_say)
+    console.print(rich_table(report))
+    if output is not None:
+        _write_text(output, json.dumps(report, indent=2))
+        _say(f"wrote {output} (no per-target ranks with the sharded log)")
 
 
 def _write_ranks(output: Path, ranks) -> None:
@@ -332,10 +361,10 @@ def tune(
     try:
         if not is_space(space):  # as tune() would, but before the data is loaded
             raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
-        ds = _load_dataset(dataset, data)
         cfg = load_config(config)
+        stack.enter_context(engine_for(engine, cfg))  # refuses log = "sharded" before loading
+        ds = _load_dataset(dataset, data)
         metric = metric or default_metric(cfg)
-        stack.enter_context(engine_for(engine, cfg))
         # one split and one set of fitted channels for tuning and the test comparison: the
         # comparison fits only what tuning changed
         split = make_split(ds, protocol, seed)

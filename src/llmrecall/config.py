@@ -120,6 +120,14 @@ class EngineConfig(_Strict):
     train_max_failures: int = Field(2, ge=0, description=(
         "ray: restarts of a Ray Train fit (SASRec, textcf) whose worker died; SASRec "
         "resumes from its last epoch checkpoint. 0: the fit fails at the first death"))
+    log: Literal["driver", "sharded"] = Field("driver", description=(
+        "evaluate: 'driver' loads the log in this process; 'sharded' shuffles it into "
+        "per-user history shards and fits, recalls and scores shard by shard, never holding "
+        "the log in one process (loo; popularity and itemcf; docs/scale-out.md)"))
+    work_dir: str | None = Field(None, description=(
+        "log = 'sharded': where the history shards are written and reused by a rerun; "
+        "unset: a temporary folder removed after the command. On a cluster: a path every "
+        "node reaches"))
 
 
 class PipelineConfig(_Strict):

@@ -166,6 +166,43 @@ def test_histories_sharded_on_the_cluster_equal_one_process(cluster, tmp_path):
         read_histories(tmp_path / "there").sort("user"))
 
 
+def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_files, tmp_path):
+    """``[engine] log = "sharded"`` on the two nodes: ml-100k's log read from three files,
+    shuffled into history shards, ItemCF fitted by the streamed reduce, recalled and scored
+    shard by shard, with a worker SIGKILLed in a shard task (map_tasks), another in a
+    co-occurrence map and another in a streamed reduce: the report's metrics are the
+    driver path's (the log loaded here, the local engine)."""
+    from llmrecall.config import PipelineConfig
+    from llmrecall.data.loaders import load_dataset_toml
+    from llmrecall.engine.sharded import evaluate_sharded
+    from llmrecall.evaluate.experiment import evaluate
+
+    folder, spec = ml100k_files
+    config = PipelineConfig.model_validate({"channels": [
+        {"kind": "popularity"}, {"kind": "itemcf", "params": {"neighbors": 100}}]})
+    with use_engine(Engine()):
+        driver = evaluate(load_dataset_toml(folder / "data.toml"), "loo", config)
+
+    class KillingEngine(RayEngine):
+        def shuffle_streamed(self, map_fn, inputs, reduce_fn, n_partitions):
+            return super().shuffle_streamed(
+                _kill_first_call(map_fn, str(tmp_path / "map")), inputs,
+                _kill_first_call(reduce_fn, str(tmp_path / "reduce")), n_partitions)
+
+        def map_tasks(self, fn, inputs):
+            return super().map_tasks(_kill_first_call(fn, str(tmp_path / "task")), inputs)
+
+    engine = KillingEngine(partitions=2)
+    sharded = evaluate_sharded(spec, config, engine=engine, shard_events=30_000,
+                               work_dir=tmp_path / "shards")
+    assert sharded["engine"]["shards"] == 4 and sharded["engine"]["kind"] == "ray"
+    for name, row in driver["results"].items():
+        for metric, value in row.items():
+            assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12), (name, metric)
+    for step in ("map", "reduce", "task"):
+        assert int((tmp_path / step).read_text()) != os.getpid()  # a worker died
+
+
 def test_sasrec_data_parallel_recall_within_noise_of_local(cluster, tmp_path):
     """SASRec trained by Ray Train (2 DDP workers, one on each node) against one process:
     validation R@50 within 3 standard errors. ``loo`` has one target a user, so R@50 is a

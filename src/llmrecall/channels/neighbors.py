@@ -163,6 +163,15 @@ class ItemNeighborChannel(Channel):
         self.popularity_ = item_popularity(matrix)
         return self
 
+    def install(self, similarity: sp.csr_matrix, item_counts: np.ndarray) -> ItemNeighborChannel:
+        """Take a fit computed elsewhere (the sharded evaluation's map-reduce): the pruned
+        similarity float32 CSR [n_items, n_items] and each item's number of distinct
+        training users float[n_items] (the empty-history fallback)."""
+        self.similarity_ = similarity.tocsr().astype(np.float32)
+        counts = np.asarray(item_counts, np.float64)
+        self.popularity_ = (counts / max(counts.max(initial=0.0), 1.0)).astype(np.float32)
+        return self
+
     def _history(self, users: np.ndarray, history: Histories) -> sp.csr_matrix:
         return weighted_history(history, users, self.similarity_.shape[0], self.history_length,
                                 self.position_half_life, self.time_half_life)

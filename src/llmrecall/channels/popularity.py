@@ -47,6 +47,12 @@ class Popularity(Channel):
                                    minlength=dataset.n_items).astype(np.float32)
         return self
 
+    def install(self, scores: np.ndarray) -> Popularity:
+        """Take scores float[n_items] computed elsewhere (the sharded evaluation sums
+        each shard's decayed counts)."""
+        self.scores_ = np.asarray(scores).astype(np.float32)
+        return self
+
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
         width = check_width(history, len(self.scores_), self.name)
         row = np.full(width, -np.inf, np.float32)

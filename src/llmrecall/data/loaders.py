@@ -463,6 +463,11 @@ def _drop_exact_duplicates(raw: _RawInteractions, spec: InteractionsSpec) -> _Ra
                             None if raw.rating is None else raw.rating[keep])
 
 
+def read_item_ids(spec: ItemsSpec) -> list[str]:
+    """The item file's ids in the order the loader numbers them (checked as it checks them)."""
+    return _read_items(spec)[0].to_list()
+
+
 def _read_items(spec: ItemsSpec) -> tuple[pl.Series, pl.DataFrame]:
     """Raw item ids (unique, file order) and their catalog rows (same order)."""
     content = list(dict.fromkeys(spec.text_fields + spec.attributes))

@@ -7,11 +7,17 @@ folder); send each row to the shard of its user (a stable hash of the raw id). R
 (one task per shard): sort the shard's rows by (user, time, file, row) — time order,
 ties in log order, like :meth:`~llmrecall.data.dataset.Interactions.chronological_order`
 — and write ``<out>/histories-<shard>.parquet`` with one row per user: ``user`` (raw
-id), ``items`` (raw ids, oldest first), ``times``. Each reducer also returns its users'
+id), ``items`` (raw ids, oldest first), ``times`` and ``places`` (each row's place in the
+log, ``file * 2**32 + row``: what breaks ties in time). Each reducer also returns its users'
 first place in the log, so the driver can number the users in first-seen order (the
 loader's vocabulary order) without reading the log: the driver holds one entry per user,
-never one per event. Rows are kept as they are: the loader's ``dedupe`` of exact repeats
-is not applied here.
+never one per event. With ``dedupe`` (the spec's, as the loader) a row repeating an
+earlier row of its user in user, item and time is dropped, the first kept: a user's rows
+all meet in one reducer, so this needs no other shard. Each reducer also returns its
+items' first place, so the driver can number the items as the loader does (first seen in
+the log) holding one entry per item. Without a time column, a row's ``time`` is its place
+in the log as one number (``file * 2**32 + row``): the order the loader's row positions
+give, not their values.
 
 A shard file is written under a temporary name and renamed, and a shard already present
 is not recomputed: a killed job reruns only the missing shards' reduces (the maps of a
@@ -26,7 +32,9 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -49,7 +57,7 @@ def map_file(path: str, number: int, user: str, item: str, time: str | None,
     users = frame[user].cast(pl.String)
     row = np.arange(frame.height, dtype=np.int64)
     times = (frame[time].cast(pl.Float64).to_numpy() if time
-             else row.astype(np.float64))
+             else (number * 2.0 ** 32 + row).astype(np.float64))
     shard = _shard_of(users, n_shards)
     base = {"user": users.to_numpy().astype(object),
             "item": frame[item].cast(pl.String).to_numpy().astype(object),
@@ -60,43 +68,88 @@ def map_file(path: str, number: int, user: str, item: str, time: str | None,
             for s in range(n_shards)]
 
 
-def reduce_shard(shard: int, part: dict[str, np.ndarray], out: str) -> dict[str, list]:
-    """Sort one shard into per-user histories, write it, and return its users' first place
-    in the log (``user``, ``file``, ``row``)."""
+def _first_places(frame: pl.DataFrame, key: str) -> pl.DataFrame:
+    """Each distinct ``key``'s smallest (file, row); ``frame`` sorted by (file, row)."""
+    return (frame.group_by(key, maintain_order=True)
+            .agg(pl.col("file").first(), pl.col("row").first()))
+
+
+def reduce_shard(shard: int, part: dict[str, np.ndarray], out: str,
+                 dedupe: bool = False, with_users: bool = True) -> dict[str, Any]:
+    """Sort one shard into per-user histories, write it, and return its items' and (with
+    ``with_users``) its users' first place in the log (``item``/``user``, ``file``,
+    ``row``), its ``events`` (rows written) and ``n_users``."""
     path = Path(out) / f"histories-{shard:05d}.parquet"
     frame = pl.DataFrame({k: part[k] for k in ("user", "item", "time", "file", "row")},
                          schema={"user": pl.String, "item": pl.String, "time": pl.Float64,
-                                 "file": pl.Int64, "row": pl.Int64})
-    # first place: the smallest (file, row) of each user
-    first = (frame.sort(["file", "row"]).group_by("user", maintain_order=True)
-             .agg(pl.col("file").first(), pl.col("row").first()))
+                                 "file": pl.Int64, "row": pl.Int64}).sort(["file", "row"])
+    if dedupe:
+        frame = frame.unique(subset=["user", "item", "time"], keep="first", maintain_order=True)
+    items = _first_places(frame, "item")
+    users = _first_places(frame, "user") if with_users else frame.head(0)
     if not path.exists():
         histories = (frame.sort(["user", "time", "file", "row"])
                      .group_by("user", maintain_order=True)
-                     .agg(pl.col("item").alias("items"), pl.col("time").alias("times")))
+                     .agg(pl.col("item").alias("items"), pl.col("time").alias("times"),
+                          (pl.col("file") * 2**32 + pl.col("row")).alias("places")))
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         histories.write_parquet(tmp)
         os.replace(tmp, path)
-    return {"user": first["user"].to_list(), "file": first["file"].to_list(),
-            "row": first["row"].to_list()}
+    return {"user": users["user"].to_list(), "file": users["file"].to_list(),
+            "row": users["row"].to_list(), "item": items["item"].to_list(),
+            "item_file": items["file"].to_list(), "item_row": items["row"].to_list(),
+            "events": frame.height, "n_users": int(frame["user"].n_unique())}
+
+
+@dataclass(frozen=True)
+class HistoryShards:
+    """What :func:`shard_histories` wrote: the shard files (``paths``, in shard order),
+    the users (empty unless asked for) and the items in first-seen order (the loader's
+    vocabulary order), the rows kept (``events``) and the number of users."""
+
+    paths: list[str]
+    users: list[str]
+    items: list[str]
+    events: int
+    n_users: int
+
+
+def _in_log_order(firsts: list[dict[str, Any]], key: str, file: str, row: str) -> list[str]:
+    ids = [u for f in firsts for u in f[key]]
+    place = np.array([(fi, r) for f in firsts for fi, r in zip(f[file], f[row])],
+                     np.int64).reshape(-1, 2)
+    order = np.lexsort((place[:, 1], place[:, 0])) if len(ids) else np.zeros(0, np.int64)
+    if key == "user":  # a user is in one shard only
+        return [ids[i] for i in order]
+    # an item is in every shard that has a user of it: its first place wins
+    return list(dict.fromkeys(ids[i] for i in order))
+
+
+def shard_histories(spec: InteractionsSpec, out: str | Path, shuffle: Callable,
+                    n_shards: int, with_users: bool = True) -> HistoryShards:
+    """Write the per-user history shards of ``spec``'s files under ``out`` (see the module
+    docstring); exact repeats are dropped when ``spec.dedupe`` is on and there is a time
+    column, as the loader drops them. ``with_users=False`` leaves the user vocabulary out:
+    the driver then holds one entry per item and per file, none per user or event."""
+    files = table_files(spec.path) or [spec.path]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    inputs = [(str(f), number) for number, f in enumerate(files)]
+    user, item, time = spec.user, spec.item, spec.time
+    out_text, dedupe = str(out), bool(spec.dedupe and time is not None)
+    firsts = shuffle(lambda x: map_file(x[0], x[1], user, item, time, n_shards), inputs,
+                     lambda s, part: reduce_shard(s, part, out_text, dedupe, with_users),
+                     n_shards)
+    return HistoryShards([str(Path(out) / f"histories-{s:05d}.parquet") for s in range(n_shards)],
+                         _in_log_order(firsts, "user", "file", "row"),
+                         _in_log_order(firsts, "item", "item_file", "item_row"),
+                         sum(f["events"] for f in firsts), sum(f["n_users"] for f in firsts))
 
 
 def build_histories(spec: InteractionsSpec, out: str | Path, shuffle: Callable,
                     n_shards: int) -> list[str]:
     """Write the per-user history shards of ``spec``'s files under ``out``; returns the user
     vocabulary in first-seen order (what the loader's vocabulary would be)."""
-    files = table_files(spec.path) or [spec.path]
-    Path(out).mkdir(parents=True, exist_ok=True)
-    inputs = [(str(f), number) for number, f in enumerate(files)]
-    user, item, time = spec.user, spec.item, spec.time
-    out_text = str(out)
-    firsts = shuffle(lambda x: map_file(x[0], x[1], user, item, time, n_shards), inputs,
-                     lambda s, part: reduce_shard(s, part, out_text), n_shards)
-    users = [u for f in firsts for u in f["user"]]
-    place = np.array([(fi, r) for f in firsts for fi, r in zip(f["file"], f["row"])],
-                     np.int64).reshape(-1, 2)
-    order = np.lexsort((place[:, 1], place[:, 0])) if len(users) else np.zeros(0, np.int64)
-    return [users[i] for i in order]
+    return shard_histories(spec, out, shuffle, n_shards).users
 
 
 def read_histories(out: str | Path) -> pl.DataFrame:

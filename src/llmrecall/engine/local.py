@@ -39,6 +39,28 @@ class Engine:
 
         return rank_task(channel, task, k, on_batch=on_batch)
 
+    def map_tasks(self, fn: Callable[[Any], Any], inputs: list[Any]) -> list[Any]:
+        """``[fn(x) for x in inputs]``: independent jobs (one per history shard); a
+        distributed engine runs each as a task. ``fn`` must be a pure function of its input."""
+        return [fn(x) for x in inputs]
+
+    def shuffle(self, map_fn: Callable[[Any], list[Any]], inputs: list[Any],
+                reduce_fn: Callable[[int, Any], Any], n_partitions: int) -> list[Any]:
+        """``reduce_fn(p, piece p of every map_fn(x), concatenated)`` for each partition p
+        (:func:`llmrecall.engine.cooccurrence.concat`), in this process."""
+        from llmrecall.engine.cooccurrence import _shuffle_local
+
+        return _shuffle_local(map_fn, inputs, reduce_fn, n_partitions)
+
+    def shuffle_streamed(self, map_fn: Callable[[Any], list[Any]], inputs: list[Any],
+                         reduce_fn: Callable[[int, Iterator[Any]], Any],
+                         n_partitions: int) -> list[Any]:
+        """``reduce_fn(p, pieces)`` for each partition p, where ``pieces`` yields piece p of
+        every ``map_fn(x)`` one at a time (a reducer that folds them in holds one piece at
+        once, not their concatenation). Here the maps all run first, in this process."""
+        outputs = [map_fn(x) for x in inputs]
+        return [reduce_fn(p, (out[p] for out in outputs)) for p in range(n_partitions)]
+
     def embedder(self, name: str) -> Any:
         """The embedder ``name`` (:func:`llmrecall.lm.get_embedder`, default options) that
         the channels embed item and query texts with: here the process-wide instance."""

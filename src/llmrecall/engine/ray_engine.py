@@ -69,6 +69,16 @@ def _apply_reduce(fn: Callable, partition: int, *parts):
     return fn(partition, concat(parts))
 
 
+def _apply_streamed_reduce(fn: Callable, partition: int, wrapped: list[list[Any]]):
+    # the pieces arrive as references wrapped in lists, which Ray does not resolve before
+    # the call: each is fetched when the reducer asks for it and dropped after
+    return fn(partition, (ray.get(w[0]) for w in wrapped))
+
+
+def _apply_task(fn: Callable, item: Any):
+    return fn(item)
+
+
 def _rank_block(channel, task, start: int, stop: int, k: int) -> np.ndarray:
     from llmrecall.evaluate.protocols import EvalTask
     from llmrecall.evaluate.runner import rank_task
@@ -146,6 +156,9 @@ class RayEngine(Engine):
         self._map = ray.remote(_apply_map)
         self._reduce = ray.remote(_apply_reduce).options(max_retries=MAX_RETRIES)
         self._rank = ray.remote(_rank_block).options(max_retries=MAX_RETRIES)
+        self._streamed_reduce = ray.remote(_apply_streamed_reduce).options(
+            max_retries=MAX_RETRIES)
+        self._task = ray.remote(_apply_task).options(max_retries=MAX_RETRIES)
         self._task_refs: dict[int, tuple[Any, Any]] = {}
         self.actors = actors or max(1, cpus)
         self.actor_cpus = actor_cpus
@@ -168,6 +181,27 @@ class RayEngine(Engine):
         refs = [self._reduce.remote(reduce_ref, p, *[o[p] for o in outs])
                 for p in range(n_partitions)]
         return ray.get(refs)
+
+    def shuffle_streamed(self, map_fn: Callable, inputs: Sequence[Any], reduce_fn: Callable,
+                         n_partitions: int) -> list[Any]:
+        """As :meth:`shuffle`, but each reducer gets an iterator over its pieces, fetched
+        from the object store one at a time (Ray spills the ones waiting to disk when the
+        store is full), so a reducer that folds them in holds one piece at once."""
+        self._release_embedders()
+        map_ref, reduce_ref = ray.put(map_fn), ray.put(reduce_fn)
+        mapper = self._map.options(num_returns=n_partitions, max_retries=MAX_RETRIES)
+        outs: list[Any] = [mapper.remote(map_ref, x, n_partitions) for x in inputs]
+        if n_partitions == 1:
+            outs = [[o] for o in outs]
+        refs = [self._streamed_reduce.remote(reduce_ref, p, [[o[p]] for o in outs])
+                for p in range(n_partitions)]
+        return ray.get(refs)
+
+    def map_tasks(self, fn: Callable, inputs: Sequence[Any]) -> list[Any]:
+        """``fn(x)`` for every input, one task each (retried when its worker dies)."""
+        self._release_embedders()
+        fn_ref = ray.put(fn)
+        return ray.get([self._task.remote(fn_ref, x) for x in inputs])
 
     def similarity(self, channel, dataset, matrix):
         """The pruned similarity of an ItemCF or Swing ``channel`` (``fit``'s hook)."""

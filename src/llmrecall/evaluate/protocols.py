@@ -155,9 +155,9 @@ def _loo(dataset: Dataset, seed: int) -> Split:
     n_users, n_items = dataset.n_users, dataset.n_items
     train_hist = Histories.from_interactions(train_log, n_users, n_items)
     fresh_hist = Histories.from_interactions(train_log.concat(valid_log), n_users, n_items)
-    valid = _task(valid_log, train_hist, train_hist)
+    valid = task_for(valid_log, train_hist, train_hist)
     # test: the model state is one step stale, the history is fresh (train + valid)
-    test = _task(test_log, fresh_hist, fresh_hist)
+    test = task_for(test_log, fresh_hist, fresh_hist)
     return Split("loo", seed, dataset, dataset.with_interactions(train_log), valid, test)
 
 
@@ -272,10 +272,10 @@ def _recbole_general(dataset: Dataset, seed: int) -> Split:
     n_users, n_items = filtered.n_users, filtered.n_items
     train_hist = Histories.from_interactions(train_log, n_users, n_items)
     seen_hist = Histories.from_interactions(train_log.concat(valid_log), n_users, n_items)
-    valid = _task(valid_log, train_hist, train_hist)
+    valid = task_for(valid_log, train_hist, train_hist)
     # RecBole's test: the model scores from the train matrix only (e.g. EASE's
     # ``interaction_matrix[user] @ B``) while train + valid items are masked.
-    test = _task(test_log, train_hist, seen_hist)
+    test = task_for(test_log, train_hist, seen_hist)
     return Split("recbole-general", seed, filtered, filtered.with_interactions(train_log),
                  valid, test)
 
@@ -299,14 +299,14 @@ def _cold_items(dataset: Dataset, seed: int) -> Split:
     in_test, in_valid = test_new[log.item], valid_new[log.item]
     train_log = log.take(~in_test & ~in_valid)
     train_hist = Histories.from_interactions(train_log, dataset.n_users, n_items)
-    valid = _task(log.take(in_valid), train_hist, train_hist, candidate_mask=valid_new)
-    test = _task(log.take(in_test), train_hist, train_hist, candidate_mask=test_new)
+    valid = task_for(log.take(in_valid), train_hist, train_hist, candidate_mask=valid_new)
+    test = task_for(log.take(in_test), train_hist, train_hist, candidate_mask=test_new)
     return Split("cold-items", seed, dataset, dataset.with_interactions(train_log), valid, test)
 
 
 # ---- shared ---------------------------------------------------------------------------------
 
-def _task(target_log: Interactions, history: Histories, seen: Histories,
+def task_for(target_log: Interactions, history: Histories, seen: Histories,
           candidate_mask: np.ndarray | None = None) -> EvalTask:
     """A task for the users in ``target_log``: their target sets, recall from ``history``,
     mask their items in ``seen`` except their targets (RecBole: used items - positives)."""

@@ -50,10 +50,10 @@ def build_command(
     check_writable(out, "--out", folder=True)
     try:
         _import_plugins(plugin)
-        ds = dataset_from_options(dataset, data)
         cfg = load_config(config)
-        with engine_for(engine, cfg):
-            path = build(ds, cfg, out)  # each channel's fit is a stage of llmrecall.progress
+        with engine_for(engine, cfg):  # before the log is loaded: it refuses log = "sharded"
+            # each channel's fit is a stage of llmrecall.progress
+            path = build(dataset_from_options(dataset, data), cfg, out)
     except LLMRecallError as exc:
         _error(exc)
     except OSError as exc:  # checked above, but the disk may fill up while writing

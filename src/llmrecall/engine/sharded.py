@@ -1,0 +1,412 @@
+"""``evaluate`` from a sharded log: the interaction log never held by one process.
+
+With ``[engine] log = "sharded"`` the evaluation does not load a
+:class:`~llmrecall.data.dataset.Dataset`. The log's files are shuffled into per-user
+history shards (:func:`llmrecall.engine.histories.shard_histories`: one Parquet file per
+shard of users, each user's items in time order), and every later step reads one shard per
+task:
+
+1. **split** (in each task, never stored): ``loo`` per user, as
+   :func:`llmrecall.evaluate.protocols.make_split` does it on the whole log: a user with at
+   least 3 events keeps the last as the test target and the one before as the validation
+   target; everything else is training data. A user's rows are all in one shard, so the
+   split needs nothing from the others.
+2. **statistics** (one task per shard, summed on the driver): each item's training users
+   (ItemCF's norms and fallback) and popularity's (decayed) counts.
+3. **ItemCF fit** (map -> shuffle by candidate range -> streamed reduce): each map turns its
+   shard's training rows into that shard's co-occurrence ``(W X)^T X`` (float64, ``W`` the
+   IUF weights of the shard's users) and sends each reducer the columns of its candidate
+   range; each reducer adds the pieces it receives into one dense ``n_items x width`` block,
+   **one piece at a time** (:meth:`~llmrecall.engine.local.Engine.shuffle_streamed`), then
+   divides by the cosine denominator and keeps each column's top ``neighbors``
+   (:func:`~llmrecall.channels.neighbors.prune_block`, the in-process fit's pruning).
+4. **recall and metrics** (one task per shard): the fitted pipeline (sent once) ranks the
+   shard's users with the evaluator's own code (:func:`~llmrecall.evaluate.experiment.recall_task`,
+   the fusion, :func:`~llmrecall.evaluate.metrics.ranking_metrics`); each task returns its
+   metrics' sums and the items in its top-K lists; the driver adds them up.
+
+Memory, per process: the driver holds the item vocabulary, per-item statistics, the pruned
+similarity (``n_items x neighbors``) and the metric sums: nothing per event or per user. A
+history task holds one shard (about ``shard_events`` events) and its co-occurrence; a
+reducer holds its dense block (at most ``reducer_bytes``: the candidate ranges are cut so)
+and one piece. Pieces waiting for their reducer sit in the object store, which spills to
+disk when full.
+
+Same answers as the driver path, to float rounding: the co-occurrence sums are added per
+shard in float64 and then across shards, where the in-process fit adds every user's term
+in float32 in user order; a neighbour whose similarity ties another's to the last bits can
+swap places. Metrics are averaged from per-shard sums (a different order of additions).
+
+What it covers: the ``loo`` protocol, the channels ``popularity`` and ``itemcf``, fusion by
+weights (not ``learned``, which is fitted on every validation user at once), no item
+filters, logs with user, item and a numeric time column. Anything else is refused with a
+:class:`~llmrecall.errors.ConfigError` naming it. ``build`` and ``tune`` still load the
+log (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from llmrecall.channels.neighbors import BLOCK_ENTRIES, assemble_pruned, prune_block
+from llmrecall.config import PipelineConfig
+from llmrecall.data.dataset import Histories, Interactions
+from llmrecall.data.spec import DataSpec, table_files
+from llmrecall.engine.histories import HistoryShards, shard_histories
+from llmrecall.errors import ConfigError, DataError
+
+#: channel kinds the sharded evaluation fits
+SHARDED_KINDS = ("popularity", "itemcf")
+#: events per history shard, about (the shard count is the log's rows / this)
+SHARD_EVENTS = 1_000_000
+#: the most a co-occurrence reducer's dense block may take (its candidate range is cut so)
+REDUCER_BYTES = 256 * 2**20
+
+Columns = dict[str, np.ndarray]
+
+
+# --- what it covers ---------------------------------------------------------------------
+
+
+def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str) -> None:
+    """Raise :class:`ConfigError` naming everything the sharded evaluation does not cover."""
+    problems = []
+    if protocol != "loo":
+        problems.append(f"protocol {protocol!r} (only 'loo')")
+    for c in config.enabled_channels:
+        if c.kind not in SHARDED_KINDS:
+            problems.append(f"channel {c.channel_name!r} of kind {c.kind!r} "
+                            f"(only {', '.join(SHARDED_KINDS)})")
+    if config.fusion.method == "learned":
+        problems.append('[fusion] method = "learned" (fitted on every validation user at once)')
+    f = config.filters
+    if f.include_categories or f.exclude_categories or f.allow_items or f.deny_items:
+        problems.append("[filters] (they read the catalog)")
+    inter = spec.interactions
+    if inter.time is None:
+        problems.append("a log without a time column")
+    elif inter.time_format != "unix":
+        problems.append(f"time_format {inter.time_format!r} (only numeric 'unix' times)")
+    for column in ("event", "weight", "rating"):
+        if getattr(inter, column) is not None:
+            problems.append(f"the {column} column {getattr(inter, column)!r} (user, item and "
+                            "time only)")
+    if spec.searches is not None:
+        problems.append("a search log")
+    if problems:
+        raise ConfigError('[engine] log = "sharded" does not cover: ' + "; ".join(problems))
+
+
+# --- one shard --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardSplit:
+    """One history shard under ``loo``, its users numbered ``0..n_users-1`` in shard order.
+
+    ``train``, ``valid``, ``test``: the three parts of its log (dense item ids of the
+    whole catalog); ``valid`` and ``test`` hold one target per evaluated user.
+    """
+
+    n_users: int
+    train: Interactions
+    valid: Interactions
+    test: Interactions
+
+
+def read_shard(path: str, items: list[str]) -> ShardSplit:
+    """Read a history shard and split it by ``loo`` (``items``: the item vocabulary)."""
+    frame = pl.read_parquet(path, columns=["items", "times"])
+    lengths = frame["items"].list.len().to_numpy().astype(np.int64)
+    codes = frame["items"].explode().drop_nulls()
+    try:
+        item = codes.replace_strict(items, np.arange(len(items), dtype=np.int32),
+                                    return_dtype=pl.Int32).to_numpy()
+    except pl.exceptions.InvalidOperationError as exc:
+        raise DataError(f"{path}: an item id missing from the vocabulary ({exc})") from None
+    times = frame["times"].explode().drop_nulls().to_numpy().astype(np.float64)
+    user = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    # rows are each user's history in time order: position 0 from the end is the last
+    from_end = lengths[user] - 1 - (np.arange(len(user)) - starts[user])
+    evaluated = lengths[user] >= 3
+    role = np.where(evaluated & (from_end == 0), 2, np.where(evaluated & (from_end == 1), 1, 0))
+    log = Interactions.build(user, item, times)
+    return ShardSplit(len(lengths), log.take(role == 0), log.take(role == 1), log.take(role == 2))
+
+
+def _binary(log: Interactions, n_users: int, n_items: int) -> sp.csr_matrix:
+    """float64 CSR [n_users, n_items], 1 where the user has the item (the training matrix)."""
+    matrix = sp.csr_matrix((np.ones(len(log), np.float64), (log.user, log.item)),
+                           shape=(n_users, n_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def shard_statistics(path: str, items: list[str], half_lives: tuple[float, ...],
+                     latest: float | None) -> dict[str, Any]:
+    """Per-item sums of one shard's training data: ``item_users`` (distinct users),
+    ``counts`` (events) and, given the latest training time, ``decayed[h]`` (events
+    weighted ``0.5 ** ((latest - t) / h)``, popularity's), all float64[n_items]; also
+    ``latest`` (its own latest training time), ``users`` and ``train_events``."""
+    split = read_shard(path, items)
+    n_items, train = len(items), split.train
+    out: dict[str, Any] = {
+        "item_users": np.asarray(_binary(train, split.n_users, n_items).sum(axis=0)).ravel(),
+        "counts": np.bincount(train.item, minlength=n_items).astype(np.float64),
+        "latest": float(train.time.max()) if len(train) else -math.inf,
+        "users": split.n_users, "train_events": len(train), "decayed": {}}
+    if latest is not None:
+        for h in half_lives:
+            weight = np.exp2(-(latest - train.time) / float(h))
+            out["decayed"][h] = np.bincount(train.item, weights=weight, minlength=n_items)
+    return out
+
+
+# --- ItemCF: map -> shuffle by candidate range -> streamed reduce ------------------------
+
+
+def candidate_ranges(n_items: int, workers: int, reducer_bytes: int = REDUCER_BYTES) -> np.ndarray:
+    """int64[P+1] column bounds: at least ``workers`` ranges, and enough that a range's
+    dense float64 block (``n_items x width``) stays under ``reducer_bytes``."""
+    needed = math.ceil(n_items * n_items * 8 / max(reducer_bytes, 1))
+    parts = max(1, min(n_items, max(workers, needed)))
+    return np.linspace(0, n_items, parts + 1).round().astype(np.int64)
+
+
+def itemcf_shard_map(path: str, items: list[str], iuf: bool, bounds: np.ndarray) -> list[Columns]:
+    """One shard's co-occurrence ``(W X)^T X`` (float64), cut into the candidate ranges:
+    piece p holds ``row``, ``col`` (relative to ``bounds[p]``) and ``value`` of its
+    columns' non-zero entries, each (row, col) once."""
+    split = read_shard(path, items)
+    matrix = _binary(split.train, split.n_users, len(items))
+    if iuf:  # as ItemCF.similarity: float32 weights 1 / log(1 + |I_u|)
+        per_user = np.asarray(matrix.sum(axis=1), np.float64).ravel()
+        weight = (1.0 / np.log1p(np.maximum(per_user, 1.0))).astype(np.float32)
+        left = (sp.diags(weight.astype(np.float64)) @ matrix).T.tocsr()
+    else:
+        left = matrix.T.tocsr()
+    co = (left @ matrix).tocsc()
+    pieces = []
+    for p in range(len(bounds) - 1):
+        block = co[:, int(bounds[p]):int(bounds[p + 1])].tocoo()
+        pieces.append({"row": block.row.astype(np.int32), "col": block.col.astype(np.int32),
+                       "value": block.data})
+    return pieces
+
+
+def itemcf_range_reduce(pieces: Iterator[Columns], lo: int, hi: int, n_items: int,
+                        norms: np.ndarray, shrink: float, neighbors: int,
+                        ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The candidates ``lo:hi``'s top ``neighbors`` (``prune_block`` outputs): the pieces
+    added into one dense float64 block as they come, then the cosine and the pruning."""
+    block = np.zeros((n_items, hi - lo), np.float64)
+    for piece in pieces:
+        block[piece["row"], piece["col"]] += piece["value"]  # (row, col) unique in a piece
+    width = max(1, BLOCK_ENTRIES // max(n_items, 1))
+    out = []
+    for start in range(lo, hi, width):
+        cols = np.arange(start, min(start + width, hi))
+        scaled = block[:, cols - lo] / (norms[:, None] * norms[None, cols] + shrink + 1e-6)
+        out.append(prune_block(scaled, cols, neighbors))
+    return out
+
+
+# --- recall and metrics per shard -------------------------------------------------------
+
+
+def shard_metrics(path: str, items: list[str], pipeline, on: str, ks) -> dict[str, Any]:
+    """The pipeline's lists for one shard's ``on`` ("test" or "valid") users, scored:
+    ``sums[list][metric]`` (the mean times the users), ``tops[list][k]`` (the distinct
+    items in the users' top ``k``), ``users`` and ``recall_seconds`` per channel."""
+    from llmrecall.evaluate.experiment import _score_and_fuse, recall_task
+    from llmrecall.evaluate.protocols import task_for
+
+    split = read_shard(path, items)
+    n_items = len(items)
+    train = Histories.from_interactions(split.train, split.n_users, n_items)
+    if on == "test":
+        fresh = Histories.from_interactions(split.train.concat(split.valid), split.n_users,
+                                            n_items)
+        task = task_for(split.test, fresh, fresh)
+    else:
+        task = task_for(split.valid, train, train)
+    n = len(task.users)
+    if n == 0:
+        return {"users": 0, "sums": {}, "tops": {}, "recall_seconds": {}}
+    lists = recall_task(pipeline, task)
+    results, _seconds, fused = _score_and_fuse(pipeline, lists, n_items, ks)
+    ids = {**{name: c.ids for name, c in lists.lists.items()}, "fused": fused}
+    tops = {name: {k: np.unique(ids[name][:, :k][ids[name][:, :k] >= 0]) for k in ks}
+            for name in results}
+    sums = {name: {m: v * n for m, v in r.items()
+                   if m != "users" and not m.startswith("coverage@")}
+            for name, r in results.items()}
+    return {"users": n, "sums": sums, "tops": tops, "recall_seconds": lists.recall_seconds}
+
+
+def combine_metrics(parts: list[dict[str, Any]], n_items: int, ks) -> dict[str, dict[str, float]]:
+    """The per-shard sums as :func:`~llmrecall.evaluate.metrics.ranking_metrics` reports
+    them for all users at once (coverage from the union of the shards' top items)."""
+    parts = [p for p in parts if p["users"]]
+    users = sum(p["users"] for p in parts)
+    if not users:
+        raise DataError("the sharded log has no user with 3 or more events to evaluate")
+    out: dict[str, dict[str, float]] = {}
+    for name, first in parts[0]["sums"].items():
+        row = {m: sum(p["sums"][name][m] for p in parts) / users for m in first}
+        for k in ks:
+            seen = np.unique(np.concatenate([p["tops"][name][k] for p in parts]))
+            row[f"coverage@{k}"] = float(seen.size / n_items)
+        ordered = {}
+        for k in sorted({int(k) for k in ks}):
+            for m in ("recall", "hr", "ndcg", "mrr", "coverage"):
+                ordered[f"{m}@{k}"] = float(row[f"{m}@{k}"])
+        out[name] = {**ordered, "users": int(users)}
+    return out
+
+
+# --- the whole evaluation ---------------------------------------------------------------
+
+
+def _log_rows(files: list[Path]) -> int:
+    """The log's rows, from the Parquet footers (other formats: about 16 bytes a row)."""
+    rows = 0
+    for f in files:
+        if f.suffix in (".parquet", ".pq"):
+            rows += int(pl.scan_parquet(f).select(pl.len()).collect().item())
+        else:
+            rows += f.stat().st_size // 16
+    return rows
+
+
+def _vocabulary(spec: DataSpec, shards: HistoryShards) -> list[str]:
+    """Items as the loader numbers them: the item file's order, then the log's first-seen
+    (the item file is read whole: it is the catalog, not the log)."""
+    if spec.items is None:
+        return shards.items
+    from llmrecall.data.loaders import read_item_ids
+
+    file_items = read_item_ids(spec.items)
+    present = set(file_items)
+    return file_items + [i for i in shards.items if i not in present]
+
+
+def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "loo", *,
+                     engine, on: str = "test", seed: int = 0, ks=None, work_dir: str | Path | None = None,
+                     shard_events: int = SHARD_EVENTS, reducer_bytes: int = REDUCER_BYTES,
+                     name: str | None = None, progress=None) -> dict[str, Any]:
+    """Evaluate ``config`` on the log ``spec`` names without loading it (module docstring);
+    returns the report ``evaluate`` writes, with an ``engine`` entry saying how it ran.
+
+    ``engine``: the :class:`~llmrecall.engine.local.Engine` whose tasks do the work (the
+    Ray engine on a cluster); ``work_dir``: where the history shards go (kept: a rerun
+    reuses the shards there; default a temporary folder removed after).
+    """
+    from llmrecall.evaluate.metrics import DEFAULT_KS
+    from llmrecall.pipeline import RecallPipeline
+
+    ks = tuple(ks or DEFAULT_KS)
+    say = progress or (lambda _msg: None)
+    check_sharded(spec, config, protocol)
+    config.check_cutoffs(ks)
+    files = table_files(spec.interactions.path) or [spec.interactions.path]
+    n_shards = max(getattr(engine, "partitions", 1), math.ceil(_log_rows(files) / shard_events))
+    own = work_dir is None
+    folder = Path(work_dir) if work_dir is not None else \
+        Path(tempfile.mkdtemp(prefix="llmrecall-shards-"))
+    begin = time.perf_counter()
+    try:
+        shards = shard_histories(spec.interactions, folder, engine.shuffle,
+                                 n_shards, with_users=False)
+        items = _vocabulary(spec, shards)
+        split_seconds = time.perf_counter() - begin
+        say(f"sharded {shards.events:,} events of {shards.n_users:,} users into "
+            f"{n_shards} shards ({split_seconds:.1f}s)")
+        pipeline = RecallPipeline(config)
+        fit_seconds = _fit(pipeline, shards.paths, items, engine, reducer_bytes)
+        start = time.perf_counter()
+        parts = engine.map_tasks(lambda path: shard_metrics(path, items, pipeline, on, ks),
+                                 shards.paths)
+        recall_wall = time.perf_counter() - start
+    finally:
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
+    results = combine_metrics(parts, len(items), ks)
+    recall_seconds = {c: sum(p["recall_seconds"].get(c, 0.0) for p in parts)
+                      for c in pipeline.channels}
+    return {
+        "dataset": name or spec.name or "dataset",
+        "protocol": protocol,
+        "seed": seed,  # loo draws nothing: reported as given
+        "split": on,
+        "config_hash": config.config_hash(),
+        "users_evaluated": next(iter(results.values()))["users"],
+        "results": results,
+        "engine": {"kind": engine.kind, "log": "sharded", "shards": n_shards,
+                   "events": shards.events, "users": shards.n_users, "items": len(items)},
+        "timings": {"split_seconds": split_seconds, "fit_seconds": fit_seconds,
+                    "recall_seconds": recall_seconds, "recall_wall_seconds": recall_wall,
+                    "total_seconds": time.perf_counter() - begin},
+    }
+
+
+def _fit(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: int) -> dict[str, float]:
+    """Fit the pipeline's channels from the shards; returns each channel's seconds (the
+    shared statistics pass counted in each)."""
+    start = time.perf_counter()
+    half_lives = tuple(sorted({float(c.half_life) for c in pipeline.channels.values()
+                               if c.kind == "popularity" and c.half_life is not None}))
+    stats = engine.map_tasks(lambda path: shard_statistics(path, items, (), None), paths)
+    latest = max(s["latest"] for s in stats)
+    if half_lives:
+        decayed = engine.map_tasks(lambda path: shard_statistics(path, items, half_lives, latest),
+                                   paths)
+    item_users = np.sum([s["item_users"] for s in stats], axis=0)
+    shared = time.perf_counter() - start
+    seconds = {}
+    for name, channel in pipeline.channels.items():
+        began = time.perf_counter()
+        if channel.kind == "popularity":
+            if channel.half_life is not None and channel.half_life <= 0:
+                raise ConfigError(f"popularity half_life must be positive or None, got "
+                                  f"{channel.half_life}")
+            scores = (np.sum([s["counts"] for s in stats], axis=0) if channel.half_life is None
+                      else np.sum([d["decayed"][float(channel.half_life)] for d in decayed], axis=0))
+            channel.install(scores)
+        else:
+            channel.install(_itemcf_similarity(channel, paths, items, item_users, engine,
+                                               reducer_bytes), item_users)
+        seconds[name] = shared + time.perf_counter() - began
+    return seconds
+
+
+def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: np.ndarray,
+                       engine, reducer_bytes: int) -> sp.csr_matrix:
+    from llmrecall.engine.cooccurrence import check_itemcf
+
+    check_itemcf(channel)
+    if channel.neighbors < 1:
+        raise ConfigError(f"neighbors must be >= 1, got {channel.neighbors}")
+    n_items = len(items)
+    bounds = candidate_ranges(n_items, getattr(engine, "partitions", 1), reducer_bytes)
+    norms = np.sqrt(item_users)
+    iuf, shrink, neighbors = bool(channel.iuf), float(channel.shrink), int(channel.neighbors)
+    results = engine.shuffle_streamed(
+        lambda path: itemcf_shard_map(path, items, iuf, bounds), paths,
+        lambda p, pieces: itemcf_range_reduce(pieces, int(bounds[p]), int(bounds[p + 1]),
+                                              n_items, norms, shrink, neighbors),
+        len(bounds) - 1)
+    return assemble_pruned(n_items, [blk for r in results for blk in r])

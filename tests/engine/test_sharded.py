@@ -1,0 +1,154 @@
+"""``evaluate`` from a sharded log (``[engine] log = "sharded"``) on the in-process engine:
+the same report as the log loaded on the driver, what it refuses, and how it bounds memory.
+The same on a Ray cluster is in test_ray.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from llmrecall.cli import app
+from llmrecall.config import PipelineConfig
+from llmrecall.data.loaders import load_dataset_toml
+from llmrecall.data.spec import DataSpec
+from llmrecall.data.synth import synthesize
+from llmrecall.engine.histories import shard_histories
+from llmrecall.engine.local import Engine
+from llmrecall.engine.sharded import (
+    _itemcf_similarity,
+    candidate_ranges,
+    check_sharded,
+    evaluate_sharded,
+    read_shard,
+)
+from llmrecall.errors import ConfigError
+from llmrecall.evaluate.experiment import evaluate
+from llmrecall.evaluate.protocols import make_split
+
+CHANNELS = [{"kind": "popularity"},
+            {"kind": "popularity", "name": "recent", "params": {"half_life": 864_000}},
+            {"kind": "itemcf", "params": {"neighbors": 100}},
+            {"kind": "itemcf", "name": "plain", "params": {"neighbors": 30, "iuf": False,
+                                                            "shrink": 5.0}}]
+
+
+@pytest.mark.parametrize("on", ["test", "valid"])
+def test_sharded_report_equals_the_driver_report(ml100k_files, on):
+    folder, spec = ml100k_files
+    config = PipelineConfig.model_validate({"channels": CHANNELS})
+    driver = evaluate(load_dataset_toml(folder / "data.toml"), "loo", config, on=on)
+    sharded = evaluate_sharded(spec, config, engine=Engine(), on=on, shard_events=30_000)
+    assert sharded["engine"]["shards"] == 4 and sharded["engine"]["events"] == 100_000
+    assert sharded["users_evaluated"] == driver["users_evaluated"] == 943
+    assert set(sharded["results"]) == set(driver["results"])
+    for name, row in driver["results"].items():
+        assert sharded["results"][name].keys() == row.keys(), name
+        for metric, value in row.items():
+            # the same hits, averaged from per-shard sums: equal to float rounding
+            assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12), (name, metric)
+
+
+def test_sharded_itemcf_neighbours_are_the_in_process_ones(ml100k_files, tmp_path):
+    """The streamed co-occurrence reduce gives ItemCF's pruned similarity: the same
+    entries, values to float32 rounding (float64 sums per shard, not float32 per user)."""
+    from llmrecall.channels.itemcf import ItemCF
+
+    folder, spec = ml100k_files
+    split = make_split(load_dataset_toml(folder / "data.toml"), "loo", 0)
+    channel = ItemCF(neighbors=50)
+    local = channel.clone().fit(split.train).similarity_
+    shards = shard_histories(spec.interactions, tmp_path, Engine().shuffle, 3, with_users=False)
+    assert shards.items == split.train.items.ids  # the loader's numbering
+    item_users = np.sum([np.bincount(np.unique(np.stack(
+        [s.train.user, s.train.item], 1), axis=0)[:, 1], minlength=len(shards.items))
+        for s in (read_shard(p, shards.items) for p in shards.paths)], axis=0).astype(np.float64)
+    sharded = _itemcf_similarity(channel.clone(), shards.paths, shards.items, item_users,
+                                 Engine(), reducer_bytes=2**20)  # 1 MB: many ranges
+    a, b = local.tocoo(), sharded.tocoo()
+    same_place = set(zip(a.row.tolist(), a.col.tolist())) ^ set(zip(b.row.tolist(), b.col.tolist()))
+    assert len(same_place) <= 0.001 * a.nnz  # a near-tie at a column's cut can swap
+    np.testing.assert_allclose(sharded.toarray(), local.toarray(), rtol=1e-5, atol=1e-7)
+
+
+def test_candidate_ranges_bound_the_reducer_block():
+    bounds = candidate_ranges(20_000, workers=2, reducer_bytes=256 * 2**20)
+    widths = np.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == 20_000 and widths.min() >= 1
+    assert (20_000 * widths * 8 <= 256 * 2**20 * 1.01).all()
+    assert len(widths) >= 12  # 20,000² float64 is 3.2 GB: at least 12 ranges of 256 MB
+    assert len(candidate_ranges(100, workers=4)) - 1 == 4  # small catalogs: one per worker
+
+
+def test_synth_with_catalog_and_repeats_numbers_and_dedupes_as_the_loader(tmp_path):
+    synthesize(tmp_path, users=400, items=150, events=9_000, seed=4, block_events=3_000)
+    spec = DataSpec.from_toml(tmp_path / "data.toml")
+    loaded = load_dataset_toml(tmp_path / "data.toml")
+    config = PipelineConfig.model_validate({"channels": CHANNELS[:3]})
+    driver = evaluate(loaded, "loo", config)
+    sharded = evaluate_sharded(spec, config, engine=Engine(), shard_events=2_000)
+    assert sharded["engine"]["events"] == len(loaded.interactions)  # exact repeats dropped
+    assert sharded["engine"]["items"] == loaded.n_items
+    for name, row in driver["results"].items():
+        for metric, value in row.items():
+            assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12)
+
+
+def test_a_rerun_reuses_the_shards_in_work_dir(ml100k_files, tmp_path):
+    _folder, spec = ml100k_files
+    config = PipelineConfig.model_validate({"channels": CHANNELS[:1]})
+    first = evaluate_sharded(spec, config, engine=Engine(), work_dir=tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("histories-*.parquet")}
+    assert stamps
+    second = evaluate_sharded(spec, config, engine=Engine(), work_dir=tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("histories-*.parquet")} == stamps
+    assert first["results"] == second["results"]
+
+
+def test_what_the_sharded_path_does_not_cover_is_refused_by_name(ml100k_files, tmp_path):
+    _folder, spec = ml100k_files
+    config = PipelineConfig.model_validate({
+        "channels": [{"kind": "itemcf"}, {"kind": "ease"}],
+        "fusion": {"method": "learned"}, "filters": {"deny_items": ["1"]}})
+    with pytest.raises(ConfigError) as info:
+        check_sharded(spec, config, "recbole-general")
+    message = str(info.value)
+    for part in ("'recbole-general'", "'ease'", "learned", "[filters]"):
+        assert part in message, part
+    (tmp_path / "log.csv").write_text("u,i,t,e\n1,2,3,view\n")
+    (tmp_path / "d.toml").write_text('[data.interactions]\npath = "log.csv"\nuser = "u"\n'
+                                     'item = "i"\ntime = "t"\ntime_format = "iso8601"\nevent = "e"\n')
+    other = DataSpec.from_toml(tmp_path / "d.toml")
+    with pytest.raises(ConfigError, match="iso8601.*event column 'e'"):
+        check_sharded(other, PipelineConfig.model_validate({"channels": CHANNELS[:1]}), "loo")
+
+
+def test_cli_evaluate_with_the_sharded_log(ml100k_files, tmp_path):
+    folder, _spec = ml100k_files
+    toml = "[[channels]]\nkind = \"popularity\"\n\n[[channels]]\nkind = \"itemcf\"\n"
+    (tmp_path / "driver.toml").write_text(toml)
+    (tmp_path / "sharded.toml").write_text(toml + '\n[engine]\nlog = "sharded"\n')
+    runner = CliRunner()
+    args = ["evaluate", "--data", str(folder / "data.toml")]
+    driver = runner.invoke(app, [*args, "-c", str(tmp_path / "driver.toml"),
+                                 "-o", str(tmp_path / "driver.json")])
+    assert driver.exit_code == 0, driver.output
+    sharded = runner.invoke(app, [*args, "-c", str(tmp_path / "sharded.toml"),
+                                  "-o", str(tmp_path / "sharded.json")])
+    assert sharded.exit_code == 0, sharded.output
+    a = json.loads((tmp_path / "driver.json").read_text())
+    b = json.loads((tmp_path / "sharded.json").read_text())
+    assert b["engine"]["log"] == "sharded" and b["config_hash"] == a["config_hash"]
+    assert b["results"]["fused"]["recall@50"] == pytest.approx(a["results"]["fused"]["recall@50"],
+                                                                abs=1e-12)
+    assert not (tmp_path / "sharded.ranks.npz").exists()
+    refused = runner.invoke(app, [*args, "-c", str(tmp_path / "sharded.toml"),
+                                  "--report", str(tmp_path / "r.html")])
+    assert refused.exit_code == 2 and "--report" in refused.output
+    refused = runner.invoke(app, ["evaluate", "-d", "ml-100k", "-c", str(tmp_path / "sharded.toml")])
+    assert refused.exit_code == 2 and "--data" in refused.output
+    refused = runner.invoke(app, ["build", "--data", str(folder / "data.toml"), "-c",
+                                  str(tmp_path / "sharded.toml"), "-o", str(tmp_path / "art")])
+    assert refused.exit_code == 2 and "evaluate only" in refused.output
