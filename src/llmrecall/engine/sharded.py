@@ -20,13 +20,19 @@ task:
    **one piece at a time** (:meth:`~llmrecall.engine.local.Engine.shuffle_streamed`), then
    divides by the cosine denominator and keeps each column's top ``neighbors``
    (:func:`~llmrecall.channels.neighbors.prune_block`, the in-process fit's pruning).
+   **Swing** runs the three shuffles of :mod:`llmrecall.engine.cooccurrence` with stage 1
+   fed by the shards: users numbered shard after shard, ties in time broken by each row's
+   place in the log (as the in-process fit breaks them by log position).
 4. **recall and metrics** (one task per shard): the fitted pipeline (sent once) ranks the
    shard's users with the evaluator's own code (:func:`~llmrecall.evaluate.experiment.recall_task`,
    the fusion, :func:`~llmrecall.evaluate.metrics.ranking_metrics`); each task returns its
    metrics' sums and the items in its top-K lists; the driver adds them up.
 
 Memory, per process: the driver holds the item vocabulary, per-item statistics, the pruned
-similarity (``n_items x neighbors``) and the metric sums: nothing per event or per user. A
+similarity (``n_items x neighbors``) and the metric sums: nothing per event, and nothing per
+user except Swing's user weights (8 bytes a user) and its stage outputs, which pass through
+the driver between its shuffles (each item's ``max_users_per_item`` recent users, then the
+linked user pairs: bounded by the catalog and the cap, not by the log). A
 history task holds one shard (about ``shard_events`` events) and its co-occurrence; a
 reducer holds its dense block (at most ``reducer_bytes``: the candidate ranges are cut so)
 and one piece. Pieces waiting for their reducer sit in the object store, which spills to
@@ -35,9 +41,10 @@ disk when full.
 Same answers as the driver path, to float rounding: the co-occurrence sums are added per
 shard in float64 and then across shards, where the in-process fit adds every user's term
 in float32 in user order; a neighbour whose similarity ties another's to the last bits can
-swap places. Metrics are averaged from per-shard sums (a different order of additions).
+swap places; Swing's float32 pair sums are added in another pair order, with the same
+effect. Metrics are averaged from per-shard sums (a different order of additions).
 
-What it covers: the ``loo`` protocol, the channels ``popularity`` and ``itemcf``, fusion by
+What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf`` and ``swing``, fusion by
 weights (not ``learned``, which is fitted on every validation user at once), no item
 filters, logs with user, item and a numeric time column. Anything else is refused with a
 :class:`~llmrecall.errors.ConfigError` naming it. ``build`` and ``tune`` still load the
@@ -63,11 +70,22 @@ from llmrecall.channels.neighbors import BLOCK_ENTRIES, assemble_pruned, prune_b
 from llmrecall.config import PipelineConfig
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.data.spec import DataSpec, table_files
+from llmrecall.engine.cooccurrence import (
+    check_itemcf,
+    check_swing,
+    column_ranges,
+    swing_map_log,
+    swing_map_pairs,
+    swing_map_rows,
+    swing_pair_weights,
+    swing_recent_users,
+    swing_reduce,
+)
 from llmrecall.engine.histories import HistoryShards, shard_histories
 from llmrecall.errors import ConfigError, DataError
 
 #: channel kinds the sharded evaluation fits
-SHARDED_KINDS = ("popularity", "itemcf")
+SHARDED_KINDS = ("popularity", "itemcf", "swing")
 #: events per history shard, about (the shard count is the log's rows / this)
 SHARD_EVENTS = 1_000_000
 #: the most a co-occurrence reducer's dense block may take (its candidate range is cut so)
@@ -117,17 +135,20 @@ class ShardSplit:
 
     ``train``, ``valid``, ``test``: the three parts of its log (dense item ids of the
     whole catalog); ``valid`` and ``test`` hold one target per evaluated user.
+    ``train_places``: int64 each training row's place in the log (``file * 2**32 + row``,
+    what breaks ties in time).
     """
 
     n_users: int
     train: Interactions
     valid: Interactions
     test: Interactions
+    train_places: np.ndarray
 
 
 def read_shard(path: str, items: list[str]) -> ShardSplit:
     """Read a history shard and split it by ``loo`` (``items``: the item vocabulary)."""
-    frame = pl.read_parquet(path, columns=["items", "times"])
+    frame = pl.read_parquet(path, columns=["items", "times", "places"])
     lengths = frame["items"].list.len().to_numpy().astype(np.int64)
     codes = frame["items"].explode().drop_nulls()
     try:
@@ -142,8 +163,10 @@ def read_shard(path: str, items: list[str]) -> ShardSplit:
     from_end = lengths[user] - 1 - (np.arange(len(user)) - starts[user])
     evaluated = lengths[user] >= 3
     role = np.where(evaluated & (from_end == 0), 2, np.where(evaluated & (from_end == 1), 1, 0))
+    places = frame["places"].explode().drop_nulls().to_numpy().astype(np.int64)
     log = Interactions.build(user, item, times)
-    return ShardSplit(len(lengths), log.take(role == 0), log.take(role == 1), log.take(role == 2))
+    return ShardSplit(len(lengths), log.take(role == 0), log.take(role == 1), log.take(role == 2),
+                      places[role == 0])
 
 
 def _binary(log: Interactions, n_users: int, n_items: int) -> sp.csr_matrix:
@@ -160,13 +183,15 @@ def shard_statistics(path: str, items: list[str], half_lives: tuple[float, ...],
     """Per-item sums of one shard's training data: ``item_users`` (distinct users),
     ``counts`` (events) and, given the latest training time, ``decayed[h]`` (events
     weighted ``0.5 ** ((latest - t) / h)``, popularity's), all float64[n_items]; also
-    ``latest`` (its own latest training time), ``users`` and ``train_events``."""
+    ``latest`` (its own latest training time), ``user_items`` float64[users] (each user's
+    distinct training items, in shard order), ``users`` and ``train_events``."""
     split = read_shard(path, items)
     n_items, train = len(items), split.train
     out: dict[str, Any] = {
         "item_users": np.asarray(_binary(train, split.n_users, n_items).sum(axis=0)).ravel(),
         "counts": np.bincount(train.item, minlength=n_items).astype(np.float64),
         "latest": float(train.time.max()) if len(train) else -math.inf,
+        "user_items": np.asarray(_binary(train, split.n_users, n_items).sum(axis=1)).ravel(),
         "users": split.n_users, "train_events": len(train), "decayed": {}}
     if latest is not None:
         for h in half_lives:
@@ -222,6 +247,47 @@ def itemcf_range_reduce(pieces: Iterator[Columns], lo: int, hi: int, n_items: in
         scaled = block[:, cols - lo] / (norms[:, None] * norms[None, cols] + shrink + 1e-6)
         out.append(prune_block(scaled, cols, neighbors))
     return out
+
+
+# --- Swing: the three shuffles of engine/cooccurrence.py, stage 1 fed by the shards -----
+
+
+def swing_shard_map_log(path: str, items: list[str], first_user: int,
+                        n_partitions: int) -> list[Columns]:
+    """Stage 1 map from one shard: its training rows keyed by item, users numbered
+    ``first_user + local number`` (every shard gets its own range), each row's place in the
+    log breaking ties in time as the in-process fit's log position does."""
+    split = read_shard(path, items)
+    train = split.train
+    return swing_map_log(train.item, train.user.astype(np.int64) + first_user, train.time,
+                         split.train_places, n_partitions)
+
+
+def _swing_similarity(channel, paths: list[str], items: list[str], shard_users: list[int],
+                      user_items: np.ndarray, engine) -> sp.csr_matrix:
+    """Swing's pruned similarity from the shards. ``shard_users``: each shard's users;
+    ``user_items`` float64[users]: every user's distinct training items, shard after shard
+    (the users' global numbering: a shard's first user follows the previous shard's last).
+    The driver and each stage-2 reducer hold ``user_items``'s weights, 8 bytes a user."""
+    check_swing(channel)
+    n_items, n_users = len(items), len(user_items)
+    parts = max(1, getattr(engine, "partitions", 1))
+    firsts = np.concatenate([[0], np.cumsum(shard_users)[:-1]]).astype(np.int64)
+    cap, alpha = int(channel.max_users_per_item), float(channel.alpha)
+    user_weight = np.maximum(user_items, 1.0) ** -float(channel.user_power)
+    recent = engine.shuffle(
+        lambda x: swing_shard_map_log(x[0], items, x[1], parts), list(zip(paths, firsts.tolist())),
+        lambda p, part: swing_recent_users(part, cap, n_users), parts)
+    pairs = engine.shuffle(
+        lambda r: swing_map_pairs(r, n_users, parts), recent,
+        lambda p, part: swing_pair_weights(part, user_weight, alpha, n_users), parts)
+    bounds = column_ranges(n_items, parts)
+    neighbors = int(channel.neighbors)
+    results = engine.shuffle(
+        lambda x: swing_map_rows(x, bounds), pairs,
+        lambda p, part: swing_reduce(part, int(bounds[p]), int(bounds[p + 1]), n_items,
+                                     neighbors), parts)
+    return assemble_pruned(n_items, [blk for r in results for blk in r])
 
 
 # --- recall and metrics per shard -------------------------------------------------------
@@ -386,6 +452,10 @@ def _fit(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: in
             scores = (np.sum([s["counts"] for s in stats], axis=0) if channel.half_life is None
                       else np.sum([d["decayed"][float(channel.half_life)] for d in decayed], axis=0))
             channel.install(scores)
+        elif channel.kind == "swing":
+            user_items = np.concatenate([s["user_items"] for s in stats])
+            channel.install(_swing_similarity(channel, paths, items, [s["users"] for s in stats],
+                                              user_items, engine), item_users)
         else:
             channel.install(_itemcf_similarity(channel, paths, items, item_users, engine,
                                                reducer_bytes), item_users)
@@ -395,8 +465,6 @@ def _fit(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: in
 
 def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: np.ndarray,
                        engine, reducer_bytes: int) -> sp.csr_matrix:
-    from llmrecall.engine.cooccurrence import check_itemcf
-
     check_itemcf(channel)
     if channel.neighbors < 1:
         raise ConfigError(f"neighbors must be >= 1, got {channel.neighbors}")
