@@ -552,7 +552,8 @@ INTEREST = dict(noun="movies", n_texts=2, history_length=4, n_examples=1)
 def test_interests_on_an_actor_pool_equal_the_local_job_and_resume(cluster, tmp_path):
     """The packaged SmolLM2, trie-constrained: 6 users on 2 actors (one model each, one
     on each node) give the one-process job's texts; the texts land in the shared store,
-    and a rerun generates nothing."""
+    a rerun generates nothing, and neither does one whose users' stored texts are gone but
+    whose prompts' answers are stored."""
     from functools import partial
 
     from llmrecall.interest.jobs import InterestJob, InterestSettings
@@ -577,6 +578,16 @@ def test_interests_on_an_actor_pool_equal_the_local_job_and_resume(cluster, tmp_
     again, report = ray_engine.generate_interests(train, make, settings, users, store,
                                                   actors=1, cpus_per_actor=0.5)
     assert again == local and report["generated"] == 0 and report["reused"] == 6
+    # the users' stored texts gone (as if their histories moved on), the answers to the
+    # same prompts still stored: read from the store, as the local job reads them
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "interests.sqlite") as con:
+        con.execute("DELETE FROM subjects")
+    again, report = ray_engine.generate_interests(train, make, settings, users, store,
+                                                  actors=1, cpus_per_actor=0.5)
+    assert again == local and report["generated"] == 0 and report["cache_hits"] == 6
+    assert len(store.get_subjects(settings.scope(f"llama.cpp|{_smollm2_name()}"))) == 6
 
 
 def _smollm2_name() -> str:

@@ -927,8 +927,13 @@ def generate_interests(dataset: Any, make_generator: Callable, settings: Any, us
                 out[user] = stored[raw][1]
             else:
                 todo.append(user)
+        # a prompt answered before (the same history, settings, examples and generator) is
+        # read from the store here, as the local job reads it, not generated again
+        reused = len(users) - len(todo)
+        todo, cache_hits, empty = _stored_answers(dataset, settings, fingerprint, scope, todo,
+                                                  store, out)
         shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
-        generated = cache_hits = empty = generated_texts = 0
+        generated = generated_texts = 0
         results = ActorPool(pool).map_unordered(
             lambda actor, shard: actor.interests.remote(settings, shard), shards)
         for texts, text_lists, subjects, stats in results:
@@ -944,10 +949,37 @@ def generate_interests(dataset: Any, make_generator: Callable, settings: Any, us
         for actor in pool:
             ray.kill(actor)
     seconds = time.perf_counter() - start
-    report = _cost("users", len(users), generated, len(users) - len(todo), cache_hits, seconds,
+    report = _cost("users", len(users), generated, reused, cache_hits, seconds,
                    tokens, actors)
     return {u: out[u] for u in users}, {**report, "empty": empty,
                                          "generated_texts": generated_texts}
+
+
+def _stored_answers(dataset: Any, settings: Any, fingerprint: str, scope: str, users: list[int],
+                    store: Any, out: dict[int, list[str]]) -> tuple[list[int], int, int]:
+    """Take from ``store`` the texts of the ``users`` whose prompt was answered before
+    (:func:`~llmrecall.interest.jobs.text_list_key`): they go to ``out`` and to the
+    store's subjects. Returns the users left to generate, the answers found and how many
+    of them were empty."""
+    from llmrecall.interest.jobs import job_examples, text_list_key
+    from llmrecall.lm.prompts import display_title
+
+    if not users:
+        return users, 0, 0
+    histories = dataset.histories()
+    examples = job_examples(histories, [display_title(t) for t in dataset.catalog.titles],
+                            settings)
+    keys = {u: text_list_key(fingerprint, settings, histories.of(u), examples) for u in users}
+    found = store.get_text_lists(list(keys.values()))
+    hits = [u for u in users if keys[u] in found]
+    raws = dataset.users.raw(np.asarray(hits, np.int64)) if hits else []
+    rows = []
+    for user, raw in zip(hits, raws):
+        out[user] = found[keys[user]]
+        rows.append((raw, histories.of(user)[-settings.history_length:].tolist(), out[user]))
+    store.put_subjects(scope, rows)
+    return ([u for u in users if keys[u] not in found], len(hits),
+            sum(1 for u in hits if not out[u]))
 
 
 def generate_knowledge(dataset: Any, make_generator: Callable, settings: Any = None,

@@ -103,6 +103,13 @@ class InterestSettings(BaseModel):
             out["template"] = self.template_version
         return out
 
+    def wants_examples(self) -> bool:
+        """Few-shot examples are drawn for the shipped completion prompt and for a template
+        that shows them (``$examples``)."""
+        if self.template is not None:
+            return "examples" in string.Template(self.template).get_identifiers()
+        return self.prompt == "fewshot"
+
     def scope(self, fingerprint: str) -> str:
         """Key under which per-user results are stored for these settings and generator."""
         return content_key("interest", fingerprint, self.cache_fields())[:24]
@@ -207,6 +214,25 @@ class JobStats:
     cost: dict[str, Any] = field(default_factory=dict)
 
 
+def job_examples(histories: Histories, titles: list[str],
+                 settings: InterestSettings) -> list[tuple[list[int], int]]:
+    """The few-shot examples a job with ``settings`` draws once for all its users (none
+    when its prompt shows none)."""
+    if not settings.wants_examples():
+        return []
+    return fewshot_examples(histories, titles, settings.n_examples, settings.example_length,
+                            settings.seed)
+
+
+def text_list_key(fingerprint: str, settings: InterestSettings, history: np.ndarray,
+                  examples: list[tuple[list[int], int]]) -> str:
+    """The store key of the texts generated for one prompt: the generator, the settings,
+    the user's whole history (item ids) and the job's few-shot examples. Any process that
+    has these finds the stored answer (the local job, the Ray engine's driver)."""
+    return content_key(fingerprint, settings.cache_fields(), np.asarray(history).tolist(),
+                       examples)
+
+
 class InterestJob:
     """Generates interest text for users of one dataset with one generator and settings.
 
@@ -236,8 +262,7 @@ class InterestJob:
             self._decoder = constrained_decoder(generator)
         if s.constrain != "none" and s.prompt != "fewshot":
             raise ConfigError("constrained decoding needs the few-shot completion prompt")
-        self._examples = fewshot_examples(self.histories, self.titles, s.n_examples,
-                                          s.example_length, s.seed) if self._wants_examples() else []
+        self._examples = job_examples(self.histories, self.titles, s)
         self._trie: TitleTrie | None = None
         self._grammar: str | None = None
         if s.constrain == "trie":
@@ -246,14 +271,6 @@ class InterestJob:
                                    self._decoder.newline_token)
         elif s.constrain == "grammar":
             self._grammar = title_grammar(self.titles)
-
-    def _wants_examples(self) -> bool:
-        """Few-shot examples are drawn for the shipped completion prompt and for a template
-        that shows them (``$examples``)."""
-        s = self.settings
-        if s.template is not None:
-            return "examples" in string.Template(s.template).get_identifiers()
-        return s.prompt == "fewshot"
 
     # ---- one user --------------------------------------------------------------------
     def _examples_for(self, user: int) -> list[tuple[list[str], str]]:
@@ -385,7 +402,6 @@ class InterestJob:
         raw_ids = self.dataset.users.raw(users)
         stored = self.store.get_subjects(self.scope)
         fingerprint = self.fingerprint
-        settings = s.cache_fields()
         out: dict[int, list[str]] = {}
         pending_subjects: list[tuple[str, list[int], list[str]]] = []
         pending_cache: list[tuple[str, list[str]]] = []
@@ -402,7 +418,7 @@ class InterestJob:
                     stats.reused += 1
                     bar.advance()
                     continue
-                key = content_key(fingerprint, settings, items.tolist(), self._examples)
+                key = text_list_key(fingerprint, s, items, self._examples)
                 cached = self.store.get_text_lists([key])
                 if key in cached:
                     texts = cached[key]
