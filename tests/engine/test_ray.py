@@ -725,8 +725,11 @@ def test_semantic_channel_embeds_on_the_pool_with_the_local_lists(cluster, tmp_p
             return recall_task(RecallPipeline(config).fit(split.train), split.valid).lists
 
     local = lists(Engine(), tmp_path / "local")
-    engine = RayEngine(actors=2)
+    # 6 actors: more than the 4 batches of 64 in one cache group of 256, so the cache sends
+    # 2 groups at once and every actor has a batch
+    engine = RayEngine(actors=6, actor_cpus=0.25)
     remote = lists(engine, tmp_path / "ray")
+    assert engine.pool_work["most_batches_at_once"] == 6
     assert set(remote) == {"semantic_i2i"}
     assert np.array_equal(local["semantic_i2i"].ids, remote["semantic_i2i"].ids)
     # every distinct title went to an actor once (ml-100k repeats a few titles)

@@ -83,6 +83,34 @@ def test_cached_embedder_never_pays_twice(tmp_path, use):
     assert cache.counts()["embeddings"] == 11
 
 
+class GroupedEmbedder(CountingEmbedder):
+    """Says it keeps ``at_once`` groups busy (as a pool of workers does) and records the
+    groups each ``embed_groups`` call is given."""
+
+    def __init__(self, inner: Embedder, at_once: int):
+        super().__init__(inner)
+        self.at_once, self.calls = at_once, []
+
+    def parallel_groups(self, group_size):
+        return self.at_once
+
+    def embed_groups(self, groups, kind="passage"):
+        self.calls.append([len(g) for g in groups])
+        return super().embed_groups(groups, kind)
+
+
+def test_a_parallel_embedder_gets_several_groups_at_once(tmp_path, use):
+    texts = [f"film {i}" for i in range(23)]
+    plain = CachedEmbedder(CountingEmbedder(use), LMCache(tmp_path / "a.sqlite"),
+                           commit_every=4, progress=False).embed(texts)
+    inner = GroupedEmbedder(use, at_once=3)
+    cache = LMCache(tmp_path / "b.sqlite")
+    grouped = CachedEmbedder(inner, cache, commit_every=4, progress=False).embed(texts)
+    assert inner.calls == [[4, 4, 4], [4, 4, 3]]  # 6 groups of 4 (the last 3), 3 at once
+    assert np.array_equal(grouped, plain)  # each group cut into the batches it alone gives
+    assert cache.counts()["embeddings"] == 23
+
+
 def test_interrupted_job_resumes_with_only_missing_keys(tmp_path, use):
     path = tmp_path / "lm.sqlite"
     texts = [f"item {i}" for i in range(40)]

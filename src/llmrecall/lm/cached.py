@@ -70,14 +70,21 @@ class CachedEmbedder(Embedder):
         for k, t in zip(keys, texts):
             first_text.setdefault(k, t)
         self.hits += len(keys) - sum(1 for k in keys if k not in found)
+        groups = [missing[s:s + self.commit_every]
+                  for s in range(0, len(missing), self.commit_every)]
+        # a pool of embedding workers gets as many groups at once as keeps it busy; each
+        # group is still cut into the batches it alone would be, and committed on its own
+        at_once = max(1, self.inner.parallel_groups(self.commit_every)) if groups else 1
         with _progress(self.progress, len(missing), f"embed {self.name}", "text") as advance:
-            for s in range(0, len(missing), self.commit_every):
-                group = missing[s:s + self.commit_every]
-                vectors = self.inner.embed([first_text[k] for k in group], kind=kind)
-                self.cache.put_embeddings(self.fingerprint, zip(group, vectors))
-                found.update(zip(group, vectors))
-                self.misses += len(group)
-                advance(len(group))
+            for g in range(0, len(groups), at_once):
+                chunk = groups[g:g + at_once]
+                vectors = self.inner.embed_groups([[first_text[k] for k in group]
+                                                   for group in chunk], kind=kind)
+                for group, group_vectors in zip(chunk, vectors):
+                    self.cache.put_embeddings(self.fingerprint, zip(group, group_vectors))
+                    found.update(zip(group, group_vectors))
+                    self.misses += len(group)
+                    advance(len(group))
         return l2_normalise(np.stack([found[k] for k in keys]))
 
     def _embed_batch(self, texts: list[str], kind: Kind) -> np.ndarray:

@@ -85,6 +85,18 @@ class Embedder(ABC):
         """Identifies everything that changes the vectors; cache keys include it."""
         return f"{self.name}|{self.model}"
 
+    def parallel_groups(self, group_size: int) -> int:
+        """How many groups of ``group_size`` texts :meth:`embed_groups` should be given at
+        once to keep this embedder busy: 1 here (one process embeds one batch at a time);
+        a pool of workers answers more."""
+        return 1
+
+    def embed_groups(self, groups: Sequence[Sequence[str]],
+                     kind: Kind = "passage") -> list[np.ndarray]:
+        """:meth:`embed` of each group, in order (each group cut into its own batches, as
+        ``embed(group)`` cuts it; a pool embeds the batches of all groups at once)."""
+        return [self.embed(group, kind) for group in groups]
+
     def embed(self, texts: Sequence[str], kind: Kind = "passage") -> np.ndarray:
         """Embed ``texts``.
 
