@@ -402,6 +402,81 @@ def test_early_stopped_sasrec_on_ray_survives_a_kill_and_returns_the_best_epoch(
         assert torch.equal(mine[key], theirs[key]), key
 
 
+SASREC_DRIVER = """
+import sys
+
+import ray
+
+from llmrecall.channels.sequential import SASRec
+from llmrecall.data.builtin import load_builtin
+from llmrecall.engine import use_engine
+from llmrecall.engine.ray_engine import RayEngine
+from llmrecall.evaluate.protocols import make_split
+
+ray.init(address=sys.argv[1], log_to_driver=False)
+split = make_split(load_builtin("ml-100k"), "loo", 0)
+engine = RayEngine(train_workers=2, train_storage=sys.argv[2])
+with use_engine(engine):
+    engine.fit_channel(SASRec(text_init="none", dim=16, max_len=20, epochs=8, seed=0),
+                       split.train)
+"""
+
+
+def test_sasrec_fit_resumes_after_its_driver_is_killed(cluster, tmp_path):
+    """A driver process fitting SASRec on Ray Train (2 workers, a ``train_storage`` that
+    outlives it) SIGKILLed once epoch 2's checkpoint is registered: the same fit started
+    again by another driver finds its run (named by what it trains), resumes from the
+    registered epoch, and ends on an uninterrupted fit's weights bit for bit; started once
+    more, the finished run returns those weights without training."""
+    import subprocess
+    import time
+
+    import torch
+
+    from llmrecall.channels.sequential import SASRec
+
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+    params = dict(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
+
+    def fit(storage):
+        engine = RayEngine(train_workers=2, train_storage=str(storage))
+        channel = SASRec(**params)
+        with use_engine(engine):
+            engine.fit_channel(channel, split.train)
+        return channel, engine.train_runs[-1]
+
+    whole, whole_run = fit(tmp_path / "whole")
+    storage = tmp_path / "shared"
+    script = tmp_path / "driver.py"
+    script.write_text(SASREC_DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script), cluster.address, str(storage)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, registered = time.monotonic() + 300, None
+    while time.monotonic() < deadline and driver.poll() is None:
+        registered = _registered_checkpoint(storage)
+        if registered is not None and registered >= "epoch-00002":
+            driver.kill()
+            break
+        time.sleep(0.02)
+    assert driver.wait(timeout=60) == -signal.SIGKILL, driver.stderr.read()[-2000:]
+    registered_at_kill = int(registered.split("-")[1])
+    # the killed driver's job is cleaned up: its Ray Train workers go with it
+    deadline = time.monotonic() + 120
+    while _train_workers(cluster) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    resumed, run = fit(storage)
+    assert 2 <= registered_at_kill <= run["resumed_from"] < params["epochs"], run
+    assert run["epoch"] == params["epochs"]
+    for key, value in whole.model_.state_dict().items():
+        assert torch.equal(resumed.model_.state_dict()[key], value), key
+    again, again_run = fit(storage)  # finished: its result, no training
+    assert again_run["epoch"] == params["epochs"]
+    assert again_run["resumed_from"] == run["resumed_from"]
+    for key, value in whole.model_.state_dict().items():
+        assert torch.equal(again.model_.state_dict()[key], value), key
+
+
 def test_sasrec_worker_killed_without_restarts_fails_the_fit(cluster, tmp_path):
     """``train_max_failures = 0``: the first worker death fails the fit (it raises, and
     no weights are installed)."""

@@ -522,17 +522,68 @@ def _textcf_worker(config: dict) -> None:
                                         config["checkpoint_steps"], total))
 
 
+def inputs_digest(*parts: Any) -> str:
+    """16 hex digits of a SHA-256 over everything a training run reads: numpy arrays (dtype,
+    shape, bytes), scipy sparse matrices, dataclasses (their public fields), mappings,
+    sequences and plain values. Equal inputs give equal digests in any process."""
+    import dataclasses
+    import hashlib
+
+    import scipy.sparse as sp
+
+    h = hashlib.sha256()
+
+    def add(x: Any) -> None:
+        if isinstance(x, np.ndarray):
+            h.update(f"array{x.dtype.str}{x.shape}".encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        elif sp.issparse(x):
+            matrix: Any = x  # scipy's stubs give issparse's narrowing no tocsr
+            csr = matrix.tocsr()
+            h.update(f"sparse{csr.shape}".encode())
+            for a in (csr.indptr, csr.indices, csr.data):
+                add(a)
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            h.update(type(x).__name__.encode())
+            for f in dataclasses.fields(x):
+                if not f.name.startswith("_"):
+                    h.update(f.name.encode())
+                    add(getattr(x, f.name))
+        elif isinstance(x, Mapping):
+            for k in sorted(x, key=str):
+                h.update(repr(k).encode())
+                add(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"seq{len(x)}".encode())
+            for v in x:
+                add(v)
+        elif x is None or isinstance(x, (bool, int, float, str)):
+            h.update(repr(x).encode())
+        elif isinstance(x, type):
+            h.update(f"{x.__module__}.{x.__qualname__}".encode())
+        else:
+            raise TypeError(f"cannot digest a {type(x).__name__}")
+
+    add(list(parts))
+    return h.hexdigest()[:16]
+
+
 def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, workers: int,
                       cpus_per_worker: float, storage: str | None, max_failures: int,
-                      runs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                      runs: list[dict[str, Any]] | None = None,
+                      inputs: str | None = None) -> dict[str, Any]:
     """Run ``worker`` on ``workers`` Ray Train workers (``TorchTrainer``, DDP over gloo on
     CPUs) and return the state dict (name -> tensor) of the last checkpoint rank 0 reported.
 
     A worker that dies (killed, out of memory, its node lost) fails the attempt; Ray Train
     starts the workers again, at most ``max_failures`` times, and they resume from the
-    latest checkpoint (``ray.train.get_checkpoint``); only that checkpoint is kept. The
-    run's folder under ``storage`` is new for every call (a folder of the same name would
-    make Ray Train resume that earlier run). ``runs``, when given, gets one entry per call:
+    latest checkpoint (``ray.train.get_checkpoint``); only that checkpoint is kept. In a
+    ``storage`` given by the caller the run's folder is ``<name>-<inputs>``
+    (:func:`inputs_digest` of everything the run reads, the number of workers included):
+    the same fit started again after its driver was killed finds that folder and Ray Train
+    resumes it from its last registered checkpoint, and a fit that finished returns its
+    last checkpoint without training. Without ``storage`` (or ``inputs``) the folder is
+    new for every call, in a temporary folder removed after. ``runs``, when given, gets one entry per call:
     ``name``, ``seconds``, and rank 0's last metrics (``epoch`` or ``step``, and
     ``resumed_from``, where the last attempt started: 0 without failure)."""
     import shutil
@@ -546,7 +597,11 @@ def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, w
 
     folder = Path(storage) if storage else Path(tempfile.mkdtemp(prefix="llmrecall-train-"))
     folder.mkdir(parents=True, exist_ok=True)
-    run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    # in a storage that outlives the driver the run is named by what it trains, so the same
+    # fit started again (its driver killed) finds its run there and resumes from the last
+    # checkpoint (a finished one returns its result); a temporary folder has nothing to find
+    run_name = f"{name}-{inputs}" if storage and inputs else \
+        f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     started = time.perf_counter()
     try:
         trainer = TorchTrainer(
@@ -594,9 +649,11 @@ def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int
               "initial": ray.put(initial), "n_items": n_items, "windows": ray.put(windows),
               "stopping": stopping}
     calls: list[dict[str, Any]] = [] if runs is None else runs
+    digest = inputs_digest(type(channel), channel.get_params(), initial, n_items, windows,
+                           stopping, workers, cpus_per_worker) if storage else None
     model.load_state_dict(_train_on_workers(_sasrec_worker, config, f"sasrec-{channel.name}",
                                             workers, cpus_per_worker, storage, max_failures,
-                                            calls))
+                                            calls, digest))
     if stopping is not None:  # the workers' record of the epochs, for the fit's report
         record = calls[-1]["early_stop"]
         stopping.scores = [float(v) for v in record["scores"]]
@@ -631,9 +688,11 @@ def train_textcf(channel, mlp, graph, workers: int = 2, cpus_per_worker: float =
     config = {"channel_type": type(channel), "params": channel.get_params(),
               "initial": ray.put(initial), "graph": ray.put(graph),
               "checkpoint_steps": checkpoint_steps}
+    digest = inputs_digest(type(channel), channel.get_params(), initial, graph,
+                           checkpoint_steps, workers, cpus_per_worker) if storage else None
     mlp.load_state_dict(_train_on_workers(_textcf_worker, config, f"textcf-{channel.name}",
                                           workers, cpus_per_worker, storage, max_failures,
-                                          runs))
+                                          runs, digest))
     return mlp
 
 
