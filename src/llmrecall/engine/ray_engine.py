@@ -172,27 +172,29 @@ class RayEngine(Engine):
         """``reduce_fn(p, concat(piece p of every map_fn(x)))`` for each partition p: the
         maps run as tasks with one return per partition, each reduce a task fed those
         returns (Ray moves them between nodes; nothing passes through the driver)."""
+        outs, reduce_ref = self._start_maps(map_fn, inputs, reduce_fn, n_partitions)
+        refs = [self._reduce.remote(reduce_ref, p, *[o[p] for o in outs])
+                for p in range(n_partitions)]
+        return ray.get(refs)
+
+    def _start_maps(self, map_fn: Callable, inputs: Sequence[Any], reduce_fn: Callable,
+                    n_partitions: int) -> tuple[list[Any], Any]:
+        """Submit one map task per input (one return per partition) and put ``reduce_fn``
+        in the object store: the map outputs' references (``outs[m][p]``) and its own."""
         self._release_embedders()
         map_ref, reduce_ref = ray.put(map_fn), ray.put(reduce_fn)
         mapper = self._map.options(num_returns=n_partitions, max_retries=MAX_RETRIES)
         outs: list[Any] = [mapper.remote(map_ref, x, n_partitions) for x in inputs]
         if n_partitions == 1:
             outs = [[o] for o in outs]
-        refs = [self._reduce.remote(reduce_ref, p, *[o[p] for o in outs])
-                for p in range(n_partitions)]
-        return ray.get(refs)
+        return outs, reduce_ref
 
     def shuffle_streamed(self, map_fn: Callable, inputs: Sequence[Any], reduce_fn: Callable,
                          n_partitions: int) -> list[Any]:
         """As :meth:`shuffle`, but each reducer gets an iterator over its pieces, fetched
         from the object store one at a time (Ray spills the ones waiting to disk when the
         store is full), so a reducer that folds them in holds one piece at once."""
-        self._release_embedders()
-        map_ref, reduce_ref = ray.put(map_fn), ray.put(reduce_fn)
-        mapper = self._map.options(num_returns=n_partitions, max_retries=MAX_RETRIES)
-        outs: list[Any] = [mapper.remote(map_ref, x, n_partitions) for x in inputs]
-        if n_partitions == 1:
-            outs = [[o] for o in outs]
+        outs, reduce_ref = self._start_maps(map_fn, inputs, reduce_fn, n_partitions)
         refs = [self._streamed_reduce.remote(reduce_ref, p, [[o[p]] for o in outs])
                 for p in range(n_partitions)]
         return ray.get(refs)
