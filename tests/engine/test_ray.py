@@ -302,7 +302,33 @@ def _kill_a_worker_after(cluster, storage, folder: str, killed: dict) -> None:
         time.sleep(0.02)
 
 
-def test_sasrec_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(cluster, tmp_path):
+#: the SASRec fit the kill tests compare with (ids only, small, 8 epochs)
+SASREC_KILLED = dict(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
+
+
+def _fit_sasrec_on_ray(split, storage):
+    """SASRec (``SASREC_KILLED``) on 2 Ray Train workers with ``storage``: the fitted
+    channel and its ``train_runs`` entry."""
+    from llmrecall.channels.sequential import SASRec
+
+    engine = RayEngine(train_workers=2, train_storage=str(storage))
+    channel = SASRec(**SASREC_KILLED)
+    with use_engine(engine):
+        engine.fit_channel(channel, split.train)
+    return channel, engine.train_runs[-1]
+
+
+@pytest.fixture(scope="module")
+def sasrec_uninterrupted(cluster, tmp_path_factory):
+    """(split, channel, run): the uninterrupted Ray fit, once for the kill tests."""
+    split = make_split(load_builtin("ml-100k"), "loo", 0)
+    channel, run = _fit_sasrec_on_ray(split, tmp_path_factory.mktemp("whole"))
+    assert run["resumed_from"] == 0 and run["epoch"] == SASREC_KILLED["epochs"]
+    return split, channel, run
+
+
+def test_sasrec_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(
+        cluster, sasrec_uninterrupted, tmp_path):
     """SASRec on Ray Train (2 DDP workers, one on each node): one worker SIGKILLed once
     the second epoch's checkpoint is registered; Ray Train starts the workers again, they
     resume from the latest registered epoch checkpoint, and the
@@ -316,22 +342,15 @@ def test_sasrec_worker_killed_mid_fit_resumes_to_the_uninterrupted_weights(clust
 
     import torch
 
-    from llmrecall.channels.sequential import SASRec
     from llmrecall.evaluate.runner import rank_task
 
-    split = make_split(load_builtin("ml-100k"), "loo", 0)
-    params = dict(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
+    split, whole, whole_run = sasrec_uninterrupted
+    params = SASREC_KILLED
 
     def fit(storage):
-        engine = RayEngine(train_workers=2, train_storage=str(storage))
-        channel = SASRec(**params)
         started = time.perf_counter()
-        with use_engine(engine):
-            engine.fit_channel(channel, split.train)
-        return channel, engine.train_runs[-1], started, time.perf_counter()
-
-    whole, whole_run, _, _ = fit(tmp_path / "whole")
-    assert whole_run["resumed_from"] == 0 and whole_run["epoch"] == params["epochs"]
+        channel, run = _fit_sasrec_on_ray(split, storage)
+        return channel, run, started, time.perf_counter()
 
     killed: dict = {}
     killer = threading.Thread(target=_kill_a_worker_after,
@@ -422,7 +441,7 @@ with use_engine(engine):
 """
 
 
-def test_sasrec_fit_resumes_after_its_driver_is_killed(cluster, tmp_path):
+def test_sasrec_fit_resumes_after_its_driver_is_killed(cluster, sasrec_uninterrupted, tmp_path):
     """A driver process fitting SASRec on Ray Train (2 workers, a ``train_storage`` that
     outlives it) SIGKILLed once epoch 2's checkpoint is registered: the same fit started
     again by another driver finds its run (named by what it trains), resumes from the
@@ -433,19 +452,12 @@ def test_sasrec_fit_resumes_after_its_driver_is_killed(cluster, tmp_path):
 
     import torch
 
-    from llmrecall.channels.sequential import SASRec
-
-    split = make_split(load_builtin("ml-100k"), "loo", 0)
-    params = dict(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
+    split, whole, _ = sasrec_uninterrupted
+    params = SASREC_KILLED
 
     def fit(storage):
-        engine = RayEngine(train_workers=2, train_storage=str(storage))
-        channel = SASRec(**params)
-        with use_engine(engine):
-            engine.fit_channel(channel, split.train)
-        return channel, engine.train_runs[-1]
+        return _fit_sasrec_on_ray(split, storage)
 
-    whole, whole_run = fit(tmp_path / "whole")
     storage = tmp_path / "shared"
     script = tmp_path / "driver.py"
     script.write_text(SASREC_DRIVER)
