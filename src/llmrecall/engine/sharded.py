@@ -297,7 +297,7 @@ def shard_metrics(path: str, items: list[str], pipeline, on: str, ks) -> dict[st
     """The pipeline's lists for one shard's ``on`` ("test" or "valid") users, scored:
     ``sums[list][metric]`` (the mean times the users), ``tops[list][k]`` (the distinct
     items in the users' top ``k``), ``users`` and ``recall_seconds`` per channel."""
-    from llmrecall.evaluate.experiment import _score_and_fuse, recall_task
+    from llmrecall.evaluate.experiment import recall_task, score_and_fuse
     from llmrecall.evaluate.protocols import task_for
 
     split = read_shard(path, items)
@@ -313,7 +313,7 @@ def shard_metrics(path: str, items: list[str], pipeline, on: str, ks) -> dict[st
     if n == 0:
         return {"users": 0, "sums": {}, "tops": {}, "recall_seconds": {}}
     lists = recall_task(pipeline, task)
-    results, _seconds, fused = _score_and_fuse(pipeline, lists, n_items, ks)
+    results, _seconds, fused = score_and_fuse(pipeline, lists, n_items, ks)
     ids = {**{name: c.ids for name, c in lists.lists.items()}, "fused": fused}
     tops = {name: {k: np.unique(ids[name][:, :k][ids[name][:, :k] >= 0]) for k in ks}
             for name in results}

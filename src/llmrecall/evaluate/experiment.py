@@ -82,11 +82,11 @@ def fit_fusion(pipeline: RecallPipeline, valid: ChannelLists | EvalTask,
 def score_lists(pipeline: RecallPipeline, lists: ChannelLists, n_items: int,
                 ks=DEFAULT_KS) -> tuple[dict[str, dict[str, float]], float]:
     """Metrics per channel and for ``fused``; also the fusion wall time in seconds."""
-    results, fusion_seconds, _fused = _score_and_fuse(pipeline, lists, n_items, ks)
+    results, fusion_seconds, _fused = score_and_fuse(pipeline, lists, n_items, ks)
     return results, fusion_seconds
 
 
-def _score_and_fuse(pipeline: RecallPipeline, lists: ChannelLists, n_items: int, ks,
+def score_and_fuse(pipeline: RecallPipeline, lists: ChannelLists, n_items: int, ks,
                     ) -> tuple[dict[str, dict[str, float]], float, np.ndarray]:
     """As :func:`score_lists`, also returning the fused ids int32[u, max(ks)]."""
     targets = lists.task.targets
@@ -179,7 +179,7 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
         say(f"learned fusion: {fusion_report['reference']} first {fusion_report['prefix']}, "
             f"then the learned list ({fusion_report['fit_seconds']:.1f}s)")
     lists = valid_lists if on == "valid" and fusion_report is not None else recall_task(pipeline, task)
-    results, fusion_seconds, fused = _score_and_fuse(pipeline, lists, split.dataset.n_items, ks)
+    results, fusion_seconds, fused = score_and_fuse(pipeline, lists, split.dataset.n_items, ks)
     if on_lists is not None:
         on_lists(lists, fused)
     reference = None
