@@ -22,7 +22,7 @@ from llmrecall.channels.history import (
     sparse_lookup,
     weighted_history,
 )
-from llmrecall.data.dataset import Dataset, Histories
+from llmrecall.data.dataset import Dataset, Histories, Interactions
 from llmrecall.errors import ConfigError
 from llmrecall.threads import limited_blas
 
@@ -32,9 +32,14 @@ BLOCK_ENTRIES = 8_000_000
 
 def training_matrix(dataset: Dataset) -> sp.csr_matrix:
     """Binary float32 CSR [n_users, n_items] of the dataset's interactions."""
-    log = dataset.interactions
-    matrix = sp.csr_matrix((np.ones(len(log), np.float32), (log.user, log.item)),
-                           shape=(dataset.n_users, dataset.n_items))
+    return binary_matrix(dataset.interactions, dataset.n_users, dataset.n_items)
+
+
+def binary_matrix(log: Interactions, n_users: int, n_items: int,
+                  dtype: type = np.float32) -> sp.csr_matrix:
+    """CSR [n_users, n_items] of ``dtype``: 1 where ``log`` has the (user, item) pair."""
+    matrix: sp.csr_matrix = sp.csr_matrix((np.ones(len(log), dtype), (log.user, log.item)),
+                                        shape=(n_users, n_items))
     matrix.sum_duplicates()
     matrix.data[:] = 1.0
     return matrix

@@ -35,10 +35,14 @@ class Popularity(Channel):
         super().__init__(name)
         self.half_life = half_life
 
-    def fit(self, dataset: Dataset) -> Popularity:
+    def check_params(self) -> None:
+        """Raise :class:`ConfigError` when ``half_life`` is not positive or None."""
         if self.half_life is not None and self.half_life <= 0:
             raise ConfigError(f"popularity half_life must be positive or None, got "
                               f"{self.half_life}")
+
+    def fit(self, dataset: Dataset) -> Popularity:
+        self.check_params()
         log = dataset.interactions
         weight = np.ones(len(log), np.float64)
         if self.half_life is not None and len(log):

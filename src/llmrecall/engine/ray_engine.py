@@ -1022,8 +1022,8 @@ def generate_interests(dataset: Any, make_generator: Callable, settings: Any, us
         # a prompt answered before (the same history, settings, examples and generator) is
         # read from the store here, as the local job reads it, not generated again
         reused = len(users) - len(todo)
-        todo, cache_hits, empty = _stored_answers(dataset, settings, fingerprint, scope, todo,
-                                                  store, out)
+        todo, cache_hits, empty = _stored_answers(dataset, histories, settings, fingerprint,
+                                                  scope, todo, store, out)
         shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
         generated = generated_texts = 0
         results = ActorPool(pool).map_unordered(
@@ -1047,18 +1047,18 @@ def generate_interests(dataset: Any, make_generator: Callable, settings: Any, us
                                          "generated_texts": generated_texts}
 
 
-def _stored_answers(dataset: Any, settings: Any, fingerprint: str, scope: str, users: list[int],
-                    store: Any, out: dict[int, list[str]]) -> tuple[list[int], int, int]:
+def _stored_answers(dataset: Any, histories: Any, settings: Any, fingerprint: str, scope: str,
+                    users: list[int], store: Any,
+                    out: dict[int, list[str]]) -> tuple[list[int], int, int]:
     """Take from ``store`` the texts of the ``users`` whose prompt was answered before
-    (:func:`~llmrecall.interest.jobs.text_list_key`): they go to ``out`` and to the
-    store's subjects. Returns the users left to generate, the answers found and how many
-    of them were empty."""
+    (:func:`~llmrecall.interest.jobs.text_list_key`; ``histories``: ``dataset``'s): they
+    go to ``out`` and to the store's subjects. Returns the users left to generate, the
+    answers found and how many of them were empty."""
     from llmrecall.interest.jobs import job_examples, text_list_key
     from llmrecall.lm.prompts import display_title
 
     if not users:
         return users, 0, 0
-    histories = dataset.histories()
     examples = job_examples(histories, [display_title(t) for t in dataset.catalog.titles],
                             settings)
     keys = {u: text_list_key(fingerprint, settings, histories.of(u), examples) for u in users}

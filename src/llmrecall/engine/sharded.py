@@ -66,7 +66,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from llmrecall.channels.neighbors import BLOCK_ENTRIES, assemble_pruned, prune_block
+from llmrecall.channels.neighbors import BLOCK_ENTRIES, assemble_pruned, binary_matrix, prune_block
 from llmrecall.config import PipelineConfig
 from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.data.spec import DataSpec, table_files
@@ -169,15 +169,6 @@ def read_shard(path: str, items: list[str]) -> ShardSplit:
                       places[role == 0])
 
 
-def _binary(log: Interactions, n_users: int, n_items: int) -> sp.csr_matrix:
-    """float64 CSR [n_users, n_items], 1 where the user has the item (the training matrix)."""
-    matrix = sp.csr_matrix((np.ones(len(log), np.float64), (log.user, log.item)),
-                           shape=(n_users, n_items))
-    matrix.sum_duplicates()
-    matrix.data[:] = 1.0
-    return matrix
-
-
 def shard_statistics(path: str, items: list[str], half_lives: tuple[float, ...],
                      latest: float | None) -> dict[str, Any]:
     """Per-item sums of one shard's training data: ``item_users`` (distinct users),
@@ -187,11 +178,12 @@ def shard_statistics(path: str, items: list[str], half_lives: tuple[float, ...],
     distinct training items, in shard order), ``users`` and ``train_events``."""
     split = read_shard(path, items)
     n_items, train = len(items), split.train
+    matrix = binary_matrix(train, split.n_users, n_items, np.float64)
     out: dict[str, Any] = {
-        "item_users": np.asarray(_binary(train, split.n_users, n_items).sum(axis=0)).ravel(),
+        "item_users": np.asarray(matrix.sum(axis=0)).ravel(),
         "counts": np.bincount(train.item, minlength=n_items).astype(np.float64),
         "latest": float(train.time.max()) if len(train) else -math.inf,
-        "user_items": np.asarray(_binary(train, split.n_users, n_items).sum(axis=1)).ravel(),
+        "user_items": np.asarray(matrix.sum(axis=1)).ravel(),
         "users": split.n_users, "train_events": len(train), "decayed": {}}
     if latest is not None:
         for h in half_lives:
@@ -216,7 +208,7 @@ def itemcf_shard_map(path: str, items: list[str], iuf: bool, bounds: np.ndarray)
     piece p holds ``row``, ``col`` (relative to ``bounds[p]``) and ``value`` of its
     columns' non-zero entries, each (row, col) once."""
     split = read_shard(path, items)
-    matrix = _binary(split.train, split.n_users, len(items))
+    matrix = binary_matrix(split.train, split.n_users, len(items), np.float64)
     if iuf:  # as ItemCF.similarity: float32 weights 1 / log(1 + |I_u|)
         per_user = np.asarray(matrix.sum(axis=1), np.float64).ravel()
         weight = (1.0 / np.log1p(np.maximum(per_user, 1.0))).astype(np.float32)
@@ -446,9 +438,7 @@ def _fit(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: in
     for name, channel in pipeline.channels.items():
         began = time.perf_counter()
         if channel.kind == "popularity":
-            if channel.half_life is not None and channel.half_life <= 0:
-                raise ConfigError(f"popularity half_life must be positive or None, got "
-                                  f"{channel.half_life}")
+            channel.check_params()
             scores = (np.sum([s["counts"] for s in stats], axis=0) if channel.half_life is None
                       else np.sum([d["decayed"][float(channel.half_life)] for d in decayed], axis=0))
             channel.install(scores)
