@@ -7,6 +7,7 @@ import os
 
 import ledger
 import pytest
+from serve import pg
 from threadpoolctl import threadpool_limits
 
 from llmrecall.threads import LIBRARY_ENVS, THREADS_ENV, blas_threads
@@ -33,3 +34,28 @@ def _restore_thread_variables():
         else:
             os.environ[name] = value
     threadpool_limits(limits=blas_threads(), user_api="blas")
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the session (tests/serve/pg.py: the service's state store
+    and the LM cache use it); skipped without one, failed under CI (``.ci/run`` installs the
+    Debian package)."""
+    why = pg.unavailable()
+    if why is not None:
+        if _in_ci():
+            pytest.fail(f"{why}: CI must run the PostgreSQL tests")
+        pytest.skip(why)
+    server = pg.PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_dsn(postgres) -> str:
+    """A fresh database of the session's PostgreSQL server."""
+    return postgres.create_database()

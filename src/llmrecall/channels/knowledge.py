@@ -27,7 +27,7 @@ from llmrecall.engine.local import current_engine
 from llmrecall.errors import ConfigError
 from llmrecall.interest.knowledge import KnowledgeSettings, KnowledgeStats, enrich_dataset
 from llmrecall.interest.matching import HybridMatcher, Merge, cached_embedder, merge_user_texts
-from llmrecall.lm.cache import LMCache
+from llmrecall.lm.cache import open_cache
 from llmrecall.lm.generators import Generator, make_generator
 
 
@@ -91,7 +91,7 @@ class KnowledgeChannel(Channel, UsesGenerator):
         if self.max_items is not None and self.max_items < dataset.n_items:
             rng = np.random.default_rng(self.seed)
             items = np.sort(rng.choice(dataset.n_items, self.max_items, replace=False))
-        store = LMCache(self.store_path or ":memory:")
+        store = open_cache(self.store_path or ":memory:")
         try:
             # a shared generator runs here; a configured one is built where the engine runs it
             generator = self._generator_obj or partial(make_generator, dict(self.generator))

@@ -27,14 +27,25 @@ from llmrecall.topk import topk
 DEFAULT_EMBEDDER = "default"
 
 
-def lm_cache_path() -> Path:
-    """``$LLMRECALL_CACHE/lm.sqlite`` when that variable is set, else the LM layer's default."""
+#: the LM cache of the text channels, a SQLite file or a ``postgresql://`` URI; it wins
+#: over ``LLMRECALL_CACHE``
+LM_CACHE_ENV = "LLMRECALL_LM_CACHE"
+
+
+def lm_cache_target() -> str:
+    """Where the text channels' LM cache lives: ``$LLMRECALL_LM_CACHE`` (a SQLite file, or a
+    ``postgresql://`` URI: one cache for every machine of a cluster and every service
+    replica, :mod:`llmrecall.lm.pgcache`), else ``$LLMRECALL_CACHE/lm.sqlite``, else the LM
+    layer's default file."""
+    target = os.environ.get(LM_CACHE_ENV, "").strip()
+    if target:
+        return target
     env = os.environ.get("LLMRECALL_CACHE")
     if env:
-        return Path(env) / "lm.sqlite"
+        return str(Path(env) / "lm.sqlite")
     from llmrecall.lm.config import CacheConfig
 
-    return Path(CacheConfig().path)
+    return str(CacheConfig().path)
 
 
 def item_texts(dataset: Dataset) -> list[str]:
@@ -53,18 +64,19 @@ def item_text_vectors(dataset: Dataset, embedder: str = DEFAULT_EMBEDDER) -> np.
 def text_vectors(texts: list[str], embedder: str = DEFAULT_EMBEDDER,
                  kind: str = "passage") -> np.ndarray:
     """float32[len(texts), d] L2-normalised vectors through the persistent LM cache."""
-    return np.ascontiguousarray(_cached_embedder(embedder, str(lm_cache_path()),
+    return np.ascontiguousarray(_cached_embedder(embedder, lm_cache_target(),
                                                  current_engine()).embed(
         list(texts), kind=kind), dtype=np.float32)
 
 
 @lru_cache(maxsize=8)
-def _cached_embedder(embedder: str, cache_path: str, engine: Engine):
+def _cached_embedder(embedder: str, cache_target: str, engine: Engine):
     # the engine runs the model (here, or on its actor pool); the cache is read and written
     # here either way, so both engines fill and find the same entries
-    from llmrecall.lm import CachedEmbedder, LMCache
+    from llmrecall.lm import CachedEmbedder
+    from llmrecall.lm.cache import open_cache
 
-    return CachedEmbedder(engine.embedder(embedder), LMCache(cache_path), progress=None)
+    return CachedEmbedder(engine.embedder(embedder), open_cache(cache_target), progress=None)
 
 
 # ---- what every text channel does for users and items it cannot place -------------------

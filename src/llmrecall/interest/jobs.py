@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 from llmrecall.interest.constrain import TitleTrie, title_grammar
-from llmrecall.lm.cache import LMCache, content_key
+from llmrecall.lm.cache import LMCache, LMStore, content_key
 from llmrecall.lm.errors import GenerationParseError
 from llmrecall.lm.generators import ConstrainedDecoding, Generator, LlamaCppGenerator, constrained_decoder
 from llmrecall.lm.parse import ListRules, delimit_list, first_title, parse_lines
@@ -246,11 +246,11 @@ class InterestJob:
     """
 
     def __init__(self, dataset: Dataset, generator: Generator,
-                 settings: InterestSettings | None = None, store: LMCache | None = None):
+                 settings: InterestSettings | None = None, store: LMStore | None = None):
         self.dataset = dataset
         self.generator = generator
         self.settings = settings or InterestSettings()
-        self.store = store or LMCache(":memory:")
+        self.store: LMStore = store or LMCache(":memory:")
         self.histories = dataset.histories()
         self.titles = [display_title(t) for t in dataset.catalog.titles]
         self.fingerprint = store_fingerprint(generator)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmrecall.data.dataset import Catalog, Dataset
 from llmrecall.errors import DataError
 from llmrecall.interest.jobs import store_fingerprint
-from llmrecall.lm.cache import LMCache, content_key
+from llmrecall.lm.cache import LMCache, LMStore, content_key
 from llmrecall.lm.generators import Generator
 from llmrecall.lm.prompts import knowledge_messages, load_template
 from llmrecall.progress import task
@@ -85,7 +85,7 @@ class KnowledgeStats:
 
 def generate_knowledge(dataset: Dataset, generator: Generator, items: np.ndarray | None = None,
                        settings: KnowledgeSettings | None = None,
-                       store: LMCache | None = None) -> tuple[list[str], KnowledgeStats]:
+                       store: LMStore | None = None) -> tuple[list[str], KnowledgeStats]:
     """Knowledge text for ``items`` (dense ids; all items when None).
 
     Returns a list with one string per catalog item (empty for items not asked for or with no

@@ -43,9 +43,10 @@ def cached_embedder(spec: Any, cache_path: str | None):
     embedder = resolve_embedder(spec)
     if embedder is None or cache_path is None:
         return embedder
-    from llmrecall.lm import CachedEmbedder, LMCache
+    from llmrecall.lm import CachedEmbedder
+    from llmrecall.lm.cache import open_cache
 
-    return CachedEmbedder(embedder, LMCache(cache_path), progress=None)
+    return CachedEmbedder(embedder, open_cache(cache_path), progress=None)
 
 
 def rrf_lists(lists: Sequence[tuple[np.ndarray, float]], k: int, rrf_k: float

@@ -7,7 +7,7 @@ Local packaged models are the default and nothing leaves the machine unless a re
 a backend that needs them is built.
 """
 
-from llmrecall.lm.cache import LMCache, cache_key, content_key
+from llmrecall.lm.cache import LMCache, LMStore, cache_key, content_key, open_cache
 from llmrecall.lm.cached import CachedEmbedder, CachedGenerator
 from llmrecall.lm.config import CacheConfig, EmbedderConfig, GeneratorConfig, LMConfig
 from llmrecall.lm.embedders import DEFAULT_EMBEDDER, Embedder, OpenAIEmbedder, get_embedder
@@ -44,9 +44,10 @@ __all__ = [
     "BackendUnavailableError", "CacheConfig", "CachedEmbedder", "CachedGenerator",
     "ConstrainedDecoding", "DEFAULT_EMBEDDER", "Embedder", "EmbedderConfig", "EndpointError",
     "GenerationParseError", "Generator", "GeneratorConfig", "LMCache", "LMConfig", "LMError",
+    "LMStore",
     "LlamaCppGenerator", "MalformedResponseError", "OpenAIChatGenerator", "OpenAIEmbedder",
     "PromptTemplate", "Scrubber", "available_templates", "cache_key", "constrained_decoder",
     "content_key", "delimit", "delimit_list", "get_embedder", "get_generator", "list_schema",
-    "load_template", "make_generator",
+    "load_template", "make_generator", "open_cache",
     "parse_interests", "parse_knowledge", "parse_list", "parse_queries", "parse_titles",
 ]

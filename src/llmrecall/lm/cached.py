@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from llmrecall.lm.cache import LMCache, cache_key
+from llmrecall.lm.cache import LMStore, cache_key
 from llmrecall.lm.embedders import Embedder, Kind, l2_normalise
 from llmrecall.lm.generators import Generator, Message
 from llmrecall.lm.prompts import PromptTemplate
@@ -42,7 +42,7 @@ class CachedEmbedder(Embedder):
     Counters ``hits`` and ``misses`` count texts served from / added to the cache.
     """
 
-    def __init__(self, embedder: Embedder, cache: LMCache, commit_every: int = 256,
+    def __init__(self, embedder: Embedder, cache: LMStore, commit_every: int = 256,
                  progress: bool | None = None):
         self.inner, self.cache = embedder, cache
         self.name, self.model = embedder.name, embedder.model
@@ -105,7 +105,7 @@ class CachedGenerator(Generator):
     stored sample.
     """
 
-    def __init__(self, generator: Generator, cache: LMCache, commit_every: int = 32,
+    def __init__(self, generator: Generator, cache: LMStore, commit_every: int = 32,
                  progress: bool | None = None):
         super().__init__()
         self.inner, self.cache = generator, cache

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmrecall.lm.scrub import DEFAULT_KINDS, PATTERNS
 
@@ -118,19 +118,27 @@ class GeneratorConfig(_RemoteOptions):
 
 
 class CacheConfig(BaseModel):
-    """Where the language-model cache lives; ``enabled = false`` recomputes everything."""
+    """Where the language-model cache lives: ``path`` is a SQLite file, or a
+    ``postgresql://`` URI for one cache shared by every machine (:mod:`llmrecall.lm.pgcache`);
+    ``enabled = false`` recomputes everything."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: Path = Path("cache/lm.sqlite")
+    # a string, not a Path: a Path would fold the URI's "//" into "/"
+    path: Annotated[str, Field(min_length=1)] = "cache/lm.sqlite"
     enabled: bool = True
     commit_every: Annotated[int, Field(ge=1, le=100_000)] = 256
     progress: bool = True
 
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
     def build(self):
-        """The :class:`~llmrecall.lm.cache.LMCache`, or None when disabled."""
-        from llmrecall.lm.cache import LMCache
-        return LMCache(self.path) if self.enabled else None
+        """The cache (:func:`~llmrecall.lm.cache.open_cache`), or None when disabled."""
+        from llmrecall.lm.cache import open_cache
+        return open_cache(self.path) if self.enabled else None
 
 
 class LMConfig(BaseModel):
