@@ -123,11 +123,12 @@ class EngineConfig(_Strict):
     log: Literal["driver", "sharded"] = Field("driver", description=(
         "evaluate: 'driver' loads the log in this process; 'sharded' shuffles it into "
         "per-user history shards and fits, recalls and scores shard by shard, never holding "
-        "the log in one process (loo; popularity and itemcf; docs/scale-out.md)"))
+        "the log in one process (loo; popularity, itemcf and swing; docs/scale-out.md)"))
     work_dir: str | None = Field(None, description=(
-        "log = 'sharded': where the history shards are written and reused by a rerun; "
-        "unset: a temporary folder removed after the command. On a cluster: a path every "
-        "node reaches"))
+        "log = 'sharded': where the history shards and each stage's results are written; "
+        "the same evaluate started again (after a killed driver) computes only what is "
+        "missing there. Unset: a temporary folder removed after the command. On a cluster: "
+        "a path every node reaches"))
 
 
 class PipelineConfig(_Strict):

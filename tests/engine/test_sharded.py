@@ -73,7 +73,7 @@ def test_sharded_itemcf_neighbours_are_the_in_process_ones(ml100k_files, tmp_pat
         [s.train.user, s.train.item], 1), axis=0)[:, 1], minlength=len(shards.items))
         for s in (read_shard(p, shards.items) for p in shards.paths)], axis=0).astype(np.float64)
     sharded = _itemcf_similarity(channel.clone(), shards.paths, shards.items, item_users,
-                                 Engine(), reducer_bytes=2**20)  # 1 MB: many ranges
+                                 Engine(), 2**20, tmp_path / "stages", {}, "itemcf")  # 1 MB: many ranges
     a, b = local.tocoo(), sharded.tocoo()
     moved = set(zip(a.row.tolist(), a.col.tolist())) ^ set(zip(b.row.tolist(), b.col.tolist()))
     assert len(moved) <= 0.001 * a.nnz  # a near-tie at a column's cut can swap
@@ -126,15 +126,65 @@ def test_synth_with_catalog_and_repeats_numbers_and_dedupes_as_the_loader(tmp_pa
             assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12)
 
 
-def test_a_rerun_reuses_the_shards_in_work_dir(ml100k_files, tmp_path):
-    _folder, spec = ml100k_files
-    config = PipelineConfig.model_validate({"channels": CHANNELS[:1]})
-    first = evaluate_sharded(spec, config, engine=Engine(), work_dir=tmp_path)
-    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("histories-*.parquet")}
-    assert stamps
-    second = evaluate_sharded(spec, config, engine=Engine(), work_dir=tmp_path)
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("histories-*.parquet")} == stamps
-    assert first["results"] == second["results"]
+def test_a_killed_evaluation_resumes_with_only_what_is_missing(tmp_path, monkeypatch):
+    """The driver dies during recall (after 2 of the shards' metrics were written): the
+    same evaluation started again reads the log's shards without reading the log, the
+    fitted ItemCF ranges and Swing similarity and the 2 shards' metrics from the work
+    folder, recalls only the other shards, and reports exactly what an uninterrupted run
+    reports. A changed config refits only what it changes; a changed log starts over."""
+    from llmrecall.engine import histories, sharded
+
+    synthesize(tmp_path / "data", users=400, items=150, events=9_000, seed=4,
+               block_events=3_000)
+    spec = DataSpec.from_toml(tmp_path / "data" / "data.toml")
+    config = PipelineConfig.model_validate({"channels": [CHANNELS[0], CHANNELS[2],
+                                                         CHANNELS[4]]})
+
+    def run(work, cfg=config):
+        return evaluate_sharded(spec, cfg, engine=Engine(), work_dir=work, shard_events=2_000,
+                                reducer_bytes=40_000)  # 150² float64 in 5 ranges
+
+    whole = run(tmp_path / "whole")
+    n_shards = whole["engine"]["shards"]
+    assert n_shards >= 4 and whole["engine"]["resumed"] == {
+        "histories": False, "itemcf_ranges": "0/5", "swing_similarity": False,
+        "recall_shards": f"0/{n_shards}"}
+
+    real, calls = sharded.shard_metrics, []
+
+    def dies_at_the_third(*args):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt("the driver is killed")
+        return real(*args)
+
+    monkeypatch.setattr(sharded, "shard_metrics", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "work")
+    monkeypatch.setattr(sharded, "shard_metrics", lambda *a: calls.append(a[0]) or real(*a))
+    monkeypatch.setattr(histories, "map_file", None)  # reading the log again would fail
+    calls.clear()
+    resumed = run(tmp_path / "work")
+    assert resumed["engine"]["resumed"] == {
+        "histories": True, "itemcf_ranges": "5/5", "swing_similarity": True,
+        "recall_shards": f"2/{n_shards}"}
+    assert len(calls) == n_shards - 2
+    assert resumed["results"] == whole["results"]
+
+    # another ItemCF setting: the shards, Swing and nothing else are reused
+    other = PipelineConfig.model_validate({"channels": [
+        CHANNELS[0], {"kind": "itemcf", "params": {"neighbors": 20}}, CHANNELS[4]]})
+    changed = run(tmp_path / "work", other)["engine"]["resumed"]
+    assert changed == {"histories": True, "itemcf_ranges": "0/5", "swing_similarity": True,
+                       "recall_shards": f"0/{n_shards}"}
+
+    # another log in the same files: nothing of the old one is trusted
+    monkeypatch.undo()
+    log = sorted((tmp_path / "data").rglob("*.parquet"))[0]
+    log.write_bytes(log.read_bytes())  # a new modification time
+    again = run(tmp_path / "work")
+    assert again["engine"]["resumed"]["histories"] is False
+    assert again["results"] == whole["results"]
 
 
 def test_what_the_sharded_path_does_not_cover_is_refused_by_name(ml100k_files, tmp_path):

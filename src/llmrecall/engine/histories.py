@@ -19,9 +19,13 @@ the log) holding one entry per item. Without a time column, a row's ``time`` is 
 in the log as one number (``file * 2**32 + row``): the order the loader's row positions
 give, not their values.
 
-A shard file is written under a temporary name and renamed, and a shard already present
-is not recomputed: a killed job reruns only the missing shards' reduces (the maps of a
-rerun are cheap reads; their outputs live in the object store).
+A shard file is written under a temporary name and renamed, then its summary (what the
+reducer returns, ``histories-<shard>.json``) likewise, and a shard already present is not
+recomputed: a killed job reruns only the missing shards' reduces (the maps of a rerun are
+cheap reads; their outputs live in the object store), and a rerun that finds every shard
+and summary does not read the log at all. ``out`` must therefore hold one log's shards:
+name it after the log (:func:`llmrecall.engine.sharded.evaluate_sharded` names it by a
+digest of the files' paths, sizes and modification times).
 
 ``shuffle`` is any ``shuffle(map_fn, inputs, reduce_fn, n_partitions)`` (the Ray engine's,
 or :func:`llmrecall.engine.cooccurrence._shuffle_local` for one process).
@@ -29,6 +33,7 @@ or :func:`llmrecall.engine.cooccurrence._shuffle_local` for one process).
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from collections.abc import Callable
@@ -95,10 +100,21 @@ def reduce_shard(shard: int, part: dict[str, np.ndarray], out: str,
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         histories.write_parquet(tmp)
         os.replace(tmp, path)
-    return {"user": users["user"].to_list(), "file": users["file"].to_list(),
-            "row": users["row"].to_list(), "item": items["item"].to_list(),
-            "item_file": items["file"].to_list(), "item_row": items["row"].to_list(),
-            "events": frame.height, "n_users": int(frame["user"].n_unique())}
+    firsts = {"user": users["user"].to_list(), "file": users["file"].to_list(),
+              "row": users["row"].to_list(), "item": items["item"].to_list(),
+              "item_file": items["file"].to_list(), "item_row": items["row"].to_list(),
+              "events": frame.height, "n_users": int(frame["user"].n_unique())}
+    # written after the shard: a shard with its summary is whole, and a rerun that finds
+    # every summary needs not read the log again
+    summary = _summary_path(path)
+    tmp = summary.with_name(f".{summary.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(firsts))
+    os.replace(tmp, summary)
+    return firsts
+
+
+def _summary_path(shard: Path) -> Path:
+    return shard.with_suffix(".json")
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,8 @@ class HistoryShards:
     items: list[str]
     events: int
     n_users: int
+    #: every shard was found whole in ``out`` and the log was not read
+    reused: bool = False
 
 
 def _in_log_order(firsts: list[dict[str, Any]], key: str, file: str, row: str) -> list[str]:
@@ -133,16 +151,29 @@ def shard_histories(spec: InteractionsSpec, out: str | Path, shuffle: Callable,
     the driver then holds one entry per item and per file, none per user or event."""
     files = table_files(spec.path) or [spec.path]
     Path(out).mkdir(parents=True, exist_ok=True)
+    paths = [Path(out) / f"histories-{s:05d}.parquet" for s in range(n_shards)]
+    summaries = [_summary_path(p) for p in paths]
+    if all(p.exists() for p in paths) and all(s.exists() for s in summaries):
+        # every shard is whole: the log is not read again (the caller names ``out`` after
+        # the log's files, so these shards are theirs)
+        firsts = [json.loads(s.read_text()) for s in summaries]
+        if not with_users or all(f["user"] or not f["n_users"] for f in firsts):
+            return _shards(paths, firsts, reused=True)
     inputs = [(str(f), number) for number, f in enumerate(files)]
     user, item, time = spec.user, spec.item, spec.time
     out_text, dedupe = str(out), bool(spec.dedupe and time is not None)
     firsts = shuffle(lambda x: map_file(x[0], x[1], user, item, time, n_shards), inputs,
                      lambda s, part: reduce_shard(s, part, out_text, dedupe, with_users),
                      n_shards)
-    return HistoryShards([str(Path(out) / f"histories-{s:05d}.parquet") for s in range(n_shards)],
+    return _shards(paths, firsts, reused=False)
+
+
+def _shards(paths: list[Path], firsts: list[dict[str, Any]], reused: bool) -> HistoryShards:
+    return HistoryShards([str(p) for p in paths],
                          _in_log_order(firsts, "user", "file", "row"),
                          _in_log_order(firsts, "item", "item_file", "item_row"),
-                         sum(f["events"] for f in firsts), sum(f["n_users"] for f in firsts))
+                         sum(f["events"] for f in firsts), sum(f["n_users"] for f in firsts),
+                         reused)
 
 
 def build_histories(spec: InteractionsSpec, out: str | Path, shuffle: Callable,

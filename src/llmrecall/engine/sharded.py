@@ -82,6 +82,7 @@ from llmrecall.engine.cooccurrence import (
     swing_reduce,
 )
 from llmrecall.engine.histories import HistoryShards, shard_histories
+from llmrecall.engine.stage_files import StageParts, digest, files_signature
 from llmrecall.errors import ConfigError, DataError
 
 #: channel kinds the sharded evaluation fits
@@ -203,10 +204,11 @@ def candidate_ranges(n_items: int, workers: int, reducer_bytes: int = REDUCER_BY
     return np.linspace(0, n_items, parts + 1).round().astype(np.int64)
 
 
-def itemcf_shard_map(path: str, items: list[str], iuf: bool, bounds: np.ndarray) -> list[Columns]:
-    """One shard's co-occurrence ``(W X)^T X`` (float64), cut into the candidate ranges:
-    piece p holds ``row``, ``col`` (relative to ``bounds[p]``) and ``value`` of its
-    columns' non-zero entries, each (row, col) once."""
+def itemcf_shard_map(path: str, items: list[str], iuf: bool, bounds: np.ndarray,
+                     ranges: list[int] | None = None) -> list[Columns]:
+    """One shard's co-occurrence ``(W X)^T X`` (float64), cut into the candidate ranges
+    ``ranges`` (default all): piece i holds ``row``, ``col`` (relative to the start of range
+    ``ranges[i]``) and ``value`` of its columns' non-zero entries, each (row, col) once."""
     split = read_shard(path, items)
     matrix = binary_matrix(split.train, split.n_users, len(items), np.float64)
     if iuf:  # as ItemCF.similarity: float32 weights 1 / log(1 + |I_u|)
@@ -217,7 +219,7 @@ def itemcf_shard_map(path: str, items: list[str], iuf: bool, bounds: np.ndarray)
         left = matrix.T.tocsr()
     co = (left @ matrix).tocsc()
     pieces = []
-    for p in range(len(bounds) - 1):
+    for p in (range(len(bounds) - 1) if ranges is None else ranges):
         block = co[:, int(bounds[p]):int(bounds[p + 1])].tocoo()
         pieces.append({"row": block.row.astype(np.int32), "col": block.col.astype(np.int32),
                        "value": block.data})
@@ -315,6 +317,28 @@ def shard_metrics(path: str, items: list[str], pipeline, on: str, ks) -> dict[st
     return {"users": n, "sums": sums, "tops": tops, "recall_seconds": lists.recall_seconds}
 
 
+def kept_shard_metrics(shard: int, path: str, items: list[str], pipeline, on: str, ks,
+                       kept: StageParts) -> dict[str, Any]:
+    """:func:`shard_metrics` of shard ``shard``, written to ``kept`` as soon as it is
+    computed (a rerun reads it instead of recalling the shard's users again)."""
+    out = shard_metrics(path, items, pipeline, on, ks)
+    kept.save(shard, {f"{name}/{k}": top for name, by_k in out["tops"].items()
+                      for k, top in by_k.items()},
+              {"users": out["users"], "sums": out["sums"],
+               "recall_seconds": out["recall_seconds"]})
+    return out
+
+
+def load_shard_metrics(kept: StageParts, shard: int) -> dict[str, Any]:
+    """A shard's :func:`shard_metrics` as :func:`kept_shard_metrics` wrote it."""
+    arrays, meta = kept.load(shard)
+    tops: dict[str, dict[int, np.ndarray]] = {}
+    for key, top in arrays.items():
+        name, k = key.rsplit("/", 1)
+        tops.setdefault(name, {})[int(k)] = top
+    return {**meta, "tops": tops}
+
+
 def combine_metrics(parts: list[dict[str, Any]], n_items: int, ks) -> dict[str, dict[str, float]]:
     """The per-shard sums as :func:`~llmrecall.evaluate.metrics.ranking_metrics` reports
     them for all users at once (coverage from the union of the shards' top items)."""
@@ -350,6 +374,16 @@ def _log_rows(files: list[Path]) -> int:
     return rows
 
 
+def _log_key(spec: DataSpec, files: list[Path], item_files: list[Path], n_shards: int) -> str:
+    """What the history shards and item numbering depend on: the log's and the item
+    file's paths, sizes and modification times, the columns read, de-duplication and the
+    shard count (a stored shard is trusted without reading the log again)."""
+    columns = spec.interactions.model_dump(mode="json")
+    item_columns = spec.items.model_dump(mode="json") if spec.items else None
+    return digest(files_signature(files), columns, files_signature(item_files), item_columns,
+                  n_shards)
+
+
 def _vocabulary(spec: DataSpec, shards: HistoryShards) -> list[str]:
     """Items as the loader numbers them: the item file's order, then the log's first-seen
     (the item file is read whole: it is the catalog, not the log)."""
@@ -370,8 +404,15 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
     returns the report ``evaluate`` writes, with an ``engine`` entry saying how it ran.
 
     ``engine``: the :class:`~llmrecall.engine.local.Engine` whose tasks do the work (the
-    Ray engine on a cluster); ``work_dir``: where the history shards go (kept: a rerun
-    reuses the shards there; default a temporary folder removed after).
+    Ray engine on a cluster); ``work_dir``: where the history shards and every stage's
+    results go (a path every worker reaches; default a temporary folder removed after).
+    A ``work_dir`` is kept: the same evaluation started again (after its driver was
+    killed, say) reads the shards, the fitted similarities' candidate ranges and the
+    shards' metrics found there and computes only what is missing; the report's
+    ``engine.resumed`` says what was found. Everything is kept under a folder named by a
+    digest of the log's files (paths, sizes, modification times) and how they are read,
+    and each stage under one named by what it depends on, so a changed log or config
+    recomputes.
     """
     from llmrecall.evaluate.metrics import DEFAULT_KS
     from llmrecall.pipeline import RecallPipeline
@@ -385,19 +426,28 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
     own = work_dir is None
     folder = Path(work_dir) if work_dir is not None else \
         Path(tempfile.mkdtemp(prefix="llmrecall-shards-"))
+    item_files = (table_files(spec.items.path) or [spec.items.path]) if spec.items else []
+    run = folder / f"log-{_log_key(spec, files, item_files, n_shards)}"
+    resumed: dict[str, Any] = {}
     begin = time.perf_counter()
     try:
-        shards = shard_histories(spec.interactions, folder, engine.shuffle,
+        shards = shard_histories(spec.interactions, run, engine.shuffle,
                                  n_shards, with_users=False)
+        resumed["histories"] = shards.reused
         items = _vocabulary(spec, shards)
         split_seconds = time.perf_counter() - begin
         say(f"sharded {shards.events:,} events of {shards.n_users:,} users into "
             f"{n_shards} shards ({split_seconds:.1f}s)")
         pipeline = RecallPipeline(config)
-        fit_seconds = _fit(pipeline, shards.paths, items, engine, reducer_bytes)
+        fit_seconds = _fit(pipeline, shards.paths, items, engine, reducer_bytes, run, resumed)
         start = time.perf_counter()
-        parts = engine.map_tasks(lambda path: shard_metrics(path, items, pipeline, on, ks),
-                                 shards.paths)
+        kept = StageParts(run, "recall", digest(config.config_hash(), on, list(ks)))
+        todo = kept.missing(n_shards)
+        resumed["recall_shards"] = f"{n_shards - len(todo)}/{n_shards}"
+        engine.map_tasks(lambda s: kept_shard_metrics(s, shards.paths[s], items, pipeline, on,
+                                                      ks, kept), todo)
+        # every shard's metrics from the files, computed now or by an earlier run alike
+        parts = [load_shard_metrics(kept, s) for s in range(n_shards)]
         recall_wall = time.perf_counter() - start
     finally:
         if own:
@@ -414,16 +464,20 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
         "users_evaluated": next(iter(results.values()))["users"],
         "results": results,
         "engine": {"kind": engine.kind, "log": "sharded", "shards": n_shards,
-                   "events": shards.events, "users": shards.n_users, "items": len(items)},
+                   "events": shards.events, "users": shards.n_users, "items": len(items),
+                   "resumed": resumed},
         "timings": {"split_seconds": split_seconds, "fit_seconds": fit_seconds,
                     "recall_seconds": recall_seconds, "recall_wall_seconds": recall_wall,
                     "total_seconds": time.perf_counter() - begin},
     }
 
 
-def _fit(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: int) -> dict[str, float]:
+def _fit(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: int,
+         run: Path, resumed: dict[str, Any]) -> dict[str, float]:
     """Fit the pipeline's channels from the shards; returns each channel's seconds (the
-    shared statistics pass counted in each)."""
+    shared statistics pass counted in each). Fitted similarities are kept under ``run``
+    (:class:`~llmrecall.engine.stage_files.StageParts`); ``resumed`` records what was
+    found there."""
     start = time.perf_counter()
     half_lives = tuple(sorted({float(c.half_life) for c in pipeline.channels.values()
                                if c.kind == "popularity" and c.half_life is not None}))
@@ -443,18 +497,30 @@ def _fit(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: in
                       else np.sum([d["decayed"][float(channel.half_life)] for d in decayed], axis=0))
             channel.install(scores)
         elif channel.kind == "swing":
-            user_items = np.concatenate([s["user_items"] for s in stats])
-            channel.install(_swing_similarity(channel, paths, items, [s["users"] for s in stats],
-                                              user_items, engine), item_users)
+            kept = StageParts(run, "swing", digest(_params(channel)))
+            resumed[f"{name}_similarity"] = kept.has(0)
+            if kept.has(0):
+                similarity = _csr_from(kept.load(0)[0], len(items))
+            else:
+                user_items = np.concatenate([s["user_items"] for s in stats])
+                similarity = _swing_similarity(channel, paths, items,
+                                               [s["users"] for s in stats], user_items, engine)
+                kept.save(0, {"data": similarity.data, "indices": similarity.indices,
+                              "indptr": similarity.indptr}, {})
+            channel.install(similarity, item_users)
         else:
             channel.install(_itemcf_similarity(channel, paths, items, item_users, engine,
-                                               reducer_bytes), item_users)
+                                               reducer_bytes, run, resumed, name), item_users)
         seconds[name] = shared + time.perf_counter() - began
     return seconds
 
 
 def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: np.ndarray,
-                       engine, reducer_bytes: int) -> sp.csr_matrix:
+                       engine, reducer_bytes: int, run: Path, resumed: dict[str, Any],
+                       name: str) -> sp.csr_matrix:
+    """ItemCF's pruned similarity; each candidate range's pruned columns are kept under
+    ``run`` by the reducer that computed them, and a rerun reduces only the ranges missing
+    (its maps cut only those ranges' columns)."""
     check_itemcf(channel)
     if channel.neighbors < 1:
         raise ConfigError(f"neighbors must be >= 1, got {channel.neighbors}")
@@ -462,9 +528,31 @@ def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: 
     bounds = candidate_ranges(n_items, getattr(engine, "partitions", 1), reducer_bytes)
     norms = np.sqrt(item_users)
     iuf, shrink, neighbors = bool(channel.iuf), float(channel.shrink), int(channel.neighbors)
-    results = engine.shuffle_streamed(
-        lambda path: itemcf_shard_map(path, items, iuf, bounds), paths,
-        lambda p, pieces: itemcf_range_reduce(pieces, int(bounds[p]), int(bounds[p + 1]),
-                                              n_items, norms, shrink, neighbors),
-        len(bounds) - 1)
-    return assemble_pruned(n_items, [blk for r in results for blk in r])
+    kept = StageParts(run, "itemcf", digest(_params(channel), bounds.tolist()))
+    todo = kept.missing(len(bounds) - 1)
+    resumed[f"{name}_ranges"] = f"{len(bounds) - 1 - len(todo)}/{len(bounds) - 1}"
+
+    def reduce(i: int, pieces: Iterator[Columns]) -> None:
+        r = todo[i]
+        blocks = itemcf_range_reduce(pieces, int(bounds[r]), int(bounds[r + 1]), n_items,
+                                     norms, shrink, neighbors)
+        kept.save(r, {"rows": np.concatenate([b[0] for b in blocks]),
+                      "cols": np.concatenate([b[1] for b in blocks]),
+                      "values": np.concatenate([b[2] for b in blocks])}, {})
+
+    if todo:
+        engine.shuffle_streamed(lambda path: itemcf_shard_map(path, items, iuf, bounds, todo),
+                                paths, reduce, len(todo))
+    parts = [kept.load(r)[0] for r in range(len(bounds) - 1)]
+    return assemble_pruned(n_items, [(p["rows"], p["cols"], p["values"]) for p in parts])
+
+
+def _params(channel) -> dict[str, Any]:
+    """What a fitted similarity depends on besides the log: the channel's kind and
+    parameters."""
+    return {"kind": channel.kind, **channel.get_params()}
+
+
+def _csr_from(arrays: dict[str, np.ndarray], n_items: int) -> sp.csr_matrix:
+    return sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                         shape=(n_items, n_items))
