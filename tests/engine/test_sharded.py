@@ -229,6 +229,3 @@ def test_cli_evaluate_with_the_sharded_log(ml100k_files, tmp_path):
     assert refused.exit_code == 2 and "--report" in refused.output
     refused = runner.invoke(app, ["evaluate", "-d", "ml-100k", "-c", str(tmp_path / "sharded.toml")])
     assert refused.exit_code == 2 and "--data" in refused.output
-    refused = runner.invoke(app, ["build", "--data", str(folder / "data.toml"), "-c",
-                                  str(tmp_path / "sharded.toml"), "-o", str(tmp_path / "art")])
-    assert refused.exit_code == 2 and "evaluate only" in refused.output

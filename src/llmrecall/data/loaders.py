@@ -494,6 +494,28 @@ def _read_items(spec: ItemsSpec) -> tuple[pl.Series, pl.DataFrame]:
 _ID = "__llmrecall_id"
 
 
+def _catalog(spec: ItemsSpec | None, item_rows: pl.DataFrame, n_items: int) -> Catalog:
+    """The item file's rows, then an empty row for each of the ``n_items`` items only the
+    log names (the vocabulary's order: file items first)."""
+    n_missing = n_items - item_rows.height
+    empty_rows = pl.DataFrame(
+        {c: ([[]] * n_missing if c == "category" else [""] * n_missing) for c in item_rows.columns},
+        schema=item_rows.schema)
+    return Catalog(pl.concat([item_rows, empty_rows]),
+                   text_fields=tuple(spec.text_fields) if spec is not None else ())
+
+
+def read_catalog(spec: ItemsSpec | None, n_items: int) -> Catalog:
+    """The catalog of a vocabulary of ``n_items`` items numbered as the loader numbers
+    them (the item file's items, then those only the log names), without reading the log:
+    what a job that never loads the log (``engine/sharded.py``) serves from."""
+    rows = _read_items(spec)[1] if spec is not None else Catalog.empty(0).frame
+    if rows.height > n_items:
+        raise DataError(f"the item file has {rows.height} items, more than the "
+                        f"vocabulary's {n_items}", path=str(spec.path) if spec else None)
+    return _catalog(spec, rows, n_items)
+
+
 def _categories(table: _Table, column: str, separator: str) -> pl.Series:
     """list[str] per item: split on ``separator`` (or taken as is from a list column)."""
     series = table.frame[column]
@@ -584,12 +606,7 @@ def load_dataset(spec: DataSpec, name: str | None = None) -> Dataset:
         user_ids = _append_new(user_ids, searches[0])
     item_ids = _append_new(file_items.to_list(), raw.items)
 
-    n_missing = len(item_ids) - item_rows.height
-    empty_rows = pl.DataFrame(
-        {c: ([[]] * n_missing if c == "category" else [""] * n_missing) for c in item_rows.columns},
-        schema=item_rows.schema)
-    catalog = Catalog(pl.concat([item_rows, empty_rows]),
-                      text_fields=tuple(spec.items.text_fields) if spec.items is not None else ())
+    catalog = _catalog(spec.items, item_rows, len(item_ids))
 
     log = Interactions.build(user=_codes(raw.users, user_ids), item=_codes(raw.items, item_ids),
                              time=raw.time, weight=raw.weight, event=raw.event,

@@ -98,8 +98,10 @@ Columns = dict[str, np.ndarray]
 # --- what it covers ---------------------------------------------------------------------
 
 
-def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str) -> None:
-    """Raise :class:`ConfigError` naming everything the sharded evaluation does not cover."""
+def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
+                  command: str = "evaluate") -> None:
+    """Raise :class:`ConfigError` naming everything the sharded ``command`` (``evaluate``
+    or ``build``) does not cover."""
     problems = []
     if protocol != "loo":
         problems.append(f"protocol {protocol!r} (only 'loo')")
@@ -124,7 +126,8 @@ def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str) -> None
     if spec.searches is not None:
         problems.append("a search log")
     if problems:
-        raise ConfigError('[engine] log = "sharded" does not cover: ' + "; ".join(problems))
+        raise ConfigError(f'{command} with [engine] log = "sharded" does not cover: '
+                          + "; ".join(problems))
 
 
 # --- one shard --------------------------------------------------------------------------
@@ -147,8 +150,9 @@ class ShardSplit:
     train_places: np.ndarray
 
 
-def read_shard(path: str, items: list[str]) -> ShardSplit:
-    """Read a history shard and split it by ``loo`` (``items``: the item vocabulary)."""
+def read_shard(path: str, items: list[str], split: bool = True) -> ShardSplit:
+    """Read a history shard and split it by ``loo`` (``items``: the item vocabulary);
+    ``split=False`` keeps every row in ``train`` (what ``build`` fits on)."""
     frame = pl.read_parquet(path, columns=["items", "times", "places"])
     lengths = frame["items"].list.len().to_numpy().astype(np.int64)
     codes = frame["items"].explode().drop_nulls()
@@ -162,7 +166,7 @@ def read_shard(path: str, items: list[str]) -> ShardSplit:
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     # rows are each user's history in time order: position 0 from the end is the last
     from_end = lengths[user] - 1 - (np.arange(len(user)) - starts[user])
-    evaluated = lengths[user] >= 3
+    evaluated = (lengths[user] >= 3) & split
     role = np.where(evaluated & (from_end == 0), 2, np.where(evaluated & (from_end == 1), 1, 0))
     places = frame["places"].explode().drop_nulls().to_numpy().astype(np.int64)
     log = Interactions.build(user, item, times)
@@ -171,21 +175,21 @@ def read_shard(path: str, items: list[str]) -> ShardSplit:
 
 
 def shard_statistics(path: str, items: list[str], half_lives: tuple[float, ...],
-                     latest: float | None) -> dict[str, Any]:
+                     latest: float | None, split: bool = True) -> dict[str, Any]:
     """Per-item sums of one shard's training data: ``item_users`` (distinct users),
     ``counts`` (events) and, given the latest training time, ``decayed[h]`` (events
     weighted ``0.5 ** ((latest - t) / h)``, popularity's), all float64[n_items]; also
     ``latest`` (its own latest training time), ``user_items`` float64[users] (each user's
     distinct training items, in shard order), ``users`` and ``train_events``."""
-    split = read_shard(path, items)
-    n_items, train = len(items), split.train
-    matrix = binary_matrix(train, split.n_users, n_items, np.float64)
+    shard = read_shard(path, items, split)
+    n_items, train = len(items), shard.train
+    matrix = binary_matrix(train, shard.n_users, n_items, np.float64)
     out: dict[str, Any] = {
         "item_users": np.asarray(matrix.sum(axis=0)).ravel(),
         "counts": np.bincount(train.item, minlength=n_items).astype(np.float64),
         "latest": float(train.time.max()) if len(train) else -math.inf,
         "user_items": np.asarray(matrix.sum(axis=1)).ravel(),
-        "users": split.n_users, "train_events": len(train), "decayed": {}}
+        "users": shard.n_users, "train_events": len(train), "decayed": {}}
     if latest is not None:
         for h in half_lives:
             weight = np.exp2(-(latest - train.time) / float(h))
@@ -205,12 +209,12 @@ def candidate_ranges(n_items: int, workers: int, reducer_bytes: int = REDUCER_BY
 
 
 def itemcf_shard_map(path: str, items: list[str], iuf: bool, bounds: np.ndarray,
-                     ranges: list[int] | None = None) -> list[Columns]:
+                     ranges: list[int] | None = None, split: bool = True) -> list[Columns]:
     """One shard's co-occurrence ``(W X)^T X`` (float64), cut into the candidate ranges
     ``ranges`` (default all): piece i holds ``row``, ``col`` (relative to the start of range
     ``ranges[i]``) and ``value`` of its columns' non-zero entries, each (row, col) once."""
-    split = read_shard(path, items)
-    matrix = binary_matrix(split.train, split.n_users, len(items), np.float64)
+    shard = read_shard(path, items, split)
+    matrix = binary_matrix(shard.train, shard.n_users, len(items), np.float64)
     if iuf:  # as ItemCF.similarity: float32 weights 1 / log(1 + |I_u|)
         per_user = np.asarray(matrix.sum(axis=1), np.float64).ravel()
         weight = (1.0 / np.log1p(np.maximum(per_user, 1.0))).astype(np.float32)
@@ -247,18 +251,18 @@ def itemcf_range_reduce(pieces: Iterator[Columns], lo: int, hi: int, n_items: in
 
 
 def swing_shard_map_log(path: str, items: list[str], first_user: int,
-                        n_partitions: int) -> list[Columns]:
+                        n_partitions: int, split: bool = True) -> list[Columns]:
     """Stage 1 map from one shard: its training rows keyed by item, users numbered
     ``first_user + local number`` (every shard gets its own range), each row's place in the
     log breaking ties in time as the in-process fit's log position does."""
-    split = read_shard(path, items)
-    train = split.train
+    shard = read_shard(path, items, split)
+    train = shard.train
     return swing_map_log(train.item, train.user.astype(np.int64) + first_user, train.time,
-                         split.train_places, n_partitions)
+                         shard.train_places, n_partitions)
 
 
 def _swing_similarity(channel, paths: list[str], items: list[str], shard_users: list[int],
-                      user_items: np.ndarray, engine) -> sp.csr_matrix:
+                      user_items: np.ndarray, engine, split: bool = True) -> sp.csr_matrix:
     """Swing's pruned similarity from the shards. ``shard_users``: each shard's users;
     ``user_items`` float64[users]: every user's distinct training items, shard after shard
     (the users' global numbering: a shard's first user follows the previous shard's last).
@@ -270,7 +274,8 @@ def _swing_similarity(channel, paths: list[str], items: list[str], shard_users: 
     cap, alpha = int(channel.max_users_per_item), float(channel.alpha)
     user_weight = np.maximum(user_items, 1.0) ** -float(channel.user_power)
     recent = engine.shuffle(
-        lambda x: swing_shard_map_log(x[0], items, x[1], parts), list(zip(paths, firsts.tolist())),
+        lambda x: swing_shard_map_log(x[0], items, x[1], parts, split),
+        list(zip(paths, firsts.tolist())),
         lambda p, part: swing_recent_users(part, cap, n_users), parts)
     pairs = engine.shuffle(
         lambda r: swing_map_pairs(r, n_users, parts), recent,
@@ -439,7 +444,8 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
         say(f"sharded {shards.events:,} events of {shards.n_users:,} users into "
             f"{n_shards} shards ({split_seconds:.1f}s)")
         pipeline = RecallPipeline(config)
-        fit_seconds = _fit(pipeline, shards.paths, items, engine, reducer_bytes, run, resumed)
+        fit_seconds = fit_from_shards(pipeline, shards.paths, items, engine, reducer_bytes, run,
+                                      resumed)
         start = time.perf_counter()
         kept = StageParts(run, "recall", digest(config.config_hash(), on, list(ks)))
         todo = kept.missing(n_shards)
@@ -472,20 +478,21 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
     }
 
 
-def _fit(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: int,
-         run: Path, resumed: dict[str, Any]) -> dict[str, float]:
-    """Fit the pipeline's channels from the shards; returns each channel's seconds (the
-    shared statistics pass counted in each). Fitted similarities are kept under ``run``
+def fit_from_shards(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: int,
+                    run: Path, resumed: dict[str, Any], split: bool = True) -> dict[str, float]:
+    """Fit the pipeline's channels from the shards (their ``loo`` training part, or with
+    ``split=False`` every row); returns each channel's seconds (the shared statistics pass
+    counted in each). Fitted similarities are kept under ``run``
     (:class:`~llmrecall.engine.stage_files.StageParts`); ``resumed`` records what was
     found there."""
     start = time.perf_counter()
     half_lives = tuple(sorted({float(c.half_life) for c in pipeline.channels.values()
                                if c.kind == "popularity" and c.half_life is not None}))
-    stats = engine.map_tasks(lambda path: shard_statistics(path, items, (), None), paths)
+    stats = engine.map_tasks(lambda path: shard_statistics(path, items, (), None, split), paths)
     latest = max(s["latest"] for s in stats)
     if half_lives:
-        decayed = engine.map_tasks(lambda path: shard_statistics(path, items, half_lives, latest),
-                                   paths)
+        decayed = engine.map_tasks(
+            lambda path: shard_statistics(path, items, half_lives, latest, split), paths)
     item_users = np.sum([s["item_users"] for s in stats], axis=0)
     shared = time.perf_counter() - start
     seconds = {}
@@ -497,27 +504,29 @@ def _fit(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: in
                       else np.sum([d["decayed"][float(channel.half_life)] for d in decayed], axis=0))
             channel.install(scores)
         elif channel.kind == "swing":
-            kept = StageParts(run, "swing", digest(_params(channel)))
+            kept = StageParts(run, "swing", digest(_params(channel), split))
             resumed[f"{name}_similarity"] = kept.has(0)
             if kept.has(0):
                 similarity = _csr_from(kept.load(0)[0], len(items))
             else:
                 user_items = np.concatenate([s["user_items"] for s in stats])
                 similarity = _swing_similarity(channel, paths, items,
-                                               [s["users"] for s in stats], user_items, engine)
+                                               [s["users"] for s in stats], user_items, engine,
+                                               split)
                 kept.save(0, {"data": similarity.data, "indices": similarity.indices,
                               "indptr": similarity.indptr}, {})
             channel.install(similarity, item_users)
         else:
             channel.install(_itemcf_similarity(channel, paths, items, item_users, engine,
-                                               reducer_bytes, run, resumed, name), item_users)
+                                               reducer_bytes, run, resumed, name, split),
+                            item_users)
         seconds[name] = shared + time.perf_counter() - began
     return seconds
 
 
 def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: np.ndarray,
                        engine, reducer_bytes: int, run: Path, resumed: dict[str, Any],
-                       name: str) -> sp.csr_matrix:
+                       name: str, split: bool = True) -> sp.csr_matrix:
     """ItemCF's pruned similarity; each candidate range's pruned columns are kept under
     ``run`` by the reducer that computed them, and a rerun reduces only the ranges missing
     (its maps cut only those ranges' columns)."""
@@ -528,7 +537,7 @@ def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: 
     bounds = candidate_ranges(n_items, getattr(engine, "partitions", 1), reducer_bytes)
     norms = np.sqrt(item_users)
     iuf, shrink, neighbors = bool(channel.iuf), float(channel.shrink), int(channel.neighbors)
-    kept = StageParts(run, "itemcf", digest(_params(channel), bounds.tolist()))
+    kept = StageParts(run, "itemcf", digest(_params(channel), bounds.tolist(), split))
     todo = kept.missing(len(bounds) - 1)
     resumed[f"{name}_ranges"] = f"{len(bounds) - 1 - len(todo)}/{len(bounds) - 1}"
 
@@ -541,8 +550,9 @@ def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: 
                       "values": np.concatenate([b[2] for b in blocks])}, {})
 
     if todo:
-        engine.shuffle_streamed(lambda path: itemcf_shard_map(path, items, iuf, bounds, todo),
-                                paths, reduce, len(todo))
+        engine.shuffle_streamed(
+            lambda path: itemcf_shard_map(path, items, iuf, bounds, todo, split),
+            paths, reduce, len(todo))
     parts = [kept.load(r)[0] for r in range(len(bounds) - 1)]
     return assemble_pruned(n_items, [(p["rows"], p["cols"], p["values"]) for p in parts])
 

@@ -24,8 +24,10 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -101,9 +103,31 @@ def build(dataset: Dataset, config: PipelineConfig, out_dir: str | Path,
     (:func:`fit_pipeline` says how it is fitted). Returns the path of the version folder;
     ``out_dir/CURRENT`` names it afterwards.
     """
+    pipeline = fit_pipeline(dataset, config, progress=progress)
+
+    def write_data(folder: Path) -> None:
+        (folder / "users.json").write_text(json.dumps(dataset.users.ids))
+        (folder / "items.json").write_text(json.dumps(dataset.items.ids))
+        dataset.catalog.frame.write_parquet(folder / "catalog.parquet")
+        hist = dataset.histories()
+        np.savez(folder / "histories.npz", indptr=hist.indptr, items=hist.items,
+                 times=hist.times, weights=hist.weights, n_items=np.int64(hist.n_items))
+
+    return write_version(out_dir, config, pipeline, write_data, {
+        "dataset": dataset.name, "n_users": dataset.n_users, "n_items": dataset.n_items,
+        "n_interactions": len(dataset.interactions),
+        "text_fields": list(dataset.catalog.text_fields)})
+
+
+def write_version(out_dir: str | Path, config: PipelineConfig, pipeline: RecallPipeline,
+                  write_data: Callable[[Path], None], about: dict[str, Any]) -> Path:
+    """Write a fitted pipeline as a new version under ``out_dir`` and point ``CURRENT`` at
+    it. ``write_data(folder)`` writes the data files (``users.json``, ``items.json``,
+    ``catalog.parquet``, ``histories.npz``: the layout of the module docstring) into the
+    version's temporary folder; ``about`` (``dataset``, ``n_users``, ``n_items``,
+    ``n_interactions``, ``text_fields``) goes into the manifest. Returns the version folder."""
     root = Path(out_dir)
     (root / "versions").mkdir(parents=True, exist_ok=True)
-    pipeline = fit_pipeline(dataset, config, progress=progress)
     created = time.time()
     version = (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(created))
                + f"-{config.config_hash()}-{uuid.uuid4().hex[:6]}")
@@ -114,23 +138,14 @@ def build(dataset: Dataset, config: PipelineConfig, out_dir: str | Path,
     if pipeline.fusion_model_ is not None:
         pipeline.fusion_model_.save(tmp / "fusion")
     (tmp / "config.toml").write_text(config.to_toml())
-    (tmp / "users.json").write_text(json.dumps(dataset.users.ids))
-    (tmp / "items.json").write_text(json.dumps(dataset.items.ids))
-    dataset.catalog.frame.write_parquet(tmp / "catalog.parquet")
-    hist = dataset.histories()
-    np.savez(tmp / "histories.npz", indptr=hist.indptr, items=hist.items, times=hist.times,
-             weights=hist.weights, n_items=np.int64(hist.n_items))
+    write_data(tmp)
     manifest = {
         "format_version": FORMAT_VERSION,
         "version": version,
         "created": created,
         "created_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
         "config_hash": config.config_hash(),
-        "dataset": dataset.name,
-        "n_users": dataset.n_users,
-        "n_items": dataset.n_items,
-        "n_interactions": len(dataset.interactions),
-        "text_fields": list(dataset.catalog.text_fields),
+        **about,
         "channels": {name: ch.kind for name, ch in pipeline.channels.items()},
         "fit_seconds": pipeline.fit_seconds,
     }

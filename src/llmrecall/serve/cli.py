@@ -51,14 +51,39 @@ def build_command(
     try:
         _import_plugins(plugin)
         cfg = load_config(config)
-        with engine_for(engine, cfg):  # before the log is loaded: it refuses log = "sharded"
-            # each channel's fit is a stage of llmrecall.progress
-            path = build(dataset_from_options(dataset, data), cfg, out)
+        if cfg.engine is not None and cfg.engine.log == "sharded":
+            path = _build_sharded(dataset, data, cfg, engine, out)
+        else:
+            with engine_for(engine, cfg):
+                # each channel's fit is a stage of llmrecall.progress
+                path = build(dataset_from_options(dataset, data), cfg, out)
     except LLMRecallError as exc:
         _error(exc)
     except OSError as exc:  # checked above, but the disk may fill up while writing
         _error(f"cannot write the artifact under {out}: {exc}")
     progress.note(f"wrote {path}")
+
+
+def _build_sharded(dataset: str | None, data: Path | None, cfg, engine: str | None,
+                   out: Path) -> Path:
+    """``build`` with ``[engine] log = "sharded"``: the log is never loaded here
+    (:mod:`llmrecall.engine.sharded_build`)."""
+    from llmrecall.data.spec import DataSpec
+    from llmrecall.engine import engine_for
+    from llmrecall.engine.sharded_build import build_sharded
+    from llmrecall.errors import ConfigError
+
+    if data is None or dataset is not None:
+        raise ConfigError('[engine] log = "sharded" reads your files: give --data SPEC.toml '
+                          "(not --dataset)")
+    spec = DataSpec.from_toml(data)
+    with engine_for(engine, cfg, sharded=True) as eng:
+        path, ran = build_sharded(spec, cfg, out, engine=eng, work_dir=cfg.engine.work_dir,
+                                  name=spec.name or data.stem, progress=progress.note)
+    progress.note(f"built from {ran['shards']} shards: {ran['events']:,} events, "
+                  f"{ran['users']:,} users, {ran['items']:,} items; found in work_dir: "
+                  f"{ran['resumed']}")
+    return path
 
 
 def _error(exc: Exception | str) -> None:

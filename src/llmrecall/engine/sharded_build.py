@@ -1,0 +1,166 @@
+"""``build`` from a sharded log: a serving artifact written without the log in one process.
+
+With ``[engine] log = "sharded"``, ``llmrecall build --data SPEC.toml`` writes the artifact
+``build`` writes from a loaded :class:`~llmrecall.data.dataset.Dataset`
+(:mod:`llmrecall.serve.artifacts`), from the history shards instead
+(:mod:`llmrecall.engine.sharded`):
+
+1. the log's files shuffled into per-user history shards (reused from ``work_dir``);
+2. the channels (``popularity``, ``itemcf``, ``swing``) fitted from the shards' every row
+   (as ``build`` fits on all data), on the engine's tasks, their results kept in
+   ``work_dir`` as for a sharded ``evaluate``;
+3. the data files written shard after shard: ``users.json`` (users numbered shard after
+   shard, each shard's in the order its file keeps them), ``histories.npz`` (each user's
+   items, times and weights, oldest first, as ``Dataset.histories`` gives them), streamed
+   into the archive member by member, so the driver holds one shard at a time;
+   ``items.json`` and ``catalog.parquet`` from the item vocabulary (the loader's order) and
+   the item file.
+
+The service loads the artifact whole (every history in memory), as it loads any artifact:
+this moves the log out of the builder, not out of the service. Users are numbered shard
+after shard, not in first-seen order as the loader numbers them: the artifact holds the
+same users, histories and fitted channels under other dense user ids (dense ids never leave
+an artifact; the service speaks raw ids).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import polars as pl
+
+from llmrecall.config import PipelineConfig
+from llmrecall.data.spec import DataSpec, table_files
+from llmrecall.engine.histories import shard_histories
+from llmrecall.engine.sharded import (
+    REDUCER_BYTES,
+    SHARD_EVENTS,
+    _log_key,
+    _log_rows,
+    _vocabulary,
+    check_sharded,
+    fit_from_shards,
+)
+
+#: the histories.npz members, in the order they are written: (name, dtype)
+_MEMBERS = (("indptr", np.int64), ("items", np.int32), ("times", np.float64),
+            ("weights", np.float32))
+
+
+def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *, engine,
+                  work_dir: str | Path | None = None, shard_events: int = SHARD_EVENTS,
+                  reducer_bytes: int = REDUCER_BYTES, name: str | None = None,
+                  progress=None) -> tuple[Path, dict[str, Any]]:
+    """Write a new artifact version of ``config`` fitted on the log ``spec`` names, never
+    loading the log (module docstring). Returns the version folder and what was run
+    (``shards``, ``events``, ``users``, ``items``, ``resumed``, ``seconds``).
+
+    ``work_dir`` as :func:`~llmrecall.engine.sharded.evaluate_sharded`'s: the shards and the
+    fitted similarities are kept there, and a sharded ``evaluate`` of the same log reuses
+    the shards (not the fits: those are on its training split).
+    """
+    from llmrecall.data.loaders import read_catalog
+    from llmrecall.pipeline import RecallPipeline
+    from llmrecall.serve.artifacts import write_version
+
+    say = progress or (lambda _msg: None)
+    check_sharded(spec, config, "loo", command="build")
+    files = table_files(spec.interactions.path) or [spec.interactions.path]
+    n_shards = max(getattr(engine, "partitions", 1), math.ceil(_log_rows(files) / shard_events))
+    own = work_dir is None
+    folder = Path(work_dir) if work_dir is not None else \
+        Path(tempfile.mkdtemp(prefix="llmrecall-shards-"))
+    item_files = (table_files(spec.items.path) or [spec.items.path]) if spec.items else []
+    run = folder / f"log-{_log_key(spec, files, item_files, n_shards)}"
+    resumed: dict[str, Any] = {}
+    begin = time.perf_counter()
+    try:
+        shards = shard_histories(spec.interactions, run, engine.shuffle, n_shards,
+                                 with_users=False)
+        resumed["histories"] = shards.reused
+        items = _vocabulary(spec, shards)
+        say(f"sharded {shards.events:,} events of {shards.n_users:,} users into "
+            f"{n_shards} shards")
+        pipeline = RecallPipeline(config)
+        pipeline.fit_seconds = fit_from_shards(pipeline, shards.paths, items, engine,
+                                               reducer_bytes, run, resumed, split=False)
+        catalog = read_catalog(spec.items, len(items))
+
+        def write_data(version: Path) -> None:
+            (version / "items.json").write_text(json.dumps(items))
+            catalog.frame.write_parquet(version / "catalog.parquet")
+            write_users_and_histories(shards.paths, items, version)
+
+        path = write_version(out_dir, config, pipeline, write_data, {
+            "dataset": name or spec.name or "dataset", "n_users": shards.n_users,
+            "n_items": len(items), "n_interactions": shards.events,
+            "text_fields": list(catalog.text_fields), "log": "sharded"})
+    finally:
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
+    return path, {"shards": n_shards, "events": shards.events, "users": shards.n_users,
+                  "items": len(items), "resumed": resumed,
+                  "seconds": time.perf_counter() - begin}
+
+
+def write_users_and_histories(paths: list[str], items: list[str], version: Path) -> None:
+    """``users.json`` and ``histories.npz`` from the shards, one shard in memory at a time:
+    each array's values go to a scratch file as the shards are read, then into the
+    archive as one ``.npy`` member (``np.load`` reads it as ``np.savez`` would write it)."""
+    scratch = Path(tempfile.mkdtemp(prefix=".histories-", dir=version))
+    try:
+        outs = {key: open(scratch / key, "wb") for key, _ in _MEMBERS}
+        counts = dict.fromkeys(outs, 0)
+        np.zeros(1, np.int64).tofile(outs["indptr"])
+        counts["indptr"], end = 1, 0
+        with open(version / "users.json", "w") as users:
+            users.write("[")
+            first = True
+            for path in paths:
+                frame = pl.read_parquet(path, columns=["user", "items", "times"])
+                if frame.height:
+                    users.write(("" if first else ",")
+                                + ",".join(json.dumps(u) for u in frame["user"].to_list()))
+                    first = False
+                lengths = frame["items"].list.len().to_numpy().astype(np.int64)
+                item = frame["items"].explode().drop_nulls().replace_strict(
+                    items, np.arange(len(items), dtype=np.int32),
+                    return_dtype=pl.Int32).to_numpy()
+                times = frame["times"].explode().drop_nulls().to_numpy().astype(np.float64)
+                (end + np.cumsum(lengths)).astype(np.int64).tofile(outs["indptr"])
+                end += int(lengths.sum())
+                item.astype(np.int32).tofile(outs["items"])
+                times.tofile(outs["times"])
+                np.ones(len(item), np.float32).tofile(outs["weights"])
+                counts["indptr"] += len(lengths)
+                for key in ("items", "times", "weights"):
+                    counts[key] += len(item)
+            users.write("]")
+        for out in outs.values():
+            out.close()
+        with zipfile.ZipFile(version / "histories.npz", "w", zipfile.ZIP_STORED,
+                             allowZip64=True) as archive:
+            for key, dtype in _MEMBERS:
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member, \
+                        open(scratch / key, "rb") as values:
+                    _npy_header(member, np.dtype(dtype), counts[key])
+                    shutil.copyfileobj(values, member, 16 * 2**20)
+            with archive.open("n_items.npy", "w") as member:
+                np.lib.format.write_array(member, np.asarray(np.int64(len(items))))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _npy_header(stream: IO[bytes], dtype: np.dtype, length: int) -> None:
+    """The ``.npy`` header of a 1-d C-order array of ``length`` values of ``dtype``."""
+    np.lib.format.write_array_header_1_0(
+        stream, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                 "shape": (length,)})

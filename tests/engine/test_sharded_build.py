@@ -1,0 +1,126 @@
+"""``build`` from a sharded log (``[engine] log = "sharded"``): the artifact the service
+loads, written without loading the log, holds what the driver path's artifact holds."""
+
+from __future__ import annotations
+
+import numpy as np
+from typer.testing import CliRunner
+
+from llmrecall.cli import app
+from llmrecall.config import PipelineConfig
+from llmrecall.data.loaders import load_dataset_toml
+from llmrecall.data.spec import DataSpec
+from llmrecall.data.synth import synthesize
+from llmrecall.engine.local import Engine
+from llmrecall.engine.sharded_build import build_sharded
+from llmrecall.serve.artifacts import build, load_artifact
+
+CHANNELS = [{"kind": "popularity", "weight": 0.3},
+            {"kind": "popularity", "name": "recent", "params": {"half_life": 864_000}},
+            {"kind": "itemcf", "params": {"neighbors": 60}},
+            {"kind": "swing", "params": {"max_users_per_item": 40, "neighbors": 40}}]
+
+
+def _by_raw_user(artifact) -> dict[str, tuple[list[str], list[float], list[float]]]:
+    h, items = artifact.histories, artifact.items.ids
+    return {user: ([items[i] for i in h.items[h.indptr[u]:h.indptr[u + 1]]],
+                   h.times[h.indptr[u]:h.indptr[u + 1]].tolist(),
+                   h.weights[h.indptr[u]:h.indptr[u + 1]].tolist())
+            for u, user in enumerate(artifact.users.ids)}
+
+
+def _same_neighbours(a, b) -> None:
+    """The same pruned entries (a near-tie at a column's cut may swap: float64 sums per
+    shard against float32 per user), values to float32 rounding."""
+    a, b = a.tocoo(), b.tocoo()
+    moved = set(zip(a.row.tolist(), a.col.tolist())) ^ set(zip(b.row.tolist(), b.col.tolist()))
+    assert a.nnz > 1000 and len(moved) <= 0.002 * a.nnz
+    np.testing.assert_allclose(b.toarray(), a.toarray(), rtol=1e-5, atol=1e-7)
+
+
+def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
+    """A synthetic log with a catalog and exact repeats: the same items (the loader's
+    numbering), catalog, users and histories (raw ids, times, weights; users numbered
+    shard after shard), channel states, and the same recall for every user."""
+    synthesize(tmp_path / "data", users=500, items=200, events=12_000, seed=3,
+               block_events=4_000)
+    spec = DataSpec.from_toml(tmp_path / "data" / "data.toml")
+    config = PipelineConfig.model_validate({"channels": CHANNELS})
+    driver = load_artifact(build(load_dataset_toml(tmp_path / "data" / "data.toml"), config,
+                                 tmp_path / "driver"))
+    path, ran = build_sharded(spec, config, tmp_path / "sharded", engine=Engine(),
+                              work_dir=tmp_path / "work", shard_events=3_000)
+    sharded = load_artifact(tmp_path / "sharded")
+    assert path == sharded.path and ran["shards"] == 4 and ran["resumed"]["histories"] is False
+
+    assert sharded.items.ids == driver.items.ids
+    assert sharded.catalog.frame.equals(driver.catalog.frame)
+    assert sorted(sharded.users.ids) == sorted(driver.users.ids)
+    assert sharded.users.ids != driver.users.ids  # numbered shard after shard
+    assert _by_raw_user(sharded) == _by_raw_user(driver)
+    assert sharded.manifest["n_interactions"] == driver.manifest["n_interactions"]
+    assert sharded.manifest["log"] == "sharded" and sharded.config == driver.config
+
+    a, b = driver.pipeline.channels, sharded.pipeline.channels
+    for name in ("popularity", "recent"):
+        np.testing.assert_allclose(b[name].scores_, a[name].scores_, rtol=1e-6)
+    for name in ("itemcf", "swing"):
+        _same_neighbours(a[name].similarity_, b[name].similarity_)
+        np.testing.assert_allclose(b[name].popularity_, a[name].popularity_, rtol=1e-6)
+
+    # the fused lists of every user, each artifact ranking its own users
+    order = np.array([sharded.users.index(u) for u in driver.users.ids])
+    ours = sharded.pipeline.recall(order, sharded.histories, k=50).fused.ids
+    theirs = driver.pipeline.recall(np.arange(len(order)), driver.histories, k=50).fused.ids
+    agree = np.mean([len(set(x) & set(y)) / 50 for x, y in zip(ours, theirs)])
+    assert agree > 0.995, agree
+
+    # a second build finds the shards and the fitted similarities in work_dir
+    _, again = build_sharded(spec, config, tmp_path / "sharded", engine=Engine(),
+                             work_dir=tmp_path / "work", shard_events=3_000)
+    assert again["resumed"] == {"histories": True, "itemcf_ranges": "1/1",
+                                "swing_similarity": True}
+
+
+def test_empty_shards_leave_valid_users_and_histories(tmp_path):
+    """More shards than users: the empty shards write nothing, the files stay readable."""
+    (tmp_path / "log.csv").write_text("u,i,t\na,x,1\na,y,2\nb,x,3\nc,z,4\nc,x,5\nc,y,6\n")
+    (tmp_path / "data.toml").write_text('[data.interactions]\npath = "log.csv"\nuser = "u"\n'
+                                        'item = "i"\ntime = "t"\n')
+    spec = DataSpec.from_toml(tmp_path / "data.toml")
+    config = PipelineConfig.model_validate({"channels": CHANNELS[:1] + CHANNELS[2:3]})
+    engine = Engine()
+    engine.partitions = 8  # type: ignore[attr-defined]  (as many shards as a cluster's CPUs)
+    _, ran = build_sharded(spec, config, tmp_path / "art", engine=engine)
+    assert ran["shards"] == 8 and ran["users"] == 3
+    artifact = load_artifact(tmp_path / "art")
+    assert sorted(artifact.users.ids) == ["a", "b", "c"]
+    assert _by_raw_user(artifact) == {"a": (["x", "y"], [1.0, 2.0], [1.0, 1.0]),
+                                      "b": (["x"], [3.0], [1.0]),
+                                      "c": (["z", "x", "y"], [4.0, 5.0, 6.0], [1.0] * 3)}
+
+
+def test_cli_build_with_the_sharded_log(ml100k_files, tmp_path):
+    folder, _spec = ml100k_files
+    toml = ("[[channels]]\nkind = \"popularity\"\n\n[[channels]]\nkind = \"itemcf\"\n"
+            f'\n[engine]\nlog = "sharded"\nwork_dir = "{tmp_path / "work"}"\n')
+    (tmp_path / "sharded.toml").write_text(toml)
+    runner = CliRunner()
+    built = runner.invoke(app, ["build", "--data", str(folder / "data.toml"), "-c",
+                                str(tmp_path / "sharded.toml"), "-o", str(tmp_path / "art")])
+    assert built.exit_code == 0, built.output
+    artifact = load_artifact(tmp_path / "art")
+    assert artifact.manifest["n_interactions"] == 100_000 and len(artifact.users) == 943
+    assert list(artifact.pipeline.channels) == ["popularity", "itemcf"]
+    refused = runner.invoke(app, ["build", "-d", "ml-100k", "-c", str(tmp_path / "sharded.toml"),
+                                  "-o", str(tmp_path / "art2")])
+    assert refused.exit_code == 2 and "--data" in refused.output
+    refused = runner.invoke(app, ["tune", "--data", str(folder / "data.toml"), "-c",
+                                  str(tmp_path / "sharded.toml"), "-o", str(tmp_path / "t.toml"),
+                                  "-n", "1"])
+    assert refused.exit_code == 2 and "evaluate and build only" in refused.output
+    (tmp_path / "ease.toml").write_text(toml.replace('kind = "itemcf"', 'kind = "ease"'))
+    refused = runner.invoke(app, ["build", "--data", str(folder / "data.toml"), "-c",
+                                  str(tmp_path / "ease.toml"), "-o", str(tmp_path / "art3")])
+    assert refused.exit_code == 2 and "build with [engine]" in refused.output
+    assert "'ease'" in refused.output
