@@ -20,6 +20,10 @@ raylet, GCS), and the peak of their sum (shared object-store pages count in ever
 that maps them). The clock and the sampler cover the whole command, loading included.
 The two paths' metrics are compared (largest absolute difference over every metric).
 
+``--command build`` measures ``build`` instead: the artifact written from the loaded
+``Dataset`` (``driver``) or from the history shards (``sharded``,
+``engine/sharded_build.py``), into a temporary folder.
+
 ``--memory-cap-gb G`` runs each child in a cgroup (v1 memory controller, as root) limited
 to G GiB for the child and everything it starts (Ray's processes and the object store's
 shared memory included): a run that needs more is killed by the kernel, and the table says
@@ -90,7 +94,10 @@ def memory_cap(gb: float | None):
             cap.close()
 
 
-def run_child(data: str, mode: str, workers: int, object_store_mb: int) -> dict:
+def run_child(data: str, mode: str, workers: int, object_store_mb: int,
+              command: str = "evaluate") -> dict:
+    import tempfile
+
     from llmrecall.config import PipelineConfig
     from llmrecall.data.spec import DataSpec
 
@@ -99,7 +106,28 @@ def run_child(data: str, mode: str, workers: int, object_store_mb: int) -> dict:
     thread.start()
     start = time.perf_counter()
     spec = DataSpec.from_toml(Path(data) / "data.toml")
-    if mode == "driver":
+    out = Path(tempfile.mkdtemp(prefix="bench-artifact-"))
+    if command == "build" and mode == "driver":
+        from llmrecall.data.loaders import load_dataset
+        from llmrecall.serve.artifacts import build
+
+        build(load_dataset(spec), PipelineConfig.model_validate(CONFIG), out)
+        report = {"users_evaluated": 0, "results": {}, "timings": {}}
+        detail = {}
+    elif command == "build":
+        import ray
+
+        from llmrecall.engine.ray_engine import RayEngine
+        from llmrecall.engine.sharded_build import build_sharded
+
+        ray.init(num_cpus=workers, object_store_memory=object_store_mb * 2**20,
+                 include_dashboard=False, log_to_driver=False)
+        _, ran = build_sharded(spec, PipelineConfig.model_validate(
+            {**CONFIG, "engine": {"log": "sharded"}}), out, engine=RayEngine())
+        report = {"users_evaluated": 0, "results": {}, "timings": {}}
+        detail = {"shards": ran["shards"]}
+        ray.shutdown()
+    elif mode == "driver":
         from llmrecall.data.loaders import load_dataset
         from llmrecall.evaluate.experiment import evaluate
 
@@ -119,6 +147,9 @@ def run_child(data: str, mode: str, workers: int, object_store_mb: int) -> dict:
         detail = {"shards": report["engine"]["shards"]}
         ray.shutdown()
     seconds = time.perf_counter() - start
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
     stop.set()
     thread.join()
     return {"mode": mode, "seconds": seconds, "users_evaluated": report["users_evaluated"],
@@ -140,10 +171,11 @@ def main() -> None:
     parser.add_argument("--data-root", default="/tmp/synth-sharded")
     parser.add_argument("--out", default=None)
     parser.add_argument("--child", nargs=2, metavar=("DATA", "MODE"))
+    parser.add_argument("--command", choices=("evaluate", "build"), default="evaluate")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(args.child[0], args.child[1], args.workers,
-                                   args.object_store_mb)))
+                                   args.object_store_mb, args.command)))
         return
     from llmrecall.data.synth import synthesize
 
@@ -156,7 +188,8 @@ def main() -> None:
         by_mode = {}
         for mode in args.modes:
             command = [sys.executable, __file__, "--child", str(data), mode,
-                       "--workers", str(args.workers), "--object-store-mb", str(args.object_store_mb)]
+                       "--workers", str(args.workers), "--object-store-mb", str(args.object_store_mb),
+                       "--command", args.command]
             with memory_cap(args.memory_cap_gb) as cap:
                 out = subprocess.run(command, capture_output=True, text=True, env=os.environ,
                                      preexec_fn=cap.enter if cap else None)
@@ -172,7 +205,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("results", "timings")}),
                   flush=True)
-        if len(by_mode) == 2:
+        if len(by_mode) == 2 and args.command == "evaluate":
             a, b = by_mode["driver"]["results"], by_mode["sharded"]["results"]
             diff = max(abs(a[n][m] - b[n][m]) for n in a for m in a[n])
             print(f"{events:,} events: largest metric difference {diff:.2e}", flush=True)
@@ -184,9 +217,9 @@ def main() -> None:
                 else f"failed (exit {r['failed']})"
             print(f"| {r['events']:,} | {r['mode']} | {why} | | | | |")
             continue
+        recall = f"{r['results']['fused']['recall@50']:.4f}" if r["results"] else "—"
         print(f"| {r['events']:,} | {r['mode']} | {r['seconds']:.1f} | {r['peak_driver_mb']:,.0f} "
-              f"| {r['peak_largest_other_mb']:,.0f} | {r['peak_all_mb']:,.0f} "
-              f"| {r['results']['fused']['recall@50']:.4f} |")
+              f"| {r['peak_largest_other_mb']:,.0f} | {r['peak_all_mb']:,.0f} | {recall} |")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
 

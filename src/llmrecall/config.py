@@ -121,8 +121,9 @@ class EngineConfig(_Strict):
         "ray: restarts of a Ray Train fit (SASRec, textcf) whose worker died; SASRec "
         "resumes from its last epoch checkpoint. 0: the fit fails at the first death"))
     log: Literal["driver", "sharded"] = Field("driver", description=(
-        "evaluate: 'driver' loads the log in this process; 'sharded' shuffles it into "
-        "per-user history shards and fits, recalls and scores shard by shard, never holding "
+        "evaluate, build: 'driver' loads the log in this process; 'sharded' shuffles it into "
+        "per-user history shards and fits, recalls and scores (or writes the artifact) shard "
+        "by shard, never holding "
         "the log in one process (loo; popularity, itemcf and swing; docs/scale-out.md)"))
     work_dir: str | None = Field(None, description=(
         "log = 'sharded': where the history shards and each stage's results are written; "
