@@ -113,10 +113,10 @@ def test_worker_killed_mid_job_same_output(cluster, ml100k, tmp_path):
     _, config, split, local = ml100k
 
     class KillingEngine(RayEngine):
-        def shuffle(self, map_fn, inputs, reduce_fn, n_partitions):
+        def shuffle(self, map_fn, inputs, reduce_fn, n_partitions, keep=False):
             return super().shuffle(_kill_first_call(map_fn, str(tmp_path / "map")), inputs,
                                    _kill_first_call(reduce_fn, str(tmp_path / "reduce")),
-                                   n_partitions)
+                                   n_partitions, keep)
 
     engine = KillingEngine(partitions=2, user_block=300)
     engine._rank = ray.remote(_kill_first_call(ray_engine._rank_block, str(tmp_path / "rank"))
@@ -165,6 +165,27 @@ def test_histories_sharded_on_the_cluster_equal_one_process(cluster, tmp_path):
     assert here == there and len(here) == 300
     assert read_histories(tmp_path / "here").sort("user").equals(
         read_histories(tmp_path / "there").sort("user"))
+
+
+def test_a_kept_shuffle_stays_on_the_workers(cluster):
+    """``shuffle(..., keep=True)`` returns references to outputs left in the object store
+    (Swing's first two stages), and a shuffle fed those references gives what the chain
+    of values gives in one process."""
+    def split_by_parity(x):
+        values = np.asarray(x["v"]) if isinstance(x, dict) else np.arange(x, x + 5)
+        return [{"v": values[values % 2 == 0]}, {"v": values[values % 2 == 1]}]
+
+    def reduce(p, part):
+        return {"v": np.sort(part["v"]) + p * 100}
+
+    def chain(engine):
+        kept = engine.shuffle(split_by_parity, [0, 3, 7], reduce, 2, keep=True)
+        return kept, engine.shuffle(split_by_parity, kept, reduce, 2)
+
+    kept, remote = chain(RayEngine(partitions=2))
+    assert all(isinstance(ref, ray.ObjectRef) for ref in kept)
+    _, local = chain(Engine())
+    assert [r["v"].tolist() for r in remote] == [r["v"].tolist() for r in local]
 
 
 def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_files, tmp_path):
@@ -738,9 +759,9 @@ def test_worker_node_killed_mid_job_same_output(cluster, ml100k, tmp_path):
         return wrapped
 
     class StallingEngine(RayEngine):
-        def shuffle(self, map_fn, inputs, reduce_fn, n_partitions):
+        def shuffle(self, map_fn, inputs, reduce_fn, n_partitions, keep=False):
             return super().shuffle(stall_on_victim(map_fn), inputs, stall_on_victim(reduce_fn),
-                                   n_partitions)
+                                   n_partitions, keep)
 
     killed = threading.Event()
 

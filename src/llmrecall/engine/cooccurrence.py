@@ -268,7 +268,8 @@ def run_local(channel, dataset, matrix: sp.csr_matrix, n_partitions: int = 3,
     return swing_similarity(channel, dataset, matrix, shuffle, n_partitions, user_block)
 
 
-def _shuffle_local(map_fn, inputs, reduce_fn, n_partitions):
+def _shuffle_local(map_fn, inputs, reduce_fn, n_partitions, keep: bool = False):
+    # keep: the reduce outputs stay where they were computed (one process: here)
     pieces = [map_fn(x) for x in inputs]
     return [reduce_fn(p, concat([piece[p] for piece in pieces])) for p in range(n_partitions)]
 
@@ -303,14 +304,18 @@ def swing_similarity(channel, dataset, matrix: sp.csr_matrix, shuffle: Callable,
                np.arange(s, min(s + chunk, len(log)), dtype=np.int64))
               for s in range(0, len(log), chunk)]
     cap = int(channel.max_users_per_item)
+    # the first two stages' outputs stay on the workers (keep): only the pruned columns of
+    # the last come back
     recent = shuffle(
         lambda x: swing_map_log(x[0], x[1], x[2], x[3], n_partitions),
-        inputs, lambda p, part: swing_recent_users(part, cap, n_users), n_partitions)
+        inputs, lambda p, part: swing_recent_users(part, cap, n_users), n_partitions,
+        keep=True)
     user_weight = swing_user_weights(matrix, channel.user_power)
     alpha = float(channel.alpha)
     pairs = shuffle(
         lambda r: swing_map_pairs(r, n_users, n_partitions), recent,
-        lambda p, part: swing_pair_weights(part, user_weight, alpha, n_users), n_partitions)
+        lambda p, part: swing_pair_weights(part, user_weight, alpha, n_users), n_partitions,
+        keep=True)
     bounds = column_ranges(n_items, n_partitions)
     neighbors = int(channel.neighbors)
     results = shuffle(

@@ -45,9 +45,12 @@ class Engine:
         return [fn(x) for x in inputs]
 
     def shuffle(self, map_fn: Callable[[Any], list[Any]], inputs: list[Any],
-                reduce_fn: Callable[[int, Any], Any], n_partitions: int) -> list[Any]:
+                reduce_fn: Callable[[int, Any], Any], n_partitions: int,
+                keep: bool = False) -> list[Any]:
         """``reduce_fn(p, piece p of every map_fn(x), concatenated)`` for each partition p
-        (:func:`llmrecall.engine.cooccurrence.concat`), in this process."""
+        (:func:`llmrecall.engine.cooccurrence.concat`), in this process. ``keep``: the
+        outputs only feed another shuffle's maps, so a distributed engine may leave them
+        where they were computed and return references (here: the values)."""
         from llmrecall.engine.cooccurrence import _shuffle_local
 
         return _shuffle_local(map_fn, inputs, reduce_fn, n_partitions)

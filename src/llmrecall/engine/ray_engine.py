@@ -168,14 +168,17 @@ class RayEngine(Engine):
     # --- the shuffle ------------------------------------------------------------------
 
     def shuffle(self, map_fn: Callable, inputs: Sequence[Any], reduce_fn: Callable,
-                n_partitions: int) -> list[Any]:
+                n_partitions: int, keep: bool = False) -> list[Any]:
         """``reduce_fn(p, concat(piece p of every map_fn(x)))`` for each partition p: the
         maps run as tasks with one return per partition, each reduce a task fed those
-        returns (Ray moves them between nodes; nothing passes through the driver)."""
+        returns (Ray moves them between nodes; nothing passes through the driver). With
+        ``keep`` the reduce outputs stay in the object store and their references are
+        returned: given as another shuffle's ``inputs`` (or a task's), each is read where
+        it is used, so a chain of shuffles passes nothing through the driver."""
         outs, reduce_ref = self._start_maps(map_fn, inputs, reduce_fn, n_partitions)
         refs = [self._reduce.remote(reduce_ref, p, *[o[p] for o in outs])
                 for p in range(n_partitions)]
-        return ray.get(refs)
+        return refs if keep else ray.get(refs)
 
     def _start_maps(self, map_fn: Callable, inputs: Sequence[Any], reduce_fn: Callable,
                     n_partitions: int) -> tuple[list[Any], Any]:

@@ -30,9 +30,8 @@ task:
 
 Memory, per process: the driver holds the item vocabulary, per-item statistics, the pruned
 similarity (``n_items x neighbors``) and the metric sums: nothing per event, and nothing per
-user except Swing's user weights (8 bytes a user) and its stage outputs, which pass through
-the driver between its shuffles (each item's ``max_users_per_item`` recent users, then the
-linked user pairs: bounded by the catalog and the cap, not by the log). A
+user except Swing's user weights (8 bytes a user); Swing's stage outputs stay in the
+object store between its shuffles (``shuffle(..., keep=True)``). A
 history task holds one shard (about ``shard_events`` events) and its co-occurrence; a
 reducer holds its dense block (at most ``reducer_bytes``: the candidate ranges are cut so)
 and one piece. Pieces waiting for their reducer sit in the object store, which spills to
@@ -273,13 +272,16 @@ def _swing_similarity(channel, paths: list[str], items: list[str], shard_users: 
     firsts = np.concatenate([[0], np.cumsum(shard_users)[:-1]]).astype(np.int64)
     cap, alpha = int(channel.max_users_per_item), float(channel.alpha)
     user_weight = np.maximum(user_items, 1.0) ** -float(channel.user_power)
+    # the first two stages' outputs stay on the workers (keep): the driver sees only the
+    # pruned columns of the last
     recent = engine.shuffle(
         lambda x: swing_shard_map_log(x[0], items, x[1], parts, split),
         list(zip(paths, firsts.tolist())),
-        lambda p, part: swing_recent_users(part, cap, n_users), parts)
+        lambda p, part: swing_recent_users(part, cap, n_users), parts, keep=True)
     pairs = engine.shuffle(
         lambda r: swing_map_pairs(r, n_users, parts), recent,
-        lambda p, part: swing_pair_weights(part, user_weight, alpha, n_users), parts)
+        lambda p, part: swing_pair_weights(part, user_weight, alpha, n_users), parts,
+        keep=True)
     bounds = column_ranges(n_items, parts)
     neighbors = int(channel.neighbors)
     results = engine.shuffle(
