@@ -120,6 +120,10 @@ class EngineConfig(_Strict):
     train_max_failures: int = Field(2, ge=0, description=(
         "ray: restarts of a Ray Train fit (SASRec, textcf) whose worker died; SASRec "
         "resumes from its last epoch checkpoint. 0: the fit fails at the first death"))
+    train_min_workers: int | None = Field(None, ge=1, description=(
+        "ray: an elastic Ray Train fit that goes on, from its last checkpoint, on as few as "
+        "this many workers after a node is lost (and starts on as many as fit, up to the "
+        "cluster's CPUs); unset: a fixed number of workers"))
     log: Literal["driver", "sharded"] = Field("driver", description=(
         "evaluate, build: 'driver' loads the log in this process; 'sharded' shuffles it into "
         "per-user history shards and fits, recalls and scores (or writes the artifact) shard "

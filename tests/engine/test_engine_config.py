@@ -56,8 +56,43 @@ def test_train_max_failures_is_validated_and_reaches_the_ray_engine():
     assert parse_config({**BASE, "engine": {"kind": "ray"}}).engine.train_max_failures == 2
     with pytest.raises(ConfigError, match="train_max_failures"):
         parse_config({**BASE, "engine": {"kind": "ray", "train_max_failures": -1}})
-    section = parse_config({**BASE, "engine": {"kind": "ray", "train_max_failures": 5}}).engine
-    assert engine_options("ray", section) == {"train_max_failures": 5}
+    section = parse_config({**BASE, "engine": {"kind": "ray", "train_max_failures": 5,
+                                               "train_min_workers": 1}}).engine
+    assert engine_options("ray", section) == {"train_max_failures": 5, "train_min_workers": 1}
     assert engine_options("ray", None) == {} and engine_options("local", section) == {}
     with pytest.raises(ConfigError, match="train_max_failures"):
         RayEngine(train_max_failures=-1)
+    with pytest.raises(ConfigError, match="train_min_workers"):
+        parse_config({**BASE, "engine": {"kind": "ray", "train_min_workers": 0}})
+
+
+def test_a_checkpoint_of_fewer_ranks_resumes_every_rank():
+    """An elastic run resumed on more ranks than wrote its checkpoint: the ranks it has a
+    generator state for get theirs back, the others a seed of their own (distinct, and
+    the same on every resume); the optimizer and numpy generator are restored alike."""
+    import numpy as np
+    import torch
+
+    from llmrecall.channels.train_state import TrainState, restore
+
+    torch.manual_seed(3)
+    saved = torch.get_rng_state()
+    net = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(net.parameters())
+    state = TrainState(step=4, weights={}, optimizer=optimizer.state_dict(),
+                       rng=np.random.default_rng(9).bit_generator.state, torch_rng=[saved])
+
+    def draws(rank):
+        rng = np.random.default_rng(0)
+        own = restore(state, torch.optim.AdamW(net.parameters()), rng, rank, seed=7)
+        return own, torch.rand(3).tolist(), rng.random()
+
+    own0, first0, numpy0 = draws(0)
+    own1, first1, numpy1 = draws(1)
+    own2, first2, _ = draws(2)
+    assert (own0, own1, own2) == (True, False, False)
+    torch.set_rng_state(saved)
+    assert first0 == torch.rand(3).tolist()  # rank 0: its own state, bit for bit
+    assert first1 != first2 and first1 != first0  # the new ranks: their own masks
+    assert draws(1)[1] == first1  # and the same on every resume
+    assert numpy0 == numpy1 == np.random.default_rng(9).random()

@@ -14,7 +14,11 @@ A checkpoint is a folder of three files:
 Restored into freshly built objects (:func:`load_train_state`, then the weights into the
 network and :func:`restore` for the rest), the steps that follow draw the same batches,
 negatives and dropout masks and apply the same updates as the uninterrupted run: the
-result is that run's, bit for bit (on the same world size and thread count).
+result is that run's, bit for bit (on the same world size and thread count). Resumed on
+another number of ranks (an elastic run that lost or gained workers), the ranks the
+checkpoint has no generator state for start torch's generator from a seed of their own:
+the run goes on with the same weights, optimizer state, batches and negatives, and other
+dropout masks.
 """
 
 from __future__ import annotations
@@ -91,17 +95,22 @@ def load_train_state(folder: str | Path) -> TrainState:
                       rng=meta["rng"], torch_rng=[ranks[r] for r in sorted(ranks)])
 
 
-def restore(state: TrainState, optimizer: Any, rng: np.random.Generator, rank: int) -> None:
+def restore(state: TrainState, optimizer: Any, rng: np.random.Generator, rank: int,
+            seed: int = 0) -> bool:
     """Put ``state``'s optimizer state into ``optimizer``, its numpy generator state into
-    ``rng`` and rank ``rank``'s torch generator state into torch's CPU generator.
+    ``rng`` and rank ``rank``'s torch generator state into torch's CPU generator; a rank
+    the checkpoint has no state for (it was written by fewer ranks) seeds torch's
+    generator from ``seed``, ``rank`` and ``state.step`` instead. Returns whether the rank's
+    own state was restored (the resumed run is then the uninterrupted one's, bit for bit).
 
     Call it after building the network (its initialisation draws from torch's
     generator) and loading ``state.weights`` into it, right before training resumes."""
     import torch
 
-    if rank >= len(state.torch_rng):
-        raise ValueError(f"checkpoint has torch generator states for {len(state.torch_rng)} "
-                         f"ranks, not for rank {rank}: resume on the same world size")
     optimizer.load_state_dict(state.optimizer)
     rng.bit_generator.state = state.rng
-    torch.set_rng_state(state.torch_rng[rank])
+    if rank < len(state.torch_rng):
+        torch.set_rng_state(state.torch_rng[rank])
+        return True
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank, state.step]).generate_state(1)[0]))
+    return False

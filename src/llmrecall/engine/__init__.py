@@ -42,10 +42,11 @@ def make_engine(kind: str = "local", address: str | None = None, **options: Any)
 
 def engine_options(kind: str, section: Any) -> dict[str, Any]:
     """The ``[engine]`` settings (``section``, None when the config has none) that engine
-    ``kind`` takes as arguments besides the address: ``train_max_failures`` for ``ray``,
-    none for ``local``."""
+    ``kind`` takes as arguments besides the address: ``train_max_failures`` and
+    ``train_min_workers`` for ``ray``, none for ``local``."""
     if kind == "ray" and section is not None:
-        return {"train_max_failures": section.train_max_failures}
+        return {"train_max_failures": section.train_max_failures,
+                "train_min_workers": section.train_min_workers}
     return {}
 
 

@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray
@@ -101,6 +101,11 @@ class RayEngine(Engine):
         matrix_block: users per ItemCF map task.
         train_workers: Ray Train workers for SASRec and textcf (default: the cluster's CPUs, at least
             1); ``train_cpus`` CPUs each.
+        train_min_workers: with fewer than ``train_workers``, the fits are elastic (Ray
+            Train's ``ScalingConfig(num_workers=(min, max))``): they start on as many
+            workers as the cluster has room for, up to ``train_workers``, and a run that
+            lost a node goes on, from its last checkpoint, on the workers that still fit,
+            down to this many. None (the default): always ``train_workers``.
         train_storage: where Ray Train keeps the run and the trained network's checkpoint:
             a path every node can reach (a shared file system); default a temporary
             folder on this machine, removed after each fit. Each fit writes a new run
@@ -114,8 +119,9 @@ class RayEngine(Engine):
             less).
 
     ``train_runs`` has one entry per Ray Train fit: ``name``, ``seconds`` and rank 0's last
-    metrics: ``epoch`` (SASRec) or ``step`` (textcf) done, and ``resumed_from``, the epoch
-    or step its last attempt started from (0 when no worker died).
+    metrics: ``epoch`` (SASRec) or ``step`` (textcf) done, ``resumed_from``, the epoch
+    or step its last attempt started from (0 when no worker died), and ``world``, the
+    workers of that attempt (fewer than at the start when an elastic run lost a node).
 
     ``pool_work`` counts what the pools did: ``embedded_texts`` (texts an embedding actor
     embedded), ``generated_users`` and ``generated_items`` (written by generator actors).
@@ -129,7 +135,8 @@ class RayEngine(Engine):
                  train_cpus: float = 1.0, train_storage: str | None = None,
                  train_max_failures: int = TRAIN_MAX_FAILURES,
                  train_checkpoint_steps: int = TEXTCF_CHECKPOINT_STEPS,
-                 actors: int | None = None, actor_cpus: float = 1.0):
+                 actors: int | None = None, actor_cpus: float = 1.0,
+                 train_min_workers: int | None = None):
         if train_max_failures < 0:
             raise ConfigError(f"engine: train_max_failures must be >= 0, got {train_max_failures}")
         if train_checkpoint_steps < 1:
@@ -148,6 +155,10 @@ class RayEngine(Engine):
         self.user_block = max(1, user_block)
         self.matrix_block = matrix_block
         self.train_workers = train_workers or max(1, cpus)
+        if train_min_workers is not None and not 1 <= train_min_workers <= self.train_workers:
+            raise ConfigError(f"engine: train_min_workers must be between 1 and the "
+                              f"{self.train_workers} train workers, got {train_min_workers}")
+        self.train_min_workers = train_min_workers
         self.train_cpus = train_cpus
         self.train_storage = train_storage
         self.train_max_failures = train_max_failures
@@ -208,6 +219,13 @@ class RayEngine(Engine):
         fn_ref = ray.put(fn)
         return ray.get([self._task.remote(fn_ref, x) for x in inputs])
 
+    def _workers(self) -> int | tuple[int, int]:
+        """The Ray Train workers of a fit: ``train_workers``, or ``(train_min_workers,
+        train_workers)`` for an elastic one."""
+        if self.train_min_workers is None or self.train_min_workers >= self.train_workers:
+            return self.train_workers
+        return (self.train_min_workers, self.train_workers)
+
     def similarity(self, channel, dataset, matrix):
         """The pruned similarity of an ItemCF or Swing ``channel`` (``fit``'s hook)."""
         if channel.kind == "itemcf":
@@ -264,14 +282,14 @@ class RayEngine(Engine):
     def train_sasrec(self, channel, model, windows: np.ndarray, n_items: int):
         """``SASRec.fit``'s ``train`` hook: :func:`train_sasrec` on ``train_workers``."""
         self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
-        return train_sasrec(channel, model, windows, n_items, self.train_workers,
+        return train_sasrec(channel, model, windows, n_items, self._workers(),
                             self.train_cpus, self.train_storage, self.train_max_failures,
                             self.train_runs)
 
     def train_textcf(self, channel, mlp, graph):
         """``TextCF.fit``'s ``train`` hook: :func:`train_textcf` on ``train_workers``."""
         self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
-        return train_textcf(channel, mlp, graph, self.train_workers, self.train_cpus,
+        return train_textcf(channel, mlp, graph, self._workers(), self.train_cpus,
                             self.train_storage, self.train_max_failures, self.train_runs,
                             self.train_checkpoint_steps)
 
@@ -399,7 +417,8 @@ def _report_epoch(module, rng: np.random.Generator, rank: int, world: int, resum
     (:class:`~llmrecall.channels.early_stop.HeldOutNext`) is set; metrics ``epoch`` and
     ``resumed_from`` (the epoch this attempt started from)."""
     _report_train_state(module, rank, world,
-                        {"epoch": epochs_done, "resumed_from": resumed_from}, epochs_done,
+                        {"epoch": epochs_done, "resumed_from": resumed_from, "world": world},
+                        epochs_done,
                         optimizer, rng.bit_generator.state, f"epoch-{epochs_done:05d}",
                         None if stopping is None else stopping.save)
 
@@ -412,7 +431,8 @@ def _report_steps(module, rank: int, world: int, resumed_from: int, every: int, 
     if steps_done % every and steps_done != total:
         return
     _report_train_state(module, rank, world,
-                        {"step": steps_done, "resumed_from": resumed_from}, steps_done,
+                        {"step": steps_done, "resumed_from": resumed_from, "world": world},
+                        steps_done,
                         optimizer, rng_state, f"step-{steps_done:07d}")
 
 
@@ -469,7 +489,7 @@ def _sasrec_worker(config: dict) -> None:
     optimizer = channel.optimizer(model)
     start = 0
     if resumed is not None:  # after building: the network's initialisation draws from torch
-        restore(resumed, optimizer, rng, rank)
+        restore(resumed, optimizer, rng, rank, channel.seed)
         start = resumed.step
     windows = ray.get(config["windows"])
     channel.train_epochs(model, windows, config["n_items"], rng, rank=rank, world=world,
@@ -480,6 +500,7 @@ def _sasrec_worker(config: dict) -> None:
         # its metrics tell the driver how training went
         _report_train_state(net, rank, world,
                             {"epoch": len(stopping.scores), "resumed_from": start,
+                             "world": world,
                              "early_stop": {"scores": stopping.scores,
                                             "best_epoch": stopping.best_epoch}},
                             len(stopping.scores), optimizer, rng.bit_generator.state, "best")
@@ -518,7 +539,7 @@ def _textcf_worker(config: dict) -> None:
     rng = np.random.default_rng(channel.seed)
     start = 0
     if resumed is not None:
-        restore(resumed, optimizer, rng, rank)
+        restore(resumed, optimizer, rng, rank, channel.seed)
         start = resumed.step
     total = channel.total_steps(graph)
     channel.train_steps(model, graph, rng, rank=rank, world=world, optimizer=optimizer,
@@ -573,7 +594,16 @@ def inputs_digest(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, workers: int,
+def _num_workers(workers: int | tuple[int, int]) -> int | tuple[int, int]:
+    """Ray Train's ``num_workers``: a fixed count, or ``(min, max)`` for an elastic run."""
+    if isinstance(workers, tuple):
+        low, high = max(1, workers[0]), max(1, workers[1])
+        return high if low >= high else (low, high)
+    return max(1, workers)
+
+
+def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str,
+                      workers: int | tuple[int, int],
                       cpus_per_worker: float, storage: str | None, max_failures: int,
                       runs: list[dict[str, Any]] | None = None,
                       inputs: str | None = None) -> dict[str, Any]:
@@ -612,7 +642,10 @@ def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, w
         trainer = TorchTrainer(
             worker, train_loop_config=config,
             torch_config=TorchConfig(backend="gloo"),
-            scaling_config=ScalingConfig(num_workers=max(1, workers), use_gpu=False,
+            # Ray Train v2 (what ray.train gives at run time) takes (min, max) for an
+            # elastic run; the type stubs are v1's
+            scaling_config=ScalingConfig(num_workers=cast(Any, _num_workers(workers)),
+                                         use_gpu=False,
                                          resources_per_worker={"CPU": cpus_per_worker}),
             run_config=RunConfig(storage_path=str(folder), name=run_name,
                                  failure_config=FailureConfig(max_failures=max_failures),
@@ -630,7 +663,8 @@ def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str, w
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int = 2,
+def train_sasrec(channel, model, windows: np.ndarray, n_items: int,
+                 workers: int | tuple[int, int] = 2,
                  cpus_per_worker: float = 1.0, storage: str | None = None,
                  max_failures: int = TRAIN_MAX_FAILURES,
                  runs: list[dict[str, Any]] | None = None):
@@ -666,7 +700,8 @@ def train_sasrec(channel, model, windows: np.ndarray, n_items: int, workers: int
     return model
 
 
-def train_textcf(channel, mlp, graph, workers: int = 2, cpus_per_worker: float = 1.0,
+def train_textcf(channel, mlp, graph, workers: int | tuple[int, int] = 2,
+                 cpus_per_worker: float = 1.0,
                  storage: str | None = None, max_failures: int = TRAIN_MAX_FAILURES,
                  runs: list[dict[str, Any]] | None = None,
                  checkpoint_steps: int = TEXTCF_CHECKPOINT_STEPS):
