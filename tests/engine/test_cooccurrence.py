@@ -83,12 +83,21 @@ def test_a_glob_reads_the_same_rows_as_the_folder(synth_data, tmp_path):
     assert len({p.name for p in (synth_data / "interactions").iterdir()}) > 1
 
 
-def test_sharded_histories_equal_the_loaders(synth_data, tmp_path):
-    """map (per file) -> shuffle by user -> reduce (per shard): each user's items in time
-    order, ties in log order, and the users numbered in first-seen order, as the loader."""
+@pytest.mark.parametrize("map_rows", [None, 700])
+def test_sharded_histories_equal_the_loaders(synth_data, tmp_path, monkeypatch, map_rows):
+    """map (per file, or per range of 700 rows of a Parquet file) -> shuffle by user ->
+    reduce (per shard): each user's items in time order, ties in log order, and the users
+    numbered in first-seen order, as the loader."""
     from llmrecall.data.spec import DataSpec
+    from llmrecall.engine import histories
     from llmrecall.engine.cooccurrence import _shuffle_local
     from llmrecall.engine.histories import build_histories, read_histories
+
+    if map_rows:
+        monkeypatch.setattr(histories, "MAP_ROWS", map_rows)
+        calls = []
+        real = histories.map_file
+        monkeypatch.setattr(histories, "map_file", lambda *a: calls.append(a) or real(*a))
 
     text = (synth_data / "data.toml").read_text().replace(
         'time = "ts"', 'time = "ts"\ndedupe = false')
@@ -104,3 +113,7 @@ def test_sharded_histories_equal_the_loaders(synth_data, tmp_path):
     assert len(sharded) == ds.n_users
     for u, raw in enumerate(ds.users.ids):
         assert sharded[raw] == ds.items.raw(history.of(u)), raw
+    if map_rows:  # each file read in ranges of at most 700 rows, every row once
+        assert max(c[-1] for c in calls) <= 700 and len(calls) > len(list(
+            (synth_data / "interactions").glob("*.parquet")))
+        assert sum(c[-1] for c in calls) == len(ds.interactions)  # dedupe is off here

@@ -1,9 +1,12 @@
 """Per-user histories of a many-file log, built as map -> shuffle by user -> reduce, without
 the log ever passing through one process.
 
-Map (one task per file): read ``user``, ``item`` and ``time`` and tag each row with its
-place in the log, ``(file number, row)`` (files in name order, as the loader reads a
-folder); send each row to the shard of its user (a stable hash of the raw id). Reduce
+Map (one task per file, or per range of at most :data:`MAP_ROWS` rows of a Parquet file):
+read ``user``, ``item`` and ``time`` and tag each row with its place in the log, ``(file
+number, row)`` (files in name order, as the loader reads a folder); send each row to the
+shard of its user (a stable hash of the raw id). The maps are Ray tasks over row ranges,
+not Ray Data's readers: those do not keep a row's place in its file, which the loader's
+order of ties in time needs. Reduce
 (one task per shard): sort the shard's rows by (user, time, file, row) — time order,
 ties in log order, like :meth:`~llmrecall.data.dataset.Interactions.chronological_order`
 — and write ``<out>/histories-<shard>.parquet`` with one row per user: ``user`` (raw
@@ -53,14 +56,40 @@ def _shard_of(users: pl.Series, n_shards: int) -> np.ndarray:
                        np.int64, len(users))
 
 
+#: rows one map task reads at most from a Parquet file (a larger file is read in ranges)
+MAP_ROWS = 2_000_000
+
+
+def _is_parquet(path: str | Path) -> bool:
+    return str(path).endswith((".parquet", ".pq"))
+
+
+def file_ranges(path: str | Path, max_rows: int | None = None) -> list[tuple[int, int | None]]:
+    """``(first row, rows)`` of each map task's part of one file: a Parquet file in ranges
+    of at most ``max_rows`` (default :data:`MAP_ROWS`; its row count from the footer), any
+    other file whole (``(0, None)``: a CSV's rows are only known by reading it)."""
+    if not _is_parquet(path):
+        return [(0, None)]
+    max_rows = max_rows or MAP_ROWS
+    rows = int(pl.scan_parquet(path).select(pl.len()).collect().item())
+    return [(start, min(max_rows, rows - start))
+            for start in range(0, max(rows, 1), max(1, max_rows))]
+
+
 def map_file(path: str, number: int, user: str, item: str, time: str | None,
-             n_shards: int) -> list[dict[str, np.ndarray]]:
-    """Read one file and split its rows by user shard (numeric ``time`` columns only)."""
+             n_shards: int, first_row: int = 0,
+             rows: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Read one file's rows ``first_row`` to ``first_row + rows`` (all of it by default;
+    a Parquet file's range is read alone) and split them by user shard (numeric ``time``
+    columns only). Each row keeps its place in the log, ``(number, row in the file)``."""
     columns = [user, item] + ([time] if time else [])
-    frame = pl.read_parquet(path, columns=columns) if path.endswith((".parquet", ".pq")) \
-        else pl.read_csv(path, columns=columns, infer_schema=False)
+    if _is_parquet(path):
+        scan = pl.scan_parquet(path).select(columns)
+        frame = (scan.slice(first_row, rows) if rows is not None else scan).collect()
+    else:
+        frame = pl.read_csv(path, columns=columns, infer_schema=False)
     users = frame[user].cast(pl.String)
-    row = np.arange(frame.height, dtype=np.int64)
+    row = first_row + np.arange(frame.height, dtype=np.int64)
     times = (frame[time].cast(pl.Float64).to_numpy() if time
              else (number * 2.0 ** 32 + row).astype(np.float64))
     shard = _shard_of(users, n_shards)
@@ -159,10 +188,14 @@ def shard_histories(spec: InteractionsSpec, out: str | Path, shuffle: Callable,
         firsts = [json.loads(s.read_text()) for s in summaries]
         if not with_users or all(f["user"] or not f["n_users"] for f in firsts):
             return _shards(paths, firsts, reused=True)
-    inputs = [(str(f), number) for number, f in enumerate(files)]
+    # one map task per range of at most MAP_ROWS rows (a whole file unless Parquet): the
+    # maps' memory is bounded however large one file is
+    inputs = [(str(f), number, first, rows) for number, f in enumerate(files)
+              for first, rows in file_ranges(f)]
     user, item, time = spec.user, spec.item, spec.time
     out_text, dedupe = str(out), bool(spec.dedupe and time is not None)
-    firsts = shuffle(lambda x: map_file(x[0], x[1], user, item, time, n_shards), inputs,
+    firsts = shuffle(lambda x: map_file(x[0], x[1], user, item, time, n_shards, x[2], x[3]),
+                     inputs,
                      lambda s, part: reduce_shard(s, part, out_text, dedupe, with_users),
                      n_shards)
     return _shards(paths, firsts, reused=False)
