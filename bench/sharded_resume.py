@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +84,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="sharded-resume-"))
+    try:
+        measure(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def measure(args, root: Path) -> None:
     data = root / "data"
     sys.path.insert(0, str(ROOT / "src"))
     from llmrecall.data.synth import synthesize

@@ -162,6 +162,47 @@ def _evaluate_sharded(dataset: str | None, data: Path | None, cfg, engine: str |
         _say(f"wrote {output} (no per-target ranks with the sharded log)")
 
 
+def _tune_sharded(dataset: str | None, data: Path | None, cfg, engine: str | None,
+                  trials: int, output: Path, protocol: str, metric: str | None,
+                  storage: Path | None, study_name: str | None, timeout: float | None,
+                  space: str, max_users: int | None, min_gain: float | None,
+                  seed: int) -> None:
+    """``tune`` with ``[engine] log = "sharded"``: the study scored shard by shard and the
+    test comparison from the shards (:mod:`llmrecall.engine.sharded_tune`)."""
+    from llmrecall.data.spec import DataSpec
+    from llmrecall.engine import engine_for
+    from llmrecall.engine.sharded_tune import tune_sharded
+    from llmrecall.tune.compare import comparison_table
+
+    if data is None or dataset is not None:
+        raise ConfigError('[engine] log = "sharded" reads your files: give --data SPEC.toml '
+                          "(not --dataset)")
+    if protocol != "loo":
+        raise ConfigError(f'tune with [engine] log = "sharded" covers the loo protocol, '
+                          f"not {protocol!r}")
+    if max_users is not None:
+        raise ConfigError('--max-users: tune with [engine] log = "sharded" scores every '
+                          "shard's validation users")
+    spec = DataSpec.from_toml(data)
+    with engine_for(engine, cfg, sharded=True) as eng:
+        tuned, report, comparison = tune_sharded(
+            spec, cfg, trials, metric, engine=eng, work_dir=cfg.engine.work_dir,
+            storage=storage, study_name=study_name, seed=seed, space=space,  # type: ignore[arg-type]
+            timeout=timeout, min_gain=min_gain, name=spec.name or data.stem, say=_say)
+    _write_text(output, tuned.to_toml(), quiet=True)
+    _tell(f"validation {report['metric']}: untuned {_fmt(report['baseline_value'])}, "
+          f"tuned {_fmt(report['best_value'])} ({report['trials']['complete']} complete, "
+          f"{report['trials']['pruned']} pruned trials in the study, "
+          f"{report['seconds']:.0f}s this run, {report['engine']['shards']} shards); "
+          f"wrote {escape(str(output))}")
+    if report["kept_baseline"] and report["best_value"] != report["baseline_value"]:
+        _tell(f"kept the untuned config: the best trial's gain is below the noise "
+              f"floor {report['min_gain']:.4f} (--min-gain)")
+    console.print(comparison_table(comparison))
+    side = output.with_name(f"{output.stem}.comparison.json")
+    _write_text(side, json.dumps({"tuning": report, **comparison}, indent=2, default=str))
+
+
 def _write_ranks(output: Path, ranks) -> None:
     """The per-target ranks (``llmrecall report`` draws from them) beside ``output``."""
     from llmrecall.evaluate.ranks import save_ranks, sidecar_path
@@ -362,7 +403,11 @@ def tune(
         if not is_space(space):  # as tune() would, but before the data is loaded
             raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
         cfg = load_config(config)
-        stack.enter_context(engine_for(engine, cfg))  # refuses log = "sharded" before loading
+        if cfg.engine is not None and cfg.engine.log == "sharded":
+            _tune_sharded(dataset, data, cfg, engine, trials, output, protocol, metric,
+                          storage, study_name, timeout, space, max_users, min_gain, seed)
+            return
+        stack.enter_context(engine_for(engine, cfg))
         ds = _load_dataset(dataset, data)
         metric = metric or default_metric(cfg)
         # one split and one set of fitted channels for tuning and the test comparison: the

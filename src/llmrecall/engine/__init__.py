@@ -57,12 +57,13 @@ def engine_for(kind: str | None, config: Any = None, address: str | None = None,
     (the ``--engine`` option) else the config's ``[engine] kind`` else local; ``address``
     else the config's ``[engine] address``; the Ray engine's other settings from
     ``[engine]`` (``train_max_failures``). A config with ``[engine] log = "sharded"`` is
-    refused unless the command reads the sharded log (``sharded``: ``evaluate`` and
-    ``build``): the others would load the whole log after all."""
+    refused unless the caller reads the sharded log (``sharded``: the sharded paths of
+    ``evaluate``, ``build`` and ``tune``): any other would load the whole log after all."""
     section = getattr(config, "engine", None)
     if section is not None and getattr(section, "log", "driver") == "sharded" and not sharded:
-        raise ConfigError('[engine] log = "sharded" is read by evaluate and build only; this '
-                          'command loads the whole log: set log = "driver" (or leave it out)')
+        raise ConfigError('[engine] log = "sharded" is read by the sharded evaluate, build '
+                          'and tune only; this loads the whole log: set log = "driver" (or '
+                          'leave it out)')
     kind = kind or (section.kind if section is not None else "local")
     address = address or (section.address if section is not None else None)
     engine = make_engine(kind, address, **engine_options(kind, section))

@@ -57,6 +57,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -403,6 +404,42 @@ def _vocabulary(spec: DataSpec, shards: HistoryShards) -> list[str]:
     return file_items + [i for i in shards.items if i not in present]
 
 
+@dataclass
+class OpenLog:
+    """A log opened as history shards (:func:`open_sharded_log`): the ``shards``, the
+    item vocabulary ``items`` (the loader's numbering), the ``run`` folder every stage's
+    results go to, and the seconds it took."""
+
+    shards: HistoryShards
+    items: list[str]
+    run: Path
+    seconds: float
+
+
+@contextmanager
+def open_sharded_log(spec: DataSpec, engine, work_dir: str | Path | None,
+                     shard_events: int = SHARD_EVENTS) -> Iterator[OpenLog]:
+    """The log of ``spec`` as history shards under ``work_dir`` (default a temporary
+    folder, removed when the block ends): ``ceil(rows / shard_events)`` shards, at least
+    one per engine partition, written unless a run folder of this log already holds them
+    (see :func:`evaluate_sharded`)."""
+    files = table_files(spec.interactions.path) or [spec.interactions.path]
+    n_shards = max(getattr(engine, "partitions", 1), math.ceil(_log_rows(files) / shard_events))
+    own = work_dir is None
+    folder = Path(work_dir) if work_dir is not None else \
+        Path(tempfile.mkdtemp(prefix="llmrecall-shards-"))
+    item_files = (table_files(spec.items.path) or [spec.items.path]) if spec.items else []
+    run = folder / f"log-{_log_key(spec, files, item_files, n_shards)}"
+    begin = time.perf_counter()
+    try:
+        shards = shard_histories(spec.interactions, run, engine.shuffle, n_shards,
+                                 with_users=False)
+        yield OpenLog(shards, _vocabulary(spec, shards), run, time.perf_counter() - begin)
+    finally:
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "loo", *,
                      engine, on: str = "test", seed: int = 0, ks=None, work_dir: str | Path | None = None,
                      shard_events: int = SHARD_EVENTS, reducer_bytes: int = REDUCER_BYTES,
@@ -428,21 +465,13 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
     say = progress or (lambda _msg: None)
     check_sharded(spec, config, protocol)
     config.check_cutoffs(ks)
-    files = table_files(spec.interactions.path) or [spec.interactions.path]
-    n_shards = max(getattr(engine, "partitions", 1), math.ceil(_log_rows(files) / shard_events))
-    own = work_dir is None
-    folder = Path(work_dir) if work_dir is not None else \
-        Path(tempfile.mkdtemp(prefix="llmrecall-shards-"))
-    item_files = (table_files(spec.items.path) or [spec.items.path]) if spec.items else []
-    run = folder / f"log-{_log_key(spec, files, item_files, n_shards)}"
     resumed: dict[str, Any] = {}
     begin = time.perf_counter()
-    try:
-        shards = shard_histories(spec.interactions, run, engine.shuffle,
-                                 n_shards, with_users=False)
+    with open_sharded_log(spec, engine, work_dir, shard_events) as log:
+        shards, items, run = log.shards, log.items, log.run
+        n_shards = len(shards.paths)
         resumed["histories"] = shards.reused
-        items = _vocabulary(spec, shards)
-        split_seconds = time.perf_counter() - begin
+        split_seconds = log.seconds
         say(f"sharded {shards.events:,} events of {shards.n_users:,} users into "
             f"{n_shards} shards ({split_seconds:.1f}s)")
         pipeline = RecallPipeline(config)
@@ -457,9 +486,6 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
         # every shard's metrics from the files, computed now or by an earlier run alike
         parts = [load_shard_metrics(kept, s) for s in range(n_shards)]
         recall_wall = time.perf_counter() - start
-    finally:
-        if own:
-            shutil.rmtree(folder, ignore_errors=True)
     results = combine_metrics(parts, len(items), ks)
     recall_seconds = {c: sum(p["recall_seconds"].get(c, 0.0) for p in parts)
                       for c in pipeline.channels}

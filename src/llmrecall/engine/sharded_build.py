@@ -26,7 +26,6 @@ an artifact; the service speaks raw ids).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -38,16 +37,13 @@ import numpy as np
 import polars as pl
 
 from llmrecall.config import PipelineConfig
-from llmrecall.data.spec import DataSpec, table_files
-from llmrecall.engine.histories import shard_histories
+from llmrecall.data.spec import DataSpec
 from llmrecall.engine.sharded import (
     REDUCER_BYTES,
     SHARD_EVENTS,
-    _log_key,
-    _log_rows,
-    _vocabulary,
     check_sharded,
     fit_from_shards,
+    open_sharded_log,
 )
 
 #: the histories.npz members, in the order they are written: (name, dtype)
@@ -73,25 +69,16 @@ def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *
 
     say = progress or (lambda _msg: None)
     check_sharded(spec, config, "loo", command="build")
-    files = table_files(spec.interactions.path) or [spec.interactions.path]
-    n_shards = max(getattr(engine, "partitions", 1), math.ceil(_log_rows(files) / shard_events))
-    own = work_dir is None
-    folder = Path(work_dir) if work_dir is not None else \
-        Path(tempfile.mkdtemp(prefix="llmrecall-shards-"))
-    item_files = (table_files(spec.items.path) or [spec.items.path]) if spec.items else []
-    run = folder / f"log-{_log_key(spec, files, item_files, n_shards)}"
     resumed: dict[str, Any] = {}
     begin = time.perf_counter()
-    try:
-        shards = shard_histories(spec.interactions, run, engine.shuffle, n_shards,
-                                 with_users=False)
+    with open_sharded_log(spec, engine, work_dir, shard_events) as log:
+        shards, items, n_shards = log.shards, log.items, len(log.shards.paths)
         resumed["histories"] = shards.reused
-        items = _vocabulary(spec, shards)
         say(f"sharded {shards.events:,} events of {shards.n_users:,} users into "
             f"{n_shards} shards")
         pipeline = RecallPipeline(config)
         pipeline.fit_seconds = fit_from_shards(pipeline, shards.paths, items, engine,
-                                               reducer_bytes, run, resumed, split=False)
+                                               reducer_bytes, log.run, resumed, split=False)
         catalog = read_catalog(spec.items, len(items))
 
         def write_data(version: Path) -> None:
@@ -103,9 +90,6 @@ def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *
             "dataset": name or spec.name or "dataset", "n_users": shards.n_users,
             "n_items": len(items), "n_interactions": shards.events,
             "text_fields": list(catalog.text_fields), "log": "sharded"})
-    finally:
-        if own:
-            shutil.rmtree(folder, ignore_errors=True)
     return path, {"shards": n_shards, "events": shards.events, "users": shards.n_users,
                   "items": len(items), "resumed": resumed,
                   "seconds": time.perf_counter() - begin}

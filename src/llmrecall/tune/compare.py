@@ -32,11 +32,7 @@ def compare_on_test(dataset: Dataset, protocol: str, default: PipelineConfig,
     where each row holds ``default``/``tuned``/``delta`` of ``NAME@k`` for every reported k
     (10, 20, 50, 100, 200 and the metric's K, up to the shortest channel list).
     """
-    name, k = parse_metric(metric)
-    # each channel's own list is scored too, so no cut-off may exceed the shortest list
-    shortest = min(c.k or cfg.fusion.channel_k
-                   for cfg in (default, tuned) for c in cfg.enabled_channels)
-    ks = tuple(sorted(kk for kk in {*DEFAULT_KS, k} if kk <= shortest))
+    ks = comparison_ks(default, tuned, metric)
     split = split or make_split(dataset, protocol, seed)
     models = models or FittedChannels(split.train)
     reports = {}
@@ -45,20 +41,36 @@ def compare_on_test(dataset: Dataset, protocol: str, default: PipelineConfig,
             progress(f"evaluating the {label} config on test")
         reports[label] = evaluate(dataset, protocol, config, seed=seed, ks=ks, on="test",
                                   progress=progress, split=split, models=models)
-    channels = list(dict.fromkeys([*reports["default"]["results"], *reports["tuned"]["results"]]))
+    return comparison(reports["default"], reports["tuned"], metric, ks)
+
+
+def comparison_ks(default: PipelineConfig, tuned: PipelineConfig, metric: str) -> tuple[int, ...]:
+    """The cut-offs both configs are compared at: 10, 20, 50, 100, 200 and the metric's K,
+    up to the shortest channel list (each channel's own list is scored too)."""
+    _, k = parse_metric(metric)
+    shortest = min(c.k or cfg.fusion.channel_k
+                   for cfg in (default, tuned) for c in cfg.enabled_channels)
+    return tuple(sorted(kk for kk in {*DEFAULT_KS, k} if kk <= shortest))
+
+
+def comparison(default: dict, tuned: dict, metric: str, ks: tuple[int, ...]) -> dict:
+    """The comparison of two evaluation reports on test (what :func:`compare_on_test`
+    returns): rows per channel, ``fused`` last, of ``NAME@k`` default, tuned and delta."""
+    name, k = parse_metric(metric)
+    channels = list(dict.fromkeys([*default["results"], *tuned["results"]]))
     channels.sort(key=lambda c: c == "fused")  # fused last, as in the evaluation tables
     rows = {}
     for channel in channels:
         row = {}
         for kk in ks:
             key = f"{name}@{kk}"
-            d = reports["default"]["results"].get(channel, {}).get(key)
-            t = reports["tuned"]["results"].get(channel, {}).get(key)
+            d = default["results"].get(channel, {}).get(key)
+            t = tuned["results"].get(channel, {}).get(key)
             row[key] = {"default": d, "tuned": t,
                         "delta": None if d is None or t is None else t - d}
         rows[channel] = row
-    return {"metric": f"{name}@{k}", "ks": list(ks), "default": reports["default"],
-            "tuned": reports["tuned"], "rows": rows}
+    return {"metric": f"{name}@{k}", "ks": list(ks), "default": default,
+            "tuned": tuned, "rows": rows}
 
 
 def comparison_table(comparison: dict) -> Table:

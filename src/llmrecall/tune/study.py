@@ -156,6 +156,22 @@ def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, tri
     start = time.perf_counter()
     objective = ValidationObjective(train, valid, config, metric, space=space, stages=stages,
                                     max_users=max_users, seed=seed, models=models)
+    return run_study(objective, config, trials, metric, identity, study_name, storage=storage,
+                     seed=seed, space=space, timeout=timeout, progress=progress,
+                     min_gain=min_gain, start=start)
+
+
+def run_study(objective, config: PipelineConfig, trials: int, metric: str,
+              identity: dict[str, Any], study_name: str, *, storage: str | Path | None,
+              seed: int, space: Space, timeout: float | None, progress: bool,
+              min_gain: float | None, start: float | None = None,
+              ) -> tuple[PipelineConfig, dict[str, Any]]:
+    """Run (or resume) the study ``study_name`` of ``objective`` (a
+    :class:`~llmrecall.tune.objective.ValidationObjective`, or anything with its interface:
+    the sharded log's :class:`~llmrecall.engine.sharded_tune.ShardedObjective`); the
+    untuned config and each channel alone are the first trials. Returns the best config
+    (the untuned one unless beaten by ``min_gain``) and the study's report."""
+    start = time.perf_counter() if start is None else start
     study = _open_study(storage, study_name, identity, seed)
     if not study.trials:
         baseline = current_values(config, space)
