@@ -125,9 +125,9 @@ class EngineConfig(_Strict):
         "this many workers after a node is lost (and starts on as many as fit, up to the "
         "cluster's CPUs); unset: a fixed number of workers"))
     log: Literal["driver", "sharded"] = Field("driver", description=(
-        "evaluate, build: 'driver' loads the log in this process; 'sharded' shuffles it into "
-        "per-user history shards and fits, recalls and scores (or writes the artifact) shard "
-        "by shard, never holding "
+        "evaluate, build, tune: 'driver' loads the log in this process; 'sharded' shuffles "
+        "it into per-user history shards and fits, recalls and scores (or writes the "
+        "artifact) shard by shard, never holding "
         "the log in one process (loo; popularity, itemcf and swing; docs/scale-out.md)"))
     work_dir: str | None = Field(None, description=(
         "log = 'sharded': where the history shards and each stage's results are written; "
