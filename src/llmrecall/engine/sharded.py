@@ -46,8 +46,12 @@ effect. Metrics are averaged from per-shard sums (a different order of additions
 What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf`` and ``swing``, fusion by
 weights (not ``learned``, which is fitted on every validation user at once), no item
 filters, logs with user, item and a numeric time column. Anything else is refused with a
-:class:`~llmrecall.errors.ConfigError` naming it. ``build`` and ``tune`` still load the
-log (docs/scale-out.md).
+:class:`~llmrecall.errors.ConfigError` naming it. ``build`` and ``tune`` read the shards
+too (:mod:`llmrecall.engine.sharded_build`, :mod:`llmrecall.engine.sharded_tune`).
+
+Resuming: with a ``work_dir`` every stage's results are kept there
+(:mod:`llmrecall.engine.stage_files`) and the same evaluation started again computes only
+what is missing (:func:`evaluate_sharded`).
 """
 
 from __future__ import annotations
