@@ -36,21 +36,12 @@ def _restore_thread_variables():
     threadpool_limits(limits=blas_threads(), user_api="blas")
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(scope="session")
 def postgres():
     """One PostgreSQL server for the session (tests/serve/pg.py: the service's state store
     and the LM cache use it); skipped without one, failed under CI (``.ci/run`` installs the
     Debian package)."""
-    why = pg.unavailable()
-    if why is not None:
-        if _in_ci():
-            pytest.fail(f"{why}: CI must run the PostgreSQL tests")
-        pytest.skip(why)
-    server = pg.PostgresServer()
+    server = pg.server_or_skip()
     yield server
     server.close()
 

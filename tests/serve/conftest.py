@@ -167,12 +167,7 @@ def in_ci() -> bool:
 @pytest.fixture
 def own_postgres():
     """A PostgreSQL server of the test alone (one it may stop and start again)."""
-    why = pg.unavailable()
-    if why is not None:
-        if in_ci():
-            pytest.fail(f"{why}: CI must run the PostgreSQL tests")
-        pytest.skip(why)
-    server = pg.PostgresServer()
+    server = pg.server_or_skip()
     yield server
     server.close()
 

@@ -40,6 +40,19 @@ def unavailable() -> str | None:
     return None
 
 
+def server_or_skip():
+    """A new :class:`PostgresServer` for a test fixture; without the binaries the test is
+    skipped, except under CI (``CI`` set), where it fails: ``.ci/run`` installs them."""
+    import pytest
+
+    why = unavailable()
+    if why is not None:
+        if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+            pytest.fail(f"{why}: CI must run the PostgreSQL tests")
+        pytest.skip(why)
+    return PostgresServer()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

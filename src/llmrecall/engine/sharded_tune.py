@@ -35,7 +35,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import optuna
 
 from llmrecall.config import ChannelConfig, PipelineConfig
 from llmrecall.data.dataset import Histories
@@ -43,8 +42,8 @@ from llmrecall.engine.sharded import fit_from_shards, read_shard
 from llmrecall.engine.stage_files import StageParts, digest
 from llmrecall.errors import ConfigError
 from llmrecall.fusion import ChannelWeight
-from llmrecall.tune.objective import DEFAULT_STAGES, _stage_bounds, parse_metric
-from llmrecall.tune.space import Space, suggest
+from llmrecall.tune.objective import DEFAULT_STAGES, TrialObjective, _stage_bounds, parse_metric
+from llmrecall.tune.space import Space
 from llmrecall.tune.store import StoreStats, channel_key
 
 
@@ -136,7 +135,7 @@ class ShardedChannelLists:
         return self.users
 
 
-class ShardedObjective:
+class ShardedObjective(TrialObjective):
     """:class:`~llmrecall.tune.objective.ValidationObjective`'s interface (``evaluate``,
     callable as an Optuna objective, ``n_users``, ``store.stats``) over a sharded log;
     stage ``s`` scores the shards ``0..bounds[s+1]``."""
@@ -184,24 +183,6 @@ class ShardedObjective:
                 report(value, stage)
         return value
 
-    def __call__(self, trial: optuna.trial.Trial) -> float:
-        start = time.perf_counter()
-        fits_before = self.store.stats.fits
-        config = suggest(trial, self.base, self.space)
-
-        def report(value: float, stage: int) -> None:
-            trial.report(value, stage)
-            trial.set_user_attr("stage", stage)
-            if trial.should_prune():
-                trial.set_user_attr("fits", self.store.stats.fits - fits_before)
-                trial.set_user_attr("seconds", time.perf_counter() - start)
-                raise optuna.TrialPruned(f"pruned at stage {stage} with {value:.4f}")
-
-        value = self.evaluate(config, report)
-        trial.set_user_attr("fits", self.store.stats.fits - fits_before)
-        trial.set_user_attr("seconds", time.perf_counter() - start)
-        return value
-
 
 def tune_sharded(spec, config: PipelineConfig, trials: int, metric: str | None = None, *,
                  engine, work_dir: str | Path | None = None,
@@ -226,15 +207,10 @@ def tune_sharded(spec, config: PipelineConfig, trials: int, metric: str | None =
         open_sharded_log,
     )
     from llmrecall.tune.compare import comparison, comparison_ks
-    from llmrecall.tune.study import default_metric, run_study
+    from llmrecall.tune.study import check_study, default_metric, run_study
 
     check_sharded(spec, config, "loo", command="tune")
-    if trials < 0:
-        raise ConfigError(f"trials must be >= 0, got {trials}")
-    if min_gain is not None and min_gain < 0:
-        raise ConfigError(f"min_gain must be >= 0, got {min_gain}")
-    if space not in ("all", "fusion"):
-        raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
+    check_study(trials, min_gain, space)
     metric_name, k = parse_metric(metric or default_metric(config))
     metric = f"{metric_name}@{k}"
     shard_events = shard_events or SHARD_EVENTS

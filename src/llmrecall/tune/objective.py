@@ -10,7 +10,9 @@ before its channels recall the rest.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -47,7 +49,42 @@ def _stage_bounds(n_users: int, stages: Sequence[float]) -> list[int]:
     return [0, *bounds]
 
 
-class ValidationObjective:
+class TrialObjective(ABC):
+    """An Optuna objective over pipeline configs: a subclass provides ``evaluate(config,
+    report)`` (the metric, reporting it after each stage), ``base``, ``space`` and
+    ``store.stats.fits``; a trial suggests a config, prunes on the stage reports and records
+    its channel fits and seconds."""
+
+    base: PipelineConfig
+    space: Space
+    store: Any  # a channel list cache with .stats (a StoreStats)
+
+    @abstractmethod
+    def evaluate(self, config: PipelineConfig,
+                 report: Callable[[float, int], None] | None = None) -> float:
+        """The metric of ``config``; ``report(value, stage)`` after each stage (it may raise
+        ``optuna.TrialPruned``)."""
+
+    def __call__(self, trial: optuna.trial.Trial) -> float:
+        start = time.perf_counter()
+        fits_before = self.store.stats.fits
+        config = suggest(trial, self.base, self.space)
+
+        def report(value: float, stage: int) -> None:
+            trial.report(value, stage)
+            trial.set_user_attr("stage", stage)
+            if trial.should_prune():
+                trial.set_user_attr("fits", self.store.stats.fits - fits_before)
+                trial.set_user_attr("seconds", time.perf_counter() - start)
+                raise optuna.TrialPruned(f"pruned at stage {stage} with {value:.4f}")
+
+        value = self.evaluate(config, report)
+        trial.set_user_attr("fits", self.store.stats.fits - fits_before)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        return value
+
+
+class ValidationObjective(TrialObjective):
     """Scores pipeline configs on a validation task; callable as an Optuna objective.
 
     Args:
@@ -118,22 +155,4 @@ class ValidationObjective:
                                     [self.k], self.n_items)[self.metric]
             if report is not None:
                 report(value, stage)
-        return value
-
-    def __call__(self, trial: optuna.trial.Trial) -> float:
-        start = time.perf_counter()
-        fits_before = self.store.stats.fits
-        config = suggest(trial, self.base, self.space)
-
-        def report(value: float, stage: int) -> None:
-            trial.report(value, stage)
-            trial.set_user_attr("stage", stage)
-            if trial.should_prune():
-                trial.set_user_attr("fits", self.store.stats.fits - fits_before)
-                trial.set_user_attr("seconds", time.perf_counter() - start)
-                raise optuna.TrialPruned(f"pruned at stage {stage} with {value:.4f}")
-
-        value = self.evaluate(config, report)
-        trial.set_user_attr("fits", self.store.stats.fits - fits_before)
-        trial.set_user_attr("seconds", time.perf_counter() - start)
         return value

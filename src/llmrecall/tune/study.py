@@ -134,12 +134,7 @@ def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, tri
                     models: FittedChannels | None = None, min_gain: float | None = None,
                     ) -> tuple[PipelineConfig, dict[str, Any]]:
     """:func:`tune` on an already split dataset: ``train`` to fit, ``valid`` to score."""
-    if trials < 0:
-        raise ConfigError(f"trials must be >= 0, got {trials}")
-    if min_gain is not None and min_gain < 0:
-        raise ConfigError(f"min_gain must be >= 0, got {min_gain}")
-    if space not in ("all", "fusion"):
-        raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
+    check_study(trials, min_gain, space)
     metric = metric or default_metric(config)
     name, k = parse_metric(metric)
     metric = f"{name}@{k}"
@@ -159,6 +154,16 @@ def tune_validation(train: Dataset, valid: EvalTask, config: PipelineConfig, tri
     return run_study(objective, config, trials, metric, identity, study_name, storage=storage,
                      seed=seed, space=space, timeout=timeout, progress=progress,
                      min_gain=min_gain, start=start)
+
+
+def check_study(trials: int, min_gain: float | None, space: str) -> None:
+    """Refuse a negative trial count or gain margin and an unknown search space."""
+    if trials < 0:
+        raise ConfigError(f"trials must be >= 0, got {trials}")
+    if min_gain is not None and min_gain < 0:
+        raise ConfigError(f"min_gain must be >= 0, got {min_gain}")
+    if space not in ("all", "fusion"):
+        raise ConfigError(f"space must be 'all' or 'fusion', got {space!r}")
 
 
 def run_study(objective, config: PipelineConfig, trials: int, metric: str,
