@@ -479,7 +479,8 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
         say(f"sharded {shards.events:,} events of {shards.n_users:,} users into "
             f"{n_shards} shards ({split_seconds:.1f}s)")
         pipeline = RecallPipeline(config)
-        fit_seconds = fit_from_shards(pipeline, shards.paths, items, engine, reducer_bytes, run,
+        fit_seconds = fit_from_shards(pipeline.channels, shards.paths, items, engine,
+                                      reducer_bytes, run,
                                       resumed)
         start = time.perf_counter()
         kept = StageParts(run, "recall", digest(config.config_hash(), on, list(ks)))
@@ -510,15 +511,16 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
     }
 
 
-def fit_from_shards(pipeline, paths: list[str], items: list[str], engine, reducer_bytes: int,
-                    run: Path, resumed: dict[str, Any], split: bool = True) -> dict[str, float]:
-    """Fit the pipeline's channels from the shards (their ``loo`` training part, or with
-    ``split=False`` every row); returns each channel's seconds (the shared statistics pass
-    counted in each). Fitted similarities are kept under ``run``
+def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str], engine,
+                    reducer_bytes: int, run: Path, resumed: dict[str, Any],
+                    split: bool = True) -> dict[str, float]:
+    """Fit ``channels`` (name -> unfitted channel, a pipeline's) from the shards (their
+    ``loo`` training part, or with ``split=False`` every row); returns each channel's
+    seconds (the shared statistics pass counted in each). Fitted similarities are kept under ``run``
     (:class:`~llmrecall.engine.stage_files.StageParts`); ``resumed`` records what was
     found there."""
     start = time.perf_counter()
-    half_lives = tuple(sorted({float(c.half_life) for c in pipeline.channels.values()
+    half_lives = tuple(sorted({float(c.half_life) for c in channels.values()
                                if c.kind == "popularity" and c.half_life is not None}))
     stats = engine.map_tasks(lambda path: shard_statistics(path, items, (), None, split), paths)
     latest = max(s["latest"] for s in stats)
@@ -528,7 +530,7 @@ def fit_from_shards(pipeline, paths: list[str], items: list[str], engine, reduce
     item_users = np.sum([s["item_users"] for s in stats], axis=0)
     shared = time.perf_counter() - start
     seconds = {}
-    for name, channel in pipeline.channels.items():
+    for name, channel in channels.items():
         began = time.perf_counter()
         if channel.kind == "popularity":
             channel.check_params()

@@ -77,7 +77,7 @@ def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *
         say(f"sharded {shards.events:,} events of {shards.n_users:,} users into "
             f"{n_shards} shards")
         pipeline = RecallPipeline(config)
-        pipeline.fit_seconds = fit_from_shards(pipeline, shards.paths, items, engine,
+        pipeline.fit_seconds = fit_from_shards(pipeline.channels, shards.paths, items, engine,
                                                reducer_bytes, log.run, resumed, split=False)
         catalog = read_catalog(spec.items, len(items))
 

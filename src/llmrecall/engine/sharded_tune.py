@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -119,8 +118,8 @@ class ShardedChannelLists:
             return kept
         start = time.perf_counter()
         channel = build_channel(config, seed)
-        fit_from_shards(SimpleNamespace(channels={config.channel_name: channel}), log.paths,
-                        log.items, log.engine, log.reducer_bytes, log.run, {})
+        fit_from_shards({config.channel_name: channel}, log.paths, log.items, log.engine,
+                        log.reducer_bytes, log.run, {})
         self.stats.fits += 1
         self.stats.fit_seconds += time.perf_counter() - start
         paths, items = log.paths, log.items
