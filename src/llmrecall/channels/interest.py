@@ -26,9 +26,9 @@ from llmrecall.engine.local import current_engine
 from llmrecall.errors import ConfigError
 from llmrecall.interest.jobs import InterestSettings, JobStats
 from llmrecall.interest.matching import HybridMatcher, Merge, cached_embedder, merge_user_texts
-from llmrecall.lm.cache import open_cache
 from llmrecall.lm.generators import Generator, make_generator
 from llmrecall.lm.prompts import display_title
+from llmrecall.lm.stores import open_cache
 
 
 def catalog_texts(dataset: Dataset) -> list[str]:

@@ -27,8 +27,8 @@ from llmrecall.engine.local import current_engine
 from llmrecall.errors import ConfigError
 from llmrecall.interest.knowledge import KnowledgeSettings, KnowledgeStats, enrich_dataset
 from llmrecall.interest.matching import HybridMatcher, Merge, cached_embedder, merge_user_texts
-from llmrecall.lm.cache import open_cache
 from llmrecall.lm.generators import Generator, make_generator
+from llmrecall.lm.stores import open_cache
 
 
 @register

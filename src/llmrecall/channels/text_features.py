@@ -74,7 +74,7 @@ def _cached_embedder(embedder: str, cache_target: str, engine: Engine):
     # the engine runs the model (here, or on its actor pool); the cache is read and written
     # here either way, so both engines fill and find the same entries
     from llmrecall.lm import CachedEmbedder
-    from llmrecall.lm.cache import open_cache
+    from llmrecall.lm.stores import open_cache
 
     return CachedEmbedder(engine.embedder(embedder), open_cache(cache_target), progress=None)
 

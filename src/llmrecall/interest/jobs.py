@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llmrecall.data.dataset import Dataset, Histories
 from llmrecall.errors import ConfigError
 from llmrecall.interest.constrain import TitleTrie, title_grammar
-from llmrecall.lm.cache import LMCache, LMStore, content_key
+from llmrecall.lm.cache import LMCache, content_key
 from llmrecall.lm.errors import GenerationParseError
 from llmrecall.lm.generators import ConstrainedDecoding, Generator, LlamaCppGenerator, constrained_decoder
 from llmrecall.lm.parse import ListRules, delimit_list, first_title, parse_lines
@@ -41,6 +41,7 @@ from llmrecall.lm.prompts import (
     normalise_title,
     profile_messages,
 )
+from llmrecall.lm.stores import LMStore
 from llmrecall.progress import task
 
 #: users written to the store per transaction

@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmrecall.data.dataset import Catalog, Dataset
 from llmrecall.errors import DataError
 from llmrecall.interest.jobs import store_fingerprint
-from llmrecall.lm.cache import LMCache, LMStore, content_key
+from llmrecall.lm.cache import LMCache, content_key
 from llmrecall.lm.generators import Generator
 from llmrecall.lm.prompts import knowledge_messages, load_template
+from llmrecall.lm.stores import LMStore
 from llmrecall.progress import task
 
 #: catalog column holding the generated knowledge

@@ -44,7 +44,7 @@ def cached_embedder(spec: Any, cache_path: str | None):
     if embedder is None or cache_path is None:
         return embedder
     from llmrecall.lm import CachedEmbedder
-    from llmrecall.lm.cache import open_cache
+    from llmrecall.lm.stores import open_cache
 
     return CachedEmbedder(embedder, open_cache(cache_path), progress=None)
 

@@ -7,7 +7,7 @@ Local packaged models are the default and nothing leaves the machine unless a re
 a backend that needs them is built.
 """
 
-from llmrecall.lm.cache import LMCache, LMStore, cache_key, content_key, open_cache
+from llmrecall.lm.cache import LMCache, cache_key, content_key
 from llmrecall.lm.cached import CachedEmbedder, CachedGenerator
 from llmrecall.lm.config import CacheConfig, EmbedderConfig, GeneratorConfig, LMConfig
 from llmrecall.lm.embedders import DEFAULT_EMBEDDER, Embedder, OpenAIEmbedder, get_embedder
@@ -39,6 +39,7 @@ from llmrecall.lm.parse import (
 )
 from llmrecall.lm.prompts import PromptTemplate, available_templates, load_template
 from llmrecall.lm.scrub import Scrubber
+from llmrecall.lm.stores import LMStore, open_cache
 
 __all__ = [
     "BackendUnavailableError", "CacheConfig", "CachedEmbedder", "CachedGenerator",

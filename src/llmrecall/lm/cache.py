@@ -1,5 +1,6 @@
-"""Content-addressed SQLite cache of every embedding and generation (and, through
-:func:`open_cache`, the same cache in PostgreSQL: :mod:`llmrecall.lm.pgcache`).
+"""Content-addressed SQLite cache of every embedding and generation (the same cache in
+PostgreSQL is :mod:`llmrecall.lm.pgcache`; :func:`llmrecall.lm.stores.open_cache` opens
+either).
 
 A key is the SHA-256 of a canonical JSON list: entry kind, backend fingerprint (backend, model
 and anything else that changes outputs), prompt-template hash (or ""), the input text and the
@@ -30,7 +31,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -67,39 +68,6 @@ CREATE TABLE IF NOT EXISTS subjects (
 """
 
 MEMORY = ":memory:"
-
-
-class LMStore(Protocol):
-    """What every user of the cache calls: :class:`LMCache` (a SQLite file) and
-    :class:`~llmrecall.lm.pgcache.PgLMCache` (a PostgreSQL database) both provide it."""
-
-    def get_embeddings(self, keys: Sequence[str]) -> dict[str, np.ndarray]: ...
-    def put_embeddings(self, fingerprint: str,
-                       items: Iterable[tuple[str, np.ndarray]]) -> int: ...
-    def get_generations(self, keys: Sequence[str]) -> dict[str, str]: ...
-    def put_generations(self, fingerprint: str, template: str,
-                        items: Iterable[tuple[str, str]]) -> int: ...
-    def get_text_lists(self, keys: Sequence[str]) -> dict[str, list[str]]: ...
-    def put_text_lists(self, items: Iterable[tuple[str, list[str]]], fingerprint: str = "",
-                       template: str = "") -> int: ...
-    def get_subjects(self, scope: str) -> dict[str, tuple[list[int], list[str]]]: ...
-    def put_subjects(self, scope: str,
-                     rows: Iterable[tuple[str, list[int], list[str]]]) -> int: ...
-    def counts(self) -> dict[str, int]: ...
-    def size_bytes(self) -> int: ...
-    def close(self) -> None: ...
-
-
-def open_cache(target: str | Path) -> LMStore:
-    """The cache at ``target``: a PostgreSQL database for a ``postgresql://`` (or
-    ``postgres://``) URI, shared by every machine that reaches it
-    (:class:`~llmrecall.lm.pgcache.PgLMCache`); else a SQLite file on this machine, or
-    ``":memory:"`` (:class:`LMCache`)."""
-    from llmrecall.lm.pgcache import PgLMCache, is_postgres_target
-
-    if is_postgres_target(target):
-        return PgLMCache(str(target))
-    return LMCache(target)
 
 
 def cache_key(entry: str, fingerprint: str, template: str, text: str, params: Any) -> str:

@@ -15,10 +15,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from llmrecall.lm.cache import LMStore, cache_key
+from llmrecall.lm.cache import cache_key
 from llmrecall.lm.embedders import Embedder, Kind, l2_normalise
 from llmrecall.lm.generators import Generator, Message
 from llmrecall.lm.prompts import PromptTemplate
+from llmrecall.lm.stores import LMStore
 
 
 @contextmanager

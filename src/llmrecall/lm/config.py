@@ -136,8 +136,8 @@ class CacheConfig(BaseModel):
         return str(value) if isinstance(value, Path) else value
 
     def build(self):
-        """The cache (:func:`~llmrecall.lm.cache.open_cache`), or None when disabled."""
-        from llmrecall.lm.cache import open_cache
+        """The cache (:func:`~llmrecall.lm.stores.open_cache`), or None when disabled."""
+        from llmrecall.lm.stores import open_cache
         return open_cache(self.path) if self.enabled else None
 
 

@@ -3,7 +3,7 @@ process reads, on any machine that reaches the server.
 
 :class:`PgLMCache` has :class:`~llmrecall.lm.cache.LMCache`'s methods, keys and guarantees,
 so :class:`~llmrecall.lm.cached.CachedEmbedder`, the interest and item-knowledge jobs and
-the Ray engine's driver use it unchanged; :func:`~llmrecall.lm.cache.open_cache` picks it
+the Ray engine's driver use it unchanged; :func:`~llmrecall.lm.stores.open_cache` picks it
 for a ``postgresql://`` (or ``postgres://``) target. Where the SQLite file is one machine's,
 this is the cache of a cluster: a Ray driver fills it, every node's workers and every
 service replica read it.
