@@ -299,22 +299,30 @@ def _swing_similarity(channel, paths: list[str], items: list[str], shard_users: 
 # --- recall and metrics per shard -------------------------------------------------------
 
 
+def shard_task(path: str, items: list[str], on: str):
+    """One shard's ``loo`` evaluation task for ``on`` ("test": recall from train +
+    validation; "valid": from train), as :func:`~llmrecall.evaluate.protocols.make_split`
+    builds it for the whole log."""
+    from llmrecall.evaluate.protocols import task_for
+
+    split = read_shard(path, items)
+    n_items = len(items)
+    if on == "test":
+        fresh = Histories.from_interactions(split.train.concat(split.valid), split.n_users,
+                                            n_items)
+        return task_for(split.test, fresh, fresh)
+    train = Histories.from_interactions(split.train, split.n_users, n_items)
+    return task_for(split.valid, train, train)
+
+
 def shard_metrics(path: str, items: list[str], pipeline, on: str, ks) -> dict[str, Any]:
     """The pipeline's lists for one shard's ``on`` ("test" or "valid") users, scored:
     ``sums[list][metric]`` (the mean times the users), ``tops[list][k]`` (the distinct
     items in the users' top ``k``), ``users`` and ``recall_seconds`` per channel."""
     from llmrecall.evaluate.experiment import recall_task, score_and_fuse
-    from llmrecall.evaluate.protocols import task_for
 
-    split = read_shard(path, items)
     n_items = len(items)
-    train = Histories.from_interactions(split.train, split.n_users, n_items)
-    if on == "test":
-        fresh = Histories.from_interactions(split.train.concat(split.valid), split.n_users,
-                                            n_items)
-        task = task_for(split.test, fresh, fresh)
-    else:
-        task = task_for(split.valid, train, train)
+    task = shard_task(path, items, on)
     n = len(task.users)
     if n == 0:
         return {"users": 0, "sums": {}, "tops": {}, "recall_seconds": {}}

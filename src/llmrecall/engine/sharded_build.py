@@ -102,9 +102,8 @@ def write_users_and_histories(paths: list[str], items: list[str], version: Path)
     scratch = Path(tempfile.mkdtemp(prefix=".histories-", dir=version))
     try:
         outs = {key: open(scratch / key, "wb") for key, _ in _MEMBERS}
-        counts = dict.fromkeys(outs, 0)
         np.zeros(1, np.int64).tofile(outs["indptr"])
-        counts["indptr"], end = 1, 0
+        n_users, end = 0, 0  # users and events written so far
         with open(version / "users.json", "w") as users:
             users.write("[")
             first = True
@@ -121,21 +120,20 @@ def write_users_and_histories(paths: list[str], items: list[str], version: Path)
                 times = frame["times"].explode().drop_nulls().to_numpy().astype(np.float64)
                 (end + np.cumsum(lengths)).astype(np.int64).tofile(outs["indptr"])
                 end += int(lengths.sum())
+                n_users += len(lengths)
                 item.astype(np.int32).tofile(outs["items"])
                 times.tofile(outs["times"])
                 np.ones(len(item), np.float32).tofile(outs["weights"])
-                counts["indptr"] += len(lengths)
-                for key in ("items", "times", "weights"):
-                    counts[key] += len(item)
             users.write("]")
         for out in outs.values():
             out.close()
+        lengths_of = {"indptr": n_users + 1, "items": end, "times": end, "weights": end}
         with zipfile.ZipFile(version / "histories.npz", "w", zipfile.ZIP_STORED,
                              allowZip64=True) as archive:
             for key, dtype in _MEMBERS:
                 with archive.open(f"{key}.npy", "w", force_zip64=True) as member, \
                         open(scratch / key, "rb") as values:
-                    _npy_header(member, np.dtype(dtype), counts[key])
+                    _npy_header(member, np.dtype(dtype), lengths_of[key])
                     shutil.copyfileobj(values, member, 16 * 2**20)
             with archive.open("n_items.npy", "w") as member:
                 np.lib.format.write_array(member, np.asarray(np.int64(len(items))))

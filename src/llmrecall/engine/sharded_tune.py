@@ -13,7 +13,8 @@ With ``[engine] log = "sharded"``, ``llmrecall tune --data SPEC.toml`` runs the 
   (:class:`~llmrecall.engine.stage_files.StageParts`, named by the channel's
   :func:`~llmrecall.tune.store.channel_key`). Later trials, and a later study on the same
   log, read them: a fusion-only trial fits and recalls nothing.
-* **A trial.** One task per shard reads the trial's channels' lists of that shard, fuses
+* **A trial.** One task per shard reads the trial's channels' lists of that shard (the
+  users' targets are kept with them: a trial reads no shard of the log), fuses
   them with the trial's weights (:func:`~llmrecall.tune.fastfuse.fused_ids`, the
   one-process tuner's fusion) and returns the metric's sum over the shard's users; the
   driver adds the sums. The shards are taken in stages (a quarter, a half, all, by
@@ -34,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from llmrecall.config import ChannelConfig, PipelineConfig
-from llmrecall.data.dataset import Histories
-from llmrecall.engine.sharded import fit_from_shards, read_shard
+from llmrecall.engine.sharded import fit_from_shards, shard_task
 from llmrecall.engine.stage_files import StageParts, digest
 from llmrecall.errors import ConfigError
 from llmrecall.fusion import ChannelWeight
@@ -59,41 +60,39 @@ class ShardedLog:
     reducer_bytes: int
 
 
-def _validation_task(path: str, items: list[str]):
-    """The ``loo`` validation task of one shard, as the sharded evaluation builds it."""
-    from llmrecall.evaluate.protocols import task_for
-
-    split = read_shard(path, items)
-    train = Histories.from_interactions(split.train, split.n_users, len(items))
-    return task_for(split.valid, train, train)
-
-
 def shard_lists(shard: int, path: str, items: list[str], channel, k: int,
                 kept: StageParts) -> int:
     """Recall shard ``shard``'s validation users with the fitted ``channel``; write the ids
-    (int32[users, k], -1 padded) to ``kept`` and return the number of users."""
+    (int32[users, k], -1 padded) to ``kept`` with the users' targets (CSR ``indptr`` and
+    ``indices``, so a trial reads no shard) and return the number of users."""
     from llmrecall.evaluate.runner import rank_task
 
-    task = _validation_task(path, items)
+    task = shard_task(path, items, "valid")
     ids = rank_task(channel, task, k) if len(task.users) else np.zeros((0, k), np.int32)
-    kept.save(shard, {"ids": ids}, {"users": len(task.users)})
+    targets = task.targets.tocsr()
+    kept.save(shard, {"ids": ids, "target_indptr": targets.indptr,
+                      "target_indices": targets.indices}, {"users": len(task.users)})
     return len(task.users)
 
 
-def shard_score(path: str, items: list[str], lists: dict[str, StageParts], shard: int,
-                k: int, metric: str, weights: dict[str, ChannelWeight], rrf_k: float) -> float:
+def shard_score(n_items: int, lists: dict[str, StageParts], shard: int, k: int, metric: str,
+                weights: dict[str, ChannelWeight], rrf_k: float) -> float:
     """The sum over shard ``shard``'s validation users of ``metric`` for the fusion of the
     kept ``lists`` with ``weights``."""
     from llmrecall.evaluate.metrics import ranking_metrics
     from llmrecall.tune.fastfuse import fused_ids
 
-    task = _validation_task(path, items)
-    if not len(task.users):
+    parts = {name: kept.load(shard)[0] for name, kept in lists.items()}
+    first = next(iter(parts.values()))
+    n = len(first["target_indptr"]) - 1
+    if not n:
         return 0.0
-    ids = {name: parts.load(shard)[0]["ids"] for name, parts in lists.items()}
-    fused = fused_ids(ids, k, len(items), weights=weights, rrf_k=rrf_k)
-    return float(ranking_metrics(fused, task.targets, [k], len(items))[metric]
-                 * len(task.users))
+    targets = sp.csr_matrix((np.ones(len(first["target_indices"]), np.float32),
+                             first["target_indices"], first["target_indptr"]),
+                            shape=(n, n_items))
+    fused = fused_ids({name: p["ids"] for name, p in parts.items()}, k, n_items,
+                      weights=weights, rrf_k=rrf_k)
+    return float(ranking_metrics(fused, targets, [k], n_items)[metric] * n)
 
 
 class ShardedChannelLists:
@@ -111,7 +110,7 @@ class ShardedChannelLists:
         from llmrecall.pipeline import build_channel
 
         log = self.log
-        kept = StageParts(log.run, "lists", digest(channel_key(config, seed, k)))
+        kept = StageParts(log.run, "valid-lists", digest(channel_key(config, seed, k)))
         todo = kept.missing(len(log.paths))
         if not todo:
             self.stats.list_hits += 1
@@ -170,12 +169,12 @@ class ShardedObjective(TrialObjective):
                                                    c.k or config.fusion.channel_k)
                  for c in config.enabled_channels}
         log, k, metric, rrf_k = self.log, self.k, self.metric, config.fusion.rrf_k
+        n_items = len(log.items)
         total, value = 0.0, 0.0
         for stage in range(len(self.bounds) - 1):
             shards = list(range(self.bounds[stage], self.bounds[stage + 1]))
             total += sum(log.engine.map_tasks(
-                lambda s: shard_score(log.paths[s], log.items, lists, s, k, metric, weights,
-                                      rrf_k), shards))
+                lambda s: shard_score(n_items, lists, s, k, metric, weights, rrf_k), shards))
             users = sum(self.per_shard[:self.bounds[stage + 1]])
             value = total / users if users else 0.0
             if report is not None:
