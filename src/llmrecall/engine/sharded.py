@@ -104,8 +104,8 @@ Columns = dict[str, np.ndarray]
 
 def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
                   command: str = "evaluate") -> None:
-    """Raise :class:`ConfigError` naming everything the sharded ``command`` (``evaluate``
-    or ``build``) does not cover."""
+    """Raise :class:`ConfigError` naming everything the sharded ``command`` (``evaluate``,
+    ``build`` or ``tune``) does not cover."""
     problems = []
     if protocol != "loo":
         problems.append(f"protocol {protocol!r} (only 'loo')")
@@ -338,7 +338,7 @@ def shard_metrics(path: str, items: list[str], pipeline, on: str, ks) -> dict[st
 
 
 def kept_shard_metrics(shard: int, path: str, items: list[str], pipeline, on: str, ks,
-                       kept: StageParts) -> dict[str, Any]:
+                       kept: StageParts) -> int:
     """:func:`shard_metrics` of shard ``shard``, written to ``kept`` as soon as it is
     computed (a rerun reads it instead of recalling the shard's users again)."""
     out = shard_metrics(path, items, pipeline, on, ks)
@@ -346,7 +346,7 @@ def kept_shard_metrics(shard: int, path: str, items: list[str], pipeline, on: st
                       for k, top in by_k.items()},
               {"users": out["users"], "sums": out["sums"],
                "recall_seconds": out["recall_seconds"]})
-    return out
+    return int(out["users"])  # the driver reads the part back: nothing else travels
 
 
 def load_shard_metrics(kept: StageParts, shard: int) -> dict[str, Any]:
