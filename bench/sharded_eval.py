@@ -6,7 +6,8 @@ process as the log grows.
 
 For each log size (``llmrecall synth`` data: ``events / --events-per-user`` users, a fixed
 catalog of ``--items`` items) two fresh processes evaluate the same pipeline (popularity +
-ItemCF with 100 neighbours, ``loo``, test split, every user):
+ItemCF with 100 neighbours, ``loo``, test split, every user; ``--pipeline learned`` adds
+EDLAE and learned fusion):
 
 * ``driver``: the local engine, the log loaded into one process (``llmrecall evaluate``'s
   default path: load, split, fit, recall, score);
@@ -45,8 +46,17 @@ from pathlib import Path
 
 from ray_scale import _sampler
 
-CONFIG = {"channels": [{"kind": "popularity"},
-                       {"kind": "itemcf", "params": {"neighbors": 100}}]}
+#: the pipelines --pipeline names: ``cf`` popularity + ItemCF with RRF; ``learned`` the
+#: same plus EDLAE (every item modelled below its 10,000-item default) and learned fusion
+PIPELINES = {
+    "cf": {"channels": [{"kind": "popularity"},
+                        {"kind": "itemcf", "params": {"neighbors": 100}}]},
+    "learned": {"channels": [{"kind": "popularity"},
+                             {"kind": "itemcf", "params": {"neighbors": 100}},
+                             {"kind": "edlae"}],
+                "fusion": {"method": "learned"}},
+}
+CONFIG = PIPELINES["cf"]
 
 
 class _Cgroup:
@@ -95,12 +105,14 @@ def memory_cap(gb: float | None):
 
 
 def run_child(data: str, mode: str, workers: int, object_store_mb: int,
-              command: str = "evaluate") -> dict:
+              command: str = "evaluate", pipeline: str = "cf") -> dict:
     import tempfile
 
     from llmrecall.config import PipelineConfig
     from llmrecall.data.spec import DataSpec
 
+    global CONFIG
+    CONFIG = PIPELINES[pipeline]
     stop, peaks = threading.Event(), {}
     thread = threading.Thread(target=_sampler, args=(stop, peaks), daemon=True)
     thread.start()
@@ -154,6 +166,10 @@ def run_child(data: str, mode: str, workers: int, object_store_mb: int,
     thread.join()
     return {"mode": mode, "seconds": seconds, "users_evaluated": report["users_evaluated"],
             "results": report["results"], "timings": report["timings"],
+            **({"fusion": {k: report["fusion"][k] for k in ("reference", "prefix", "fit_seconds")
+                           if k in report["fusion"]} | {"users": report["fusion"].get(
+                               "users", report["fusion"].get("validation_users"))}}
+               if "fusion" in report else {}),
             "peak_driver_mb": peaks.get("driver", 0) / 2**20,
             "peak_largest_other_mb": peaks.get("largest_other", 0) / 2**20,
             "peak_all_mb": peaks.get("tree", 0) / 2**20, **detail}
@@ -172,10 +188,11 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--child", nargs=2, metavar=("DATA", "MODE"))
     parser.add_argument("--command", choices=("evaluate", "build"), default="evaluate")
+    parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="cf")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(args.child[0], args.child[1], args.workers,
-                                   args.object_store_mb, args.command)))
+                                   args.object_store_mb, args.command, args.pipeline)))
         return
     from llmrecall.data.synth import synthesize
 
@@ -189,7 +206,7 @@ def main() -> None:
         for mode in args.modes:
             command = [sys.executable, __file__, "--child", str(data), mode,
                        "--workers", str(args.workers), "--object-store-mb", str(args.object_store_mb),
-                       "--command", args.command]
+                       "--command", args.command, "--pipeline", args.pipeline]
             with memory_cap(args.memory_cap_gb) as cap:
                 out = subprocess.run(command, capture_output=True, text=True, env=os.environ,
                                      preexec_fn=cap.enter if cap else None)
@@ -207,8 +224,13 @@ def main() -> None:
                   flush=True)
         if len(by_mode) == 2 and args.command == "evaluate":
             a, b = by_mode["driver"]["results"], by_mode["sharded"]["results"]
-            diff = max(abs(a[n][m] - b[n][m]) for n in a for m in a[n])
-            print(f"{events:,} events: largest metric difference {diff:.2e}", flush=True)
+            diff = max(abs(a[n][m] - b[n][m]) for n in a for m in a[n]
+                       if n != "fused" or args.pipeline == "cf")
+            print(f"{events:,} events: largest metric difference {diff:.2e}"
+                  + ("" if args.pipeline == "cf" else " (channels; the learned fused list: "
+                     + ", ".join(f"R@{k} {a['fused'][f'recall@{k}']:.4f} vs "
+                                 f"{b['fused'][f'recall@{k}']:.4f}" for k in (10, 50, 200))
+                     + ")"), flush=True)
     print("\n| events | path | seconds | driver peak MB | largest other process MB | all MB | fused R@50 |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -191,7 +191,7 @@ def test_a_kept_shuffle_stays_on_the_workers(cluster):
 def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_files, tmp_path):
     """``[engine] log = "sharded"`` on the two nodes: ml-100k's log read from three files,
     shuffled into history shards, ItemCF fitted by the streamed reduce, Swing by its three
-    shuffles fed by the shards, recalled and scored
+    shuffles fed by the shards, EDLAE by one Gram reducer, recalled and scored
     shard by shard, with a worker SIGKILLed in a shard task (map_tasks), another in a
     co-occurrence map and another in a streamed reduce: the report's metrics are the
     driver path's (the log loaded here, the local engine)."""
@@ -203,7 +203,8 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
     folder, spec = ml100k_files
     config = PipelineConfig.model_validate({"channels": [
         {"kind": "popularity"}, {"kind": "itemcf", "params": {"neighbors": 100}},
-        {"kind": "swing", "params": {"max_users_per_item": 40}}]})
+        {"kind": "swing", "params": {"max_users_per_item": 40}},
+        {"kind": "edlae", "params": {"max_items": 600, "user_power": 0.3}}]})
     with use_engine(Engine()):
         driver = evaluate(load_dataset_toml(folder / "data.toml"), "loo", config)
 
@@ -221,8 +222,9 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
                                work_dir=tmp_path / "shards")
     assert sharded["engine"]["shards"] == 4 and sharded["engine"]["kind"] == "ray"
     for name, row in driver["results"].items():
-        # as in test_sharded.py: Swing's float32 sums in another order may move one user
-        tolerance = 1.5 / 943 if name in ("swing", "fused") else 1e-12
+        # as in test_sharded.py: Swing's float32 sums (and EDLAE's user-weighted Gram
+        # matrix) in another order may move one user
+        tolerance = 1.5 / 943 if name in ("swing", "edlae", "fused") else 1e-12
         for metric, value in row.items():
             assert sharded["results"][name][metric] == pytest.approx(value, abs=tolerance), \
                 (name, metric)

@@ -21,7 +21,8 @@ from llmrecall.serve.artifacts import build, load_artifact
 CHANNELS = [{"kind": "popularity", "weight": 0.3},
             {"kind": "popularity", "name": "recent", "params": {"half_life": 864_000}},
             {"kind": "itemcf", "params": {"neighbors": 60}},
-            {"kind": "swing", "params": {"max_users_per_item": 40, "neighbors": 40}}]
+            {"kind": "swing", "params": {"max_users_per_item": 40, "neighbors": 40}},
+            {"kind": "edlae", "params": {"max_items": 150, "user_power": 0.2}}]
 
 
 def _by_raw_user(artifact) -> dict[str, tuple[list[str], list[float], list[float]]]:
@@ -70,6 +71,8 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
     for name in ("itemcf", "swing"):
         _same_neighbours(a[name].similarity_, b[name].similarity_)
         np.testing.assert_allclose(b[name].popularity_, a[name].popularity_, rtol=1e-6)
+    np.testing.assert_array_equal(b["edlae"].items_, a["edlae"].items_)  # 150 of 200
+    np.testing.assert_allclose(b["edlae"].weights_, a["edlae"].weights_, rtol=1e-4, atol=1e-6)
 
     # the fused lists of every user, each artifact ranking its own users
     order = np.array([sharded.users.index(u) for u in driver.users.ids])
@@ -82,7 +85,31 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
     _, again = build_sharded(spec, config, tmp_path / "sharded", engine=Engine(),
                              work_dir=tmp_path / "work", shard_events=3_000)
     assert again["resumed"] == {"histories": True, "itemcf_ranges": "1/1",
-                                "swing_similarity": True}
+                                "swing_similarity": True, "edlae_weights": True}
+
+
+def test_a_sharded_build_with_learned_fusion_serves_it(tmp_path):
+    """``[fusion] method = "learned"``: the fusion fitted as the driver path fits it (the
+    channels on the loo train part, then on a sample of the shards' validation users), the
+    channels refitted on all rows; the artifact holds the fusion and serves its guard."""
+    synthesize(tmp_path / "data", users=500, items=200, events=12_000, seed=3,
+               block_events=4_000)
+    spec = DataSpec.from_toml(tmp_path / "data" / "data.toml")
+    config = PipelineConfig.model_validate({"channels": CHANNELS[:1] + CHANNELS[2:3],
+                                            "fusion": {"method": "learned"}})
+    _, ran = build_sharded(spec, config, tmp_path / "art", engine=Engine(),
+                           work_dir=tmp_path / "work", shard_events=3_000, fusion_users=200)
+    assert ran["resumed"]["fusion_sample"] == "0/4"
+    artifact = load_artifact(tmp_path / "art")
+    fusion = artifact.pipeline.fusion_model_
+    assert fusion is not None and fusion.channels == ["popularity", "itemcf"]
+    assert artifact.manifest["fusion"]["reference"] == fusion.reference
+    assert 100 <= fusion.report["validation_users"] <= 300  # the sample, not all 500
+    users = np.arange(len(artifact.users))
+    out = artifact.pipeline.recall(users, artifact.histories, k=50)
+    lead = min(fusion.prefix, 50)
+    np.testing.assert_array_equal(out.fused.ids[:, :lead],  # the guard's lead
+                                  out.per_channel[fusion.reference].ids[:, :lead])
 
 
 def test_empty_shards_leave_valid_users_and_histories(tmp_path):
@@ -121,8 +148,8 @@ def test_cli_build_with_the_sharded_log(ml100k_files, tmp_path):
     with pytest.raises(ConfigError, match="sharded evaluate, build and tune only"):
         with engine_for(None, load_config(tmp_path / "sharded.toml")):
             pass  # code that would load the log is refused the setting
-    (tmp_path / "ease.toml").write_text(toml.replace('kind = "itemcf"', 'kind = "ease"'))
+    (tmp_path / "als.toml").write_text(toml.replace('kind = "itemcf"', 'kind = "als"'))
     refused = runner.invoke(app, ["build", "--data", str(folder / "data.toml"), "-c",
-                                  str(tmp_path / "ease.toml"), "-o", str(tmp_path / "art3")])
+                                  str(tmp_path / "als.toml"), "-o", str(tmp_path / "art3")])
     assert refused.exit_code == 2 and "build with [engine]" in refused.output
-    assert "'ease'" in refused.output
+    assert "'als'" in refused.output

@@ -73,23 +73,48 @@ class EASE(Channel):
         matrix over the modelled items (``sub``, CSR [n_users, m]); None: every user 1."""
         return None
 
+    def raw_user_weights(self, lengths: np.ndarray) -> np.ndarray | None:
+        """Unnormalised row weights float64[n_users] from each user's modelled training
+        items ``lengths`` (the weights are these times one constant over all users, see
+        :func:`llmrecall.channels.edlae.weight_scale`); None: every user 1."""
+        return None
+
     def fit(self, dataset: Dataset) -> Self:
-        self._check_params()
-        if self.max_items is not None and self.max_items < 1:
-            raise ConfigError(f"{self.kind} max_items must be >= 1 or None, got {self.max_items}")
+        self.check_params()
         matrix = training_matrix(dataset)
         popularity = item_popularity(matrix)
-        n_items = matrix.shape[1]
-        if self.max_items is not None and n_items > self.max_items:
-            modelled = np.sort(np.argsort(-popularity, kind="stable")[: self.max_items])
-        else:
-            modelled = np.arange(n_items)
+        modelled = self.modelled_items(popularity)
         sub = matrix[:, modelled]
         weights_u = self._user_weights(sub)
         with limited_blas():
             # each user's squared loss weighted by weights_u ** 2: X^T diag(w^2) X
             weighted = sub if weights_u is None else sp.diags(weights_u) @ sub
             gram = (weighted.T @ weighted).toarray().astype(np.float64)
+        return self.install(modelled, self.solve(gram), popularity)
+
+    def check_params(self) -> None:
+        """Raise ConfigError for hyperparameters :meth:`fit` cannot use."""
+        self._check_params()
+        if self.max_items is not None and self.max_items < 1:
+            raise ConfigError(f"{self.kind} max_items must be >= 1 or None, got {self.max_items}")
+
+    def modelled_items(self, popularity: np.ndarray) -> np.ndarray:
+        """int64[m] the items the model covers, ascending: the ``max_items`` most popular
+        by ``popularity`` float32[n_items] (:func:`item_popularity`; ties in item order),
+        or all."""
+        n_items = len(popularity)
+        if self.max_items is not None and n_items > self.max_items:
+            return np.sort(np.argsort(-popularity, kind="stable")[: self.max_items])
+        return np.arange(n_items)
+
+    def solve(self, gram: np.ndarray) -> np.ndarray:
+        """float32[m, m] C-ordered weights (zero diagonal) from ``gram`` float64[m, m], the
+        (user-weighted) Gram matrix over the modelled items, which is overwritten.
+
+        The fitted state is the same whoever summed ``gram``: the in-process fit, or the
+        sharded one (:mod:`llmrecall.engine.sharded_ease`) adding one Gram matrix per shard.
+        """
+        with limited_blas():
             gram[np.diag_indices_from(gram)] += self._penalty(np.diag(gram).copy())
             # Cholesky inverse: the Gram matrix plus a positive diagonal is symmetric positive
             # definite
@@ -97,9 +122,14 @@ class EASE(Channel):
                                              np.eye(gram.shape[0]), overwrite_b=True)
         weights = -inverse / np.diag(inverse)[None, :]
         weights[np.diag_indices_from(weights)] = 0.0
-        self.items_ = modelled.astype(np.int32)
         # C order: the solver returns Fortran order, which makes every `hist @ weights_` copy
-        self.weights_ = np.ascontiguousarray(weights, dtype=np.float32)
+        return np.ascontiguousarray(weights, dtype=np.float32)
+
+    def install(self, modelled: np.ndarray, weights: np.ndarray, popularity: np.ndarray) -> Self:
+        """Set the fitted state from its parts: ``modelled`` int[m] (:meth:`modelled_items`),
+        ``weights`` float32[m, m] (:meth:`solve`), ``popularity`` float32[n_items]."""
+        self.items_ = np.asarray(modelled).astype(np.int32)
+        self.weights_ = weights
         self.popularity_ = popularity
         return self
 

@@ -79,17 +79,31 @@ class EDLAE(EASE):
         """``w`` float64[n_users] = ``c * n_u^-user_power`` (0 for a user with no modelled
         item, who adds nothing to the Gram matrix anyway), ``c`` keeping the Gram matrix's
         trace; None when ``user_power`` is 0 (the unweighted fit, bit for bit)."""
+        lengths = np.asarray(sub.getnnz(axis=1), np.float64)
+        weights = self.raw_user_weights(lengths)
+        if weights is None:
+            return None
+        return weights * np.sqrt(weight_scale(lengths.sum(), float((weights ** 2 * lengths).sum())))
+
+    def raw_user_weights(self, lengths: np.ndarray) -> np.ndarray | None:
+        """``n_u^-user_power`` float64[n_users] (0 where ``n_u`` is 0); None when
+        ``user_power`` is 0."""
         if self.user_power == 0:
             return None
-        lengths = np.asarray(sub.getnnz(axis=1), np.float64)
+        lengths = np.asarray(lengths, np.float64)
         active = lengths > 0
         weights = np.zeros_like(lengths)
         weights[active] = lengths[active] ** -float(self.user_power)
-        total = float((weights ** 2 * lengths).sum())
-        if total > 0:
-            weights *= np.sqrt(lengths.sum() / total)
         return weights
 
     def _penalty(self, counts: np.ndarray) -> np.ndarray:
         """``diag(Lambda)`` float64[m] = ``p / (1 - p) * counts + lam``."""
         return self.dropout / (1.0 - self.dropout) * counts + float(self.l2)
+
+
+def weight_scale(interactions: float, weighted: float) -> float:
+    """``c^2`` of the module text: the factor on the squared raw weights that keeps the
+    Gram matrix's trace, given ``interactions`` = ``sum_u n_u`` and ``weighted`` =
+    ``sum_u raw_u^2 n_u`` (1 when nothing is weighted). A sharded fit sums both over the
+    shards and scales the summed raw-weighted Gram matrix by it."""
+    return interactions / weighted if weighted > 0 else 1.0

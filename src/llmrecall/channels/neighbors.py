@@ -47,7 +47,12 @@ def binary_matrix(log: Interactions, n_users: int, n_items: int,
 
 def item_popularity(matrix: sp.csr_matrix) -> np.ndarray:
     """float32[n_items] interaction counts scaled to [0, 1]: the empty-history fallback."""
-    counts = np.asarray(matrix.sum(axis=0), np.float64).ravel()
+    return scaled_popularity(np.asarray(matrix.sum(axis=0), np.float64).ravel())
+
+
+def scaled_popularity(counts: np.ndarray) -> np.ndarray:
+    """float32[n_items] ``counts`` (float64, each item's training users) scaled to [0, 1],
+    as :func:`item_popularity` gives them (a sharded fit sums the counts over shards)."""
     return (counts / max(counts.max(initial=0.0), 1.0)).astype(np.float32)
 
 

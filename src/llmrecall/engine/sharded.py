@@ -43,11 +43,16 @@ in float32 in user order; a neighbour whose similarity ties another's to the las
 swap places; Swing's float32 pair sums are added in another pair order, with the same
 effect. Metrics are averaged from per-shard sums (a different order of additions).
 
-What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf`` and ``swing``, fusion by
-weights (not ``learned``, which is fitted on every validation user at once), no item
-filters, logs with user, item and a numeric time column. Anything else is refused with a
+**EASE and EDLAE** sum one Gram matrix per shard in one reducer and solve it there
+(:mod:`llmrecall.engine.sharded_ease`): the model itself is single-node.
+
+What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf``, ``swing``,
+``ease`` and ``edlae``, fusion by weights or ``learned`` (fitted on a sample of validation
+users from every shard: :mod:`llmrecall.engine.sharded_fusion`), no item filters, logs
+with user, item and a numeric time column. Anything else is refused with a
 :class:`~llmrecall.errors.ConfigError` naming it. ``build`` and ``tune`` read the shards
-too (:mod:`llmrecall.engine.sharded_build`, :mod:`llmrecall.engine.sharded_tune`).
+too (:mod:`llmrecall.engine.sharded_build`, :mod:`llmrecall.engine.sharded_tune`; ``tune``
+does not take ``learned`` fusion, which is fitted, not tuned).
 
 Resuming: with a ``work_dir`` every stage's results are kept there
 (:mod:`llmrecall.engine.stage_files`) and the same evaluation started again computes only
@@ -86,11 +91,13 @@ from llmrecall.engine.cooccurrence import (
     swing_reduce,
 )
 from llmrecall.engine.histories import HistoryShards, shard_histories
+from llmrecall.engine.sharded_ease import LINEAR_KINDS, fit_linear
+from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion, fusion_key
 from llmrecall.engine.stage_files import StageParts, digest, files_signature
 from llmrecall.errors import ConfigError, DataError
 
 #: channel kinds the sharded evaluation fits
-SHARDED_KINDS = ("popularity", "itemcf", "swing")
+SHARDED_KINDS = ("popularity", "itemcf", "swing", *LINEAR_KINDS)
 #: events per history shard, about (the shard count is the log's rows / this)
 SHARD_EVENTS = 1_000_000
 #: the most a co-occurrence reducer's dense block may take (its candidate range is cut so)
@@ -113,8 +120,9 @@ def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
         if c.kind not in SHARDED_KINDS:
             problems.append(f"channel {c.channel_name!r} of kind {c.kind!r} "
                             f"(only {', '.join(SHARDED_KINDS)})")
-    if config.fusion.method == "learned":
-        problems.append('[fusion] method = "learned" (fitted on every validation user at once)')
+    if config.fusion.method == "learned" and command == "tune":
+        problems.append('[fusion] method = "learned" (it is fitted, not tuned: evaluate or '
+                        'build it)')
     f = config.filters
     if f.include_categories or f.exclude_categories or f.allow_items or f.deny_items:
         problems.append("[filters] (they read the catalog)")
@@ -455,7 +463,8 @@ def open_sharded_log(spec: DataSpec, engine, work_dir: str | Path | None,
 def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "loo", *,
                      engine, on: str = "test", seed: int = 0, ks=None, work_dir: str | Path | None = None,
                      shard_events: int = SHARD_EVENTS, reducer_bytes: int = REDUCER_BYTES,
-                     name: str | None = None, progress=None) -> dict[str, Any]:
+                     fusion_users: int = FUSION_USERS, name: str | None = None,
+                     progress=None) -> dict[str, Any]:
     """Evaluate ``config`` on the log ``spec`` names without loading it (module docstring);
     returns the report ``evaluate`` writes, with an ``engine`` entry saying how it ran.
 
@@ -469,6 +478,10 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
     digest of the log's files (paths, sizes, modification times) and how they are read,
     and each stage under one named by what it depends on, so a changed log or config
     recomputes.
+
+    ``[fusion] method = "learned"`` is fitted on at most about ``fusion_users`` validation
+    users sampled from every shard (:mod:`llmrecall.engine.sharded_fusion`); the report's
+    ``fusion`` entry says on how many and what its guard chose.
     """
     from llmrecall.evaluate.metrics import DEFAULT_KS
     from llmrecall.pipeline import RecallPipeline
@@ -490,8 +503,16 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
         fit_seconds = fit_from_shards(pipeline.channels, shards.paths, items, engine,
                                       reducer_bytes, run,
                                       resumed)
+        fusion = None
+        if config.fusion.method == "learned":
+            fusion = fit_sharded_fusion(pipeline, shards.paths, items, engine, run, resumed,
+                                        shards.n_users, k=max(ks), max_users=fusion_users)
+            say(f"learned fusion on {fusion['users']:,} validation users: "
+                f"{fusion['reference']} first {fusion['prefix']}, then the learned list "
+                f"({fusion['fit_seconds']:.1f}s)")
         start = time.perf_counter()
-        kept = StageParts(run, "recall", digest(config.config_hash(), on, list(ks)))
+        kept = StageParts(run, "recall", digest(config.config_hash(), on, list(ks),
+                                                fusion_key(pipeline.fusion_model_)))
         todo = kept.missing(n_shards)
         resumed["recall_shards"] = f"{n_shards - len(todo)}/{n_shards}"
         engine.map_tasks(lambda s: kept_shard_metrics(s, shards.paths[s], items, pipeline, on,
@@ -510,6 +531,7 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
         "config_hash": config.config_hash(),
         "users_evaluated": next(iter(results.values()))["users"],
         "results": results,
+        **({"fusion": fusion} if fusion is not None else {}),
         "engine": {"kind": engine.kind, "log": "sharded", "shards": n_shards,
                    "events": shards.events, "users": shards.n_users, "items": len(items),
                    "resumed": resumed},
@@ -558,6 +580,8 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
                 kept.save(0, {"data": similarity.data, "indices": similarity.indices,
                               "indptr": similarity.indptr}, {})
             channel.install(similarity, item_users)
+        elif channel.kind in LINEAR_KINDS:
+            fit_linear(channel, paths, items, item_users, engine, run, resumed, name, split)
         else:
             channel.install(_itemcf_similarity(channel, paths, items, item_users, engine,
                                                reducer_bytes, run, resumed, name, split),

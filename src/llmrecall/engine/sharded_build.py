@@ -6,9 +6,12 @@ With ``[engine] log = "sharded"``, ``llmrecall build --data SPEC.toml`` writes t
 (:mod:`llmrecall.engine.sharded`):
 
 1. the log's files shuffled into per-user history shards (reused from ``work_dir``);
-2. the channels (``popularity``, ``itemcf``, ``swing``) fitted from the shards' every row
-   (as ``build`` fits on all data), on the engine's tasks, their results kept in
-   ``work_dir`` as for a sharded ``evaluate``;
+2. the channels (``popularity``, ``itemcf``, ``swing``, ``ease``, ``edlae``) fitted from
+   the shards' every row (as ``build`` fits on all data), on the engine's tasks, their
+   results kept in ``work_dir`` as for a sharded ``evaluate``; with ``[fusion] method =
+   "learned"`` the fusion is fitted first, as the driver path fits it: the channels on the
+   ``loo`` train part, the fusion on a sample of validation users from every shard
+   (:mod:`llmrecall.engine.sharded_fusion`);
 3. the data files written shard after shard: ``users.json`` (users numbered shard after
    shard, each shard's in the order its file keeps them), ``histories.npz`` (each user's
    items, times and weights, oldest first, as ``Dataset.histories`` gives them), streamed
@@ -45,6 +48,7 @@ from llmrecall.engine.sharded import (
     fit_from_shards,
     open_sharded_log,
 )
+from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion
 
 #: the histories.npz members, in the order they are written: (name, dtype)
 _MEMBERS = (("indptr", np.int64), ("items", np.int32), ("times", np.float64),
@@ -53,8 +57,8 @@ _MEMBERS = (("indptr", np.int64), ("items", np.int32), ("times", np.float64),
 
 def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *, engine,
                   work_dir: str | Path | None = None, shard_events: int = SHARD_EVENTS,
-                  reducer_bytes: int = REDUCER_BYTES, name: str | None = None,
-                  progress=None) -> tuple[Path, dict[str, Any]]:
+                  reducer_bytes: int = REDUCER_BYTES, fusion_users: int = FUSION_USERS,
+                  name: str | None = None, progress=None) -> tuple[Path, dict[str, Any]]:
     """Write a new artifact version of ``config`` fitted on the log ``spec`` names, never
     loading the log (module docstring). Returns the version folder and what was run
     (``shards``, ``events``, ``users``, ``items``, ``resumed``, ``seconds``).
@@ -76,9 +80,21 @@ def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *
         resumed["histories"] = shards.reused
         say(f"sharded {shards.events:,} events of {shards.n_users:,} users into "
             f"{n_shards} shards")
+        model, fusion_seconds = None, 0.0
+        if config.fusion.method == "learned":
+            # as the driver path's fit_pipeline: channels on the loo train part, the fusion
+            # on validation lists (a sample from every shard), then the channels on all data
+            on_train = RecallPipeline(config)
+            fit_from_shards(on_train.channels, shards.paths, items, engine, reducer_bytes,
+                            log.run, resumed)
+            fusion = fit_sharded_fusion(on_train, shards.paths, items, engine, log.run,
+                                        resumed, shards.n_users, k=config.fusion.k,
+                                        max_users=fusion_users)
+            model, fusion_seconds = on_train.fusion_model_, fusion["fit_seconds"]
         pipeline = RecallPipeline(config)
         pipeline.fit_seconds = fit_from_shards(pipeline.channels, shards.paths, items, engine,
                                                reducer_bytes, log.run, resumed, split=False)
+        pipeline.fusion_model_, pipeline.fusion_seconds_ = model, fusion_seconds
         catalog = read_catalog(spec.items, len(items))
 
         def write_data(version: Path) -> None:

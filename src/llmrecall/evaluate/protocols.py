@@ -89,6 +89,13 @@ class EvalTask:
             return self.exclude
         return and_not(self.history.matrix(self.users), self.targets)
 
+    def take(self, rows: np.ndarray, candidate_mask: np.ndarray | None = None) -> EvalTask:
+        """The task for ``users[rows]`` only (``rows``: int positions, ascending), the same
+        history; ``candidate_mask``, if given, in place of this task's."""
+        mask = self.candidate_mask if candidate_mask is None else candidate_mask
+        return EvalTask(self.users[rows], self.targets[rows], self.history, mask,
+                        None if self.exclude is None else self.exclude[rows])
+
     def describe(self) -> dict:
         return {"users": int(len(self.users)), "targets": int(self.targets.nnz),
                 "candidates": int(self.n_items if self.candidate_mask is None

@@ -125,8 +125,7 @@ class ValidationObjective(TrialObjective):
         if valid.candidate_mask is not None:
             allowed = valid.candidate_mask if allowed is None else allowed & valid.candidate_mask
         self.allowed = allowed
-        chunks = [EvalTask(valid.users[p], valid.targets[p], valid.history, allowed,
-                           None if valid.exclude is None else valid.exclude[p]) for p in parts]
+        chunks = [valid.take(p, allowed) for p in parts]
         self.store = store or ChannelStore(train, chunks, models=models)
 
     @property
