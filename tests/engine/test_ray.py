@@ -188,13 +188,21 @@ def test_a_kept_shuffle_stays_on_the_workers(cluster):
     assert [r["v"].tolist() for r in remote] == [r["v"].tolist() for r in local]
 
 
-def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_files, tmp_path):
+#: SASRec in the sharded evaluation on the cluster: small, ids only
+SHARDED_SASREC = {"text_init": "none", "dim": 32, "epochs": 3, "max_len": 30}
+
+
+def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_files, tmp_path,
+                                                                monkeypatch):
     """``[engine] log = "sharded"`` on the two nodes: ml-100k's log read from three files,
     shuffled into history shards, ItemCF fitted by the streamed reduce, Swing by its three
-    shuffles fed by the shards, EDLAE by one Gram reducer, recalled and scored
+    shuffles fed by the shards, EDLAE by one Gram reducer, SASRec by Ray Train workers
+    reading the shards' window files, recalled and scored
     shard by shard, with a worker SIGKILLed in a shard task (map_tasks), another in a
     co-occurrence map and another in a streamed reduce: the report's metrics are the
     driver path's (the log loaded here, the local engine)."""
+    import ray
+
     from llmrecall.config import PipelineConfig
     from llmrecall.data.loaders import load_dataset_toml
     from llmrecall.engine.sharded import evaluate_sharded
@@ -204,9 +212,18 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
     config = PipelineConfig.model_validate({"channels": [
         {"kind": "popularity"}, {"kind": "itemcf", "params": {"neighbors": 100}},
         {"kind": "swing", "params": {"max_users_per_item": 40}},
-        {"kind": "edlae", "params": {"max_items": 600, "user_power": 0.3}}]})
+        {"kind": "edlae", "params": {"max_items": 600, "user_power": 0.3}},
+        # weight 0: out of the fused list, which stays the exact channels'
+        {"kind": "sasrec", "params": SHARDED_SASREC, "weight": 0.0}]})
     with use_engine(Engine()):
         driver = evaluate(load_dataset_toml(folder / "data.toml"), "loo", config)
+    real_put, put = ray.put, []
+
+    def recording_put(value, *args, **kwargs):
+        put.append(value)
+        return real_put(value, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "put", recording_put)
 
     class KillingEngine(RayEngine):
         def shuffle_streamed(self, map_fn, inputs, reduce_fn, n_partitions):
@@ -217,17 +234,27 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
         def map_tasks(self, fn, inputs):
             return super().map_tasks(_kill_first_call(fn, str(tmp_path / "task")), inputs)
 
-    engine = KillingEngine(partitions=2)
+    engine = KillingEngine(partitions=2, train_workers=2)
     sharded = evaluate_sharded(spec, config, engine=engine, shard_events=30_000,
                                work_dir=tmp_path / "shards")
     assert sharded["engine"]["shards"] == 4 and sharded["engine"]["kind"] == "ray"
     for name, row in driver["results"].items():
+        if name == "sasrec":
+            continue
         # as in test_sharded.py: Swing's float32 sums (and EDLAE's user-weighted Gram
         # matrix) in another order may move one user
         tolerance = 1.5 / 943 if name in ("swing", "edlae", "fused") else 1e-12
         for metric, value in row.items():
             assert sharded["results"][name][metric] == pytest.approx(value, abs=tolerance), \
                 (name, metric)
+    # SASRec: trained by 2 Ray Train workers that read the shards' window files themselves
+    # (the driver put the initial weights in the object store, no window array), within 3
+    # standard errors of the one-process fit on the loaded log (test_sharded.py's band)
+    assert engine.train_runs and engine.train_runs[-1]["epoch"] == SHARDED_SASREC["epochs"]
+    assert not [v for v in put if isinstance(v, np.ndarray) and v.ndim == 2
+                and v.shape[1] == SHARDED_SASREC["max_len"] + 1]
+    a, b = driver["results"]["sasrec"]["recall@50"], sharded["results"]["sasrec"]["recall@50"]
+    assert abs(a - b) <= 3 * np.sqrt(2 * a * (1 - a) / 943), (a, b)
     for step in ("map", "reduce", "task"):
         assert int((tmp_path / step).read_text()) != os.getpid()  # a worker died
 

@@ -5,6 +5,7 @@ The same on a Ray cluster is in test_ray.py."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -195,6 +196,34 @@ def test_sharded_learned_fusion_is_fitted_on_a_sample_from_every_shard(ml100k_fi
     assert again["engine"]["resumed"]["recall_shards"] == "4/4"
     assert again["results"] == sampled["results"]
     assert again["fusion"]["out_of_fold_recall"] == sampled["fusion"]["out_of_fold_recall"]
+
+
+def test_sharded_sasrec_is_the_in_process_model_in_distribution(ml100k_files, tmp_path):
+    """SASRec from the shards' window files (users in shard order, so other batches): test
+    Recall@50 within 3 standard errors of the fit on the loaded log (the error of the
+    difference of two proportions over 943 users, as for the Ray Train fit), both far above
+    the untrained network; the same evaluation again finds every shard's windows; early
+    stopping is refused by name."""
+    folder, spec = ml100k_files
+    params = {"text_init": "none", "dim": 32, "epochs": 3, "max_len": 30}
+    config = PipelineConfig.model_validate({"channels": [{"kind": "sasrec", "params": params}]})
+    driver = evaluate(load_dataset_toml(folder / "data.toml"), "loo", config)
+    sharded = evaluate_sharded(spec, config, engine=Engine(), shard_events=30_000,
+                               work_dir=tmp_path / "work")
+    assert sharded["engine"]["resumed"]["sasrec_windows"] == "0/4"
+    a, b = driver["results"]["sasrec"]["recall@50"], sharded["results"]["sasrec"]["recall@50"]
+    band = 3 * math.sqrt(2 * a * (1 - a) / 943)
+    assert abs(a - b) <= band, (a, b, band)
+    untrained = PipelineConfig.model_validate({"channels": [
+        {"kind": "sasrec", "params": {**params, "epochs": 1, "lr": 1e-9}}]})
+    floor = evaluate_sharded(spec, untrained, engine=Engine(), shard_events=30_000,
+                             work_dir=tmp_path / "work")
+    assert floor["engine"]["resumed"]["sasrec_windows"] == "4/4"  # the same max_len
+    assert min(a, b) > floor["results"]["sasrec"]["recall@50"] + band
+    stopping = PipelineConfig.model_validate({"channels": [
+        {"kind": "sasrec", "params": {**params, "patience": 2}}]})
+    with pytest.raises(ConfigError, match="sasrec with patience"):
+        check_sharded(spec, stopping, "loo")
 
 
 def test_candidate_ranges_bound_the_reducer_block():

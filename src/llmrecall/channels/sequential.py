@@ -206,36 +206,66 @@ class SASRec(Channel, AddsItems, CachesUsers):
         self._lock = threading.Lock()
         self._table_cache: tuple[Any, Any] | None = None  # (model, its item table), see _item_table
 
+    def __getstate__(self) -> dict[str, Any]:
+        # pickled to a task (the sharded log's recall tasks): the lock and the derived item
+        # table stay behind and are made anew
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state["_table_cache"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     # ---- training --------------------------------------------------------------------
     def fit(self, dataset: Dataset, train: Callable[..., Any] | None = None) -> SASRec:
         """Train on ``dataset``'s histories. ``train(channel, model, windows, n_items)``,
         when given, trains the initialised ``model`` elsewhere and returns the trained
         network (the Ray engine's data-parallel training, which runs
         :meth:`train_epochs` on each worker); None trains here."""
+        histories = dataset.histories()
+        windows = training_windows(histories, self.max_len)
+        return self.fit_windows(dataset, windows, train=train, lengths=histories.lengths())
+
+    def fit_windows(self, catalog: Dataset, windows: Any, popularity_counts: np.ndarray | None = None,
+                    train: Callable[..., Any] | None = None,
+                    lengths: np.ndarray | None = None) -> SASRec:
+        """Train on given ``windows`` (:func:`training_windows` rows of every training user):
+        :meth:`fit` without the histories. ``catalog``: the items and their texts (its
+        interactions are read only when ``popularity_counts`` is None); ``windows``: an
+        int64[w, max_len + 1] array, or, with a ``train`` hook that can read it, any object
+        with ``load()`` giving one and ``__len__`` (the sharded log's window files, read by
+        the training workers, not here); ``popularity_counts`` float[n_items]: the training
+        interactions per item (the fallback ranking; default counted from ``catalog``);
+        ``lengths`` int[n_users]: each training user's history length, which early stopping
+        (``patience`` > 0) needs to hold users' newest transitions out."""
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        n_items = dataset.n_items
-        model = self.initial_model(dataset)
-        histories = dataset.histories()
-        windows = training_windows(histories, self.max_len)
+        n_items = catalog.n_items
+        model = self.initial_model(catalog)
         if len(windows) == 0:
             raise DataError("sasrec: no user has two or more interactions to learn from")
         self.stopping_ = None
         if self.patience:
+            if lengths is None or not isinstance(windows, np.ndarray):
+                raise ConfigError("sasrec: patience needs every user's windows and history "
+                                  "length in this process")
             # its own random stream: the training order and negatives are those of a fit
             # without early stopping
             self.stopping_ = HeldOutNext.take(
-                windows, histories.lengths(), self.max_len, self.holdout_users,
+                windows, lengths, self.max_len, self.holdout_users,
                 np.random.default_rng([self.seed, 1]), self.monitor, self.patience)
         if train is None:
+            rows = windows if isinstance(windows, np.ndarray) else windows.load()
             with progress.task(f"fit {self.name}", self.epochs, "epoch") as bar:
-                self.train_epochs(model, windows, n_items, rng,
+                self.train_epochs(model, rows, n_items, rng,
                                   on_epoch=lambda done, optimizer: bar.advance())
         else:
             model = train(self, model, windows, n_items)
-        self.install(model, dataset)
+        self.install(model, catalog, popularity_counts)
         return self
 
     def initial_model(self, dataset: Dataset):
@@ -258,13 +288,15 @@ class SASRec(Channel, AddsItems, CachesUsers):
                 model.id_embedding.weight[1:].normal_(0.0, self.dim ** -0.5)
         return model
 
-    def install(self, model, dataset: Dataset) -> None:
+    def install(self, model, dataset: Dataset, popularity_counts: np.ndarray | None = None) -> None:
         """Serve ``model`` (put in eval mode) for ``dataset``'s catalog, the training
-        popularity as the fallback of users without a usable history."""
+        popularity (``popularity_counts``, default counted from ``dataset``) as the
+        fallback of users without a usable history."""
         model.eval()
         self.model_ = model
         self.n_items_ = dataset.n_items
-        self.popularity_ = popularity(dataset)
+        self.popularity_ = (popularity(dataset) if popularity_counts is None
+                            else np.asarray(popularity_counts, np.float32))
         self._n_base = dataset.n_items
 
     def optimizer(self, model):

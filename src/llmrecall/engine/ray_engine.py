@@ -279,7 +279,7 @@ class RayEngine(Engine):
             self._task_refs = {id(task): held}
         return held[1]
 
-    def train_sasrec(self, channel, model, windows: np.ndarray, n_items: int):
+    def train_sasrec(self, channel, model, windows: Any, n_items: int):
         """``SASRec.fit``'s ``train`` hook: :func:`train_sasrec` on ``train_workers``."""
         self._release_embedders()  # the catalog is embedded: its actors' CPUs train now
         return train_sasrec(channel, model, windows, n_items, self._workers(),
@@ -491,7 +491,9 @@ def _sasrec_worker(config: dict) -> None:
     if resumed is not None:  # after building: the network's initialisation draws from torch
         restore(resumed, optimizer, rng, rank, channel.seed)
         start = resumed.step
-    windows = ray.get(config["windows"])
+    # the driver's windows from the object store, or the sharded log's window files
+    windows = config["windows"]
+    windows = windows.load() if hasattr(windows, "load") else ray.get(windows)
     channel.train_epochs(model, windows, config["n_items"], rng, rank=rank, world=world,
                          optimizer=optimizer, start_epoch=start,
                          on_epoch=partial(_report_epoch, net, rng, rank, world, start, stopping))
@@ -663,7 +665,7 @@ def _train_on_workers(worker: Callable[[dict], None], config: dict, name: str,
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def train_sasrec(channel, model, windows: np.ndarray, n_items: int,
+def train_sasrec(channel, model, windows: Any, n_items: int,
                  workers: int | tuple[int, int] = 2,
                  cpus_per_worker: float = 1.0, storage: str | None = None,
                  max_failures: int = TRAIN_MAX_FAILURES,
@@ -675,8 +677,10 @@ def train_sasrec(channel, model, windows: np.ndarray, n_items: int,
     (:meth:`~llmrecall.channels.sequential.SASRec.train_epochs`) on its rows of each batch:
     the same epochs, batches, optimizer and seed as one process, the gradients averaged
     across workers. The result equals the one-process fit in distribution, not bit for
-    bit (dropout masks and float summation differ). ``windows`` go to the object store once
-    (read zero-copy by the workers of a node).
+    bit (dropout masks and float summation differ). ``windows`` (an array) go to the
+    object store once (read zero-copy by the workers of a node); the sharded log's
+    :class:`~llmrecall.engine.sharded_sasrec.WindowFiles` are read by each worker from the
+    shared work folder instead, and never pass through the driver.
 
     Rank 0 checkpoints every epoch; a run whose worker dies is started again (at most
     ``max_failures`` times) from the last finished epoch, and its result is the
@@ -685,7 +689,8 @@ def train_sasrec(channel, model, windows: np.ndarray, n_items: int,
     initial = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     stopping = getattr(channel, "stopping_", None)  # set by fit when patience > 0
     config = {"channel_type": type(channel), "params": channel.get_params(),
-              "initial": ray.put(initial), "n_items": n_items, "windows": ray.put(windows),
+              "initial": ray.put(initial), "n_items": n_items,
+              "windows": windows if hasattr(windows, "load") else ray.put(windows),
               "stopping": stopping}
     calls: list[dict[str, Any]] = [] if runs is None else runs
     digest = inputs_digest(type(channel), channel.get_params(), initial, n_items, windows,

@@ -44,12 +44,15 @@ swap places; Swing's float32 pair sums are added in another pair order, with the
 effect. Metrics are averaged from per-shard sums (a different order of additions).
 
 **EASE and EDLAE** sum one Gram matrix per shard in one reducer and solve it there
-(:mod:`llmrecall.engine.sharded_ease`): the model itself is single-node.
+(:mod:`llmrecall.engine.sharded_ease`): the model itself is single-node. **SASRec** is
+trained from training windows built per shard and read by the trainers themselves
+(:mod:`llmrecall.engine.sharded_sasrec`; a fixed number of epochs).
 
 What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf``, ``swing``,
-``ease`` and ``edlae``, fusion by weights or ``learned`` (fitted on a sample of validation
-users from every shard: :mod:`llmrecall.engine.sharded_fusion`), no item filters, logs
-with user, item and a numeric time column. Anything else is refused with a
+``ease``, ``edlae`` and ``sasrec`` (without early stopping), fusion by weights or
+``learned`` (fitted on a sample of validation users from every shard:
+:mod:`llmrecall.engine.sharded_fusion`), no item filters, logs with user, item and a
+numeric time column. Anything else is refused with a
 :class:`~llmrecall.errors.ConfigError` naming it. ``build`` and ``tune`` read the shards
 too (:mod:`llmrecall.engine.sharded_build`, :mod:`llmrecall.engine.sharded_tune`; ``tune``
 does not take ``learned`` fusion, which is fitted, not tuned).
@@ -65,7 +68,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,11 +96,12 @@ from llmrecall.engine.cooccurrence import (
 from llmrecall.engine.histories import HistoryShards, shard_histories
 from llmrecall.engine.sharded_ease import LINEAR_KINDS, fit_linear
 from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion, fusion_key
+from llmrecall.engine.sharded_sasrec import fit_sasrec
 from llmrecall.engine.stage_files import StageParts, digest, files_signature
 from llmrecall.errors import ConfigError, DataError
 
 #: channel kinds the sharded evaluation fits
-SHARDED_KINDS = ("popularity", "itemcf", "swing", *LINEAR_KINDS)
+SHARDED_KINDS = ("popularity", "itemcf", "swing", *LINEAR_KINDS, "sasrec")
 #: events per history shard, about (the shard count is the log's rows / this)
 SHARD_EVENTS = 1_000_000
 #: the most a co-occurrence reducer's dense block may take (its candidate range is cut so)
@@ -120,6 +124,9 @@ def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
         if c.kind not in SHARDED_KINDS:
             problems.append(f"channel {c.channel_name!r} of kind {c.kind!r} "
                             f"(only {', '.join(SHARDED_KINDS)})")
+        elif c.kind == "sasrec" and c.params.get("patience"):
+            problems.append(f"channel {c.channel_name!r}: sasrec with patience (early "
+                            "stopping holds every user's newest transition out on the driver)")
     if config.fusion.method == "learned" and command == "tune":
         problems.append('[fusion] method = "learned" (it is fitted, not tuned: evaluate or '
                         'build it)')
@@ -483,6 +490,7 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
     users sampled from every shard (:mod:`llmrecall.engine.sharded_fusion`); the report's
     ``fusion`` entry says on how many and what its guard chose.
     """
+    from llmrecall.data.loaders import read_catalog
     from llmrecall.evaluate.metrics import DEFAULT_KS
     from llmrecall.pipeline import RecallPipeline
 
@@ -501,8 +509,8 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
             f"{n_shards} shards ({split_seconds:.1f}s)")
         pipeline = RecallPipeline(config)
         fit_seconds = fit_from_shards(pipeline.channels, shards.paths, items, engine,
-                                      reducer_bytes, run,
-                                      resumed)
+                                      reducer_bytes, run, resumed,
+                                      catalog=lambda: read_catalog(spec.items, len(items)))
         fusion = None
         if config.fusion.method == "learned":
             fusion = fit_sharded_fusion(pipeline, shards.paths, items, engine, run, resumed,
@@ -543,10 +551,13 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
 
 def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str], engine,
                     reducer_bytes: int, run: Path, resumed: dict[str, Any],
-                    split: bool = True) -> dict[str, float]:
+                    split: bool = True, catalog: Callable[[], Any] | None = None,
+                    ) -> dict[str, float]:
     """Fit ``channels`` (name -> unfitted channel, a pipeline's) from the shards (their
     ``loo`` training part, or with ``split=False`` every row); returns each channel's
-    seconds (the shared statistics pass counted in each). Fitted similarities are kept under ``run``
+    seconds (the shared statistics pass counted in each). ``catalog()`` gives the items'
+    :class:`~llmrecall.data.dataset.Catalog` (read only for a channel that needs the item
+    texts: SASRec). Fitted similarities are kept under ``run``
     (:class:`~llmrecall.engine.stage_files.StageParts`); ``resumed`` records what was
     found there."""
     start = time.perf_counter()
@@ -582,6 +593,12 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
             channel.install(similarity, item_users)
         elif channel.kind in LINEAR_KINDS:
             fit_linear(channel, paths, items, item_users, engine, run, resumed, name, split)
+        elif channel.kind == "sasrec":
+            if catalog is None:
+                raise ConfigError("sasrec from the sharded log needs the catalog (its item "
+                                  "texts)")
+            fit_sasrec(channel, paths, items, np.sum([s["counts"] for s in stats], axis=0),
+                       catalog(), engine, run, resumed, name, split)
         else:
             channel.install(_itemcf_similarity(channel, paths, items, item_users, engine,
                                                reducer_bytes, run, resumed, name, split),

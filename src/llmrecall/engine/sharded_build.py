@@ -6,7 +6,7 @@ With ``[engine] log = "sharded"``, ``llmrecall build --data SPEC.toml`` writes t
 (:mod:`llmrecall.engine.sharded`):
 
 1. the log's files shuffled into per-user history shards (reused from ``work_dir``);
-2. the channels (``popularity``, ``itemcf``, ``swing``, ``ease``, ``edlae``) fitted from
+2. the channels (``popularity``, ``itemcf``, ``swing``, ``ease``, ``edlae``, ``sasrec``) fitted from
    the shards' every row (as ``build`` fits on all data), on the engine's tasks, their
    results kept in ``work_dir`` as for a sharded ``evaluate``; with ``[fusion] method =
    "learned"`` the fusion is fitted first, as the driver path fits it: the channels on the
@@ -80,22 +80,23 @@ def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *
         resumed["histories"] = shards.reused
         say(f"sharded {shards.events:,} events of {shards.n_users:,} users into "
             f"{n_shards} shards")
+        catalog = read_catalog(spec.items, len(items))
         model, fusion_seconds = None, 0.0
         if config.fusion.method == "learned":
             # as the driver path's fit_pipeline: channels on the loo train part, the fusion
             # on validation lists (a sample from every shard), then the channels on all data
             on_train = RecallPipeline(config)
             fit_from_shards(on_train.channels, shards.paths, items, engine, reducer_bytes,
-                            log.run, resumed)
+                            log.run, resumed, catalog=lambda: catalog)
             fusion = fit_sharded_fusion(on_train, shards.paths, items, engine, log.run,
                                         resumed, shards.n_users, k=config.fusion.k,
                                         max_users=fusion_users)
             model, fusion_seconds = on_train.fusion_model_, fusion["fit_seconds"]
         pipeline = RecallPipeline(config)
         pipeline.fit_seconds = fit_from_shards(pipeline.channels, shards.paths, items, engine,
-                                               reducer_bytes, log.run, resumed, split=False)
+                                               reducer_bytes, log.run, resumed, split=False,
+                                               catalog=lambda: catalog)
         pipeline.fusion_model_, pipeline.fusion_seconds_ = model, fusion_seconds
-        catalog = read_catalog(spec.items, len(items))
 
         def write_data(version: Path) -> None:
             (version / "items.json").write_text(json.dumps(items))

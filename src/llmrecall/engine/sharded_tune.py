@@ -51,13 +51,15 @@ from llmrecall.tune.store import StoreStats, channel_key
 class ShardedLog:
     """The history shards of one log and where their stage results go: ``paths`` (shard
     files, in order), ``items`` (the vocabulary), the ``engine`` whose tasks read them,
-    the ``run`` folder in the work folder, and ItemCF's ``reducer_bytes``."""
+    the ``run`` folder in the work folder, ItemCF's ``reducer_bytes``, and ``catalog()``
+    giving the items' catalog (SASRec's item texts)."""
 
     paths: list[str]
     items: list[str]
     engine: Any
     run: Path
     reducer_bytes: int
+    catalog: Callable[[], Any] | None = None
 
 
 def shard_lists(shard: int, path: str, items: list[str], channel, k: int,
@@ -118,7 +120,7 @@ class ShardedChannelLists:
         start = time.perf_counter()
         channel = build_channel(config, seed)
         fit_from_shards({config.channel_name: channel}, log.paths, log.items, log.engine,
-                        log.reducer_bytes, log.run, {})
+                        log.reducer_bytes, log.run, {}, catalog=log.catalog)
         self.stats.fits += 1
         self.stats.fit_seconds += time.perf_counter() - start
         paths, items = log.paths, log.items
@@ -197,6 +199,7 @@ def tune_sharded(spec, config: PipelineConfig, trials: int, metric: str | None =
     :func:`~llmrecall.tune.compare.compare_on_test` returns. The study is
     :func:`~llmrecall.tune.study.run_study`'s (the same trials, pruning, baseline and
     noise floor), its identity the log's run folder."""
+    from llmrecall.data.loaders import read_catalog
     from llmrecall.engine.sharded import (
         REDUCER_BYTES,
         SHARD_EVENTS,
@@ -217,7 +220,8 @@ def tune_sharded(spec, config: PipelineConfig, trials: int, metric: str | None =
     start = time.perf_counter()
     with open_sharded_log(spec, engine, work_dir, shard_events) as log:
         objective = ShardedObjective(
-            ShardedLog(log.shards.paths, log.items, engine, log.run, reducer_bytes),
+            ShardedLog(log.shards.paths, log.items, engine, log.run, reducer_bytes,
+                       catalog=lambda: read_catalog(spec.items, len(log.items))),
             config, metric, space=space, stages=stages)
         identity = {"dataset": dataset, "protocol": "loo", "data": log.run.name,
                     "base_config_hash": config.config_hash(), "metric": metric,

@@ -70,6 +70,11 @@ class StageParts:
         tmp.write_bytes(buffer.getvalue())
         os.replace(tmp, target)
 
+    def load_meta(self, part: int) -> dict[str, Any]:
+        """The ``meta`` of a part, without reading its arrays."""
+        with np.load(self.path(part), allow_pickle=False) as npz:
+            return json.loads(npz["__meta__"].tobytes().decode())
+
     def load(self, part: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``(arrays, meta)`` of a part written by :meth:`save`."""
         with np.load(self.path(part), allow_pickle=False) as npz:
