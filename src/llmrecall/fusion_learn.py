@@ -58,6 +58,8 @@ FOLDS = 2
 MAX_FIT_USERS = 3000
 #: candidates per user in a fit (the target plus a uniform sample of the others above this)
 MAX_ROWS_PER_USER = 200
+#: held-out users fused at once for the out-of-fold lists (bounds the fit's memory)
+OOF_CHUNK = 2048
 #: L2 penalty on the shared terms, and on the per-length-bucket terms
 L2_SHARED, L2_BUCKET = 1.0, 4.0
 
@@ -99,9 +101,14 @@ def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp
     for f in range(FOLDS):
         train, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         table = _fit_table(ids, targets, lengths, edges, train, n_items, width, rng)
-        learned_oof[held] = LearnedFusion(names, table, edges).fuse(
-            {nm: a[held] for nm, a in ids.items()}, k, history_lengths=lengths[held],
-            n_items=n_items).ids
+        fold_model = LearnedFusion(names, table, edges)
+        # in chunks: fuse() also returns every candidate's ranks and contributions (for
+        # explanations), u x k x channels arrays the guard does not read
+        for s in range(0, len(held), OOF_CHUNK):
+            rows = held[s:s + OOF_CHUNK]
+            learned_oof[rows] = fold_model.fuse(
+                {nm: a[rows] for nm, a in ids.items()}, k, history_lengths=lengths[rows],
+                n_items=n_items).ids
     table = _fit_table(ids, targets, lengths, edges, np.arange(u), n_items, width, rng)
     reference, prefix, report = _guard(learned_oof, ids, targets, n_items, k, ks)
     # the bonus step exceeds twice the largest possible learned sum (see LearnedFusion)
@@ -258,7 +265,8 @@ def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_m
     for name, a in ids.items():
         ref = np.full((u, k), -1, np.int32)
         ref[:, :min(k, a.shape[1])] = a[:, :k]
-        refs[name], ref_cums[name] = ref, np.cumsum(hits(ref), axis=1)
+        # int32 counts and places throughout (at most k): the guard's arrays are u x k
+        refs[name], ref_cums[name] = ref, np.cumsum(hits(ref), axis=1, dtype=np.int32)
         channel_found[name] = ref_cums[name][:, ks_arr - 1]  # [u, len(ks)] hits at each cut
     channel_recall = {nm: recall(f) for nm, f in channel_found.items()}
     names = list(ids)
@@ -278,19 +286,20 @@ def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_m
         ref, ref_cum = refs[name], ref_cums[name]
         # each learned entry's 0-based place in this channel's list (-1: not in it)
         ref_keys = (rows + np.maximum(ref, 0))[ref >= 0]
-        ref_rank = np.broadcast_to(np.arange(k), ref.shape)[ref >= 0]
+        ref_rank = np.broadcast_to(np.arange(k, dtype=np.int32), ref.shape)[ref >= 0]
         order = np.argsort(ref_keys)
         ref_keys, ref_rank = ref_keys[order], ref_rank[order]
         l_keys = (rows + np.maximum(learned, 0)).ravel()
         at = np.minimum(np.searchsorted(ref_keys, l_keys), max(len(ref_keys) - 1, 0))
         found = (ref_keys[at] == l_keys) if len(ref_keys) else np.zeros(len(l_keys), bool)
         place = np.where(found & (learned.ravel() >= 0), ref_rank[at] if len(ref_rank) else -1,
-                         -1).reshape(learned.shape)
+                         -1).astype(np.int32).reshape(learned.shape)
+        del ref_keys, ref_rank, order, l_keys, at, found
         for m in sorted({*(p for p in PREFIXES if p < k), k}):
             m_eff = (ref[:, :m] >= 0).sum(axis=1)  # the prefix may be shorter than m
             taken = (place >= 0) & (place < m)
             kept = ~taken
-            new_place = np.cumsum(kept, axis=1) - 1
+            new_place = np.cumsum(kept, axis=1, dtype=np.int32) - 1
             got = np.empty((u, len(ks)))
             for j, cut in enumerate(ks):
                 head = ref_cum[:, min(cut, m) - 1] if m > 0 else np.zeros(u)
