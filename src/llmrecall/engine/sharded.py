@@ -80,7 +80,6 @@ import scipy.sparse as sp
 
 from llmrecall.channels.neighbors import BLOCK_ENTRIES, assemble_pruned, binary_matrix, prune_block
 from llmrecall.config import PipelineConfig
-from llmrecall.data.dataset import Histories, Interactions
 from llmrecall.data.spec import DataSpec, table_files
 from llmrecall.engine.cooccurrence import (
     check_itemcf,
@@ -94,6 +93,7 @@ from llmrecall.engine.cooccurrence import (
     swing_reduce,
 )
 from llmrecall.engine.histories import HistoryShards, shard_histories
+from llmrecall.engine.shard_split import read_shard, shard_task
 from llmrecall.engine.sharded_ease import LINEAR_KINDS, fit_linear
 from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion, fusion_key
 from llmrecall.engine.sharded_sasrec import fit_sasrec
@@ -150,47 +150,6 @@ def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
 
 
 # --- one shard --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ShardSplit:
-    """One history shard under ``loo``, its users numbered ``0..n_users-1`` in shard order.
-
-    ``train``, ``valid``, ``test``: the three parts of its log (dense item ids of the
-    whole catalog); ``valid`` and ``test`` hold one target per evaluated user.
-    ``train_places``: int64 each training row's place in the log (``file * 2**32 + row``,
-    what breaks ties in time).
-    """
-
-    n_users: int
-    train: Interactions
-    valid: Interactions
-    test: Interactions
-    train_places: np.ndarray
-
-
-def read_shard(path: str, items: list[str], split: bool = True) -> ShardSplit:
-    """Read a history shard and split it by ``loo`` (``items``: the item vocabulary);
-    ``split=False`` keeps every row in ``train`` (what ``build`` fits on)."""
-    frame = pl.read_parquet(path, columns=["items", "times", "places"])
-    lengths = frame["items"].list.len().to_numpy().astype(np.int64)
-    codes = frame["items"].explode().drop_nulls()
-    try:
-        item = codes.replace_strict(items, np.arange(len(items), dtype=np.int32),
-                                    return_dtype=pl.Int32).to_numpy()
-    except pl.exceptions.InvalidOperationError as exc:
-        raise DataError(f"{path}: an item id missing from the vocabulary ({exc})") from None
-    times = frame["times"].explode().drop_nulls().to_numpy().astype(np.float64)
-    user = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    # rows are each user's history in time order: position 0 from the end is the last
-    from_end = lengths[user] - 1 - (np.arange(len(user)) - starts[user])
-    evaluated = (lengths[user] >= 3) & split
-    role = np.where(evaluated & (from_end == 0), 2, np.where(evaluated & (from_end == 1), 1, 0))
-    places = frame["places"].explode().drop_nulls().to_numpy().astype(np.int64)
-    log = Interactions.build(user, item, times)
-    return ShardSplit(len(lengths), log.take(role == 0), log.take(role == 1), log.take(role == 2),
-                      places[role == 0])
 
 
 def shard_statistics(path: str, items: list[str], half_lives: tuple[float, ...],
@@ -312,22 +271,6 @@ def _swing_similarity(channel, paths: list[str], items: list[str], shard_users: 
 
 
 # --- recall and metrics per shard -------------------------------------------------------
-
-
-def shard_task(path: str, items: list[str], on: str):
-    """One shard's ``loo`` evaluation task for ``on`` ("test": recall from train +
-    validation; "valid": from train), as :func:`~llmrecall.evaluate.protocols.make_split`
-    builds it for the whole log."""
-    from llmrecall.evaluate.protocols import task_for
-
-    split = read_shard(path, items)
-    n_items = len(items)
-    if on == "test":
-        fresh = Histories.from_interactions(split.train.concat(split.valid), split.n_users,
-                                            n_items)
-        return task_for(split.test, fresh, fresh)
-    train = Histories.from_interactions(split.train, split.n_users, n_items)
-    return task_for(split.valid, train, train)
 
 
 def shard_metrics(path: str, items: list[str], pipeline, on: str, ks) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from llmrecall.channels.edlae import weight_scale
 from llmrecall.channels.neighbors import binary_matrix, scaled_popularity
+from llmrecall.engine.shard_split import read_shard
 from llmrecall.engine.stage_files import StageParts, digest
 
 #: channel kinds fitted here
@@ -52,7 +53,6 @@ def gram_shard_map(path: str, items: list[str], channel, modelled: np.ndarray,
     ``col`` (positions in ``modelled``), ``value`` float64, each (row, col) once; and
     ``interactions`` / ``weighted``, float64[1]: ``sum n_u`` and ``sum raw_u^2 n_u`` over the
     shard's users (``n_u`` a user's modelled training items)."""
-    from llmrecall.engine.sharded import read_shard
 
     shard = read_shard(path, items, split)
     matrix = binary_matrix(shard.train, shard.n_users, len(items), np.float64)[:, modelled]

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from llmrecall.engine.shard_split import shard_task
 from llmrecall.engine.stage_files import StageParts, digest
 
 #: validation users the learned fusion is fitted and guarded on, at most (about: each
@@ -47,7 +48,6 @@ def shard_fusion_sample(shard: int, path: str, items: list[str], pipeline, rate:
     """Recall shard ``shard``'s sampled validation users (module docstring, step 1) and
     write ``ids/<channel>`` int32[s, k_c], ``target_indptr`` / ``target_items`` (the
     targets' CSR rows) and ``lengths`` int64[s] to ``kept``; returns ``s``."""
-    from llmrecall.engine.sharded import shard_task
     from llmrecall.evaluate.experiment import recall_task
 
     task = shard_task(path, items, "valid")

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from llmrecall.engine.shard_split import read_shard
 from llmrecall.engine.stage_files import StageParts, digest, files_signature
 
 
@@ -59,7 +60,6 @@ def shard_windows(shard: int, path: str, items: list[str], max_len: int, split: 
     returns ``w``."""
     from llmrecall.channels.sequential import training_windows
     from llmrecall.data.dataset import Histories
-    from llmrecall.engine.sharded import read_shard
 
     data = read_shard(path, items, split)
     histories = Histories.from_interactions(data.train, data.n_users, len(items))
