@@ -97,7 +97,7 @@ from llmrecall.engine.shard_split import read_shard, shard_task
 from llmrecall.engine.sharded_ease import LINEAR_KINDS, fit_linear
 from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion, fusion_key
 from llmrecall.engine.sharded_sasrec import fit_sasrec
-from llmrecall.engine.stage_files import StageParts, digest, files_signature
+from llmrecall.engine.stage_files import StageParts, channel_params, digest, files_signature
 from llmrecall.errors import ConfigError, DataError
 
 #: channel kinds the sharded evaluation fits
@@ -522,7 +522,7 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
                       else np.sum([d["decayed"][float(channel.half_life)] for d in decayed], axis=0))
             channel.install(scores)
         elif channel.kind == "swing":
-            kept = StageParts(run, "swing", digest(_params(channel), split))
+            kept = StageParts(run, "swing", digest(channel_params(channel), split))
             resumed[f"{name}_similarity"] = kept.has(0)
             if kept.has(0):
                 similarity = _csr_from(kept.load(0)[0], len(items))
@@ -563,7 +563,7 @@ def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: 
     bounds = candidate_ranges(n_items, getattr(engine, "partitions", 1), reducer_bytes)
     norms = np.sqrt(item_users)
     iuf, shrink, neighbors = bool(channel.iuf), float(channel.shrink), int(channel.neighbors)
-    kept = StageParts(run, "itemcf", digest(_params(channel), bounds.tolist(), split))
+    kept = StageParts(run, "itemcf", digest(channel_params(channel), bounds.tolist(), split))
     todo = kept.missing(len(bounds) - 1)
     resumed[f"{name}_ranges"] = f"{len(bounds) - 1 - len(todo)}/{len(bounds) - 1}"
 
@@ -581,12 +581,6 @@ def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: 
             paths, reduce, len(todo))
     parts = [kept.load(r)[0] for r in range(len(bounds) - 1)]
     return assemble_pruned(n_items, [(p["rows"], p["cols"], p["values"]) for p in parts])
-
-
-def _params(channel) -> dict[str, Any]:
-    """What a fitted similarity depends on besides the log: the channel's kind and
-    parameters."""
-    return {"kind": channel.kind, **channel.get_params()}
 
 
 def _csr_from(arrays: dict[str, np.ndarray], n_items: int) -> sp.csr_matrix:

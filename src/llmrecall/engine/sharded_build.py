@@ -6,8 +6,8 @@ With ``[engine] log = "sharded"``, ``llmrecall build --data SPEC.toml`` writes t
 (:mod:`llmrecall.engine.sharded`):
 
 1. the log's files shuffled into per-user history shards (reused from ``work_dir``);
-2. the channels (``popularity``, ``itemcf``, ``swing``, ``ease``, ``edlae``, ``sasrec``) fitted from
-   the shards' every row (as ``build`` fits on all data), on the engine's tasks, their
+2. the channels (``popularity``, ``itemcf``, ``swing``, ``ease``, ``edlae``, ``sasrec``)
+   fitted from the shards' every row (as ``build`` fits on all data), on the engine's tasks, their
    results kept in ``work_dir`` as for a sharded ``evaluate``; with ``[fusion] method =
    "learned"`` the fusion is fitted first, as the driver path fits it: the channels on the
    ``loo`` train part, the fusion on a sample of validation users from every shard

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from llmrecall.channels.edlae import weight_scale
 from llmrecall.channels.neighbors import binary_matrix, scaled_popularity
 from llmrecall.engine.shard_split import read_shard
-from llmrecall.engine.stage_files import StageParts, digest
+from llmrecall.engine.stage_files import StageParts, channel_params, digest
 
 #: channel kinds fitted here
 LINEAR_KINDS = ("ease", "edlae")
@@ -89,7 +89,7 @@ def fit_linear(channel, paths: list[str], items: list[str], item_users: np.ndarr
     channel.check_params()
     popularity = scaled_popularity(item_users)
     modelled = channel.modelled_items(popularity)
-    kept = StageParts(run, channel.kind, digest({"kind": channel.kind, **channel.get_params()},
+    kept = StageParts(run, channel.kind, digest(channel_params(channel),
                                                 split))
     resumed[f"{name}_weights"] = kept.has(0)
     if not kept.has(0):

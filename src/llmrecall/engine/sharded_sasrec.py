@@ -45,6 +45,12 @@ class WindowFiles:
     signature: tuple[tuple[str, int, int], ...]
     rows: int
 
+    @classmethod
+    def of(cls, paths: list[Path], rows: int) -> WindowFiles:
+        """The window files ``paths`` (shard order) holding ``rows`` windows in all."""
+        signature = tuple((p, size, mtime) for p, size, mtime in files_signature(paths))
+        return cls(tuple(str(p) for p in paths), signature, rows)
+
     def __len__(self) -> int:
         return self.rows
 
@@ -91,8 +97,6 @@ def fit_sasrec(channel, paths: list[str], items: list[str], counts: np.ndarray, 
     resumed[f"{name}_windows"] = f"{len(paths) - len(todo)}/{len(paths)}"
     engine.map_tasks(lambda s: shard_windows(s, paths[s], items, max_len, split, kept), todo)
     rows = sum(int(kept.load_meta(s)["rows"]) for s in range(len(paths)))
-    files = [kept.path(s) for s in range(len(paths))]
-    windows = WindowFiles(tuple(str(p) for p in files),
-                          tuple(tuple(x) for x in files_signature(files)), rows)  # type: ignore[misc]
+    windows = WindowFiles.of([kept.path(s) for s in range(len(paths))], rows)
     channel.fit_windows(catalog_only(items, catalog), windows, counts,
                         train=getattr(engine, "train_sasrec", None))

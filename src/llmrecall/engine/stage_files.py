@@ -32,6 +32,12 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def channel_params(channel: Any) -> dict[str, Any]:
+    """What a fitted channel's kept state depends on besides the log: its kind and
+    parameters (a part of a stage's key)."""
+    return {"kind": channel.kind, **channel.get_params()}
+
+
 def files_signature(paths: list[Path]) -> list[tuple[str, int, int]]:
     """``(absolute path, bytes, modification time in ns)`` of each file: what says that a
     log's files are the ones a folder's parts were computed from, without reading them."""
