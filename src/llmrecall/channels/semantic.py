@@ -27,7 +27,7 @@ import threading
 import uuid
 from abc import abstractmethod
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -112,10 +112,27 @@ class _TextIndexChannel(Channel, AnswersQueries, AddsItems, SearchesVectors):
     index_kind: str
     index_params: dict | None
 
+    #: the channel's lock attributes: not pickled, made anew by :meth:`__setstate__`
+    _locks: ClassVar[tuple[str, ...]] = ("_lock",)
+
     def __init__(self, name: str | None = None):
         super().__init__(name)
         self._lock = threading.Lock()
         self._known: np.ndarray | None = None  # bool[n]: rows holding a vector (see _known_rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickled to a task (the sharded log's recall tasks): the locks stay behind and are
+        # made anew; a FAISS index pickles itself (faiss serialises it), a Milvus
+        # collection's client does not (the sharded path refuses index_kind "milvus")
+        state = self.__dict__.copy()
+        for name in self._locks:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for name in self._locks:
+            setattr(self, name, threading.Lock())
 
     def fit(self, dataset: Dataset) -> _TextIndexChannel:
         # popularity: the fallback ranking for users with no history to go on
@@ -578,6 +595,7 @@ class SemanticItemToItem(_TextIndexChannel):
     """
 
     kind: ClassVar[str] = "semantic_i2i"
+    _locks: ClassVar[tuple[str, ...]] = ("_lock", "_adding")
     evidence_template: ClassVar[str] = "similar to {evidence}, which you interacted with"
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, recent: int = 10,

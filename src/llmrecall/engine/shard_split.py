@@ -2,8 +2,9 @@
 
 Kept apart from :mod:`llmrecall.engine.sharded` so the modules that fit one kind of
 channel from the shards (:mod:`~llmrecall.engine.sharded_ease`,
-:mod:`~llmrecall.engine.sharded_sasrec`, :mod:`~llmrecall.engine.sharded_fusion`) read a
-shard without importing the evaluation that imports them.
+:mod:`~llmrecall.engine.sharded_sasrec`, :mod:`~llmrecall.engine.sharded_fusion`,
+:mod:`~llmrecall.engine.sharded_text`) read a shard, or the catalog, without importing the
+evaluation that imports them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from llmrecall.data.dataset import Histories, Interactions
+from llmrecall.data.dataset import Dataset, Histories, Interactions
+from llmrecall.data.vocab import Vocabulary
 from llmrecall.errors import DataError
 
 
@@ -72,3 +74,11 @@ def shard_task(path: str, items: list[str], on: str):
         return task_for(split.test, fresh, fresh)
     train = Histories.from_interactions(split.train, split.n_users, n_items)
     return task_for(split.valid, train, train)
+
+
+def catalog_only(items: list[str], catalog) -> Dataset:
+    """A :class:`~llmrecall.data.dataset.Dataset` of the vocabulary and catalog with no
+    user and no event: what a channel fitted from the shards reads of the items (SASRec's
+    initial network and item count, the text channels' item texts)."""
+    empty = Interactions.build(np.zeros(0, np.int32), np.zeros(0, np.int32))
+    return Dataset("sharded", Vocabulary(), Vocabulary(items), empty, catalog)

@@ -48,8 +48,13 @@ effect. Metrics are averaged from per-shard sums (a different order of additions
 trained from training windows built per shard and read by the trainers themselves
 (:mod:`llmrecall.engine.sharded_sasrec`; a fixed number of epochs).
 
+**The text channels** ``semantic_i2i`` and ``semantic_user`` embed the catalog on the
+driver (the engine's embedder) and are recalled in the shard tasks from a pickled copy
+(:mod:`llmrecall.engine.sharded_text`).
+
 What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf``, ``swing``,
-``ease``, ``edlae`` and ``sasrec`` (without early stopping), fusion by weights or
+``ease``, ``edlae``, ``sasrec`` (without early stopping), ``semantic_i2i`` and
+``semantic_user`` (not on Milvus), fusion by weights or
 ``learned`` (fitted on a sample of validation users from every shard:
 :mod:`llmrecall.engine.sharded_fusion`), no item filters, logs with user, item and a
 numeric time column. Anything else is refused with a
@@ -97,11 +102,12 @@ from llmrecall.engine.shard_split import read_shard, shard_task
 from llmrecall.engine.sharded_ease import LINEAR_KINDS, fit_linear
 from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion, fusion_key
 from llmrecall.engine.sharded_sasrec import fit_sasrec
+from llmrecall.engine.sharded_text import TEXT_KINDS, check_text, fit_text
 from llmrecall.engine.stage_files import StageParts, channel_params, digest, files_signature
 from llmrecall.errors import ConfigError, DataError
 
 #: channel kinds the sharded evaluation fits
-SHARDED_KINDS = ("popularity", "itemcf", "swing", *LINEAR_KINDS, "sasrec")
+SHARDED_KINDS = ("popularity", "itemcf", "swing", *LINEAR_KINDS, "sasrec", *TEXT_KINDS)
 #: events per history shard, about (the shard count is the log's rows / this)
 SHARD_EVENTS = 1_000_000
 #: the most a co-occurrence reducer's dense block may take (its candidate range is cut so)
@@ -127,6 +133,8 @@ def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
         elif c.kind == "sasrec" and c.params.get("patience"):
             problems.append(f"channel {c.channel_name!r}: sasrec with patience (early "
                             "stopping holds every user's newest transition out on the driver)")
+        elif c.kind in TEXT_KINDS:
+            problems.extend(check_text(c.channel_name, c.params))
     if config.fusion.method == "learned" and command == "tune":
         problems.append('[fusion] method = "learned" (it is fitted, not tuned: evaluate or '
                         'build it)')
@@ -500,10 +508,11 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
     ``loo`` training part, or with ``split=False`` every row); returns each channel's
     seconds (the shared statistics pass counted in each). ``catalog()`` gives the items'
     :class:`~llmrecall.data.dataset.Catalog` (read only for a channel that needs the item
-    texts: SASRec). Fitted similarities are kept under ``run``
+    texts: SASRec and the text channels; read once). Fitted similarities are kept under ``run``
     (:class:`~llmrecall.engine.stage_files.StageParts`); ``resumed`` records what was
     found there."""
     start = time.perf_counter()
+    catalog = _once(catalog) if catalog is not None else None
     half_lives = tuple(sorted({float(c.half_life) for c in channels.values()
                                if c.kind == "popularity" and c.half_life is not None}))
     stats = engine.map_tasks(lambda path: shard_statistics(path, items, (), None, split), paths)
@@ -542,12 +551,29 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
                                   "texts)")
             fit_sasrec(channel, paths, items, np.sum([s["counts"] for s in stats], axis=0),
                        catalog(), engine, run, resumed, name, split)
+        elif channel.kind in TEXT_KINDS:
+            if catalog is None:
+                raise ConfigError(f"{channel.kind} from the sharded log needs the catalog (its "
+                                  "item texts)")
+            fit_text(channel, items, np.sum([s["counts"] for s in stats], axis=0), catalog(),
+                     engine)
         else:
             channel.install(_itemcf_similarity(channel, paths, items, item_users, engine,
                                                reducer_bytes, run, resumed, name, split),
                             item_users)
         seconds[name] = shared + time.perf_counter() - began
     return seconds
+
+
+def _once(make: Callable[[], Any]) -> Callable[[], Any]:
+    """``make`` called at the first call only; later calls return its first answer."""
+    held: list[Any] = []
+
+    def once() -> Any:
+        if not held:
+            held.append(make())
+        return held[0]
+    return once
 
 
 def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: np.ndarray,

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from llmrecall.engine.shard_split import read_shard
+from llmrecall.engine.local import use_engine
+from llmrecall.engine.shard_split import catalog_only, read_shard
 from llmrecall.engine.stage_files import StageParts, digest, files_signature
 
 
@@ -74,16 +75,6 @@ def shard_windows(shard: int, path: str, items: list[str], max_len: int, split: 
     return len(windows)
 
 
-def catalog_only(items: list[str], catalog) -> Any:
-    """A :class:`~llmrecall.data.dataset.Dataset` of the vocabulary and catalog with no
-    user and no event: what the channel's initial network and its item count read."""
-    from llmrecall.data.dataset import Dataset, Interactions
-    from llmrecall.data.vocab import Vocabulary
-
-    empty = Interactions.build(np.zeros(0, np.int32), np.zeros(0, np.int32))
-    return Dataset("sharded", Vocabulary(), Vocabulary(items), empty, catalog)
-
-
 def fit_sasrec(channel, paths: list[str], items: list[str], counts: np.ndarray, catalog,
                engine, run: Path, resumed: dict[str, Any], name: str,
                split: bool = True) -> None:
@@ -98,5 +89,6 @@ def fit_sasrec(channel, paths: list[str], items: list[str], counts: np.ndarray, 
     engine.map_tasks(lambda s: shard_windows(s, paths[s], items, max_len, split, kept), todo)
     rows = sum(int(kept.load_meta(s)["rows"]) for s in range(len(paths)))
     windows = WindowFiles.of([kept.path(s) for s in range(len(paths))], rows)
-    channel.fit_windows(catalog_only(items, catalog), windows, counts,
-                        train=getattr(engine, "train_sasrec", None))
+    with use_engine(engine):  # the text initialisation embeds on the engine's embedder
+        channel.fit_windows(catalog_only(items, catalog), windows, counts,
+                            train=getattr(engine, "train_sasrec", None))
