@@ -1,5 +1,7 @@
 """Each classic channel's learned state against a direct (slow, obvious) computation."""
 
+import pickle
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -123,6 +125,20 @@ def test_als_solver_follows_new_item_factors():
     expected, _ = fresh.user_vectors(np.arange(5), hist)
     np.testing.assert_allclose(after, expected, rtol=1e-5)
     assert not np.allclose(after, before)
+
+
+def test_als_solves_users_on_read_only_item_factors():
+    """A channel sent through Ray's object store holds read-only (zero-copy) arrays:
+    implicit's solver, which takes a writable buffer, must get the same vectors."""
+    data = random_dataset()
+    channel = ALS(factors=3, iterations=5, seed=0).fit(data)
+    hist = weighted_history(data.histories(), np.arange(5), data.n_items)
+    expected, _ = channel.user_vectors(np.arange(5), hist)
+    frozen = pickle.loads(pickle.dumps(channel))
+    frozen.item_factors_.flags.writeable = False
+    vectors, placed = frozen.user_vectors(np.arange(5), hist)
+    assert placed.all() and not frozen.item_factors_.flags.writeable
+    np.testing.assert_array_equal(vectors, expected)
 
 
 def test_popularity_half_life_decays_from_the_latest_time():

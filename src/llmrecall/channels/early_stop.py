@@ -98,6 +98,19 @@ class HeldOutNext:
         other = seen_items != targets[seen_rows]
         return cls(sequences, targets, seen_rows[other], seen_items[other], metric, k, patience)
 
+    @classmethod
+    def concat(cls, parts: list[HeldOutNext], monitor: str, patience: int) -> HeldOutNext:
+        """One hold-out of ``parts`` (each :meth:`take` from its own windows: the sharded
+        log's shards), their users in order; ``seen_rows`` renumbered to match."""
+        metric, k = parse_monitor(monitor)
+        if not parts:
+            raise ConfigError("sasrec: early stopping needs users with 3 or more items")
+        offsets = np.cumsum([0] + [len(p.targets) for p in parts[:-1]])
+        return cls(np.concatenate([p.sequences for p in parts]),
+                   np.concatenate([p.targets for p in parts]),
+                   np.concatenate([p.seen_rows + o for p, o in zip(parts, offsets)]),
+                   np.concatenate([p.seen_items for p in parts]), metric, k, patience)
+
     def update(self, net) -> bool:
         """Score ``net`` (the unwrapped network) on the held-out users, keep its weights if it
         is the best so far, and say whether training should stop."""

@@ -82,24 +82,40 @@ class FactorChannel(Channel, CachesUsers):
         """float32[n_items, f] item vectors compared for evidence."""
         return self.item_factors_
 
-    def fit(self, dataset: Dataset) -> FactorChannel:
+    def check_params(self) -> None:
+        """Raise :class:`ConfigError` for hyperparameters the fit cannot use."""
         for field in ("factors", "iterations"):
             if int(getattr(self, field)) < 1:
                 raise ConfigError(f"{self.kind} {field} must be >= 1, got {getattr(self, field)}")
         if self.regularization < 0:
             raise ConfigError(f"{self.kind} regularization must be >= 0, got "
                               f"{self.regularization}")
+
+    def fit(self, dataset: Dataset) -> FactorChannel:
+        self.check_params()
         matrix = training_matrix(dataset)
-        # implicit parallelises itself; BLAS threads on top of it only oversubscribe
+        users, items = self.fit_matrix(matrix)
+        self.install(users, items, item_popularity(matrix))
+        return self
+
+    def fit_matrix(self, matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`train` on ``matrix`` (binary float32 CSR [n_users, n_items]) with BLAS on
+        one thread: implicit parallelises itself, BLAS threads on top only oversubscribe."""
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1, user_api="blas"), progress.task(
                 f"fit {self.name}", int(self.iterations), "iteration") as bar:
-            users, items = self.train(matrix, bar.advance)
-        self.user_factors_ = np.ascontiguousarray(users, dtype=np.float32)
-        self.item_factors_ = np.ascontiguousarray(items, dtype=np.float32)
-        self.popularity_ = item_popularity(matrix)
-        return self
+            return self.train(matrix, bar.advance)
+
+    def install(self, user_factors: np.ndarray, item_factors: np.ndarray,
+                popularity: np.ndarray) -> None:
+        """Take factors fitted elsewhere (the sharded log's reducer): ``user_factors``
+        float32[n_users, f'] (may have no rows where :meth:`user_vectors` does not read
+        them: ALS), ``item_factors`` float32[n_items, f'], ``popularity`` float32[n_items]
+        (:func:`~llmrecall.channels.neighbors.item_popularity`'s scale)."""
+        self.user_factors_ = np.ascontiguousarray(user_factors, dtype=np.float32)
+        self.item_factors_ = np.ascontiguousarray(item_factors, dtype=np.float32)
+        self.popularity_ = np.asarray(popularity, np.float32)
 
     def _history(self, users: np.ndarray, history: Histories) -> sp.csr_matrix:
         return weighted_history(history, users, self.item_factors_.shape[0])

@@ -230,7 +230,8 @@ class SASRec(Channel, AddsItems, CachesUsers):
 
     def fit_windows(self, catalog: Dataset, windows: Any, popularity_counts: np.ndarray | None = None,
                     train: Callable[..., Any] | None = None,
-                    lengths: np.ndarray | None = None) -> SASRec:
+                    lengths: np.ndarray | None = None,
+                    stopping: HeldOutNext | None = None) -> SASRec:
         """Train on given ``windows`` (:func:`training_windows` rows of every training user):
         :meth:`fit` without the histories. ``catalog``: the items and their texts (its
         interactions are read only when ``popularity_counts`` is None); ``windows``: an
@@ -239,7 +240,9 @@ class SASRec(Channel, AddsItems, CachesUsers):
         the training workers, not here); ``popularity_counts`` float[n_items]: the training
         interactions per item (the fallback ranking; default counted from ``catalog``);
         ``lengths`` int[n_users]: each training user's history length, which early stopping
-        (``patience`` > 0) needs to hold users' newest transitions out."""
+        (``patience`` > 0) needs to hold users' newest transitions out; or ``stopping``, the
+        hold-out already taken out of ``windows`` (the sharded log's shards each take
+        theirs, :meth:`HeldOutNext.concat`)."""
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         torch.manual_seed(self.seed)
@@ -249,7 +252,9 @@ class SASRec(Channel, AddsItems, CachesUsers):
         if len(windows) == 0:
             raise DataError("sasrec: no user has two or more interactions to learn from")
         self.stopping_ = None
-        if self.patience:
+        if self.patience and stopping is not None:
+            self.stopping_ = stopping
+        elif self.patience:
             if lengths is None or not isinstance(windows, np.ndarray):
                 raise ConfigError("sasrec: patience needs every user's windows and history "
                                   "length in this process")

@@ -46,14 +46,16 @@ effect. Metrics are averaged from per-shard sums (a different order of additions
 **EASE and EDLAE** sum one Gram matrix per shard in one reducer and solve it there
 (:mod:`llmrecall.engine.sharded_ease`): the model itself is single-node. **SASRec** is
 trained from training windows built per shard and read by the trainers themselves
-(:mod:`llmrecall.engine.sharded_sasrec`; a fixed number of epochs).
+(:mod:`llmrecall.engine.sharded_sasrec`; early stopping on a hold-out drawn in every
+shard).
 
-**The text channels** ``semantic_i2i`` and ``semantic_user`` embed the catalog on the
-driver (the engine's embedder) and are recalled in the shard tasks from a pickled copy
-(:mod:`llmrecall.engine.sharded_text`).
+**ALS** is factorised by one reducer that gathers the training matrix
+(:mod:`llmrecall.engine.sharded_als`). **The text channels** ``semantic_i2i`` and
+``semantic_user`` embed the catalog on the driver (the engine's embedder) and are recalled
+in the shard tasks from a pickled copy (:mod:`llmrecall.engine.sharded_text`).
 
 What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf``, ``swing``,
-``ease``, ``edlae``, ``sasrec`` (without early stopping), ``semantic_i2i`` and
+``ease``, ``edlae``, ``als``, ``sasrec``, ``semantic_i2i`` and
 ``semantic_user`` (not on Milvus), fusion by weights or
 ``learned`` (fitted on a sample of validation users from every shard:
 :mod:`llmrecall.engine.sharded_fusion`), no item filters, logs with user, item and a
@@ -99,6 +101,7 @@ from llmrecall.engine.cooccurrence import (
 )
 from llmrecall.engine.histories import HistoryShards, shard_histories
 from llmrecall.engine.shard_split import read_shard, shard_task
+from llmrecall.engine.sharded_als import FACTOR_KINDS, fit_factors
 from llmrecall.engine.sharded_ease import LINEAR_KINDS, fit_linear
 from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion, fusion_key
 from llmrecall.engine.sharded_sasrec import fit_sasrec
@@ -107,7 +110,8 @@ from llmrecall.engine.stage_files import StageParts, channel_params, digest, fil
 from llmrecall.errors import ConfigError, DataError
 
 #: channel kinds the sharded evaluation fits
-SHARDED_KINDS = ("popularity", "itemcf", "swing", *LINEAR_KINDS, "sasrec", *TEXT_KINDS)
+SHARDED_KINDS = ("popularity", "itemcf", "swing", *LINEAR_KINDS, *FACTOR_KINDS, "sasrec",
+                 *TEXT_KINDS)
 #: events per history shard, about (the shard count is the log's rows / this)
 SHARD_EVENTS = 1_000_000
 #: the most a co-occurrence reducer's dense block may take (its candidate range is cut so)
@@ -130,9 +134,6 @@ def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
         if c.kind not in SHARDED_KINDS:
             problems.append(f"channel {c.channel_name!r} of kind {c.kind!r} "
                             f"(only {', '.join(SHARDED_KINDS)})")
-        elif c.kind == "sasrec" and c.params.get("patience"):
-            problems.append(f"channel {c.channel_name!r}: sasrec with patience (early "
-                            "stopping holds every user's newest transition out on the driver)")
         elif c.kind in TEXT_KINDS:
             problems.extend(check_text(c.channel_name, c.params))
     if config.fusion.method == "learned" and command == "tune":
@@ -166,7 +167,8 @@ def shard_statistics(path: str, items: list[str], half_lives: tuple[float, ...],
     ``counts`` (events) and, given the latest training time, ``decayed[h]`` (events
     weighted ``0.5 ** ((latest - t) / h)``, popularity's), all float64[n_items]; also
     ``latest`` (its own latest training time), ``user_items`` float64[users] (each user's
-    distinct training items, in shard order), ``users`` and ``train_events``."""
+    distinct training items, in shard order), ``long_users`` (users with 3 or more
+    training events), ``users`` and ``train_events``."""
     shard = read_shard(path, items, split)
     n_items, train = len(items), shard.train
     matrix = binary_matrix(train, shard.n_users, n_items, np.float64)
@@ -175,6 +177,8 @@ def shard_statistics(path: str, items: list[str], half_lives: tuple[float, ...],
         "counts": np.bincount(train.item, minlength=n_items).astype(np.float64),
         "latest": float(train.time.max()) if len(train) else -math.inf,
         "user_items": np.asarray(matrix.sum(axis=1)).ravel(),
+        # SASRec's early stopping holds out users with 3 or more training events
+        "long_users": int((np.bincount(train.user, minlength=shard.n_users) >= 3).sum()),
         "users": shard.n_users, "train_events": len(train), "decayed": {}}
     if latest is not None:
         for h in half_lives:
@@ -442,6 +446,7 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
     ``fusion`` entry says on how many and what its guard chose.
     """
     from llmrecall.data.loaders import read_catalog
+    from llmrecall.evaluate.experiment import training_report
     from llmrecall.evaluate.metrics import DEFAULT_KS
     from llmrecall.pipeline import RecallPipeline
 
@@ -491,6 +496,7 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
         "users_evaluated": next(iter(results.values()))["users"],
         "results": results,
         **({"fusion": fusion} if fusion is not None else {}),
+        **({"training": training} if (training := training_report(pipeline)) else {}),
         "engine": {"kind": engine.kind, "log": "sharded", "shards": n_shards,
                    "events": shards.events, "users": shards.n_users, "items": len(items),
                    "resumed": resumed},
@@ -545,12 +551,15 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
             channel.install(similarity, item_users)
         elif channel.kind in LINEAR_KINDS:
             fit_linear(channel, paths, items, item_users, engine, run, resumed, name, split)
+        elif channel.kind in FACTOR_KINDS:
+            fit_factors(channel, paths, items, item_users, engine, run, resumed, name, split)
         elif channel.kind == "sasrec":
             if catalog is None:
                 raise ConfigError("sasrec from the sharded log needs the catalog (its item "
                                   "texts)")
             fit_sasrec(channel, paths, items, np.sum([s["counts"] for s in stats], axis=0),
-                       catalog(), engine, run, resumed, name, split)
+                       catalog(), engine, run, resumed, name, split,
+                       long_users=[s["long_users"] for s in stats])
         elif channel.kind in TEXT_KINDS:
             if catalog is None:
                 raise ConfigError(f"{channel.kind} from the sharded log needs the catalog (its "

@@ -6,7 +6,7 @@ With ``[engine] log = "sharded"``, ``llmrecall build --data SPEC.toml`` writes t
 (:mod:`llmrecall.engine.sharded`):
 
 1. the log's files shuffled into per-user history shards (reused from ``work_dir``);
-2. the channels (``popularity``, ``itemcf``, ``swing``, ``ease``, ``edlae``, ``sasrec``,
+2. the channels (``popularity``, ``itemcf``, ``swing``, ``ease``, ``edlae``, ``als``, ``sasrec``,
    ``semantic_i2i``, ``semantic_user``)
    fitted from the shards' every row (as ``build`` fits on all data), on the engine's tasks, their
    results kept in ``work_dir`` as for a sharded ``evaluate``; with ``[fusion] method =

@@ -18,9 +18,18 @@ from) and the per-item training counts (the fallback ranking), nothing per event
 Train worker holds every window (``8 (max_len + 1)`` bytes each: about ``8 events (1 +
 1 / max_len)`` bytes in all, 0.4 GB at 50M events), as it does on the driver path.
 
+**Early stopping** (``patience`` > 0): the in-process fit holds the newest training
+transition of ``holdout_users`` users out of the windows and scores it after every epoch.
+Here each shard's windows task holds out its share of them (the total apportioned over the
+shards by their users with 3 or more training items, largest remainder first; drawn with
+``default_rng([seed, 1, shard])``) with the same function
+(:meth:`~llmrecall.channels.early_stop.HeldOutNext.take`), writes them beside its windows,
+and the driver joins the shares into one hold-out (``holdout_users x max_len`` ids: 0.4 MB
+at 1,000 users and ``max_len`` 50), which the trainers score as on the driver path.
+
 Same model as the in-process fit in distribution: the windows are the same rows in another
-order (users shard after shard), so the batches differ. Early stopping (``patience`` > 0)
-is refused: it holds every user's newest transition out of the windows on the driver.
+order (users shard after shard), so the batches differ, and the held-out users are
+another draw of as many.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import numpy as np
 from llmrecall.engine.local import use_engine
 from llmrecall.engine.shard_split import catalog_only, read_shard
 from llmrecall.engine.stage_files import StageParts, digest, files_signature
+from llmrecall.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -61,34 +71,106 @@ class WindowFiles:
         return np.concatenate(parts) if parts else np.zeros((0, 1), np.int64)
 
 
+@dataclass(frozen=True)
+class HoldOut:
+    """What a shard's windows task holds out for early stopping: ``users`` of its users
+    with 3 or more training items (its share of ``holdout_users``), drawn with
+    ``default_rng([seed, 1, shard])``, followed by ``monitor`` for ``patience`` epochs."""
+
+    users: int
+    seed: int
+    monitor: str
+    patience: int
+
+
 def shard_windows(shard: int, path: str, items: list[str], max_len: int, split: bool,
-                  kept: StageParts) -> int:
-    """Write shard ``shard``'s training windows (int64[w, max_len + 1]) to ``kept``;
-    returns ``w``."""
+                  kept: StageParts, hold_out: HoldOut | None = None) -> int:
+    """Write shard ``shard``'s training windows (int64[w, max_len + 1]) to ``kept``, with
+    ``hold_out.users`` users' newest transitions taken out (their targets set to padding)
+    and written beside them (:class:`~llmrecall.channels.early_stop.HeldOutNext`'s
+    arrays); returns ``w``."""
+    from llmrecall.channels.early_stop import HeldOutNext
     from llmrecall.channels.sequential import training_windows
     from llmrecall.data.dataset import Histories
 
     data = read_shard(path, items, split)
     histories = Histories.from_interactions(data.train, data.n_users, len(items))
     windows = training_windows(histories, max_len)
-    kept.save(shard, {"windows": windows}, {"rows": len(windows)})
+    arrays = {"windows": windows}
+    if hold_out is not None and hold_out.users:
+        held = HeldOutNext.take(windows, histories.lengths(), max_len, hold_out.users,
+                                np.random.default_rng([hold_out.seed, 1, shard]),
+                                hold_out.monitor, hold_out.patience)
+        arrays.update(sequences=held.sequences, targets=held.targets,
+                      seen_rows=held.seen_rows, seen_items=held.seen_items)
+    kept.save(shard, arrays, {"rows": len(windows)})
     return len(windows)
+
+
+def apportion(total: int, weights: list[int]) -> list[int]:
+    """``total`` (at most ``sum(weights)``) split over the ``weights`` in proportion, whole
+    numbers, largest remainder first (ties to the earlier), none above its weight."""
+    whole = sum(weights)
+    total = min(int(total), whole)
+    if whole == 0:
+        return [0] * len(weights)
+    exact = np.asarray(weights, np.float64) * total / whole
+    share = np.floor(exact).astype(np.int64)
+    order = np.argsort(-(exact - share), kind="stable")
+    share[order[:total - int(share.sum())]] += 1
+    return [int(v) for v in share]
+
+
+def joined_hold_out(kept: StageParts, shards: int, monitor: str, patience: int):
+    """The shards' held-out transitions (written by :func:`shard_windows`) as one
+    :class:`~llmrecall.channels.early_stop.HeldOutNext`, shard after shard."""
+    from llmrecall.channels.early_stop import HeldOutNext
+
+    parts = []
+    for s in range(shards):
+        arrays, _meta = kept.load(s)
+        if "targets" in arrays:
+            parts.append(HeldOutNext(arrays["sequences"], arrays["targets"],
+                                     arrays["seen_rows"], arrays["seen_items"], "", 0,
+                                     patience))
+    return HeldOutNext.concat(parts, monitor, patience)
 
 
 def fit_sasrec(channel, paths: list[str], items: list[str], counts: np.ndarray, catalog,
                engine, run: Path, resumed: dict[str, Any], name: str,
-               split: bool = True) -> None:
-    """Fit ``channel`` (an unfitted SASRec, ``patience`` 0) from the shards ``paths``
-    (module docstring). ``counts`` float64[n_items]: each item's training events summed
-    over the shards; ``catalog``: the items' :class:`~llmrecall.data.dataset.Catalog`.
+               split: bool = True, long_users: list[int] | None = None) -> None:
+    """Fit ``channel`` (an unfitted SASRec) from the shards ``paths`` (module docstring).
+    ``counts`` float64[n_items]: each item's training events summed over the shards;
+    ``catalog``: the items' :class:`~llmrecall.data.dataset.Catalog`; ``long_users``: each
+    shard's users with 3 or more training items (what early stopping's hold-out is
+    apportioned by; needed when ``patience`` > 0).
     ``resumed[f"{name}_windows"]`` says how many shards' windows were found."""
+    from llmrecall.channels.early_stop import parse_monitor
+
     max_len = int(channel.max_len)  # the tasks get the number, not the channel (its lock)
-    kept = StageParts(run, "sasrec-windows", digest(max_len, split))
+    patience = int(channel.patience)
+    shares: list[int | None] = [None] * len(paths)
+    if patience:
+        parse_monitor(channel.monitor)  # a bad monitor fails before any task runs
+        if long_users is None or len(long_users) != len(paths):
+            raise ValueError("sasrec with patience from the shards needs each shard's users "
+                             "with 3 or more training items")
+        if sum(long_users) == 0:
+            raise ConfigError("sasrec: early stopping needs users with 3 or more items")
+        shares = list(apportion(int(channel.holdout_users), long_users))
+    holds = [None if share is None else
+             HoldOut(share, int(channel.seed), str(channel.monitor), patience)
+             for share in shares]
+    kept = StageParts(run, "sasrec-windows", digest(max_len, split, [
+        None if h is None else [h.users, h.seed] for h in holds]))
     todo = kept.missing(len(paths))
     resumed[f"{name}_windows"] = f"{len(paths) - len(todo)}/{len(paths)}"
-    engine.map_tasks(lambda s: shard_windows(s, paths[s], items, max_len, split, kept), todo)
+    engine.map_tasks(lambda s: shard_windows(s, paths[s], items, max_len, split, kept,
+                                             holds[s]), todo)
     rows = sum(int(kept.load_meta(s)["rows"]) for s in range(len(paths)))
     windows = WindowFiles.of([kept.path(s) for s in range(len(paths))], rows)
+    stopping = (joined_hold_out(kept, len(paths), str(channel.monitor), patience)
+                if patience else None)
     with use_engine(engine):  # the text initialisation embeds on the engine's embedder
         channel.fit_windows(catalog_only(items, catalog), windows, counts,
-                            train=getattr(engine, "train_sasrec", None))
+                            train=getattr(engine, "train_sasrec", None), stopping=stopping)

@@ -1,0 +1,104 @@
+"""ALS from the sharded log: the training matrix assembled and factorised by one reducer.
+
+``implicit``'s ALS alternates over the whole user x item matrix, so it needs that matrix
+in one process (docs/scale-out.md, "What stays single-node"); what the shards take off the
+driver is the log. The fit is one streamed shuffle with one reducer:
+
+* **map** (one task per history shard): the shard's distinct training (user, item) pairs
+  and each of its users' first place in the log (the smallest ``file * 2**32 + row`` over
+  all their rows);
+* **reduce** (one task): the pieces gathered one at a time, the users numbered by their
+  first place (the loader's numbering: users in order of first appearance, so the matrix
+  is the driver path's row for row), the binary float32 CSR built and factorised by the
+  channel's own :meth:`~llmrecall.channels.factors.FactorChannel.fit_matrix`; the reducer
+  writes the item factors to the run folder and the driver reads them, so a rerun
+  factorises nothing.
+
+ALS recomputes every user's vector from the history it is given at recall
+(``recalculate_user``), so the recall tasks need only the item factors: the user factors
+stay on the reducer, and the fitted channel's ``user_factors_`` (kept "for inspection
+only") has no rows. Same model as the in-process fit: the same matrix, seed and
+iterations (implicit's multi-threaded solver may add in another order: float rounding).
+
+BPR is not fitted here: it reads each fitted user's own factors at recall, which would have
+to travel back to the shard that holds the user.
+
+Memory: a map holds its shard; the reducer holds every distinct training pair (8 bytes
+each while gathering, 12 in the CSR, twice that in implicit's transposed copy), the first
+places (8 bytes a user) and implicit's factors (``4 f (users + items)`` bytes): about 1 GB
+per 30M pairs at 64 factors and 10 events a user. The driver and the recall tasks hold the
+item factors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from llmrecall.channels.neighbors import binary_matrix, scaled_popularity
+from llmrecall.engine.shard_split import read_shard
+from llmrecall.engine.stage_files import StageParts, channel_params, digest
+
+#: channel kinds fitted here
+FACTOR_KINDS = ("als",)
+
+Columns = dict[str, np.ndarray]
+
+
+def pairs_shard_map(path: str, items: list[str], split: bool = True) -> list[Columns]:
+    """One shard's training matrix as one piece: ``user`` int32 (the shard's numbering),
+    ``item`` int32, each distinct pair once, user-major; and ``first`` int64[users]: each
+    user's smallest place in the log."""
+    shard = read_shard(path, items, split)
+    matrix = binary_matrix(shard.train, shard.n_users, len(items)).tocoo()
+    places = pl.read_parquet(path, columns=["places"])["places"].list.min()
+    return [{"user": matrix.row.astype(np.int32), "item": matrix.col.astype(np.int32),
+             "first": places.to_numpy().astype(np.int64)}]
+
+
+def gathered_matrix(pieces: Iterator[Columns], n_items: int) -> sp.csr_matrix:
+    """Binary float32 CSR [users, n_items] of every shard's pairs, users numbered by their
+    first place in the log (the loader's first-appearance order)."""
+    users, items, firsts = [], [], []
+    offset = 0
+    for piece in pieces:
+        users.append(piece["user"].astype(np.int64) + offset)
+        items.append(piece["item"])
+        firsts.append(piece["first"])
+        offset += len(piece["first"])
+    first = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
+    number = np.empty(len(first), np.int64)
+    number[np.argsort(first, kind="stable")] = np.arange(len(first))
+    rows = number[np.concatenate(users)] if users else np.zeros(0, np.int64)
+    cols = np.concatenate(items) if items else np.zeros(0, np.int32)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
+                         shape=(len(first), n_items))
+
+
+def fit_factors(channel, paths: list[str], items: list[str], item_users: np.ndarray, engine,
+                run: Path, resumed: dict[str, Any], name: str, split: bool = True) -> None:
+    """Fit ``channel`` (an unfitted :class:`~llmrecall.channels.als.ALS`) from the shards
+    ``paths`` (module docstring); ``item_users`` float64[n_items]: each item's training
+    users summed over the shards (the fallback ranking). The item factors are kept under
+    ``run``; ``resumed[f"{name}_factors"]`` says whether they were found there."""
+    channel.check_params()
+    n_items = len(items)
+    kept = StageParts(run, channel.kind, digest(channel_params(channel), split))
+    resumed[f"{name}_factors"] = kept.has(0)
+    if not kept.has(0):
+        def reduce(_p: int, pieces: Iterator[Columns]) -> None:
+            matrix = gathered_matrix(pieces, n_items)
+            _users, factors = channel.fit_matrix(matrix)
+            kept.save(0, {"item_factors": np.ascontiguousarray(factors, np.float32)},
+                      {"users": matrix.shape[0], "pairs": int(matrix.nnz)})
+
+        engine.shuffle_streamed(lambda path: pairs_shard_map(path, items, split), paths,
+                                reduce, 1)
+    factors = kept.load(0)[0]["item_factors"]
+    channel.install(np.zeros((0, factors.shape[1]), np.float32), factors,
+                    scaled_popularity(item_users))
