@@ -60,20 +60,21 @@ def test_the_sharded_objective_scores_what_the_one_process_objective_scores(
 
 
 def test_tune_sharded_runs_the_study_and_compares_on_test(ml100k_files, tmp_path):
-    """The study and its test comparison, with EDLAE fitted from the shards too."""
+    """The study and its test comparison, with EDLAE and ALS fitted from the shards too."""
     _folder, spec = ml100k_files
     config = PipelineConfig.model_validate({**CONFIG, "channels": [
-        *CONFIG["channels"], {"kind": "edlae", "params": {"max_items": 800}}]})
+        *CONFIG["channels"], {"kind": "edlae", "params": {"max_items": 800}},
+        {"kind": "als", "params": {"factors": 16, "iterations": 5}}]})
     tuned, report, comparison = tune_sharded(
         spec, config, 6, "recall@100", engine=Engine(), work_dir=tmp_path, space="fusion",
         shard_events=30_000, progress=False)
     assert report["trials"]["complete"] + report["trials"]["pruned"] == 6
     assert report["validation_users"] == 943 and report["engine"]["shards"] == 4
     assert report["best_value"] >= report["baseline_value"]
-    assert report["this_process"]["fits"] == 4  # one fit per channel, for all trials
+    assert report["this_process"]["fits"] == 5  # one fit per channel, for all trials
     rows = comparison["rows"]
     assert list(rows)[-1] == "fused"
-    assert set(rows) == {"popularity", "itemcf", "swing", "edlae", "fused"}
+    assert set(rows) == {"popularity", "itemcf", "swing", "edlae", "als", "fused"}
     cell = rows["fused"]["recall@100"]
     assert cell["default"] == pytest.approx(comparison["default"]["results"]["fused"]["recall@100"])
     assert comparison["tuned"]["config_hash"] == tuned.config_hash()
