@@ -23,11 +23,12 @@ iterations (implicit's multi-threaded solver may add in another order: float rou
 BPR is not fitted here: it reads each fitted user's own factors at recall, which would have
 to travel back to the shard that holds the user.
 
-Memory: a map holds its shard; the reducer holds every distinct training pair (8 bytes
-each while gathering, 12 in the CSR, twice that in implicit's transposed copy), the first
-places (8 bytes a user) and implicit's factors (``4 f (users + items)`` bytes): about 1 GB
-per 30M pairs at 64 factors and 10 events a user. The driver and the recall tasks hold the
-item factors.
+Memory: a map holds its shard; the reducer holds every distinct training pair (about 30
+bytes each while the COO lists become the CSR, then 12 in the CSR and as much again in
+implicit's transposed copy), the first places (8 bytes a user) and implicit's factors
+(``4 f (users + items)`` bytes). Measured at 8M events (at most 4.6M distinct pairs): no
+worker process, this reducer or a recall task, above 2.4 GB (docs/benchmarks.md section
+10). The driver and the recall tasks hold the item factors.
 """
 
 from __future__ import annotations
