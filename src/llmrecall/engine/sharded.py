@@ -71,6 +71,7 @@ what is missing (:func:`evaluate_sharded`).
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import tempfile
@@ -518,7 +519,7 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
     (:class:`~llmrecall.engine.stage_files.StageParts`); ``resumed`` records what was
     found there."""
     start = time.perf_counter()
-    catalog = _once(catalog) if catalog is not None else None
+    catalog = functools.cache(catalog) if catalog is not None else None
     half_lives = tuple(sorted({float(c.half_life) for c in channels.values()
                                if c.kind == "popularity" and c.half_life is not None}))
     stats = engine.map_tasks(lambda path: shard_statistics(path, items, (), None, split), paths)
@@ -527,13 +528,14 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
         decayed = engine.map_tasks(
             lambda path: shard_statistics(path, items, half_lives, latest, split), paths)
     item_users = np.sum([s["item_users"] for s in stats], axis=0)
+    counts = np.sum([s["counts"] for s in stats], axis=0)  # training events per item
     shared = time.perf_counter() - start
     seconds = {}
     for name, channel in channels.items():
         began = time.perf_counter()
         if channel.kind == "popularity":
             channel.check_params()
-            scores = (np.sum([s["counts"] for s in stats], axis=0) if channel.half_life is None
+            scores = (counts if channel.half_life is None
                       else np.sum([d["decayed"][float(channel.half_life)] for d in decayed], axis=0))
             channel.install(scores)
         elif channel.kind == "swing":
@@ -557,32 +559,19 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
             if catalog is None:
                 raise ConfigError("sasrec from the sharded log needs the catalog (its item "
                                   "texts)")
-            fit_sasrec(channel, paths, items, np.sum([s["counts"] for s in stats], axis=0),
-                       catalog(), engine, run, resumed, name, split,
+            fit_sasrec(channel, paths, items, counts, catalog(), engine, run, resumed, name, split,
                        long_users=[s["long_users"] for s in stats])
         elif channel.kind in TEXT_KINDS:
             if catalog is None:
                 raise ConfigError(f"{channel.kind} from the sharded log needs the catalog (its "
                                   "item texts)")
-            fit_text(channel, items, np.sum([s["counts"] for s in stats], axis=0), catalog(),
-                     engine)
+            fit_text(channel, items, counts, catalog(), engine)
         else:
             channel.install(_itemcf_similarity(channel, paths, items, item_users, engine,
                                                reducer_bytes, run, resumed, name, split),
                             item_users)
         seconds[name] = shared + time.perf_counter() - began
     return seconds
-
-
-def _once(make: Callable[[], Any]) -> Callable[[], Any]:
-    """``make`` called at the first call only; later calls return its first answer."""
-    held: list[Any] = []
-
-    def once() -> Any:
-        if not held:
-            held.append(make())
-        return held[0]
-    return once
 
 
 def _itemcf_similarity(channel, paths: list[str], items: list[str], item_users: np.ndarray,

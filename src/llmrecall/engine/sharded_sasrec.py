@@ -71,6 +71,10 @@ class WindowFiles:
         return np.concatenate(parts) if parts else np.zeros((0, 1), np.int64)
 
 
+#: what :func:`shard_windows` writes of a shard's hold-out (HeldOutNext's array fields)
+HOLD_OUT_ARRAYS = ("sequences", "targets", "seen_rows", "seen_items")
+
+
 @dataclass(frozen=True)
 class HoldOut:
     """What a shard's windows task holds out for early stopping: ``users`` of its users
@@ -124,14 +128,16 @@ def apportion(total: int, weights: list[int]) -> list[int]:
 def joined_hold_out(kept: StageParts, shards: int, monitor: str, patience: int):
     """The shards' held-out transitions (written by :func:`shard_windows`) as one
     :class:`~llmrecall.channels.early_stop.HeldOutNext`, shard after shard."""
-    from llmrecall.channels.early_stop import HeldOutNext
+    from llmrecall.channels.early_stop import HeldOutNext, parse_monitor
 
+    metric, k = parse_monitor(monitor)
     parts = []
     for s in range(shards):
-        arrays, _meta = kept.load(s)
-        if "targets" in arrays:
+        # the hold-out only: the shard's windows stay on disk for the trainers
+        arrays, _meta = kept.load(s, HOLD_OUT_ARRAYS)
+        if arrays:
             parts.append(HeldOutNext(arrays["sequences"], arrays["targets"],
-                                     arrays["seen_rows"], arrays["seen_items"], "", 0,
+                                     arrays["seen_rows"], arrays["seen_items"], metric, k,
                                      patience))
     return HeldOutNext.concat(parts, monitor, patience)
 

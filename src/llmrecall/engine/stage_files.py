@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,12 @@ class StageParts:
         with np.load(self.path(part), allow_pickle=False) as npz:
             return json.loads(npz["__meta__"].tobytes().decode())
 
-    def load(self, part: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """``(arrays, meta)`` of a part written by :meth:`save`."""
+    def load(self, part: int, names: Collection[str] | None = None,
+             ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, meta)`` of a part written by :meth:`save`; with ``names``, only the
+        arrays of those names that the part holds (the others are not read)."""
         with np.load(self.path(part), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
+            arrays = {k: npz[k] for k in npz.files
+                      if k != "__meta__" and (names is None or k in names)}
             meta = json.loads(npz["__meta__"].tobytes().decode())
         return arrays, meta
