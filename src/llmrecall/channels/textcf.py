@@ -271,24 +271,70 @@ class TextCF(Channel, AddsItems, CachesUsers):
         # group with _arrays(), so one recall never mixes old and grown arrays
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # pickled to a task (the sharded log's recall tasks): the lock stays behind and is
+        # made anew
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def fit(self, dataset: Dataset, train: Callable[..., Any] | None = None) -> TextCF:
         """Train on ``dataset``'s interactions. ``train(channel, mlp, graph)``, when given,
         trains the initialised ``mlp`` elsewhere on ``graph`` (:class:`TrainingGraph`) and
         returns the trained network (the Ray engine's data-parallel training, which runs
         :meth:`train_steps` on each worker); None trains here."""
+        text = item_text_vectors(dataset, self.embedder)
+        history = dataset.histories()
+        user_items = history.matrix()
+        mlp, item_side = self.fit_matrices(text, user_items,
+                                           self.history_weights(history, user_items), train)
+        self.install(text, mlp, item_side, popularity(dataset))
+        return self
+
+    def history_weights(self, history: Histories, user_items: sp.csr_matrix) -> sp.csr_matrix:
+        """float32 CSR [n_users, n_items]: every user's history weights
+        (:meth:`_history_weights`), ``user_items`` the binary ``history.matrix()``. A
+        user's row reads that user's history alone, so the rows of a shard of users are
+        those users' rows of the whole."""
+        return self._history_weights(history, np.arange(history.n_users),
+                                     user_items.shape[1], user_items)
+
+    def fit_matrices(self, text: np.ndarray, user_items: sp.csr_matrix,
+                     mean_rows: sp.csr_matrix, train: Callable[..., Any] | None = None,
+                     ) -> tuple[Any, dict[str, np.ndarray]]:
+        """Train on the training matrices alone (what :meth:`fit` does after reading the
+        dataset; the sharded log's reducer calls it with the matrices it gathered) and
+        return the trained MLP (eval mode) and the item side recall reads.
+
+        Args:
+            text: float32[n_items, t] the items' frozen text embeddings.
+            user_items: float32 CSR [n_users, n_items] the binary training matrix.
+            mean_rows: float32 CSR [n_users, n_items] the users' history weights
+                (:meth:`history_weights`).
+            train: see :meth:`fit`.
+
+        Returns ``(mlp, {"item_layers": float32[layers + 1, n_items, dim], "item_vectors":
+        float32[n_items, dim] unit rows, "item_degree": float32[n_items] training users per
+        item})``. Equal matrices (as sets of entries: the order of the columns within a row
+        does not matter) give equal results (the torch and numpy generators are seeded here
+        from ``seed``)."""
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        text = item_text_vectors(dataset, self.embedder)
-        history = dataset.histories()
-        user_items = history.matrix()
         coo = user_items.tocoo()
         if coo.nnz == 0:
             raise DataError("textcf: the training data has no interactions")
         adjacency = _bipartite(_normalised(user_items))
         n_users = user_items.shape[0]
-        mean_rows = self._history_weights(history, np.arange(n_users), len(text), user_items)
+        # canonical column order: a sparse product's rows come out in whatever order it
+        # made them, and the float sums of mean_rows @ text follow it; sorted, equal
+        # weights give equal sums however they were computed (here or gathered from shards)
+        mean_rows = mean_rows.sorted_indices()
         # the same history weights recall uses (user_vectors), so training and recall agree
         user_text = np.asarray(mean_rows @ text, dtype=np.float32) \
             if self.user_init == "text" else None
@@ -312,14 +358,24 @@ class TextCF(Channel, AddsItems, CachesUsers):
             layer_list.append(current[n_users:])
         item_final = _light_propagation(adjacency, z0, self.layers)[n_users:] \
             if self.propagate_items else z0[n_users:]
+        return mlp, {"item_layers": np.stack(layer_list).astype(np.float32),
+                     "item_vectors": unit_rows(item_final),
+                     "item_degree": np.asarray(user_items.sum(axis=0)).ravel()
+                     .astype(np.float32)}
+
+    def install(self, text: np.ndarray, mlp: Any, item_side: Mapping[str, np.ndarray],
+                popularity_counts: np.ndarray) -> None:
+        """Serve the trained ``mlp`` with ``item_side`` (:meth:`fit_matrices`' arrays) for
+        the items whose text embeddings are ``text`` (float32[n_items, t]);
+        ``popularity_counts`` float[n_items], the training events per item, ranks the
+        items for a user with no usable history."""
         self.text_vectors_ = text
-        self.item_layers_ = np.stack(layer_list).astype(np.float32)  # [layers + 1, n_items, dim]
-        self.item_vectors_ = unit_rows(item_final)
-        self.item_degree_ = np.asarray(user_items.sum(axis=0)).ravel().astype(np.float32)
-        self.popularity_ = popularity(dataset)
-        self.mlp_ = mlp
-        self._n_base = dataset.n_items
-        return self
+        self.item_layers_ = np.asarray(item_side["item_layers"], np.float32)
+        self.item_vectors_ = np.asarray(item_side["item_vectors"], np.float32)
+        self.item_degree_ = np.asarray(item_side["item_degree"], np.float32)
+        self.popularity_ = np.asarray(popularity_counts, np.float32)
+        self.mlp_ = mlp.eval()
+        self._n_base = len(text)
 
     def total_steps(self, graph: TrainingGraph) -> int:
         """Optimiser steps of a fit: ``epochs`` passes over the pairs in batches of

@@ -411,13 +411,15 @@ def _report_train_state(module, rank: int, world: int, metrics: dict[str, Any], 
 
 
 def _report_epoch(module, rng: np.random.Generator, rank: int, world: int, resumed_from: int,
-                  stopping, epochs_done: int, optimizer: Any) -> None:
+                  stopping, rows_held: int, epochs_done: int, optimizer: Any) -> None:
     """SASRec's ``on_epoch`` on a Ray Train worker: the checkpoint after every epoch, in
     ``epoch-<n>``, with the early stopping state when ``stopping``
-    (:class:`~llmrecall.channels.early_stop.HeldOutNext`) is set; metrics ``epoch`` and
-    ``resumed_from`` (the epoch this attempt started from)."""
+    (:class:`~llmrecall.channels.early_stop.HeldOutNext`) is set; metrics ``epoch``,
+    ``resumed_from`` (the epoch this attempt started from) and ``rows_held`` (the training
+    windows this worker holds)."""
     _report_train_state(module, rank, world,
-                        {"epoch": epochs_done, "resumed_from": resumed_from, "world": world},
+                        {"epoch": epochs_done, "resumed_from": resumed_from, "world": world,
+                         "rows_held": rows_held},
                         epochs_done,
                         optimizer, rng.bit_generator.state, f"epoch-{epochs_done:05d}",
                         None if stopping is None else stopping.save)
@@ -491,18 +493,26 @@ def _sasrec_worker(config: dict) -> None:
     if resumed is not None:  # after building: the network's initialisation draws from torch
         restore(resumed, optimizer, rng, rank, channel.seed)
         start = resumed.step
-    # the driver's windows from the object store, or the sharded log's window files
-    windows = config["windows"]
-    windows = windows.load() if hasattr(windows, "load") else ray.get(windows)
+    # the driver's windows from the object store (every worker reads them all, zero-copy
+    # on a node), or this worker's slice of the sharded log's window files
+    windows, per_worker = config["windows"], None
+    if not hasattr(windows, "load_slice"):
+        windows = ray.get(windows)
+    elif len(windows) >= world:  # every slice has a row
+        per_worker = -(-len(windows) // world)
+        windows = windows.load_slice(rank, world)
+    else:
+        windows = windows.load()
     channel.train_epochs(model, windows, config["n_items"], rng, rank=rank, world=world,
-                         optimizer=optimizer, start_epoch=start,
-                         on_epoch=partial(_report_epoch, net, rng, rank, world, start, stopping))
+                         optimizer=optimizer, start_epoch=start, rows_per_worker=per_worker,
+                         on_epoch=partial(_report_epoch, net, rng, rank, world, start, stopping,
+                                          len(windows)))
     if stopping is not None:
         # train_epochs put the best epoch's weights back: the last checkpoint is them, and
         # its metrics tell the driver how training went
         _report_train_state(net, rank, world,
                             {"epoch": len(stopping.scores), "resumed_from": start,
-                             "world": world,
+                             "world": world, "rows_held": len(windows),
                              "early_stop": {"scores": stopping.scores,
                                             "best_epoch": stopping.best_epoch}},
                             len(stopping.scores), optimizer, rng.bit_generator.state, "best")
@@ -678,9 +688,10 @@ def train_sasrec(channel, model, windows: Any, n_items: int,
     the same epochs, batches, optimizer and seed as one process, the gradients averaged
     across workers. The result equals the one-process fit in distribution, not bit for
     bit (dropout masks and float summation differ). ``windows`` (an array) go to the
-    object store once (read zero-copy by the workers of a node); the sharded log's
-    :class:`~llmrecall.engine.sharded_sasrec.WindowFiles` are read by each worker from the
-    shared work folder instead, and never pass through the driver.
+    object store once (read zero-copy by the workers of a node); of the sharded log's
+    :class:`~llmrecall.engine.sharded_sasrec.WindowFiles` each worker reads only its slice
+    of the rows from the shared work folder (never through the driver) and draws its rows
+    of each batch from it (``rows_per_worker`` in ``train_epochs``).
 
     Rank 0 checkpoints every epoch; a run whose worker dies is started again (at most
     ``max_failures`` times) from the last finished epoch, and its result is the

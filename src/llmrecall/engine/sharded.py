@@ -50,13 +50,15 @@ trained from training windows built per shard and read by the trainers themselve
 shard).
 
 **ALS** is factorised by one reducer that gathers the training matrix
-(:mod:`llmrecall.engine.sharded_als`). **The text channels** ``semantic_i2i`` and
-``semantic_user`` embed the catalog on the driver (the engine's embedder) and are recalled
-in the shard tasks from a pickled copy (:mod:`llmrecall.engine.sharded_text`).
+(:mod:`llmrecall.engine.sharded_als`), **textcf** trained by one reducer that gathers its
+training graph (:mod:`llmrecall.engine.sharded_textcf`). **The catalog's channels**
+``semantic_i2i``, ``semantic_user`` and ``llm_knowledge`` embed (and generate) the
+catalog's texts on the driver (the engine's embedder and generator) and are recalled in
+the shard tasks from a pickled copy (:mod:`llmrecall.engine.sharded_text`).
 
 What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf``, ``swing``,
-``ease``, ``edlae``, ``als``, ``sasrec``, ``semantic_i2i`` and
-``semantic_user`` (not on Milvus), fusion by weights or
+``ease``, ``edlae``, ``als``, ``sasrec``, ``textcf``, ``semantic_i2i``,
+``semantic_user`` (not on Milvus) and ``llm_knowledge``, fusion by weights or
 ``learned`` (fitted on a sample of validation users from every shard:
 :mod:`llmrecall.engine.sharded_fusion`), no item filters, logs with user, item and a
 numeric time column. Anything else is refused with a
@@ -107,12 +109,13 @@ from llmrecall.engine.sharded_ease import LINEAR_KINDS, fit_linear
 from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion, fusion_key
 from llmrecall.engine.sharded_sasrec import fit_sasrec
 from llmrecall.engine.sharded_text import TEXT_KINDS, check_text, fit_text
+from llmrecall.engine.sharded_textcf import TEXTCF_KINDS, fit_textcf
 from llmrecall.engine.stage_files import StageParts, channel_params, digest, files_signature
 from llmrecall.errors import ConfigError, DataError
 
 #: channel kinds the sharded evaluation fits
 SHARDED_KINDS = ("popularity", "itemcf", "swing", *LINEAR_KINDS, *FACTOR_KINDS, "sasrec",
-                 *TEXT_KINDS)
+                 *TEXT_KINDS, *TEXTCF_KINDS)
 #: events per history shard, about (the shard count is the log's rows / this)
 SHARD_EVENTS = 1_000_000
 #: the most a co-occurrence reducer's dense block may take (its candidate range is cut so)
@@ -447,7 +450,7 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
     ``fusion`` entry says on how many and what its guard chose.
     """
     from llmrecall.data.loaders import read_catalog
-    from llmrecall.evaluate.experiment import training_report
+    from llmrecall.evaluate.experiment import generation_report, training_report
     from llmrecall.evaluate.metrics import DEFAULT_KS
     from llmrecall.pipeline import RecallPipeline
 
@@ -497,6 +500,7 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
         "users_evaluated": next(iter(results.values()))["users"],
         "results": results,
         **({"fusion": fusion} if fusion is not None else {}),
+        **({"generation": generation} if (generation := generation_report(pipeline)) else {}),
         **({"training": training} if (training := training_report(pipeline)) else {}),
         "engine": {"kind": engine.kind, "log": "sharded", "shards": n_shards,
                    "events": shards.events, "users": shards.n_users, "items": len(items),
@@ -515,7 +519,7 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
     ``loo`` training part, or with ``split=False`` every row); returns each channel's
     seconds (the shared statistics pass counted in each). ``catalog()`` gives the items'
     :class:`~llmrecall.data.dataset.Catalog` (read only for a channel that needs the item
-    texts: SASRec and the text channels; read once). Fitted similarities are kept under ``run``
+    texts: SASRec, textcf and the text channels; read once). Fitted similarities are kept under ``run``
     (:class:`~llmrecall.engine.stage_files.StageParts`); ``resumed`` records what was
     found there."""
     start = time.perf_counter()
@@ -566,6 +570,12 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
                 raise ConfigError(f"{channel.kind} from the sharded log needs the catalog (its "
                                   "item texts)")
             fit_text(channel, items, counts, catalog(), engine)
+        elif channel.kind in TEXTCF_KINDS:
+            if catalog is None:
+                raise ConfigError("textcf from the sharded log needs the catalog (its item "
+                                  "texts)")
+            fit_textcf(channel, paths, items, counts, catalog(), engine, run, resumed, name,
+                       split)
         else:
             channel.install(_itemcf_similarity(channel, paths, items, item_users, engine,
                                                reducer_bytes, run, resumed, name, split),

@@ -57,9 +57,25 @@ def pairs_shard_map(path: str, items: list[str], split: bool = True) -> list[Col
     user's smallest place in the log."""
     shard = read_shard(path, items, split)
     matrix = binary_matrix(shard.train, shard.n_users, len(items)).tocoo()
-    places = pl.read_parquet(path, columns=["places"])["places"].list.min()
     return [{"user": matrix.row.astype(np.int32), "item": matrix.col.astype(np.int32),
-             "first": places.to_numpy().astype(np.int64)}]
+             "first": first_places(path)}]
+
+
+def first_places(path: str) -> np.ndarray:
+    """int64[users] each user of the shard at ``path`` (the shard's numbering): the
+    smallest place in the log of any of the user's rows."""
+    places = pl.read_parquet(path, columns=["places"])["places"].list.min()
+    return places.to_numpy().astype(np.int64)
+
+
+def numbers_by_first_place(firsts: list[np.ndarray]) -> np.ndarray:
+    """int64[sum of lengths]: the loader's number of every user of the shards, the
+    shards' users one after another (``firsts`` each shard's :func:`first_places`):
+    users numbered in order of their first place in the log (first appearance)."""
+    first = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
+    number = np.empty(len(first), np.int64)
+    number[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return number
 
 
 def gathered_matrix(pieces: Iterator[Columns], n_items: int) -> sp.csr_matrix:
@@ -72,13 +88,11 @@ def gathered_matrix(pieces: Iterator[Columns], n_items: int) -> sp.csr_matrix:
         items.append(piece["item"])
         firsts.append(piece["first"])
         offset += len(piece["first"])
-    first = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
-    number = np.empty(len(first), np.int64)
-    number[np.argsort(first, kind="stable")] = np.arange(len(first))
+    number = numbers_by_first_place(firsts)
     rows = number[np.concatenate(users)] if users else np.zeros(0, np.int64)
     cols = np.concatenate(items) if items else np.zeros(0, np.int32)
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
-                         shape=(len(first), n_items))
+                         shape=(len(number), n_items))
 
 
 def fit_factors(channel, paths: list[str], items: list[str], item_users: np.ndarray, engine,

@@ -7,16 +7,17 @@ The in-process fit cuts every training user's sequence into windows
    into windows by the same function, written to the run folder
    (:class:`~llmrecall.engine.stage_files.StageParts`; a rerun builds only the shards
    missing);
-2. **training**: on the Ray engine the Ray Train workers read the window files themselves
-   (:class:`WindowFiles`; every worker reads all of them in shard order, so the workers
-   draw the same batches and each takes its rows of each, as they do from the driver's
-   windows); the driver sends only the initial network. On the local engine the one
-   process reads them and trains.
+2. **training**: on the Ray engine each Ray Train worker reads only its contiguous slice
+   of the rows (:meth:`WindowFiles.load_slice`: the byte range of those rows in the files
+   they lie in) and draws its rows of each batch from it (``rows_per_worker`` in
+   :meth:`~llmrecall.channels.sequential.SASRec.train_epochs`); the driver sends only the
+   initial network. On the local engine the one process reads every file and trains.
 
 The driver holds the item vocabulary, the catalog (the item texts the ids are initialised
 from) and the per-item training counts (the fallback ranking), nothing per event. A Ray
-Train worker holds every window (``8 (max_len + 1)`` bytes each: about ``8 events (1 +
-1 / max_len)`` bytes in all, 0.4 GB at 50M events), as it does on the driver path.
+Train worker holds ``1 / world`` of the windows (``8 (max_len + 1)`` bytes each: about
+``8 events (1 + 1 / max_len)`` bytes in all, 0.4 GB at 50M events), where on the driver
+path every worker reads all of them from the object store.
 
 **Early stopping** (``patience`` > 0): the in-process fit holds the newest training
 transition of ``holdout_users`` users out of the windows and scores it after every epoch.
@@ -27,9 +28,9 @@ shards by their users with 3 or more training items, largest remainder first; dr
 and the driver joins the shares into one hold-out (``holdout_users x max_len`` ids: 0.4 MB
 at 1,000 users and ``max_len`` 50), which the trainers score as on the driver path.
 
-Same model as the in-process fit in distribution: the windows are the same rows in another
-order (users shard after shard), so the batches differ, and the held-out users are
-another draw of as many.
+Same model as the in-process fit in distribution: the windows are the same rows, drawn
+in another order (on Ray each batch takes about ``batch_size / world`` rows from each
+worker's slice), and the held-out users are another draw of as many.
 """
 
 from __future__ import annotations
@@ -42,25 +43,41 @@ import numpy as np
 
 from llmrecall.engine.local import use_engine
 from llmrecall.engine.shard_split import catalog_only, read_shard
-from llmrecall.engine.stage_files import StageParts, digest, files_signature
+from llmrecall.engine.stage_files import (
+    StageParts,
+    digest,
+    files_signature,
+    read_rows,
+    row_layout,
+)
 from llmrecall.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class WindowFiles:
-    """The training windows of every shard, as files: ``paths`` in shard order and their
-    ``signature`` (paths, sizes, modification times: what a Ray Train run's resume digest
-    reads instead of the windows' bytes), ``rows`` the windows in all."""
+    """The training windows of every shard, as files: ``paths`` in shard order, ``counts``
+    the windows in each, and their ``signature`` (paths, sizes, modification times: what a
+    Ray Train run's resume digest reads instead of the windows' bytes).
+
+    Row ``i`` of the whole is row ``i - sum(counts[:f])`` of file ``f``; a data-parallel
+    worker reads only its slice of the rows (:meth:`load_slice`)."""
 
     paths: tuple[str, ...]
+    counts: tuple[int, ...]
     signature: tuple[tuple[str, int, int], ...]
-    rows: int
 
     @classmethod
-    def of(cls, paths: list[Path], rows: int) -> WindowFiles:
-        """The window files ``paths`` (shard order) holding ``rows`` windows in all."""
+    def of(cls, paths: list[Path], counts: list[int]) -> WindowFiles:
+        """The window files ``paths`` (shard order) holding ``counts`` windows each."""
+        if len(paths) != len(counts):
+            raise ValueError(f"{len(paths)} window files but {len(counts)} counts")
         signature = tuple((p, size, mtime) for p, size, mtime in files_signature(paths))
-        return cls(tuple(str(p) for p in paths), signature, rows)
+        return cls(tuple(str(p) for p in paths), tuple(int(c) for c in counts), signature)
+
+    @property
+    def rows(self) -> int:
+        """The windows in all."""
+        return sum(self.counts)
 
     def __len__(self) -> int:
         return self.rows
@@ -69,6 +86,35 @@ class WindowFiles:
         """int64[rows, max_len + 1] every shard's windows, in shard order."""
         parts = [np.load(p, allow_pickle=False)["windows"] for p in self.paths]
         return np.concatenate(parts) if parts else np.zeros((0, 1), np.int64)
+
+    def slice_bounds(self, rank: int, world: int) -> tuple[int, int]:
+        """Rows ``[start, stop)`` of worker ``rank`` of ``world``: contiguous, disjoint,
+        covering every row, sizes ``rows // world`` or one more (none empty when
+        ``rows >= world``)."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not one of {world} workers")
+        return self.rows * rank // world, self.rows * (rank + 1) // world
+
+    def load_slice(self, rank: int, world: int) -> np.ndarray:
+        """int64[stop - start, max_len + 1] rows :meth:`slice_bounds` of the whole, read
+        from the files they lie in and only those rows' bytes of each
+        (:func:`~llmrecall.engine.stage_files.read_rows`): a worker holds ``1 / world``
+        of the windows."""
+        start, stop = self.slice_bounds(rank, world)
+        pieces, offset = [], 0  # (file, its first row, its stop) of the files it lies in
+        for path, count in zip(self.paths, self.counts):
+            if count and offset < stop and start < offset + count:
+                pieces.append((path, max(start - offset, 0), min(stop - offset, count)))
+            offset += count
+        if not pieces:
+            return np.zeros((0, 1), np.int64)
+        shape, dtype = row_layout(pieces[0][0], "windows")
+        out = np.empty((stop - start, *shape[1:]), dtype)  # one allocation, filled in place
+        at = 0
+        for path, first, last in pieces:
+            read_rows(path, "windows", first, last, out=out[at:at + last - first])
+            at += last - first
+        return out
 
 
 #: what :func:`shard_windows` writes of a shard's hold-out (HeldOutNext's array fields)
@@ -173,8 +219,8 @@ def fit_sasrec(channel, paths: list[str], items: list[str], counts: np.ndarray, 
     resumed[f"{name}_windows"] = f"{len(paths) - len(todo)}/{len(paths)}"
     engine.map_tasks(lambda s: shard_windows(s, paths[s], items, max_len, split, kept,
                                              holds[s]), todo)
-    rows = sum(int(kept.load_meta(s)["rows"]) for s in range(len(paths)))
-    windows = WindowFiles.of([kept.path(s) for s in range(len(paths))], rows)
+    windows = WindowFiles.of([kept.path(s) for s in range(len(paths))],
+                             [int(kept.load_meta(s)["rows"]) for s in range(len(paths))])
     stopping = (joined_hold_out(kept, len(paths), str(channel.monitor), patience)
                 if patience else None)
     with use_engine(engine):  # the text initialisation embeds on the engine's embedder

@@ -1,14 +1,20 @@
-"""The text-embedding channels (``semantic_i2i``, ``semantic_user``) from the sharded log.
+"""The channels fitted from the catalog alone (``semantic_i2i``, ``semantic_user``,
+``llm_knowledge``) on the sharded log.
 
-Their fit reads no event: it embeds the catalog's item texts (through the LM cache and the
-engine's embedder: on the Ray engine the actor pool) and indexes the vectors; the only
-thing it takes from the log is each item's training count, the ranking a user with no
-history falls back to, which the shards' statistics pass has already summed. Recall then
-runs in the shards' tasks like every other channel's: the fitted channel (its vectors,
-index and neighbour table) travels to each task pickled.
+Their fit reads no event. The text-embedding channels embed the catalog's item texts
+(through the LM cache and the engine's embedder: on the Ray engine the actor pool) and
+index the vectors; the only thing they take from the log is each item's training count,
+the ranking a user with no history falls back to, which the shards' statistics pass has
+already summed. ``llm_knowledge`` generates each item's knowledge (on the engine's
+generator: on the Ray engine its actor pool, into the channel's store) and builds its
+item-to-item table from the enriched texts: its fit is the driver path's on a dataset of
+the vocabulary and catalog with no event (:func:`~llmrecall.engine.shard_split.catalog_only`).
+Recall then runs in the shards' tasks like every other channel's: the fitted channel (its
+vectors, index, neighbour table) travels to each task pickled.
 
-Same answers as the driver path: the same texts give the same vectors (the same cache
-entries), and the counts are the same integers.
+Same answers as the driver path: the same texts give the same vectors and the same
+generated knowledge (the same cache entries, keyed by the item's title and categories),
+and the counts are the same integers.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 import numpy as np
 
 #: channel kinds fitted from the catalog and the per-item counts alone
-TEXT_KINDS = ("semantic_i2i", "semantic_user")
+TEXT_KINDS = ("semantic_i2i", "semantic_user", "llm_knowledge")
 
 
 def check_text(name: str, params: dict[str, Any]) -> list[str]:
@@ -31,8 +37,9 @@ def check_text(name: str, params: dict[str, Any]) -> list[str]:
 
 
 def fit_text(channel, items: list[str], counts: np.ndarray, catalog: Any, engine) -> None:
-    """Fit the unfitted text ``channel`` (a :data:`TEXT_KINDS` kind) on the items' texts,
-    embedded by ``engine``'s embedder (on the Ray engine its actor pool).
+    """Fit the unfitted ``channel`` (a :data:`TEXT_KINDS` kind) on the items' texts,
+    embedded (and for ``llm_knowledge`` generated) by ``engine`` (on the Ray engine its
+    actor pools).
 
     Args:
         items: the item vocabulary (the loader's numbering), n_items raw ids.
@@ -46,6 +53,9 @@ def fit_text(channel, items: list[str], counts: np.ndarray, catalog: Any, engine
     if np.shape(counts) != (len(items),):
         raise ValueError(f"counts must have shape [{len(items)}], got {list(np.shape(counts))}")
     with use_engine(engine):
+        if channel.kind == "llm_knowledge":  # reads the catalog only, and no count
+            channel.fit(catalog_only(items, catalog))
+            return
         vectors = item_text_vectors(catalog_only(items, catalog), channel.embedder)
     # the driver path's fallback ranking is the float32 bincount of the training items:
     # the same integers

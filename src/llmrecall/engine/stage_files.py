@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,49 @@ class StageParts:
                       if k != "__meta__" and (names is None or k in names)}
             meta = json.loads(npz["__meta__"].tobytes().decode())
         return arrays, meta
+
+
+def read_rows(path: str | Path, name: str, start: int, stop: int,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of the C-ordered array ``name`` of a part written by
+    :meth:`StageParts.save`, reading only those rows' bytes: a part is an uncompressed
+    ``.npz`` (a zip of stored ``.npy`` members), so the rows are a byte range after the
+    member's header. They are read into ``out`` when given (C-contiguous, exactly that
+    many rows of the array's row shape and dtype: a caller gathering rows from several
+    parts allocates once) and returned. Memory: the rows, and a 16 MB read buffer."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(member)
+        if fortran or not shape:
+            raise ValueError(f"{path}: {name} is not a C-ordered array with rows")
+        start, stop = max(0, start), min(int(shape[0]), stop)
+        wanted = (max(0, stop - start), *shape[1:])
+        if out is None:
+            out = np.empty(wanted, dtype)
+        elif out.shape != wanted or out.dtype != dtype or not out.flags.c_contiguous:
+            raise ValueError(f"{path}: {name} rows {start}:{stop} are {dtype}{wanted}, "
+                             f"not the {out.dtype}{out.shape} given")
+        if out.size:
+            member.seek(member.tell() + start * (out.nbytes // len(out)))
+            view = memoryview(out.reshape(-1).view(np.uint8).data)
+            # in pieces: a zip member's read() copies what it returns
+            for at in range(0, len(view), _READ_CHUNK):
+                piece = member.read(min(_READ_CHUNK, len(view) - at))
+                view[at:at + len(piece)] = piece
+    return out
+
+
+def row_layout(path: str | Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` of the array ``name`` of a part, from its header alone."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _fortran, dtype = read_header(member)
+    return tuple(int(v) for v in shape), dtype
+
+
+#: bytes :func:`read_rows` reads at a time
+_READ_CHUNK = 1 << 24

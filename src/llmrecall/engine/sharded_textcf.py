@@ -1,0 +1,145 @@
+"""textcf from the sharded log: the training graph gathered and trained by one reducer.
+
+Every textcf step propagates over the whole user x item graph (LightGCN layers), so its
+training needs the graph in one process (docs/scale-out.md, "What stays single-node");
+what the shards take off the driver is the log. As ALS's fit
+(:mod:`llmrecall.engine.sharded_als`), it is one streamed shuffle with one reducer:
+
+* **map** (one task per history shard): the shard's binary training matrix, its users'
+  history weights (:meth:`~llmrecall.channels.textcf.TextCF.history_weights`: a user's row
+  reads that user's history alone, so a shard computes its users' rows of the whole), and
+  each user's first place in the log;
+* **reduce** (one task): the pieces gathered one at a time, the users numbered by their
+  first place (the loader's numbering), the two matrices built, and the channel's own
+  :meth:`~llmrecall.channels.textcf.TextCF.fit_matrices` run on them; it writes the item
+  side (the item layers, unit item vectors, training users per item) and the trained MLP's
+  weights to the run folder, so a rerun trains nothing.
+
+The driver embeds the catalog's item texts on the engine's embedder (on the Ray engine
+its actor pool, through the LM cache), which the reducer gets with its function; the
+fallback ranking is the items' training counts the shards' statistics pass already
+summed. textcf recomputes a user's vector from the history it is given at recall, so the
+recall tasks need only the item side: no per-user state leaves the reducer.
+
+Same model as the in-process fit: the same matrices in the same order (so the same
+training pairs, batches and seed), the same text vectors. The reducer trains in one
+process: the data-parallel Ray Train fit (:func:`~llmrecall.engine.ray_engine.train_textcf`)
+is the driver path's.
+
+Memory: a map holds its shard; the reducer holds the graph as the in-process fit does
+(the binary matrix and the history weights, about 12 bytes a distinct training pair each,
+the normalised bipartite adjacency, 24 more, and with ``user_init = "text"`` each user's
+mean text, ``4 t`` bytes a user for the embedder's ``t`` dimensions), plus the text
+vectors (``4 t`` bytes an item).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from llmrecall.engine.shard_split import read_shard
+from llmrecall.engine.sharded_als import first_places, numbers_by_first_place
+from llmrecall.engine.stage_files import StageParts, channel_params, digest
+
+#: channel kinds fitted here
+TEXTCF_KINDS = ("textcf",)
+
+#: the item side :meth:`~llmrecall.channels.textcf.TextCF.fit_matrices` returns
+ITEM_SIDE = ("item_layers", "item_vectors", "item_degree")
+#: the prefix of the trained MLP's weights among a kept part's arrays
+MLP_PREFIX = "mlp."
+
+Columns = dict[str, np.ndarray]
+
+
+def textcf_shard_map(path: str, items: list[str], params: dict[str, Any],
+                     split: bool = True) -> list[Columns]:
+    """One shard's part of textcf's training graph as one piece, users in the shard's
+    numbering: ``user``/``item`` int32 the distinct training pairs (user-major, items
+    ascending), ``w_user``/``w_item`` int32 and ``weight`` float32 the nonzero history
+    weights (same order), ``first`` int64[users] each user's first place in the log.
+    ``params``: the channel's parameters (the tasks get them, not the channel)."""
+    from llmrecall.channels.textcf import TextCF
+    from llmrecall.data.dataset import Histories
+
+    shard = read_shard(path, items, split)
+    history = Histories.from_interactions(shard.train, shard.n_users, len(items))
+    user_items = history.matrix()
+    weights = TextCF(**params).history_weights(history, user_items).tocoo()
+    pairs = user_items.tocoo()
+    return [{"user": pairs.row.astype(np.int32), "item": pairs.col.astype(np.int32),
+             "w_user": weights.row.astype(np.int32), "w_item": weights.col.astype(np.int32),
+             "weight": weights.data.astype(np.float32), "first": first_places(path)}]
+
+
+def gathered_graph(pieces: Iterator[Columns], n_items: int,
+                   ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``(user_items, mean_rows)``: float32 CSR [users, n_items] each, the binary training
+    matrix and the history weights of every shard's users, numbered by their first place
+    in the log (the loader's first-appearance order), indices sorted in every row (as the
+    in-process ``history.matrix()`` gives them)."""
+    pairs: dict[str, list[np.ndarray]] = {"user": [], "item": [], "w_user": [], "w_item": [],
+                                          "weight": []}
+    firsts, offset = [], 0
+    for piece in pieces:
+        for key in ("user", "w_user"):
+            pairs[key].append(piece[key].astype(np.int64) + offset)
+        for key in ("item", "w_item", "weight"):
+            pairs[key].append(piece[key])
+        firsts.append(piece["first"])
+        offset += len(piece["first"])
+    number = numbers_by_first_place(firsts)
+    joined = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in pairs.items()}
+    shape = (len(number), n_items)
+    user_items = sp.csr_matrix((np.ones(len(joined["user"]), np.float32),
+                                (number[joined["user"]], joined["item"])), shape=shape)
+    mean_rows = sp.csr_matrix((joined["weight"].astype(np.float32),
+                               (number[joined["w_user"]], joined["w_item"])), shape=shape)
+    for matrix in (user_items, mean_rows):
+        matrix.sort_indices()
+    return user_items, mean_rows
+
+
+def fit_textcf(channel, paths: list[str], items: list[str], counts: np.ndarray, catalog: Any,
+               engine, run: Path, resumed: dict[str, Any], name: str,
+               split: bool = True) -> None:
+    """Fit ``channel`` (an unfitted :class:`~llmrecall.channels.textcf.TextCF`) from the
+    shards ``paths`` (module docstring). ``counts`` float64[n_items]: each item's training
+    events summed over the shards (the fallback ranking); ``catalog``: the items'
+    :class:`~llmrecall.data.dataset.Catalog`. The trained state is kept under ``run``;
+    ``resumed[f"{name}_model"]`` says whether it was found there."""
+    from llmrecall.channels.text_features import item_text_vectors
+    from llmrecall.channels.textcf import TextCF, _mlp
+    from llmrecall.engine.local import use_engine
+    from llmrecall.engine.shard_split import catalog_only
+
+    if np.shape(counts) != (len(items),):
+        raise ValueError(f"counts must have shape [{len(items)}], got {list(np.shape(counts))}")
+    with use_engine(engine):  # the catalog embedded on the engine's embedder
+        text = item_text_vectors(catalog_only(items, catalog), channel.embedder)
+    params = channel.get_params()
+    n_items = len(items)
+    kept = StageParts(run, channel.kind, digest(channel_params(channel), split))
+    resumed[f"{name}_model"] = kept.has(0)
+    if not kept.has(0):
+        def reduce(_p: int, pieces: Iterator[Columns]) -> None:
+            user_items, mean_rows = gathered_graph(pieces, n_items)
+            mlp, item_side = TextCF(**params).fit_matrices(text, user_items, mean_rows)
+            weights = {MLP_PREFIX + k: v.detach().numpy() for k, v in mlp.state_dict().items()}
+            kept.save(0, {**item_side, **weights},
+                      {"users": user_items.shape[0], "pairs": int(user_items.nnz)})
+
+        engine.shuffle_streamed(lambda path: textcf_shard_map(path, items, params, split),
+                                paths, reduce, 1)
+    import torch
+
+    arrays = kept.load(0)[0]
+    mlp = _mlp(text.shape[1], channel.hidden, channel.dim)
+    mlp.load_state_dict({k[len(MLP_PREFIX):]: torch.from_numpy(np.array(v))
+                         for k, v in arrays.items() if k.startswith(MLP_PREFIX)})
+    channel.install(text, mlp, {k: arrays[k] for k in ITEM_SIDE}, counts.astype(np.float32))
