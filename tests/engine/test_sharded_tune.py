@@ -59,6 +59,24 @@ def test_the_sharded_objective_scores_what_the_one_process_objective_scores(
                              config, "coverage@100")
 
 
+def test_the_sharded_objective_reads_each_shards_bpr_user_factors(ml100k_files, tmp_path):
+    """BPR's per-user factors are kept per shard: each shard's validation lists are
+    recalled with its own users' factors, so the sharded objective is the one-process
+    one exactly (BPR trains on one thread with one seed)."""
+    folder, spec = ml100k_files
+    config = PipelineConfig.model_validate({"fusion": {"k": 100, "channel_k": 150},
+                                            "channels": [{"kind": "bpr", "params": {
+                                                "factors": 16, "iterations": 20}}]})
+    split = make_split(load_dataset_toml(folder / "data.toml"), "loo", 0)
+    driver = ValidationObjective(split.train, split.valid, config, "recall@100")
+    engine = Engine()
+    with open_sharded_log(spec, engine, tmp_path, shard_events=30_000) as log:
+        sharded = ShardedObjective(ShardedLog(log.shards.paths, log.items, engine, log.run,
+                                              2**20), config, "recall@100")
+        value = driver.evaluate(config)
+        assert value > 0.1 and sharded.evaluate(config) == pytest.approx(value, abs=1e-12)
+
+
 def test_tune_sharded_runs_the_study_and_compares_on_test(ml100k_files, tmp_path):
     """The study and its test comparison, with EDLAE and ALS fitted from the shards too."""
     _folder, spec = ml100k_files

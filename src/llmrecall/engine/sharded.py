@@ -49,15 +49,16 @@ trained from training windows built per shard and read by the trainers themselve
 (:mod:`llmrecall.engine.sharded_sasrec`; early stopping on a hold-out drawn in every
 shard).
 
-**ALS** is factorised by one reducer that gathers the training matrix
-(:mod:`llmrecall.engine.sharded_als`), **textcf** trained by one reducer that gathers its
-training graph (:mod:`llmrecall.engine.sharded_textcf`). **The catalog's channels**
-``semantic_i2i``, ``semantic_user`` and ``llm_knowledge`` embed (and generate) the
+**ALS** and **BPR** are factorised by one reducer that gathers the training matrix
+(:mod:`llmrecall.engine.sharded_als`; BPR's user factors are written back per shard and
+read by each shard's task, :mod:`llmrecall.engine.shard_users`), **textcf** trained by
+one reducer that gathers its training graph (:mod:`llmrecall.engine.sharded_textcf`).
+**The catalog's channels** ``semantic_i2i``, ``semantic_user`` and ``llm_knowledge`` embed (and generate) the
 catalog's texts on the driver (the engine's embedder and generator) and are recalled in
 the shard tasks from a pickled copy (:mod:`llmrecall.engine.sharded_text`).
 
 What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf``, ``swing``,
-``ease``, ``edlae``, ``als``, ``sasrec``, ``textcf``, ``semantic_i2i``,
+``ease``, ``edlae``, ``als``, ``bpr``, ``sasrec``, ``textcf``, ``semantic_i2i``,
 ``semantic_user`` (not on Milvus) and ``llm_knowledge``, fusion by weights or
 ``learned`` (fitted on a sample of validation users from every shard:
 :mod:`llmrecall.engine.sharded_fusion`), no item filters, logs with user, item and a
@@ -293,10 +294,12 @@ def shard_metrics(path: str, items: list[str], pipeline, on: str, ks) -> dict[st
     """The pipeline's lists for one shard's ``on`` ("test" or "valid") users, scored:
     ``sums[list][metric]`` (the mean times the users), ``tops[list][k]`` (the distinct
     items in the users' top ``k``), ``users`` and ``recall_seconds`` per channel."""
+    from llmrecall.engine.shard_users import for_shard
     from llmrecall.evaluate.experiment import recall_task, score_and_fuse
 
     n_items = len(items)
     task = shard_task(path, items, on)
+    pipeline = for_shard(pipeline, path)  # per-user rows kept per shard (BPR's factors)
     n = len(task.users)
     if n == 0:
         return {"users": 0, "sums": {}, "tops": {}, "recall_seconds": {}}

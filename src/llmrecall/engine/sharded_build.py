@@ -6,9 +6,9 @@ With ``[engine] log = "sharded"``, ``llmrecall build --data SPEC.toml`` writes t
 (:mod:`llmrecall.engine.sharded`):
 
 1. the log's files shuffled into per-user history shards (reused from ``work_dir``);
-2. the channels (``popularity``, ``itemcf``, ``swing``, ``ease``, ``edlae``, ``als``, ``sasrec``,
-   ``semantic_i2i``, ``semantic_user``)
-   fitted from the shards' every row (as ``build`` fits on all data), on the engine's tasks, their
+2. the channels (those :data:`~llmrecall.engine.sharded.SHARDED_KINDS` names) fitted from
+   the shards' every row (BPR's user factors, kept per shard, put into the artifact in
+   its user order) (as ``build`` fits on all data), on the engine's tasks, their
    results kept in ``work_dir`` as for a sharded ``evaluate``; with ``[fusion] method =
    "learned"`` the fusion is fitted first, as the driver path fits it: the channels on the
    ``loo`` train part, the fusion on a sample of validation users from every shard
@@ -69,6 +69,7 @@ def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *
     the shards (not the fits: those are on its training split).
     """
     from llmrecall.data.loaders import read_catalog
+    from llmrecall.engine.shard_users import install_all_users
     from llmrecall.pipeline import RecallPipeline
     from llmrecall.serve.artifacts import write_version
 
@@ -98,6 +99,8 @@ def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *
                                                reducer_bytes, log.run, resumed, split=False,
                                                catalog=lambda: catalog)
         pipeline.fusion_model_, pipeline.fusion_seconds_ = model, fusion_seconds
+        # per-user rows kept per shard (BPR's factors) into the artifact, in its user order
+        install_all_users(pipeline.channels)
 
         def write_data(version: Path) -> None:
             (version / "items.json").write_text(json.dumps(items))

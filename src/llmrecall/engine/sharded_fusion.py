@@ -48,9 +48,11 @@ def shard_fusion_sample(shard: int, path: str, items: list[str], pipeline, rate:
     """Recall shard ``shard``'s sampled validation users (module docstring, step 1) and
     write ``ids/<channel>`` int32[s, k_c], ``target_indptr`` / ``target_items`` (the
     targets' CSR rows) and ``lengths`` int64[s] to ``kept``; returns ``s``."""
+    from llmrecall.engine.shard_users import for_shard
     from llmrecall.evaluate.experiment import recall_task
 
     task = shard_task(path, items, "valid")
+    pipeline = for_shard(pipeline, path)  # per-user rows kept per shard (BPR's factors)
     keep = np.random.default_rng([seed, shard]).random(len(task.users)) < rate
     sample = task.take(np.flatnonzero(keep))
     lists = recall_task(pipeline, sample) if len(sample.users) else None

@@ -67,9 +67,11 @@ def shard_lists(shard: int, path: str, items: list[str], channel, k: int,
     """Recall shard ``shard``'s validation users with the fitted ``channel``; write the ids
     (int32[users, k], -1 padded) to ``kept`` with the users' targets (CSR ``indptr`` and
     ``indices``, so a trial reads no shard) and return the number of users."""
+    from llmrecall.engine.shard_users import for_shard
     from llmrecall.evaluate.runner import rank_task
 
     task = shard_task(path, items, "valid")
+    channel = for_shard(channel, path)  # per-user rows kept per shard (BPR's factors)
     ids = rank_task(channel, task, k) if len(task.users) else np.zeros((0, k), np.int32)
     targets = task.targets.tocsr()
     kept.save(shard, {"ids": ids, "target_indptr": targets.indptr,
