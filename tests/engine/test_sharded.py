@@ -433,8 +433,9 @@ def test_sharded_textcf_is_the_in_process_model(ml100k_catalog_files, tmp_path, 
     """textcf from the shards (its training graph gathered by one reducer, users numbered by
     their first place in the log): the in-process fit's matrices entry for entry (the binary
     training matrix and the recency-weighted history weights), its item side and MLP (the
-    same pairs, batches and seed) bit for bit, the same report to 1e-12 with every task given a pickled
-    copy; a rerun trains nothing."""
+    same pairs, batches and seed) bit for bit, the same report to 1e-12 with every task
+    given a pickled copy; a rerun trains nothing; trained through a ``train_textcf`` hook (Ray's path) from
+    the reducer's graph file, the same item side bit for bit."""
     import pickle
 
     import cloudpickle
@@ -497,6 +498,31 @@ def test_sharded_textcf_is_the_in_process_model(ml100k_catalog_files, tmp_path, 
             assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12), \
                 (name, metric)
     assert driver["results"]["textcf"]["recall@50"] > 0.1  # trained, not empty lists
+
+    class FileTrainingEngine(PicklingEngine):
+        """A ``train_textcf`` hook as a Ray Train worker runs it (world 1): the graph read
+        from the reducer's file, the channel's own steps."""
+
+        graphs: list = []
+
+        def train_textcf(self, channel, mlp, graph):
+            from llmrecall.channels.textcf import _layer0
+
+            torch.set_num_threads(1)
+            self.graphs.append(graph)
+            loaded = pickle.loads(cloudpickle.dumps(graph)).load(channel)
+            channel.train_steps(_layer0(mlp, loaded, channel.user_init), loaded,
+                                np.random.default_rng(channel.seed))
+            return mlp
+
+    trained, resumed = RecallPipeline(config).channels["textcf"], {}
+    engine = FileTrainingEngine()
+    fit_textcf(trained, shards.paths, items, counts.astype(np.float64), dataset.catalog,
+               engine, tmp_path / "run-files", resumed, "textcf")
+    assert len(engine.graphs) == 1 and engine.graphs[0].path.endswith(".npz")
+    for name in ("item_layers_", "item_vectors_", "item_degree_"):
+        np.testing.assert_array_equal(getattr(trained, name), getattr(local, name),
+                                      err_msg=name)
 
 
 def test_candidate_ranges_bound_the_reducer_block():

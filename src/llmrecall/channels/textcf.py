@@ -324,13 +324,31 @@ class TextCF(Channel, AddsItems, CachesUsers):
         from ``seed``)."""
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
-        torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
+        graph = self.training_graph(text, user_items, mean_rows)
+        mlp = self.initial_mlp(text.shape[1])
+        if train is None:
+            rng = np.random.default_rng(self.seed)
+            with progress.task(f"fit {self.name}", self.total_steps(graph), "step") as bar:
+                self.train_steps(_layer0(mlp, graph, self.user_init), graph, rng,
+                                 on_step=lambda *_: bar.advance())
+        else:
+            mlp = train(self, mlp, graph)
+        return mlp, self.item_side(mlp, graph)
+
+    def initial_mlp(self, text_dim: int):
+        """The untrained MLP for ``text_dim``-d text vectors, drawn from torch's generator
+        seeded from ``seed`` here (the same network wherever it is made)."""
+        _torch().manual_seed(self.seed)
+        return _mlp(text_dim, self.hidden, self.dim)
+
+    def training_graph(self, text: np.ndarray, user_items: sp.csr_matrix,
+                       mean_rows: sp.csr_matrix) -> TrainingGraph:
+        """The :class:`TrainingGraph` of :meth:`fit_matrices`' arguments (the same for
+        equal entries in any column order within a row)."""
         coo = user_items.tocoo()
         if coo.nnz == 0:
             raise DataError("textcf: the training data has no interactions")
         adjacency = _bipartite(_normalised(user_items))
-        n_users = user_items.shape[0]
         # canonical column order: a sparse product's rows come out in whatever order it
         # made them, and the float sums of mean_rows @ text follow it; sorted, equal
         # weights give equal sums however they were computed (here or gathered from shards)
@@ -338,15 +356,14 @@ class TextCF(Channel, AddsItems, CachesUsers):
         # the same history weights recall uses (user_vectors), so training and recall agree
         user_text = np.asarray(mean_rows @ text, dtype=np.float32) \
             if self.user_init == "text" else None
-        graph = TrainingGraph(text, user_text, mean_rows, adjacency,
-                              coo.row.astype(np.int64), coo.col.astype(np.int64))
-        mlp = _mlp(text.shape[1], self.hidden, self.dim)
-        if train is None:
-            with progress.task(f"fit {self.name}", self.total_steps(graph), "step") as bar:
-                self.train_steps(_layer0(mlp, graph, self.user_init), graph, rng,
-                                 on_step=lambda *_: bar.advance())
-        else:
-            mlp = train(self, mlp, graph)
+        return TrainingGraph(text, user_text, mean_rows, adjacency,
+                             coo.row.astype(np.int64), coo.col.astype(np.int64))
+
+    def item_side(self, mlp, graph: TrainingGraph) -> dict[str, np.ndarray]:
+        """What recall reads of the item side after training ``mlp`` on ``graph`` (see
+        :meth:`fit_matrices`); puts ``mlp`` in eval mode."""
+        torch = _torch()
+        n_users, adjacency = graph.n_users, graph.adjacency
         layer0 = _layer0(mlp, graph, self.user_init)
         mlp.eval()
         with torch.no_grad():
@@ -358,10 +375,11 @@ class TextCF(Channel, AddsItems, CachesUsers):
             layer_list.append(current[n_users:])
         item_final = _light_propagation(adjacency, z0, self.layers)[n_users:] \
             if self.propagate_items else z0[n_users:]
-        return mlp, {"item_layers": np.stack(layer_list).astype(np.float32),
-                     "item_vectors": unit_rows(item_final),
-                     "item_degree": np.asarray(user_items.sum(axis=0)).ravel()
-                     .astype(np.float32)}
+        # a pair per (user, item) of the binary matrix: its column sums
+        degree = np.bincount(graph.pairs_i, minlength=len(graph.text))
+        return {"item_layers": np.stack(layer_list).astype(np.float32),
+                "item_vectors": unit_rows(item_final),
+                "item_degree": degree.astype(np.float32)}
 
     def install(self, text: np.ndarray, mlp: Any, item_side: Mapping[str, np.ndarray],
                 popularity_counts: np.ndarray) -> None:

@@ -538,7 +538,10 @@ def _textcf_worker(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     channel = config["channel_type"](**config["params"])
     torch.set_num_threads(min(channel.threads, 2))
-    graph = ray.get(config["graph"])  # read-only, zero-copy from the node's object store
+    # the driver's graph, read-only and zero-copy from the node's object store, or the
+    # sharded log's graph file, read and built here
+    graph = config["graph"]
+    graph = graph.load(channel) if hasattr(graph, "load") else ray.get(graph)
     mlp = _mlp(graph.text.shape[1], channel.hidden, channel.dim)
     resumed = _last_train_state()
     mlp.load_state_dict({k: torch.from_numpy(np.array(v))
@@ -732,7 +735,8 @@ def train_textcf(channel, mlp, graph, workers: int | tuple[int, int] = 2,
     otherwise, and amplified over the steps). ``graph``
     (:class:`~llmrecall.channels.textcf.TrainingGraph`) goes to the object store once and
     every worker reads all of it (zero-copy on a node): each step propagates over the whole
-    graph.
+    graph. The sharded log's :class:`~llmrecall.engine.sharded_textcf.GraphFile` is read
+    and built into the graph by each worker instead, never passing through the driver.
 
     Rank 0 checkpoints every ``checkpoint_steps`` steps and after the last; a run whose
     worker dies is started again (at most ``max_failures`` times) from the last
@@ -742,7 +746,8 @@ def train_textcf(channel, mlp, graph, workers: int | tuple[int, int] = 2,
         raise ConfigError(f"textcf: checkpoint_steps must be >= 1, got {checkpoint_steps}")
     initial = {k: v.detach().numpy() for k, v in mlp.state_dict().items()}
     config = {"channel_type": type(channel), "params": channel.get_params(),
-              "initial": ray.put(initial), "graph": ray.put(graph),
+              "initial": ray.put(initial),
+              "graph": graph if hasattr(graph, "load") else ray.put(graph),
               "checkpoint_steps": checkpoint_steps}
     digest = inputs_digest(type(channel), channel.get_params(), initial, graph,
                            checkpoint_steps, workers, cpus_per_worker) if storage else None

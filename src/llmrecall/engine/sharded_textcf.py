@@ -10,10 +10,16 @@ what the shards take off the driver is the log. As ALS's fit
   reads that user's history alone, so a shard computes its users' rows of the whole), and
   each user's first place in the log;
 * **reduce** (one task): the pieces gathered one at a time, the users numbered by their
-  first place (the loader's numbering), the two matrices built, and the channel's own
-  :meth:`~llmrecall.channels.textcf.TextCF.fit_matrices` run on them; it writes the item
-  side (the item layers, unit item vectors, training users per item) and the trained MLP's
-  weights to the run folder, so a rerun trains nothing.
+  first place (the loader's numbering) and the two matrices built. On the local engine it
+  runs the channel's own :meth:`~llmrecall.channels.textcf.TextCF.fit_matrices` on them
+  and writes the item side (the item layers, unit item vectors, training users per item)
+  and the trained MLP's weights to the run folder, so a rerun trains nothing.
+* **on Ray** the reducer writes the two matrices to the run folder instead
+  (:class:`GraphFile`); the Ray Train workers read the file themselves (never through the
+  driver), build the training graph from it and train data-parallel
+  (:func:`~llmrecall.engine.ray_engine.train_textcf`, as on the driver path: each worker
+  its anchors of every batch); one more task reads the file and the trained weights and
+  writes the item side.
 
 The driver embeds the catalog's item texts on the engine's embedder (on the Ray engine
 its actor pool, through the LM cache), which the reducer gets with its function; the
@@ -22,11 +28,11 @@ summed. textcf recomputes a user's vector from the history it is given at recall
 recall tasks need only the item side: no per-user state leaves the reducer.
 
 Same model as the in-process fit: the same matrices in the same order (so the same
-training pairs, batches and seed), the same text vectors. The reducer trains in one
-process: the data-parallel Ray Train fit (:func:`~llmrecall.engine.ray_engine.train_textcf`)
-is the driver path's.
+training pairs, batches and seed), the same text vectors; bit for bit on the local
+engine, to float summation on Ray Train (as the driver path's data-parallel fit).
 
-Memory: a map holds its shard; the reducer holds the graph as the in-process fit does
+Memory: a map holds its shard; the reducer (and on Ray each training worker and the item
+side's task) holds the graph as the in-process fit does
 (the binary matrix and the history weights, about 12 bytes a distinct training pair each,
 the normalised bipartite adjacency, 24 more, and with ``user_init = "text"`` each user's
 mean text, ``4 t`` bytes a user for the embedder's ``t`` dimensions), plus the text
@@ -36,6 +42,7 @@ vectors (``4 t`` bytes an item).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +51,7 @@ import scipy.sparse as sp
 
 from llmrecall.engine.shard_split import read_shard
 from llmrecall.engine.sharded_als import first_places, numbers_by_first_place
-from llmrecall.engine.stage_files import StageParts, channel_params, digest
+from llmrecall.engine.stage_files import StageParts, channel_params, digest, files_signature
 
 #: channel kinds fitted here
 TEXTCF_KINDS = ("textcf",)
@@ -105,6 +112,67 @@ def gathered_graph(pieces: Iterator[Columns], n_items: int,
     return user_items, mean_rows
 
 
+@dataclass(frozen=True)
+class GraphFile:
+    """textcf's training matrices as a file the Ray Train workers read themselves:
+    ``path`` (one :class:`~llmrecall.engine.stage_files.StageParts` part, written by the
+    reducer: the binary matrix's and the history weights' CSR arrays), its ``signature``
+    (path, size, modification time: what a Ray Train run's resume digest reads instead of
+    its bytes) and ``text`` float32[n_items, t], the catalog's text vectors."""
+
+    path: str
+    signature: tuple[tuple[str, int, int], ...]
+    text: np.ndarray
+
+    @classmethod
+    def of(cls, path: Path, text: np.ndarray) -> GraphFile:
+        signature = tuple((p, size, mtime) for p, size, mtime in files_signature([path]))
+        return cls(str(path), signature, text)
+
+    def load(self, channel):
+        """The :class:`~llmrecall.channels.textcf.TrainingGraph` ``channel`` (a
+        :class:`~llmrecall.channels.textcf.TextCF`) trains on."""
+        return channel.training_graph(self.text, *read_graph(self.path, len(self.text)))
+
+
+def save_graph(kept: StageParts, user_items: sp.csr_matrix, mean_rows: sp.csr_matrix) -> None:
+    """Write :func:`gathered_graph`'s matrices as part 0 of ``kept``."""
+    kept.save(0, {"user_indptr": user_items.indptr, "user_indices": user_items.indices,
+                  "weight_indptr": mean_rows.indptr, "weight_indices": mean_rows.indices,
+                  "weight_data": mean_rows.data},
+              {"users": user_items.shape[0], "pairs": int(user_items.nnz)})
+
+
+def read_graph(path: str, n_items: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``(user_items, mean_rows)`` as :func:`save_graph` wrote them."""
+    with np.load(path, allow_pickle=False) as npz:
+        users = int(len(npz["user_indptr"]) - 1)
+        user_items = sp.csr_matrix((np.ones(len(npz["user_indices"]), np.float32),
+                                    npz["user_indices"], npz["user_indptr"]),
+                                   shape=(users, n_items))
+        mean_rows = sp.csr_matrix((npz["weight_data"], npz["weight_indices"],
+                                   npz["weight_indptr"]), shape=(users, n_items))
+    return user_items, mean_rows
+
+
+def item_side_task(params: dict[str, Any], graph: GraphFile,
+                   weights: dict[str, np.ndarray], kept: StageParts) -> int:
+    """Write the item side of the MLP with ``weights`` trained on ``graph`` and those
+    weights to ``kept`` (part 0, as the local reducer writes it); returns the items."""
+    import torch
+
+    from llmrecall.channels.textcf import TextCF, _mlp
+
+    channel = TextCF(**params)
+    loaded = graph.load(channel)
+    mlp = _mlp(graph.text.shape[1], channel.hidden, channel.dim)
+    mlp.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+    kept.save(0, {**channel.item_side(mlp, loaded),
+                  **{MLP_PREFIX + k: v for k, v in weights.items()}},
+              {"users": loaded.n_users, "pairs": len(loaded.pairs_u)})
+    return len(graph.text)
+
+
 def fit_textcf(channel, paths: list[str], items: list[str], counts: np.ndarray, catalog: Any,
                engine, run: Path, resumed: dict[str, Any], name: str,
                split: bool = True) -> None:
@@ -124,9 +192,11 @@ def fit_textcf(channel, paths: list[str], items: list[str], counts: np.ndarray, 
         text = item_text_vectors(catalog_only(items, catalog), channel.embedder)
     params = channel.get_params()
     n_items = len(items)
-    kept = StageParts(run, channel.kind, digest(channel_params(channel), split))
+    key = digest(channel_params(channel), split)
+    kept = StageParts(run, channel.kind, key)
     resumed[f"{name}_model"] = kept.has(0)
-    if not kept.has(0):
+    train = getattr(engine, "train_textcf", None)  # Ray Train: the graph goes to a file
+    if not kept.has(0) and train is None:
         def reduce(_p: int, pieces: Iterator[Columns]) -> None:
             user_items, mean_rows = gathered_graph(pieces, n_items)
             mlp, item_side = TextCF(**params).fit_matrices(text, user_items, mean_rows)
@@ -136,6 +206,16 @@ def fit_textcf(channel, paths: list[str], items: list[str], counts: np.ndarray, 
 
         engine.shuffle_streamed(lambda path: textcf_shard_map(path, items, params, split),
                                 paths, reduce, 1)
+    elif not kept.has(0) and train is not None:
+        graph_parts = StageParts(run, f"{channel.kind}-graph", key)
+        if not graph_parts.has(0):
+            engine.shuffle_streamed(
+                lambda path: textcf_shard_map(path, items, params, split), paths,
+                lambda _p, pieces: save_graph(graph_parts, *gathered_graph(pieces, n_items)), 1)
+        graph = GraphFile.of(graph_parts.path(0), text)
+        mlp = train(channel, channel.initial_mlp(text.shape[1]), graph)
+        weights = {k: v.detach().numpy() for k, v in mlp.state_dict().items()}
+        engine.map_tasks(lambda _i: item_side_task(params, graph, weights, kept), [0])
     import torch
 
     arrays = kept.load(0)[0]
