@@ -5,6 +5,7 @@ writes the tuned config and the test comparison."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import pytest
 from typer.testing import CliRunner
@@ -25,20 +26,28 @@ CONFIG = {"fusion": {"k": 100, "channel_k": 150},
                        {"kind": "swing", "weight": 0.7, "params": {"max_users_per_item": 40}}]}
 
 
+@contextmanager
+def both_objectives(files, tmp_path, config: PipelineConfig, engine):
+    """``(driver, sharded, log)``: the one-process validation objective of ``config``
+    (recall@100) on the loaded log ``files``, and the sharded one on its shards (about
+    30,000 events each) in ``tmp_path``, with the open sharded log."""
+    folder, spec = files
+    split = make_split(load_dataset_toml(folder / "data.toml"), "loo", 0)
+    driver = ValidationObjective(split.train, split.valid, config, "recall@100")
+    with open_sharded_log(spec, engine, tmp_path, shard_events=30_000) as log:
+        yield driver, ShardedObjective(ShardedLog(log.shards.paths, log.items, engine,
+                                                  log.run, 2**20), config, "recall@100"), log
+
+
 def test_the_sharded_objective_scores_what_the_one_process_objective_scores(
         ml100k_files, tmp_path):
     """ml-100k as three Parquet files, 4 shards: the validation recall@100 of the config
     and of two other fusions equals the one-process tuner's to one user (a near-tie in a
     co-occurrence may swap a neighbour); the lists are fitted and recalled once per
     channel, every trial after reads them."""
-    folder, spec = ml100k_files
     config = PipelineConfig.model_validate(CONFIG)
-    split = make_split(load_dataset_toml(folder / "data.toml"), "loo", 0)
-    driver = ValidationObjective(split.train, split.valid, config, "recall@100")
     engine = Engine()
-    with open_sharded_log(spec, engine, tmp_path, shard_events=30_000) as log:
-        sharded = ShardedObjective(ShardedLog(log.shards.paths, log.items, engine, log.run,
-                                              2**20), config, "recall@100")
+    with both_objectives(ml100k_files, tmp_path, config, engine) as (driver, sharded, log):
         assert len(log.shards.paths) == 4 and sharded.n_users == driver.n_users == 943
         others = [config.model_copy(update={"channels": [
             c.model_copy(update={"weight": w}) for c, w in zip(config.channels, weights)]})
@@ -63,16 +72,10 @@ def test_the_sharded_objective_reads_each_shards_bpr_user_factors(ml100k_files, 
     """BPR's per-user factors are kept per shard: each shard's validation lists are
     recalled with its own users' factors, so the sharded objective is the one-process
     one exactly (BPR trains on one thread with one seed)."""
-    folder, spec = ml100k_files
     config = PipelineConfig.model_validate({"fusion": {"k": 100, "channel_k": 150},
                                             "channels": [{"kind": "bpr", "params": {
                                                 "factors": 16, "iterations": 20}}]})
-    split = make_split(load_dataset_toml(folder / "data.toml"), "loo", 0)
-    driver = ValidationObjective(split.train, split.valid, config, "recall@100")
-    engine = Engine()
-    with open_sharded_log(spec, engine, tmp_path, shard_events=30_000) as log:
-        sharded = ShardedObjective(ShardedLog(log.shards.paths, log.items, engine, log.run,
-                                              2**20), config, "recall@100")
+    with both_objectives(ml100k_files, tmp_path, config, Engine()) as (driver, sharded, _log):
         value = driver.evaluate(config)
         assert value > 0.1 and sharded.evaluate(config) == pytest.approx(value, abs=1e-12)
 
