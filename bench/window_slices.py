@@ -9,9 +9,9 @@ synth`` folder) less the held-out newest give ``ceil((n - 1) / max_len)`` window
 the history shards are. Each shard's file is written as the windows task writes it
 (:class:`~llmrecall.engine.stage_files.StageParts`, random item ids: what is measured does
 not depend on them). Then, for each number of workers, one fresh process per measured rank
-reads what a Ray Train worker reads before it trains: ``WindowFiles.load()`` (every file,
-what each worker read before slicing, and what the local engine's one process reads) or
-``WindowFiles.load_slice(rank, world)``. Reported: the rows held, their bytes, the
+reads what a Ray Train worker reads before it trains: every file whole, joined (what each
+worker read before slicing: ``np.load`` of each file's windows, then one concatenation)
+or ``WindowFiles.load_slice(rank, world)``. Reported: the rows held, their bytes, the
 process's resident set before reading (the interpreter, numpy and llmrecall's modules),
 what reading added to it, its peak resident set while reading (``VmHWM``, reset through
 ``/proc/self/clear_refs`` just before: the transient copies included) less the resident
@@ -37,7 +37,11 @@ before = psutil.Process().memory_info().rss
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # Linux: the peak resident set (VmHWM) starts again from the current one
 start = time.perf_counter()
-rows = files.load() if world == 0 else files.load_slice(rank, world)
+if world == 0:  # what every worker read before slicing: each file whole, then joined
+    import numpy as np
+    rows = np.concatenate([np.load(p, allow_pickle=False)["windows"] for p in files.paths])
+else:
+    rows = files.load_slice(rank, world)
 seconds = time.perf_counter() - start
 after = psutil.Process().memory_info().rss
 peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
@@ -104,7 +108,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         files = write_files(Path(folder), counts, args.max_len)
-        rows.append({"read": "every file (load)", "world": 1, "rank": 0,
+        rows.append({"read": "every file whole, joined (before)", "world": 1, "rank": 0,
                      **measure(files, 0, 0)})
         for world in args.worlds:
             for rank in sorted({0, world - 1}):

@@ -168,7 +168,8 @@ def test_sharded_als_is_the_in_process_model(ml100k_files, tmp_path):
     split = make_split(dataset, "loo", 0)
     local = RecallPipeline(config).channels["als"].fit(split.train)
     shards = shard_histories(spec.interactions, tmp_path, Engine().shuffle, 3, with_users=False)
-    gathered = gathered_matrix((pairs_shard_map(p, shards.items)[0] for p in shards.paths),
+    gathered = gathered_matrix((pairs_shard_map(p, shards.items, s)[0]
+                                for s, p in enumerate(shards.paths)),
                                len(shards.items))
     assert shards.items == dataset.items.ids  # no item file: first-seen order on both
     expected = training_matrix(split.train)
@@ -456,7 +457,8 @@ def test_sharded_textcf_is_the_in_process_model(ml100k_catalog_files, tmp_path, 
     assert items == dataset.items.ids
     params = RecallPipeline(config).channels["textcf"].get_params()
     user_items, mean_rows = gathered_graph(
-        (textcf_shard_map(p, items, params)[0] for p in shards.paths), len(items))
+        (textcf_shard_map(p, items, params, s)[0] for s, p in enumerate(shards.paths)),
+        len(items))
     history = split.train.histories()
     expected = history.matrix()
     assert user_items.shape == expected.shape and (user_items != expected).nnz == 0

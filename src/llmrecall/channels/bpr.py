@@ -24,6 +24,7 @@ class BPR(FactorChannel):
     """
 
     kind = "bpr"
+    keeps_user_vectors = True
 
     def __init__(self, factors: int = 64, regularization: float = 0.01,
                  learning_rate: float = 0.02, iterations: int = 50, seed: int = 0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,6 +58,10 @@ class FactorChannel(Channel, CachesUsers):
     in_process = True  # see Channel.in_process
 
     evidence_template = "fits your taste profile; closest to {evidence}"
+
+    #: whether recall reads each fitted user's own row of ``user_factors_`` (BPR), rather
+    #: than solving the user's vector from the history it is given (ALS)
+    keeps_user_vectors: ClassVar[bool] = False
 
     def __init__(self, factors: int, regularization: float, iterations: int, seed: int,
                  name: str | None):

@@ -322,18 +322,22 @@ class TextCF(Channel, AddsItems, CachesUsers):
         item})``. Equal matrices (as sets of entries: the order of the columns within a row
         does not matter) give equal results (the torch and numpy generators are seeded here
         from ``seed``)."""
-        torch = _torch()
-        torch.set_num_threads(min(self.threads, 2))
         graph = self.training_graph(text, user_items, mean_rows)
-        mlp = self.initial_mlp(text.shape[1])
-        if train is None:
-            rng = np.random.default_rng(self.seed)
-            with progress.task(f"fit {self.name}", self.total_steps(graph), "step") as bar:
-                self.train_steps(_layer0(mlp, graph, self.user_init), graph, rng,
-                                 on_step=lambda *_: bar.advance())
-        else:
-            mlp = train(self, mlp, graph)
+        mlp = self.fit_graph(graph, train)
         return mlp, self.item_side(mlp, graph)
+
+    def fit_graph(self, graph: TrainingGraph, train: Callable[..., Any] | None = None):
+        """The MLP trained on ``graph`` (:meth:`training_graph`): :meth:`initial_mlp` trained
+        here by :meth:`train_steps`, or by ``train`` (see :meth:`fit`)."""
+        _torch().set_num_threads(min(self.threads, 2))
+        mlp = self.initial_mlp(graph.text.shape[1])
+        if train is not None:
+            return train(self, mlp, graph)
+        rng = np.random.default_rng(self.seed)
+        with progress.task(f"fit {self.name}", self.total_steps(graph), "step") as bar:
+            self.train_steps(_layer0(mlp, graph, self.user_init), graph, rng,
+                             on_step=lambda *_: bar.advance())
+        return mlp
 
     def initial_mlp(self, text_dim: int):
         """The untrained MLP for ``text_dim``-d text vectors, drawn from torch's generator

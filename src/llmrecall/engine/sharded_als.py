@@ -57,15 +57,21 @@ FACTOR_KINDS = ("als", "bpr")
 Columns = dict[str, np.ndarray]
 
 
-def pairs_shard_map(path: str, items: list[str], split: bool = True,
-                    shard: int = 0) -> list[Columns]:
+def pairs_shard_map(path: str, items: list[str], shard: int,
+                    split: bool = True) -> list[Columns]:
     """One shard's training matrix as one piece: ``user`` int32 (the shard's numbering),
     ``item`` int32, each distinct pair once, user-major; ``first`` int64[users]: each
-    user's smallest place in the log; ``shard`` int64[1]: the shard's index."""
-    data = read_shard(path, items, split)
-    matrix = binary_matrix(data.train, data.n_users, len(items)).tocoo()
-    return [{"user": matrix.row.astype(np.int32), "item": matrix.col.astype(np.int32),
-             "first": first_places(path), "shard": np.array([shard], np.int64)}]
+    user's smallest place in the log; ``shard`` int64[1]: the shard's index ``shard``
+    (its place in the shards' list, which the reducer's rows are kept by)."""
+    return [pairs_piece(read_shard(path, items, split), path, len(items), shard)]
+
+
+def pairs_piece(data, path: str, n_items: int, shard: int) -> Columns:
+    """:func:`pairs_shard_map`'s piece of the shard at ``path`` already read as ``data``
+    (a :class:`~llmrecall.engine.shard_split.ShardSplit`)."""
+    matrix = binary_matrix(data.train, data.n_users, n_items).tocoo()
+    return {"user": matrix.row.astype(np.int32), "item": matrix.col.astype(np.int32),
+            "first": first_places(path), "shard": np.array([shard], np.int64)}
 
 
 def first_places(path: str) -> np.ndarray:
@@ -95,13 +101,17 @@ def gathered_rows(pieces: Iterator[Columns], n_items: int,
                   ) -> tuple[sp.csr_matrix, dict[int, np.ndarray]]:
     """:func:`gathered_matrix`, and for each shard (by the index its piece names)
     int64[its users]: the matrix row of each of its users (in the shard's numbering)."""
-    users, items, firsts, shards = [], [], [], []
+    users, items, firsts = [], [], []
+    shards: list[tuple[int, int, int]] = []  # (shard, its first row here, its users)
     offset = 0
     for piece in pieces:
         users.append(piece["user"].astype(np.int64) + offset)
         items.append(piece["item"])
         firsts.append(piece["first"])
-        shards.append((int(piece["shard"][0]), offset, len(piece["first"])))
+        shard = int(piece["shard"][0])
+        if any(shard == seen for seen, _start, _n in shards):
+            raise ValueError(f"two pieces name shard {shard}: each map must name its own")
+        shards.append((shard, offset, len(piece["first"])))
         offset += len(piece["first"])
     number = numbers_by_first_place(firsts)
     rows = number[np.concatenate(users)] if users else np.zeros(0, np.int64)
@@ -124,7 +134,7 @@ def fit_factors(channel, paths: list[str], items: list[str], item_users: np.ndar
     n_items = len(items)
     key = digest(channel_params(channel), split)
     kept = StageParts(run, channel.kind, key)
-    per_user = channel.kind == "bpr"  # reads each fitted user's own vector at recall
+    per_user = channel.keeps_user_vectors  # BPR: each fitted user's own vector at recall
     user_parts = StageParts(run, f"{channel.kind}-users", key)
     resumed[f"{name}_factors"] = kept.has(0)
     if not kept.has(0):
@@ -139,7 +149,7 @@ def fit_factors(channel, paths: list[str], items: list[str], item_users: np.ndar
                       {"users": matrix.shape[0], "pairs": int(matrix.nnz)})
 
         engine.shuffle_streamed(
-            lambda path: pairs_shard_map(path, items, split, paths.index(path)), paths,
+            lambda path: pairs_shard_map(path, items, paths.index(path), split), paths,
             reduce, 1)
     factors = kept.load(0)[0]["item_factors"]
     channel.install(np.zeros((0, factors.shape[1]), np.float32), factors,

@@ -83,9 +83,9 @@ class WindowFiles:
         return self.rows
 
     def load(self) -> np.ndarray:
-        """int64[rows, max_len + 1] every shard's windows, in shard order."""
-        parts = [np.load(p, allow_pickle=False)["windows"] for p in self.paths]
-        return np.concatenate(parts) if parts else np.zeros((0, 1), np.int64)
+        """int64[rows, max_len + 1] every shard's windows, in shard order (one worker's
+        slice of one: read into one array)."""
+        return self.load_slice(0, 1)
 
     def slice_bounds(self, rank: int, world: int) -> tuple[int, int]:
         """Rows ``[start, stop)`` of worker ``rank`` of ``world``: contiguous, disjoint,

@@ -1,4 +1,5 @@
-"""textcf from the sharded log: the training graph gathered and trained by one reducer.
+"""textcf from the sharded log: the training graph gathered by one reducer, trained there or
+by Ray Train workers reading it from a file.
 
 Every textcf step propagates over the whole user x item graph (LightGCN layers), so its
 training needs the graph in one process (docs/scale-out.md, "What stays single-node");
@@ -50,7 +51,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmrecall.engine.shard_split import read_shard
-from llmrecall.engine.sharded_als import first_places, numbers_by_first_place
+from llmrecall.engine.sharded_als import gathered_rows, pairs_piece
 from llmrecall.engine.stage_files import StageParts, channel_params, digest, files_signature
 
 #: channel kinds fitted here
@@ -64,51 +65,44 @@ MLP_PREFIX = "mlp."
 Columns = dict[str, np.ndarray]
 
 
-def textcf_shard_map(path: str, items: list[str], params: dict[str, Any],
+def textcf_shard_map(path: str, items: list[str], params: dict[str, Any], shard: int,
                      split: bool = True) -> list[Columns]:
     """One shard's part of textcf's training graph as one piece, users in the shard's
-    numbering: ``user``/``item`` int32 the distinct training pairs (user-major, items
-    ascending), ``w_user``/``w_item`` int32 and ``weight`` float32 the nonzero history
-    weights (same order), ``first`` int64[users] each user's first place in the log.
+    numbering: ALS's piece (:func:`~llmrecall.engine.sharded_als.pairs_piece`: the
+    distinct training pairs, each user's first place, the shard's index) and
+    ``w_user``/``w_item`` int32, ``weight`` float32 the nonzero history weights.
     ``params``: the channel's parameters (the tasks get them, not the channel)."""
     from llmrecall.channels.textcf import TextCF
     from llmrecall.data.dataset import Histories
 
-    shard = read_shard(path, items, split)
-    history = Histories.from_interactions(shard.train, shard.n_users, len(items))
-    user_items = history.matrix()
-    weights = TextCF(**params).history_weights(history, user_items).tocoo()
-    pairs = user_items.tocoo()
-    return [{"user": pairs.row.astype(np.int32), "item": pairs.col.astype(np.int32),
+    data = read_shard(path, items, split)
+    history = Histories.from_interactions(data.train, data.n_users, len(items))
+    weights = TextCF(**params).history_weights(history, history.matrix()).tocoo()
+    return [{**pairs_piece(data, path, len(items), shard),
              "w_user": weights.row.astype(np.int32), "w_item": weights.col.astype(np.int32),
-             "weight": weights.data.astype(np.float32), "first": first_places(path)}]
+             "weight": weights.data.astype(np.float32)}]
 
 
 def gathered_graph(pieces: Iterator[Columns], n_items: int,
                    ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """``(user_items, mean_rows)``: float32 CSR [users, n_items] each, the binary training
-    matrix and the history weights of every shard's users, numbered by their first place
-    in the log (the loader's first-appearance order), indices sorted in every row (as the
-    in-process ``history.matrix()`` gives them)."""
-    pairs: dict[str, list[np.ndarray]] = {"user": [], "item": [], "w_user": [], "w_item": [],
-                                          "weight": []}
-    firsts, offset = [], 0
-    for piece in pieces:
-        for key in ("user", "w_user"):
-            pairs[key].append(piece[key].astype(np.int64) + offset)
-        for key in ("item", "w_item", "weight"):
-            pairs[key].append(piece[key])
-        firsts.append(piece["first"])
-        offset += len(piece["first"])
-    number = numbers_by_first_place(firsts)
-    joined = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in pairs.items()}
-    shape = (len(number), n_items)
-    user_items = sp.csr_matrix((np.ones(len(joined["user"]), np.float32),
-                                (number[joined["user"]], joined["item"])), shape=shape)
-    mean_rows = sp.csr_matrix((joined["weight"].astype(np.float32),
-                               (number[joined["w_user"]], joined["w_item"])), shape=shape)
-    for matrix in (user_items, mean_rows):
-        matrix.sort_indices()
+    matrix (:func:`~llmrecall.engine.sharded_als.gathered_rows`: users numbered by their
+    first place in the log, the loader's order) and the history weights of the same rows."""
+    weights: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def keeping_weights(stream: Iterator[Columns]) -> Iterator[Columns]:
+        for piece in stream:
+            weights.append((int(piece["shard"][0]), piece["w_user"], piece["w_item"],
+                            piece["weight"]))
+            yield piece
+
+    user_items, shard_rows = gathered_rows(keeping_weights(pieces), n_items)
+    rows = [shard_rows[shard][users] for shard, users, _i, _w in weights]
+    mean_rows = sp.csr_matrix(
+        (np.concatenate([w for *_s, w in weights]) if weights else np.zeros(0, np.float32),
+         (np.concatenate(rows) if rows else np.zeros(0, np.int64),
+          np.concatenate([i for _s, _u, i, _w in weights]) if weights else np.zeros(0, np.int32))),
+        shape=user_items.shape)
     return user_items, mean_rows
 
 
@@ -155,21 +149,35 @@ def read_graph(path: str, n_items: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     return user_items, mean_rows
 
 
+def save_model(kept: StageParts, mlp, item_side: dict[str, np.ndarray], graph) -> None:
+    """Write the trained ``mlp``'s weights and its ``item_side`` (trained on ``graph``, a
+    :class:`~llmrecall.channels.textcf.TrainingGraph`) as part 0 of ``kept``."""
+    weights = {MLP_PREFIX + k: v.detach().numpy() for k, v in mlp.state_dict().items()}
+    kept.save(0, {**item_side, **weights}, {"users": graph.n_users, "pairs": len(graph.pairs_u)})
+
+
+def mlp_of(channel, text_dim: int, weights: dict[str, np.ndarray]):
+    """``channel``'s MLP for ``text_dim``-d text vectors holding ``weights`` (its state
+    dict's names -> arrays)."""
+    import torch
+
+    from llmrecall.channels.textcf import _mlp
+
+    mlp = _mlp(text_dim, channel.hidden, channel.dim)
+    mlp.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+    return mlp
+
+
 def item_side_task(params: dict[str, Any], graph: GraphFile,
                    weights: dict[str, np.ndarray], kept: StageParts) -> int:
     """Write the item side of the MLP with ``weights`` trained on ``graph`` and those
     weights to ``kept`` (part 0, as the local reducer writes it); returns the items."""
-    import torch
-
-    from llmrecall.channels.textcf import TextCF, _mlp
+    from llmrecall.channels.textcf import TextCF
 
     channel = TextCF(**params)
     loaded = graph.load(channel)
-    mlp = _mlp(graph.text.shape[1], channel.hidden, channel.dim)
-    mlp.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-    kept.save(0, {**channel.item_side(mlp, loaded),
-                  **{MLP_PREFIX + k: v for k, v in weights.items()}},
-              {"users": loaded.n_users, "pairs": len(loaded.pairs_u)})
+    mlp = mlp_of(channel, graph.text.shape[1], weights)
+    save_model(kept, mlp, channel.item_side(mlp, loaded), loaded)
     return len(graph.text)
 
 
@@ -182,7 +190,7 @@ def fit_textcf(channel, paths: list[str], items: list[str], counts: np.ndarray, 
     :class:`~llmrecall.data.dataset.Catalog`. The trained state is kept under ``run``;
     ``resumed[f"{name}_model"]`` says whether it was found there."""
     from llmrecall.channels.text_features import item_text_vectors
-    from llmrecall.channels.textcf import TextCF, _mlp
+    from llmrecall.channels.textcf import TextCF
     from llmrecall.engine.local import use_engine
     from llmrecall.engine.shard_split import catalog_only
 
@@ -196,30 +204,29 @@ def fit_textcf(channel, paths: list[str], items: list[str], counts: np.ndarray, 
     kept = StageParts(run, channel.kind, key)
     resumed[f"{name}_model"] = kept.has(0)
     train = getattr(engine, "train_textcf", None)  # Ray Train: the graph goes to a file
+
+    def shard_map(path: str) -> list[Columns]:
+        return textcf_shard_map(path, items, params, paths.index(path), split)
+
     if not kept.has(0) and train is None:
         def reduce(_p: int, pieces: Iterator[Columns]) -> None:
-            user_items, mean_rows = gathered_graph(pieces, n_items)
-            mlp, item_side = TextCF(**params).fit_matrices(text, user_items, mean_rows)
-            weights = {MLP_PREFIX + k: v.detach().numpy() for k, v in mlp.state_dict().items()}
-            kept.save(0, {**item_side, **weights},
-                      {"users": user_items.shape[0], "pairs": int(user_items.nnz)})
+            local = TextCF(**params)
+            graph = local.training_graph(text, *gathered_graph(pieces, n_items))
+            mlp = local.fit_graph(graph)
+            save_model(kept, mlp, local.item_side(mlp, graph), graph)
 
-        engine.shuffle_streamed(lambda path: textcf_shard_map(path, items, params, split),
-                                paths, reduce, 1)
+        engine.shuffle_streamed(shard_map, paths, reduce, 1)
     elif not kept.has(0) and train is not None:
         graph_parts = StageParts(run, f"{channel.kind}-graph", key)
         if not graph_parts.has(0):
             engine.shuffle_streamed(
-                lambda path: textcf_shard_map(path, items, params, split), paths,
+                shard_map, paths,
                 lambda _p, pieces: save_graph(graph_parts, *gathered_graph(pieces, n_items)), 1)
-        graph = GraphFile.of(graph_parts.path(0), text)
-        mlp = train(channel, channel.initial_mlp(text.shape[1]), graph)
+        graph_file = GraphFile.of(graph_parts.path(0), text)
+        mlp = train(channel, channel.initial_mlp(text.shape[1]), graph_file)
         weights = {k: v.detach().numpy() for k, v in mlp.state_dict().items()}
-        engine.map_tasks(lambda _i: item_side_task(params, graph, weights, kept), [0])
-    import torch
-
+        engine.map_tasks(lambda _i: item_side_task(params, graph_file, weights, kept), [0])
     arrays = kept.load(0)[0]
-    mlp = _mlp(text.shape[1], channel.hidden, channel.dim)
-    mlp.load_state_dict({k[len(MLP_PREFIX):]: torch.from_numpy(np.array(v))
-                         for k, v in arrays.items() if k.startswith(MLP_PREFIX)})
-    channel.install(text, mlp, {k: arrays[k] for k in ITEM_SIDE}, counts.astype(np.float32))
+    weights = {k[len(MLP_PREFIX):]: v for k, v in arrays.items() if k.startswith(MLP_PREFIX)}
+    channel.install(text, mlp_of(channel, text.shape[1], weights),
+                    {k: arrays[k] for k in ITEM_SIDE}, counts.astype(np.float32))

@@ -103,10 +103,7 @@ def read_rows(path: str | Path, name: str, start: int, stop: int,
     many rows of the array's row shape and dtype: a caller gathering rows from several
     parts allocates once) and returned. Memory: the rows, and a 16 MB read buffer."""
     with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(member)
+        shape, fortran, dtype = _npy_header(member)
         if fortran or not shape:
             raise ValueError(f"{path}: {name} is not a C-ordered array with rows")
         start, stop = max(0, start), min(int(shape[0]), stop)
@@ -129,11 +126,17 @@ def read_rows(path: str | Path, name: str, start: int, stop: int,
 def row_layout(path: str | Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
     """``(shape, dtype)`` of the array ``name`` of a part, from its header alone."""
     with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, _fortran, dtype = read_header(member)
+        shape, _fortran, dtype = _npy_header(member)
     return tuple(int(v) for v in shape), dtype
+
+
+def _npy_header(member) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the ``.npy`` stream ``member``, which is left
+    at the array's first byte."""
+    version = np.lib.format.read_magic(member)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    return read_header(member)
 
 
 #: bytes :func:`read_rows` reads at a time
