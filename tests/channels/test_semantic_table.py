@@ -45,7 +45,10 @@ def assert_same_answer(table, dense, weight_of, vectors) -> None:
     np.testing.assert_allclose(table.scores, dense.scores, atol=ATOL)
     assert ((table.ids >= 0) == (dense.ids >= 0)).all()
     differ = table.ids != dense.ids
-    assert differ.mean() < 0.002
+    # a sanity bound only: every differing entry is checked below to be a near-tie. How
+    # many near-ties the two summation orders break apart depends on the CPU's BLAS
+    # kernels (0.20 % of ml-100k's positions on one AMD EPYC, fewer elsewhere)
+    assert differ.mean() < 0.005
     for r in np.flatnonzero(differ.any(axis=1)):
         a = dict(zip(table.ids[r].tolist(), table.scores[r].tolist()))
         b = dict(zip(dense.ids[r].tolist(), dense.scores[r].tolist()))

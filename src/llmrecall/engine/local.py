@@ -72,15 +72,17 @@ class Engine:
         return get_embedder(name)
 
     def generate_interests(self, dataset: Any, generator: Any, settings: Any, users: Any,
-                           store: Any, refresh_min_changed: int = 3) -> tuple[dict, Any]:
+                           store: Any, refresh_min_changed: int = 3,
+                           examples: Any = None) -> tuple[dict, Any]:
         """Interest texts for ``users`` (dense ids): :meth:`InterestJob.run
         <llmrecall.interest.jobs.InterestJob.run>` writing to ``store`` (an
         :class:`~llmrecall.lm.cache.LMCache`). ``generator`` is a loaded generator
         (a :class:`~llmrecall.lm.generators.Generator`, or anything with its ``chat``) or a
-        function of no arguments that builds one. Returns ``({user: texts}, JobStats)``."""
+        function of no arguments that builds one; ``examples``: the few-shot examples when
+        drawn elsewhere (None: from ``dataset``). Returns ``({user: texts}, JobStats)``."""
         from llmrecall.interest.jobs import InterestJob
 
-        job = InterestJob(dataset, _loaded(generator), settings, store)
+        job = InterestJob(dataset, _loaded(generator), settings, store, examples)
         return job.run(users, refresh_min_changed=refresh_min_changed)
 
     def generate_knowledge(self, dataset: Any, generator: Any, items: Any, settings: Any,

@@ -313,7 +313,8 @@ class RayEngine(Engine):
             embedder.release()
 
     def generate_interests(self, dataset: Any, generator: Any, settings: Any, users: Any,
-                           store: Any, refresh_min_changed: int = 3) -> tuple[dict, Any]:
+                           store: Any, refresh_min_changed: int = 3,
+                           examples: Any = None) -> tuple[dict, Any]:
         """:func:`generate_interests` on ``actors`` generator actors, each building its own
         generator with the factory ``generator``; a generator already loaded here runs
         here (it cannot travel). The ``JobStats`` carry the pool's report in ``cost``."""
@@ -321,11 +322,12 @@ class RayEngine(Engine):
 
         if is_loaded(generator):
             return super().generate_interests(dataset, generator, settings, users, store,
-                                              refresh_min_changed)
+                                              refresh_min_changed, examples)
         self._release_embedders()
         texts, report = generate_interests(dataset, generator, settings, users, store,
                                            actors=self.actors, cpus_per_actor=self.actor_cpus,
-                                           refresh_min_changed=refresh_min_changed)
+                                           refresh_min_changed=refresh_min_changed,
+                                           examples=examples)
         self.pool_work["generated_users"] += report["generated"]
         return texts, JobStats(users=report["users"], generated=report["generated"],
                                reused=report["reused"], cache_hits=report["cache_hits"],
@@ -959,7 +961,7 @@ class _GenerateActor:
     def __init__(self, make_generator: Callable, dataset: Any):
         self.generator = make_generator()
         self.dataset = dataset
-        self._interest_jobs: dict[str, Any] = {}
+        self._interest_jobs: dict[tuple[str, str], Any] = {}
 
     def fingerprint(self) -> str:
         from llmrecall.interest.jobs import store_fingerprint
@@ -970,18 +972,22 @@ class _GenerateActor:
         u = self.generator.usage
         return u.prompt_tokens, u.completion_tokens, u.calls
 
-    def interests(self, settings: Any, users: list[int]) -> tuple[dict, list, list, dict]:
+    def interests(self, settings: Any, users: list[int],
+                  examples: Any = None) -> tuple[dict, list, list, dict]:
         """``InterestJob.run`` on ``users`` against a store in memory: the texts, the rows
-        the job wrote there (for the driver to write to the shared store) and its stats."""
+        the job wrote there (for the driver to write to the shared store) and its stats.
+        ``examples``: the job's few-shot examples when drawn elsewhere (None: from the
+        actor's dataset)."""
         from dataclasses import asdict
 
         from llmrecall.interest.jobs import InterestJob
 
         store = _recording_store()
-        job = self._interest_jobs.get(settings.model_dump_json())
+        key = (settings.model_dump_json(), repr(examples))
+        job = self._interest_jobs.get(key)
         if job is None:  # the trie and examples are built once per settings
-            job = InterestJob(self.dataset, self.generator, settings)
-            self._interest_jobs = {settings.model_dump_json(): job}
+            job = InterestJob(self.dataset, self.generator, settings, examples=examples)
+            self._interest_jobs = {key: job}
         job.store = store
         out, stats = job.run(np.asarray(users, np.int64))
         return out, store.text_lists, store.subjects, asdict(stats)
@@ -1037,8 +1043,8 @@ def _usage(pool: list[Any]) -> dict[str, int]:
 
 def generate_interests(dataset: Any, make_generator: Callable, settings: Any, users: Any,
                        store: Any, actors: int = 2, cpus_per_actor: float = 1.0,
-                       shard_size: int = GENERATE_SHARD,
-                       refresh_min_changed: int = 3) -> tuple[dict[int, list[str]], dict]:
+                       shard_size: int = GENERATE_SHARD, refresh_min_changed: int = 3,
+                       examples: Any = None) -> tuple[dict[int, list[str]], dict]:
     """Interest texts for ``users`` (dense ids) generated on a pool of ``actors`` actors,
     each with its own ``make_generator()`` (a local model, loaded once per actor, or an
     OpenAI-compatible client: then ``actors`` is the bound on requests in flight, and
@@ -1050,7 +1056,8 @@ def generate_interests(dataset: Any, make_generator: Callable, settings: Any, us
     comes back, so a killed job, run again, generates only the users not yet stored (users
     whose stored text is still fresh, :func:`~llmrecall.interest.jobs.needs_refresh`, are
     not sent). The texts are the one-process job's: the same job code, prompts and
-    generator per user. Returns ``({user: texts}, report)``: users, generated, reused,
+    generator per user (``examples``: the few-shot examples when drawn elsewhere, None:
+    from ``dataset``). Returns ``({user: texts}, report)``: users, generated, reused,
     seconds, tokens and, per 1,000 generated users, seconds and tokens."""
     import time
 
@@ -1082,11 +1089,11 @@ def generate_interests(dataset: Any, make_generator: Callable, settings: Any, us
         # read from the store here, as the local job reads it, not generated again
         reused = len(users) - len(todo)
         todo, cache_hits, empty = _stored_answers(dataset, histories, settings, fingerprint,
-                                                  scope, todo, store, out)
+                                                  scope, todo, store, out, examples)
         shards = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
         generated = generated_texts = 0
         results = ActorPool(pool).map_unordered(
-            lambda actor, shard: actor.interests.remote(settings, shard), shards)
+            lambda actor, shard: actor.interests.remote(settings, shard, examples), shards)
         for texts, text_lists, subjects, stats in results:
             store.put_text_lists(text_lists, fingerprint)
             store.put_subjects(scope, subjects)
@@ -1107,19 +1114,21 @@ def generate_interests(dataset: Any, make_generator: Callable, settings: Any, us
 
 
 def _stored_answers(dataset: Any, histories: Any, settings: Any, fingerprint: str, scope: str,
-                    users: list[int], store: Any,
-                    out: dict[int, list[str]]) -> tuple[list[int], int, int]:
+                    users: list[int], store: Any, out: dict[int, list[str]],
+                    examples: Any = None) -> tuple[list[int], int, int]:
     """Take from ``store`` the texts of the ``users`` whose prompt was answered before
-    (:func:`~llmrecall.interest.jobs.text_list_key`; ``histories``: ``dataset``'s): they
-    go to ``out`` and to the store's subjects. Returns the users left to generate, the
-    answers found and how many of them were empty."""
+    (:func:`~llmrecall.interest.jobs.text_list_key`; ``histories``: ``dataset``'s;
+    ``examples``: the job's, None: drawn from ``histories``): they go to ``out`` and to the
+    store's subjects. Returns the users left to generate, the answers found and how many of
+    them were empty."""
     from llmrecall.interest.jobs import job_examples, text_list_key
     from llmrecall.lm.prompts import display_title
 
     if not users:
         return users, 0, 0
-    examples = job_examples(histories, [display_title(t) for t in dataset.catalog.titles],
-                            settings)
+    if examples is None:
+        examples = job_examples(histories, [display_title(t) for t in dataset.catalog.titles],
+                                settings)
     keys = {u: text_list_key(fingerprint, settings, histories.of(u), examples) for u in users}
     found = store.get_text_lists(list(keys.values()))
     hits = [u for u in users if keys[u] in found]

@@ -108,6 +108,7 @@ from llmrecall.engine.shard_split import read_shard, shard_task
 from llmrecall.engine.sharded_als import FACTOR_KINDS, fit_factors
 from llmrecall.engine.sharded_ease import LINEAR_KINDS, fit_linear
 from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion, fusion_key
+from llmrecall.engine.sharded_interest import INTEREST_KINDS, fit_interest
 from llmrecall.engine.sharded_sasrec import fit_sasrec
 from llmrecall.engine.sharded_text import TEXT_KINDS, check_text, fit_text
 from llmrecall.engine.sharded_textcf import TEXTCF_KINDS, fit_textcf
@@ -116,7 +117,7 @@ from llmrecall.errors import ConfigError, DataError
 
 #: channel kinds the sharded evaluation fits
 SHARDED_KINDS = ("popularity", "itemcf", "swing", *LINEAR_KINDS, *FACTOR_KINDS, "sasrec",
-                 *TEXT_KINDS, *TEXTCF_KINDS)
+                 *TEXT_KINDS, *TEXTCF_KINDS, *INTEREST_KINDS)
 #: events per history shard, about (the shard count is the log's rows / this)
 SHARD_EVENTS = 1_000_000
 #: the most a co-occurrence reducer's dense block may take (its candidate range is cut so)
@@ -573,6 +574,11 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
                 raise ConfigError(f"{channel.kind} from the sharded log needs the catalog (its "
                                   "item texts)")
             fit_text(channel, items, counts, catalog(), engine)
+        elif channel.kind in INTEREST_KINDS:
+            if catalog is None:
+                raise ConfigError("llm_interest from the sharded log needs the catalog (its "
+                                  "item texts)")
+            fit_interest(channel, paths, items, catalog(), engine, run, resumed, name, split)
         elif channel.kind in TEXTCF_KINDS:
             if catalog is None:
                 raise ConfigError("textcf from the sharded log needs the catalog (its item "

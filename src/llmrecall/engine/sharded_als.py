@@ -143,8 +143,8 @@ def fit_factors(channel, paths: list[str], items: list[str], item_users: np.ndar
             users, factors = channel.fit_matrix(matrix)
             if per_user:  # written before the item factors, whose part says "all done"
                 for shard, rows in shard_rows.items():
-                    user_parts.save(shard, {"rows": np.ascontiguousarray(users[rows],
-                                                                         np.float32)}, {})
+                    user_parts.save(shard, {"user_factors_": np.ascontiguousarray(
+                        users[rows], np.float32)}, {})
             kept.save(0, {"item_factors": np.ascontiguousarray(factors, np.float32)},
                       {"users": matrix.shape[0], "pairs": int(matrix.nnz)})
 
@@ -155,4 +155,4 @@ def fit_factors(channel, paths: list[str], items: list[str], item_users: np.ndar
     channel.install(np.zeros((0, factors.shape[1]), np.float32), factors,
                     scaled_popularity(item_users))
     if per_user:
-        channel.shard_rows_ = ShardUserRows(user_parts, tuple(paths), "user_factors_")
+        channel.shard_rows_ = ShardUserRows(user_parts, tuple(paths))

@@ -171,18 +171,27 @@ def fewshot_examples(histories: Histories, titles: list[str], n: int, length: in
     """
     if n == 0:
         return []
-    lengths = histories.lengths()
-    eligible = np.flatnonzero(lengths > length)
+    return [example_of(histories.of(int(user)), length)
+            for user in example_users(histories.lengths(), n, length, seed)]
+
+
+def example_users(lengths: np.ndarray, n: int, length: int, seed: int) -> np.ndarray:
+    """The ``n + 1`` dense users :func:`fewshot_examples` draws, in the order drawn, from
+    ``lengths`` (int[n_users] each user's training events; only the lengths decide, so a
+    caller that knows them without the histories, the sharded log, draws the same users).
+    """
+    eligible = np.flatnonzero(np.asarray(lengths) > length)
     if len(eligible) < n + 1:
         raise ConfigError(f"few-shot prompts need {n + 1} users with more than {length} "
                           f"items; the data has {len(eligible)}")
     rng = np.random.default_rng(seed)
-    chosen = rng.choice(eligible, size=n + 1, replace=False)
-    out = []
-    for user in chosen:
-        items = histories.of(int(user))
-        out.append(([int(i) for i in items[-length - 1:-1]], int(items[-1])))
-    return out
+    return rng.choice(eligible, size=n + 1, replace=False)
+
+
+def example_of(items: np.ndarray, length: int) -> tuple[list[int], int]:
+    """One few-shot example from a user's training items (oldest first): the ``length``
+    items before the last, and the last."""
+    return [int(i) for i in items[-length - 1:-1]], int(items[-1])
 
 
 _ARTICLES = {"The", "A", "An", "Il", "La", "Le", "Les", "Das", "Der", "Die", "El", "Los"}
@@ -215,8 +224,12 @@ class JobStats:
     cost: dict[str, Any] = field(default_factory=dict)
 
 
+#: few-shot examples: (history item ids, next item id) pairs
+Examples = list[tuple[list[int], int]]
+
+
 def job_examples(histories: Histories, titles: list[str],
-                 settings: InterestSettings) -> list[tuple[list[int], int]]:
+                 settings: InterestSettings) -> Examples:
     """The few-shot examples a job with ``settings`` draws once for all its users (none
     when its prompt shows none)."""
     if not settings.wants_examples():
@@ -244,10 +257,14 @@ class InterestJob:
             :class:`~llmrecall.lm.generators.ConstrainedDecoding` (the local llama.cpp model).
         settings: :class:`InterestSettings`.
         store: where texts are cached; an in-memory cache when None.
+        examples: the few-shot examples, when drawn elsewhere (the sharded log draws them
+            from every shard's users, :func:`example_users`); None: drawn from ``dataset``'s
+            histories (:func:`job_examples`).
     """
 
     def __init__(self, dataset: Dataset, generator: Generator,
-                 settings: InterestSettings | None = None, store: LMStore | None = None):
+                 settings: InterestSettings | None = None, store: LMStore | None = None,
+                 examples: Examples | None = None):
         self.dataset = dataset
         self.generator = generator
         self.settings = settings or InterestSettings()
@@ -263,7 +280,8 @@ class InterestJob:
             self._decoder = constrained_decoder(generator)
         if s.constrain != "none" and s.prompt != "fewshot":
             raise ConfigError("constrained decoding needs the few-shot completion prompt")
-        self._examples = job_examples(self.histories, self.titles, s)
+        self._examples = (job_examples(self.histories, self.titles, s) if examples is None
+                          else [(list(h), int(t)) for h, t in examples])
         self._trie: TitleTrie | None = None
         self._grammar: str | None = None
         if s.constrain == "trie":
