@@ -9,7 +9,8 @@ catalog of ``--items`` items) two fresh processes evaluate the same pipeline (po
 ItemCF with 100 neighbours, ``loo``, test split, every user; ``--pipeline learned`` adds
 EDLAE and learned fusion, ``--pipeline lm`` ALS and the text-embedding channels,
 ``--pipeline textcf`` textcf beside popularity, ``--pipeline bpr`` BPR beside popularity,
-``--pipeline interest`` LLM interests for 100 sampled users beside popularity):
+``--pipeline interest`` LLM interests for 100 sampled users beside popularity;
+``--channel-seed N`` sets the trained channels' seed):
 
 * ``driver``: the local engine, the log loaded into one process (``llmrecall evaluate``'s
   default path: load, split, fit, recall, score);
@@ -127,15 +128,27 @@ def memory_cap(gb: float | None):
             cap.close()
 
 
+def with_channel_seed(config: dict, seed: int | None) -> dict:
+    """``config`` with ``seed`` set on every channel that trains from a seed (textcf, BPR,
+    ALS, SASRec); ``config`` itself when ``seed`` is None."""
+    if seed is None:
+        return config
+    return {**config, "channels": [
+        {**c, "params": {**c.get("params", {}), "seed": seed}}
+        if c["kind"] in ("textcf", "bpr", "als", "sasrec") else c
+        for c in config["channels"]]}
+
+
 def run_child(data: str, mode: str, workers: int, object_store_mb: int,
-              command: str = "evaluate", pipeline: str = "cf") -> dict:
+              command: str = "evaluate", pipeline: str = "cf",
+              channel_seed: int | None = None) -> dict:
     import tempfile
 
     from llmrecall.config import PipelineConfig
     from llmrecall.data.spec import DataSpec
 
     global CONFIG
-    CONFIG = PIPELINES[pipeline]
+    CONFIG = with_channel_seed(PIPELINES[pipeline], channel_seed)
     # an empty LM cache per run: each path embeds the catalog itself
     os.environ["LLMRECALL_LM_CACHE"] = str(Path(tempfile.mkdtemp(prefix="bench-lm-")) / "lm.sqlite")
     stop, peaks = threading.Event(), {}
@@ -215,10 +228,13 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("DATA", "MODE"))
     parser.add_argument("--command", choices=("evaluate", "build"), default="evaluate")
     parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="cf")
+    parser.add_argument("--channel-seed", type=int, default=None,
+                        help="the seed of every trained channel (textcf, BPR, ALS, SASRec)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(args.child[0], args.child[1], args.workers,
-                                   args.object_store_mb, args.command, args.pipeline)))
+                                   args.object_store_mb, args.command, args.pipeline,
+                                   args.channel_seed)))
         return
     from llmrecall.data.synth import synthesize
 
@@ -232,7 +248,9 @@ def main() -> None:
         for mode in args.modes:
             command = [sys.executable, __file__, "--child", str(data), mode,
                        "--workers", str(args.workers), "--object-store-mb", str(args.object_store_mb),
-                       "--command", args.command, "--pipeline", args.pipeline]
+                       "--command", args.command, "--pipeline", args.pipeline,
+                       *([] if args.channel_seed is None else
+                         ["--channel-seed", str(args.channel_seed)])]
             with memory_cap(args.memory_cap_gb) as cap:
                 out = subprocess.run(command, capture_output=True, text=True, env=os.environ,
                                      preexec_fn=cap.enter if cap else None)
