@@ -161,10 +161,10 @@ def fit_interest(channel, paths: list[str], items: list[str], catalog, engine, r
         store = open_cache(channel.store_path or ":memory:")
         try:
             for s in todo:
-                shard = read_shard(paths[s], items, split)
                 texts: dict[int, list[str]] = {}
                 stats: dict[str, Any] = {}
-                if len(rows[s]):
+                if len(rows[s]):  # a shard with no chosen user is not read again
+                    shard = read_shard(paths[s], items, split)
                     raws = pl.read_parquet(paths[s], columns=["user"])["user"].to_list()
                     dataset = Dataset(f"shard {s}", Vocabulary(raws), Vocabulary(items),
                                       shard.train, catalog)
@@ -172,7 +172,7 @@ def fit_interest(channel, paths: list[str], items: list[str], catalog, engine, r
                         dataset, generator, settings, rows[s], store,
                         channel.refresh_min_changed, examples)
                     stats = asdict(job_stats)
-                kept.save(s, channel.matched_texts(matcher, shard.n_users, texts),
+                kept.save(s, channel.matched_texts(matcher, len(facts[s]["first"]), texts),
                           {"stats": stats})
         finally:
             store.close()
