@@ -36,6 +36,8 @@ LLAMA_STAMP := $(VENV)/.llama-cpp-$(LLAMA_KEY)
 LEDGER := .pytest-ledger.jsonl
 # one worker process: a native crash fails the test that crashed, and the run goes on
 PYTEST_ISOLATION := -n 1 --max-worker-restart 25
+# the slowest tests, printed by every run: where to look when the suite grows too long
+PYTEST_REPORT := --durations=25
 
 .PHONY: install install-test llama-wheel demo test test-fast lint lock clean
 
@@ -78,7 +80,7 @@ demo: install
 # the ledger check fails the target when fewer tests finished than were collected
 test: install-test
 	rm -f $(LEDGER)
-	LLMRECALL_TEST_LEDGER=$(LEDGER) $(PY) -m pytest -q $(PYTEST_ISOLATION) $(PYTEST_ARGS); \
+	LLMRECALL_TEST_LEDGER=$(LEDGER) $(PY) -m pytest -q $(PYTEST_ISOLATION) $(PYTEST_REPORT) $(PYTEST_ARGS); \
 		status=$$?; $(PY) tests/ledger.py $(LEDGER) && exit $$status || exit 1
 
 test-fast: PYTEST_ARGS = -m "not slow"
