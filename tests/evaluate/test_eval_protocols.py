@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmrecall.data.builtin import load_builtin
-from llmrecall.data.dataset import Catalog, Dataset, Interactions
+from llmrecall.data.dataset import Catalog, Dataset, Interactions, SearchLog
 from llmrecall.data.vocab import Vocabulary
 from llmrecall.errors import ConfigError, DataError
 from llmrecall.evaluate import make_split, recbole_general_filter, recbole_split_counts
@@ -69,6 +69,32 @@ def test_loo_known_answer_with_ties_and_short_users():
     assert rows(split.valid.exclude) == [[1, 2, 3], [5]]
     assert rows(split.test.exclude) == [[0, 1, 2, 3], [5, 6]]
     assert split.valid.candidate_mask is None and split.dataset is not None
+
+
+def test_loo_fit_sees_only_the_searches_before_each_users_first_target():
+    """A query typed after a user's validation target tells the model what came next:
+    the train part keeps each evaluated user's searches made strictly before that target
+    (one at the same second may have come after it), every search of a user with nothing
+    held out, and the whole log when either file has no time column."""
+    # user 0: valid target at t=5 (test at 9); user 1: valid at t=2; user 2: not evaluated
+    base = synthetic([0, 0, 0, 0, 0, 1, 1, 1, 2, 2], list(range(10)),
+                     [5, 1, 3, 3, 9, 1, 2, 2, 1, 2])
+    searches = SearchLog(np.array([0, 0, 0, 0, 1, 1, 2, 2], np.int32),
+                         ["before", "at the target", "after", "before test", "early", "late",
+                          "any", "much later"],
+                         np.array([4.0, 5.0, 6.0, 8.0, 1.5, 2.0, 0.0, 99.0]))
+    timed = Dataset(base.name, base.users, base.items, base.interactions, base.catalog,
+                    searches=searches, meta={"time": "seconds", "search_time": "seconds"})
+    seen = make_split(timed, "loo").train.searches
+    assert list(zip(seen.user.tolist(), seen.query)) == [
+        (0, "before"), (1, "early"), (2, "any"), (2, "much later")]
+    assert seen.time.tolist() == [4.0, 1.5, 0.0, 99.0]
+    assert make_split(timed, "loo").dataset.searches is searches  # the whole log stays
+    for untimed in ({"time": "seconds", "search_time": "file order"},
+                    {"time": "file order", "search_time": "seconds"}):
+        split = make_split(Dataset(base.name, base.users, base.items, base.interactions,
+                                   base.catalog, searches=searches, meta=untimed), "loo")
+        assert split.train.searches is searches
 
 
 def test_loo_repeat_consumption_keeps_the_target_rankable():

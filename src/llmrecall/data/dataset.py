@@ -153,6 +153,16 @@ class SearchLog:
     query: list[str]
     time: np.ndarray
 
+    def before(self, cut: np.ndarray) -> SearchLog:
+        """The searches made strictly before their user's ``cut`` (float64[n_users], in the
+        log's time unit; ``inf`` keeps every search of that user), in log order. A search
+        at the same time as the cut is dropped: the two logs' rows cannot be ordered
+        within one timestamp, so it may have come after."""
+        keep = np.asarray(self.time, np.float64) < np.asarray(cut, np.float64)[self.user]
+        return SearchLog(np.asarray(self.user)[keep],
+                         [q for q, k in zip(self.query, keep.tolist()) if k],
+                         np.asarray(self.time)[keep])
+
 
 @dataclass(frozen=True)
 class Histories:

@@ -622,6 +622,8 @@ def load_dataset(spec: DataSpec, name: str | None = None) -> Dataset:
         sources["searches"] = str(spec.searches.path)
     meta = {"source": sources,
             "time": "file order" if spec.interactions.time is None else "seconds"}
+    if spec.searches is not None:
+        meta["search_time"] = "file order" if spec.searches.time is None else "seconds"
     return Dataset(name or spec.name or "dataset", Vocabulary(user_ids), Vocabulary(item_ids),
                    log, catalog, searches=search_log, meta=meta)
 

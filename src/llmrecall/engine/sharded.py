@@ -59,13 +59,18 @@ the shard tasks from a pickled copy (:mod:`llmrecall.engine.sharded_text`).
 **``llm_interest``** generates its users' interests shard after shard on the engine's
 generator, with the users and few-shot examples the driver path draws, and keeps each
 shard's matched texts for that shard's tasks (:mod:`llmrecall.engine.sharded_interest`).
+**``search_query``** reads the search log shuffled to the same shards as the histories
+and keeps each shard's users' latest queries, matched, per shard
+(:mod:`llmrecall.engine.sharded_search`).
 
 What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf``, ``swing``,
 ``ease``, ``edlae``, ``als``, ``bpr``, ``sasrec``, ``textcf``, ``semantic_i2i``,
-``semantic_user`` (not on Milvus), ``llm_knowledge`` and ``llm_interest``, fusion by weights or
+``semantic_user`` (not on Milvus), ``llm_knowledge``, ``llm_interest`` and ``search_query``,
+fusion by weights or
 ``learned`` (fitted on a sample of validation users from every shard:
 :mod:`llmrecall.engine.sharded_fusion`), no item filters, logs with user, item and a
-numeric time column. Anything else is refused with a
+numeric time column, and a search log (CSV, TSV or Parquet) with a numeric time
+column or none. Anything else is refused with a
 :class:`~llmrecall.errors.ConfigError` naming it. ``build`` and ``tune`` read the shards
 too (:mod:`llmrecall.engine.sharded_build`, :mod:`llmrecall.engine.sharded_tune`; ``tune``
 does not take ``learned`` fusion, which is fitted, not tuned).
@@ -113,6 +118,13 @@ from llmrecall.engine.sharded_ease import LINEAR_KINDS, fit_linear
 from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion, fusion_key
 from llmrecall.engine.sharded_interest import INTEREST_KINDS, fit_interest
 from llmrecall.engine.sharded_sasrec import fit_sasrec
+from llmrecall.engine.sharded_search import (
+    SEARCH_FORMATS,
+    SEARCH_KINDS,
+    fit_search,
+    search_folder,
+    shard_searches,
+)
 from llmrecall.engine.sharded_text import TEXT_KINDS, check_text, fit_text
 from llmrecall.engine.sharded_textcf import TEXTCF_KINDS, fit_textcf
 from llmrecall.engine.stage_files import StageParts, channel_params, digest, files_signature
@@ -120,7 +132,7 @@ from llmrecall.errors import ConfigError, DataError
 
 #: channel kinds the sharded evaluation fits
 SHARDED_KINDS = ("popularity", "itemcf", "swing", *LINEAR_KINDS, *FACTOR_KINDS, "sasrec",
-                 *TEXT_KINDS, *TEXTCF_KINDS, *INTEREST_KINDS)
+                 *TEXT_KINDS, *TEXTCF_KINDS, *INTEREST_KINDS, *SEARCH_KINDS)
 #: events per history shard, about (the shard count is the log's rows / this)
 SHARD_EVENTS = 1_000_000
 #: the most a co-occurrence reducer's dense block may take (its candidate range is cut so)
@@ -160,8 +172,14 @@ def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
         if getattr(inter, column) is not None:
             problems.append(f"the {column} column {getattr(inter, column)!r} (user, item and "
                             "time only)")
-    if spec.searches is not None:
-        problems.append("a search log")
+    searches = spec.searches
+    if searches is not None:
+        if searches.resolved_format not in SEARCH_FORMATS:
+            problems.append(f"a search log in {searches.resolved_format!r} (only "
+                            f"{', '.join(SEARCH_FORMATS)})")
+        if searches.time is not None and searches.time_format != "unix":
+            problems.append(f"the search log's time_format {searches.time_format!r} (only "
+                            "numeric 'unix' times)")
     if problems:
         raise ConfigError(f'{command} with [engine] log = "sharded" does not cover: '
                           + "; ".join(problems))
@@ -401,12 +419,16 @@ def _vocabulary(spec: DataSpec, shards: HistoryShards) -> list[str]:
 class OpenLog:
     """A log opened as history shards (:func:`open_sharded_log`): the ``shards``, the
     item vocabulary ``items`` (the loader's numbering), the ``run`` folder every stage's
-    results go to, and the seconds it took."""
+    results go to, and the seconds it took. ``searches()`` shuffles the search log to the
+    same shards the first time it is called (None without a search log);
+    ``timed_searches``: the search log has a time column."""
 
     shards: HistoryShards
     items: list[str]
     run: Path
     seconds: float
+    searches: Callable[[], list[str] | None] = lambda: None
+    timed_searches: bool = True
 
 
 @contextmanager
@@ -427,7 +449,13 @@ def open_sharded_log(spec: DataSpec, engine, work_dir: str | Path | None,
     try:
         shards = shard_histories(spec.interactions, run, engine.shuffle, n_shards,
                                  with_users=False)
-        yield OpenLog(shards, _vocabulary(spec, shards), run, time.perf_counter() - begin)
+        search_spec = spec.searches
+        searches: Callable[[], list[str] | None] = (
+            (lambda: None) if search_spec is None else functools.cache(
+                lambda: shard_searches(search_spec, search_folder(run, search_spec, n_shards),
+                                       engine.shuffle, n_shards)))
+        yield OpenLog(shards, _vocabulary(spec, shards), run, time.perf_counter() - begin,
+                      searches, search_spec is None or search_spec.time is not None)
     finally:
         if own:
             shutil.rmtree(folder, ignore_errors=True)
@@ -477,7 +505,9 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
         pipeline = RecallPipeline(config)
         fit_seconds = fit_from_shards(pipeline.channels, shards.paths, items, engine,
                                       reducer_bytes, run, resumed,
-                                      catalog=lambda: read_catalog(spec.items, len(items)))
+                                      catalog=lambda: read_catalog(spec.items, len(items)),
+                                      searches=log.searches,
+                                      timed_searches=log.timed_searches)
         fusion = None
         if config.fusion.method == "learned":
             fusion = fit_sharded_fusion(pipeline, shards.paths, items, engine, run, resumed,
@@ -521,14 +551,16 @@ def evaluate_sharded(spec: DataSpec, config: PipelineConfig, protocol: str = "lo
 def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str], engine,
                     reducer_bytes: int, run: Path, resumed: dict[str, Any],
                     split: bool = True, catalog: Callable[[], Any] | None = None,
-                    ) -> dict[str, float]:
+                    searches: Callable[[], list[str] | None] = lambda: None,
+                    timed_searches: bool = True) -> dict[str, float]:
     """Fit ``channels`` (name -> unfitted channel, a pipeline's) from the shards (their
     ``loo`` training part, or with ``split=False`` every row); returns each channel's
     seconds (the shared statistics pass counted in each). ``catalog()`` gives the items'
     :class:`~llmrecall.data.dataset.Catalog` (read only for a channel that needs the item
     texts: SASRec, textcf and the text channels; read once). Fitted similarities are kept under ``run``
     (:class:`~llmrecall.engine.stage_files.StageParts`); ``resumed`` records what was
-    found there."""
+    found there. ``searches()`` gives the search log's shards (None without a search log;
+    called only for ``search_query``), ``timed_searches`` whether it has a time column."""
     start = time.perf_counter()
     catalog = functools.cache(catalog) if catalog is not None else None
     half_lives = tuple(sorted({float(c.half_life) for c in channels.values()
@@ -582,6 +614,12 @@ def fit_from_shards(channels: dict[str, Any], paths: list[str], items: list[str]
                 raise ConfigError("llm_interest from the sharded log needs the catalog (its "
                                   "item texts)")
             fit_interest(channel, paths, items, catalog(), engine, run, resumed, name, split)
+        elif channel.kind in SEARCH_KINDS:
+            if catalog is None:
+                raise ConfigError("search_query from the sharded log needs the catalog (its "
+                                  "item texts)")
+            fit_search(channel, paths, searches(), items, catalog(), run, resumed, name, split,
+                       timed_searches)
         elif channel.kind in TEXTCF_KINDS:
             if catalog is None:
                 raise ConfigError("textcf from the sharded log needs the catalog (its item "

@@ -89,7 +89,8 @@ def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *
             # on validation lists (a sample from every shard), then the channels on all data
             on_train = RecallPipeline(config)
             fit_from_shards(on_train.channels, shards.paths, items, engine, reducer_bytes,
-                            log.run, resumed, catalog=lambda: catalog)
+                            log.run, resumed, catalog=lambda: catalog, searches=log.searches,
+                            timed_searches=log.timed_searches)
             fusion = fit_sharded_fusion(on_train, shards.paths, items, engine, log.run,
                                         resumed, shards.n_users, k=config.fusion.k,
                                         max_users=fusion_users)
@@ -97,7 +98,9 @@ def build_sharded(spec: DataSpec, config: PipelineConfig, out_dir: str | Path, *
         pipeline = RecallPipeline(config)
         pipeline.fit_seconds = fit_from_shards(pipeline.channels, shards.paths, items, engine,
                                                reducer_bytes, log.run, resumed, split=False,
-                                               catalog=lambda: catalog)
+                                               catalog=lambda: catalog,
+                                               searches=log.searches,
+                                               timed_searches=log.timed_searches)
         pipeline.fusion_model_, pipeline.fusion_seconds_ = model, fusion_seconds
         # per-user rows kept per shard (BPR's factors) into the artifact, in its user order
         install_all_users(pipeline.channels)

@@ -51,8 +51,9 @@ from llmrecall.tune.store import StoreStats, channel_key
 class ShardedLog:
     """The history shards of one log and where their stage results go: ``paths`` (shard
     files, in order), ``items`` (the vocabulary), the ``engine`` whose tasks read them,
-    the ``run`` folder in the work folder, ItemCF's ``reducer_bytes``, and ``catalog()``
-    giving the items' catalog (SASRec's item texts)."""
+    the ``run`` folder in the work folder, ItemCF's ``reducer_bytes``, ``catalog()``
+    giving the items' catalog (SASRec's item texts), and ``searches()`` the search log's
+    shards (``search_query``'s; ``timed_searches``: it has a time column)."""
 
     paths: list[str]
     items: list[str]
@@ -60,6 +61,8 @@ class ShardedLog:
     run: Path
     reducer_bytes: int
     catalog: Callable[[], Any] | None = None
+    searches: Callable[[], list[str] | None] = lambda: None
+    timed_searches: bool = True
 
 
 def shard_lists(shard: int, path: str, items: list[str], channel, k: int,
@@ -122,7 +125,8 @@ class ShardedChannelLists:
         start = time.perf_counter()
         channel = build_channel(config, seed)
         fit_from_shards({config.channel_name: channel}, log.paths, log.items, log.engine,
-                        log.reducer_bytes, log.run, {}, catalog=log.catalog)
+                        log.reducer_bytes, log.run, {}, catalog=log.catalog,
+                        searches=log.searches, timed_searches=log.timed_searches)
         self.stats.fits += 1
         self.stats.fit_seconds += time.perf_counter() - start
         paths, items = log.paths, log.items
@@ -223,7 +227,8 @@ def tune_sharded(spec, config: PipelineConfig, trials: int, metric: str | None =
     with open_sharded_log(spec, engine, work_dir, shard_events) as log:
         objective = ShardedObjective(
             ShardedLog(log.shards.paths, log.items, engine, log.run, reducer_bytes,
-                       catalog=lambda: read_catalog(spec.items, len(log.items))),
+                       catalog=lambda: read_catalog(spec.items, len(log.items)),
+                       searches=log.searches, timed_searches=log.timed_searches),
             config, metric, space=space, stages=stages)
         identity = {"dataset": dataset, "protocol": "loo", "data": log.run.name,
                     "base_config_hash": config.config_hash(), "metric": metric,

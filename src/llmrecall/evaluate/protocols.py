@@ -165,7 +165,29 @@ def _loo(dataset: Dataset, seed: int) -> Split:
     valid = task_for(valid_log, train_hist, train_hist)
     # test: the model state is one step stale, the history is fresh (train + valid)
     test = task_for(test_log, fresh_hist, fresh_hist)
-    return Split("loo", seed, dataset, dataset.with_interactions(train_log), valid, test)
+    train = dataset.with_interactions(train_log)
+    if dataset.searches is not None and searches_comparable(dataset):
+        train = replace(train, searches=dataset.searches.before(held_out_times(valid_log, n_users)))
+    return Split("loo", seed, dataset, train, valid, test)
+
+
+def held_out_times(valid_log: Interactions, n_users: int) -> np.ndarray:
+    """float64[n_users]: each evaluated user's first held-out time (their validation
+    target's), ``inf`` for a user with nothing held out. The searches a ``loo`` fit sees
+    are those made before it (:meth:`~llmrecall.data.dataset.SearchLog.before`): a query
+    typed after the target would tell the model what the user went on to want. The test
+    target is ranked by the same fit (one step stale), so it sees the same searches."""
+    cut = np.full(n_users, np.inf)
+    cut[valid_log.user] = valid_log.time
+    return cut
+
+
+def searches_comparable(dataset: Dataset) -> bool:
+    """Whether the search log's times and the interactions' are on one clock: both in
+    seconds. A log read without a time column is timed by its row positions, which say
+    nothing about the other file's rows; then no search can be placed before or after a
+    target, and the fit sees every search (docs/evaluation.md)."""
+    return "file order" not in (dataset.meta.get("time"), dataset.meta.get("search_time"))
 
 
 # ---- recbole-general ------------------------------------------------------------------------
