@@ -170,7 +170,9 @@ def run_child(data: str, mode: str, workers: int, object_store_mb: int,
         from llmrecall.engine.ray_engine import RayEngine
         from llmrecall.engine.sharded_build import build_sharded
 
-        ray.init(num_cpus=workers, object_store_memory=object_store_mb * 2**20,
+        # address "local": a fresh instance of its own, never a cluster already running here
+        ray.init(address="local", num_cpus=workers,
+                 object_store_memory=object_store_mb * 2**20,
                  include_dashboard=False, log_to_driver=False)
         _, ran = build_sharded(spec, PipelineConfig.model_validate(
             {**CONFIG, "engine": {"log": "sharded"}}), out, engine=RayEngine())
@@ -189,7 +191,9 @@ def run_child(data: str, mode: str, workers: int, object_store_mb: int,
         from llmrecall.engine.ray_engine import RayEngine
         from llmrecall.engine.sharded import evaluate_sharded
 
-        ray.init(num_cpus=workers, object_store_memory=object_store_mb * 2**20,
+        # address "local": a fresh instance of its own, never a cluster already running here
+        ray.init(address="local", num_cpus=workers,
+                 object_store_memory=object_store_mb * 2**20,
                  include_dashboard=False, log_to_driver=False)
         engine = RayEngine()
         report = evaluate_sharded(spec, PipelineConfig.model_validate(

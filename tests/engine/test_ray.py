@@ -397,8 +397,9 @@ def _kill_a_worker_after(cluster, storage, folder: str, killed: dict) -> None:
         time.sleep(0.02)
 
 
-#: the SASRec fit the kill tests compare with (ids only, small, 8 epochs)
-SASREC_KILLED = dict(text_init="none", dim=16, max_len=20, epochs=8, seed=0)
+#: the SASRec fit the kill tests compare with (ids only, small): 5 epochs, so a run killed
+#: once epoch 2's checkpoint is registered still has epochs to resume
+SASREC_KILLED = dict(text_init="none", dim=16, max_len=20, epochs=5, seed=0)
 
 
 def _fit_sasrec_on_ray(split, storage):
@@ -596,8 +597,7 @@ ray.init(address=sys.argv[1], log_to_driver=False)
 split = make_split(load_builtin("ml-100k"), "loo", 0)
 engine = RayEngine(train_workers=2, train_storage=sys.argv[2])
 with use_engine(engine):
-    engine.fit_channel(SASRec(text_init="none", dim=16, max_len=20, epochs=8, seed=0),
-                       split.train)
+    engine.fit_channel(SASRec(**SASREC_KILLED), split.train)
 """
 
 
@@ -620,7 +620,8 @@ def test_sasrec_fit_resumes_after_its_driver_is_killed(cluster, sasrec_uninterru
 
     storage = tmp_path / "shared"
     script = tmp_path / "driver.py"
-    script.write_text(SASREC_DRIVER)
+    # the same parameters as the uninterrupted fit: the run's folder is named by them
+    script.write_text(f"SASREC_KILLED = {SASREC_KILLED!r}\n" + SASREC_DRIVER)
     driver = subprocess.Popen([sys.executable, str(script), cluster.address, str(storage)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline, registered = time.monotonic() + 300, None
