@@ -579,6 +579,39 @@ def test_sharded_search_query_is_the_driver_paths(ml100k_catalog_files, tmp_path
     assert again["results"] == sharded["results"]
 
 
+def test_a_tab_separated_log_is_sharded_as_the_loader_reads_it(tmp_path):
+    """A TSV log (and a TSV search log) on the sharded path: split on tabs, as the loader
+    splits it, so the evaluation is the loaded log's; a log missing a named column is
+    refused naming the file."""
+    from llmrecall.data.builtin import load_builtin
+    from llmrecall.errors import DataError
+
+    ds = load_builtin("ml-100k")
+    log = ds.interactions
+    pl.DataFrame({"user": [ds.users.ids[u] for u in log.user],
+                  "item": [ds.items.ids[i] for i in log.item],
+                  "ts": log.time.astype(np.int64)}).write_csv(tmp_path / "log.tsv", separator="\t")
+    pl.DataFrame({"user": [ds.users.ids[0]], "query": ["star wars"], "ts": [0]}
+                 ).write_csv(tmp_path / "searches.tsv", separator="\t")
+    (tmp_path / "data.toml").write_text(
+        '[data.interactions]\npath = "log.tsv"\nuser = "user"\nitem = "item"\ntime = "ts"\n'
+        '[data.searches]\npath = "searches.tsv"\nuser = "user"\nquery = "query"\n'
+        'time = "ts"\n')
+    spec = DataSpec.from_toml(tmp_path / "data.toml")
+    config = PipelineConfig.model_validate({"channels": CHANNELS[:3]})
+    driver = evaluate(load_dataset_toml(tmp_path / "data.toml"), "loo", config)
+    sharded = evaluate_sharded(spec, config, engine=Engine(), shard_events=40_000)
+    assert sharded["engine"]["events"] == 100_000 and sharded["engine"]["users"] == 943
+    for name, row in driver["results"].items():
+        for metric, value in row.items():
+            assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12)
+    (tmp_path / "data.toml").write_text(
+        '[data.interactions]\npath = "log.tsv"\nuser = "user"\nitem = "movie"\n'
+        'time = "ts"\n')
+    with pytest.raises(DataError, match="log.tsv: a column of the log is missing"):
+        evaluate_sharded(DataSpec.from_toml(tmp_path / "data.toml"), config, engine=Engine())
+
+
 def test_a_bad_search_log_row_is_refused_by_file_and_row(tmp_path):
     """The search log's map tasks check what the loader checks: an empty user id or query,
     a time that is not a number; the error names the file, the row and the column, and no
@@ -824,7 +857,13 @@ def test_what_the_sharded_path_does_not_cover_is_refused_by_name(ml100k_files, t
     other = DataSpec.from_toml(tmp_path / "d.toml")
     with pytest.raises(ConfigError, match="iso8601.*event column 'e'"):
         check_sharded(other, PipelineConfig.model_validate({"channels": CHANNELS[:1]}), "loo")
-    # a search log is read in CSV, TSV or Parquet with numeric times or none
+    # the log and the search log are read in CSV, TSV or Parquet; a search log's times
+    # are numeric or absent
+    (tmp_path / "j.toml").write_text('[data.interactions]\npath = "log.jsonl"\nuser = "u"\n'
+                                     'item = "i"\ntime = "t"\n')
+    with pytest.raises(ConfigError, match="a log in 'jsonl'"):
+        check_sharded(DataSpec.from_toml(tmp_path / "j.toml"),
+                      PipelineConfig.model_validate({"channels": CHANNELS[:1]}), "loo")
     (tmp_path / "s.toml").write_text(
         '[data.interactions]\npath = "log.csv"\nuser = "u"\nitem = "i"\ntime = "t"\n'
         '[data.searches]\npath = "searches.jsonl"\nuser = "u"\nquery = "q"\ntime = "t"\n'

@@ -48,6 +48,7 @@ import numpy as np
 import polars as pl
 
 from llmrecall.data.spec import InteractionsSpec, table_files
+from llmrecall.errors import DataError
 
 
 def _shard_of(users: pl.Series, n_shards: int) -> np.ndarray:
@@ -55,6 +56,9 @@ def _shard_of(users: pl.Series, n_shards: int) -> np.ndarray:
     return np.fromiter((zlib.crc32(u.encode()) % n_shards for u in users.to_list()),
                        np.int64, len(users))
 
+
+#: the table formats the map tasks read (a log, a search log)
+SHARDED_FORMATS = ("csv", "tsv", "parquet")
 
 #: rows one map task reads at most from a Parquet file (a larger file is read in ranges)
 MAP_ROWS = 2_000_000
@@ -77,17 +81,22 @@ def file_ranges(path: str | Path, max_rows: int | None = None) -> list[tuple[int
 
 
 def map_file(path: str, number: int, user: str, item: str, time: str | None,
-             n_shards: int, first_row: int = 0,
-             rows: int | None = None) -> list[dict[str, np.ndarray]]:
+             n_shards: int, first_row: int = 0, rows: int | None = None,
+             separator: str = ",") -> list[dict[str, np.ndarray]]:
     """Read one file's rows ``first_row`` to ``first_row + rows`` (all of it by default;
-    a Parquet file's range is read alone) and split them by user shard (numeric ``time``
-    columns only). Each row keeps its place in the log, ``(number, row in the file)``."""
+    a Parquet file's range is read alone; any other file is delimited text split on
+    ``separator``) and split them by user shard (numeric ``time`` columns only). Each row
+    keeps its place in the log, ``(number, row in the file)``."""
     columns = [user, item] + ([time] if time else [])
     if _is_parquet(path):
         scan = pl.scan_parquet(path).select(columns)
         frame = (scan.slice(first_row, rows) if rows is not None else scan).collect()
     else:
-        frame = pl.read_csv(path, columns=columns, infer_schema=False)
+        try:
+            frame = pl.read_csv(path, columns=columns, separator=separator,
+                                infer_schema=False)
+        except pl.exceptions.ColumnNotFoundError as exc:
+            raise DataError(f"{path}: a column of the log is missing ({exc})") from None
     users = frame[user].cast(pl.String)
     row = first_row + np.arange(frame.height, dtype=np.int64)
     times = (frame[time].cast(pl.Float64).to_numpy() if time
@@ -194,7 +203,9 @@ def shard_histories(spec: InteractionsSpec, out: str | Path, shuffle: Callable,
               for first, rows in file_ranges(f)]
     user, item, time = spec.user, spec.item, spec.time
     out_text, dedupe = str(out), bool(spec.dedupe and time is not None)
-    firsts = shuffle(lambda x: map_file(x[0], x[1], user, item, time, n_shards, x[2], x[3]),
+    separator = "\t" if spec.resolved_format == "tsv" else ","
+    firsts = shuffle(lambda x: map_file(x[0], x[1], user, item, time, n_shards, x[2], x[3],
+                                        separator),
                      inputs,
                      lambda s, part: reduce_shard(s, part, out_text, dedupe, with_users),
                      n_shards)

@@ -69,7 +69,7 @@ What it covers: the ``loo`` protocol, the channels ``popularity``, ``itemcf``, `
 fusion by weights or
 ``learned`` (fitted on a sample of validation users from every shard:
 :mod:`llmrecall.engine.sharded_fusion`), no item filters, logs with user, item and a
-numeric time column, and a search log (CSV, TSV or Parquet) with a numeric time
+numeric time column in CSV, TSV or Parquet, and a search log (CSV, TSV or Parquet) with a numeric time
 column or none. Anything else is refused with a
 :class:`~llmrecall.errors.ConfigError` naming it. ``build`` and ``tune`` read the shards
 too (:mod:`llmrecall.engine.sharded_build`, :mod:`llmrecall.engine.sharded_tune`; ``tune``
@@ -111,7 +111,7 @@ from llmrecall.engine.cooccurrence import (
     swing_recent_users,
     swing_reduce,
 )
-from llmrecall.engine.histories import HistoryShards, shard_histories
+from llmrecall.engine.histories import SHARDED_FORMATS, HistoryShards, shard_histories
 from llmrecall.engine.shard_split import read_shard, shard_task
 from llmrecall.engine.sharded_als import FACTOR_KINDS, fit_factors
 from llmrecall.engine.sharded_ease import LINEAR_KINDS, fit_linear
@@ -119,7 +119,6 @@ from llmrecall.engine.sharded_fusion import FUSION_USERS, fit_sharded_fusion, fu
 from llmrecall.engine.sharded_interest import INTEREST_KINDS, fit_interest
 from llmrecall.engine.sharded_sasrec import fit_sasrec
 from llmrecall.engine.sharded_search import (
-    SEARCH_FORMATS,
     SEARCH_KINDS,
     fit_search,
     search_folder,
@@ -164,6 +163,12 @@ def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
     if f.include_categories or f.exclude_categories or f.allow_items or f.deny_items:
         problems.append("[filters] (they read the catalog)")
     inter = spec.interactions
+    try:
+        if inter.resolved_format not in SHARDED_FORMATS:
+            problems.append(f"a log in {inter.resolved_format!r} (only "
+                            f"{', '.join(SHARDED_FORMATS)})")
+    except ConfigError as exc:
+        problems.append(str(exc))
     if inter.time is None:
         problems.append("a log without a time column")
     elif inter.time_format != "unix":
@@ -174,9 +179,9 @@ def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
                             "time only)")
     searches = spec.searches
     if searches is not None:
-        if searches.resolved_format not in SEARCH_FORMATS:
+        if searches.resolved_format not in SHARDED_FORMATS:
             problems.append(f"a search log in {searches.resolved_format!r} (only "
-                            f"{', '.join(SEARCH_FORMATS)})")
+                            f"{', '.join(SHARDED_FORMATS)})")
         if searches.time is not None and searches.time_format != "unix":
             problems.append(f"the search log's time_format {searches.time_format!r} (only "
                             "numeric 'unix' times)")

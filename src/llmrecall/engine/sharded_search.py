@@ -48,9 +48,6 @@ from llmrecall.errors import DataError
 #: channel kinds fitted here
 SEARCH_KINDS = ("search_query",)
 
-#: the search log formats the map tasks read
-SEARCH_FORMATS = ("csv", "tsv", "parquet")
-
 _SCHEMA = {"user": pl.String, "query": pl.String, "time": pl.Float64, "place": pl.Int64}
 
 
