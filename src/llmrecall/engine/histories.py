@@ -80,6 +80,32 @@ def file_ranges(path: str | Path, max_rows: int | None = None) -> list[tuple[int
             for start in range(0, max(rows, 1), max(1, max_rows))]
 
 
+def read_rows(path: str, columns: list[str], first_row: int = 0, rows: int | None = None,
+              separator: str = ",") -> pl.DataFrame:
+    """``columns`` of one file's rows ``first_row`` to ``first_row + rows`` (all of it by
+    default; a Parquet file's range is read alone; any other file is delimited text split
+    on ``separator``, every column as text). A missing column raises :class:`DataError`
+    naming the file."""
+    if _is_parquet(path):
+        scan = pl.scan_parquet(path).select(columns)
+        return (scan.slice(first_row, rows) if rows is not None else scan).collect()
+    try:
+        return pl.read_csv(path, columns=columns, separator=separator, infer_schema=False)
+    except pl.exceptions.ColumnNotFoundError as exc:
+        raise DataError(f"{path}: a column of the log is missing ({exc})") from None
+
+
+def split_by_shard(users: pl.Series, columns: dict[str, np.ndarray],
+                   n_shards: int) -> list[dict[str, np.ndarray]]:
+    """``columns`` (arrays of one length, a row each) cut into ``n_shards`` pieces by the
+    shard of each row's raw user id (:func:`_shard_of`), rows in their order within each."""
+    shard = _shard_of(users, n_shards)
+    order = np.argsort(shard, kind="stable")
+    bounds = np.searchsorted(shard[order], np.arange(n_shards + 1))
+    return [{k: v[order[bounds[s]:bounds[s + 1]]] for k, v in columns.items()}
+            for s in range(n_shards)]
+
+
 def map_file(path: str, number: int, user: str, item: str, time: str | None,
              n_shards: int, first_row: int = 0, rows: int | None = None,
              separator: str = ",") -> list[dict[str, np.ndarray]]:
@@ -87,28 +113,16 @@ def map_file(path: str, number: int, user: str, item: str, time: str | None,
     a Parquet file's range is read alone; any other file is delimited text split on
     ``separator``) and split them by user shard (numeric ``time`` columns only). Each row
     keeps its place in the log, ``(number, row in the file)``."""
-    columns = [user, item] + ([time] if time else [])
-    if _is_parquet(path):
-        scan = pl.scan_parquet(path).select(columns)
-        frame = (scan.slice(first_row, rows) if rows is not None else scan).collect()
-    else:
-        try:
-            frame = pl.read_csv(path, columns=columns, separator=separator,
-                                infer_schema=False)
-        except pl.exceptions.ColumnNotFoundError as exc:
-            raise DataError(f"{path}: a column of the log is missing ({exc})") from None
+    frame = read_rows(path, [user, item] + ([time] if time else []), first_row, rows,
+                      separator)
     users = frame[user].cast(pl.String)
     row = first_row + np.arange(frame.height, dtype=np.int64)
     times = (frame[time].cast(pl.Float64).to_numpy() if time
              else (number * 2.0 ** 32 + row).astype(np.float64))
-    shard = _shard_of(users, n_shards)
-    base = {"user": users.to_numpy().astype(object),
-            "item": frame[item].cast(pl.String).to_numpy().astype(object),
-            "time": times, "file": np.full(frame.height, number, np.int64), "row": row}
-    order = np.argsort(shard, kind="stable")
-    bounds = np.searchsorted(shard[order], np.arange(n_shards + 1))
-    return [{k: v[order[bounds[s]:bounds[s + 1]]] for k, v in base.items()}
-            for s in range(n_shards)]
+    return split_by_shard(users, {
+        "user": users.to_numpy().astype(object),
+        "item": frame[item].cast(pl.String).to_numpy().astype(object),
+        "time": times, "file": np.full(frame.height, number, np.int64), "row": row}, n_shards)
 
 
 def _first_places(frame: pl.DataFrame, key: str) -> pl.DataFrame:

@@ -49,6 +49,14 @@ class ShardUserRows:
         return [self.parts.load(s)[0] for s in range(len(self.paths))]
 
 
+def no_users(width: int) -> dict[str, np.ndarray]:
+    """The per-user state of a user-texts channel (``llm_interest``, ``search_query``) with
+    no user (``width`` matches per text): what the driver's fitted channel holds, each
+    task reading its own shard's."""
+    return {"text_indptr_": np.zeros(1, np.int64), "texts_": np.zeros(0, dtype="<U1"),
+            "match_ids_": np.zeros((0, width), np.int32)}
+
+
 def for_shard(target: Any, path: str) -> Any:
     """``target`` (a channel or a :class:`~llmrecall.pipeline.RecallPipeline`) as the task
     of the shard at ``path`` must use it: every channel with per-shard user state

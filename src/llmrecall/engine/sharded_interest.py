@@ -142,7 +142,7 @@ def fit_interest(channel, paths: list[str], items: list[str], catalog, engine, r
     from the shards ``paths`` (module docstring); ``catalog``: the items'
     :class:`~llmrecall.data.dataset.Catalog`. The matched texts are kept under ``run``,
     one part per shard; ``resumed[f"{name}_texts"]`` says how many were found there."""
-    from llmrecall.engine.shard_users import ShardUserRows
+    from llmrecall.engine.shard_users import ShardUserRows, no_users
     from llmrecall.interest.jobs import InterestSettings
     from llmrecall.lm.stores import open_cache
 
@@ -176,18 +176,11 @@ def fit_interest(channel, paths: list[str], items: list[str], catalog, engine, r
                           {"stats": stats})
         finally:
             store.close()
-    channel.use_shard_users(_no_users(min(int(channel.per_text_k), len(items))))
+    channel.use_shard_users(no_users(min(int(channel.per_text_k), len(items))))
     channel.job_stats = combined_stats([kept.load_meta(s)["stats"] if s in todo else
                                         found_stats(kept.load_meta(s)["stats"])
                                         for s in range(len(paths))])
     channel.shard_rows_ = ShardUserRows(kept, tuple(paths))
-
-
-def _no_users(width: int) -> dict[str, np.ndarray]:
-    """A per-user state with no user (``width`` matches per text): what the driver's
-    channel holds (each task reads its shard's)."""
-    return {"text_indptr_": np.zeros(1, np.int64), "texts_": np.zeros(0, dtype="<U1"),
-            "match_ids_": np.zeros((0, width), np.int32)}
 
 
 def found_stats(stats: dict[str, Any]) -> dict[str, Any]:

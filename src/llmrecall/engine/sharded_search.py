@@ -40,7 +40,7 @@ import polars as pl
 
 from llmrecall.data.dataset import SearchLog
 from llmrecall.data.spec import SearchesSpec, table_files
-from llmrecall.engine.histories import _is_parquet, _shard_of, file_ranges
+from llmrecall.engine.histories import file_ranges, read_rows, split_by_shard
 from llmrecall.engine.shard_split import catalog_only, read_shard
 from llmrecall.engine.stage_files import StageParts, channel_params, digest, files_signature
 from llmrecall.errors import DataError
@@ -66,17 +66,8 @@ def map_search_file(path: str, number: int, spec: SearchesSpec, n_shards: int,
     split by user shard: ``user``, ``query``, ``time`` and ``place`` arrays per shard.
     Raises :class:`DataError` naming the file and row of an empty user id or query, or of
     a time that is not a number."""
-    columns = [spec.user, spec.query] + ([spec.time] if spec.time else [])
-    if _is_parquet(path):
-        scan = pl.scan_parquet(path).select(columns)
-        frame = (scan.slice(first_row, rows) if rows is not None else scan).collect()
-    else:
-        separator = "\t" if spec.resolved_format == "tsv" else ","
-        try:
-            frame = pl.read_csv(path, columns=columns, separator=separator,
-                                infer_schema=False)
-        except pl.exceptions.ColumnNotFoundError as exc:
-            raise DataError(f"{path}: a column of the search log is missing ({exc})") from None
+    frame = read_rows(path, [spec.user, spec.query] + ([spec.time] if spec.time else []),
+                      first_row, rows, "\t" if spec.resolved_format == "tsv" else ",")
     row = first_row + np.arange(frame.height, dtype=np.int64)
     users = frame[spec.user].cast(pl.String)
     queries = frame[spec.query].cast(pl.String)
@@ -97,13 +88,9 @@ def map_search_file(path: str, number: int, spec: SearchesSpec, n_shards: int,
         time = times.to_numpy().astype(np.float64)
     else:
         time = place.astype(np.float64)
-    shard = _shard_of(users, n_shards)
-    base = {"user": users.to_numpy().astype(object), "query": queries.to_numpy().astype(object),
-            "time": time, "place": place}
-    order = np.argsort(shard, kind="stable")
-    bounds = np.searchsorted(shard[order], np.arange(n_shards + 1))
-    return [{k: v[order[bounds[s]:bounds[s + 1]]] for k, v in base.items()}
-            for s in range(n_shards)]
+    return split_by_shard(users, {"user": users.to_numpy().astype(object),
+                                  "query": queries.to_numpy().astype(object),
+                                  "time": time, "place": place}, n_shards)
 
 
 def reduce_search_shard(shard: int, part: dict[str, np.ndarray], out: str) -> str:
@@ -167,8 +154,7 @@ def fit_search(channel, paths: list[str], search_paths: list[str] | None, items:
     has a time column (without one no search can be placed before a target, and every
     search counts, as :func:`~llmrecall.evaluate.protocols.searches_comparable` rules)."""
     from llmrecall.channels.search import recent_queries
-    from llmrecall.engine.shard_users import ShardUserRows
-    from llmrecall.engine.sharded_interest import _no_users
+    from llmrecall.engine.shard_users import ShardUserRows, no_users
 
     kept = StageParts(run, "search_query",
                       digest(channel_params(channel), split, timed, search_paths))
@@ -186,5 +172,5 @@ def fit_search(channel, paths: list[str], search_paths: list[str] | None, items:
                 texts = recent_queries(log, n_users, channel.recent_queries)
             kept.save(s, channel.matched_texts(matcher, n_users, texts),
                       {"users_with_queries": len(texts)})
-    channel.use_shard_users(_no_users(min(int(channel.per_text_k), len(items))))
+    channel.use_shard_users(no_users(min(int(channel.per_text_k), len(items))))
     channel.shard_rows_ = ShardUserRows(kept, tuple(paths))
