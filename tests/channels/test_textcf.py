@@ -96,8 +96,59 @@ class TestTextCFColdSetting(TestTextCF):
         expected = items / np.linalg.norm(items, axis=1, keepdims=True)
         np.testing.assert_allclose(channel.item_vectors_, expected, atol=1e-5)
 
+class TestTextCFWithPopularityPrior(TestTextCF):
+    """The contract and the topic checks hold with the popularity prior added."""
+
+    def make_channel(self):
+        return TextCF(dim=32, hidden=64, epochs=40, batch_size=64, lr=3e-3,
+                      popularity_prior=1.5)
+
+    def test_scores_are_the_logits_plus_the_weighted_prior(self, fitted):
+        import copy
+
+        channel, data = fitted
+        h, users = data.histories(), np.arange(data.n_users, dtype=np.int32)
+        plain = copy.copy(channel)
+        plain.popularity_prior = 0.0  # the same fitted model, scored by the cosine alone
+        cos = plain.score(users, h)
+        np.testing.assert_allclose(channel.score(users, h),
+                                   cos / channel.tau + 1.5 * channel.item_prior_[None, :],
+                                   rtol=1e-5, atol=1e-5)
+
+    def test_the_prior_is_observed_for_trained_items_and_predicted_for_cold_ones(self,
+                                                                                fitted):
+        from llmrecall.channels.popularity_prior import TextPopularityPrior
+
+        channel, data = fitted
+        counts = np.bincount(data.interactions.item, minlength=data.n_items)
+        assert (counts[COLD] == 0).all() and (counts[counts > 0] > 0).all()
+        warm = counts > 0
+        np.testing.assert_allclose(channel.item_prior_[warm], np.log(counts[warm]), rtol=1e-6)
+        prior = TextPopularityPrior()
+        prior.coef_, prior.intercept_ = channel.prior_coef_, channel.prior_intercept_
+        np.testing.assert_allclose(channel.item_prior_[COLD],
+                                   prior.predict(channel.text_vectors_[COLD]), rtol=1e-5)
+
+    def test_added_items_get_their_predicted_prior(self, fitted):
+        import copy
+
+        channel, data = fitted
+        grown = copy.deepcopy(channel)
+        n = data.n_items
+        warm_prior = grown.item_prior_[0]
+        # a new item two past the end (the id between is not given) and an edited warm one
+        grown.add_items(np.array([n + 1, 0]), ["Mars rover mission diary", "Rocket science"])
+        assert grown.item_prior_.shape == (n + 2,)
+        assert grown.item_prior_[0] == warm_prior  # its training events have not changed
+        assert grown.item_prior_[n] == -np.inf  # never scored above a real item
+        expected = grown.prior_intercept_[0] + grown.text_vectors_[n + 1] @ grown.prior_coef_
+        np.testing.assert_allclose(grown.item_prior_[n + 1], expected, rtol=1e-5)
+        assert np.isfinite(grown.item_prior_[n + 1])
+
+
 @pytest.mark.parametrize("bad", [{"tau": 0}, {"max_steps": -1}, {"user_init": "users"},
-                                 {"recency_decay": 0.0}, {"recency_decay": 1.5}, {"recent": 0}])
+                                 {"recency_decay": 0.0}, {"recency_decay": 1.5}, {"recent": 0},
+                                 {"popularity_prior": -1.0}, {"popularity_prior": float("nan")}])
 def test_bad_parameters(bad):
     with pytest.raises(ConfigError):
         TextCF(**bad)

