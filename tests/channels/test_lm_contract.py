@@ -5,7 +5,7 @@ community B's about cooking, so text-only channels can find the communities too.
 
 ``min_recall_at_50``: test Recall@50 on ml-100k (chronological leave-one-out, default
 hyperparameters, bench/lm_channels.py) measured at 0.1145 semantic_i2i, 0.0997
-semantic_user, 0.2545 textcf (0.3446 with its popularity prior), 0.5027 sasrec (fuse);
+semantic_user, 0.2545 textcf (0.3446 with its popularity prior), 0.4624 sasrec (8 epochs);
 thresholds sit 10-20% below.
 """
 
@@ -85,3 +85,8 @@ class TestSASRecContract(TextContract):
 
     def make_channel(self):
         return SASRec(text_init="fuse", dim=32, max_len=10, epochs=40, batch_size=32, lr=3e-3)
+
+    def ml100k_channel(self):
+        # 8 of the default 30 epochs: the floor still fails a broken model (measured 0.4624
+        # at 8 epochs, 0.4836 at 12), at a third of the fit time
+        return SASRec(epochs=8)
