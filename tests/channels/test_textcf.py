@@ -124,8 +124,7 @@ class TestTextCFWithPopularityPrior(TestTextCF):
         assert (counts[COLD] == 0).all() and (counts[counts > 0] > 0).all()
         warm = counts > 0
         np.testing.assert_allclose(channel.item_prior_[warm], np.log(counts[warm]), rtol=1e-6)
-        prior = TextPopularityPrior()
-        prior.coef_, prior.intercept_ = channel.prior_coef_, channel.prior_intercept_
+        prior = TextPopularityPrior.from_arrays(channel.prior_coef_, channel.prior_intercept_)
         np.testing.assert_allclose(channel.item_prior_[COLD],
                                    prior.predict(channel.text_vectors_[COLD]), rtol=1e-5)
 

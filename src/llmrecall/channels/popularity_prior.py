@@ -55,6 +55,15 @@ class TextPopularityPrior:
         self.alpha_ = float(ridge.alpha_)
         return self
 
+    @classmethod
+    def from_arrays(cls, coef: np.ndarray, intercept: np.ndarray) -> TextPopularityPrior:
+        """A fitted prior from its saved ``coef_`` float32[d] and ``intercept_`` float32[1]."""
+        prior = cls()
+        prior.coef_ = np.asarray(coef, np.float32)
+        prior.intercept_ = np.asarray(intercept, np.float32).reshape(1)
+        prior.alpha_ = float("nan")
+        return prior
+
     def predict(self, vectors: np.ndarray) -> np.ndarray:
         """float32[n] predicted log counts of the items whose text vectors are ``vectors``
         (float32[n, d]); one row's prediction depends on that row alone."""

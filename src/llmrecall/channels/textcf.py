@@ -569,9 +569,8 @@ class TextCF(Channel, AddsItems, CachesUsers):
             return None
         vectors = text if self.prior_text_embedder == self.embedder else text_vectors(
             added_texts(ids, texts), self.prior_text_embedder)
-        prior = TextPopularityPrior()
-        prior.coef_, prior.intercept_ = self.prior_coef_, self.prior_intercept_
-        return prior.predict(vectors)
+        return TextPopularityPrior.from_arrays(self.prior_coef_,
+                                               self.prior_intercept_).predict(vectors)
 
     def _history_weights(self, history: Histories, users: np.ndarray, n_items: int,
                          rows: sp.csr_matrix) -> sp.csr_matrix:
