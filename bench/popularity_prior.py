@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from llmrecall.channels.text_features import item_text_vectors, popularity  # noqa: E402
+from llmrecall.channels.text_features import item_text_vectors  # noqa: E402
 from llmrecall.channels.textcf import TextCF  # noqa: E402
 from llmrecall.data.builtin import load_builtin  # noqa: E402
 from llmrecall.evaluate import evaluate_channel, make_split  # noqa: E402
@@ -84,7 +84,6 @@ def main() -> None:
     started = time.perf_counter()
     fitted = TextCF(**params).fit(split.train)
     fit_s = time.perf_counter() - started
-    counts = popularity(split.train)
 
     rows = []
     if not args.loo:
@@ -93,7 +92,7 @@ def main() -> None:
     for embedder in embedders:
         channel = copy.copy(fitted)
         channel.prior_embedder = embedder
-        channel.install_prior(item_text_vectors(split.train, embedder), counts)
+        channel.install_prior(item_text_vectors(split.train, embedder))
         for weight in weights:
             if weight == 0 and embedder != embedders[0]:
                 continue  # the cosine alone: one row

@@ -309,10 +309,10 @@ class TextCF(Channel, AddsItems, CachesUsers):
         user_items = history.matrix()
         mlp, item_side = self.fit_matrices(text, user_items,
                                            self.history_weights(history, user_items), train)
-        counts = popularity(dataset)
-        self.install(text, mlp, item_side, counts)
-        if self.popularity_prior:
-            self.install_prior(item_text_vectors(dataset, self.prior_text_embedder), counts)
+        self.install(text, mlp, item_side, popularity(dataset))
+        if self.popularity_prior:  # the catalog embedded again only for another embedder
+            self.install_prior(text if self.prior_text_embedder == self.embedder
+                               else item_text_vectors(dataset, self.prior_text_embedder))
         return self
 
     @property
@@ -320,15 +320,17 @@ class TextCF(Channel, AddsItems, CachesUsers):
         """The embedder of the popularity prior's text vectors."""
         return self.prior_embedder or self.embedder
 
-    def install_prior(self, prior_text: np.ndarray, popularity_counts: np.ndarray) -> None:
-        """Fit the popularity prior (after :meth:`install`) on ``prior_text``
-        float32[n_items, d] (the items' vectors from :attr:`prior_text_embedder`) and the
-        training counts; keeps ``item_prior_`` float32[n_items] and the regression
-        (``prior_coef_``, ``prior_intercept_``) that :meth:`add_items` predicts with."""
-        prior = TextPopularityPrior().fit(prior_text, popularity_counts)
+    def install_prior(self, prior_text: np.ndarray) -> None:
+        """Fit the popularity prior on ``prior_text`` float32[n_items, d] (the items' vectors
+        from :attr:`prior_text_embedder`) and the training counts :meth:`install` kept
+        (``popularity_``; so call it after :meth:`install`); keeps ``item_prior_``
+        float32[n_items] and the regression (``prior_coef_``, ``prior_intercept_``) that
+        :meth:`add_items` predicts with."""
+        counts = self.popularity_
+        prior = TextPopularityPrior().fit(prior_text, counts)
         with self._lock:
             self.prior_coef_, self.prior_intercept_ = prior.coef_, prior.intercept_
-            self.item_prior_ = prior.item_prior(prior_text, popularity_counts)
+            self.item_prior_ = prior.item_prior(prior_text, counts)
 
     def history_weights(self, history: Histories, user_items: sp.csr_matrix) -> sp.csr_matrix:
         """float32 CSR [n_users, n_items]: every user's history weights

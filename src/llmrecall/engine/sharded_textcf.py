@@ -237,4 +237,4 @@ def fit_textcf(channel, paths: list[str], items: list[str], counts: np.ndarray, 
             with use_engine(engine):
                 text = item_text_vectors(catalog_only(items, catalog),
                                          channel.prior_text_embedder)
-        channel.install_prior(text, counts.astype(np.float32))
+        channel.install_prior(text)
