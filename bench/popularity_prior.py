@@ -189,11 +189,11 @@ def grid(args) -> None:
         table.add_column(column, justify="right")
     for key, cell in results.items():
         schedule, recency, weight = key
-        mean = ensembles.get(key)
+        ensemble = ensembles.get(key)
         table.add_row(schedule, f"{recency:g}", f"{weight:g}", *(
             f"{np.mean(cell[t]):.4f} ± {np.std(cell[t], ddof=1) if len(cell[t]) > 1 else 0:.4f}"
             + (" *" if key == best and t == "valid" else "")
-            for t in ("valid", "test")), *(f"{mean[t]:.4f}" if mean else ""
+            for t in ("valid", "test")), *(f"{ensemble[t]:.4f}" if ensemble else ""
                                            for t in ("valid", "test")))
     Console(width=200).print(table)
     if args.json:
