@@ -213,18 +213,84 @@ def test_guard_keeps_the_channel_when_the_learned_gain_is_within_noise():
     """Regression: the guard used to take any out-of-fold gain, however small; on ml-1m
     (configs/full-large.toml) a +0.0026 validation gain at R@10 became −0.0066 on test."""
     learned, lists, targets, n_items = _noise_level_win()
-    reference, prefix, report = fusion_learn._guard(learned, lists, targets, n_items, 20, [10])
+    reference, prefix, _base, report = fusion_learn._guard({"learned": learned}, lists, targets,
+                                                           n_items, 20, [10])
     assert (reference, prefix) == ("chan", 10)
     assert report["out_of_fold_recall"]["fused"]["10"] == pytest.approx(0.100)
     assert report["margin_z"] == fusion_learn.GUARD_Z > 0
     # without the margin, the one-user gain wins: the learned list alone
-    reference, prefix, _ = fusion_learn._guard(learned, lists, targets, n_items, 20, [10], z=0.0)
+    reference, prefix, _, _ = fusion_learn._guard({"learned": learned}, lists, targets, n_items,
+                                                  20, [10], z=0.0)
     assert (reference, prefix) == (None, 0)
 
 
 def test_guard_takes_a_learned_gain_well_beyond_noise():
     learned, lists, targets, n_items = _noise_level_win()
     learned[201:400, 9] = np.arange(201, 400)  # now 300 hits against 100
-    reference, prefix, report = fusion_learn._guard(learned, lists, targets, n_items, 20, [10])
-    assert (reference, prefix) == (None, 0)
+    reference, prefix, base, report = fusion_learn._guard({"learned": learned}, lists, targets,
+                                                          n_items, 20, [10])
+    assert (reference, prefix, base) == (None, 0, "learned")
     assert report["out_of_fold_recall"]["fused"]["10"] == pytest.approx(0.300)
+
+
+def _harmful_table(ids, *args, **kwargs):
+    """A learner that ranks by the noise channel: its list finds no target at all."""
+    table = np.zeros((3, len(ids), 250), np.float32)
+    table[:, list(ids).index("noise"), :] = 10.0 - np.log1p(np.arange(250))
+    return table
+
+
+def test_guard_takes_the_configs_rrf_when_it_beats_the_learner(monkeypatch, tmp_path):
+    """With the config's weights given, the guard may fill the list from the config's own
+    RRF instead of the learned list: here the learner is useless, and RRF of good and weak
+    finds weak's deep hits that good alone misses. The fused list is then exactly good's
+    prefix followed by the RRF list without those items."""
+    from llmrecall.fusion import ChannelWeight
+    from llmrecall.tune.fastfuse import fused_ids
+
+    lists, targets, lengths = _synthetic()
+    monkeypatch.setattr(fusion_learn, "_fit_table", _harmful_table)
+    weights = {"good": ChannelWeight(1.0), "weak": ChannelWeight(0.5), "noise": ChannelWeight(0.0)}
+    model = fit_learned_fusion(lists, targets, lengths, N_ITEMS, k=200, rrf_weights=weights,
+                               rrf_k=60.0)
+    oof = model.report["out_of_fold_recall"]
+    assert model.base == "rrf" and model.report["base"] == "rrf"
+    assert oof["learned"]["200"] == 0.0 and oof["rrf"]["200"] > oof["channel:good"]["200"]
+    for k in map(str, GUARD_KS):
+        assert oof["fused"][k] >= oof["best_channel"][k]
+    fused = model.fuse(lists, 200, history_lengths=lengths, weights=weights, n_items=N_ITEMS)
+    rrf = fused_ids(lists, 200, N_ITEMS, weights=weights, rrf_k=60.0)
+    m = model.prefix
+    for u in range(0, len(lengths), 37):
+        head = lists["good"][u, :m] if model.reference == "good" else lists["good"][u, :0]
+        rest = rrf[u][~np.isin(rrf[u], head)][:200 - len(head)]
+        np.testing.assert_array_equal(fused.ids[u], np.concatenate([head, rest]))
+    # RRF's contributions (and the guard's bonus) are recorded for the reasons
+    assert fused.contrib is not None
+    np.testing.assert_allclose(fused.contrib[0].sum(axis=1), fused.scores[0], rtol=1e-5)
+    # the base and RRF's constant survive a save and load; a format-1 file reads as learned
+    model.save(tmp_path)
+    loaded = LearnedFusion.load(tmp_path)
+    assert (loaded.base, loaded.rrf_k) == ("rrf", 60.0)
+    np.testing.assert_array_equal(
+        loaded.fuse(lists, 200, history_lengths=lengths, weights=weights, n_items=N_ITEMS).ids,
+        fused.ids)
+
+
+def test_a_format_1_learned_fusion_still_loads_as_the_learned_base(tmp_path):
+    import json
+
+    lists, targets, lengths = _synthetic(n_users=200)
+    model = fit_learned_fusion(lists, targets, lengths, N_ITEMS, k=100)
+    model.save(tmp_path)
+    params = json.loads((tmp_path / "params.json").read_text())
+    params["format"] = 1
+    del params["base"], params["rrf_k"]
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    loaded = LearnedFusion.load(tmp_path)
+    assert loaded.base == "learned"
+    np.testing.assert_array_equal(
+        loaded.fuse(lists, 100, history_lengths=lengths, n_items=N_ITEMS).ids,
+        model.fuse(lists, 100, history_lengths=lengths, n_items=N_ITEMS).ids)
+    with pytest.raises(ValueError, match="base"):
+        LearnedFusion(model.channels, model.table, model.length_edges, base="mean")

@@ -257,8 +257,11 @@ def _fuse_block(lists, k, weights, contribution: _Contribution, allowed, seen, n
 
 # ---- learned fusion -------------------------------------------------------------------------
 
-#: format of a saved :class:`LearnedFusion` (``params.json`` + ``table.npz``)
-LEARNED_FORMAT = 1
+#: format of a saved :class:`LearnedFusion` (``params.json`` + ``table.npz``); format 1
+#: (before ``base``) is read as ``base = "learned"``
+LEARNED_FORMAT = 2
+#: what fills a :class:`LearnedFusion`'s list after the guard's prefix
+LEARNED_BASES = ("learned", "rrf")
 
 
 @dataclass
@@ -272,10 +275,16 @@ class LearnedFusion:
     it and chooses the guard.
 
     The guard: the ``reference`` channel's first ``prefix`` candidates come first, in that
-    channel's order, then the learned order fills the list. Their score carries a bonus
-    ``step * (prefix - r)`` with ``step`` larger than twice any learned sum, so the rule above
-    (score descending) produces exactly that order. ``prefix = 0``: the learned list alone;
+    channel's order, then the ``base`` order fills the list. Their score carries a bonus
+    ``step * (prefix - r)`` with ``step`` larger than twice any base sum, so the rule above
+    (score descending) produces exactly that order. ``prefix = 0``: the base list alone;
     ``prefix >= k``: the reference channel's list.
+
+    The base is the learned table (``base = "learned"``) or, where the guard found the
+    config's own weighted RRF better on the validation users, RRF itself (``base =
+    "rrf"``: ``weight / (rrf_k + r + 1)`` with the caller's weights, as :func:`fuse` scores
+    it). Either way only the channels the model was fitted with are fused: the guard chose
+    on their lists.
 
     Attributes:
         channels: channel names, the order of ``table``'s axis 1.
@@ -287,6 +296,8 @@ class LearnedFusion:
         prefix: how many of the reference channel's first candidates lead the list.
         step: the bonus step (see above).
         report: the fit's validation numbers (JSON-ready), kept for reading, not used here.
+        base: one of :data:`LEARNED_BASES`, what orders the list after the prefix.
+        rrf_k: RRF's damping constant for ``base = "rrf"``.
     """
 
     channels: list[str]
@@ -296,6 +307,12 @@ class LearnedFusion:
     prefix: int = 0
     step: float = 0.0
     report: dict = field(default_factory=dict)
+    base: str = "learned"
+    rrf_k: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.base not in LEARNED_BASES:
+            raise ValueError(f"LearnedFusion base {self.base!r}: expected one of {LEARNED_BASES}")
 
     def buckets(self, history_lengths: np.ndarray) -> np.ndarray:
         """int64[n] history-length bucket of each user."""
@@ -314,8 +331,9 @@ class LearnedFusion:
             lists: channel name -> :class:`Candidates` (or int32[n, k_c] ids) for n users;
                 channels the model was not fitted with are left out.
             history_lengths: int[n] each user's history length (its bucket's table row).
-            weights, allowed, seen, n_items: as for :func:`fuse` (``weight`` itself is not
-                used: the table replaces it; ``weight = 0`` still leaves a channel out).
+            weights, allowed, seen, n_items: as for :func:`fuse` (with the learned base
+                ``weight`` itself is not used: the table replaces it; ``weight = 0`` still
+                leaves a channel out).
         Returns:
             :class:`FusedCandidates` whose ``channels`` are the known channels of ``lists``.
         """
@@ -340,9 +358,13 @@ class LearnedFusion:
         def learned(rows: slice) -> _Contribution:
             block_bucket = bucket[rows]
 
-            def contribution(name: str, _w: ChannelWeight, users: np.ndarray,
+            def contribution(name: str, w: ChannelWeight, users: np.ndarray,
                              ranks: np.ndarray) -> np.ndarray:
-                value = self.table[block_bucket[users], index[name], np.minimum(ranks, width - 1)]
+                if self.base == "rrf":
+                    value = (w.weight / (self.rrf_k + ranks + 1.0)).astype(np.float32)
+                else:
+                    value = self.table[block_bucket[users], index[name],
+                                       np.minimum(ranks, width - 1)]
                 if name == self.reference and self.prefix > 0:
                     value = value + np.where(ranks < self.prefix,
                                              self.step * (self.prefix - ranks), 0.0)
@@ -359,7 +381,7 @@ class LearnedFusion:
         directory.mkdir(parents=True, exist_ok=True)
         params = {"format": LEARNED_FORMAT, "kind": "learned", "channels": self.channels,
                   "reference": self.reference, "prefix": self.prefix, "step": self.step,
-                  "report": self.report}
+                  "base": self.base, "rrf_k": self.rrf_k, "report": self.report}
         (directory / "params.json").write_text(json.dumps(params, indent=2))
         np.savez(directory / "table.npz", table=self.table.astype(np.float32),
                  length_edges=self.length_edges.astype(np.int64))
@@ -369,13 +391,14 @@ class LearnedFusion:
         """Read what :meth:`save` wrote."""
         directory = Path(directory)
         params = json.loads((directory / "params.json").read_text())
-        if params.get("format") != LEARNED_FORMAT:
+        if params.get("format") not in (1, LEARNED_FORMAT):
             raise ValueError(f"{directory}: learned fusion format {params.get('format')!r}, "
                              f"expected {LEARNED_FORMAT}")
         with np.load(directory / "table.npz", allow_pickle=False) as npz:
             table, edges = npz["table"], npz["length_edges"]
         return cls(list(params["channels"]), table, edges, params["reference"],
-                   int(params["prefix"]), float(params["step"]), params.get("report", {}))
+                   int(params["prefix"]), float(params["step"]), params.get("report", {}),
+                   str(params.get("base", "learned")), float(params.get("rrf_k", 60.0)))
 
 
 def _ids_only(ids: np.ndarray) -> Candidates:

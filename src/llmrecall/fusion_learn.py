@@ -38,7 +38,8 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 
 from llmrecall.channels.base import Candidates
-from llmrecall.fusion import LearnedFusion
+from llmrecall.fusion import ChannelWeight, LearnedFusion
+from llmrecall.tune.fastfuse import fused_ids
 
 #: cut-offs the guard compares at
 GUARD_KS = (10, 20, 50, 100, 200)
@@ -66,7 +67,9 @@ L2_SHARED, L2_BUCKET = 1.0, 4.0
 
 def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp.csr_matrix,
                        history_lengths: np.ndarray, n_items: int, *, k: int = 200,
-                       ks: Sequence[int] = GUARD_KS, seed: int = 0) -> LearnedFusion:
+                       ks: Sequence[int] = GUARD_KS, seed: int = 0,
+                       rrf_weights: Mapping[str, ChannelWeight] | None = None,
+                       rrf_k: float = 60.0) -> LearnedFusion:
     """Learn fusion from validation lists and choose its guard (see the module text).
 
     Args:
@@ -77,6 +80,10 @@ def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp
         n_items: catalog size.
         k: length of the fused list the guard checks (cut-offs above it are dropped).
         seed: seed of the folds and samples (the fit is deterministic given it).
+        rrf_weights: the config's channel weights; given, the config's weighted RRF
+            (``rrf_k``) of the same lists is a second base the guard may choose instead of
+            the learned list (it has no fitted parameters, so its validation lists are
+            already out of sample). None: the learned base only.
     Returns:
         the fitted :class:`LearnedFusion`; its ``report`` holds the out-of-fold recalls of
         every channel, of the learned list and of the guarded list at each cut-off.
@@ -110,10 +117,19 @@ def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp
                 {nm: a[rows] for nm, a in ids.items()}, k, history_lengths=lengths[rows],
                 n_items=n_items).ids
     table = _fit_table(ids, targets, lengths, edges, np.arange(u), n_items, width, rng)
-    reference, prefix, report = _guard(learned_oof, ids, targets, n_items, k, ks)
-    # the bonus step exceeds twice the largest possible learned sum (see LearnedFusion)
-    largest = float(np.abs(table).max(axis=2).sum(axis=1).max(initial=0.0))
-    return LearnedFusion(names, table, edges, reference, prefix, 2.0 * largest + 1.0, report)
+    bases = {"learned": learned_oof}
+    if rrf_weights is not None:
+        bases["rrf"] = fused_ids(ids, k, n_items, weights=rrf_weights, rrf_k=rrf_k)
+    reference, prefix, base, report = _guard(bases, ids, targets, n_items, k, ks)
+    # the bonus step exceeds twice the largest possible base sum (see LearnedFusion)
+    if base == "rrf":
+        assert rrf_weights is not None
+        largest = sum(max(rrf_weights.get(nm, ChannelWeight()).weight, 0.0)
+                      for nm in names) / (rrf_k + 1.0)
+    else:
+        largest = float(np.abs(table).max(axis=2).sum(axis=1).max(initial=0.0))
+    return LearnedFusion(names, table, edges, reference, prefix, 2.0 * largest + 1.0, report,
+                         base, float(rrf_k))
 
 
 # ---- the model ------------------------------------------------------------------------------
@@ -236,10 +252,12 @@ def _fit_table(ids: Mapping[str, np.ndarray], targets: sp.csr_matrix, lengths: n
 
 # ---- the guard ------------------------------------------------------------------------------
 
-def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_matrix,
-           n_items: int, k: int, ks: Sequence[int],
-           z: float | None = None) -> tuple[str | None, int, dict]:
-    """Choose (reference channel, prefix) on the out-of-fold ``learned`` lists int32[u, k].
+def _guard(bases: Mapping[str, np.ndarray], ids: Mapping[str, np.ndarray],
+           targets: sp.csr_matrix, n_items: int, k: int, ks: Sequence[int],
+           z: float | None = None) -> tuple[str | None, int, str, dict]:
+    """Choose (reference channel, prefix, base) on the validation users: ``bases`` maps a
+    base's name ("learned": the out-of-fold learned lists; "rrf": the config's RRF) to its
+    lists int32[u, k]; each answer is a channel's prefix, then one base.
 
     An answer passes at a cut-off when its recall exceeds the floor's (the best channel
     there) by at least ``z`` standard errors of the paired per-user difference; an answer
@@ -260,7 +278,6 @@ def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_m
     def recall(found_at: np.ndarray) -> np.ndarray:  # found_at: [u, len(ks)] hit counts
         return per_user @ found_at / max(u, 1)
 
-    learned_hits = hits(learned)
     refs, ref_cums, channel_found = {}, {}, {}
     for name, a in ids.items():
         ref = np.full((u, k), -1, np.int32)
@@ -282,7 +299,9 @@ def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_m
         return diff.mean(axis=0) >= margin - 1e-12
 
     options = []
-    for name in names:
+    base_hits = {b: hits(lst) for b, lst in bases.items()}
+    for base, name in ((b, nm) for b in bases for nm in names):
+        learned, learned_hits = bases[base], base_hits[base]
         ref, ref_cum = refs[name], ref_cums[name]
         # each learned entry's 0-based place in this channel's list (-1: not in it)
         ref_keys = (rows + np.maximum(ref, 0))[ref >= 0]
@@ -306,12 +325,15 @@ def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_m
                 fill = (learned_hits & kept & (new_place < (cut - m_eff)[:, None])).sum(axis=1)
                 got[:, j] = head + fill
             options.append((name, m, recall(got), bool(clears(got, best_found).all()),
-                            bool(clears(got, channel_found[by_sum]).all())))
+                            bool(clears(got, channel_found[by_sum]).all()), base))
 
-    def pick(among) -> tuple[str, int, np.ndarray] | None:
-        # the most recall in all; then the shortest prefix (most of the learned list)
-        chosen = max(among, key=lambda o: (float(o[2].sum()), -o[1]), default=None)
-        return None if chosen is None else chosen[:3]
+    def pick(among) -> tuple[str, int, np.ndarray, str] | None:
+        # the most recall in all; then the shortest prefix (most of the base list); then
+        # the first base (the learned one)
+        order = list(bases)
+        chosen = max(among, key=lambda o: (float(o[2].sum()), -o[1], -order.index(o[5])),
+                     default=None)
+        return None if chosen is None else (*chosen[:3], chosen[5])
 
     picked = pick([o for o in options if o[3]])
     criterion = "every channel"
@@ -319,17 +341,20 @@ def _guard(learned: np.ndarray, ids: Mapping[str, np.ndarray], targets: sp.csr_m
         criterion = "reference channel"
         picked = pick([o for o in options if o[0] == by_sum and o[4]])
     assert picked is not None  # m = k reproduces the reference channel exactly
-    name, m, fused = picked
-    learned_only = next(o[2] for o in options if o[1] == 0)
+    name, m, fused, base = picked
+    if m >= k:
+        base = next(iter(bases))  # the channel's list alone: no base is used
+    base_only = {b: next(o[2] for o in options if o[1] == 0 and o[5] == b) for b in bases}
 
     def as_dict(r: np.ndarray) -> dict[str, float]:
         return {str(c): round(float(x), 6) for c, x in zip(ks, r, strict=True)}
 
     report = {
         "guard_ks": list(ks), "validation_users": int(u), "criterion": criterion,
-        "margin_z": float(z), "reference": name, "prefix": int(m),
-        "out_of_fold_recall": {"fused": as_dict(fused), "learned": as_dict(learned_only),
+        "margin_z": float(z), "reference": name, "prefix": int(m), "base": base,
+        "out_of_fold_recall": {"fused": as_dict(fused),
+                               **{b: as_dict(r) for b, r in base_only.items()},
                                "best_channel": as_dict(best),
                                **{f"channel:{nm}": as_dict(r) for nm, r in channel_recall.items()}},
     }
-    return (name if m > 0 else None), int(m), report
+    return (name if m > 0 else None), int(m), base, report

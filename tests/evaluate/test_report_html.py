@@ -70,9 +70,11 @@ def evaluated(tmp_path_factory):
 def test_evaluate_writes_the_json_as_before_and_a_sidecar_beside_it(evaluated):
     folder, default, _cold = evaluated
     report = json.loads(default.read_text())
-    # the JSON keeps exactly its keys: the report's data lives in the sidecar
+    # the JSON keeps exactly its keys: the report's data lives in the sidecar (the packaged
+    # default fuses by the learned fusion, whose guard's choice is its "fusion" entry)
     assert set(report) == {"dataset", "protocol", "seed", "split", "config_hash",
-                           "users_evaluated", "results", "timings"}
+                           "users_evaluated", "results", "timings", "fusion"}
+    assert report["fusion"]["validation_users"] == report["users_evaluated"] == 943
     assert sidecar_path(default) == folder / "default.ranks.npz"
     meta, arrays = load_ranks(sidecar_path(default))
     assert meta["lists"] == [*report["results"]]  # channels in order, then fused

@@ -99,8 +99,11 @@ def test_service_answers_with_the_learned_fusion_of_the_channels_lists(service, 
 
 
 def test_reasons_are_ordered_by_the_learned_contributions(service, loaded):
+    """Each reason's contribution is the model's: its table value (learned base) or the
+    config's RRF term (RRF base), plus the guard's bonus in the reference's prefix."""
     model = loaded.pipeline.fusion_model_
     width = model.table.shape[2]
+    weights = loaded.pipeline.weights
     checked = 0
     for user in USERS[:4]:
         body = service.post("/v1/recall", json={"user_id": user, "k": 30, "explain": True,
@@ -115,8 +118,11 @@ def test_reasons_are_ordered_by_the_learned_contributions(service, loaded):
             assert gains == sorted(gains, reverse=True), (user, cand["item_id"])
             for r in reasons:
                 rank = r["rank"] - 1
-                want = model.table[bucket, model.channels.index(r["channel"]),
-                                   min(rank, width - 1)]
+                if model.base == "rrf":
+                    want = np.float32(weights[r["channel"]].weight / (model.rrf_k + rank + 1.0))
+                else:
+                    want = model.table[bucket, model.channels.index(r["channel"]),
+                                       min(rank, width - 1)]
                 if r["channel"] == model.reference and rank < model.prefix:
                     want = np.float32(want + model.step * (model.prefix - rank))
                 assert r["contribution"] == pytest.approx(float(want), rel=1e-6)
@@ -181,3 +187,40 @@ def test_cli_recall_fits_the_fusion_as_build_does(service, tmp_path):
     for body in (from_cli, from_service):
         body.pop("artifact_version")
     assert from_cli == from_service
+
+
+def test_an_item_added_live_keeps_its_guaranteed_place_in_a_learned_answer(
+        learned_artifact, tmp_path, monkeypatch):
+    """Items added after the build are recalled through their live co-visits, whose first
+    ``live_covisit_min_slots`` candidates are guaranteed places. The learned table was not
+    fitted on that source, and its own channels fill every row: the guaranteed co-visit
+    must still be in the answer, after the learned candidates it displaces the last of.
+
+    Regression: the learned fusion used live sources only to fill short rows, so with
+    ``method = "learned"`` a new item never reached a user with a history."""
+    monkeypatch.setenv("LLMRECALL_API_KEY", "k-learned")
+    write = {"X-API-Key": "k-learned"}
+    settings = ServeSettings(artifact_dir=learned_artifact, state_path=tmp_path / "s.sqlite",
+                             channel_budget_ms=60_000)
+    with TestClient(create_app(settings)) as client:
+        before = client.post("/v1/recall", json={"history": ["50"], "k": K}).json()
+        assert len(before["candidates"]) == K  # the learned channels fill the row
+        item = {"item_id": "new-film-learned", "title": "Zorblax Returns", "text": "space"}
+        assert client.put("/v1/items", json={"items": [item]}, headers=write).status_code == 200
+        events = [{"user_id": f"fan-{i}", "item_id": it, "timestamp": 1e9 + j}
+                  for i in range(5) for j, it in enumerate(["50", "new-film-learned"])]
+        assert client.post("/v1/events", json={"events": events},
+                           headers=write).status_code == 200
+        after = client.post("/v1/recall", json={"history": ["50"], "k": K,
+                                                "explain": True}).json()["candidates"]
+    assert len(after) == K
+    got = [c["item_id"] for c in after]
+    assert "new-film-learned" in got
+    hit = after[got.index("new-film-learned")]
+    assert hit["channels"] == ["live_covisit"] and hit["score"] < 0
+    # it sits after every learned candidate, which keep their order
+    fitted = {"popularity", "itemcf", "ease"}  # LEARNED_CONFIG's channels
+    learned = [c for c in after if fitted & set(c["channels"])]
+    assert [c["item_id"] for c in learned] == [c["item_id"] for c in
+                                               before["candidates"]][:len(learned)]
+    assert got.index("new-film-learned") >= len(learned)

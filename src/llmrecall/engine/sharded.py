@@ -72,8 +72,9 @@ fusion by weights or
 numeric time column in CSV, TSV or Parquet, and a search log (CSV, TSV or Parquet) with a numeric time
 column or none. Anything else is refused with a
 :class:`~llmrecall.errors.ConfigError` naming it. ``build`` and ``tune`` read the shards
-too (:mod:`llmrecall.engine.sharded_build`, :mod:`llmrecall.engine.sharded_tune`; ``tune``
-does not take ``learned`` fusion, which is fitted, not tuned).
+too (:mod:`llmrecall.engine.sharded_build`, :mod:`llmrecall.engine.sharded_tune`; with
+``learned`` fusion ``tune`` searches the weights of its RRF base, as the one-process tuner
+does: the table is fitted, not tuned).
 
 Resuming: with a ``work_dir`` every stage's results are kept there
 (:mod:`llmrecall.engine.stage_files`) and the same evaluation started again computes only
@@ -156,9 +157,6 @@ def check_sharded(spec: DataSpec, config: PipelineConfig, protocol: str,
                             f"(only {', '.join(SHARDED_KINDS)})")
         elif c.kind in TEXT_KINDS:
             problems.extend(check_text(c.channel_name, c.params))
-    if config.fusion.method == "learned" and command == "tune":
-        problems.append('[fusion] method = "learned" (it is fitted, not tuned: evaluate or '
-                        'build it)')
     f = config.filters
     if f.include_categories or f.exclude_categories or f.allow_items or f.deny_items:
         problems.append("[filters] (they read the catalog)")

@@ -96,7 +96,8 @@ def fit_sharded_fusion(pipeline, paths: list[str], items: list[str], engine, run
                                        shape=(m["users"], len(items))) for a, m in parts],
                         format="csr")
     lengths = np.concatenate([a["lengths"] for a, _m in parts])
-    model = fit_learned_fusion(lists, targets, lengths, len(items), k=k, seed=config.seed)
+    model = fit_learned_fusion(lists, targets, lengths, len(items), k=k, seed=config.seed,
+                               rrf_weights=pipeline.weights, rrf_k=config.fusion.rrf_k)
     pipeline.fusion_model_ = model
     return {**model.report, "fit_seconds": time.perf_counter() - start, "users": int(users),
             "valid_users": int(sum(m["valid_users"] for _a, m in parts))}
@@ -110,4 +111,4 @@ def fusion_key(model) -> str | None:
         return None
     table = hashlib.sha256(np.ascontiguousarray(model.table).tobytes()).hexdigest()
     return digest(model.channels, table, model.length_edges.tolist(), model.reference,
-                  model.prefix, model.step)
+                  model.prefix, model.step, model.base, model.rrf_k)

@@ -74,7 +74,8 @@ def fit_fusion(pipeline: RecallPipeline, valid: ChannelLists | EvalTask,
     task = lists.task
     model = fit_learned_fusion({nm: c.ids for nm, c in lists.lists.items()}, task.targets,
                                task.history.lengths()[task.users], task.n_items,
-                               k=k or pipeline.config.fusion.k, seed=pipeline.config.seed)
+                               k=k or pipeline.config.fusion.k, seed=pipeline.config.seed,
+                               rrf_weights=pipeline.weights, rrf_k=pipeline.config.fusion.rrf_k)
     pipeline.fusion_model_ = model
     return model
 

@@ -595,21 +595,30 @@ def _learned_model(plan: GroupPlan, lists: dict[str, Candidates]) -> LearnedFusi
 
 def _learned_fuse(model: LearnedFusion, plan: GroupPlan, lists: dict[str, Candidates],
                   weights: dict[str, ChannelWeight]) -> FusedCandidates:
-    """``lists`` fused by ``model`` (the channels it was fitted on), each row it leaves
-    short of ``plan.k_max`` completed from the other sources (live ones, query-text
-    matches) fused by RRF, ranked after every learned candidate: e.g. a new user whose
-    history channels have nothing of their own still gets live popularity. A filler's
-    score is below the row's last learned score (and below 0), in the fillers' RRF order;
-    its contributions are its RRF ones."""
+    """``lists`` fused by ``model`` (the channels it was fitted on), completed from the other
+    sources (live ones, query-text matches) fused by RRF, ranked after every learned
+    candidate kept: e.g. a new user whose history channels have nothing of their own still
+    gets live popularity.
+
+    Those sources keep their guaranteed places (``min_slots``, as :func:`fuse` promises
+    them): the first ``min_slots`` candidates of a live co-visit or query-match list are in
+    the answer even where the learned candidates fill it, replacing the lowest learned
+    ones, because that is how items added after the build get recalled (their co-visits).
+    Past the learned candidates kept, the others' RRF order decides the rest of a row (every
+    guaranteed candidate, then the best others while there is room). A filler's score is
+    below the row's last learned score kept (and below 0), in the fillers' RRF order; its
+    contributions are its RRF ones."""
     fused = model.fuse(lists, plan.k_max, history_lengths=plan.history.lengths()[plan.rows],
                        weights=weights, allowed=plan.allowed)
     others = {name: c for name, c in lists.items() if name not in model.channels}
     have = (fused.ids >= 0).sum(axis=1)
-    short = np.flatnonzero(have < plan.k_max)
-    if not others or not len(short):
+    if not others:
         return fused
     fill = fuse(others, plan.k_max, weights=weights, rrf_k=plan.pipeline.config.fusion.rrf_k,
                 allowed=plan.allowed)
+    slots = np.array([weights.get(nm, ChannelWeight()).min_slots for nm in fill.channels])
+    # bool[n, k]: the filler is at a guaranteed place of some source
+    promised = np.any((fill.ranks >= 0) & (fill.ranks < slots[None, None, :]), axis=2)
     n, k, c1 = fused.ids.shape[0], fused.ids.shape[1], len(fused.channels)
     c2 = len(fill.channels)
     ids, scores = fused.ids.copy(), fused.scores.copy()
@@ -617,14 +626,26 @@ def _learned_fuse(model: LearnedFusion, plan: GroupPlan, lists: dict[str, Candid
     evidence = np.concatenate([fused.evidence, np.full((n, k, c2), -1, np.int32)], axis=2)
     assert fused.contrib is not None  # learned fusion records its contributions
     contrib = np.concatenate([fused.contrib, np.zeros((n, k, c2), np.float32)], axis=2)
-    for row in short.tolist():  # rare: rows whose channels had fewer than k candidates
+    for row in range(n):
         h = int(have[row])
         cand = fill.ids[row]
-        take = np.flatnonzero((cand >= 0) & ~np.isin(cand, ids[row, :h]))[:k - h]
+        new = (cand >= 0) & ~np.isin(cand, ids[row, :h])
+        owed = int((new & promised[row]).sum())
+        if h >= k and not owed:
+            continue  # the usual case: a full learned row and no guaranteed filler
+        keep = max(min(h, k - owed), 0)
+        room = k - keep
+        # every guaranteed filler, then the best other fillers while there is room
+        others_room = room - owed
+        take = np.flatnonzero(new & (promised[row] | (np.cumsum(new & ~promised[row])
+                                                      <= others_room)))[:room]
+        if keep < h:  # learned candidates the guaranteed ones displace leave the row
+            ids[row, keep:], scores[row, keep:] = -1, -np.inf
+            ranks[row, keep:], evidence[row, keep:], contrib[row, keep:] = -1, -1, 0.0
         if not len(take):
             continue
-        at = slice(h, h + len(take))
-        base = min(float(scores[row, h - 1]) if h else 0.0, 0.0) - 1.0
+        at = slice(keep, keep + len(take))
+        base = min(float(scores[row, keep - 1]) if keep else 0.0, 0.0) - 1.0
         ids[row, at] = cand[take]
         scores[row, at] = base - (fill.scores[row, take[0]] - fill.scores[row, take])
         ranks[row, at, c1:] = fill.ranks[row, take]
