@@ -612,8 +612,10 @@ def _learned_fuse(model: LearnedFusion, plan: GroupPlan, lists: dict[str, Candid
                        weights=weights, allowed=plan.allowed)
     others = {name: c for name, c in lists.items() if name not in model.channels}
     have = (fused.ids >= 0).sum(axis=1)
-    if not others:
-        return fused
+    owes = any(bool((c.ids[:, :weights.get(nm, ChannelWeight()).min_slots] >= 0).any())
+               for nm, c in others.items())
+    if not others or (not owes and (have >= plan.k_max).all()):
+        return fused  # full rows and no guaranteed place to honour: nothing to fuse here
     fill = fuse(others, plan.k_max, weights=weights, rrf_k=plan.pipeline.config.fusion.rrf_k,
                 allowed=plan.allowed)
     slots = np.array([weights.get(nm, ChannelWeight()).min_slots for nm in fill.channels])
