@@ -9,7 +9,8 @@ Two steps, so that the channels are fitted once per dataset and config:
     # then, from the kept lists: each channel, the config's hand-weighted RRF and the
     # learned fusion (fitted on the validation lists, guarded, applied to the test lists),
     # both as packaged (the guard fills from the learned list or the config's RRF) and with
-    # the learned list as its only base
+    # the learned list as its only base; where the lists kept the channels' scores, also
+    # with the score base offered (``[fusion] score_base = true``) and the score base alone
     PYTHONPATH=src python bench/fusion_guard.py score results/lists-ml100k-default.npz \
         [--json results/fusion-ml100k-default.json]
 
@@ -19,12 +20,15 @@ Two steps, so that the channels are fitted once per dataset and config:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+
+from llmrecall.channels.base import Candidates
 
 KS = (10, 20, 50, 100, 200)
 
@@ -37,6 +41,7 @@ def _save_task(out: dict, prefix: str, task, lists) -> None:
     out[f"{prefix}/history_lengths"] = np.diff(task.history.indptr)[task.users]
     for name, cand in lists.lists.items():
         out[f"{prefix}/ids/{name}"] = cand.ids
+        out[f"{prefix}/scores/{name}"] = cand.scores
 
 
 def make_lists(args) -> None:
@@ -82,6 +87,11 @@ class _Task:
         self.history_lengths = npz[f"{prefix}/history_lengths"]
         names = [k.split("/", 2)[2] for k in npz.files if k.startswith(f"{prefix}/ids/")]
         self.lists = {name: npz[f"{prefix}/ids/{name}"] for name in names}
+        # list files written before the lists kept their scores have ids only
+        self.candidates = {name: Candidates(self.lists[name], npz[f"{prefix}/scores/{name}"])
+                           for name in names if f"{prefix}/scores/{name}" in npz.files}
+        if len(self.candidates) < len(names):
+            self.candidates = {}
 
 
 def score(args) -> None:
@@ -108,19 +118,30 @@ def score(args) -> None:
     # the packaged fusion (the guard may fill from the learned list or the config's RRF),
     # and for comparison the guard with the learned list as its only base
     guards = {}
-    for label, rrf_weights in (("learned or rrf base", weights), ("learned base only", None)):
+    variants = [("learned or rrf base", weights, False), ("learned base only", None, False)]
+    if valid.candidates and test.candidates:  # the lists kept the channels' scores
+        variants.insert(0, ("learned, rrf or score base", weights, True))
+    for label, rrf_weights, score_base in variants:
         start = time.perf_counter()
-        model = fit_learned_fusion(valid.lists, valid.targets, valid.history_lengths, n_items,
+        model = fit_learned_fusion(valid.candidates if score_base else valid.lists,
+                                   valid.targets, valid.history_lengths, n_items,
                                    k=k, seed=args.seed, rrf_weights=rrf_weights,
-                                   rrf_k=config.fusion.rrf_k)
+                                   rrf_k=config.fusion.rrf_k, score_base=score_base)
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
-        learned = model.fuse(test.lists, k, history_lengths=test.history_lengths,
+        test_lists = test.candidates if score_base else test.lists
+        learned = model.fuse(test_lists, k, history_lengths=test.history_lengths,
                              weights=weights, n_items=n_items).ids
         fuse_s = time.perf_counter() - start
         rows[f"fused (guarded, {label})"] = _recalls(ranking_metrics(learned, test.targets, KS,
                                                                      n_items))
         guards[label] = model.report
+        if score_base:  # the score base's own list, without the guard's prefix
+            alone = dataclasses.replace(model, base="score", reference=None, prefix=0)
+            ids = alone.fuse(test_lists, k, history_lengths=test.history_lengths,
+                             weights=weights, n_items=n_items).ids
+            rows["score base alone (no guard)"] = _recalls(ranking_metrics(ids, test.targets,
+                                                                           KS, n_items))
     best = {col: max(rows[n][col] for n in test.lists) for col in (*(f"R@{c}" for c in KS), "N@10")}
     report = {"meta": {k_: v for k_, v in meta.items() if k_ != "config_toml"},
               "test": rows, "best_channel": best, "guard": guards,

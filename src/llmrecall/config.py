@@ -37,6 +37,8 @@ CHANNEL_PARAM_BOUNDS: dict[str, dict[str, dict[str, float]]] = {
               "neighbors": {"ge": 1}, "history_length": {"ge": 1},
               "position_half_life": {"gt": 0}, "time_half_life": {"gt": 0}},
     "ease": {"regularization": {"gt": 0}, "max_items": {"ge": 1}},
+    "cf_transfer": {"regularization": {"gt": 0}, "max_items": {"ge": 1},
+                    "neighbors": {"ge": 1}, "temperature": {"gt": 0}},
     "edlae": {"l2": {"gt": 0}, "dropout": {"ge": 0, "lt": 1}, "max_items": {"ge": 1},
               "user_power": {"ge": 0}},
     "als": {"factors": {"ge": 1}, "regularization": {"ge": 0}, "alpha": {"gt": 0},
@@ -61,6 +63,12 @@ CHANNEL_PARAM_BOUNDS: dict[str, dict[str, dict[str, float]]] = {
     "llm_knowledge": {"max_items": {"ge": 1}, "rrf_k": {"gt": 0}, "neighbors": {"ge": 1},
                       "history_length": {"ge": 1}},
 }
+
+
+#: (section, field, default) of settings added after config hashes were published: left
+#: out of the hash at their default, so a config that does not use them keeps its hash
+#: (and the results and caches filed under it)
+HASH_OMITS_AT_DEFAULT = (("fusion", "score_base", False),)
 
 
 class _Strict(BaseModel):
@@ -96,6 +104,9 @@ class FusionConfig(_Strict):
     #: "learned": a table learned on the validation split, never below its best channel
     #: there (llmrecall.fusion_learn; the channels' weights are then not used)
     method: Literal["rrf", "learned"] = "rrf"
+    #: "learned" only: the guard may also fill from a weighted sum of the channels'
+    #: standardised scores, the weights learned on validation (llmrecall.fusion_learn)
+    score_base: bool = False
     rrf_k: float = Field(60.0, gt=0)
     k: int = Field(200, ge=1, le=5000, description="length of the fused list")
     channel_k: int = Field(400, ge=1, le=5000, description="default candidates per channel")
@@ -188,8 +199,11 @@ class PipelineConfig(_Strict):
 
     def config_hash(self) -> str:
         """sha256 (16 hex chars) of the canonical JSON form: equal configs, equal hash."""
-        canonical = json.dumps(self.model_dump(mode="json", exclude={"engine"}), sort_keys=True,
-                               separators=(",", ":"))
+        dumped = self.model_dump(mode="json", exclude={"engine"})
+        for section, key, default in HASH_OMITS_AT_DEFAULT:
+            if dumped[section].get(key) == default:
+                del dumped[section][key]
+        canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def to_toml(self) -> str:

@@ -258,10 +258,36 @@ def _fuse_block(lists, k, weights, contribution: _Contribution, allowed, seen, n
 # ---- learned fusion -------------------------------------------------------------------------
 
 #: format of a saved :class:`LearnedFusion` (``params.json`` + ``table.npz``); format 1
-#: (before ``base``) is read as ``base = "learned"``
-LEARNED_FORMAT = 2
+#: (before ``base``) is read as ``base = "learned"``, format 2 (before ``score_weights``)
+#: as having none
+LEARNED_FORMAT = 3
 #: what fills a :class:`LearnedFusion`'s list after the guard's prefix
-LEARNED_BASES = ("learned", "rrf")
+LEARNED_BASES = ("learned", "rrf", "score")
+
+
+def standardised_scores(scores: np.ndarray) -> np.ndarray:
+    """float32[n, k]: each row of a channel's list scores ``scores`` float32[n, k] (best
+    first, -inf padding) standardised over its finite entries (mean 0, s.d. 1), then shifted
+    so that the row's lowest is 0.
+
+    What the learned fusion's score base adds per channel: scores of different channels are
+    on different scales (cosines, logits, counts), and their spread differs per user; the
+    standardised score keeps how far apart a user's candidates are *within* a channel. The
+    shift makes "not proposed" (0) equal the channel's last candidate. Padding, and rows
+    with fewer than two finite scores or all equal, give 0 (no information).
+    """
+    scores = np.asarray(scores, np.float64)
+    finite = np.isfinite(scores)
+    count = finite.sum(axis=1, keepdims=True)
+    values = np.where(finite, scores, 0.0)
+    mean = values.sum(axis=1, keepdims=True) / np.maximum(count, 1)
+    spread = np.sqrt((np.where(finite, values - mean, 0.0) ** 2).sum(axis=1, keepdims=True)
+                     / np.maximum(count, 1))
+    informative = (count >= 2) & (spread > 0)
+    z = np.where(finite & informative, (values - mean) / np.where(informative, spread, 1.0), 0.0)
+    lowest = np.where(finite, z, np.inf).min(axis=1, keepdims=True, initial=np.inf)
+    shifted = np.where(finite & informative, z - np.where(np.isfinite(lowest), lowest, 0.0), 0.0)
+    return shifted.astype(np.float32)
 
 
 @dataclass
@@ -283,8 +309,10 @@ class LearnedFusion:
     The base is the learned table (``base = "learned"``) or, where the guard found the
     config's own weighted RRF better on the validation users, RRF itself (``base =
     "rrf"``: ``weight / (rrf_k + r + 1)`` with the caller's weights, as :func:`fuse` scores
-    it). Either way only the channels the model was fitted with are fused: the guard chose
-    on their lists.
+    it), or, where it was offered and found better, the score base (``base = "score"``:
+    ``score_weights[c] * standardised_scores(...)`` of the channel's own scores, the weights
+    learned on validation; it reads the lists' scores, not only their ranks). Either way only the
+    channels the model was fitted with are fused: the guard chose on their lists.
 
     Attributes:
         channels: channel names, the order of ``table``'s axis 1.
@@ -298,6 +326,11 @@ class LearnedFusion:
         report: the fit's validation numbers (JSON-ready), kept for reading, not used here.
         base: one of :data:`LEARNED_BASES`, what orders the list after the prefix.
         rrf_k: RRF's damping constant for ``base = "rrf"``.
+        score_weights: float32[C] >= 0, the score base's weight per channel (None: the
+            score base was not fitted; ``base = "score"`` needs it).
+        score_widths: int64[C], each channel's list length at the fit: the score base
+            standardises a channel's scores over that many first candidates, so a longer
+            list (a service request for more candidates) is scaled as the fit saw it.
     """
 
     channels: list[str]
@@ -309,10 +342,17 @@ class LearnedFusion:
     report: dict = field(default_factory=dict)
     base: str = "learned"
     rrf_k: float = 60.0
+    score_weights: np.ndarray | None = None
+    score_widths: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.base not in LEARNED_BASES:
             raise ValueError(f"LearnedFusion base {self.base!r}: expected one of {LEARNED_BASES}")
+        if self.base == "score" and any(
+                a is None or len(a) != len(self.channels)
+                for a in (self.score_weights, self.score_widths)):
+            raise ValueError("LearnedFusion base 'score' needs one score weight and list width "
+                             "per channel")
 
     def buckets(self, history_lengths: np.ndarray) -> np.ndarray:
         """int64[n] history-length bucket of each user."""
@@ -329,7 +369,8 @@ class LearnedFusion:
 
         Args:
             lists: channel name -> :class:`Candidates` (or int32[n, k_c] ids) for n users;
-                channels the model was not fitted with are left out.
+                channels the model was not fitted with are left out. With ``base =
+                "score"`` the candidates' own scores are read (ids alone are refused).
             history_lengths: int[n] each user's history length (its bucket's table row).
             weights, allowed, seen, n_items: as for :func:`fuse` (with the learned base
                 ``weight`` itself is not used: the table replaces it; ``weight = 0`` still
@@ -354,20 +395,40 @@ class LearnedFusion:
         bucket = self.buckets(lengths)
         index = {nm: self.channels.index(nm) for nm in names}
         width = self.table.shape[2]
+        step = self.step
+        standardised: dict[str, np.ndarray] = {}
+        if self.base == "score":
+            if any(not isinstance(lists[nm], Candidates) for nm in names):
+                raise ValueError("LearnedFusion base 'score' reads the channels' scores: pass "
+                                 "Candidates, not ids")
+            assert self.score_weights is not None  # __post_init__
+            assert self.score_widths is not None
+            standardised = {nm: _standardised_within(known[nm].scores,
+                                                     int(self.score_widths[index[nm]]))
+                            for nm in names}
+            # the prefix's bonus step must exceed twice any base sum of this call
+            largest = sum(float(self.score_weights[index[nm]]) * float(z.max(initial=0.0))
+                          for nm, z in standardised.items())
+            step = max(step, 2.0 * largest + 1.0)
 
         def learned(rows: slice) -> _Contribution:
             block_bucket = bucket[rows]
+            block_start = rows.start or 0
 
             def contribution(name: str, w: ChannelWeight, users: np.ndarray,
                              ranks: np.ndarray) -> np.ndarray:
                 if self.base == "rrf":
                     value = (w.weight / (self.rrf_k + ranks + 1.0)).astype(np.float32)
+                elif self.base == "score":
+                    assert self.score_weights is not None
+                    value = (self.score_weights[index[name]]
+                             * standardised[name][block_start + users, ranks])
                 else:
                     value = self.table[block_bucket[users], index[name],
                                        np.minimum(ranks, width - 1)]
                 if name == self.reference and self.prefix > 0:
                     value = value + np.where(ranks < self.prefix,
-                                             self.step * (self.prefix - ranks), 0.0)
+                                             step * (self.prefix - ranks), 0.0)
                 return value.astype(np.float32)
             return contribution
 
@@ -381,7 +442,12 @@ class LearnedFusion:
         directory.mkdir(parents=True, exist_ok=True)
         params = {"format": LEARNED_FORMAT, "kind": "learned", "channels": self.channels,
                   "reference": self.reference, "prefix": self.prefix, "step": self.step,
-                  "base": self.base, "rrf_k": self.rrf_k, "report": self.report}
+                  "base": self.base, "rrf_k": self.rrf_k,
+                  "score_weights": (None if self.score_weights is None
+                                    else [float(x) for x in self.score_weights]),
+                  "score_widths": (None if self.score_widths is None
+                                   else [int(x) for x in self.score_widths]),
+                  "report": self.report}
         (directory / "params.json").write_text(json.dumps(params, indent=2))
         np.savez(directory / "table.npz", table=self.table.astype(np.float32),
                  length_edges=self.length_edges.astype(np.int64))
@@ -391,14 +457,25 @@ class LearnedFusion:
         """Read what :meth:`save` wrote."""
         directory = Path(directory)
         params = json.loads((directory / "params.json").read_text())
-        if params.get("format") not in (1, LEARNED_FORMAT):
+        if params.get("format") not in (1, 2, LEARNED_FORMAT):
             raise ValueError(f"{directory}: learned fusion format {params.get('format')!r}, "
                              f"expected {LEARNED_FORMAT}")
         with np.load(directory / "table.npz", allow_pickle=False) as npz:
             table, edges = npz["table"], npz["length_edges"]
+        weights, widths = params.get("score_weights"), params.get("score_widths")
         return cls(list(params["channels"]), table, edges, params["reference"],
                    int(params["prefix"]), float(params["step"]), params.get("report", {}),
-                   str(params.get("base", "learned")), float(params.get("rrf_k", 60.0)))
+                   str(params.get("base", "learned")), float(params.get("rrf_k", 60.0)),
+                   None if weights is None else np.asarray(weights, np.float32),
+                   None if widths is None else np.asarray(widths, np.int64))
+
+
+def _standardised_within(scores: np.ndarray, width: int) -> np.ndarray:
+    """float32[n, k]: :func:`standardised_scores` of the first ``width`` columns of
+    ``scores`` float32[n, k]; a candidate past them gets the lowest, 0."""
+    out = np.zeros(scores.shape, np.float32)
+    out[:, :width] = standardised_scores(scores[:, :width])
+    return out
 
 
 def _ids_only(ids: np.ndarray) -> Candidates:

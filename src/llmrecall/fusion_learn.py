@@ -27,6 +27,15 @@ fused list is by construction never below that reference channel at any cut-off,
 it differs from it, it is ahead by more than the validation set's noise: a gain of a user or
 two on validation is no reason to expect one on test. The final table is refitted on all
 validation users.
+
+**The score base** (``score_base=True``). Ranks say nothing about how far apart two
+candidates are; scores do. Offered, the guard also considers lists ordered by
+``sum_c w[c] * z[c]``, ``z[c]`` the candidate's standardised score in channel ``c``'s list
+(:func:`~llmrecall.fusion.standardised_scores`; 0 where ``c`` does not propose it) and
+``w >= 0`` fitted by the same conditional logit, out of fold for the guard's lists. It
+wins where channels are complementary in ways a rank table cannot express; under
+``cold-items`` textcf's and cf_transfer's scores blend to more than either list
+(docs/benchmarks.md §3b).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 
 from llmrecall.channels.base import Candidates
-from llmrecall.fusion import ChannelWeight, LearnedFusion
+from llmrecall.fusion import ChannelWeight, LearnedFusion, standardised_scores
 from llmrecall.tune.fastfuse import fused_ids
 
 #: cut-offs the guard compares at
@@ -69,7 +78,7 @@ def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp
                        history_lengths: np.ndarray, n_items: int, *, k: int = 200,
                        ks: Sequence[int] = GUARD_KS, seed: int = 0,
                        rrf_weights: Mapping[str, ChannelWeight] | None = None,
-                       rrf_k: float = 60.0) -> LearnedFusion:
+                       rrf_k: float = 60.0, score_base: bool = False) -> LearnedFusion:
     """Learn fusion from validation lists and choose its guard (see the module text).
 
     Args:
@@ -84,6 +93,10 @@ def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp
             (``rrf_k``) of the same lists is a second base the guard may choose instead of
             the learned list (it has no fitted parameters, so its validation lists are
             already out of sample). None: the learned base only.
+        score_base: also offer the guard the score base (a weighted sum of the channels'
+            standardised scores, :func:`~llmrecall.fusion.standardised_scores`; the weights
+            fitted as the table is, out of fold for the guard's lists). Needs ``lists`` as
+            :class:`Candidates` carrying the channels' own scores.
     Returns:
         the fitted :class:`LearnedFusion`; its ``report`` holds the out-of-fold recalls of
         every channel, of the learned list and of the guarded list at each cut-off.
@@ -93,6 +106,11 @@ def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp
         raise ValueError("fit_learned_fusion() needs at least one channel's lists")
     ids = {nm: np.asarray(c.ids if isinstance(c, Candidates) else c, np.int32)
            for nm, c in lists.items()}
+    if score_base and any(not isinstance(c, Candidates) for c in lists.values()):
+        raise ValueError("the score base needs the channels' scores: pass Candidates, not ids")
+    scores = {nm: np.asarray(c.scores, np.float32) for nm, c in lists.items()
+              if isinstance(c, Candidates)} if score_base else {}
+    score_widths = np.array([a.shape[1] for a in ids.values()], np.int64)
     targets = sp.csr_matrix(targets)
     u = targets.shape[0]
     lengths = np.asarray(history_lengths, np.int64)
@@ -103,33 +121,54 @@ def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp
     edges = np.unique(np.quantile(lengths, np.linspace(0, 1, LENGTH_BUCKETS + 1)[1:-1])
                       .astype(np.int64)) if u else np.zeros(0, np.int64)
     rng = np.random.default_rng(seed)
+    # the score base draws its own samples: offering it leaves the learned table unchanged
+    score_rng = np.random.default_rng([seed, 1])
     fold = rng.permutation(u) % FOLDS
     learned_oof = np.full((u, k), -1, np.int32)
+    score_oof = np.full((u, k), -1, np.int32)
     for f in range(FOLDS):
         train, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         table = _fit_table(ids, targets, lengths, edges, train, n_items, width, rng)
-        fold_model = LearnedFusion(names, table, edges)
+        fold_models = [(LearnedFusion(names, table, edges), learned_oof)]
+        if score_base:
+            weights = _fit_score_weights(ids, scores, targets, train, n_items, score_rng)
+            fold_models.append((LearnedFusion(names, table, edges, base="score",
+                                              score_weights=weights,
+                                              score_widths=score_widths), score_oof))
         # in chunks: fuse() also returns every candidate's ranks and contributions (for
         # explanations), u x k x channels arrays the guard does not read
-        for s in range(0, len(held), OOF_CHUNK):
-            rows = held[s:s + OOF_CHUNK]
-            learned_oof[rows] = fold_model.fuse(
-                {nm: a[rows] for nm, a in ids.items()}, k, history_lengths=lengths[rows],
-                n_items=n_items).ids
+        for fold_model, out in fold_models:
+            for s in range(0, len(held), OOF_CHUNK):
+                rows = held[s:s + OOF_CHUNK]
+                out[rows] = fold_model.fuse(
+                    {nm: (Candidates(a[rows], scores[nm][rows]) if score_base else a[rows])
+                     for nm, a in ids.items()}, k, history_lengths=lengths[rows],
+                    n_items=n_items).ids
     table = _fit_table(ids, targets, lengths, edges, np.arange(u), n_items, width, rng)
+    score_weights = (_fit_score_weights(ids, scores, targets, np.arange(u), n_items,
+                                         score_rng) if score_base else None)
     bases = {"learned": learned_oof}
     if rrf_weights is not None:
         bases["rrf"] = fused_ids(ids, k, n_items, weights=rrf_weights, rrf_k=rrf_k)
+    if score_base:
+        bases["score"] = score_oof
     reference, prefix, base, report = _guard(bases, ids, targets, n_items, k, ks)
-    # the bonus step exceeds twice the largest possible base sum (see LearnedFusion)
+    if score_weights is not None:
+        report["score_weights"] = {nm: round(float(w), 6)
+                                   for nm, w in zip(names, score_weights, strict=True)}
+    # the bonus step exceeds twice the largest possible base sum (see LearnedFusion; the
+    # score base's sums depend on the scores, so it sets its step per call)
     if base == "rrf":
         assert rrf_weights is not None
         largest = sum(max(rrf_weights.get(nm, ChannelWeight()).weight, 0.0)
                       for nm in names) / (rrf_k + 1.0)
+    elif base == "score":
+        largest = 0.0  # its sums depend on the scores: it sets its step per call
     else:
         largest = float(np.abs(table).max(axis=2).sum(axis=1).max(initial=0.0))
     return LearnedFusion(names, table, edges, reference, prefix, 2.0 * largest + 1.0, report,
-                         base, float(rrf_k))
+                         base, float(rrf_k), score_weights,
+                         score_widths if score_base else None)
 
 
 # ---- the model ------------------------------------------------------------------------------
@@ -176,17 +215,22 @@ def _is_target(keys: np.ndarray, targets: sp.csr_matrix, n_items: int) -> np.nda
     return (t_keys[pos] == keys) if len(t_keys) else np.zeros(len(keys), bool)
 
 
-def _fit_table(ids: Mapping[str, np.ndarray], targets: sp.csr_matrix, lengths: np.ndarray,
-               edges: np.ndarray, users: np.ndarray, n_items: int, width: int,
-               rng: np.random.Generator) -> np.ndarray:
-    """Fit the model on ``users`` (indices into the rows); returns table float32[H, C, width]."""
-    C, H = len(ids), len(edges) + 1
+def _training_rows(ids: Mapping[str, np.ndarray], targets: sp.csr_matrix, users: np.ndarray,
+                   n_items: int, rng: np.random.Generator,
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate rows a fit on ``users`` (indices into the rows; at most
+    :data:`MAX_FIT_USERS` of them, drawn with ``rng``) learns from: ``(users, row, ranks,
+    label, offset)`` with ``row`` int64[N] indices into the returned ``users`` (contiguous
+    per user), ``ranks`` int32[N, C] (-1: not proposed by that channel), ``label`` bool[N]
+    (a validation target) and ``offset`` float64[N], the log(1 / sampling rate) of a
+    subsampled negative. Only users with a target among their candidates are kept (a softmax
+    learns nothing from the others); unions above :data:`MAX_ROWS_PER_USER` are subsampled,
+    the targets always kept."""
     if len(users) > MAX_FIT_USERS:
         users = np.sort(rng.choice(users, MAX_FIT_USERS, replace=False))
     keys, ranks = _candidate_rows(ids, users, n_items)
     row = keys // n_items
     label = _is_target(users[row].astype(np.int64) * n_items + keys % n_items, targets, n_items)
-    # only users whose target is among the candidates carry information for a softmax
     has = np.bincount(row[label], minlength=len(users)) > 0
     keep = has[row]
     row, ranks, label = row[keep], ranks[keep], label[keep]
@@ -201,19 +245,62 @@ def _fit_table(ids: Mapping[str, np.ndarray], targets: sp.csr_matrix, lengths: n
     kept_neg = np.bincount(row[kept & ~label], minlength=len(users))
     all_neg = size - n_pos
     offset = np.where(label, 0.0, np.log(np.maximum(all_neg, 1) / np.maximum(kept_neg, 1))[row])
-    row, ranks, label, offset = row[kept], ranks[kept], label[kept], offset[kept]
-    if not len(row):  # no validation target among any candidate: nothing to learn
-        return np.zeros((H, C, width), np.float32)
-    # segments: rows of one user are contiguous (sorted by row above)
+    return users, row[kept], ranks[kept], label[kept], offset[kept]
+
+
+def _conditional_logit(design: sp.csr_matrix, offset: np.ndarray, row: np.ndarray,
+                       label: np.ndarray, penalty: np.ndarray,
+                       bounds: list[tuple[float | None, float | None]] | None = None,
+                       ) -> np.ndarray:
+    """Parameters float64[P] maximising the likelihood of each user's targets under a
+    softmax over that user's candidate rows (``row`` contiguous per user, every user with at
+    least one ``label``), logits ``design @ theta + offset`` (``design`` [N, P]), minus
+    ``penalty * theta**2 / 2``; by L-BFGS-B within ``bounds``."""
     seg_start = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
     seg_of = np.cumsum(np.r_[True, row[1:] != row[:-1]]) - 1
     pos_weight = np.where(label, 1.0 / np.bincount(seg_of[label])[seg_of], 0.0)
-    h = np.searchsorted(edges, lengths[users[row]], side="right")
+    design_t = design.T.tocsr()
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = design @ theta + offset
+        zmax = np.maximum.reduceat(z, seg_start)
+        e = np.exp(z - zmax[seg_of])
+        total = np.add.reduceat(e, seg_start)
+        value = float(np.sum(np.log(total) + zmax) - np.sum(pos_weight * z))
+        g = e / total[seg_of] - pos_weight  # d value / d z
+        # parameters no candidate uses keep gradient 0 and stay at their start, 0
+        value += 0.5 * float(np.sum(penalty * theta * theta))
+        return value, design_t @ g + penalty * theta
+
+    result = minimize(loss, np.zeros(design.shape[1]), jac=True, method="L-BFGS-B",
+                      bounds=bounds, options={"maxiter": 150})
+    return np.asarray(result.x, np.float64)
+
+
+def _fit_table(ids: Mapping[str, np.ndarray], targets: sp.csr_matrix, lengths: np.ndarray,
+               edges: np.ndarray, users: np.ndarray, n_items: int, width: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """Fit the model on ``users`` (indices into the rows); returns table float32[H, C, width]."""
+    C, H = len(ids), len(edges) + 1
+    users, row, ranks, label, offset = _training_rows(ids, targets, users, n_items, rng)
+    if not len(row):  # no validation target among any candidate: nothing to learn
+        return np.zeros((H, C, width), np.float32)
+    design, penalty, sizes = _table_design(ranks, lengths[users[row]], edges)
+    theta = _conditional_logit(design, offset, row, label, penalty)
+    return _tabulated(theta, sizes, C, H, width)
+
+
+def _table_design(ranks: np.ndarray, lengths: np.ndarray, edges: np.ndarray,
+                  ) -> tuple[sp.csr_matrix, np.ndarray, tuple[int, ...]]:
+    """The table's design matrix [N, P] for candidate rows with ``ranks`` int32[N, C] and
+    their users' history ``lengths`` int64[N], its L2 penalty float64[P] and block sizes."""
+    C, H = ranks.shape[1], len(edges) + 1
+    h = np.searchsorted(edges, lengths, side="right")
     present = ranks >= 0
     bucket = np.where(present, _rank_bucket(np.maximum(ranks, 0)), _ABSENT)
     logr = np.where(present, np.log1p(np.maximum(ranks, 0)), 0.0)
-    # the design matrix: per proposing channel, its rank bucket's shared and per-length-bucket
-    # indicator, and log(1 + rank) on its shared and per-length-bucket slope
+    # per proposing channel, its rank bucket's shared and per-length-bucket indicator, and
+    # log(1 + rank) on its shared and per-length-bucket slope
     sizes = (C * _NB, H * C * _NB, C, H * C)
     base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     r_idx, c_idx = np.nonzero(present)
@@ -224,30 +311,44 @@ def _fit_table(ids: Mapping[str, np.ndarray], targets: sp.csr_matrix, lengths: n
          (np.tile(r_idx, 4),
           np.concatenate([base[0] + c_idx * _NB + b, base[1] + (hh * C + c_idx) * _NB + b,
                           base[2] + c_idx, base[3] + hh * C + c_idx]))),
-        shape=(len(row), sum(sizes)))
-    design_t = design.T.tocsr()
+        shape=(len(ranks), sum(sizes)))
     penalty = np.concatenate([np.full(sizes[0], L2_SHARED), np.full(sizes[1], L2_BUCKET),
                               np.full(sizes[2], L2_SHARED), np.full(sizes[3], L2_BUCKET)])
+    return design, penalty, sizes
 
-    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        z = design @ theta + offset
-        zmax = np.maximum.reduceat(z, seg_start)
-        e = np.exp(z - zmax[seg_of])
-        total = np.add.reduceat(e, seg_start)
-        value = float(np.sum(np.log(total) + zmax) - np.sum(pos_weight * z))
-        g = e / total[seg_of] - pos_weight  # d value / d z
-        # the terms no candidate uses (the "absent" buckets) keep gradient 0 and stay at 0
-        value += 0.5 * float(np.sum(penalty * theta * theta))
-        return value, design_t @ g + penalty * theta
 
-    result = minimize(loss, np.zeros(sum(sizes)), jac=True, method="L-BFGS-B",
-                      options={"maxiter": 150})
-    a, ah, s, sh = np.split(result.x, base[1:])
+def _tabulated(theta: np.ndarray, sizes: tuple[int, ...], C: int, H: int,
+               width: int) -> np.ndarray:
+    """The fitted table float32[H, C, width] from the table's parameters ``theta``."""
+    base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    a, ah, s, sh = np.split(theta[:sum(sizes)], base[1:])
     r = np.arange(width)
     rb, lr = _rank_bucket(r), np.log1p(r)
     table = (a.reshape(C, _NB)[None, :, rb] + ah.reshape(H, C, _NB)[:, :, rb]
              + (s[None, :, None] + sh.reshape(H, C)[:, :, None]) * lr[None, None, :])
     return table.astype(np.float32)
+
+
+def _fit_score_weights(ids: Mapping[str, np.ndarray], scores: Mapping[str, np.ndarray],
+                       targets: sp.csr_matrix, users: np.ndarray, n_items: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """The score base's weights float32[C] >= 0, fitted on ``users``: a candidate's logit is
+    ``sum_c weight[c] * z[c]``, ``z[c]`` its standardised score in channel ``c``'s list
+    (:func:`~llmrecall.fusion.standardised_scores`; 0 where ``c`` does not propose it), by
+    the table's likelihood. C parameters, not the table's hundreds: a joint table + score
+    model was tried and fitted the validation folds no better (docs/benchmarks.md §3b)."""
+    C = len(ids)
+    users, row, ranks, label, offset = _training_rows(ids, targets, users, n_items, rng)
+    if not len(row):
+        return np.zeros(C, np.float32)
+    z = np.zeros((len(row), C))
+    for c, name in enumerate(ids):
+        present = ranks[:, c] >= 0
+        z[present, c] = standardised_scores(scores[name])[users[row[present]],
+                                                          ranks[present, c]]
+    theta = _conditional_logit(sp.csr_matrix(z), offset, row, label, np.full(C, L2_SHARED),
+                               bounds=[(0.0, None)] * C)
+    return theta.astype(np.float32)
 
 
 # ---- the guard ------------------------------------------------------------------------------
@@ -256,8 +357,9 @@ def _guard(bases: Mapping[str, np.ndarray], ids: Mapping[str, np.ndarray],
            targets: sp.csr_matrix, n_items: int, k: int, ks: Sequence[int],
            z: float | None = None) -> tuple[str | None, int, str, dict]:
     """Choose (reference channel, prefix, base) on the validation users: ``bases`` maps a
-    base's name ("learned": the out-of-fold learned lists; "rrf": the config's RRF) to its
-    lists int32[u, k]; each answer is a channel's prefix, then one base.
+    base's name ("learned": the out-of-fold learned lists; "rrf": the config's RRF;
+    "score": the out-of-fold score-base lists) to its lists int32[u, k]; each answer is a
+    channel's prefix, then one base.
 
     An answer passes at a cut-off when its recall exceeds the floor's (the best channel
     there) by at least ``z`` standard errors of the paired per-user difference; an answer

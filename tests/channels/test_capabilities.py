@@ -36,7 +36,7 @@ from .mixin import CapabilityContract, synthetic_dataset
 #: a channel must show up here
 DECLARED: dict[type, set[str]] = {
     AnswersQueries: {"semantic_i2i", "semantic_user"},
-    AddsItems: {"semantic_i2i", "semantic_user", "textcf", "sasrec"},
+    AddsItems: {"semantic_i2i", "semantic_user", "textcf", "cf_transfer", "sasrec"},
     RefreshesInterests: set(),
     CachesUsers: {"als", "bpr", "textcf", "sasrec", "semantic_user"},
     UsesEmbedder: {"llm_interest", "llm_knowledge", "search_query"},

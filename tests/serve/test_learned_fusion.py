@@ -224,3 +224,37 @@ def test_an_item_added_live_keeps_its_guaranteed_place_in_a_learned_answer(
     assert [c["item_id"] for c in learned] == [c["item_id"] for c in
                                                before["candidates"]][:len(learned)]
     assert got.index("new-film-learned") >= len(learned)
+
+
+def test_the_service_answers_a_score_base_fusion_as_offline(learned_artifact, tmp_path):
+    """The score base reads the channels' own scores: the service must pass them through
+    (not ranks) and scale each list over the width the fit saw, so its answer is the
+    offline fusion of the same lists, and differs from the rank table's."""
+    import dataclasses
+
+    copy = tmp_path / "version"
+    shutil.copytree(resolve(learned_artifact), copy)
+    table_model = LearnedFusion.load(copy / "fusion")
+    channels = table_model.channels
+    art = load_artifact(copy)
+    scored = dataclasses.replace(
+        table_model, base="score", reference=None, prefix=0,
+        score_weights=np.linspace(1.0, 0.4, len(channels)).astype(np.float32),
+        score_widths=np.array([art.pipeline.channel_k(nm) for nm in channels], np.int64))
+    scored.save(copy / "fusion")
+    art = load_artifact(copy)
+    assert art.pipeline.fusion_model_.base == "score"
+    lists, fused = _offline(art, USERS, K)
+    by_table = table_model.fuse(lists, K, history_lengths=art.histories.lengths()[
+        art.users.lookup(USERS)], weights=art.pipeline.weights)
+    differs = 0
+    with TestClient(create_app(ServeSettings(artifact_dir=copy,
+                                             state_path=tmp_path / "state.sqlite"))) as client:
+        for i, user in enumerate(USERS):
+            response = client.post("/v1/recall", json={"user_id": user, "k": K})
+            assert response.status_code == 200, response.text
+            want = [int(j) for j in fused.ids[i] if j >= 0]
+            got = [c["item_id"] for c in response.json()["candidates"]]
+            assert got == art.items.raw(np.asarray(want)), user
+            differs += not np.array_equal(fused.ids[i], by_table.ids[i])
+    assert differs

@@ -1,6 +1,7 @@
 """Recall channels. Importing this package registers every built-in channel kind."""
 
 from llmrecall.channels import (  # noqa: E402,F401  (LLM text channels)
+           cf_transfer,  # noqa: E402,F401  (registers cf_transfer)
            interest,
            knowledge,
            search,

@@ -35,9 +35,16 @@ class Engine:
         """int32[u, k] the channel's top-``k`` for every user of the evaluation ``task``
         (:func:`llmrecall.evaluate.runner.rank_task`); ``on_batch(n)`` is called as each
         block of ``n`` users is done (progress)."""
-        from llmrecall.evaluate.runner import rank_task
+        return self.recall_lists(channel, task, k, on_batch).ids
 
-        return rank_task(channel, task, k, on_batch=on_batch)
+    def recall_lists(self, channel: Any, task: Any, k: int,
+                     on_batch: Callable[[int], None] | None = None) -> Any:
+        """:meth:`rank_task`'s lists with the channel's scores of them, as
+        :class:`~llmrecall.channels.base.Candidates` (ids int32[u, k], scores float32[u, k];
+        :func:`llmrecall.evaluate.runner.recall_lists`)."""
+        from llmrecall.evaluate.runner import recall_lists
+
+        return recall_lists(channel, task, k, on_batch=on_batch)
 
     def map_tasks(self, fn: Callable[[Any], Any], inputs: list[Any]) -> list[Any]:
         """``[fn(x) for x in inputs]``: independent jobs (one per history shard); a

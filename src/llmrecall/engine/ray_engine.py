@@ -79,14 +79,14 @@ def _apply_task(fn: Callable, item: Any):
     return fn(item)
 
 
-def _rank_block(channel, task, start: int, stop: int, k: int) -> np.ndarray:
+def _rank_block(channel, task, start: int, stop: int, k: int):
     from llmrecall.evaluate.protocols import EvalTask
-    from llmrecall.evaluate.runner import rank_task
+    from llmrecall.evaluate.runner import recall_lists
 
     rows = slice(start, stop)
     sub = EvalTask(task.users[rows], task.targets[rows], task.history, task.candidate_mask,
                    None if task.exclude is None else task.exclude[rows])
-    return rank_task(channel, sub, k)
+    return recall_lists(channel, sub, k)
 
 
 class RayEngine(Engine):
@@ -255,11 +255,13 @@ class RayEngine(Engine):
         finally:
             self._release_embedders()
 
-    def rank_task(self, channel: Any, task: Any, k: int,
-                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    def recall_lists(self, channel: Any, task: Any, k: int,
+                     on_batch: Callable[[int], None] | None = None) -> Any:
+        from llmrecall.channels.base import Candidates
+
         n = len(task.users)
         if n <= self.user_block:
-            return super().rank_task(channel, task, k, on_batch=on_batch)
+            return super().recall_lists(channel, task, k, on_batch=on_batch)
         self._release_embedders()
         task_ref = self._task_ref(task)
         channel_ref = ray.put(channel)
@@ -269,7 +271,8 @@ class RayEngine(Engine):
         blocks = ray.get(refs)
         if on_batch is not None:
             on_batch(n)
-        return np.concatenate(blocks) if blocks else np.zeros((0, k), np.int32)
+        return Candidates(np.concatenate([b.ids for b in blocks]),
+                          np.concatenate([b.scores for b in blocks]))
 
     def _task_ref(self, task):
         # one copy of a task (history, targets) in the object store for all its channels

@@ -46,7 +46,8 @@ FUSION_USERS = 50_000
 def shard_fusion_sample(shard: int, path: str, items: list[str], pipeline, rate: float,
                         seed: int, kept: StageParts) -> int:
     """Recall shard ``shard``'s sampled validation users (module docstring, step 1) and
-    write ``ids/<channel>`` int32[s, k_c], ``target_indptr`` / ``target_items`` (the
+    write ``ids/<channel>`` int32[s, k_c], ``scores/<channel>`` float32[s, k_c] (the
+    channel's own scores, for the score base), ``target_indptr`` / ``target_items`` (the
     targets' CSR rows) and ``lengths`` int64[s] to ``kept``; returns ``s``."""
     from llmrecall.engine.shard_users import for_shard
     from llmrecall.evaluate.experiment import recall_task
@@ -59,6 +60,9 @@ def shard_fusion_sample(shard: int, path: str, items: list[str], pipeline, rate:
     arrays = {f"ids/{name}": (lists.lists[name].ids if lists is not None
                               else np.zeros((0, pipeline.channel_k(name)), np.int32))
               for name in pipeline.channels}
+    arrays.update({f"scores/{name}": (lists.lists[name].scores if lists is not None
+                                      else np.zeros((0, pipeline.channel_k(name)), np.float32))
+                   for name in pipeline.channels})
     arrays.update(target_indptr=sample.targets.indptr.astype(np.int64),
                   target_items=sample.targets.indices.astype(np.int32),
                   lengths=sample.history.lengths()[sample.users].astype(np.int64))
@@ -74,13 +78,16 @@ def fit_sharded_fusion(pipeline, paths: list[str], items: list[str], engine, run
     ``total_users`` users' validation lists, and attach it (``pipeline.fusion_model_``).
     Returns the report's ``fusion`` entry: the fit's report plus ``fit_seconds``,
     ``users`` (sampled) and ``valid_users`` (in the shards)."""
+    from llmrecall.channels.base import Candidates
     from llmrecall.errors import DataError
     from llmrecall.fusion_learn import fit_learned_fusion
 
     start = time.perf_counter()
     config = pipeline.config
     rate = min(1.0, max_users / max(total_users, 1))
-    kept = StageParts(run, "fusion-sample", digest(config.config_hash(), rate, config.seed))
+    # "scores": parts written before the lists kept their scores are not reused
+    kept = StageParts(run, "fusion-sample", digest(config.config_hash(), rate, config.seed,
+                                                    "scores"))
     todo = kept.missing(len(paths))
     resumed["fusion_sample"] = f"{len(paths) - len(todo)}/{len(paths)}"
     engine.map_tasks(lambda s: shard_fusion_sample(s, paths[s], items, pipeline, rate,
@@ -89,7 +96,8 @@ def fit_sharded_fusion(pipeline, paths: list[str], items: list[str], engine, run
     users = sum(meta["users"] for _arrays, meta in parts)
     if users == 0:
         raise DataError("the sharded log has no validation user to fit the learned fusion on")
-    lists = {name: np.concatenate([a[f"ids/{name}"] for a, _m in parts])
+    lists = {name: Candidates(np.concatenate([a[f"ids/{name}"] for a, _m in parts]),
+                              np.concatenate([a[f"scores/{name}"] for a, _m in parts]))
              for name in pipeline.channels}
     targets = sp.vstack([sp.csr_matrix((np.ones(len(a["target_items"]), np.float32),
                                         a["target_items"], a["target_indptr"]),
@@ -97,7 +105,8 @@ def fit_sharded_fusion(pipeline, paths: list[str], items: list[str], engine, run
                         format="csr")
     lengths = np.concatenate([a["lengths"] for a, _m in parts])
     model = fit_learned_fusion(lists, targets, lengths, len(items), k=k, seed=config.seed,
-                               rrf_weights=pipeline.weights, rrf_k=config.fusion.rrf_k)
+                               rrf_weights=pipeline.weights, rrf_k=config.fusion.rrf_k,
+                               score_base=config.fusion.score_base)
     pipeline.fusion_model_ = model
     return {**model.report, "fit_seconds": time.perf_counter() - start, "users": int(users),
             "valid_users": int(sum(m["valid_users"] for _a, m in parts))}
@@ -110,5 +119,7 @@ def fusion_key(model) -> str | None:
     if model is None:
         return None
     table = hashlib.sha256(np.ascontiguousarray(model.table).tobytes()).hexdigest()
+    weights = None if model.score_weights is None else np.asarray(model.score_weights).tolist()
     return digest(model.channels, table, model.length_edges.tolist(), model.reference,
-                  model.prefix, model.step, model.base, model.rrf_k)
+                  model.prefix, model.step, model.base, model.rrf_k,
+                  *([weights] if weights is not None else []))

@@ -35,10 +35,10 @@ class ChannelLists:
 
 def recall_task(pipeline: RecallPipeline, task: EvalTask,
                 only: list[str] | None = None) -> ChannelLists:
-    """Each channel's ranked list for every user of ``task``, with the task's masking.
-
-    Fusion only reads ranks, so the lists carry rank-derived scores (-rank), not the
-    channels' own scores. The ranking runs on the current engine (:mod:`llmrecall.engine`).
+    """Each channel's ranked list for every user of ``task``, with the task's masking, and
+    the channel's own scores of it (RRF and the learned table read only the ranks; the
+    learned fusion's score base reads the scores). The ranking runs on the current engine
+    (:mod:`llmrecall.engine`).
     """
     lists, seconds = {}, {}
     for name, channel in pipeline.channels.items():
@@ -46,11 +46,10 @@ def recall_task(pipeline: RecallPipeline, task: EvalTask,
             continue
         start = time.perf_counter()
         with progress_task(f"recall {name}", len(task.users), "user") as bar:
-            ids = current_engine().rank_task(channel, task, pipeline.channel_k(name),
-                                             on_batch=bar.advance)
+            lists[name] = current_engine().recall_lists(channel, task,
+                                                        pipeline.channel_k(name),
+                                                        on_batch=bar.advance)
         seconds[name] = time.perf_counter() - start
-        ranks = np.broadcast_to(-np.arange(ids.shape[1], dtype=np.float32), ids.shape)
-        lists[name] = Candidates(ids, np.where(ids >= 0, ranks, -np.inf).astype(np.float32))
     return ChannelLists(task, lists, seconds)
 
 
@@ -72,12 +71,29 @@ def fit_fusion(pipeline: RecallPipeline, valid: ChannelLists | EvalTask,
     """
     lists = valid if isinstance(valid, ChannelLists) else recall_task(pipeline, valid)
     task = lists.task
-    model = fit_learned_fusion({nm: c.ids for nm, c in lists.lists.items()}, task.targets,
+    fusion = pipeline.config.fusion
+    model = fit_learned_fusion(dict(lists.lists), task.targets,
                                task.history.lengths()[task.users], task.n_items,
-                               k=k or pipeline.config.fusion.k, seed=pipeline.config.seed,
-                               rrf_weights=pipeline.weights, rrf_k=pipeline.config.fusion.rrf_k)
+                               k=k or fusion.k, seed=pipeline.config.seed,
+                               rrf_weights=pipeline.weights, rrf_k=fusion.rrf_k,
+                               score_base=fusion.score_base)
     pipeline.fusion_model_ = model
     return model
+
+
+#: how the guard's base is named in messages
+BASE_NAMES = {"learned": "the learned table's list", "rrf": "the config's RRF",
+              "score": "the score base's list"}
+
+
+def guard_choice(report: dict) -> str:
+    """The learned fusion's choice in words, from its fit ``report`` (reference channel,
+    prefix and base): e.g. "textcf first 5, then the score base's list"."""
+    base = BASE_NAMES.get(report.get("base", "learned"), str(report.get("base")))
+    prefix, reference = int(report["prefix"]), report["reference"]
+    if prefix >= max(report.get("guard_ks", [0]) or [0]) and prefix > 0:
+        return f"{reference} alone"
+    return base if prefix == 0 else f"{reference} first {prefix}, then {base}"
 
 
 def score_lists(pipeline: RecallPipeline, lists: ChannelLists, n_items: int,
@@ -177,8 +193,8 @@ def run_experiment(dataset: Dataset, protocol: str, config: PipelineConfig, *, s
         valid_lists = recall_task(pipeline, split.valid)
         fusion_report = {**fit_fusion(pipeline, valid_lists, max(ks)).report,
                          "fit_seconds": time.perf_counter() - start_fusion}
-        say(f"learned fusion: {fusion_report['reference']} first {fusion_report['prefix']}, "
-            f"then the learned list ({fusion_report['fit_seconds']:.1f}s)")
+        say(f"learned fusion: {guard_choice(fusion_report)} "
+            f"({fusion_report['fit_seconds']:.1f}s)")
     lists = valid_lists if on == "valid" and fusion_report is not None else recall_task(pipeline, task)
     results, fusion_seconds, fused = score_and_fuse(pipeline, lists, split.dataset.n_items, ks)
     if on_lists is not None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from llmrecall.channels.base import Channel
+from llmrecall.channels.base import Candidates, Channel
 from llmrecall.evaluate.metrics import DEFAULT_KS, ranking_metrics
 from llmrecall.evaluate.protocols import EvalTask, and_not
 
@@ -18,6 +18,13 @@ EVAL_BATCH = 1024
 def rank_task(channel: Channel, task: EvalTask, k: int = 200,
               batch: int = EVAL_BATCH,
               on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """int32[u, k]: the ids of :func:`recall_lists`, best first, padded with -1."""
+    return recall_lists(channel, task, k, batch, on_batch).ids
+
+
+def recall_lists(channel: Channel, task: EvalTask, k: int = 200,
+                 batch: int = EVAL_BATCH,
+                 on_batch: Callable[[int], None] | None = None) -> Candidates:
     """The channel's top-``k`` list for every user of ``task``, with the task's masking.
 
     The channel recalls from ``task.history`` restricted to ``task.candidate_mask``; the items
@@ -31,11 +38,14 @@ def rank_task(channel: Channel, task: EvalTask, k: int = 200,
     over the unmasked candidates. ``on_batch(n)`` is called after each batch of ``n`` users.
 
     Returns:
-        int32[u, k] dense item ids, best first, padded with -1; row i is ``task.users[i]``.
+        :class:`Candidates`: ``ids`` int32[u, k] dense item ids, best first, padded with -1
+        (row i is ``task.users[i]``), and ``scores`` float32[u, k] the channel's own scores
+        of them (-inf at padding).
     """
     excluded = _within(task.excluded(), task.candidate_mask)
     n_items = np.int64(task.n_items)
     out = np.full((len(task.users), k), -1, np.int32)
+    out_scores = np.full((len(task.users), k), -np.inf, np.float32)
     for start in range(0, len(task.users), batch):
         rows = slice(start, start + batch)
         users = task.users[rows]
@@ -46,8 +56,9 @@ def rank_task(channel: Channel, task: EvalTask, k: int = 200,
         channel_masks = history_masked.nnz == history.nnz
         left = and_not(masked, history_masked) if channel_masks else masked
         extra = int(left.getnnz(axis=1).max()) if left.nnz else 0
-        ids = channel.recall(users, k + extra, task.history, allowed=task.candidate_mask,
-                             exclude_seen=channel_masks).ids
+        got = channel.recall(users, k + extra, task.history, allowed=task.candidate_mask,
+                             exclude_seen=channel_masks)
+        ids, scores = got.ids, got.scores
         if left.nnz:  # drop the left-over masked (row, item) pairs, survivors to the front
             left.sort_indices()
             row_keys = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(left.indptr))
@@ -55,10 +66,12 @@ def rank_task(channel: Channel, task: EvalTask, k: int = 200,
             keep = (ids >= 0) & ~np.isin(keys, row_keys * n_items + left.indices)
             order = np.argsort(~keep, axis=1, kind="stable")
             ids = np.take_along_axis(np.where(keep, ids, -1), order, axis=1)
+            scores = np.take_along_axis(np.where(keep, scores, -np.inf), order, axis=1)
         out[rows] = ids[:, :k]
+        out_scores[rows] = np.where(ids[:, :k] >= 0, scores[:, :k], -np.inf)
         if on_batch is not None:
             on_batch(len(users))
-    return out
+    return Candidates(out, out_scores)
 
 
 def _within(matrix: sp.csr_matrix, candidate_mask: np.ndarray | None) -> sp.csr_matrix:
