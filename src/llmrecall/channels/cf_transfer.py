@@ -99,7 +99,7 @@ class CFTransfer(EASE, AddsItems):
             neighbours.
     The defaults (the universal sentence encoder, 50 neighbours, temperature 0.1, EASE's
     lambda 500) were chosen on validation under ``cold-items`` (``bench/cf_transfer.py``):
-    the best cell on ml-1m, within 0.006 of the best on ml-100k and amazon-games-6k (100
+    the best cell on ml-1m, within 0.008 of the best on ml-100k and amazon-games-6k (100
     neighbours there), and level with 100 neighbours on the mean of the three (0.2277 against
     0.2285 R@10) at half the neighbour table; the universal sentence encoder ahead of
     multilingual-e5 and all-MiniLM on both datasets it was compared on.
