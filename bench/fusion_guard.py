@@ -175,9 +175,10 @@ def _print(report: dict) -> None:
         print(f"| {name} | " + " | ".join(f"{r[col]:.4f}" for col in columns) + " |")
     print("| best single channel | " + " | ".join(
         f"{report['best_channel'][col]:.4f}" for col in columns) + " |")
+    from llmrecall.evaluate.experiment import guard_choice
+
     for label, guard in report["guard"].items():
-        print(f"guard ({label}): {guard['reference']} first {guard['prefix']}, then "
-              f"{guard.get('base', 'learned')}; out of fold: "
+        print(f"guard ({label}): {guard_choice(guard)}; out of fold: "
               f"{json.dumps(guard['out_of_fold_recall'])}")
     print(f"fusion fit {report['fusion_fit_seconds']:.1f}s, "
           f"apply to test {report['fusion_apply_seconds']:.2f}s")

@@ -110,6 +110,9 @@ def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp
         raise ValueError("the score base needs the channels' scores: pass Candidates, not ids")
     scores = {nm: np.asarray(c.scores, np.float32) for nm, c in lists.items()
               if isinstance(c, Candidates)} if score_base else {}
+    # standardised once over all rows (each row is standardised alone, so a fold's rows are
+    # the same as they would be alone)
+    standardised = {nm: standardised_scores(a) for nm, a in scores.items()}
     score_widths = np.array([a.shape[1] for a in ids.values()], np.int64)
     targets = sp.csr_matrix(targets)
     u = targets.shape[0]
@@ -131,7 +134,8 @@ def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp
         table = _fit_table(ids, targets, lengths, edges, train, n_items, width, rng)
         fold_models = [(LearnedFusion(names, table, edges), learned_oof)]
         if score_base:
-            weights = _fit_score_weights(ids, scores, targets, train, n_items, score_rng)
+            weights = _fit_score_weights(ids, standardised, targets, train, n_items,
+                                         score_rng)
             fold_models.append((LearnedFusion(names, table, edges, base="score",
                                               score_weights=weights,
                                               score_widths=score_widths), score_oof))
@@ -145,7 +149,7 @@ def fit_learned_fusion(lists: Mapping[str, np.ndarray | Candidates], targets: sp
                      for nm, a in ids.items()}, k, history_lengths=lengths[rows],
                     n_items=n_items).ids
     table = _fit_table(ids, targets, lengths, edges, np.arange(u), n_items, width, rng)
-    score_weights = (_fit_score_weights(ids, scores, targets, np.arange(u), n_items,
+    score_weights = (_fit_score_weights(ids, standardised, targets, np.arange(u), n_items,
                                          score_rng) if score_base else None)
     bases = {"learned": learned_oof}
     if rrf_weights is not None:
@@ -329,12 +333,13 @@ def _tabulated(theta: np.ndarray, sizes: tuple[int, ...], C: int, H: int,
     return table.astype(np.float32)
 
 
-def _fit_score_weights(ids: Mapping[str, np.ndarray], scores: Mapping[str, np.ndarray],
+def _fit_score_weights(ids: Mapping[str, np.ndarray], standardised: Mapping[str, np.ndarray],
                        targets: sp.csr_matrix, users: np.ndarray, n_items: int,
                        rng: np.random.Generator) -> np.ndarray:
     """The score base's weights float32[C] >= 0, fitted on ``users``: a candidate's logit is
     ``sum_c weight[c] * z[c]``, ``z[c]`` its standardised score in channel ``c``'s list
-    (:func:`~llmrecall.fusion.standardised_scores`; 0 where ``c`` does not propose it), by
+    (``standardised[c]``, float32[u, k_c] from :func:`~llmrecall.fusion.standardised_scores`
+    of all rows; 0 where ``c`` does not propose it), by
     the table's likelihood. C parameters, not the table's hundreds: a joint table + score
     model was tried and fitted the validation folds no better (docs/benchmarks.md §3b)."""
     C = len(ids)
@@ -344,8 +349,7 @@ def _fit_score_weights(ids: Mapping[str, np.ndarray], scores: Mapping[str, np.nd
     z = np.zeros((len(row), C))
     for c, name in enumerate(ids):
         present = ranks[:, c] >= 0
-        z[present, c] = standardised_scores(scores[name])[users[row[present]],
-                                                          ranks[present, c]]
+        z[present, c] = standardised[name][users[row[present]], ranks[present, c]]
     theta = _conditional_logit(sp.csr_matrix(z), offset, row, label, np.full(C, L2_SHARED),
                                bounds=[(0.0, None)] * C)
     return theta.astype(np.float32)

@@ -291,6 +291,26 @@ def test_sharded_learned_fusion_is_fitted_on_a_sample_from_every_shard(ml100k_fi
     assert again["fusion"]["out_of_fold_recall"] == sampled["fusion"]["out_of_fold_recall"]
 
 
+def test_sharded_learned_fusion_offers_the_score_base_from_the_shards_scores(ml100k_files,
+                                                                             tmp_path):
+    """With ``score_base`` each shard's sample keeps its lists' scores, and the driver's fit
+    offers the score base on them, as the one-process fit does."""
+    folder, spec = ml100k_files
+    config = PipelineConfig.model_validate({
+        "channels": [{"kind": "itemcf", "params": {"neighbors": 100}}, {"kind": "edlae"}],
+        "fusion": {"method": "learned", "score_base": True}})
+    driver = evaluate(load_dataset_toml(folder / "data.toml"), "loo", config)["fusion"]
+    sharded = evaluate_sharded(spec, config, engine=Engine(), shard_events=30_000,
+                               work_dir=tmp_path / "work")["fusion"]
+    for fusion in (driver, sharded):
+        assert sorted(fusion["score_weights"]) == ["edlae", "itemcf"]
+        assert "score" in fusion["out_of_fold_recall"]
+    # the same standardised scores of the same users: the score base's out-of-fold recall
+    # differs only by the folds' draw
+    for k, value in driver["out_of_fold_recall"]["score"].items():
+        assert sharded["out_of_fold_recall"]["score"][k] == pytest.approx(value, abs=0.03), k
+
+
 def test_sharded_sasrec_is_the_in_process_model_in_distribution(ml100k_files, tmp_path):
     """SASRec from the shards' window files (users in shard order, so other batches): test
     Recall@50 within 3 standard errors of the fit on the loaded log (the error of the

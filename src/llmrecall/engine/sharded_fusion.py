@@ -46,8 +46,8 @@ FUSION_USERS = 50_000
 def shard_fusion_sample(shard: int, path: str, items: list[str], pipeline, rate: float,
                         seed: int, kept: StageParts) -> int:
     """Recall shard ``shard``'s sampled validation users (module docstring, step 1) and
-    write ``ids/<channel>`` int32[s, k_c], ``scores/<channel>`` float32[s, k_c] (the
-    channel's own scores, for the score base), ``target_indptr`` / ``target_items`` (the
+    write ``ids/<channel>`` int32[s, k_c] (with ``[fusion] score_base`` also
+    ``scores/<channel>`` float32[s, k_c], the channel's own scores), ``target_indptr`` / ``target_items`` (the
     targets' CSR rows) and ``lengths`` int64[s] to ``kept``; returns ``s``."""
     from llmrecall.engine.shard_users import for_shard
     from llmrecall.evaluate.experiment import recall_task
@@ -60,9 +60,11 @@ def shard_fusion_sample(shard: int, path: str, items: list[str], pipeline, rate:
     arrays = {f"ids/{name}": (lists.lists[name].ids if lists is not None
                               else np.zeros((0, pipeline.channel_k(name)), np.int32))
               for name in pipeline.channels}
-    arrays.update({f"scores/{name}": (lists.lists[name].scores if lists is not None
-                                      else np.zeros((0, pipeline.channel_k(name)), np.float32))
-                   for name in pipeline.channels})
+    if pipeline.config.fusion.score_base:  # only the score base reads them
+        arrays.update({f"scores/{name}": (
+            lists.lists[name].scores if lists is not None
+            else np.zeros((0, pipeline.channel_k(name)), np.float32))
+            for name in pipeline.channels})
     arrays.update(target_indptr=sample.targets.indptr.astype(np.int64),
                   target_items=sample.targets.indices.astype(np.int32),
                   lengths=sample.history.lengths()[sample.users].astype(np.int64))
@@ -85,9 +87,7 @@ def fit_sharded_fusion(pipeline, paths: list[str], items: list[str], engine, run
     start = time.perf_counter()
     config = pipeline.config
     rate = min(1.0, max_users / max(total_users, 1))
-    # "scores": parts written before the lists kept their scores are not reused
-    kept = StageParts(run, "fusion-sample", digest(config.config_hash(), rate, config.seed,
-                                                    "scores"))
+    kept = StageParts(run, "fusion-sample", digest(config.config_hash(), rate, config.seed))
     todo = kept.missing(len(paths))
     resumed["fusion_sample"] = f"{len(paths) - len(todo)}/{len(paths)}"
     engine.map_tasks(lambda s: shard_fusion_sample(s, paths[s], items, pipeline, rate,
@@ -96,9 +96,11 @@ def fit_sharded_fusion(pipeline, paths: list[str], items: list[str], engine, run
     users = sum(meta["users"] for _arrays, meta in parts)
     if users == 0:
         raise DataError("the sharded log has no validation user to fit the learned fusion on")
-    lists = {name: Candidates(np.concatenate([a[f"ids/{name}"] for a, _m in parts]),
-                              np.concatenate([a[f"scores/{name}"] for a, _m in parts]))
-             for name in pipeline.channels}
+    lists: dict[str, Any] = {name: np.concatenate([a[f"ids/{name}"] for a, _m in parts])
+                             for name in pipeline.channels}
+    if config.fusion.score_base:
+        lists = {name: Candidates(ids, np.concatenate([a[f"scores/{name}"] for a, _m in parts]))
+                 for name, ids in lists.items()}
     targets = sp.vstack([sp.csr_matrix((np.ones(len(a["target_items"]), np.float32),
                                         a["target_items"], a["target_indptr"]),
                                        shape=(m["users"], len(items))) for a, m in parts],
@@ -120,6 +122,7 @@ def fusion_key(model) -> str | None:
         return None
     table = hashlib.sha256(np.ascontiguousarray(model.table).tobytes()).hexdigest()
     weights = None if model.score_weights is None else np.asarray(model.score_weights).tolist()
+    # a model without score weights digests as before they existed (kept stages stay valid)
     return digest(model.channels, table, model.length_edges.tolist(), model.reference,
                   model.prefix, model.step, model.base, model.rrf_k,
                   *([weights] if weights is not None else []))
