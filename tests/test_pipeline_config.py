@@ -88,6 +88,8 @@ def test_channel_parameter_ranges_fail_at_load_naming_file_table_and_field(tmp_p
     ("popularity", {"half_life": -5.0}),
     ("sasrec", {"patience": -1}),
     ("sasrec", {"holdout_users": 0}),
+    ("cf_transfer", {"mapping_weight": 1.5}),
+    ("cf_transfer", {"mapping_ridge": 0.0}),
 ])
 def test_out_of_range_channel_parameters_are_config_errors(kind, params):
     with pytest.raises(ConfigError) as info:

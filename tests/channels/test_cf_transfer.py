@@ -51,7 +51,9 @@ def test_text_neighbors_are_nearest_first_weights_sum_to_one_and_batch_free():
 
 
 @pytest.mark.parametrize("params", [{"neighbors": 0}, {"temperature": 0.0},
-                                    {"temperature": float("nan")}, {"regularization": -1.0}])
+                                    {"temperature": float("nan")}, {"regularization": -1.0},
+                                    {"mapping_weight": -0.1}, {"mapping_weight": 1.5},
+                                    {"mapping_weight": float("nan")}, {"mapping_ridge": 0.0}])
 def test_bad_params_are_refused_before_fitting(params, cold_split):
     with pytest.raises(ConfigError):
         CFTransfer(**params).fit(cold_split.train)
@@ -65,6 +67,74 @@ def test_new_items_beat_the_mean_history_baseline(cold_split, fitted):
     recall = {name: evaluate_channel(ch, task, k=50, ks=(10,))["recall@10"]
               for name, ch in (("cf_transfer", fitted), ("baseline", baseline))}
     assert recall["cf_transfer"] > 1.8 * recall["baseline"], recall
+
+
+def test_the_text_mapping_solves_its_ridge_regression(fitted):
+    """W minimises ||E_w W - B[:, warm].T||^2 + ridge ||W||^2: its normal equations hold."""
+    vectors = fitted.warm_vectors_.astype(np.float64)
+    mapping = fitted.mapping_.astype(np.float64)
+    assert mapping.shape == (vectors.shape[1], len(fitted.items_))
+    lhs = (vectors.T @ vectors + fitted.mapping_ridge * np.eye(vectors.shape[1])) @ mapping
+    rhs = vectors.T @ fitted.weights_[:, fitted.warm_].T.astype(np.float64)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-3, atol=1e-4 * np.abs(rhs).max())
+
+
+def test_mapping_weight_mixes_the_neighbours_and_the_mapping(cold_split, fitted):
+    """A non-warm item's score is (1 - beta) * neighbours' estimate + beta * h @ W.T @ e;
+    warm items are EASE's whatever beta."""
+    users, history = np.arange(40), cold_split.train.histories()
+    by_weight = {}
+    for weight in (0.0, 1.0):
+        channel = CFTransfer(mapping_weight=weight).fit(cold_split.train)
+        by_weight[weight] = channel.score(users, history)
+    mixed = fitted.score(users, history)
+    cold = np.ones(cold_split.train.n_items, bool)
+    cold[fitted.items_[fitted.warm_]] = False
+    np.testing.assert_array_equal(fitted.mapped_items_, np.flatnonzero(cold))
+    beta = fitted.mapping_weight
+    assert 0 < beta < 1
+    np.testing.assert_allclose(
+        mixed[:, cold], (1 - beta) * by_weight[0.0][:, cold] + beta * by_weight[1.0][:, cold],
+        rtol=1e-4, atol=1e-6)
+    for scores in by_weight.values():
+        np.testing.assert_array_equal(scores[:, ~cold], mixed[:, ~cold])
+    # beta = 1: exactly the mapped estimate, from the fitted mapping and the item's vector
+    hist = fitted._history(users, history)[:, fitted.items_]
+    expected = (hist @ fitted.mapping_.T) @ fitted.mapped_vectors_.T
+    np.testing.assert_allclose(by_weight[1.0][:, cold], expected, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(by_weight[0.0][:, cold], by_weight[1.0][:, cold])
+
+
+def test_the_mix_beats_the_neighbours_alone_on_validation(cold_split, fitted):
+    """Measured on ml-100k's validation task: 0.3394 for the default mix (beta 0.7) against
+    0.3120 for the neighbours alone (beta 0); docs/benchmarks.md §3b has the grid."""
+    neighbours_only = CFTransfer(mapping_weight=0.0).fit(cold_split.train)
+    recall = {name: evaluate_channel(ch, cold_split.valid, k=50, ks=(10,))["recall@10"]
+              for name, ch in (("mix", fitted), ("neighbours", neighbours_only))}
+    assert recall["mix"] > recall["neighbours"] + 0.01, recall
+
+
+def test_evidence_of_a_new_item_is_the_history_item_adding_most(cold_split):
+    """With the mapping alone, a new item's evidence is the history item h maximising
+    weight[h] * (W.T @ e[j])[h]."""
+    channel = CFTransfer(mapping_weight=1.0).fit(cold_split.train)
+    history = cold_split.train.histories()
+    users = np.arange(5)
+    new = np.flatnonzero(cold_split.test.candidate_mask)[:4]
+    ids = np.tile(new, (len(users), 1)).astype(np.int32)
+    found = channel.evidence(users, ids, history)
+    hist = channel._history(users, history).tocsr()
+    position = {int(item): p for p, item in enumerate(channel.items_)}
+    row_of = {int(item): r for r, item in enumerate(channel.mapped_items_)}
+    for u in range(len(users)):
+        items = hist.indices[hist.indptr[u]:hist.indptr[u + 1]]
+        weights = hist.data[hist.indptr[u]:hist.indptr[u + 1]]
+        for c, item in enumerate(new):
+            contribution = [w * float(channel.mapping_[:, position[h]]
+                                      @ channel.mapped_vectors_[row_of[int(item)]])
+                            if h in position else -np.inf for h, w in zip(items, weights)]
+            best = int(np.argmax(contribution))
+            assert found[u, c] == (items[best] if contribution[best] > 0 else -1)
 
 
 def test_warm_items_keep_eases_exact_scores(cold_split, fitted):
@@ -103,4 +173,7 @@ def test_an_item_added_at_run_time_lands_where_the_fit_put_it(cold_split, fitted
                                        cold_split.train.n_users, end + 2)
     scores = channel.score(users, wide)
     assert np.isfinite(scores[:, end + 1]).all() and np.isneginf(scores[:, end]).all()
+    # each placed item has one mapped vector: edited ones replaced, new ones appended
+    assert (np.diff(channel.mapped_items_) > 0).all() and channel.mapped_items_[-1] == end + 1
+    assert len(channel.mapped_items_) == len(fitted.mapped_items_) + 1
     np.testing.assert_allclose(scores[:, end + 1], before[:, new[0]], rtol=1e-5, atol=1e-6)
