@@ -30,8 +30,8 @@ On warm items the channel *is* EASE (same scores), so under ``loo`` it adds noth
 ``ease`` channel; it is the channel to use where new items must be recalled.
 
 Items created at run time (``add_items``) get their neighbours and mapped vector from their
-text the same way;
-a warm item whose text is edited keeps its EASE score (its training events did not change).
+text the same way; a warm item whose text is edited keeps its EASE score (its training events
+did not change).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class CFTransfer(EASE, AddsItems):
         super().__init__(regularization=regularization, max_items=max_items, name=name)
         self.embedder, self.neighbors, self.temperature = embedder, neighbors, temperature
         self.mapping_weight, self.mapping_ridge = mapping_weight, mapping_ridge
-        # add_items swaps (neighbors_, neighbor_weights_, transfer matrix) as one group
+        # add_items swaps the placement group (_Placement) as one, under this lock
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -200,7 +200,7 @@ class CFTransfer(EASE, AddsItems):
         placed = np.ones(len(vectors), bool)
         placed[self.items_[self.warm_]] = False
         mapped_items = np.flatnonzero(placed)
-        self._install_neighbors(neighbors, weights, mapped_items,
+        self._install_placement(neighbors, weights, mapped_items,
                                 np.ascontiguousarray(vectors[mapped_items], dtype=np.float32))
 
     def text_mapping(self) -> np.ndarray:
@@ -240,7 +240,7 @@ class CFTransfer(EASE, AddsItems):
         out[self.items_[self.warm_]] = True
         return out
 
-    def _install_neighbors(self, neighbors: np.ndarray, weights: np.ndarray,
+    def _install_placement(self, neighbors: np.ndarray, weights: np.ndarray,
                            mapped_items: np.ndarray, mapped_vectors: np.ndarray) -> None:
         """Swap in ``neighbors`` int32[n, n'] (positions in ``items_``), ``weights``
         float32[n, n'], ``mapped_items`` int64[q] (the non-warm items placed, ascending) and
@@ -266,7 +266,7 @@ class CFTransfer(EASE, AddsItems):
 
     def set_state(self, arrays: dict[str, Any]) -> None:
         super().set_state(arrays)
-        self._install_neighbors(np.asarray(self.neighbors_, np.int32),
+        self._install_placement(np.asarray(self.neighbors_, np.int32),
                                 np.asarray(self.neighbor_weights_, np.float32),
                                 np.asarray(self.mapped_items_, np.int64),
                                 np.asarray(self.mapped_vectors_, np.float32))
@@ -355,7 +355,7 @@ class CFTransfer(EASE, AddsItems):
         mapped_items = np.concatenate([old.mapped_items[keep], ids[placed].astype(np.int64)])
         mapped_vectors = np.concatenate([old.mapped_vectors[keep], vectors[placed]])
         order = np.argsort(mapped_items, kind="stable")
-        self._install_neighbors(grown(old.neighbors, ids[placed], self.warm_[rows]),
+        self._install_placement(grown(old.neighbors, ids[placed], self.warm_[rows]),
                                 grown(old.weights, ids[placed], weights),
                                 mapped_items[order],
                                 np.ascontiguousarray(mapped_vectors[order], dtype=np.float32))
