@@ -77,6 +77,15 @@ CHANNEL_SPACES: dict[str, tuple[Grid, ...]] = {
         Grid("recency_decay", (0.9, 0.95, 1.0)),
         Grid("lr_schedule", ("constant", "cosine")),
     ),
+    # cf_transfer: the grid of docs/benchmarks.md section 3b, where the best text-mapping
+    # weight and neighbour softmax differed between datasets; every value refits it (an
+    # EASE fit: seconds on ml-1m, under a minute on amazon-games-6k)
+    "cf_transfer": (
+        Grid("mapping_weight", (0.0, 0.3, 0.5, 0.7, 0.85, 1.0)),
+        Grid("neighbors", (20, 50, 100)),
+        Grid("temperature", (0.05, 0.1, 0.2)),
+        Grid("regularization", (100.0, 500.0, 2000.0)),
+    ),
 }
 
 #: fusion knobs: weight range per channel, RRF damping range, quota and guarantee grids
