@@ -124,7 +124,9 @@ def register_tuned(out_dir: str) -> None:
             self._st = SentenceTransformer(self.model, device=device, local_files_only=True)
             self._st.max_seq_length = 256  # the stock model's own limit, as it embeds
             self.batch_size = batch_size
-            self._dim = 384
+            dim_of = getattr(self._st, "get_embedding_dimension", None) or \
+                self._st.get_sentence_embedding_dimension  # renamed in sentence-transformers 6
+            self._dim = int(dim_of())  # the saved model's own width
             self._lock = threading.Lock()
 
     embedders.EMBEDDERS[TUNED] = TunedMiniLM
